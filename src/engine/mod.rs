@@ -1,0 +1,163 @@
+//! Where hot state lives. [`Engine`] is what the API calls; it dispatches to a backend:
+//! - `embedded`: the reference model in-process, behind a lock (zero set-up, the default).
+//!
+//! Every backend executes the same validated commands from [`crate::ledger::command`] and
+//! returns the same answers; a backend failure is [`Error::Unavailable`], never a guess.
+
+mod embedded;
+
+use std::sync::Arc;
+
+use crate::ledger::command::{Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial};
+use crate::ledger::{
+    AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, PlanSet, Quoted, Released,
+    ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
+};
+
+pub use embedded::EmbeddedEngine;
+
+/// Why an engine could not answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Refused by the rules: bad input, unknown account or reservation, request id reuse.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::Error),
+    /// The store behind the engine could not be reached or did not answer in time. Nothing was
+    /// decided.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A page of reservations and the token of the next page.
+pub type ReservationPage = (Vec<ReservationView>, Option<u64>);
+
+/// The engine the server runs, with the rules it validates requests against.
+#[derive(Clone)]
+pub struct Engine {
+    rules: Arc<Rules>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Embedded(Arc<EmbeddedEngine>),
+}
+
+impl Engine {
+    pub fn embedded(rules: Rules, clock: Arc<dyn Clock>) -> Self {
+        let retention_ms = rules.request_id_retention_ms;
+        Self { rules: Arc::new(rules), backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, retention_ms))) }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Embedded(_) => "embedded",
+        }
+    }
+
+    pub async fn reserve(&self, cmd: &Reserve) -> Result<Decision<Reserved>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reserve(now, cmd)),
+        }
+    }
+
+    pub async fn commit(&self, cmd: &Commit) -> Result<Decision<Committed>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.commit(now, cmd)),
+        }
+    }
+
+    pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.extend(now, cmd)),
+        }
+    }
+
+    pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.release(now, cmd)),
+        }
+    }
+
+    pub async fn charge(&self, cmd: &Charge) -> Result<Decision<Charged>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.charge(now, cmd)),
+        }
+    }
+
+    pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.quote(now, cmd)),
+        }
+    }
+
+    pub async fn set_plan(&self, cmd: &SetPlan) -> Result<Decision<PlanSet>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_plan(now, cmd)),
+        }
+    }
+
+    pub async fn grant(&self, cmd: &Grant) -> Result<Decision<Granted>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.grant(now, cmd)),
+        }
+    }
+
+    pub async fn start_trial(&self, cmd: &StartTrial) -> Result<Decision<Granted>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.start_trial(now, cmd)),
+        }
+    }
+
+    pub async fn set_user_limit(&self, cmd: &SetUserLimit) -> Result<Decision<UserView>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_user_limit(now, cmd)),
+        }
+    }
+
+    pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.balance(now, account, user)),
+        }
+    }
+
+    pub async fn account(&self, account: &AccountId) -> Result<AccountView> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.account(now, account)),
+        }
+    }
+
+    pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reservation(now, id)),
+        }
+    }
+
+    pub async fn list_reservations(
+        &self,
+        account: &AccountId,
+        state: Option<ReservationState>,
+        page_size: usize,
+        before: Option<u64>,
+    ) -> Result<ReservationPage> {
+        match &self.backend {
+            Backend::Embedded(engine) => {
+                engine.with(|ledger, now| ledger.list_reservations(now, account, state, page_size, before))
+            }
+        }
+    }
+
+    /// Expires holds past their deadline and renews ended cycles everywhere; returns how many
+    /// holds expired. The server's background sweep calls this; tests call it directly.
+    pub async fn sweep(&self) -> Result<usize> {
+        match &self.backend {
+            Backend::Embedded(engine) => Ok(engine.sweep()),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! One account's state and the primitive moves on it: draw credits from lots in burn order,
+//! return them, close a reservation, and catch up with time (expire holds, expire lots, renew
+//! the cycle). Operations in `model` are built from these; every primitive keeps the account's
+//! counters and emits its event in the same step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::answer::{
+    Answer, Decline, DeclineReason, LotView, ReservationView, Totals, UserView,
+};
+use super::command::{Fingerprint, Plan};
+use super::cycle::{Cycle, calendar_month, cycle_containing};
+use super::event::{Draw, Event, EventKind, draws_total};
+use super::types::{AccountId, BusinessKey, Category, Labels, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId};
+
+#[derive(Clone, Debug)]
+pub(super) struct Lot {
+    pub kind: LotKind,
+    pub granted: i64,
+    pub remaining: i64,
+    pub granted_ms: Millis,
+    pub expires_ms: Millis,
+    /// Granted by the plan schedule (plan and recurring add-on lots), so a change of schedule
+    /// ends it.
+    pub from_plan: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Reservation {
+    pub user: UserId,
+    pub category: Category,
+    pub state: ReservationState,
+    pub reserved: i64,
+    pub committed: i64,
+    /// What is still held, per lot, in burn order. Empty once closed.
+    pub draws: Vec<Draw>,
+    pub returned: i64,
+    pub commit_count: i64,
+    pub created_ms: Millis,
+    pub deadline_ms: Millis,
+    pub closed_ms: Option<Millis>,
+    pub labels: Labels,
+    /// The cycle this reservation's user usage was counted in, and how much of it is still
+    /// counted there (see `Account::count_usage`).
+    pub usage_cycle_ms: Millis,
+    pub usage_counted: i64,
+}
+
+impl Reservation {
+    pub fn held(&self) -> i64 {
+        draws_total(&self.draws)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct UserState {
+    pub limit: Option<i64>,
+    /// Held or spent this cycle.
+    pub used: i64,
+}
+
+impl UserState {
+    pub fn remaining(&self) -> Option<i64> {
+        self.limit.map(|limit| (limit - self.used).max(0))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Remembered {
+    pub fingerprint: Fingerprint,
+    pub answer: Answer,
+    pub keep_until_ms: Millis,
+    /// Kept at least while this reservation is open.
+    pub reservation: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Account {
+    pub id: AccountId,
+    pub plan: Option<Plan>,
+    pub cycle: Cycle,
+    /// Live lots only; an expired lot is removed.
+    pub lots: BTreeMap<u64, Lot>,
+    pub last_lot: u64,
+    pub last_reservation: u64,
+    pub reservations: BTreeMap<u64, Reservation>,
+    /// Open reservations by deadline.
+    pub deadlines: BTreeSet<(Millis, u64)>,
+    pub users: BTreeMap<UserId, UserState>,
+    pub trial_used: bool,
+    /// Business keys charged this cycle.
+    pub charged_keys: HashSet<BusinessKey>,
+    pub requests: HashMap<RequestId, Remembered>,
+    pub granted: i64,
+    pub held: i64,
+    pub spent: i64,
+    pub expired: i64,
+    pub last_event: u64,
+}
+
+/// Where an operation's events go, stamped with the request that caused them.
+pub(super) struct Sink<'a> {
+    pub out: &'a mut Vec<Event>,
+    pub request: Option<&'a RequestId>,
+}
+
+impl Account {
+    pub fn new(id: AccountId, now: Millis) -> Self {
+        Self {
+            id,
+            plan: None,
+            cycle: calendar_month(now),
+            lots: BTreeMap::new(),
+            last_lot: 0,
+            last_reservation: 0,
+            reservations: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            users: BTreeMap::new(),
+            trial_used: false,
+            charged_keys: HashSet::new(),
+            requests: HashMap::new(),
+            granted: 0,
+            held: 0,
+            spent: 0,
+            expired: 0,
+            last_event: 0,
+        }
+    }
+
+    pub fn emit(&mut self, sink: &mut Sink<'_>, at_ms: Millis, kind: EventKind) {
+        self.last_event += 1;
+        sink.out.push(Event {
+            account: self.id.clone(),
+            seq: self.last_event,
+            at_ms,
+            request_id: sink.request.map(|request| request.as_str().to_owned()),
+            kind,
+        });
+    }
+
+    pub fn available(&self) -> i64 {
+        self.lots.values().map(|lot| lot.remaining).sum()
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            granted: self.granted,
+            available: self.available(),
+            held: self.held,
+            spent: self.spent,
+            expired: self.expired,
+        }
+    }
+
+    pub fn user_remaining(&self, user: &UserId) -> Option<i64> {
+        self.users.get(user).and_then(UserState::remaining)
+    }
+
+    /// The checks every new hold passes, in order: the account's credit, then the user's limit.
+    pub fn admit(&self, user: &UserId, amount: i64) -> Result<(), Decline> {
+        let available = self.available();
+        let user_remaining = self.user_remaining(user);
+        let decline = |reason| Decline {
+            reason,
+            requested: amount,
+            available,
+            user_remaining,
+            held: 0,
+            reservation_state: None,
+        };
+        if available < amount {
+            return Err(decline(DeclineReason::InsufficientCredit));
+        }
+        if user_remaining.is_some_and(|remaining| remaining < amount) {
+            return Err(decline(DeclineReason::UserLimitReached));
+        }
+        Ok(())
+    }
+
+    /// A decline about a reservation's hold, deadline or state.
+    pub fn reservation_decline(&self, seq: u64, reason: DeclineReason, requested: i64) -> Decline {
+        let reservation = &self.reservations[&seq];
+        Decline {
+            reason,
+            requested,
+            available: self.available(),
+            user_remaining: self.user_remaining(&reservation.user),
+            held: reservation.held(),
+            reservation_state: Some(reservation.state),
+        }
+    }
+
+    /// Takes `amount` from live lots, soonest expiry first (ties: kind order, then age).
+    /// The caller has checked that the lots cover it.
+    pub fn draw(&mut self, amount: i64) -> Vec<Draw> {
+        let mut order: Vec<(Millis, LotKind, u64)> =
+            self.lots.iter().filter(|(_, lot)| lot.remaining > 0).map(|(id, lot)| (lot.expires_ms, lot.kind, *id)).collect();
+        order.sort_unstable();
+        let mut draws = Vec::new();
+        let mut left = amount;
+        for (_, _, id) in order {
+            if left == 0 {
+                break;
+            }
+            let lot = self.lots.get_mut(&id).expect("lot listed above");
+            let take = left.min(lot.remaining);
+            lot.remaining -= take;
+            left -= take;
+            draws.push(Draw { lot: id, amount: take });
+        }
+        assert_eq!(left, 0, "draw of {amount} beyond the available credit");
+        draws
+    }
+
+    /// Grants a new lot and records it.
+    pub fn grant(&mut self, sink: &mut Sink<'_>, kind: LotKind, amount: i64, at_ms: Millis, expires_ms: Millis, from_plan: bool) -> u64 {
+        self.last_lot += 1;
+        let id = self.last_lot;
+        self.lots.insert(id, Lot { kind, granted: amount, remaining: amount, granted_ms: at_ms, expires_ms, from_plan });
+        self.granted += amount;
+        self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms });
+        id
+    }
+
+    /// Counts a new hold of `amount` against the reservation's user this cycle.
+    pub fn count_usage(&mut self, seq: u64, amount: i64) {
+        let cycle_start = self.cycle.start_ms;
+        let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
+        if reservation.usage_cycle_ms != cycle_start {
+            reservation.usage_cycle_ms = cycle_start;
+            reservation.usage_counted = 0;
+        }
+        reservation.usage_counted += amount;
+        self.users.entry(reservation.user.clone()).or_default().used += amount;
+    }
+
+    /// Un-counts returned credits, but only what this reservation counted in this cycle.
+    fn uncount_usage(&mut self, seq: u64, returned: i64) {
+        let cycle_start = self.cycle.start_ms;
+        let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
+        if reservation.usage_cycle_ms != cycle_start {
+            return;
+        }
+        let back = returned.min(reservation.usage_counted);
+        reservation.usage_counted -= back;
+        if let Some(user) = self.users.get_mut(&reservation.user) {
+            user.used -= back;
+        }
+    }
+
+    /// Closes an open reservation: what it still holds goes back to its lots while they live
+    /// past `now`, otherwise to expired. Returns the amount released.
+    pub fn close(&mut self, sink: &mut Sink<'_>, seq: u64, state: ReservationState, at_ms: Millis, now: Millis) -> i64 {
+        let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
+        debug_assert!(reservation.state.is_open(), "closing a closed reservation");
+        let draws = std::mem::take(&mut reservation.draws);
+        let total = draws_total(&draws);
+        reservation.state = state;
+        reservation.returned = total;
+        reservation.closed_ms = Some(at_ms);
+        let deadline = reservation.deadline_ms;
+        self.deadlines.remove(&(deadline, seq));
+        let mut returned = Vec::new();
+        let mut expired = 0;
+        for draw in draws {
+            match self.lots.get_mut(&draw.lot).filter(|lot| lot.expires_ms > now) {
+                Some(lot) => {
+                    lot.remaining += draw.amount;
+                    returned.push(draw);
+                }
+                None => expired += draw.amount,
+            }
+        }
+        self.held -= total;
+        self.expired += expired;
+        self.uncount_usage(seq, total);
+        self.emit(sink, at_ms, EventKind::Closed { reservation: seq, state, returned, expired });
+        total
+    }
+
+    /// Brings the account up to `now`: holds past their deadline expire, lots past their expiry
+    /// expire, and a cycle that has ended renews. Idempotent; every operation starts with it,
+    /// and the background sweep calls it so that nothing waits for traffic.
+    pub fn catch_up(&mut self, sink: &mut Sink<'_>, now: Millis) {
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.close(sink, seq, ReservationState::Expired, deadline, now);
+        }
+        let mut dead: Vec<(Millis, u64)> =
+            self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).collect();
+        dead.sort_unstable();
+        for (expires_ms, id) in dead {
+            self.expire_lot(sink, id, expires_ms);
+        }
+        if now >= self.cycle.end_ms {
+            let cycle = match &self.plan {
+                Some(plan) => cycle_containing(plan.anchor_ms, plan.period, now),
+                None => calendar_month(now),
+            };
+            self.start_cycle(sink, cycle);
+        }
+    }
+
+    pub fn expire_lot(&mut self, sink: &mut Sink<'_>, id: u64, at_ms: Millis) {
+        let lot = self.lots.remove(&id).expect("lot exists");
+        self.expired += lot.remaining;
+        self.emit(sink, at_ms, EventKind::LotExpired { lot: id, amount: lot.remaining });
+    }
+
+    /// Begins `cycle`: user usage and business keys reset, and the plan's lots are granted.
+    pub fn start_cycle(&mut self, sink: &mut Sink<'_>, cycle: Cycle) {
+        self.cycle = cycle;
+        self.charged_keys.clear();
+        for user in self.users.values_mut() {
+            user.used = 0;
+        }
+        self.emit(sink, cycle.start_ms, EventKind::CycleStarted { cycle });
+        if let Some(plan) = self.plan.clone() {
+            self.grant_plan_lots(sink, plan.plan_credits, plan.addon_credits, cycle.start_ms);
+        }
+    }
+
+    /// Grants plan and recurring add-on credits (each only when positive) for the rest of the cycle.
+    pub fn grant_plan_lots(&mut self, sink: &mut Sink<'_>, plan_credits: i64, addon_credits: i64, at_ms: Millis) {
+        let expires = self.cycle.end_ms;
+        for (kind, amount) in [(LotKind::Plan, plan_credits), (LotKind::Addon, addon_credits)] {
+            if amount > 0 {
+                self.grant(sink, kind, amount, at_ms, expires, true);
+            }
+        }
+    }
+
+    pub fn reservation_view(&self, seq: u64) -> ReservationView {
+        let r = &self.reservations[&seq];
+        ReservationView {
+            id: ReservationId { account: self.id.clone(), seq },
+            user: r.user.as_str().to_owned(),
+            category: r.category.as_str().to_owned(),
+            state: r.state,
+            reserved: r.reserved,
+            committed: r.committed,
+            held: r.held(),
+            returned: r.returned,
+            commit_count: r.commit_count,
+            created_ms: r.created_ms,
+            deadline_ms: r.deadline_ms,
+            closed_ms: r.closed_ms,
+            labels: r.labels.to_map(),
+        }
+    }
+
+    /// Live lots in burn order.
+    pub fn lot_views(&self) -> Vec<LotView> {
+        let mut lots: Vec<LotView> = self
+            .lots
+            .iter()
+            .map(|(id, lot)| LotView {
+                id: *id,
+                kind: lot.kind,
+                granted: lot.granted,
+                remaining: lot.remaining,
+                granted_ms: lot.granted_ms,
+                expires_ms: lot.expires_ms,
+            })
+            .collect();
+        lots.sort_by_key(|lot| (lot.expires_ms, lot.kind, lot.id));
+        lots
+    }
+
+    pub fn user_view(&self, user: &UserId) -> UserView {
+        let state = self.users.get(user).cloned().unwrap_or_default();
+        UserView { user: user.as_str().to_owned(), limit: state.limit, used: state.used, remaining: state.remaining() }
+    }
+
+    /// Forgets closed reservations and request ids past their retention.
+    pub fn purge(&mut self, now: Millis, retention_ms: Millis) {
+        let reservations = &self.reservations;
+        self.requests.retain(|_, remembered| {
+            let open = remembered
+                .reservation
+                .and_then(|seq| reservations.get(&seq))
+                .is_some_and(|r| r.state.is_open());
+            open || remembered.keep_until_ms > now
+        });
+        self.reservations
+            .retain(|_, r| r.closed_ms.is_none_or(|closed| closed.saturating_add(retention_ms) > now));
+    }
+}

@@ -1,0 +1,238 @@
+//! What operations answer. A business refusal is a [`Decline`] inside an `Ok`, with the figures a
+//! caller needs; `Err` is for bad input and unknown things only.
+
+use std::collections::BTreeMap;
+
+use super::command::Plan;
+use super::cycle::Cycle;
+use super::types::{AccountId, LotKind, Millis, ReservationId, ReservationState};
+
+/// Done, or declined for a business reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision<T> {
+    Done(T),
+    Declined(Decline),
+}
+
+impl<T> Decision<T> {
+    pub fn done(self) -> Option<T> {
+        match self {
+            Self::Done(value) => Some(value),
+            Self::Declined(_) => None,
+        }
+    }
+
+    pub fn declined(&self) -> Option<&Decline> {
+        match self {
+            Self::Done(_) => None,
+            Self::Declined(decline) => Some(decline),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeclineReason {
+    InsufficientCredit,
+    UserLimitReached,
+    ReservationExpired,
+    ReservationClosed,
+    ExceedsHold,
+    TrialAlreadyUsed,
+}
+
+/// Which limit refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Account,
+    User,
+    Reservation,
+}
+
+impl DeclineReason {
+    pub fn scope(self) -> Scope {
+        match self {
+            Self::InsufficientCredit | Self::TrialAlreadyUsed => Scope::Account,
+            Self::UserLimitReached => Scope::User,
+            Self::ReservationExpired | Self::ReservationClosed | Self::ExceedsHold => Scope::Reservation,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decline {
+    pub reason: DeclineReason,
+    pub requested: i64,
+    /// The account's available credit when decided.
+    pub available: i64,
+    /// The user's remaining limit, when the user has one.
+    pub user_remaining: Option<i64>,
+    /// What the reservation held (reservation declines).
+    pub held: i64,
+    pub reservation_state: Option<ReservationState>,
+}
+
+impl Decline {
+    /// One sentence for logs and people.
+    pub fn message(&self) -> String {
+        match self.reason {
+            DeclineReason::InsufficientCredit => {
+                format!("{} credits available, {} requested", self.available, self.requested)
+            }
+            DeclineReason::UserLimitReached => format!(
+                "user limit reached: {} remaining this cycle, {} requested",
+                self.user_remaining.unwrap_or(0),
+                self.requested
+            ),
+            DeclineReason::ReservationExpired => "reservation expired; its uncommitted part was returned".into(),
+            DeclineReason::ReservationClosed => "reservation already closed".into(),
+            DeclineReason::ExceedsHold => {
+                format!("commit of {} exceeds the {} still held; extend first", self.requested, self.held)
+            }
+            DeclineReason::TrialAlreadyUsed => "this account already had its trial".into(),
+        }
+    }
+}
+
+/// Where an account's credits stand: granted = available + held + spent + expired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub granted: i64,
+    pub available: i64,
+    pub held: i64,
+    pub spent: i64,
+    pub expired: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    pub id: ReservationId,
+    pub user: String,
+    pub category: String,
+    pub state: ReservationState,
+    pub reserved: i64,
+    pub committed: i64,
+    pub held: i64,
+    pub returned: i64,
+    pub commit_count: i64,
+    pub created_ms: Millis,
+    pub deadline_ms: Millis,
+    pub closed_ms: Option<Millis>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LotView {
+    pub id: u64,
+    pub kind: LotKind,
+    pub granted: i64,
+    pub remaining: i64,
+    pub granted_ms: Millis,
+    pub expires_ms: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserView {
+    pub user: String,
+    pub limit: Option<i64>,
+    /// Held or spent this cycle.
+    pub used: i64,
+    pub remaining: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    pub reservation: ReservationId,
+    pub amount: i64,
+    pub deadline_ms: Millis,
+    pub available: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub charged: i64,
+    pub already_charged: bool,
+    pub held: i64,
+    pub returned: i64,
+    pub reservation: ReservationView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extended {
+    pub added: i64,
+    pub held: i64,
+    pub deadline_ms: Millis,
+    pub reservation: ReservationView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub returned: i64,
+    pub reservation: ReservationView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charged {
+    /// None when the business key was already charged and nothing happened.
+    pub reservation: Option<ReservationId>,
+    pub charged: i64,
+    pub already_charged: bool,
+    pub available: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub fits: bool,
+    /// The decline a Reserve would get, if any.
+    pub decline: Option<DeclineReason>,
+    pub amount: i64,
+    pub available: i64,
+    pub user_remaining: Option<i64>,
+    pub units_that_fit: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSet {
+    pub cycle: Cycle,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    pub lot: u64,
+    pub expires_ms: Millis,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balance {
+    pub totals: Totals,
+    pub cycle: Cycle,
+    pub user: Option<UserView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub plan: Option<Plan>,
+    pub cycle: Cycle,
+    pub totals: Totals,
+    /// Live lots in burn order.
+    pub lots: Vec<LotView>,
+    pub trial_used: bool,
+    pub users: Vec<UserView>,
+    pub open_reservations: i64,
+}
+
+/// A remembered answer, replayed on a retry with the same request id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Reserve(Decision<Reserved>),
+    Commit(Decision<Committed>),
+    Extend(Decision<Extended>),
+    Release(Decision<Released>),
+    Charge(Decision<Charged>),
+    SetPlan(Decision<PlanSet>),
+    Grant(Decision<Granted>),
+    StartTrial(Decision<Granted>),
+    SetUserLimit(Decision<UserView>),
+}

@@ -1,0 +1,280 @@
+//! Validated commands: what every engine executes. Building one from caller input is where bad
+//! input is refused (see `types` and `rules`); an engine may assume every field is in bounds.
+//!
+//! Each state-changing command has a fingerprint: a stable digest of everything it asks for
+//! except its request id. A retry is recognised by request id; a request id reused with another
+//! fingerprint is refused.
+
+use sha2::{Digest, Sha256};
+
+use super::types::{AccountId, BusinessKey, Category, Labels, LotKind, Millis, Period, RequestId, ReservationId, UserId};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub period: Period,
+    pub anchor_ms: Millis,
+    pub plan_credits: i64,
+    pub addon_credits: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    pub account: AccountId,
+    pub user: UserId,
+    pub category: Category,
+    pub amount: i64,
+    pub ttl_ms: Millis,
+    pub request: RequestId,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug)]
+pub struct Commit {
+    pub reservation: ReservationId,
+    /// 0..=AMOUNT_MAX.
+    pub amount: i64,
+    pub final_commit: bool,
+    pub request: RequestId,
+    pub business_key: Option<BusinessKey>,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug)]
+pub struct Extend {
+    pub reservation: ReservationId,
+    /// Extra credits to hold; 0 for none.
+    pub amount: i64,
+    /// New deadline = max(deadline, now + ttl).
+    pub ttl_ms: Option<Millis>,
+    pub request: RequestId,
+}
+
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub reservation: ReservationId,
+    pub request: RequestId,
+}
+
+#[derive(Clone, Debug)]
+pub struct Charge {
+    pub account: AccountId,
+    pub user: UserId,
+    pub category: Category,
+    pub amount: i64,
+    pub request: RequestId,
+    pub business_key: Option<BusinessKey>,
+    pub labels: Labels,
+}
+
+/// Read-only: would `amount` fit, and how many `unit`s fit?
+#[derive(Clone, Debug)]
+pub struct Quote {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+    pub amount: i64,
+    pub unit: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SetPlan {
+    pub account: AccountId,
+    pub plan: Plan,
+    pub request: RequestId,
+}
+
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub account: AccountId,
+    /// Addon, Promo or Adjustment.
+    pub kind: LotKind,
+    pub amount: i64,
+    /// None: the end of the current cycle.
+    pub expires_ms: Option<Millis>,
+    pub request: RequestId,
+}
+
+#[derive(Clone, Debug)]
+pub struct StartTrial {
+    pub account: AccountId,
+    pub credits: i64,
+    pub duration_ms: Millis,
+    pub request: RequestId,
+}
+
+#[derive(Clone, Debug)]
+pub struct SetUserLimit {
+    pub account: AccountId,
+    pub user: UserId,
+    pub limit: Option<i64>,
+    pub request: RequestId,
+}
+
+/// A stable digest of a command's parameters (hex, 32 characters).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub String);
+
+/// Feeds fields into the digest, each length-prefixed so that no two field lists collide.
+struct Digester(Sha256);
+
+impl Digester {
+    fn new(operation: &str) -> Self {
+        let mut digester = Self(Sha256::new());
+        digester.text(operation);
+        digester
+    }
+
+    fn text(&mut self, value: &str) -> &mut Self {
+        self.0.update((value.len() as u64).to_be_bytes());
+        self.0.update(value.as_bytes());
+        self
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.0.update(value.to_be_bytes());
+        self
+    }
+
+    fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
+        match value {
+            Some(value) => self.text("some").int(value),
+            None => self.text("none"),
+        }
+    }
+
+    fn labels(&mut self, labels: &Labels) -> &mut Self {
+        self.int(labels.iter().count() as i64);
+        for (key, value) in labels.iter() {
+            self.text(key).text(value);
+        }
+        self
+    }
+
+    fn finish(&mut self) -> Fingerprint {
+        let digest = std::mem::take(&mut self.0).finalize();
+        Fingerprint(digest[..16].iter().map(|byte| format!("{byte:02x}")).collect())
+    }
+}
+
+fn key_text(key: &Option<BusinessKey>) -> &str {
+    key.as_ref().map_or("", BusinessKey::as_str)
+}
+
+impl Reserve {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("reserve")
+            .text(self.account.as_str())
+            .text(self.user.as_str())
+            .text(self.category.as_str())
+            .int(self.amount)
+            .int(self.ttl_ms)
+            .labels(&self.labels)
+            .finish()
+    }
+}
+
+impl Commit {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("commit")
+            .text(&self.reservation.to_string())
+            .int(self.amount)
+            .int(i64::from(self.final_commit))
+            .text(key_text(&self.business_key))
+            .labels(&self.labels)
+            .finish()
+    }
+}
+
+impl Extend {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("extend").text(&self.reservation.to_string()).int(self.amount).opt_int(self.ttl_ms).finish()
+    }
+}
+
+impl Release {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("release").text(&self.reservation.to_string()).finish()
+    }
+}
+
+impl Charge {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("charge")
+            .text(self.account.as_str())
+            .text(self.user.as_str())
+            .text(self.category.as_str())
+            .int(self.amount)
+            .text(key_text(&self.business_key))
+            .labels(&self.labels)
+            .finish()
+    }
+}
+
+impl SetPlan {
+    pub fn fingerprint(&self) -> Fingerprint {
+        let plan = &self.plan;
+        Digester::new("set_plan")
+            .text(self.account.as_str())
+            .int(i64::from(plan.period.months()))
+            .int(plan.anchor_ms)
+            .int(plan.plan_credits)
+            .int(plan.addon_credits)
+            .finish()
+    }
+}
+
+impl Grant {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("grant")
+            .text(self.account.as_str())
+            .text(&format!("{:?}", self.kind))
+            .int(self.amount)
+            .opt_int(self.expires_ms)
+            .finish()
+    }
+}
+
+impl StartTrial {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("start_trial").text(self.account.as_str()).int(self.credits).int(self.duration_ms).finish()
+    }
+}
+
+impl SetUserLimit {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("set_user_limit").text(self.account.as_str()).text(self.user.as_str()).opt_int(self.limit).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(seq: u64) -> Release {
+        Release {
+            reservation: ReservationId { account: AccountId::parse("acme").unwrap(), seq },
+            request: RequestId::parse("r1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_ignore_the_request_id() {
+        let a = release(1);
+        let mut b = release(1);
+        b.request = RequestId::parse("other").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), release(2).fingerprint());
+        assert_eq!(a.fingerprint().0.len(), 32);
+    }
+
+    #[test]
+    fn fingerprints_distinguish_optional_fields() {
+        let limit = |limit| SetUserLimit {
+            account: AccountId::parse("acme").unwrap(),
+            user: UserId::parse("bob").unwrap(),
+            limit,
+            request: RequestId::parse("r").unwrap(),
+        };
+        assert_ne!(limit(None).fingerprint(), limit(Some(0)).fingerprint());
+        assert_ne!(limit(Some(0)).fingerprint(), limit(Some(1)).fingerprint());
+    }
+}

@@ -1,0 +1,66 @@
+//! Events: the durable record of every state change. Each operation that changes state emits
+//! its events in the same step (the outbox); applying them in order reproduces every account's
+//! totals and every lot's remainder, which the property tests check. The event's identity is
+//! (account, seq): the per-account sequence, never a position in some transport.
+
+use std::collections::BTreeMap;
+
+use super::command::Plan;
+use super::cycle::Cycle;
+use super::types::{AccountId, LotKind, Millis, ReservationState};
+
+/// Credits taken from (or returned to) one lot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draw {
+    pub lot: u64,
+    pub amount: i64,
+}
+
+pub fn draws_total(draws: &[Draw]) -> i64 {
+    draws.iter().map(|draw| draw.amount).sum()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub account: AccountId,
+    /// 1, 2, 3, ... per account, without gaps.
+    pub seq: u64,
+    /// When the change took effect (for expiries: the deadline or expiry instant, not the
+    /// moment the sweeper noticed).
+    pub at_ms: Millis,
+    /// The request that caused it; None for expiries and renewals.
+    pub request_id: Option<String>,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    PlanSet { plan: Plan, cycle: Cycle },
+    /// A new billing cycle began (renewal or plan change): user usage and business keys reset.
+    CycleStarted { cycle: Cycle },
+    LotGranted { lot: u64, kind: LotKind, amount: i64, expires_ms: Millis },
+    /// A lot reached its expiry with `amount` left.
+    LotExpired { lot: u64, amount: i64 },
+    UserLimitSet { user: String, limit: Option<i64> },
+    Reserved {
+        reservation: u64,
+        user: String,
+        category: String,
+        amount: i64,
+        draws: Vec<Draw>,
+        deadline_ms: Millis,
+        labels: BTreeMap<String, String>,
+    },
+    Extended { reservation: u64, amount: i64, draws: Vec<Draw>, deadline_ms: Millis },
+    Committed {
+        reservation: u64,
+        /// What this commit spent, taken from these lots' held parts.
+        amount: i64,
+        draws: Vec<Draw>,
+        business_key: Option<String>,
+        already_charged: bool,
+        labels: BTreeMap<String, String>,
+    },
+    /// A reservation closed: `returned` went back to live lots, `expired` to lots already dead.
+    Closed { reservation: u64, state: ReservationState, returned: Vec<Draw>, expired: i64 },
+}

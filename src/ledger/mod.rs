@@ -1,0 +1,53 @@
+//! The rules of the credit ledger, with no I/O: types and validation, the price book and other
+//! operator rules, billing-cycle arithmetic, and the reference model — the executable
+//! specification that every engine must agree with.
+//!
+//! - [`types`]: validated ids, amounts, labels; the bounds, as named constants.
+//! - [`rules`]: categories, price book, TTL bounds, trial defaults (from configuration).
+//! - [`command`]: validated commands and their idempotency fingerprints.
+//! - [`cycle`]: calendar arithmetic of billing cycles.
+//! - [`model`]: [`Ledger`], every operation; `account` holds the per-account primitives.
+//! - [`event`]: the record of every state change (the outbox the settler writes to SQL).
+//! - [`answer`]: what operations return: results, and declines with their figures.
+//! - [`clock`]: injectable time.
+//!
+//! No tonic, redis or sqlx here: callers (engines, the API) depend on this module, never the
+//! other way round.
+
+mod account;
+pub mod answer;
+mod check;
+pub mod clock;
+pub mod command;
+pub mod cycle;
+pub mod event;
+pub mod model;
+pub mod rules;
+pub mod types;
+
+pub use answer::*;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use model::Ledger;
+pub use rules::{CostInput, Priced, Rules};
+pub use types::*;
+
+/// Why a request was refused without being decided: bad input, or something that does not
+/// exist. Business declines are not errors; see [`Decision`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The named request field is invalid; nothing changed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("account_id: no account {0}")]
+    AccountNotFound(AccountId),
+    #[error("reservation_id: no reservation {0}")]
+    ReservationNotFound(ReservationId),
+    #[error("request_id: {0} was already used with different parameters")]
+    RequestIdReused(RequestId),
+}
+
+impl Error {
+    pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,594 @@
+//! The reference model: every operation of the credit ledger, in memory, deterministic, with
+//! time passed in. The embedded engine runs it behind a lock; the Redis scripts must agree with
+//! it on every answer. Each operation reads as: find the account, catch up with time, replay a
+//! remembered answer if the request id is known, check guards in order, then write.
+
+use std::collections::HashMap;
+
+use super::Error;
+use super::account::{Account, Remembered, Reservation, Sink};
+use super::answer::{
+    AccountView, Answer, Balance, Charged, Committed, Decision, DeclineReason, Extended, Granted, PlanSet, Quoted,
+    Released, ReservationView, Reserved, UserView,
+};
+use super::command::{Charge, Commit, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial};
+use super::cycle::cycle_containing;
+use super::event::{Draw, Event, EventKind};
+use super::types::{AccountId, BALANCE_MAX, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId};
+
+/// The page size of `list_reservations` when none is given, and its maximum.
+pub const LIST_PAGE_DEFAULT: usize = 100;
+pub const LIST_PAGE_MAX: usize = 1000;
+
+#[derive(Debug)]
+pub struct Ledger {
+    retention_ms: Millis,
+    accounts: HashMap<AccountId, Account>,
+    outbox: Vec<Event>,
+}
+
+/// Whether an operation may create the account it names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    Yes,
+    No,
+}
+
+/// How a kind of answer is remembered and recognised on replay.
+struct Memo<T> {
+    wrap: fn(Decision<T>) -> Answer,
+    unwrap: fn(Answer) -> Option<Decision<T>>,
+}
+
+macro_rules! memo {
+    ($variant:ident) => {
+        Memo {
+            wrap: Answer::$variant,
+            unwrap: |answer| match answer {
+                Answer::$variant(decision) => Some(decision),
+                _ => None,
+            },
+        }
+    };
+}
+
+/// A request being executed idempotently.
+struct Call<'a, T> {
+    account: &'a AccountId,
+    request: &'a RequestId,
+    fingerprint: Fingerprint,
+    create: Create,
+    /// The reservation the call acts on, if any (keeps its request id alive while it is open).
+    reservation: Option<u64>,
+    memo: Memo<T>,
+}
+
+impl Ledger {
+    /// `retention_ms`: how long request ids and closed reservations are remembered.
+    pub fn new(retention_ms: Millis) -> Self {
+        Self { retention_ms, accounts: HashMap::new(), outbox: Vec::new() }
+    }
+
+    /// Events emitted since the last call, in order.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Runs `body` as an idempotent state change: catch up, replay or refuse a known request id,
+    /// otherwise execute and remember the answer (a decline too). Errors are not remembered and
+    /// leave no trace: `body` checks everything before it writes.
+    fn run<T: Clone>(
+        &mut self,
+        now: Millis,
+        call: Call<'_, T>,
+        body: impl FnOnce(&mut Account, &mut Sink<'_>) -> Result<Decision<T>, Error>,
+    ) -> Result<Decision<T>, Error> {
+        let created = !self.accounts.contains_key(call.account);
+        if created && call.create == Create::No {
+            return Err(Error::AccountNotFound(call.account.clone()));
+        }
+        let account = self.accounts.entry(call.account.clone()).or_insert_with(|| Account::new(call.account.clone(), now));
+        let mut sink = Sink { out: &mut self.outbox, request: None };
+        account.catch_up(&mut sink, now);
+        if let Some(remembered) = account.requests.get(call.request) {
+            if remembered.fingerprint != call.fingerprint {
+                return Err(Error::RequestIdReused(call.request.clone()));
+            }
+            return (call.memo.unwrap)(remembered.answer.clone()).ok_or_else(|| Error::RequestIdReused(call.request.clone()));
+        }
+        let mut sink = Sink { out: &mut self.outbox, request: Some(call.request) };
+        let decision = match body(account, &mut sink) {
+            Ok(decision) => decision,
+            Err(error) => {
+                if created {
+                    self.accounts.remove(call.account);
+                }
+                return Err(error);
+            }
+        };
+        let answer = (call.memo.wrap)(decision.clone());
+        let reservation = call.reservation.or_else(|| reservation_of(&answer));
+        let keep_until_ms = now.saturating_add(self.retention_ms);
+        let remembered = Remembered { fingerprint: call.fingerprint, answer, keep_until_ms, reservation };
+        account.requests.insert(call.request.clone(), remembered);
+        Ok(decision)
+    }
+
+    /// The account for a read, caught up to `now`.
+    fn read(&mut self, now: Millis, id: &AccountId) -> Result<&mut Account, Error> {
+        let account = self.accounts.get_mut(id).ok_or_else(|| Error::AccountNotFound(id.clone()))?;
+        account.catch_up(&mut Sink { out: &mut self.outbox, request: None }, now);
+        Ok(account)
+    }
+
+    pub fn reserve(&mut self, now: Millis, cmd: &Reserve) -> Result<Decision<Reserved>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: None,
+            memo: memo!(Reserve),
+        };
+        self.run(now, call, |account, sink| {
+            if let Err(decline) = account.admit(&cmd.user, cmd.amount) {
+                return Ok(Decision::Declined(decline));
+            }
+            let deadline_ms = now + cmd.ttl_ms;
+            let seq = open_reservation(account, sink, now, deadline_ms, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
+            Ok(Decision::Done(Reserved {
+                reservation: ReservationId { account: account.id.clone(), seq },
+                amount: cmd.amount,
+                deadline_ms,
+                available: account.available(),
+            }))
+        })
+    }
+
+    pub fn commit(&mut self, now: Millis, cmd: &Commit) -> Result<Decision<Committed>, Error> {
+        let seq = cmd.reservation.seq;
+        let call = Call {
+            account: &cmd.reservation.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: Some(seq),
+            memo: memo!(Commit),
+        };
+        self.run(now, call, |account, sink| {
+            if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
+                return Ok(Decision::Declined(decline));
+            }
+            let already_charged = cmd.business_key.as_ref().is_some_and(|key| account.charged_keys.contains(key));
+            let charge = if already_charged { 0 } else { cmd.amount };
+            if charge > account.reservations[&seq].held() {
+                return Ok(Decision::Declined(account.reservation_decline(seq, DeclineReason::ExceedsHold, charge)));
+            }
+            spend(account, sink, now, seq, charge, (&cmd.business_key, already_charged, &cmd.labels));
+            let returned = if cmd.final_commit {
+                account.close(sink, seq, ReservationState::Committed, now, now)
+            } else {
+                0
+            };
+            let reservation = account.reservation_view(seq);
+            Ok(Decision::Done(Committed { charged: charge, already_charged, held: reservation.held, returned, reservation }))
+        })
+    }
+
+    pub fn extend(&mut self, now: Millis, cmd: &Extend) -> Result<Decision<Extended>, Error> {
+        let seq = cmd.reservation.seq;
+        let call = Call {
+            account: &cmd.reservation.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: Some(seq),
+            memo: memo!(Extend),
+        };
+        self.run(now, call, |account, sink| {
+            if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
+                return Ok(Decision::Declined(decline));
+            }
+            let user = account.reservations[&seq].user.clone();
+            if cmd.amount > 0
+                && let Err(decline) = account.admit(&user, cmd.amount)
+            {
+                return Ok(Decision::Declined(decline));
+            }
+            let draws = if cmd.amount > 0 { account.draw(cmd.amount) } else { Vec::new() };
+            let old_deadline = account.reservations[&seq].deadline_ms;
+            let deadline_ms = cmd.ttl_ms.map_or(old_deadline, |ttl| old_deadline.max(now + ttl));
+            account.deadlines.remove(&(old_deadline, seq));
+            account.deadlines.insert((deadline_ms, seq));
+            let reservation = account.reservations.get_mut(&seq).expect("checked above");
+            reservation.deadline_ms = deadline_ms;
+            reservation.reserved += cmd.amount;
+            merge_draws(&mut reservation.draws, &draws);
+            account.held += cmd.amount;
+            account.count_usage(seq, cmd.amount);
+            account.emit(sink, now, EventKind::Extended { reservation: seq, amount: cmd.amount, draws, deadline_ms });
+            let reservation = account.reservation_view(seq);
+            Ok(Decision::Done(Extended { added: cmd.amount, held: reservation.held, deadline_ms, reservation }))
+        })
+    }
+
+    pub fn release(&mut self, now: Millis, cmd: &Release) -> Result<Decision<Released>, Error> {
+        let seq = cmd.reservation.seq;
+        let call = Call {
+            account: &cmd.reservation.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: Some(seq),
+            memo: memo!(Release),
+        };
+        self.run(now, call, |account, sink| {
+            if let Some(decline) = closed_decline(account, &cmd.reservation, 0)? {
+                return Ok(Decision::Declined(decline));
+            }
+            let returned = account.close(sink, seq, ReservationState::Released, now, now);
+            Ok(Decision::Done(Released { returned, reservation: account.reservation_view(seq) }))
+        })
+    }
+
+    pub fn charge(&mut self, now: Millis, cmd: &Charge) -> Result<Decision<Charged>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: None,
+            memo: memo!(Charge),
+        };
+        self.run(now, call, |account, sink| {
+            if cmd.business_key.as_ref().is_some_and(|key| account.charged_keys.contains(key)) {
+                let available = account.available();
+                return Ok(Decision::Done(Charged { reservation: None, charged: 0, already_charged: true, available }));
+            }
+            if let Err(decline) = account.admit(&cmd.user, cmd.amount) {
+                return Ok(Decision::Declined(decline));
+            }
+            let seq = open_reservation(account, sink, now, now, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
+            spend(account, sink, now, seq, cmd.amount, (&cmd.business_key, false, &cmd.labels));
+            account.close(sink, seq, ReservationState::Committed, now, now);
+            Ok(Decision::Done(Charged {
+                reservation: Some(ReservationId { account: account.id.clone(), seq }),
+                charged: cmd.amount,
+                already_charged: false,
+                available: account.available(),
+            }))
+        })
+    }
+
+    pub fn quote(&mut self, now: Millis, cmd: &Quote) -> Result<Quoted, Error> {
+        let account = self.read(now, &cmd.account)?;
+        let available = account.available();
+        let user_remaining = cmd.user.as_ref().and_then(|user| account.user_remaining(user));
+        let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
+        let decline = match &cmd.user {
+            Some(user) => account.admit(user, cmd.amount).err().map(|decline| decline.reason),
+            None => (available < cmd.amount).then_some(DeclineReason::InsufficientCredit),
+        };
+        Ok(Quoted {
+            fits: decline.is_none(),
+            decline,
+            amount: cmd.amount,
+            available,
+            user_remaining,
+            units_that_fit: budget / cmd.unit,
+        })
+    }
+
+    pub fn set_plan(&mut self, now: Millis, cmd: &SetPlan) -> Result<Decision<PlanSet>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::Yes,
+            reservation: None,
+            memo: memo!(SetPlan),
+        };
+        self.run(now, call, |account, sink| {
+            let new = &cmd.plan;
+            let same_schedule = account.plan.as_ref().is_some_and(|old| old.period == new.period && old.anchor_ms == new.anchor_ms);
+            let (plan_grant, addon_grant) = match &account.plan {
+                Some(old) if same_schedule => {
+                    ((new.plan_credits - old.plan_credits).max(0), (new.addon_credits - old.addon_credits).max(0))
+                }
+                _ => (new.plan_credits, new.addon_credits),
+            };
+            check_balance(account, plan_grant + addon_grant, "plan_credits")?;
+            account.plan = Some(new.clone());
+            if same_schedule {
+                account.emit(sink, now, EventKind::PlanSet { plan: new.clone(), cycle: account.cycle });
+                account.grant_plan_lots(sink, plan_grant, addon_grant, now);
+            } else {
+                let from_plan: Vec<u64> = account.lots.iter().filter(|(_, lot)| lot.from_plan).map(|(id, _)| *id).collect();
+                for id in from_plan {
+                    account.expire_lot(sink, id, now);
+                }
+                let cycle = cycle_containing(new.anchor_ms, new.period, now);
+                account.emit(sink, now, EventKind::PlanSet { plan: new.clone(), cycle });
+                // Without a plan set, start_cycle grants nothing; it is set above, so it grants.
+                account.start_cycle(sink, cycle);
+            }
+            Ok(Decision::Done(PlanSet { cycle: account.cycle, totals: account.totals() }))
+        })
+    }
+
+    pub fn grant(&mut self, now: Millis, cmd: &Grant) -> Result<Decision<Granted>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::Yes,
+            reservation: None,
+            memo: memo!(Grant),
+        };
+        self.run(now, call, |account, sink| {
+            let expires_ms = cmd.expires_ms.unwrap_or(account.cycle.end_ms);
+            if expires_ms <= now {
+                return Err(Error::invalid("expires_unix_ms", "must be in the future"));
+            }
+            check_balance(account, cmd.amount, "amount")?;
+            let lot = account.grant(sink, cmd.kind, cmd.amount, now, expires_ms, false);
+            Ok(Decision::Done(Granted { lot, expires_ms, totals: account.totals() }))
+        })
+    }
+
+    pub fn start_trial(&mut self, now: Millis, cmd: &StartTrial) -> Result<Decision<Granted>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::Yes,
+            reservation: None,
+            memo: memo!(StartTrial),
+        };
+        self.run(now, call, |account, sink| {
+            if account.trial_used {
+                return Ok(Decision::Declined(super::answer::Decline {
+                    reason: DeclineReason::TrialAlreadyUsed,
+                    requested: cmd.credits,
+                    available: account.available(),
+                    user_remaining: None,
+                    held: 0,
+                    reservation_state: None,
+                }));
+            }
+            check_balance(account, cmd.credits, "credits")?;
+            let expires_ms = now + cmd.duration_ms;
+            account.trial_used = true;
+            let lot = account.grant(sink, LotKind::Trial, cmd.credits, now, expires_ms, false);
+            Ok(Decision::Done(Granted { lot, expires_ms, totals: account.totals() }))
+        })
+    }
+
+    pub fn set_user_limit(&mut self, now: Millis, cmd: &SetUserLimit) -> Result<Decision<UserView>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: None,
+            memo: memo!(SetUserLimit),
+        };
+        self.run(now, call, |account, sink| {
+            account.users.entry(cmd.user.clone()).or_default().limit = cmd.limit;
+            let user = cmd.user.as_str().to_owned();
+            account.emit(sink, now, EventKind::UserLimitSet { user, limit: cmd.limit });
+            Ok(Decision::Done(account.user_view(&cmd.user)))
+        })
+    }
+
+    pub fn balance(&mut self, now: Millis, id: &AccountId, user: Option<&UserId>) -> Result<Balance, Error> {
+        let account = self.read(now, id)?;
+        Ok(Balance { totals: account.totals(), cycle: account.cycle, user: user.map(|user| account.user_view(user)) })
+    }
+
+    pub fn account(&mut self, now: Millis, id: &AccountId) -> Result<AccountView, Error> {
+        let account = self.read(now, id)?;
+        Ok(AccountView {
+            id: account.id.clone(),
+            plan: account.plan.clone(),
+            cycle: account.cycle,
+            totals: account.totals(),
+            lots: account.lot_views(),
+            trial_used: account.trial_used,
+            users: account.users.keys().map(|user| account.user_view(user)).collect(),
+            open_reservations: account.deadlines.len() as i64,
+        })
+    }
+
+    pub fn reservation(&mut self, now: Millis, id: &ReservationId) -> Result<ReservationView, Error> {
+        let account = self.read(now, &id.account)?;
+        if !account.reservations.contains_key(&id.seq) {
+            return Err(Error::ReservationNotFound(id.clone()));
+        }
+        Ok(account.reservation_view(id.seq))
+    }
+
+    /// Newest first. `before`: only reservations with a smaller sequence (the page token).
+    /// Returns the page and the token of the next one.
+    pub fn list_reservations(
+        &mut self,
+        now: Millis,
+        id: &AccountId,
+        state: Option<ReservationState>,
+        page_size: usize,
+        before: Option<u64>,
+    ) -> Result<(Vec<ReservationView>, Option<u64>), Error> {
+        let account = self.read(now, id)?;
+        let mut page = Vec::new();
+        let upper = before.unwrap_or(u64::MAX);
+        for (seq, reservation) in account.reservations.range(..upper).rev() {
+            if state.is_some_and(|state| state != reservation.state) {
+                continue;
+            }
+            if page.len() == page_size {
+                let next = page.last().map(|view: &ReservationView| view.id.seq);
+                return Ok((page, next));
+            }
+            page.push(account.reservation_view(*seq));
+        }
+        Ok((page, None))
+    }
+
+    /// The background pass: catches every account up to `now` (expiring holds and lots,
+    /// renewing cycles) and forgets what is past retention. Returns how many holds expired.
+    pub fn sweep(&mut self, now: Millis) -> usize {
+        let mut expired = 0;
+        for account in self.accounts.values_mut() {
+            let before = account.deadlines.len();
+            account.catch_up(&mut Sink { out: &mut self.outbox, request: None }, now);
+            expired += before - account.deadlines.len();
+            account.purge(now, self.retention_ms);
+        }
+        expired
+    }
+
+    /// Checks invariants 1–3 of DESIGN.md §3 on every account, from first principles.
+    /// Returns the first violation found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for account in self.accounts.values() {
+            super::check::account(account)?;
+        }
+        Ok(())
+    }
+
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        let mut ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// The reservation an answer created (Reserve), so its request id lives as long as it does.
+fn reservation_of(answer: &Answer) -> Option<u64> {
+    match answer {
+        Answer::Reserve(Decision::Done(reserved)) => Some(reserved.reservation.seq),
+        _ => None,
+    }
+}
+
+/// Looks up a reservation and declines when it is no longer open.
+fn closed_decline(
+    account: &Account,
+    id: &ReservationId,
+    requested: i64,
+) -> Result<Option<super::answer::Decline>, Error> {
+    let reservation = account.reservations.get(&id.seq).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
+    let reason = match reservation.state {
+        ReservationState::Held => return Ok(None),
+        ReservationState::Expired => DeclineReason::ReservationExpired,
+        ReservationState::Committed | ReservationState::Released => DeclineReason::ReservationClosed,
+    };
+    Ok(Some(account.reservation_decline(id.seq, reason, requested)))
+}
+
+/// Refuses a grant that would lift the live balance (available + held) above `BALANCE_MAX`.
+fn check_balance(account: &Account, amount: i64, field: &str) -> Result<(), Error> {
+    if account.available() + account.held + amount > BALANCE_MAX {
+        return Err(Error::invalid(field, format!("would lift the account's balance above {BALANCE_MAX}")));
+    }
+    Ok(())
+}
+
+/// Opens a reservation holding `amount` (already admitted) and returns its sequence.
+fn open_reservation(
+    account: &mut Account,
+    sink: &mut Sink<'_>,
+    now: Millis,
+    deadline_ms: Millis,
+    amount: i64,
+    (user, category, labels): (&UserId, &super::types::Category, &super::types::Labels),
+) -> u64 {
+    let draws = account.draw(amount);
+    account.last_reservation += 1;
+    let seq = account.last_reservation;
+    account.reservations.insert(
+        seq,
+        Reservation {
+            user: user.clone(),
+            category: category.clone(),
+            state: ReservationState::Held,
+            reserved: amount,
+            committed: 0,
+            draws: draws.clone(),
+            returned: 0,
+            commit_count: 0,
+            created_ms: now,
+            deadline_ms,
+            closed_ms: None,
+            labels: labels.clone(),
+            usage_cycle_ms: account.cycle.start_ms,
+            usage_counted: 0,
+        },
+    );
+    account.deadlines.insert((deadline_ms, seq));
+    account.held += amount;
+    account.count_usage(seq, amount);
+    let event = EventKind::Reserved {
+        reservation: seq,
+        user: user.as_str().to_owned(),
+        category: category.as_str().to_owned(),
+        amount,
+        draws,
+        deadline_ms,
+        labels: labels.to_map(),
+    };
+    account.emit(sink, now, event);
+    seq
+}
+
+/// Moves `amount` (checked against the hold) from held to spent, from the first draws first.
+fn spend(
+    account: &mut Account,
+    sink: &mut Sink<'_>,
+    now: Millis,
+    seq: u64,
+    amount: i64,
+    (business_key, already_charged, labels): (&Option<super::types::BusinessKey>, bool, &super::types::Labels),
+) {
+    let reservation = account.reservations.get_mut(&seq).expect("reservation exists");
+    let mut left = amount;
+    let mut taken = Vec::new();
+    for draw in reservation.draws.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(draw.amount);
+        draw.amount -= take;
+        left -= take;
+        taken.push(Draw { lot: draw.lot, amount: take });
+    }
+    reservation.draws.retain(|draw| draw.amount > 0);
+    reservation.committed += amount;
+    reservation.commit_count += 1;
+    account.held -= amount;
+    account.spent += amount;
+    if let Some(key) = business_key
+        && !already_charged
+    {
+        account.charged_keys.insert(key.clone());
+    }
+    let event = EventKind::Committed {
+        reservation: seq,
+        amount,
+        draws: taken,
+        business_key: business_key.as_ref().map(|key| key.as_str().to_owned()),
+        already_charged,
+        labels: labels.to_map(),
+    };
+    account.emit(sink, now, event);
+}
+
+/// Adds new draws to a reservation's held parts, merging parts of the same lot.
+fn merge_draws(held: &mut Vec<Draw>, new: &[Draw]) {
+    for draw in new {
+        match held.iter_mut().find(|part| part.lot == draw.lot) {
+            Some(part) => part.amount += draw.amount,
+            None => held.push(*draw),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The operator's rules: categories, the price book, TTL bounds, trial defaults and retention.
+//! Built once from configuration; turns what a caller names (a SKU, a category, a TTL) into
+//! checked values.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, check_amount};
+use super::Error;
+
+const DAY_MS: Millis = 86_400_000;
+
+/// What a caller asks to spend: credits, or units of a priced SKU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CostInput {
+    Missing,
+    Amount(i64),
+    Sku { sku: String, quantity: i64 },
+}
+
+/// A cost priced out: the amount in credits, and the per-unit price it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Priced {
+    pub amount: i64,
+    /// Credits per unit: the SKU's price, or the amount itself for a raw amount.
+    pub unit: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub categories: BTreeSet<String>,
+    /// SKU → credits per unit.
+    pub price_book: BTreeMap<String, i64>,
+    /// TTL of a hold when the caller gives none.
+    pub reservation_ttl_default_ms: Millis,
+    pub reservation_ttl_min_ms: Millis,
+    pub reservation_ttl_max_ms: Millis,
+    pub trial_credits_default: i64,
+    pub trial_duration_default_ms: Millis,
+    pub trial_duration_max_ms: Millis,
+    /// How long request ids and closed reservations are remembered (at least; open reservations
+    /// keep theirs as long as they live).
+    pub request_id_retention_ms: Millis,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        let categories = [
+            "email", "mobile", "enrichment", "waterfall", "ai", "dialer", "api", "phone_number", "mailbox",
+        ];
+        let prices: [(&str, i64); 12] = [
+            ("email.verified", 1),
+            ("mobile.verified", 10),
+            ("enrichment.row", 1),
+            ("waterfall.provider.a", 1),
+            ("waterfall.provider.b", 2),
+            ("waterfall.validator", 1),
+            ("ai.research", 5),
+            ("dialer.minute.us", 1),
+            ("dialer.minute.de", 2),
+            ("phone_number.month", 50),
+            ("mailbox.month", 20),
+            ("api.call", 1),
+        ];
+        Self {
+            categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+            price_book: prices.iter().map(|(sku, price)| ((*sku).to_owned(), *price)).collect(),
+            reservation_ttl_default_ms: 5 * 60_000,
+            reservation_ttl_min_ms: 1_000,
+            reservation_ttl_max_ms: 7 * DAY_MS,
+            trial_credits_default: 100,
+            trial_duration_default_ms: 14 * DAY_MS,
+            trial_duration_max_ms: 365 * DAY_MS,
+            request_id_retention_ms: DAY_MS,
+        }
+    }
+}
+
+impl Rules {
+    /// Checks the rules themselves; `Err` names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.categories.is_empty() {
+            return Err("categories: at least one category is needed".into());
+        }
+        for (sku, price) in &self.price_book {
+            if sku.is_empty() || !sku.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(format!("price_book: SKU {sku:?} must be non-empty visible ASCII"));
+            }
+            if !(1..=AMOUNT_MAX).contains(price) {
+                return Err(format!("price_book.{sku}: price must be in 1..={AMOUNT_MAX}"));
+            }
+        }
+        let ttl = (self.reservation_ttl_min_ms, self.reservation_ttl_default_ms, self.reservation_ttl_max_ms);
+        if !(ttl.0 >= 1 && ttl.0 <= ttl.1 && ttl.1 <= ttl.2 && ttl.2 <= 365 * DAY_MS) {
+            return Err("reservation_ttl_*_ms: need 1 <= min <= default <= max <= 365 days".into());
+        }
+        if !(1..=AMOUNT_MAX).contains(&self.trial_credits_default) {
+            return Err(format!("trial_credits_default: must be in 1..={AMOUNT_MAX}"));
+        }
+        if !(1..=self.trial_duration_max_ms).contains(&self.trial_duration_default_ms) {
+            return Err("trial_duration_default_ms: must be in 1..=trial_duration_max_ms".into());
+        }
+        if self.request_id_retention_ms < DAY_MS {
+            return Err("request_id_retention_ms: must be at least 24 h (86400000)".into());
+        }
+        Ok(())
+    }
+
+    pub fn category(&self, name: &str) -> Result<Category, Error> {
+        if self.categories.contains(name) {
+            return Ok(Category(name.to_owned()));
+        }
+        let known: Vec<&str> = self.categories.iter().map(String::as_str).collect();
+        Err(Error::invalid("category", format!("unknown category {name:?}; known: {}", known.join(", "))))
+    }
+
+    /// Prices a cost. `zero_allowed` admits a raw amount of 0 (commits).
+    pub fn price(&self, cost: &CostInput, zero_allowed: bool) -> Result<Priced, Error> {
+        match cost {
+            CostInput::Missing => Err(Error::invalid("cost", "an amount or a SKU with a quantity is required")),
+            CostInput::Amount(amount) => {
+                let amount = check_amount("cost.amount", *amount, zero_allowed)?;
+                Ok(Priced { amount, unit: amount.max(1) })
+            }
+            CostInput::Sku { sku, quantity } => {
+                let unit = *self
+                    .price_book
+                    .get(sku)
+                    .ok_or_else(|| Error::invalid("cost.sku.sku", format!("unknown SKU {sku:?}")))?;
+                if !(1..=QUANTITY_MAX).contains(quantity) {
+                    return Err(Error::invalid(
+                        "cost.sku.quantity",
+                        format!("must be in 1..={QUANTITY_MAX}, got {quantity}"),
+                    ));
+                }
+                let amount = unit
+                    .checked_mul(*quantity)
+                    .filter(|amount| *amount <= AMOUNT_MAX)
+                    .ok_or_else(|| Error::invalid("cost.sku.quantity", format!("prices out above {AMOUNT_MAX} credits")))?;
+                Ok(Priced { amount, unit })
+            }
+        }
+    }
+
+    /// A hold's TTL: 0 means the default; otherwise within the configured bounds.
+    pub fn ttl(&self, ttl_ms: Millis) -> Result<Millis, Error> {
+        if ttl_ms == 0 {
+            return Ok(self.reservation_ttl_default_ms);
+        }
+        let (min, max) = (self.reservation_ttl_min_ms, self.reservation_ttl_max_ms);
+        if !(min..=max).contains(&ttl_ms) {
+            return Err(Error::invalid("ttl_ms", format!("must be 0 (default) or in {min}..={max}, got {ttl_ms}")));
+        }
+        Ok(ttl_ms)
+    }
+
+    /// An Extend's TTL: 0 keeps the deadline; otherwise within the configured bounds.
+    pub fn extend_ttl(&self, ttl_ms: Millis) -> Result<Option<Millis>, Error> {
+        if ttl_ms == 0 { Ok(None) } else { self.ttl(ttl_ms).map(Some) }
+    }
+
+    pub fn trial(&self, credits: i64, duration_ms: Millis) -> Result<(i64, Millis), Error> {
+        let credits = match credits {
+            0 => self.trial_credits_default,
+            credits => check_amount("credits", credits, false)?,
+        };
+        let max = self.trial_duration_max_ms;
+        let duration = match duration_ms {
+            0 => self.trial_duration_default_ms,
+            d if (1..=max).contains(&d) => d,
+            d => return Err(Error::invalid("duration_ms", format!("must be 0 (default) or in 1..={max}, got {d}"))),
+        };
+        Ok((credits, duration))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rules_are_valid() {
+        Rules::default().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_rules_name_the_setting() {
+        let cases: Vec<(Box<dyn Fn(&mut Rules)>, &str)> = vec![
+            (Box::new(|r| r.categories.clear()), "categories"),
+            (Box::new(|r| { r.price_book.insert("x".into(), 0); }), "price_book.x"),
+            (Box::new(|r| r.reservation_ttl_min_ms = r.reservation_ttl_max_ms + 1), "reservation_ttl"),
+            (Box::new(|r| r.trial_credits_default = 0), "trial_credits_default"),
+            (Box::new(|r| r.request_id_retention_ms = 1000), "request_id_retention_ms"),
+        ];
+        for (mutate, setting) in cases {
+            let mut rules = Rules::default();
+            mutate(&mut rules);
+            let error = rules.validate().unwrap_err();
+            assert!(error.starts_with(setting), "{setting}: {error}");
+        }
+    }
+
+    #[test]
+    fn prices_skus_and_amounts() {
+        let mut rules = Rules::default();
+        rules.price_book.insert("whale".into(), AMOUNT_MAX / 2);
+        let sku = |sku: &str, quantity| CostInput::Sku { sku: sku.into(), quantity };
+        assert_eq!(rules.price(&sku("dialer.minute.de", 3), false).unwrap(), Priced { amount: 6, unit: 2 });
+        assert_eq!(rules.price(&CostInput::Amount(7), false).unwrap(), Priced { amount: 7, unit: 7 });
+        assert_eq!(rules.price(&CostInput::Amount(0), true).unwrap().amount, 0);
+        let table: &[(CostInput, bool, &str)] = &[
+            (CostInput::Missing, false, "cost: "),
+            (CostInput::Amount(0), false, "cost.amount: "),
+            (CostInput::Amount(-5), true, "cost.amount: "),
+            (sku("nope", 1), false, "cost.sku.sku: unknown SKU"),
+            (sku("email.verified", 0), false, "cost.sku.quantity: "),
+            (sku("whale", 3), false, "cost.sku.quantity: prices out above"),
+        ];
+        for (cost, zero_allowed, expected) in table {
+            let error = rules.price(cost, *zero_allowed).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{cost:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        let rules = Rules::default();
+        assert_eq!(rules.ttl(0).unwrap(), rules.reservation_ttl_default_ms);
+        assert_eq!(rules.ttl(1_000).unwrap(), 1_000);
+        for bad in [-1, 999, rules.reservation_ttl_max_ms + 1] {
+            assert!(rules.ttl(bad).unwrap_err().to_string().starts_with("ttl_ms: "));
+        }
+        assert_eq!(rules.extend_ttl(0).unwrap(), None);
+    }
+
+    #[test]
+    fn categories_are_closed() {
+        let rules = Rules::default();
+        assert_eq!(rules.category("email").unwrap().as_str(), "email");
+        let error = rules.category("gold").unwrap_err().to_string();
+        assert!(error.starts_with("category: unknown category \"gold\""), "{error}");
+    }
+}

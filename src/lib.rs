@@ -1,0 +1,17 @@
+//! credit-sidecar: decides whether work may spend a team's credits, and records every credit
+//! held, spent, returned and expired.
+//!
+//! Codemap (dependencies point down this list, never up):
+//! - [`config`]: the one place that reads flags and files; typed and validated.
+//! - [`server`]: wiring — the gRPC services, the background expiry sweep, shutdown.
+//! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
+//!   commands and maps errors to gRPC statuses in one place.
+//! - [`engine`]: where hot state lives. Today the embedded engine (the reference model behind a
+//!   lock).
+//! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod ledger;
+pub mod server;
