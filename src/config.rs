@@ -1,1 +1,163 @@
-//! config
+//! The one place that reads configuration: command-line flags and an optional TOML file (flags
+//! win). Parsed once into typed values and validated before any port is bound; every error names
+//! the setting. Tests build a [`Config`] from a TOML string.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::ledger::Rules;
+
+/// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// A TOML configuration file (see README "Configuration").
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address the gRPC server listens on [default: 127.0.0.1:50051].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API (the default).
+    Serve,
+}
+
+/// The file's shape; every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    sweep_interval_ms: Option<u64>,
+    categories: Option<BTreeSet<String>>,
+    price_book: Option<BTreeMap<String, i64>>,
+    reservation_ttl_default_ms: Option<i64>,
+    reservation_ttl_min_ms: Option<i64>,
+    reservation_ttl_max_ms: Option<i64>,
+    trial_credits_default: Option<i64>,
+    trial_duration_default_ms: Option<i64>,
+    request_id_retention_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// How often the background sweep expires overdue holds and renews cycles.
+    pub sweep_interval_ms: u64,
+    pub rules: Rules,
+}
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
+pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Flags over the file over defaults.
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let text = match &args.config {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|error| ConfigError(format!("config: cannot read {}: {error}", path.display())))?,
+            None => String::new(),
+        };
+        let mut file = parse_file(&text)?;
+        if let Some(listen) = &args.listen {
+            file.listen = Some(listen.clone());
+        }
+        build(file)
+    }
+
+    /// A configuration from TOML text alone (defaults for what it leaves out).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        build(parse_file(text)?)
+    }
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|error| ConfigError(format!("config file: {error}")))
+}
+
+fn build(file: FileConfig) -> Result<Config, ConfigError> {
+    let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
+    let listen = listen_text
+        .parse()
+        .map_err(|_| ConfigError(format!("listen: {listen_text:?} is not an address like 127.0.0.1:50051")))?;
+    let sweep_interval_ms = file.sweep_interval_ms.unwrap_or(SWEEP_INTERVAL_DEFAULT_MS);
+    if !(10..=60_000).contains(&sweep_interval_ms) {
+        return Err(ConfigError("sweep_interval_ms: must be in 10..=60000".into()));
+    }
+    let defaults = Rules::default();
+    let rules = Rules {
+        categories: file.categories.unwrap_or(defaults.categories),
+        price_book: file.price_book.unwrap_or(defaults.price_book),
+        reservation_ttl_default_ms: file.reservation_ttl_default_ms.unwrap_or(defaults.reservation_ttl_default_ms),
+        reservation_ttl_min_ms: file.reservation_ttl_min_ms.unwrap_or(defaults.reservation_ttl_min_ms),
+        reservation_ttl_max_ms: file.reservation_ttl_max_ms.unwrap_or(defaults.reservation_ttl_max_ms),
+        trial_credits_default: file.trial_credits_default.unwrap_or(defaults.trial_credits_default),
+        trial_duration_default_ms: file.trial_duration_default_ms.unwrap_or(defaults.trial_duration_default_ms),
+        trial_duration_max_ms: defaults.trial_duration_max_ms,
+        request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
+    };
+    rules.validate().map_err(ConfigError)?;
+    Ok(Config { listen, sweep_interval_ms, rules })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_on_loopback() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(config.rules, Rules::default());
+    }
+
+    #[test]
+    fn file_sets_rules() {
+        let config = Config::from_toml(
+            "categories = [\"email\", \"dialer\"]\n[price_book]\n\"dialer.minute.fr\" = 3\n",
+        )
+        .unwrap();
+        assert_eq!(config.rules.price_book["dialer.minute.fr"], 3);
+        assert!(config.rules.category("mobile").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let table = [
+            ("listen = \"nowhere\"", "listen: "),
+            ("sweep_interval_ms = 0", "sweep_interval_ms: "),
+            ("[price_book]\nfree = 0", "price_book.free: "),
+            ("reservation_ttl_min_ms = 0", "reservation_ttl_"),
+            ("colour = \"blue\"", "config file: "),
+        ];
+        for (text, expected) in table {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("credit-sidecar-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
+        let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:2"]);
+        assert_eq!(Config::load(&args).unwrap().listen.port(), 2);
+        let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap()]);
+        assert_eq!(Config::load(&args).unwrap().listen.port(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

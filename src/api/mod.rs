@@ -1,1 +1,16 @@
-//! gRPC
+//! gRPC: the only code that names generated protobuf types. Requests are converted to validated
+//! ledger commands (`convert`), executed by the engine, and answers converted back; every error
+//! becomes a status in one place (`status`).
+
+mod admin;
+mod authorizer;
+mod convert;
+mod status;
+
+pub use admin::AdminService;
+pub use authorizer::AuthorizerService;
+
+/// Generated messages and service stubs of `credits.v1`.
+pub mod pb {
+    tonic::include_proto!("credits.v1");
+}

@@ -1,0 +1,3 @@
+//! The integration tests: one binary, modules by subject, one shared harness.
+
+mod model_props;
