@@ -89,9 +89,11 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
 
 fn build(file: FileConfig) -> Result<Config, ConfigError> {
     let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-    let listen = listen_text
-        .parse()
-        .map_err(|_| ConfigError(format!("listen: {listen_text:?} is not an address like 127.0.0.1:50051")))?;
+    let listen = listen_text.parse().map_err(|_| {
+        ConfigError(format!(
+            "listen: {listen_text:?} is not an address like 127.0.0.1:50051"
+        ))
+    })?;
     let sweep_interval_ms = file.sweep_interval_ms.unwrap_or(SWEEP_INTERVAL_DEFAULT_MS);
     if !(10..=60_000).contains(&sweep_interval_ms) {
         return Err(ConfigError("sweep_interval_ms: must be in 10..=60000".into()));
@@ -100,16 +102,24 @@ fn build(file: FileConfig) -> Result<Config, ConfigError> {
     let rules = Rules {
         categories: file.categories.unwrap_or(defaults.categories),
         price_book: file.price_book.unwrap_or(defaults.price_book),
-        reservation_ttl_default_ms: file.reservation_ttl_default_ms.unwrap_or(defaults.reservation_ttl_default_ms),
+        reservation_ttl_default_ms: file
+            .reservation_ttl_default_ms
+            .unwrap_or(defaults.reservation_ttl_default_ms),
         reservation_ttl_min_ms: file.reservation_ttl_min_ms.unwrap_or(defaults.reservation_ttl_min_ms),
         reservation_ttl_max_ms: file.reservation_ttl_max_ms.unwrap_or(defaults.reservation_ttl_max_ms),
         trial_credits_default: file.trial_credits_default.unwrap_or(defaults.trial_credits_default),
-        trial_duration_default_ms: file.trial_duration_default_ms.unwrap_or(defaults.trial_duration_default_ms),
+        trial_duration_default_ms: file
+            .trial_duration_default_ms
+            .unwrap_or(defaults.trial_duration_default_ms),
         trial_duration_max_ms: defaults.trial_duration_max_ms,
         request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
     };
     rules.validate().map_err(ConfigError)?;
-    Ok(Config { listen, sweep_interval_ms, rules })
+    Ok(Config {
+        listen,
+        sweep_interval_ms,
+        rules,
+    })
 }
 
 #[cfg(test)]
@@ -125,10 +135,9 @@ mod tests {
 
     #[test]
     fn file_sets_rules() {
-        let config = Config::from_toml(
-            "categories = [\"email\", \"dialer\"]\n[price_book]\n\"dialer.minute.fr\" = 3\n",
-        )
-        .unwrap();
+        let config =
+            Config::from_toml("categories = [\"email\", \"dialer\"]\n[price_book]\n\"dialer.minute.fr\" = 3\n")
+                .unwrap();
         assert_eq!(config.rules.price_book["dialer.minute.fr"], 3);
         assert!(config.rules.category("mobile").is_err());
     }
@@ -144,7 +153,10 @@ mod tests {
         ];
         for (text, expected) in table {
             let error = Config::from_toml(text).unwrap_err().to_string();
-            assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
+            assert!(
+                error.starts_with(&format!("configuration: {expected}")),
+                "{text}: {error}"
+            );
         }
     }
 
@@ -154,7 +166,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
-        let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:2"]);
+        let args = Args::parse_from([
+            "credit-sidecar",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:2",
+        ]);
         assert_eq!(Config::load(&args).unwrap().listen.port(), 2);
         let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap()]);
         assert_eq!(Config::load(&args).unwrap().listen.port(), 1);

@@ -28,7 +28,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::embedded(config.rules.clone(), Arc::new(SystemClock));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, engine = engine.name(), "credit-sidecar serving gRPC");
-    let options = ServeOptions { sweep_interval: Duration::from_millis(config.sweep_interval_ms) };
+    let options = ServeOptions {
+        sweep_interval: Duration::from_millis(config.sweep_interval_ms),
+    };
     serve(listener, engine, options, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -36,8 +38,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -7,8 +7,11 @@
 mod embedded;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ledger::command::{Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial};
+use crate::ledger::command::{
+    Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+};
 use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, PlanSet, Quoted, Released,
     ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
@@ -38,6 +41,8 @@ pub type ReservationPage = (Vec<ReservationView>, Option<u64>);
 pub struct Engine {
     rules: Arc<Rules>,
     backend: Backend,
+    /// Holds expired by the background sweep (not by a call that found them overdue).
+    swept_holds: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -48,7 +53,11 @@ enum Backend {
 impl Engine {
     pub fn embedded(rules: Rules, clock: Arc<dyn Clock>) -> Self {
         let retention_ms = rules.request_id_retention_ms;
-        Self { rules: Arc::new(rules), backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, retention_ms))) }
+        Self {
+            rules: Arc::new(rules),
+            backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, retention_ms))),
+            swept_holds: Arc::default(),
+        }
     }
 
     pub fn rules(&self) -> &Rules {
@@ -156,8 +165,15 @@ impl Engine {
     /// Expires holds past their deadline and renews ended cycles everywhere; returns how many
     /// holds expired. The server's background sweep calls this; tests call it directly.
     pub async fn sweep(&self) -> Result<usize> {
-        match &self.backend {
-            Backend::Embedded(engine) => Ok(engine.sweep()),
-        }
+        let expired = match &self.backend {
+            Backend::Embedded(engine) => engine.sweep(),
+        };
+        self.swept_holds.fetch_add(expired as u64, Ordering::Relaxed);
+        Ok(expired)
+    }
+
+    /// How many holds the sweep has expired since start.
+    pub fn swept_holds(&self) -> u64 {
+        self.swept_holds.load(Ordering::Relaxed)
     }
 }

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::answer::{
-    Answer, Decline, DeclineReason, LotView, ReservationView, Totals, UserView,
-};
+use super::answer::{Answer, Decline, DeclineReason, LotView, ReservationView, Totals, UserView};
 use super::command::{Fingerprint, Plan};
 use super::cycle::{Cycle, calendar_month, cycle_containing};
 use super::event::{Draw, Event, EventKind, draws_total};
-use super::types::{AccountId, BusinessKey, Category, Labels, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId};
+use super::types::{
+    AccountId, BusinessKey, Category, Labels, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId,
+};
 
 #[derive(Clone, Debug)]
 pub(super) struct Lot {
@@ -193,8 +193,12 @@ impl Account {
     /// Takes `amount` from live lots, soonest expiry first (ties: kind order, then age).
     /// The caller has checked that the lots cover it.
     pub fn draw(&mut self, amount: i64) -> Vec<Draw> {
-        let mut order: Vec<(Millis, LotKind, u64)> =
-            self.lots.iter().filter(|(_, lot)| lot.remaining > 0).map(|(id, lot)| (lot.expires_ms, lot.kind, *id)).collect();
+        let mut order: Vec<(Millis, LotKind, u64)> = self
+            .lots
+            .iter()
+            .filter(|(_, lot)| lot.remaining > 0)
+            .map(|(id, lot)| (lot.expires_ms, lot.kind, *id))
+            .collect();
         order.sort_unstable();
         let mut draws = Vec::new();
         let mut left = amount;
@@ -213,12 +217,39 @@ impl Account {
     }
 
     /// Grants a new lot and records it.
-    pub fn grant(&mut self, sink: &mut Sink<'_>, kind: LotKind, amount: i64, at_ms: Millis, expires_ms: Millis, from_plan: bool) -> u64 {
+    pub fn grant(
+        &mut self,
+        sink: &mut Sink<'_>,
+        kind: LotKind,
+        amount: i64,
+        at_ms: Millis,
+        expires_ms: Millis,
+        from_plan: bool,
+    ) -> u64 {
         self.last_lot += 1;
         let id = self.last_lot;
-        self.lots.insert(id, Lot { kind, granted: amount, remaining: amount, granted_ms: at_ms, expires_ms, from_plan });
+        self.lots.insert(
+            id,
+            Lot {
+                kind,
+                granted: amount,
+                remaining: amount,
+                granted_ms: at_ms,
+                expires_ms,
+                from_plan,
+            },
+        );
         self.granted += amount;
-        self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms });
+        self.emit(
+            sink,
+            at_ms,
+            EventKind::LotGranted {
+                lot: id,
+                kind,
+                amount,
+                expires_ms,
+            },
+        );
         id
     }
 
@@ -274,7 +305,16 @@ impl Account {
         self.held -= total;
         self.expired += expired;
         self.uncount_usage(seq, total);
-        self.emit(sink, at_ms, EventKind::Closed { reservation: seq, state, returned, expired });
+        self.emit(
+            sink,
+            at_ms,
+            EventKind::Closed {
+                reservation: seq,
+                state,
+                returned,
+                expired,
+            },
+        );
         total
     }
 
@@ -288,8 +328,12 @@ impl Account {
             }
             self.close(sink, seq, ReservationState::Expired, deadline, now);
         }
-        let mut dead: Vec<(Millis, u64)> =
-            self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).collect();
+        let mut dead: Vec<(Millis, u64)> = self
+            .lots
+            .iter()
+            .filter(|(_, lot)| lot.expires_ms <= now)
+            .map(|(id, lot)| (lot.expires_ms, *id))
+            .collect();
         dead.sort_unstable();
         for (expires_ms, id) in dead {
             self.expire_lot(sink, id, expires_ms);
@@ -306,7 +350,14 @@ impl Account {
     pub fn expire_lot(&mut self, sink: &mut Sink<'_>, id: u64, at_ms: Millis) {
         let lot = self.lots.remove(&id).expect("lot exists");
         self.expired += lot.remaining;
-        self.emit(sink, at_ms, EventKind::LotExpired { lot: id, amount: lot.remaining });
+        self.emit(
+            sink,
+            at_ms,
+            EventKind::LotExpired {
+                lot: id,
+                amount: lot.remaining,
+            },
+        );
     }
 
     /// Begins `cycle`: user usage and business keys reset, and the plan's lots are granted.
@@ -335,7 +386,10 @@ impl Account {
     pub fn reservation_view(&self, seq: u64) -> ReservationView {
         let r = &self.reservations[&seq];
         ReservationView {
-            id: ReservationId { account: self.id.clone(), seq },
+            id: ReservationId {
+                account: self.id.clone(),
+                seq,
+            },
             user: r.user.as_str().to_owned(),
             category: r.category.as_str().to_owned(),
             state: r.state,
@@ -371,7 +425,12 @@ impl Account {
 
     pub fn user_view(&self, user: &UserId) -> UserView {
         let state = self.users.get(user).cloned().unwrap_or_default();
-        UserView { user: user.as_str().to_owned(), limit: state.limit, used: state.used, remaining: state.remaining() }
+        UserView {
+            user: user.as_str().to_owned(),
+            limit: state.limit,
+            used: state.used,
+            remaining: state.remaining(),
+        }
     }
 
     /// Forgets closed reservations and request ids past their retention.
@@ -384,7 +443,9 @@ impl Account {
                 .is_some_and(|r| r.state.is_open());
             open || remembered.keep_until_ms > now
         });
-        self.reservations
-            .retain(|_, r| r.closed_ms.is_none_or(|closed| closed.saturating_add(retention_ms) > now));
+        self.reservations.retain(|_, r| {
+            r.closed_ms
+                .is_none_or(|closed| closed.saturating_add(retention_ms) > now)
+        });
     }
 }

@@ -86,7 +86,10 @@ impl Decline {
             DeclineReason::ReservationExpired => "reservation expired; its uncommitted part was returned".into(),
             DeclineReason::ReservationClosed => "reservation already closed".into(),
             DeclineReason::ExceedsHold => {
-                format!("commit of {} exceeds the {} still held; extend first", self.requested, self.held)
+                format!(
+                    "commit of {} exceeds the {} still held; extend first",
+                    self.requested, self.held
+                )
             }
             DeclineReason::TrialAlreadyUsed => "this account already had its trial".into(),
         }

@@ -7,7 +7,9 @@
 
 use sha2::{Digest, Sha256};
 
-use super::types::{AccountId, BusinessKey, Category, Labels, LotKind, Millis, Period, RequestId, ReservationId, UserId};
+use super::types::{
+    AccountId, BusinessKey, Category, Labels, LotKind, Millis, Period, RequestId, ReservationId, UserId,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -186,7 +188,11 @@ impl Commit {
 
 impl Extend {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("extend").text(&self.reservation.to_string()).int(self.amount).opt_int(self.ttl_ms).finish()
+        Digester::new("extend")
+            .text(&self.reservation.to_string())
+            .int(self.amount)
+            .opt_int(self.ttl_ms)
+            .finish()
     }
 }
 
@@ -235,13 +241,21 @@ impl Grant {
 
 impl StartTrial {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("start_trial").text(self.account.as_str()).int(self.credits).int(self.duration_ms).finish()
+        Digester::new("start_trial")
+            .text(self.account.as_str())
+            .int(self.credits)
+            .int(self.duration_ms)
+            .finish()
     }
 }
 
 impl SetUserLimit {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("set_user_limit").text(self.account.as_str()).text(self.user.as_str()).opt_int(self.limit).finish()
+        Digester::new("set_user_limit")
+            .text(self.account.as_str())
+            .text(self.user.as_str())
+            .opt_int(self.limit)
+            .finish()
     }
 }
 
@@ -251,7 +265,10 @@ mod tests {
 
     fn release(seq: u64) -> Release {
         Release {
-            reservation: ReservationId { account: AccountId::parse("acme").unwrap(), seq },
+            reservation: ReservationId {
+                account: AccountId::parse("acme").unwrap(),
+                seq,
+            },
             request: RequestId::parse("r1").unwrap(),
         }
     }

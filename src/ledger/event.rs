@@ -35,13 +35,29 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    PlanSet { plan: Plan, cycle: Cycle },
+    PlanSet {
+        plan: Plan,
+        cycle: Cycle,
+    },
     /// A new billing cycle began (renewal or plan change): user usage and business keys reset.
-    CycleStarted { cycle: Cycle },
-    LotGranted { lot: u64, kind: LotKind, amount: i64, expires_ms: Millis },
+    CycleStarted {
+        cycle: Cycle,
+    },
+    LotGranted {
+        lot: u64,
+        kind: LotKind,
+        amount: i64,
+        expires_ms: Millis,
+    },
     /// A lot reached its expiry with `amount` left.
-    LotExpired { lot: u64, amount: i64 },
-    UserLimitSet { user: String, limit: Option<i64> },
+    LotExpired {
+        lot: u64,
+        amount: i64,
+    },
+    UserLimitSet {
+        user: String,
+        limit: Option<i64>,
+    },
     Reserved {
         reservation: u64,
         user: String,
@@ -51,7 +67,12 @@ pub enum EventKind {
         deadline_ms: Millis,
         labels: BTreeMap<String, String>,
     },
-    Extended { reservation: u64, amount: i64, draws: Vec<Draw>, deadline_ms: Millis },
+    Extended {
+        reservation: u64,
+        amount: i64,
+        draws: Vec<Draw>,
+        deadline_ms: Millis,
+    },
     Committed {
         reservation: u64,
         /// What this commit spent, taken from these lots' held parts.
@@ -62,5 +83,10 @@ pub enum EventKind {
         labels: BTreeMap<String, String>,
     },
     /// A reservation closed: `returned` went back to live lots, `expired` to lots already dead.
-    Closed { reservation: u64, state: ReservationState, returned: Vec<Draw>, expired: i64 },
+    Closed {
+        reservation: u64,
+        state: ReservationState,
+        returned: Vec<Draw>,
+        expired: i64,
+    },
 }

@@ -48,6 +48,9 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.to_owned(), reason: reason.into() }
+        Self::InvalidArgument {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
     }
 }

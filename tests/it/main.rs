@@ -1,3 +1,7 @@
-//! The integration tests: one binary, modules by subject, one shared harness.
+//! The integration tests: one binary, modules by subject, one shared harness that starts the
+//! real server on a free loopback port and talks to it through the real tonic clients.
 
+mod flows;
+mod harness;
 mod model_props;
+mod rules;

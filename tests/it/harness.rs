@@ -1,0 +1,322 @@
+//! The shared harness: a real server on a loopback port chosen by the kernel, reached through
+//! the real tonic clients, with a manual clock the test moves. `engine_tests!` runs one test
+//! body against every engine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use credit_sidecar::api::pb;
+use credit_sidecar::api::pb::credit_admin_client::CreditAdminClient;
+use credit_sidecar::api::pb::credit_authorizer_client::CreditAuthorizerClient;
+use credit_sidecar::engine::Engine;
+use credit_sidecar::ledger::{ManualClock, Millis, Rules};
+use credit_sidecar::server::{ServeOptions, serve};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// 2026-03-10T12:00:00Z: inside a cycle of the plan anchored on `ANCHOR`.
+pub fn t0() -> Millis {
+    ms(2026, 3, 10, 12)
+}
+
+/// Plans in tests are anchored on a month's last day: 2026-01-31T00:00:00Z.
+pub fn anchor() -> Millis {
+    ms(2026, 1, 31, 0)
+}
+
+pub fn ms(year: i32, month: u32, day: u32, hour: u32) -> Millis {
+    Utc.with_ymd_and_hms(year, month, day, hour, 0, 0)
+        .unwrap()
+        .timestamp_millis()
+}
+
+pub const MINUTE: Millis = 60_000;
+pub const HOUR: Millis = 60 * MINUTE;
+pub const DAY: Millis = 24 * HOUR;
+
+#[derive(Clone, Copy, Debug)]
+pub enum EngineKind {
+    Embedded,
+}
+
+pub struct Harness {
+    pub clock: ManualClock,
+    pub engine: Engine,
+    pub auth: CreditAuthorizerClient<Channel>,
+    pub admin: CreditAdminClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    requests: AtomicU64,
+}
+
+impl Harness {
+    pub async fn start(kind: EngineKind) -> Self {
+        Self::start_with(kind, Rules::default(), Duration::from_secs(3600)).await
+    }
+
+    /// `sweep_interval`: tests that drive expiry themselves use a long one and call `sweep`.
+    pub async fn start_with(kind: EngineKind, rules: Rules, sweep_interval: Duration) -> Self {
+        let clock = ManualClock::new(t0());
+        let engine = match kind {
+            EngineKind::Embedded => Engine::embedded(rules, Arc::new(clock.clone())),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions { sweep_interval };
+        let server = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                serve(listener, engine, options, async {
+                    stopped.await.ok();
+                })
+                .await
+                .unwrap();
+            }
+        });
+        // The listener is bound, so the connection is accepted as soon as the server polls it.
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            clock,
+            engine,
+            auth: CreditAuthorizerClient::new(channel.clone()),
+            admin: CreditAdminClient::new(channel),
+            shutdown: Some(shutdown),
+            server: Some(server),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.take().map(|tx| tx.send(()));
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    /// A fresh request id.
+    pub fn rid(&self) -> String {
+        format!("req-{}", self.requests.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Moves the clock and runs the expiry sweep, as the background task would.
+    pub async fn advance(&self, by: Millis) {
+        self.clock.advance(by);
+        self.engine.sweep().await.unwrap();
+    }
+
+    /// An account on a monthly plan anchored at `anchor()` with `credits` per cycle.
+    pub async fn account(&self, account: &str, credits: i64) {
+        self.set_plan(account, credits, 0).await;
+    }
+
+    pub async fn set_plan(&self, account: &str, plan_credits: i64, addon_credits: i64) -> pb::SetPlanResponse {
+        let request = pb::SetPlanRequest {
+            account_id: account.into(),
+            period: pb::Period::Monthly as i32,
+            anchor_unix_ms: anchor(),
+            plan_credits,
+            addon_credits,
+            request_id: self.rid(),
+        };
+        let response = self.admin.clone().set_plan(request).await.unwrap().into_inner();
+        assert_eq!(response.outcome(), pb::Outcome::Ok);
+        response
+    }
+
+    pub async fn reserve(&self, account: &str, user: &str, amount: i64, ttl_ms: Millis) -> pb::ReserveResponse {
+        self.reserve_cost(account, user, "enrichment", amount_cost(amount), ttl_ms)
+            .await
+    }
+
+    pub async fn reserve_cost(
+        &self,
+        account: &str,
+        user: &str,
+        category: &str,
+        cost: pb::Cost,
+        ttl_ms: Millis,
+    ) -> pb::ReserveResponse {
+        let request = pb::ReserveRequest {
+            account_id: account.into(),
+            user_id: user.into(),
+            category: category.into(),
+            cost: Some(cost),
+            ttl_ms,
+            request_id: self.rid(),
+            labels: HashMap::new(),
+        };
+        self.auth.clone().reserve(request).await.unwrap().into_inner()
+    }
+
+    /// Reserves and asserts it succeeded; returns the reservation id.
+    pub async fn hold(&self, account: &str, user: &str, amount: i64) -> String {
+        let response = self.reserve(account, user, amount, 10 * MINUTE).await;
+        assert_eq!(response.outcome(), pb::Outcome::Ok, "{response:?}");
+        response.reservation_id
+    }
+
+    pub async fn commit(&self, reservation: &str, amount: i64, final_commit: bool) -> pb::CommitResponse {
+        self.commit_with(reservation, amount, final_commit, "", HashMap::new())
+            .await
+    }
+
+    pub async fn commit_with(
+        &self,
+        reservation: &str,
+        amount: i64,
+        final_commit: bool,
+        business_key: &str,
+        labels: HashMap<String, String>,
+    ) -> pb::CommitResponse {
+        let request = pb::CommitRequest {
+            reservation_id: reservation.into(),
+            cost: Some(amount_cost(amount)),
+            r#final: final_commit,
+            request_id: self.rid(),
+            business_key: business_key.into(),
+            labels,
+        };
+        self.auth.clone().commit(request).await.unwrap().into_inner()
+    }
+
+    pub async fn release(&self, reservation: &str) -> pb::ReleaseResponse {
+        let request = pb::ReleaseRequest {
+            reservation_id: reservation.into(),
+            request_id: self.rid(),
+        };
+        self.auth.clone().release(request).await.unwrap().into_inner()
+    }
+
+    pub async fn extend(&self, reservation: &str, amount: i64, ttl_ms: Millis) -> pb::ExtendResponse {
+        let request = pb::ExtendRequest {
+            reservation_id: reservation.into(),
+            cost: (amount > 0).then(|| amount_cost(amount)),
+            ttl_ms,
+            request_id: self.rid(),
+        };
+        self.auth.clone().extend(request).await.unwrap().into_inner()
+    }
+
+    pub async fn totals(&self, account: &str) -> pb::Totals {
+        let request = pb::GetBalanceRequest {
+            account_id: account.into(),
+            user_id: String::new(),
+        };
+        self.auth
+            .clone()
+            .get_balance(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .totals
+            .unwrap()
+    }
+
+    pub async fn balance(&self, account: &str, user: &str) -> pb::GetBalanceResponse {
+        let request = pb::GetBalanceRequest {
+            account_id: account.into(),
+            user_id: user.into(),
+        };
+        self.auth.clone().get_balance(request).await.unwrap().into_inner()
+    }
+
+    pub async fn reservation(&self, id: &str) -> pb::Reservation {
+        let request = pb::GetReservationRequest {
+            reservation_id: id.into(),
+        };
+        self.auth
+            .clone()
+            .get_reservation(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .reservation
+            .unwrap()
+    }
+
+    pub async fn set_user_limit(&self, account: &str, user: &str, limit: Option<i64>) -> pb::SetUserLimitResponse {
+        let request = pb::SetUserLimitRequest {
+            account_id: account.into(),
+            user_id: user.into(),
+            limit,
+            request_id: self.rid(),
+        };
+        self.admin.clone().set_user_limit(request).await.unwrap().into_inner()
+    }
+
+    pub async fn grant(&self, account: &str, kind: pb::LotKind, amount: i64, expires: Millis) -> pb::GrantResponse {
+        let request = pb::GrantRequest {
+            account_id: account.into(),
+            kind: kind as i32,
+            amount,
+            expires_unix_ms: expires,
+            request_id: self.rid(),
+        };
+        self.admin.clone().grant(request).await.unwrap().into_inner()
+    }
+
+    pub async fn lots(&self, account: &str) -> Vec<pb::Lot> {
+        let request = pb::GetAccountRequest {
+            account_id: account.into(),
+        };
+        self.admin.clone().get_account(request).await.unwrap().into_inner().lots
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            shutdown.send(()).ok();
+        }
+    }
+}
+
+pub fn amount_cost(amount: i64) -> pb::Cost {
+    pb::Cost {
+        cost: Some(pb::cost::Cost::Amount(amount)),
+    }
+}
+
+pub fn sku_cost(sku: &str, quantity: i64) -> pb::Cost {
+    pb::Cost {
+        cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity {
+            sku: sku.into(),
+            quantity,
+        })),
+    }
+}
+
+/// Conservation as the API reports it.
+pub fn assert_conserved(totals: &pb::Totals) {
+    assert_eq!(
+        totals.granted,
+        totals.available + totals.held + totals.spent + totals.expired,
+        "conservation broken: {totals:?}"
+    );
+}
+
+/// Runs each named `async fn(Harness)` of the calling module once per engine, as
+/// `<module>::embedded::<name>`.
+#[macro_export]
+macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            use $crate::harness::{EngineKind, Harness};
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(Harness::start(EngineKind::Embedded).await).await;
+                }
+            )*
+        }
+    };
+}
