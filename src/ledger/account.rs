@@ -69,9 +69,8 @@ impl UserState {
 pub(super) struct Remembered {
     pub fingerprint: Fingerprint,
     pub answer: Answer,
+    /// Retention past the call, or past its reservation's deadline at the time, if later.
     pub keep_until_ms: Millis,
-    /// Kept at least while this reservation is open.
-    pub reservation: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -435,14 +434,7 @@ impl Account {
 
     /// Forgets closed reservations and request ids past their retention.
     pub fn purge(&mut self, now: Millis, retention_ms: Millis) {
-        let reservations = &self.reservations;
-        self.requests.retain(|_, remembered| {
-            let open = remembered
-                .reservation
-                .and_then(|seq| reservations.get(&seq))
-                .is_some_and(|r| r.state.is_open());
-            open || remembered.keep_until_ms > now
-        });
+        self.requests.retain(|_, remembered| remembered.keep_until_ms > now);
         self.reservations.retain(|_, r| {
             r.closed_ms
                 .is_none_or(|closed| closed.saturating_add(retention_ms) > now)

@@ -193,6 +193,29 @@ pub struct Quoted {
     pub units_that_fit: i64,
 }
 
+impl Quoted {
+    /// What a Reserve of `amount` would meet, given the account's available credit and the
+    /// user's remaining limit (checked in that order, as Reserve does), and how many `unit`s fit.
+    pub fn evaluate(available: i64, user_remaining: Option<i64>, amount: i64, unit: i64) -> Self {
+        let decline = if available < amount {
+            Some(DeclineReason::InsufficientCredit)
+        } else if user_remaining.is_some_and(|remaining| remaining < amount) {
+            Some(DeclineReason::UserLimitReached)
+        } else {
+            None
+        };
+        let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
+        Self {
+            fits: decline.is_none(),
+            decline,
+            amount,
+            available,
+            user_remaining,
+            units_that_fit: budget / unit,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanSet {
     pub cycle: Cycle,

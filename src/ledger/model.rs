@@ -60,7 +60,7 @@ struct Call<'a, T> {
     request: &'a RequestId,
     fingerprint: Fingerprint,
     create: Create,
-    /// The reservation the call acts on, if any (keeps its request id alive while it is open).
+    /// The reservation the call acts on, if any: its request id is kept past its deadline.
     reservation: Option<u64>,
     memo: Memo<T>,
 }
@@ -123,13 +123,17 @@ impl Ledger {
             }
         };
         let answer = (call.memo.wrap)(decision.clone());
-        let reservation = call.reservation.or_else(|| reservation_of(&answer));
-        let keep_until_ms = now.saturating_add(self.retention_ms);
+        // Kept for the retention period past the call, or past its reservation's deadline.
+        let deadline = call
+            .reservation
+            .or_else(|| reservation_of(&answer))
+            .and_then(|seq| account.reservations.get(&seq))
+            .map_or(now, |reservation| reservation.deadline_ms);
+        let keep_until_ms = now.max(deadline).saturating_add(self.retention_ms);
         let remembered = Remembered {
             fingerprint: call.fingerprint,
             answer,
             keep_until_ms,
-            reservation,
         };
         account.requests.insert(call.request.clone(), remembered);
         Ok(decision)
@@ -369,21 +373,13 @@ impl Ledger {
 
     pub fn quote(&mut self, now: Millis, cmd: &Quote) -> Result<Quoted, Error> {
         let account = self.read(now, &cmd.account)?;
-        let available = account.available();
         let user_remaining = cmd.user.as_ref().and_then(|user| account.user_remaining(user));
-        let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
-        let decline = match &cmd.user {
-            Some(user) => account.admit(user, cmd.amount).err().map(|decline| decline.reason),
-            None => (available < cmd.amount).then_some(DeclineReason::InsufficientCredit),
-        };
-        Ok(Quoted {
-            fits: decline.is_none(),
-            decline,
-            amount: cmd.amount,
-            available,
+        Ok(Quoted::evaluate(
+            account.available(),
             user_remaining,
-            units_that_fit: budget / cmd.unit,
-        })
+            cmd.amount,
+            cmd.unit,
+        ))
     }
 
     pub fn set_plan(&mut self, now: Millis, cmd: &SetPlan) -> Result<Decision<PlanSet>, Error> {
