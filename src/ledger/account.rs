@@ -40,9 +40,9 @@ pub(super) struct Reservation {
     pub deadline_ms: Millis,
     pub closed_ms: Option<Millis>,
     pub labels: Labels,
-    /// The cycle this reservation's user usage was counted in, and how much of it is still
-    /// counted there (see `Account::count_usage`).
-    pub usage_cycle_ms: Millis,
+    /// The cycle (generation) this reservation's user usage was counted in, and how much of
+    /// it is still counted there (see `Account::count_usage`).
+    pub usage_generation: u64,
     pub usage_counted: i64,
 }
 
@@ -78,6 +78,9 @@ pub(super) struct Account {
     pub id: AccountId,
     pub plan: Option<Plan>,
     pub cycle: Cycle,
+    /// Counts cycle starts (renewals and schedule changes). User usage is per generation, not
+    /// per start instant: a schedule change may restart a cycle at the same instant.
+    pub cycle_generation: u64,
     /// Live lots only; an expired lot is removed.
     pub lots: BTreeMap<u64, Lot>,
     pub last_lot: u64,
@@ -109,6 +112,7 @@ impl Account {
             id,
             plan: None,
             cycle: calendar_month(now),
+            cycle_generation: 0,
             lots: BTreeMap::new(),
             last_lot: 0,
             last_reservation: 0,
@@ -254,10 +258,10 @@ impl Account {
 
     /// Counts a new hold of `amount` against the reservation's user this cycle.
     pub fn count_usage(&mut self, seq: u64, amount: i64) {
-        let cycle_start = self.cycle.start_ms;
+        let generation = self.cycle_generation;
         let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
-        if reservation.usage_cycle_ms != cycle_start {
-            reservation.usage_cycle_ms = cycle_start;
+        if reservation.usage_generation != generation {
+            reservation.usage_generation = generation;
             reservation.usage_counted = 0;
         }
         reservation.usage_counted += amount;
@@ -266,9 +270,9 @@ impl Account {
 
     /// Un-counts returned credits, but only what this reservation counted in this cycle.
     fn uncount_usage(&mut self, seq: u64, returned: i64) {
-        let cycle_start = self.cycle.start_ms;
+        let generation = self.cycle_generation;
         let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
-        if reservation.usage_cycle_ms != cycle_start {
+        if reservation.usage_generation != generation {
             return;
         }
         let back = returned.min(reservation.usage_counted);
@@ -362,6 +366,7 @@ impl Account {
     /// Begins `cycle`: user usage and business keys reset, and the plan's lots are granted.
     pub fn start_cycle(&mut self, sink: &mut Sink<'_>, cycle: Cycle) {
         self.cycle = cycle;
+        self.cycle_generation += 1;
         self.charged_keys.clear();
         for user in self.users.values_mut() {
             user.used = 0;

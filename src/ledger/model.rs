@@ -674,7 +674,7 @@ fn open_reservation(
             deadline_ms,
             closed_ms: None,
             labels: labels.clone(),
-            usage_cycle_ms: account.cycle.start_ms,
+            usage_generation: account.cycle_generation,
             usage_counted: 0,
         },
     );
