@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX};
 use crate::ledger::Rules;
 
 /// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
@@ -23,6 +25,13 @@ pub struct Args {
     /// Address the gRPC server listens on [default: 127.0.0.1:50051].
     #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Redis URL (`redis://host:6379/`); with --redis-cluster, comma-separated seed nodes.
+    /// Without one the embedded engine runs.
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Treat --redis-url as the seed nodes of a Redis Cluster.
+    #[arg(long, global = true)]
+    pub redis_cluster: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +46,10 @@ pub enum Command {
 struct FileConfig {
     listen: Option<String>,
     sweep_interval_ms: Option<u64>,
+    redis_url: Option<String>,
+    redis_cluster: Option<bool>,
+    redis_shards: Option<u32>,
+    redis_timeout_ms: Option<u64>,
     categories: Option<BTreeSet<String>>,
     price_book: Option<BTreeMap<String, i64>>,
     reservation_ttl_default_ms: Option<i64>,
@@ -47,9 +60,18 @@ struct FileConfig {
     request_id_retention_ms: Option<i64>,
 }
 
+/// Where hot state lives.
+#[derive(Clone, Debug)]
+pub enum EngineConfig {
+    /// In-process; the default when no Redis URL is given.
+    Embedded,
+    Redis(RedisSettings),
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub engine: EngineConfig,
     /// How often the background sweep expires overdue holds and renews cycles.
     pub sweep_interval_ms: u64,
     pub rules: Rules,
@@ -57,6 +79,7 @@ pub struct Config {
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
+pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -74,6 +97,12 @@ impl Config {
         if let Some(listen) = &args.listen {
             file.listen = Some(listen.clone());
         }
+        if let Some(url) = &args.redis_url {
+            file.redis_url = Some(url.clone());
+        }
+        if args.redis_cluster {
+            file.redis_cluster = Some(true);
+        }
         build(file)
     }
 
@@ -88,6 +117,7 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
 }
 
 fn build(file: FileConfig) -> Result<Config, ConfigError> {
+    let engine = engine(&file)?;
     let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
     let listen = listen_text.parse().map_err(|_| {
         ConfigError(format!(
@@ -117,9 +147,39 @@ fn build(file: FileConfig) -> Result<Config, ConfigError> {
     rules.validate().map_err(ConfigError)?;
     Ok(Config {
         listen,
+        engine,
         sweep_interval_ms,
         rules,
     })
+}
+
+fn engine(file: &FileConfig) -> Result<EngineConfig, ConfigError> {
+    let Some(url) = file.redis_url.as_deref().filter(|url| !url.is_empty()) else {
+        return Ok(EngineConfig::Embedded);
+    };
+    let cluster = file.redis_cluster.unwrap_or(false);
+    let urls: Vec<String> = url.split(',').map(|part| part.trim().to_owned()).collect();
+    if urls.len() > 1 && !cluster {
+        return Err(ConfigError("redis_url: several URLs need redis_cluster = true".into()));
+    }
+    for url in &urls {
+        redis::parse_redis_url(url)
+            .ok_or_else(|| ConfigError(format!("redis_url: {url:?} is not a redis:// or rediss:// URL")))?;
+    }
+    let shards = file.redis_shards.unwrap_or(SHARDS_DEFAULT);
+    if !(1..=SHARDS_MAX).contains(&shards) {
+        return Err(ConfigError(format!("redis_shards: must be in 1..={SHARDS_MAX}")));
+    }
+    let timeout_ms = file.redis_timeout_ms.unwrap_or(REDIS_TIMEOUT_DEFAULT_MS);
+    if !(10..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError("redis_timeout_ms: must be in 10..=60000".into()));
+    }
+    Ok(EngineConfig::Redis(RedisSettings {
+        urls,
+        cluster,
+        shards,
+        timeout: Duration::from_millis(timeout_ms),
+    }))
 }
 
 #[cfg(test)]
@@ -150,6 +210,9 @@ mod tests {
             ("[price_book]\nfree = 0", "price_book.free: "),
             ("reservation_ttl_min_ms = 0", "reservation_ttl_"),
             ("colour = \"blue\"", "config file: "),
+            ("redis_url = \"http://x\"", "redis_url: "),
+            ("redis_url = \"redis://a:1,redis://b:2\"", "redis_url: several URLs"),
+            ("redis_url = \"redis://a:1\"\nredis_shards = 0", "redis_shards: "),
         ];
         for (text, expected) in table {
             let error = Config::from_toml(text).unwrap_err().to_string();
@@ -158,6 +221,24 @@ mod tests {
                 "{text}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_redis_url_selects_the_redis_engine() {
+        assert!(matches!(Config::from_toml("").unwrap().engine, EngineConfig::Embedded));
+        let config = Config::from_toml("redis_url = \"redis://127.0.0.1:6379/\"").unwrap();
+        let EngineConfig::Redis(settings) = config.engine else {
+            panic!("expected redis")
+        };
+        assert_eq!(
+            (settings.shards, settings.cluster, settings.urls.len()),
+            (SHARDS_DEFAULT, false, 1)
+        );
+        let cluster = "redis_url = \"redis://a:1, redis://b:2\"\nredis_cluster = true";
+        let EngineConfig::Redis(settings) = Config::from_toml(cluster).unwrap().engine else {
+            panic!()
+        };
+        assert_eq!(settings.urls, vec!["redis://a:1".to_owned(), "redis://b:2".to_owned()]);
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use credit_sidecar::config::{Args, Command, Config};
+use credit_sidecar::config::{Args, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
+use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::ledger::SystemClock;
 use credit_sidecar::server::{ServeOptions, serve};
 
@@ -25,7 +26,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let engine = Engine::embedded(config.rules.clone(), Arc::new(SystemClock));
+    let engine = match &config.engine {
+        EngineConfig::Embedded => Engine::embedded(config.rules.clone(), Arc::new(SystemClock)),
+        EngineConfig::Redis(settings) => {
+            let redis = RedisEngine::connect(settings, config.rules.request_id_retention_ms).await?;
+            Engine::redis(config.rules.clone(), redis)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, engine = engine.name(), "credit-sidecar serving gRPC");
     let options = ServeOptions {

@@ -1,10 +1,12 @@
 //! Where hot state lives. [`Engine`] is what the API calls; it dispatches to a backend:
 //! - `embedded`: the reference model in-process, behind a lock (zero set-up, the default).
+//! - [`redis`]: production; every operation one atomic Lua script, ready for Redis Cluster.
 //!
 //! Every backend executes the same validated commands from [`crate::ledger::command`] and
 //! returns the same answers; a backend failure is [`Error::Unavailable`], never a guess.
 
 mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +50,7 @@ pub struct Engine {
 #[derive(Clone)]
 enum Backend {
     Embedded(Arc<EmbeddedEngine>),
+    Redis(Arc<redis::RedisEngine>),
 }
 
 impl Engine {
@@ -60,6 +63,14 @@ impl Engine {
         }
     }
 
+    pub fn redis(rules: Rules, engine: redis::RedisEngine) -> Self {
+        Self {
+            rules: Arc::new(rules),
+            backend: Backend::Redis(Arc::new(engine)),
+            swept_holds: Arc::default(),
+        }
+    }
+
     pub fn rules(&self) -> &Rules {
         &self.rules
     }
@@ -67,84 +78,98 @@ impl Engine {
     pub fn name(&self) -> &'static str {
         match &self.backend {
             Backend::Embedded(_) => "embedded",
+            Backend::Redis(_) => "redis",
         }
     }
 
     pub async fn reserve(&self, cmd: &Reserve) -> Result<Decision<Reserved>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reserve(now, cmd)),
+            Backend::Redis(engine) => engine.reserve(cmd).await,
         }
     }
 
     pub async fn commit(&self, cmd: &Commit) -> Result<Decision<Committed>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.commit(now, cmd)),
+            Backend::Redis(engine) => engine.commit(cmd).await,
         }
     }
 
     pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.extend(now, cmd)),
+            Backend::Redis(engine) => engine.extend(cmd).await,
         }
     }
 
     pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.release(now, cmd)),
+            Backend::Redis(engine) => engine.release(cmd).await,
         }
     }
 
     pub async fn charge(&self, cmd: &Charge) -> Result<Decision<Charged>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.charge(now, cmd)),
+            Backend::Redis(engine) => engine.charge(cmd).await,
         }
     }
 
     pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.quote(now, cmd)),
+            Backend::Redis(engine) => engine.quote(cmd).await,
         }
     }
 
     pub async fn set_plan(&self, cmd: &SetPlan) -> Result<Decision<PlanSet>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_plan(now, cmd)),
+            Backend::Redis(engine) => engine.set_plan(cmd).await,
         }
     }
 
     pub async fn grant(&self, cmd: &Grant) -> Result<Decision<Granted>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.grant(now, cmd)),
+            Backend::Redis(engine) => engine.grant(cmd).await,
         }
     }
 
     pub async fn start_trial(&self, cmd: &StartTrial) -> Result<Decision<Granted>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.start_trial(now, cmd)),
+            Backend::Redis(engine) => engine.start_trial(cmd).await,
         }
     }
 
     pub async fn set_user_limit(&self, cmd: &SetUserLimit) -> Result<Decision<UserView>> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_user_limit(now, cmd)),
+            Backend::Redis(engine) => engine.set_user_limit(cmd).await,
         }
     }
 
     pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.balance(now, account, user)),
+            Backend::Redis(engine) => engine.balance(account, user).await,
         }
     }
 
     pub async fn account(&self, account: &AccountId) -> Result<AccountView> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.account(now, account)),
+            Backend::Redis(engine) => engine.account(account).await,
         }
     }
 
     pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
         match &self.backend {
             Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reservation(now, id)),
+            Backend::Redis(engine) => engine.reservation(id).await,
         }
     }
 
@@ -159,6 +184,7 @@ impl Engine {
             Backend::Embedded(engine) => {
                 engine.with(|ledger, now| ledger.list_reservations(now, account, state, page_size, before))
             }
+            Backend::Redis(engine) => engine.list_reservations(account, state, page_size, before).await,
         }
     }
 
@@ -167,6 +193,7 @@ impl Engine {
     pub async fn sweep(&self) -> Result<usize> {
         let expired = match &self.backend {
             Backend::Embedded(engine) => engine.sweep(),
+            Backend::Redis(engine) => engine.sweep().await?,
         };
         self.swept_holds.fetch_add(expired as u64, Ordering::Relaxed);
         Ok(expired)

@@ -53,4 +53,14 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// A grant that would lift the account's live balance above [`BALANCE_MAX`].
+    pub fn balance_exceeded(field: &str) -> Self {
+        Self::invalid(field, format!("would lift the account's balance above {BALANCE_MAX}"))
+    }
+
+    /// A lot expiry that is not in the future.
+    pub fn expiry_in_past() -> Self {
+        Self::invalid("expires_unix_ms", "must be in the future")
+    }
 }

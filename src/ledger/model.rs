@@ -457,7 +457,7 @@ impl Ledger {
         self.run(now, call, |account, sink| {
             let expires_ms = cmd.expires_ms.unwrap_or(account.cycle.end_ms);
             if expires_ms <= now {
-                return Err(Error::invalid("expires_unix_ms", "must be in the future"));
+                return Err(Error::expiry_in_past());
             }
             check_balance(account, cmd.amount, "amount")?;
             let lot = account.grant(sink, cmd.kind, cmd.amount, now, expires_ms, false);
@@ -639,10 +639,7 @@ fn closed_decline(
 /// Refuses a grant that would lift the live balance (available + held) above `BALANCE_MAX`.
 fn check_balance(account: &Account, amount: i64, field: &str) -> Result<(), Error> {
     if account.available() + account.held + amount > BALANCE_MAX {
-        return Err(Error::invalid(
-            field,
-            format!("would lift the account's balance above {BALANCE_MAX}"),
-        ));
+        return Err(Error::balance_exceeded(field));
     }
     Ok(())
 }

@@ -1,0 +1,96 @@
+//! The key layout: the one place that names Redis keys.
+//!
+//! Accounts are spread over a fixed number of shards (`redis_shards`, set at first deployment and
+//! recorded in Redis under [`SHARDS_KEY`]). Every key of an account, and its shard's wake-up index
+//! and event stream, carries the shard's hash tag `{sN}`, so every script touches one hash slot and
+//! runs unchanged on Redis Cluster; the outbox is one stream per shard, not one per account.
+//!
+//! ```text
+//! cs:{sN}:a:<account>   hash    scalar state, lots and plan (JSON)
+//! cs:{sN}:r:<account>   hash    reservations: 20-digit seq -> JSON
+//! cs:{sN}:d:<account>   zset    open reservations by deadline
+//! cs:{sN}:q:<account>   hash    remembered request ids: id -> fingerprint|answer
+//! cs:{sN}:u:<account>   hash    users: id -> {limit, used}
+//! cs:{sN}:k:<account>   set     business keys charged this cycle
+//! cs:{sN}:p:<account>   zset    purge schedule of closed reservations and request ids
+//! cs:{sN}:wake          zset    account -> when the sweep next has work for it
+//! cs:{sN}:events        stream  the outbox of shard N
+//! cs:shards             string  the shard count this Redis was initialised with
+//! ```
+
+use sha2::{Digest, Sha256};
+
+use crate::ledger::AccountId;
+
+pub const SHARDS_KEY: &str = "cs:shards";
+/// The default shard count. More shards spread a Redis Cluster's load over more slots; the
+/// count cannot change once accounts exist (their keys would move).
+pub const SHARDS_DEFAULT: u32 = 16;
+pub const SHARDS_MAX: u32 = 4096;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub shards: u32,
+}
+
+impl Layout {
+    /// The shard of an account: a stable hash of its id.
+    pub fn shard(&self, account: &AccountId) -> u32 {
+        let digest = Sha256::digest(account.as_str().as_bytes());
+        u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % self.shards
+    }
+
+    /// The nine keys every account script takes, in the order lib.lua expects.
+    pub fn account_keys(&self, account: &AccountId) -> [String; 9] {
+        let shard = self.shard(account);
+        let own = |kind: &str| format!("cs:{{s{shard}}}:{kind}:{account}");
+        [
+            own("a"),
+            own("r"),
+            own("d"),
+            own("q"),
+            own("u"),
+            own("k"),
+            own("p"),
+            self.wake_key(shard),
+            self.events_key(shard),
+        ]
+    }
+
+    pub fn wake_key(&self, shard: u32) -> String {
+        format!("cs:{{s{shard}}}:wake")
+    }
+
+    pub fn events_key(&self, shard: u32) -> String {
+        format!("cs:{{s{shard}}}:events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_an_account_shares_its_shard_tag() {
+        let layout = Layout { shards: SHARDS_DEFAULT };
+        let account = AccountId::parse("acme").unwrap();
+        let shard = layout.shard(&account);
+        let tag = format!("{{s{shard}}}");
+        for key in layout.account_keys(&account) {
+            assert!(key.contains(&tag), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");
+        }
+        assert_eq!(layout.account_keys(&account)[0], format!("cs:{tag}:a:acme"));
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let layout = Layout { shards: 16 };
+        let shard = layout.shard(&AccountId::parse("acme").unwrap());
+        assert_eq!(shard, layout.shard(&AccountId::parse("acme").unwrap()));
+        let used: std::collections::HashSet<u32> = (0..200)
+            .map(|i| layout.shard(&AccountId::parse(&format!("team-{i}")).unwrap()))
+            .collect();
+        assert!(used.len() >= 14, "200 accounts over 16 shards used only {}", used.len());
+    }
+}

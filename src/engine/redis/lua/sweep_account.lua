@@ -1,0 +1,25 @@
+-- sweep_account.lua: the background pass for one account: catch up (expire holds and lots,
+-- renew the cycle) and forget closed reservations and request ids past retention
+-- (Ledger::sweep, for one account).
+-- KEYS: the account's nine keys (see lib.lua).
+-- ARGV[4]: {}
+-- Reply: the number of holds that expired (integer).
+-- Example: an account whose dialer died holds 4 past its deadline: the hold closes as expired
+-- at its deadline, the 4 return to their lot, and 1 is returned.
+local now = now_ms()
+local a = load_account()
+if a == nil then
+  redis.call('ZREM', K_W, ACCOUNT)
+  return 0
+end
+local open_before = redis.call('ZCARD', K_D)
+catch_up(a, now)
+local expired = open_before - redis.call('ZCARD', K_D)
+local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', enc(now))
+for _, member in ipairs(due) do
+  local target = string.sub(member, 1, 1) == 'r' and K_R or K_Q
+  redis.call('HDEL', target, string.sub(member, 3))
+end
+if #due > 0 then redis.call('ZREMRANGEBYSCORE', K_P, '-inf', enc(now)) end
+save_account(a)
+return expired
