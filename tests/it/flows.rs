@@ -268,3 +268,22 @@ async fn server_stops_on_its_shutdown_signal() {
     let error = auth.get_balance(request).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
 }
+
+/// The Redis engine really keeps its state in the test's private Redis.
+#[tokio::test]
+async fn redis_engine_state_lives_in_redis() {
+    let h = Harness::start(EngineKind::Redis).await;
+    h.account("acme", 10).await;
+    let redis = h.redis.as_ref().unwrap();
+    let keys = redis.cli(&["--scan", "--pattern", "cs:*:a:acme"]);
+    assert!(keys.starts_with("cs:{s"), "{keys}");
+    let events = redis.cli(&[
+        "eval",
+        "local n = 0 for i = 0, 15 do n = n + redis.call('XLEN', 'cs:{s' .. i .. '}:events') end return n",
+        "0",
+    ]);
+    assert!(
+        events.parse::<u32>().unwrap() >= 3,
+        "plan set, cycle started, lot granted: {events}"
+    );
+}

@@ -12,10 +12,13 @@ use credit_sidecar::api::pb;
 use credit_sidecar::api::pb::credit_admin_client::CreditAdminClient;
 use credit_sidecar::api::pb::credit_authorizer_client::CreditAuthorizerClient;
 use credit_sidecar::engine::Engine;
+use credit_sidecar::engine::redis::{RedisEngine, RedisSettings};
 use credit_sidecar::ledger::{ManualClock, Millis, Rules};
 use credit_sidecar::server::{ServeOptions, serve};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+
+use crate::servers::RedisServer;
 
 /// 2026-03-10T12:00:00Z: inside a cycle of the plan anchored on `ANCHOR`.
 pub fn t0() -> Millis {
@@ -40,6 +43,26 @@ pub const DAY: Millis = 24 * HOUR;
 #[derive(Clone, Copy, Debug)]
 pub enum EngineKind {
     Embedded,
+    /// A private redis-server, with the test's clock standing in for Redis TIME.
+    Redis,
+}
+
+/// Settings for a test's own Redis: short timeouts, the default shard count.
+pub fn redis_settings(urls: Vec<String>, cluster: bool) -> RedisSettings {
+    RedisSettings {
+        urls,
+        cluster,
+        shards: 16,
+        timeout: Duration::from_secs(2),
+    }
+}
+
+/// A Redis engine on `server`, driven by `clock`.
+pub async fn redis_engine(rules: &Rules, settings: &RedisSettings, clock: &ManualClock) -> Engine {
+    let redis = RedisEngine::connect_with_test_clock(settings, rules.request_id_retention_ms, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Engine::redis(rules.clone(), redis)
 }
 
 pub struct Harness {
@@ -47,6 +70,8 @@ pub struct Harness {
     pub engine: Engine,
     pub auth: CreditAuthorizerClient<Channel>,
     pub admin: CreditAdminClient<Channel>,
+    /// The private Redis of a Redis-engine harness.
+    pub redis: Option<RedisServer>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     requests: AtomicU64,
@@ -60,8 +85,13 @@ impl Harness {
     /// `sweep_interval`: tests that drive expiry themselves use a long one and call `sweep`.
     pub async fn start_with(kind: EngineKind, rules: Rules, sweep_interval: Duration) -> Self {
         let clock = ManualClock::new(t0());
-        let engine = match kind {
-            EngineKind::Embedded => Engine::embedded(rules, Arc::new(clock.clone())),
+        let (engine, redis) = match kind {
+            EngineKind::Embedded => (Engine::embedded(rules, Arc::new(clock.clone())), None),
+            EngineKind::Redis => {
+                let server = RedisServer::start();
+                let engine = redis_engine(&rules, &redis_settings(vec![server.url()], false), &clock).await;
+                (engine, Some(server))
+            }
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -88,6 +118,7 @@ impl Harness {
             engine,
             auth: CreditAuthorizerClient::new(channel.clone()),
             admin: CreditAdminClient::new(channel),
+            redis,
             shutdown: Some(shutdown),
             server: Some(server),
             requests: AtomicU64::new(0),
@@ -305,16 +336,20 @@ pub fn assert_conserved(totals: &pb::Totals) {
 }
 
 /// Runs each named `async fn(Harness)` of the calling module once per engine, as
-/// `<module>::embedded::<name>`.
+/// `<module>::embedded::<name>` and `<module>::redis::<name>`.
 #[macro_export]
 macro_rules! engine_tests {
     ($($name:ident),* $(,)?) => {
-        mod embedded {
+        $crate::engine_tests!(@engine embedded, Embedded, $($name),*);
+        $crate::engine_tests!(@engine redis, Redis, $($name),*);
+    };
+    (@engine $module:ident, $kind:ident, $($name:ident),*) => {
+        mod $module {
             use $crate::harness::{EngineKind, Harness};
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(Harness::start(EngineKind::Embedded).await).await;
+                    super::$name(Harness::start(EngineKind::$kind).await).await;
                 }
             )*
         }

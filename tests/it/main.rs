@@ -5,3 +5,4 @@ mod flows;
 mod harness;
 mod model_props;
 mod rules;
+mod servers;
