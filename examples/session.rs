@@ -16,9 +16,7 @@ use credit_sidecar::api::pb::credit_authorizer_client::CreditAuthorizerClient;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let address = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let mut admin = CreditAdminClient::connect(address.clone()).await?;
     let mut auth = CreditAuthorizerClient::connect(address).await?;
     // Request ids make every call safe to retry; a fresh run gets fresh ones.
@@ -44,10 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             user_id: "ann".into(),
             category: "enrichment".into(),
             cost: Some(pb::Cost {
-                cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity {
-                    sku: "enrichment.row".into(),
-                    quantity: 50,
-                })),
+                cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity { sku: "enrichment.row".into(), quantity: 50 })),
             }),
             ttl_ms: 60_000,
             request_id: rid("reserve"),
@@ -55,12 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?
         .into_inner();
-    println!(
-        "reserve: {:?} {} held as {}",
-        reserved.outcome(),
-        reserved.amount,
-        reserved.reservation_id
-    );
+    println!("reserve: {:?} {} held as {}", reserved.outcome(), reserved.amount, reserved.reservation_id);
     if reserved.outcome() != pb::Outcome::Ok {
         println!("declined: {}", reserved.decline.map(|d| d.message).unwrap_or_default());
         return Ok(());
@@ -70,9 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let committed = auth
             .commit(pb::CommitRequest {
                 reservation_id: reserved.reservation_id.clone(),
-                cost: Some(pb::Cost {
-                    cost: Some(pb::cost::Cost::Amount(1)),
-                }),
+                cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(1)) }),
                 r#final: false,
                 request_id: rid(&format!("row-{row}")),
                 business_key: format!("contact:{row}:email"),
@@ -80,26 +68,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .await?
             .into_inner();
-        println!(
-            "commit row {row}: charged {}, still held {}",
-            committed.charged, committed.held
-        );
+        println!("commit row {row}: charged {}, still held {}", committed.charged, committed.held);
     }
 
     let released = auth
-        .release(pb::ReleaseRequest {
-            reservation_id: reserved.reservation_id.clone(),
-            request_id: rid("release"),
-        })
+        .release(pb::ReleaseRequest { reservation_id: reserved.reservation_id.clone(), request_id: rid("release") })
         .await?
         .into_inner();
     println!("release: returned {}", released.returned);
 
     let balance = auth
-        .get_balance(pb::GetBalanceRequest {
-            account_id: "demo".into(),
-            user_id: "ann".into(),
-        })
+        .get_balance(pb::GetBalanceRequest { account_id: "demo".into(), user_id: "ann".into() })
         .await?
         .into_inner();
     println!("balance: {:?}", balance.totals.unwrap_or_default());

@@ -50,6 +50,7 @@ struct FileConfig {
     redis_cluster: Option<bool>,
     redis_shards: Option<u32>,
     redis_timeout_ms: Option<u64>,
+    redis_key_prefix: Option<String>,
     categories: Option<BTreeSet<String>>,
     price_book: Option<BTreeMap<String, i64>>,
     reservation_ttl_default_ms: Option<i64>,
@@ -119,11 +120,9 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
 fn build(file: FileConfig) -> Result<Config, ConfigError> {
     let engine = engine(&file)?;
     let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-    let listen = listen_text.parse().map_err(|_| {
-        ConfigError(format!(
-            "listen: {listen_text:?} is not an address like 127.0.0.1:50051"
-        ))
-    })?;
+    let listen = listen_text
+        .parse()
+        .map_err(|_| ConfigError(format!("listen: {listen_text:?} is not an address like 127.0.0.1:50051")))?;
     let sweep_interval_ms = file.sweep_interval_ms.unwrap_or(SWEEP_INTERVAL_DEFAULT_MS);
     if !(10..=60_000).contains(&sweep_interval_ms) {
         return Err(ConfigError("sweep_interval_ms: must be in 10..=60000".into()));
@@ -132,25 +131,16 @@ fn build(file: FileConfig) -> Result<Config, ConfigError> {
     let rules = Rules {
         categories: file.categories.unwrap_or(defaults.categories),
         price_book: file.price_book.unwrap_or(defaults.price_book),
-        reservation_ttl_default_ms: file
-            .reservation_ttl_default_ms
-            .unwrap_or(defaults.reservation_ttl_default_ms),
+        reservation_ttl_default_ms: file.reservation_ttl_default_ms.unwrap_or(defaults.reservation_ttl_default_ms),
         reservation_ttl_min_ms: file.reservation_ttl_min_ms.unwrap_or(defaults.reservation_ttl_min_ms),
         reservation_ttl_max_ms: file.reservation_ttl_max_ms.unwrap_or(defaults.reservation_ttl_max_ms),
         trial_credits_default: file.trial_credits_default.unwrap_or(defaults.trial_credits_default),
-        trial_duration_default_ms: file
-            .trial_duration_default_ms
-            .unwrap_or(defaults.trial_duration_default_ms),
+        trial_duration_default_ms: file.trial_duration_default_ms.unwrap_or(defaults.trial_duration_default_ms),
         trial_duration_max_ms: defaults.trial_duration_max_ms,
         request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
     };
     rules.validate().map_err(ConfigError)?;
-    Ok(Config {
-        listen,
-        engine,
-        sweep_interval_ms,
-        rules,
-    })
+    Ok(Config { listen, engine, sweep_interval_ms, rules })
 }
 
 fn engine(file: &FileConfig) -> Result<EngineConfig, ConfigError> {
@@ -174,12 +164,12 @@ fn engine(file: &FileConfig) -> Result<EngineConfig, ConfigError> {
     if !(10..=60_000).contains(&timeout_ms) {
         return Err(ConfigError("redis_timeout_ms: must be in 10..=60000".into()));
     }
-    Ok(EngineConfig::Redis(RedisSettings {
-        urls,
-        cluster,
-        shards,
-        timeout: Duration::from_millis(timeout_ms),
-    }))
+    let key_prefix = file.redis_key_prefix.clone().unwrap_or_default();
+    if key_prefix.len() > 64 || key_prefix.contains(['{', '}']) {
+        return Err(ConfigError("redis_key_prefix: at most 64 bytes, without braces".into()));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout }))
 }
 
 #[cfg(test)]
@@ -216,10 +206,7 @@ mod tests {
         ];
         for (text, expected) in table {
             let error = Config::from_toml(text).unwrap_err().to_string();
-            assert!(
-                error.starts_with(&format!("configuration: {expected}")),
-                "{text}: {error}"
-            );
+            assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
         }
     }
 
@@ -227,17 +214,10 @@ mod tests {
     fn a_redis_url_selects_the_redis_engine() {
         assert!(matches!(Config::from_toml("").unwrap().engine, EngineConfig::Embedded));
         let config = Config::from_toml("redis_url = \"redis://127.0.0.1:6379/\"").unwrap();
-        let EngineConfig::Redis(settings) = config.engine else {
-            panic!("expected redis")
-        };
-        assert_eq!(
-            (settings.shards, settings.cluster, settings.urls.len()),
-            (SHARDS_DEFAULT, false, 1)
-        );
+        let EngineConfig::Redis(settings) = config.engine else { panic!("expected redis") };
+        assert_eq!((settings.shards, settings.cluster, settings.urls.len()), (SHARDS_DEFAULT, false, 1));
         let cluster = "redis_url = \"redis://a:1, redis://b:2\"\nredis_cluster = true";
-        let EngineConfig::Redis(settings) = Config::from_toml(cluster).unwrap().engine else {
-            panic!()
-        };
+        let EngineConfig::Redis(settings) = Config::from_toml(cluster).unwrap().engine else { panic!() };
         assert_eq!(settings.urls, vec!["redis://a:1".to_owned(), "redis://b:2".to_owned()]);
     }
 
@@ -247,13 +227,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
-        let args = Args::parse_from([
-            "credit-sidecar",
-            "--config",
-            path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:2",
-        ]);
+        let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:2"]);
         assert_eq!(Config::load(&args).unwrap().listen.port(), 2);
         let args = Args::parse_from(["credit-sidecar", "--config", path.to_str().unwrap()]);
         assert_eq!(Config::load(&args).unwrap().listen.port(), 1);

@@ -35,9 +35,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, engine = engine.name(), "credit-sidecar serving gRPC");
-    let options = ServeOptions {
-        sweep_interval: Duration::from_millis(config.sweep_interval_ms),
-    };
+    let options = ServeOptions { sweep_interval: Duration::from_millis(config.sweep_interval_ms) };
     serve(listener, engine, options, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -29,10 +29,7 @@ impl CreditAdmin for AdminService {
         let cmd = convert::set_plan(request.into_inner()).map_err(invalid)?;
         let decision = self.engine.set_plan(&cmd).await?;
         let (outcome, _) = convert::outcome(&decision);
-        let mut response = pb::SetPlanResponse {
-            outcome,
-            ..Default::default()
-        };
+        let mut response = pb::SetPlanResponse { outcome, ..Default::default() };
         if let Decision::Done(set) = decision {
             response.cycle = Some(convert::cycle(set.cycle));
             response.totals = Some(convert::totals(set.totals));
@@ -43,13 +40,11 @@ impl CreditAdmin for AdminService {
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
         let cmd = convert::grant(request.into_inner()).map_err(invalid)?;
         let decision = self.engine.grant(&cmd).await?;
-        Ok(Response::new(granted(&decision, |outcome, granted| {
-            pb::GrantResponse {
-                outcome,
-                lot_id: granted.map_or(0, |g| g.lot),
-                expires_unix_ms: granted.map_or(0, |g| g.expires_ms),
-                totals: granted.map(|g| convert::totals(g.totals)),
-            }
+        Ok(Response::new(granted(&decision, |outcome, granted| pb::GrantResponse {
+            outcome,
+            lot_id: granted.map_or(0, |g| g.lot),
+            expires_unix_ms: granted.map_or(0, |g| g.expires_ms),
+            totals: granted.map(|g| convert::totals(g.totals)),
         })))
     }
 
@@ -59,13 +54,11 @@ impl CreditAdmin for AdminService {
     ) -> Result<Response<pb::StartTrialResponse>, Status> {
         let cmd = convert::start_trial(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.start_trial(&cmd).await?;
-        Ok(Response::new(granted(&decision, |outcome, granted| {
-            pb::StartTrialResponse {
-                outcome,
-                lot_id: granted.map_or(0, |g| g.lot),
-                expires_unix_ms: granted.map_or(0, |g| g.expires_ms),
-                totals: granted.map(|g| convert::totals(g.totals)),
-            }
+        Ok(Response::new(granted(&decision, |outcome, granted| pb::StartTrialResponse {
+            outcome,
+            lot_id: granted.map_or(0, |g| g.lot),
+            expires_unix_ms: granted.map_or(0, |g| g.expires_ms),
+            totals: granted.map(|g| convert::totals(g.totals)),
         })))
     }
 
@@ -76,10 +69,7 @@ impl CreditAdmin for AdminService {
         let cmd = convert::set_user_limit(request.into_inner()).map_err(invalid)?;
         let decision = self.engine.set_user_limit(&cmd).await?;
         let (outcome, _) = convert::outcome(&decision);
-        let mut response = pb::SetUserLimitResponse {
-            outcome,
-            ..Default::default()
-        };
+        let mut response = pb::SetUserLimitResponse { outcome, ..Default::default() };
         if let Decision::Done(user) = decision {
             response.limit = user.limit;
             response.used = user.used;
@@ -117,10 +107,7 @@ impl CreditAdmin for AdminService {
             0 => LIST_PAGE_DEFAULT,
             size if size <= LIST_PAGE_MAX => size,
             _ => {
-                return Err(invalid(Error::invalid(
-                    "page_size",
-                    format!("must be at most {LIST_PAGE_MAX}"),
-                )));
+                return Err(invalid(Error::invalid("page_size", format!("must be at most {LIST_PAGE_MAX}"))));
             }
         };
         let before = match request.page_token.as_str() {
@@ -131,10 +118,7 @@ impl CreditAdmin for AdminService {
                     .map_err(|_| invalid(Error::invalid("page_token", "not a token from a previous page")))?,
             ),
         };
-        let (page, next) = self
-            .engine
-            .list_reservations(&account, state, page_size, before)
-            .await?;
+        let (page, next) = self.engine.list_reservations(&account, state, page_size, before).await?;
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: page.into_iter().map(convert::reservation).collect(),
             next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),

@@ -28,11 +28,7 @@ impl CreditAuthorizer for AuthorizerService {
         let cmd = convert::reserve(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.reserve(&cmd).await?;
         let (outcome, decline) = convert::outcome(&decision);
-        let mut response = pb::ReserveResponse {
-            outcome,
-            decline,
-            ..Default::default()
-        };
+        let mut response = pb::ReserveResponse { outcome, decline, ..Default::default() };
         match decision {
             Decision::Done(reserved) => {
                 response.reservation_id = reserved.reservation.to_string();
@@ -52,11 +48,7 @@ impl CreditAuthorizer for AuthorizerService {
         let cmd = convert::commit(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.commit(&cmd).await?;
         let (outcome, decline) = convert::outcome(&decision);
-        let mut response = pb::CommitResponse {
-            outcome,
-            decline,
-            ..Default::default()
-        };
+        let mut response = pb::CommitResponse { outcome, decline, ..Default::default() };
         match decision {
             Decision::Done(committed) => {
                 response.charged = committed.charged;
@@ -74,11 +66,7 @@ impl CreditAuthorizer for AuthorizerService {
         let cmd = convert::extend(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.extend(&cmd).await?;
         let (outcome, decline) = convert::outcome(&decision);
-        let mut response = pb::ExtendResponse {
-            outcome,
-            decline,
-            ..Default::default()
-        };
+        let mut response = pb::ExtendResponse { outcome, decline, ..Default::default() };
         match decision {
             Decision::Done(extended) => {
                 response.added = extended.added;
@@ -95,11 +83,7 @@ impl CreditAuthorizer for AuthorizerService {
         let cmd = convert::release(request.into_inner()).map_err(invalid)?;
         let decision = self.engine.release(&cmd).await?;
         let (outcome, decline) = convert::outcome(&decision);
-        let mut response = pb::ReleaseResponse {
-            outcome,
-            decline,
-            ..Default::default()
-        };
+        let mut response = pb::ReleaseResponse { outcome, decline, ..Default::default() };
         if let Decision::Done(released) = decision {
             response.returned = released.returned;
             response.reservation = Some(convert::reservation(released.reservation));
@@ -111,11 +95,7 @@ impl CreditAuthorizer for AuthorizerService {
         let cmd = convert::charge(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.charge(&cmd).await?;
         let (outcome, decline) = convert::outcome(&decision);
-        let mut response = pb::ChargeResponse {
-            outcome,
-            decline,
-            ..Default::default()
-        };
+        let mut response = pb::ChargeResponse { outcome, decline, ..Default::default() };
         match decision {
             Decision::Done(charged) => {
                 response.reservation_id = charged.reservation.map(|id| id.to_string()).unwrap_or_default();
@@ -170,8 +150,6 @@ impl CreditAuthorizer for AuthorizerService {
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
         let id = ReservationId::parse(&request.into_inner().reservation_id).map_err(invalid)?;
         let view = self.engine.reservation(&id).await?;
-        Ok(Response::new(pb::GetReservationResponse {
-            reservation: Some(convert::reservation(view)),
-        }))
+        Ok(Response::new(pb::GetReservationResponse { reservation: Some(convert::reservation(view)) }))
     }
 }

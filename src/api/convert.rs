@@ -18,10 +18,7 @@ fn cost(cost: Option<pb::Cost>) -> CostInput {
     match cost.and_then(|cost| cost.cost) {
         None => CostInput::Missing,
         Some(pb::cost::Cost::Amount(amount)) => CostInput::Amount(amount),
-        Some(pb::cost::Cost::Sku(sku)) => CostInput::Sku {
-            sku: sku.sku,
-            quantity: sku.quantity,
-        },
+        Some(pb::cost::Cost::Sku(sku)) => CostInput::Sku { sku: sku.sku, quantity: sku.quantity },
     }
 }
 
@@ -31,11 +28,7 @@ fn labels(labels: HashMap<String, String>) -> Result<Labels> {
 
 /// An optional user: empty means none.
 pub fn optional_user(user: &str) -> Result<Option<UserId>> {
-    if user.is_empty() {
-        Ok(None)
-    } else {
-        UserId::parse(user).map(Some)
-    }
+    if user.is_empty() { Ok(None) } else { UserId::parse(user).map(Some) }
 }
 
 pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<command::Reserve> {
@@ -69,17 +62,9 @@ pub fn extend(request: pb::ExtendRequest, rules: &Rules) -> Result<command::Exte
     };
     let ttl_ms = rules.extend_ttl(request.ttl_ms)?;
     if amount == 0 && ttl_ms.is_none() {
-        return Err(Error::invalid(
-            "cost",
-            "give extra credits (cost) or a new deadline (ttl_ms), or both",
-        ));
+        return Err(Error::invalid("cost", "give extra credits (cost) or a new deadline (ttl_ms), or both"));
     }
-    Ok(command::Extend {
-        reservation,
-        amount,
-        ttl_ms,
-        request: RequestId::parse(&request.request_id)?,
-    })
+    Ok(command::Extend { reservation, amount, ttl_ms, request: RequestId::parse(&request.request_id)? })
 }
 
 pub fn release(request: pb::ReleaseRequest) -> Result<command::Release> {
@@ -108,12 +93,7 @@ pub fn quote(request: pb::QuoteRequest, rules: &Rules) -> Result<command::Quote>
         rules.category(&request.category)?;
     }
     let priced = rules.price(&cost(request.cost), false)?;
-    Ok(command::Quote {
-        account,
-        user,
-        amount: priced.amount,
-        unit: priced.unit,
-    })
+    Ok(command::Quote { account, user, amount: priced.amount, unit: priced.unit })
 }
 
 fn period(value: i32) -> Result<Period> {
@@ -122,10 +102,9 @@ fn period(value: i32) -> Result<Period> {
         Ok(pb::Period::Quarterly) => Ok(Period::Quarterly),
         Ok(pb::Period::Semiannual) => Ok(Period::Semiannual),
         Ok(pb::Period::Annual) => Ok(Period::Annual),
-        Ok(pb::Period::Unspecified) | Err(_) => Err(Error::invalid(
-            "period",
-            "must be MONTHLY, QUARTERLY, SEMIANNUAL or ANNUAL",
-        )),
+        Ok(pb::Period::Unspecified) | Err(_) => {
+            Err(Error::invalid("period", "must be MONTHLY, QUARTERLY, SEMIANNUAL or ANNUAL"))
+        }
     }
 }
 
@@ -167,22 +146,14 @@ pub fn grant(request: pb::GrantRequest) -> Result<command::Grant> {
 pub fn start_trial(request: pb::StartTrialRequest, rules: &Rules) -> Result<command::StartTrial> {
     let account = AccountId::parse(&request.account_id)?;
     let (credits, duration_ms) = rules.trial(request.credits, request.duration_ms)?;
-    Ok(command::StartTrial {
-        account,
-        credits,
-        duration_ms,
-        request: RequestId::parse(&request.request_id)?,
-    })
+    Ok(command::StartTrial { account, credits, duration_ms, request: RequestId::parse(&request.request_id)? })
 }
 
 pub fn set_user_limit(request: pb::SetUserLimitRequest) -> Result<command::SetUserLimit> {
     Ok(command::SetUserLimit {
         account: AccountId::parse(&request.account_id)?,
         user: UserId::parse(&request.user_id)?,
-        limit: request
-            .limit
-            .map(|limit| check_amount("limit", limit, true))
-            .transpose()?,
+        limit: request.limit.map(|limit| check_amount("limit", limit, true)).transpose()?,
         request: RequestId::parse(&request.request_id)?,
     })
 }
@@ -280,10 +251,7 @@ pub fn totals(totals: Totals) -> pb::Totals {
 }
 
 pub fn cycle(cycle: Cycle) -> pb::Cycle {
-    pb::Cycle {
-        start_unix_ms: cycle.start_ms,
-        end_unix_ms: cycle.end_ms,
-    }
+    pb::Cycle { start_unix_ms: cycle.start_ms, end_unix_ms: cycle.end_ms }
 }
 
 pub fn lot(lot: LotView) -> pb::Lot {
@@ -305,12 +273,7 @@ pub fn lot(lot: LotView) -> pb::Lot {
 }
 
 pub fn user_limit(view: UserView) -> pb::UserLimit {
-    pb::UserLimit {
-        user_id: view.user,
-        limit: view.limit,
-        used: view.used,
-        remaining: view.remaining,
-    }
+    pb::UserLimit { user_id: view.user, limit: view.limit, used: view.used, remaining: view.remaining }
 }
 
 pub fn plan(plan: Plan) -> pb::Plan {

@@ -14,10 +14,7 @@ pub struct EmbeddedEngine {
 
 impl EmbeddedEngine {
     pub fn new(clock: Arc<dyn Clock>, retention_ms: Millis) -> Self {
-        Self {
-            ledger: Mutex::new(Ledger::new(retention_ms)),
-            clock,
-        }
+        Self { ledger: Mutex::new(Ledger::new(retention_ms)), clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {

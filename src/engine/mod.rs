@@ -64,11 +64,7 @@ impl Engine {
     }
 
     pub fn redis(rules: Rules, engine: redis::RedisEngine) -> Self {
-        Self {
-            rules: Arc::new(rules),
-            backend: Backend::Redis(Arc::new(engine)),
-            swept_holds: Arc::default(),
-        }
+        Self { rules: Arc::new(rules), backend: Backend::Redis(Arc::new(engine)), swept_holds: Arc::default() }
     }
 
     pub fn rules(&self) -> &Rules {

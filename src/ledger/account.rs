@@ -40,6 +40,8 @@ pub(super) struct Reservation {
     pub deadline_ms: Millis,
     pub closed_ms: Option<Millis>,
     pub labels: Labels,
+    /// The request that opened it: its answer is remembered as long as the hold lives.
+    pub opened_by: Option<RequestId>,
     /// The cycle (generation) this reservation's user usage was counted in, and how much of
     /// it is still counted there (see `Account::count_usage`).
     pub usage_generation: u64,
@@ -163,14 +165,8 @@ impl Account {
     pub fn admit(&self, user: &UserId, amount: i64) -> Result<(), Decline> {
         let available = self.available();
         let user_remaining = self.user_remaining(user);
-        let decline = |reason| Decline {
-            reason,
-            requested: amount,
-            available,
-            user_remaining,
-            held: 0,
-            reservation_state: None,
-        };
+        let decline =
+            |reason| Decline { reason, requested: amount, available, user_remaining, held: 0, reservation_state: None };
         if available < amount {
             return Err(decline(DeclineReason::InsufficientCredit));
         }
@@ -231,28 +227,10 @@ impl Account {
     ) -> u64 {
         self.last_lot += 1;
         let id = self.last_lot;
-        self.lots.insert(
-            id,
-            Lot {
-                kind,
-                granted: amount,
-                remaining: amount,
-                granted_ms: at_ms,
-                expires_ms,
-                from_plan,
-            },
-        );
+        self.lots
+            .insert(id, Lot { kind, granted: amount, remaining: amount, granted_ms: at_ms, expires_ms, from_plan });
         self.granted += amount;
-        self.emit(
-            sink,
-            at_ms,
-            EventKind::LotGranted {
-                lot: id,
-                kind,
-                amount,
-                expires_ms,
-            },
-        );
+        self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms });
         id
     }
 
@@ -308,16 +286,7 @@ impl Account {
         self.held -= total;
         self.expired += expired;
         self.uncount_usage(seq, total);
-        self.emit(
-            sink,
-            at_ms,
-            EventKind::Closed {
-                reservation: seq,
-                state,
-                returned,
-                expired,
-            },
-        );
+        self.emit(sink, at_ms, EventKind::Closed { reservation: seq, state, returned, expired });
         total
     }
 
@@ -331,12 +300,8 @@ impl Account {
             }
             self.close(sink, seq, ReservationState::Expired, deadline, now);
         }
-        let mut dead: Vec<(Millis, u64)> = self
-            .lots
-            .iter()
-            .filter(|(_, lot)| lot.expires_ms <= now)
-            .map(|(id, lot)| (lot.expires_ms, *id))
-            .collect();
+        let mut dead: Vec<(Millis, u64)> =
+            self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).collect();
         dead.sort_unstable();
         for (expires_ms, id) in dead {
             self.expire_lot(sink, id, expires_ms);
@@ -353,14 +318,7 @@ impl Account {
     pub fn expire_lot(&mut self, sink: &mut Sink<'_>, id: u64, at_ms: Millis) {
         let lot = self.lots.remove(&id).expect("lot exists");
         self.expired += lot.remaining;
-        self.emit(
-            sink,
-            at_ms,
-            EventKind::LotExpired {
-                lot: id,
-                amount: lot.remaining,
-            },
-        );
+        self.emit(sink, at_ms, EventKind::LotExpired { lot: id, amount: lot.remaining });
     }
 
     /// Begins `cycle`: user usage and business keys reset, and the plan's lots are granted.
@@ -390,10 +348,7 @@ impl Account {
     pub fn reservation_view(&self, seq: u64) -> ReservationView {
         let r = &self.reservations[&seq];
         ReservationView {
-            id: ReservationId {
-                account: self.id.clone(),
-                seq,
-            },
+            id: ReservationId { account: self.id.clone(), seq },
             user: r.user.as_str().to_owned(),
             category: r.category.as_str().to_owned(),
             state: r.state,
@@ -429,20 +384,12 @@ impl Account {
 
     pub fn user_view(&self, user: &UserId) -> UserView {
         let state = self.users.get(user).cloned().unwrap_or_default();
-        UserView {
-            user: user.as_str().to_owned(),
-            limit: state.limit,
-            used: state.used,
-            remaining: state.remaining(),
-        }
+        UserView { user: user.as_str().to_owned(), limit: state.limit, used: state.used, remaining: state.remaining() }
     }
 
     /// Forgets closed reservations and request ids past their retention.
     pub fn purge(&mut self, now: Millis, retention_ms: Millis) {
         self.requests.retain(|_, remembered| remembered.keep_until_ms > now);
-        self.reservations.retain(|_, r| {
-            r.closed_ms
-                .is_none_or(|closed| closed.saturating_add(retention_ms) > now)
-        });
+        self.reservations.retain(|_, r| r.closed_ms.is_none_or(|closed| closed.saturating_add(retention_ms) > now));
     }
 }

@@ -86,10 +86,7 @@ impl Decline {
             DeclineReason::ReservationExpired => "reservation expired; its uncommitted part was returned".into(),
             DeclineReason::ReservationClosed => "reservation already closed".into(),
             DeclineReason::ExceedsHold => {
-                format!(
-                    "commit of {} exceeds the {} still held; extend first",
-                    self.requested, self.held
-                )
+                format!("commit of {} exceeds the {} still held; extend first", self.requested, self.held)
             }
             DeclineReason::TrialAlreadyUsed => "this account already had its trial".into(),
         }
@@ -205,14 +202,7 @@ impl Quoted {
             None
         };
         let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
-        Self {
-            fits: decline.is_none(),
-            decline,
-            amount,
-            available,
-            user_remaining,
-            units_that_fit: budget / unit,
-        }
+        Self { fits: decline.is_none(), decline, amount, available, user_remaining, units_that_fit: budget / unit }
     }
 }
 

@@ -17,10 +17,7 @@ pub(super) fn account(account: &Account) -> Result<(), String> {
             return fail(format!("reservation {seq} holds a non-positive part"));
         }
         if reservation.committed > reservation.reserved || reservation.committed < 0 {
-            return fail(format!(
-                "reservation {seq} committed {} of {}",
-                reservation.committed, reservation.reserved
-            ));
+            return fail(format!("reservation {seq} committed {} of {}", reservation.committed, reservation.reserved));
         }
         let in_hand = reservation.held() + reservation.committed + reservation.returned;
         if in_hand != reservation.reserved {
@@ -39,23 +36,13 @@ pub(super) fn account(account: &Account) -> Result<(), String> {
         }
     }
     if held != account.held {
-        return fail(format!(
-            "held counter {} != {held} held by open reservations",
-            account.held
-        ));
+        return fail(format!("held counter {} != {held} held by open reservations", account.held));
     }
     let open = account.reservations.values().filter(|r| r.state.is_open()).count();
     if open != account.deadlines.len() {
-        return fail(format!(
-            "{} deadlines for {open} open reservations",
-            account.deadlines.len()
-        ));
+        return fail(format!("{} deadlines for {open} open reservations", account.deadlines.len()));
     }
-    if let Some((lot, _)) = account
-        .lots
-        .iter()
-        .find(|(_, lot)| lot.remaining < 0 || lot.remaining > lot.granted)
-    {
+    if let Some((lot, _)) = account.lots.iter().find(|(_, lot)| lot.remaining < 0 || lot.remaining > lot.granted) {
         return fail(format!("lot {lot} remainder out of 0..=granted"));
     }
     if let Some((user, _)) = account.users.iter().find(|(_, user)| user.used < 0) {

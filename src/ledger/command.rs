@@ -188,11 +188,7 @@ impl Commit {
 
 impl Extend {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("extend")
-            .text(&self.reservation.to_string())
-            .int(self.amount)
-            .opt_int(self.ttl_ms)
-            .finish()
+        Digester::new("extend").text(&self.reservation.to_string()).int(self.amount).opt_int(self.ttl_ms).finish()
     }
 }
 
@@ -241,11 +237,7 @@ impl Grant {
 
 impl StartTrial {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("start_trial")
-            .text(self.account.as_str())
-            .int(self.credits)
-            .int(self.duration_ms)
-            .finish()
+        Digester::new("start_trial").text(self.account.as_str()).int(self.credits).int(self.duration_ms).finish()
     }
 }
 
@@ -265,10 +257,7 @@ mod tests {
 
     fn release(seq: u64) -> Release {
         Release {
-            reservation: ReservationId {
-                account: AccountId::parse("acme").unwrap(),
-                seq,
-            },
+            reservation: ReservationId { account: AccountId::parse("acme").unwrap(), seq },
             request: RequestId::parse("r1").unwrap(),
         }
     }

@@ -33,9 +33,7 @@ fn boundary(anchor: DateTime<Utc>, months_per_cycle: u32, k: i64) -> Millis {
     } else {
         anchor.checked_sub_months(Months::new(months))
     };
-    shifted
-        .expect("cycle boundary within chrono's range")
-        .timestamp_millis()
+    shifted.expect("cycle boundary within chrono's range").timestamp_millis()
 }
 
 /// The cycle containing `now` for a schedule with this anchor and period.
@@ -52,10 +50,7 @@ pub fn cycle_containing(anchor_ms: Millis, period: Period, now: Millis) -> Cycle
     while boundary(anchor, step, k + 1) <= now {
         k += 1;
     }
-    Cycle {
-        start_ms: boundary(anchor, step, k),
-        end_ms: boundary(anchor, step, k + 1),
-    }
+    Cycle { start_ms: boundary(anchor, step, k), end_ms: boundary(anchor, step, k + 1) }
 }
 
 /// The cycle of an account without a plan: the calendar month (UTC) containing `now`.
@@ -77,98 +72,25 @@ mod tests {
         // (anchor, period, now, expected start, expected end)
         let table = [
             // Month-end anchor clamps to February's last day, and comes back to the 31st.
-            (
-                ms(2025, 1, 31, 0),
-                Period::Monthly,
-                ms(2025, 2, 15, 0),
-                ms(2025, 1, 31, 0),
-                ms(2025, 2, 28, 0),
-            ),
-            (
-                ms(2025, 1, 31, 0),
-                Period::Monthly,
-                ms(2025, 3, 1, 0),
-                ms(2025, 2, 28, 0),
-                ms(2025, 3, 31, 0),
-            ),
-            (
-                ms(2025, 1, 31, 0),
-                Period::Monthly,
-                ms(2025, 4, 30, 0),
-                ms(2025, 4, 30, 0),
-                ms(2025, 5, 31, 0),
-            ),
+            (ms(2025, 1, 31, 0), Period::Monthly, ms(2025, 2, 15, 0), ms(2025, 1, 31, 0), ms(2025, 2, 28, 0)),
+            (ms(2025, 1, 31, 0), Period::Monthly, ms(2025, 3, 1, 0), ms(2025, 2, 28, 0), ms(2025, 3, 31, 0)),
+            (ms(2025, 1, 31, 0), Period::Monthly, ms(2025, 4, 30, 0), ms(2025, 4, 30, 0), ms(2025, 5, 31, 0)),
             // Leap year.
-            (
-                ms(2024, 1, 31, 0),
-                Period::Monthly,
-                ms(2024, 2, 29, 12),
-                ms(2024, 2, 29, 0),
-                ms(2024, 3, 31, 0),
-            ),
-            (
-                ms(2024, 2, 29, 0),
-                Period::Annual,
-                ms(2025, 3, 1, 0),
-                ms(2025, 2, 28, 0),
-                ms(2026, 2, 28, 0),
-            ),
-            (
-                ms(2024, 2, 29, 0),
-                Period::Annual,
-                ms(2028, 2, 29, 0),
-                ms(2028, 2, 29, 0),
-                ms(2029, 2, 28, 0),
-            ),
+            (ms(2024, 1, 31, 0), Period::Monthly, ms(2024, 2, 29, 12), ms(2024, 2, 29, 0), ms(2024, 3, 31, 0)),
+            (ms(2024, 2, 29, 0), Period::Annual, ms(2025, 3, 1, 0), ms(2025, 2, 28, 0), ms(2026, 2, 28, 0)),
+            (ms(2024, 2, 29, 0), Period::Annual, ms(2028, 2, 29, 0), ms(2028, 2, 29, 0), ms(2029, 2, 28, 0)),
             // Time of day of the anchor is kept; one ms before the boundary is the old cycle.
-            (
-                ms(2025, 1, 10, 9),
-                Period::Monthly,
-                ms(2025, 2, 10, 9) - 1,
-                ms(2025, 1, 10, 9),
-                ms(2025, 2, 10, 9),
-            ),
-            (
-                ms(2025, 1, 10, 9),
-                Period::Monthly,
-                ms(2025, 2, 10, 9),
-                ms(2025, 2, 10, 9),
-                ms(2025, 3, 10, 9),
-            ),
+            (ms(2025, 1, 10, 9), Period::Monthly, ms(2025, 2, 10, 9) - 1, ms(2025, 1, 10, 9), ms(2025, 2, 10, 9)),
+            (ms(2025, 1, 10, 9), Period::Monthly, ms(2025, 2, 10, 9), ms(2025, 2, 10, 9), ms(2025, 3, 10, 9)),
             // Quarterly and semi-annual.
-            (
-                ms(2025, 1, 1, 0),
-                Period::Quarterly,
-                ms(2025, 11, 5, 0),
-                ms(2025, 10, 1, 0),
-                ms(2026, 1, 1, 0),
-            ),
-            (
-                ms(2025, 8, 31, 0),
-                Period::Semiannual,
-                ms(2026, 3, 1, 0),
-                ms(2026, 2, 28, 0),
-                ms(2026, 8, 31, 0),
-            ),
+            (ms(2025, 1, 1, 0), Period::Quarterly, ms(2025, 11, 5, 0), ms(2025, 10, 1, 0), ms(2026, 1, 1, 0)),
+            (ms(2025, 8, 31, 0), Period::Semiannual, ms(2026, 3, 1, 0), ms(2026, 2, 28, 0), ms(2026, 8, 31, 0)),
             // An anchor in the future: cycles extend backwards from it.
-            (
-                ms(2026, 6, 15, 0),
-                Period::Monthly,
-                ms(2026, 3, 20, 0),
-                ms(2026, 3, 15, 0),
-                ms(2026, 4, 15, 0),
-            ),
+            (ms(2026, 6, 15, 0), Period::Monthly, ms(2026, 3, 20, 0), ms(2026, 3, 15, 0), ms(2026, 4, 15, 0)),
         ];
         for (anchor, period, now, start, end) in table {
             let cycle = cycle_containing(anchor, period, now);
-            assert_eq!(
-                cycle,
-                Cycle {
-                    start_ms: start,
-                    end_ms: end
-                },
-                "anchor {anchor} {period:?} now {now}"
-            );
+            assert_eq!(cycle, Cycle { start_ms: start, end_ms: end }, "anchor {anchor} {period:?} now {now}");
             assert!(cycle.contains(now));
         }
     }
@@ -192,10 +114,7 @@ mod tests {
     fn calendar_months() {
         assert_eq!(
             calendar_month(ms(2025, 2, 14, 3)),
-            Cycle {
-                start_ms: ms(2025, 2, 1, 0),
-                end_ms: ms(2025, 3, 1, 0)
-            }
+            Cycle { start_ms: ms(2025, 2, 1, 0), end_ms: ms(2025, 3, 1, 0) }
         );
     }
 }

@@ -48,10 +48,7 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.to_owned(),
-            reason: reason.into(),
-        }
+        Self::InvalidArgument { field: field.to_owned(), reason: reason.into() }
     }
 
     /// A grant that would lift the account's live balance above [`BALANCE_MAX`].

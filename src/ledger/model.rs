@@ -68,11 +68,7 @@ struct Call<'a, T> {
 impl Ledger {
     /// `retention_ms`: how long request ids and closed reservations are remembered.
     pub fn new(retention_ms: Millis) -> Self {
-        Self {
-            retention_ms,
-            accounts: HashMap::new(),
-            outbox: Vec::new(),
-        }
+        Self { retention_ms, accounts: HashMap::new(), outbox: Vec::new() }
     }
 
     /// Events emitted since the last call, in order.
@@ -93,14 +89,9 @@ impl Ledger {
         if created && call.create == Create::No {
             return Err(Error::AccountNotFound(call.account.clone()));
         }
-        let account = self
-            .accounts
-            .entry(call.account.clone())
-            .or_insert_with(|| Account::new(call.account.clone(), now));
-        let mut sink = Sink {
-            out: &mut self.outbox,
-            request: None,
-        };
+        let account =
+            self.accounts.entry(call.account.clone()).or_insert_with(|| Account::new(call.account.clone(), now));
+        let mut sink = Sink { out: &mut self.outbox, request: None };
         account.catch_up(&mut sink, now);
         if let Some(remembered) = account.requests.get(call.request) {
             if remembered.fingerprint != call.fingerprint {
@@ -109,10 +100,7 @@ impl Ledger {
             return (call.memo.unwrap)(remembered.answer.clone())
                 .ok_or_else(|| Error::RequestIdReused(call.request.clone()));
         }
-        let mut sink = Sink {
-            out: &mut self.outbox,
-            request: Some(call.request),
-        };
+        let mut sink = Sink { out: &mut self.outbox, request: Some(call.request) };
         let decision = match body(account, &mut sink) {
             Ok(decision) => decision,
             Err(error) => {
@@ -130,28 +118,15 @@ impl Ledger {
             .and_then(|seq| account.reservations.get(&seq))
             .map_or(now, |reservation| reservation.deadline_ms);
         let keep_until_ms = now.max(deadline).saturating_add(self.retention_ms);
-        let remembered = Remembered {
-            fingerprint: call.fingerprint,
-            answer,
-            keep_until_ms,
-        };
+        let remembered = Remembered { fingerprint: call.fingerprint, answer, keep_until_ms };
         account.requests.insert(call.request.clone(), remembered);
         Ok(decision)
     }
 
     /// The account for a read, caught up to `now`.
     fn read(&mut self, now: Millis, id: &AccountId) -> Result<&mut Account, Error> {
-        let account = self
-            .accounts
-            .get_mut(id)
-            .ok_or_else(|| Error::AccountNotFound(id.clone()))?;
-        account.catch_up(
-            &mut Sink {
-                out: &mut self.outbox,
-                request: None,
-            },
-            now,
-        );
+        let account = self.accounts.get_mut(id).ok_or_else(|| Error::AccountNotFound(id.clone()))?;
+        account.catch_up(&mut Sink { out: &mut self.outbox, request: None }, now);
         Ok(account)
     }
 
@@ -169,19 +144,10 @@ impl Ledger {
                 return Ok(Decision::Declined(decline));
             }
             let deadline_ms = now + cmd.ttl_ms;
-            let seq = open_reservation(
-                account,
-                sink,
-                now,
-                deadline_ms,
-                cmd.amount,
-                (&cmd.user, &cmd.category, &cmd.labels),
-            );
+            let seq =
+                open_reservation(account, sink, now, deadline_ms, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
             Ok(Decision::Done(Reserved {
-                reservation: ReservationId {
-                    account: account.id.clone(),
-                    seq,
-                },
+                reservation: ReservationId { account: account.id.clone(), seq },
                 amount: cmd.amount,
                 deadline_ms,
                 available: account.available(),
@@ -203,31 +169,14 @@ impl Ledger {
             if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
                 return Ok(Decision::Declined(decline));
             }
-            let already_charged = cmd
-                .business_key
-                .as_ref()
-                .is_some_and(|key| account.charged_keys.contains(key));
+            let already_charged = cmd.business_key.as_ref().is_some_and(|key| account.charged_keys.contains(key));
             let charge = if already_charged { 0 } else { cmd.amount };
             if charge > account.reservations[&seq].held() {
-                return Ok(Decision::Declined(account.reservation_decline(
-                    seq,
-                    DeclineReason::ExceedsHold,
-                    charge,
-                )));
+                return Ok(Decision::Declined(account.reservation_decline(seq, DeclineReason::ExceedsHold, charge)));
             }
-            spend(
-                account,
-                sink,
-                now,
-                seq,
-                charge,
-                (&cmd.business_key, already_charged, &cmd.labels),
-            );
-            let returned = if cmd.final_commit {
-                account.close(sink, seq, ReservationState::Committed, now, now)
-            } else {
-                0
-            };
+            spend(account, sink, now, seq, charge, (&cmd.business_key, already_charged, &cmd.labels));
+            let returned =
+                if cmd.final_commit { account.close(sink, seq, ReservationState::Committed, now, now) } else { 0 };
             let reservation = account.reservation_view(seq);
             Ok(Decision::Done(Committed {
                 charged: charge,
@@ -249,7 +198,7 @@ impl Ledger {
             reservation: Some(seq),
             memo: memo!(Extend),
         };
-        self.run(now, call, |account, sink| {
+        let decision = self.run(now, call, |account, sink| {
             if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
                 return Ok(Decision::Declined(decline));
             }
@@ -259,11 +208,7 @@ impl Ledger {
             {
                 return Ok(Decision::Declined(decline));
             }
-            let draws = if cmd.amount > 0 {
-                account.draw(cmd.amount)
-            } else {
-                Vec::new()
-            };
+            let draws = if cmd.amount > 0 { account.draw(cmd.amount) } else { Vec::new() };
             let old_deadline = account.reservations[&seq].deadline_ms;
             let deadline_ms = cmd.ttl_ms.map_or(old_deadline, |ttl| old_deadline.max(now + ttl));
             account.deadlines.remove(&(old_deadline, seq));
@@ -274,24 +219,24 @@ impl Ledger {
             merge_draws(&mut reservation.draws, &draws);
             account.held += cmd.amount;
             account.count_usage(seq, cmd.amount);
-            account.emit(
-                sink,
-                now,
-                EventKind::Extended {
-                    reservation: seq,
-                    amount: cmd.amount,
-                    draws,
-                    deadline_ms,
-                },
-            );
+            account.emit(sink, now, EventKind::Extended { reservation: seq, amount: cmd.amount, draws, deadline_ms });
             let reservation = account.reservation_view(seq);
-            Ok(Decision::Done(Extended {
-                added: cmd.amount,
-                held: reservation.held,
-                deadline_ms,
-                reservation,
-            }))
-        })
+            Ok(Decision::Done(Extended { added: cmd.amount, held: reservation.held, deadline_ms, reservation }))
+        })?;
+        if let Decision::Done(extended) = &decision {
+            self.carry_opening_request(&cmd.reservation, extended.deadline_ms);
+        }
+        Ok(decision)
+    }
+
+    /// Keeps the answer of the Reserve that opened a reservation for the retention period past
+    /// its new deadline, so a late retry of that Reserve can never open a second hold.
+    fn carry_opening_request(&mut self, id: &ReservationId, deadline_ms: Millis) {
+        let Some(account) = self.accounts.get_mut(&id.account) else { return };
+        let Some(opened_by) = account.reservations.get(&id.seq).and_then(|r| r.opened_by.clone()) else { return };
+        if let Some(remembered) = account.requests.get_mut(&opened_by) {
+            remembered.keep_until_ms = remembered.keep_until_ms.max(deadline_ms.saturating_add(self.retention_ms));
+        }
     }
 
     pub fn release(&mut self, now: Millis, cmd: &Release) -> Result<Decision<Released>, Error> {
@@ -309,10 +254,7 @@ impl Ledger {
                 return Ok(Decision::Declined(decline));
             }
             let returned = account.close(sink, seq, ReservationState::Released, now, now);
-            Ok(Decision::Done(Released {
-                returned,
-                reservation: account.reservation_view(seq),
-            }))
+            Ok(Decision::Done(Released { returned, reservation: account.reservation_view(seq) }))
         })
     }
 
@@ -326,44 +268,18 @@ impl Ledger {
             memo: memo!(Charge),
         };
         self.run(now, call, |account, sink| {
-            if cmd
-                .business_key
-                .as_ref()
-                .is_some_and(|key| account.charged_keys.contains(key))
-            {
+            if cmd.business_key.as_ref().is_some_and(|key| account.charged_keys.contains(key)) {
                 let available = account.available();
-                return Ok(Decision::Done(Charged {
-                    reservation: None,
-                    charged: 0,
-                    already_charged: true,
-                    available,
-                }));
+                return Ok(Decision::Done(Charged { reservation: None, charged: 0, already_charged: true, available }));
             }
             if let Err(decline) = account.admit(&cmd.user, cmd.amount) {
                 return Ok(Decision::Declined(decline));
             }
-            let seq = open_reservation(
-                account,
-                sink,
-                now,
-                now,
-                cmd.amount,
-                (&cmd.user, &cmd.category, &cmd.labels),
-            );
-            spend(
-                account,
-                sink,
-                now,
-                seq,
-                cmd.amount,
-                (&cmd.business_key, false, &cmd.labels),
-            );
+            let seq = open_reservation(account, sink, now, now, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
+            spend(account, sink, now, seq, cmd.amount, (&cmd.business_key, false, &cmd.labels));
             account.close(sink, seq, ReservationState::Committed, now, now);
             Ok(Decision::Done(Charged {
-                reservation: Some(ReservationId {
-                    account: account.id.clone(),
-                    seq,
-                }),
+                reservation: Some(ReservationId { account: account.id.clone(), seq }),
                 charged: cmd.amount,
                 already_charged: false,
                 available: account.available(),
@@ -374,12 +290,7 @@ impl Ledger {
     pub fn quote(&mut self, now: Millis, cmd: &Quote) -> Result<Quoted, Error> {
         let account = self.read(now, &cmd.account)?;
         let user_remaining = cmd.user.as_ref().and_then(|user| account.user_remaining(user));
-        Ok(Quoted::evaluate(
-            account.available(),
-            user_remaining,
-            cmd.amount,
-            cmd.unit,
-        ))
+        Ok(Quoted::evaluate(account.available(), user_remaining, cmd.amount, cmd.unit))
     }
 
     pub fn set_plan(&mut self, now: Millis, cmd: &SetPlan) -> Result<Decision<PlanSet>, Error> {
@@ -393,55 +304,31 @@ impl Ledger {
         };
         self.run(now, call, |account, sink| {
             let new = &cmd.plan;
-            let same_schedule = account
-                .plan
-                .as_ref()
-                .is_some_and(|old| old.period == new.period && old.anchor_ms == new.anchor_ms);
+            let same_schedule =
+                account.plan.as_ref().is_some_and(|old| old.period == new.period && old.anchor_ms == new.anchor_ms);
             let (plan_grant, addon_grant) = match &account.plan {
-                Some(old) if same_schedule => (
-                    (new.plan_credits - old.plan_credits).max(0),
-                    (new.addon_credits - old.addon_credits).max(0),
-                ),
+                Some(old) if same_schedule => {
+                    ((new.plan_credits - old.plan_credits).max(0), (new.addon_credits - old.addon_credits).max(0))
+                }
                 _ => (new.plan_credits, new.addon_credits),
             };
             check_balance(account, plan_grant + addon_grant, "plan_credits")?;
             account.plan = Some(new.clone());
             if same_schedule {
-                account.emit(
-                    sink,
-                    now,
-                    EventKind::PlanSet {
-                        plan: new.clone(),
-                        cycle: account.cycle,
-                    },
-                );
+                account.emit(sink, now, EventKind::PlanSet { plan: new.clone(), cycle: account.cycle });
                 account.grant_plan_lots(sink, plan_grant, addon_grant, now);
             } else {
-                let from_plan: Vec<u64> = account
-                    .lots
-                    .iter()
-                    .filter(|(_, lot)| lot.from_plan)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let from_plan: Vec<u64> =
+                    account.lots.iter().filter(|(_, lot)| lot.from_plan).map(|(id, _)| *id).collect();
                 for id in from_plan {
                     account.expire_lot(sink, id, now);
                 }
                 let cycle = cycle_containing(new.anchor_ms, new.period, now);
-                account.emit(
-                    sink,
-                    now,
-                    EventKind::PlanSet {
-                        plan: new.clone(),
-                        cycle,
-                    },
-                );
+                account.emit(sink, now, EventKind::PlanSet { plan: new.clone(), cycle });
                 // Without a plan set, start_cycle grants nothing; it is set above, so it grants.
                 account.start_cycle(sink, cycle);
             }
-            Ok(Decision::Done(PlanSet {
-                cycle: account.cycle,
-                totals: account.totals(),
-            }))
+            Ok(Decision::Done(PlanSet { cycle: account.cycle, totals: account.totals() }))
         })
     }
 
@@ -461,11 +348,7 @@ impl Ledger {
             }
             check_balance(account, cmd.amount, "amount")?;
             let lot = account.grant(sink, cmd.kind, cmd.amount, now, expires_ms, false);
-            Ok(Decision::Done(Granted {
-                lot,
-                expires_ms,
-                totals: account.totals(),
-            }))
+            Ok(Decision::Done(Granted { lot, expires_ms, totals: account.totals() }))
         })
     }
 
@@ -493,11 +376,7 @@ impl Ledger {
             let expires_ms = now + cmd.duration_ms;
             account.trial_used = true;
             let lot = account.grant(sink, LotKind::Trial, cmd.credits, now, expires_ms, false);
-            Ok(Decision::Done(Granted {
-                lot,
-                expires_ms,
-                totals: account.totals(),
-            }))
+            Ok(Decision::Done(Granted { lot, expires_ms, totals: account.totals() }))
         })
     }
 
@@ -520,11 +399,7 @@ impl Ledger {
 
     pub fn balance(&mut self, now: Millis, id: &AccountId, user: Option<&UserId>) -> Result<Balance, Error> {
         let account = self.read(now, id)?;
-        Ok(Balance {
-            totals: account.totals(),
-            cycle: account.cycle,
-            user: user.map(|user| account.user_view(user)),
-        })
+        Ok(Balance { totals: account.totals(), cycle: account.cycle, user: user.map(|user| account.user_view(user)) })
     }
 
     pub fn account(&mut self, now: Millis, id: &AccountId) -> Result<AccountView, Error> {
@@ -581,13 +456,7 @@ impl Ledger {
         let mut expired = 0;
         for account in self.accounts.values_mut() {
             let before = account.deadlines.len();
-            account.catch_up(
-                &mut Sink {
-                    out: &mut self.outbox,
-                    request: None,
-                },
-                now,
-            );
+            account.catch_up(&mut Sink { out: &mut self.outbox, request: None }, now);
             expired += before - account.deadlines.len();
             account.purge(now, self.retention_ms);
         }
@@ -624,10 +493,7 @@ fn closed_decline(
     id: &ReservationId,
     requested: i64,
 ) -> Result<Option<super::answer::Decline>, Error> {
-    let reservation = account
-        .reservations
-        .get(&id.seq)
-        .ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
+    let reservation = account.reservations.get(&id.seq).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
     let reason = match reservation.state {
         ReservationState::Held => return Ok(None),
         ReservationState::Expired => DeclineReason::ReservationExpired,
@@ -671,6 +537,7 @@ fn open_reservation(
             deadline_ms,
             closed_ms: None,
             labels: labels.clone(),
+            opened_by: sink.request.cloned(),
             usage_generation: account.cycle_generation,
             usage_counted: 0,
         },
@@ -710,10 +577,7 @@ fn spend(
         let take = left.min(draw.amount);
         draw.amount -= take;
         left -= take;
-        taken.push(Draw {
-            lot: draw.lot,
-            amount: take,
-        });
+        taken.push(Draw { lot: draw.lot, amount: take });
     }
     reservation.draws.retain(|draw| draw.amount > 0);
     reservation.committed += amount;

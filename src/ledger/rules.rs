@@ -44,17 +44,8 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        let categories = [
-            "email",
-            "mobile",
-            "enrichment",
-            "waterfall",
-            "ai",
-            "dialer",
-            "api",
-            "phone_number",
-            "mailbox",
-        ];
+        let categories =
+            ["email", "mobile", "enrichment", "waterfall", "ai", "dialer", "api", "phone_number", "mailbox"];
         let prices: [(&str, i64); 12] = [
             ("email.verified", 1),
             ("mobile.verified", 10),
@@ -97,11 +88,7 @@ impl Rules {
                 return Err(format!("price_book.{sku}: price must be in 1..={AMOUNT_MAX}"));
             }
         }
-        let ttl = (
-            self.reservation_ttl_min_ms,
-            self.reservation_ttl_default_ms,
-            self.reservation_ttl_max_ms,
-        );
+        let ttl = (self.reservation_ttl_min_ms, self.reservation_ttl_default_ms, self.reservation_ttl_max_ms);
         if !(ttl.0 >= 1 && ttl.0 <= ttl.1 && ttl.1 <= ttl.2 && ttl.2 <= 365 * DAY_MS) {
             return Err("reservation_ttl_*_ms: need 1 <= min <= default <= max <= 365 days".into());
         }
@@ -122,10 +109,7 @@ impl Rules {
             return Ok(Category(name.to_owned()));
         }
         let known: Vec<&str> = self.categories.iter().map(String::as_str).collect();
-        Err(Error::invalid(
-            "category",
-            format!("unknown category {name:?}; known: {}", known.join(", ")),
-        ))
+        Err(Error::invalid("category", format!("unknown category {name:?}; known: {}", known.join(", "))))
     }
 
     /// Prices a cost. `zero_allowed` admits a raw amount of 0 (commits).
@@ -134,10 +118,7 @@ impl Rules {
             CostInput::Missing => Err(Error::invalid("cost", "an amount or a SKU with a quantity is required")),
             CostInput::Amount(amount) => {
                 let amount = check_amount("cost.amount", *amount, zero_allowed)?;
-                Ok(Priced {
-                    amount,
-                    unit: amount.max(1),
-                })
+                Ok(Priced { amount, unit: amount.max(1) })
             }
             CostInput::Sku { sku, quantity } => {
                 let unit = *self
@@ -150,12 +131,9 @@ impl Rules {
                         format!("must be in 1..={QUANTITY_MAX}, got {quantity}"),
                     ));
                 }
-                let amount = unit
-                    .checked_mul(*quantity)
-                    .filter(|amount| *amount <= AMOUNT_MAX)
-                    .ok_or_else(|| {
-                        Error::invalid("cost.sku.quantity", format!("prices out above {AMOUNT_MAX} credits"))
-                    })?;
+                let amount = unit.checked_mul(*quantity).filter(|amount| *amount <= AMOUNT_MAX).ok_or_else(|| {
+                    Error::invalid("cost.sku.quantity", format!("prices out above {AMOUNT_MAX} credits"))
+                })?;
                 Ok(Priced { amount, unit })
             }
         }
@@ -168,21 +146,14 @@ impl Rules {
         }
         let (min, max) = (self.reservation_ttl_min_ms, self.reservation_ttl_max_ms);
         if !(min..=max).contains(&ttl_ms) {
-            return Err(Error::invalid(
-                "ttl_ms",
-                format!("must be 0 (default) or in {min}..={max}, got {ttl_ms}"),
-            ));
+            return Err(Error::invalid("ttl_ms", format!("must be 0 (default) or in {min}..={max}, got {ttl_ms}")));
         }
         Ok(ttl_ms)
     }
 
     /// An Extend's TTL: 0 keeps the deadline; otherwise within the configured bounds.
     pub fn extend_ttl(&self, ttl_ms: Millis) -> Result<Option<Millis>, Error> {
-        if ttl_ms == 0 {
-            Ok(None)
-        } else {
-            self.ttl(ttl_ms).map(Some)
-        }
+        if ttl_ms == 0 { Ok(None) } else { self.ttl(ttl_ms).map(Some) }
     }
 
     pub fn trial(&self, credits: i64, duration_ms: Millis) -> Result<(i64, Millis), Error> {
@@ -195,10 +166,7 @@ impl Rules {
             0 => self.trial_duration_default_ms,
             d if (1..=max).contains(&d) => d,
             d => {
-                return Err(Error::invalid(
-                    "duration_ms",
-                    format!("must be 0 (default) or in 1..={max}, got {d}"),
-                ));
+                return Err(Error::invalid("duration_ms", format!("must be 0 (default) or in 1..={max}, got {d}")));
             }
         };
         Ok((credits, duration))
@@ -225,10 +193,7 @@ mod tests {
                 },
                 "price_book.x",
             ),
-            (
-                |r| r.reservation_ttl_min_ms = r.reservation_ttl_max_ms + 1,
-                "reservation_ttl",
-            ),
+            (|r| r.reservation_ttl_min_ms = r.reservation_ttl_max_ms + 1, "reservation_ttl"),
             (|r| r.trial_credits_default = 0, "trial_credits_default"),
             (|r| r.request_id_retention_ms = 1000, "request_id_retention_ms"),
         ];
@@ -244,18 +209,9 @@ mod tests {
     fn prices_skus_and_amounts() {
         let mut rules = Rules::default();
         rules.price_book.insert("whale".into(), AMOUNT_MAX / 2);
-        let sku = |sku: &str, quantity| CostInput::Sku {
-            sku: sku.into(),
-            quantity,
-        };
-        assert_eq!(
-            rules.price(&sku("dialer.minute.de", 3), false).unwrap(),
-            Priced { amount: 6, unit: 2 }
-        );
-        assert_eq!(
-            rules.price(&CostInput::Amount(7), false).unwrap(),
-            Priced { amount: 7, unit: 7 }
-        );
+        let sku = |sku: &str, quantity| CostInput::Sku { sku: sku.into(), quantity };
+        assert_eq!(rules.price(&sku("dialer.minute.de", 3), false).unwrap(), Priced { amount: 6, unit: 2 });
+        assert_eq!(rules.price(&CostInput::Amount(7), false).unwrap(), Priced { amount: 7, unit: 7 });
         assert_eq!(rules.price(&CostInput::Amount(0), true).unwrap().amount, 0);
         let table: &[(CostInput, bool, &str)] = &[
             (CostInput::Missing, false, "cost: "),

@@ -31,19 +31,11 @@ fn check_id(field: &str, value: &str, len_max: usize, extra_forbidden: &[char]) 
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.len() > len_max {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {len_max} bytes, got {}", value.len()),
-        ));
+        return Err(Error::invalid(field, format!("must be at most {len_max} bytes, got {}", value.len())));
     }
-    let bad = value
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || matches!(c, '{' | '}') || extra_forbidden.contains(c));
+    let bad = value.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '{' | '}') || extra_forbidden.contains(c));
     if let Some(c) = bad {
-        return Err(Error::invalid(
-            field,
-            format!("must be visible ASCII without braces, found {c:?}"),
-        ));
+        return Err(Error::invalid(field, format!("must be visible ASCII without braces, found {c:?}")));
     }
     Ok(())
 }
@@ -139,10 +131,7 @@ impl BusinessKey {
             return Ok(None);
         }
         if value.len() > BUSINESS_KEY_LEN_MAX {
-            return Err(Error::invalid(
-                FIELD,
-                format!("must be at most {BUSINESS_KEY_LEN_MAX} bytes"),
-            ));
+            return Err(Error::invalid(FIELD, format!("must be at most {BUSINESS_KEY_LEN_MAX} bytes")));
         }
         if !value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
             return Err(Error::invalid(FIELD, "must be printable ASCII"));
@@ -163,17 +152,11 @@ impl Labels {
     pub fn parse(labels: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
         let map: BTreeMap<String, String> = labels.into_iter().collect();
         if map.len() > LABELS_MAX {
-            return Err(Error::invalid(
-                "labels",
-                format!("at most {LABELS_MAX} labels, got {}", map.len()),
-            ));
+            return Err(Error::invalid("labels", format!("at most {LABELS_MAX} labels, got {}", map.len())));
         }
         for (key, value) in &map {
             if key.is_empty() || key.len() > LABEL_KEY_LEN_MAX {
-                return Err(Error::invalid(
-                    "labels",
-                    format!("keys must be 1..={LABEL_KEY_LEN_MAX} bytes"),
-                ));
+                return Err(Error::invalid("labels", format!("keys must be 1..={LABEL_KEY_LEN_MAX} bytes")));
             }
             if value.len() > LABEL_VALUE_LEN_MAX {
                 return Err(Error::invalid(
@@ -243,10 +226,7 @@ impl ReservationState {
 pub fn check_amount(field: &str, amount: i64, zero_allowed: bool) -> Result<i64, Error> {
     let min = if zero_allowed { 0 } else { 1 };
     if amount < min || amount > AMOUNT_MAX {
-        return Err(Error::invalid(
-            field,
-            format!("must be in {min}..={AMOUNT_MAX}, got {amount}"),
-        ));
+        return Err(Error::invalid(field, format!("must be in {min}..={AMOUNT_MAX}, got {amount}")));
     }
     Ok(amount)
 }
@@ -254,10 +234,7 @@ pub fn check_amount(field: &str, amount: i64, zero_allowed: bool) -> Result<i64,
 /// Checks an instant a caller names.
 pub fn check_instant(field: &str, instant: Millis) -> Result<Millis, Error> {
     if !(0..=INSTANT_MAX_MS).contains(&instant) {
-        return Err(Error::invalid(
-            field,
-            format!("must be a Unix ms instant in 0..={INSTANT_MAX_MS}"),
-        ));
+        return Err(Error::invalid(field, format!("must be a Unix ms instant in 0..={INSTANT_MAX_MS}")));
     }
     Ok(instant)
 }

@@ -14,13 +14,8 @@ use crate::harness::*;
 async fn csv_batch_with_parallel_commits(h: Harness) {
     h.account("acme", 5_000).await;
     let rows = 1_000;
-    let batch = h
-        .reserve_cost("acme", "ann", "enrichment", sku_cost("enrichment.row", rows), HOUR)
-        .await;
-    assert_eq!(
-        (batch.outcome(), batch.amount, batch.available),
-        (pb::Outcome::Ok, 1_000, 4_000)
-    );
+    let batch = h.reserve_cost("acme", "ann", "enrichment", sku_cost("enrichment.row", rows), HOUR).await;
+    assert_eq!((batch.outcome(), batch.amount, batch.available), (pb::Outcome::Ok, 1_000, 4_000));
     // Another user sees less available while the run is pending.
     let quote = pb::QuoteRequest {
         account_id: "acme".into(),
@@ -63,15 +58,9 @@ async fn csv_batch_with_parallel_commits(h: Harness) {
     assert_eq!(released.returned, 1_000 - charged);
     let reservation = released.reservation.unwrap();
     assert_eq!(reservation.committed, charged);
-    assert_eq!(
-        reservation.commit_count,
-        (0..rows).filter(|row| row % 3 != 0).count() as i64
-    );
+    assert_eq!(reservation.commit_count, (0..rows).filter(|row| row % 3 != 0).count() as i64);
     let totals = h.totals("acme").await;
-    assert_eq!(
-        (totals.available, totals.spent, totals.held),
-        (5_000 - charged, charged, 0)
-    );
+    assert_eq!((totals.available, totals.spent, totals.held), (5_000 - charged, charged, 0));
     assert_conserved(&totals);
 }
 
@@ -80,20 +69,14 @@ async fn csv_batch_with_parallel_commits(h: Harness) {
 async fn waterfall_commits_per_provider(h: Harness) {
     h.account("acme", 100).await;
     let worst_case = 1 + 2 + 1; // provider a, provider b, validator
-    let run = h
-        .reserve_cost("acme", "ann", "waterfall", amount_cost(worst_case), 5 * MINUTE)
-        .await;
+    let run = h.reserve_cost("acme", "ann", "waterfall", amount_cost(worst_case), 5 * MINUTE).await;
     assert_eq!(run.outcome(), pb::Outcome::Ok);
     let provider = |name: &str| HashMap::from([("provider".to_owned(), name.to_owned())]);
-    let own_key = h
-        .commit_with(&run.reservation_id, 0, false, "", provider("a-own-key"))
-        .await;
+    let own_key = h.commit_with(&run.reservation_id, 0, false, "", provider("a-own-key")).await;
     assert_eq!((own_key.outcome(), own_key.charged), (pb::Outcome::Ok, 0));
     let b = h.commit_with(&run.reservation_id, 2, false, "", provider("b")).await;
     assert_eq!(b.charged, 2);
-    let validator = h
-        .commit_with(&run.reservation_id, 1, true, "", provider("validator"))
-        .await;
+    let validator = h.commit_with(&run.reservation_id, 1, true, "", provider("validator")).await;
     assert_eq!((validator.charged, validator.returned), (1, 1));
     let reservation = validator.reservation.unwrap();
     assert_eq!(
@@ -107,9 +90,7 @@ async fn waterfall_commits_per_provider(h: Harness) {
 /// call goes on, final commit on hang-up.
 async fn dialer_commits_minutes_and_extends(h: Harness) {
     h.account("acme", 100).await;
-    let call = h
-        .reserve_cost("acme", "ann", "dialer", sku_cost("dialer.minute.de", 3), 4 * MINUTE)
-        .await;
+    let call = h.reserve_cost("acme", "ann", "dialer", sku_cost("dialer.minute.de", 3), 4 * MINUTE).await;
     assert_eq!((call.outcome(), call.amount), (pb::Outcome::Ok, 6));
     let id = call.reservation_id;
     let minute = |h: &Harness, id: &str, final_commit: bool| {
@@ -153,9 +134,7 @@ async fn dialer_commits_minutes_and_extends(h: Harness) {
 /// A dialer that dies mid-call: nobody releases; the hold expires and the unused part returns.
 async fn dead_dialer_hold_expires(h: Harness) {
     h.account("acme", 100).await;
-    let call = h
-        .reserve_cost("acme", "ann", "dialer", sku_cost("dialer.minute.us", 5), 2 * MINUTE)
-        .await;
+    let call = h.reserve_cost("acme", "ann", "dialer", sku_cost("dialer.minute.us", 5), 2 * MINUTE).await;
     h.advance(MINUTE).await;
     assert_eq!(h.commit(&call.reservation_id, 1, false).await.charged, 1);
     // The dialer process dies here. Time passes; only the sweep acts.
@@ -182,9 +161,7 @@ async fn concurrent_traffic_never_overspends(h: Harness) {
         tasks.push(tokio::spawn(async move {
             let mut spent = 0;
             for round in 0..40 {
-                let response = h
-                    .reserve("hot", &format!("u{}", task % 4), 20 + (task + round) % 30, MINUTE)
-                    .await;
+                let response = h.reserve("hot", &format!("u{}", task % 4), 20 + (task + round) % 30, MINUTE).await;
                 if response.outcome() != pb::Outcome::Ok {
                     assert_eq!(response.outcome(), pb::Outcome::InsufficientCredit);
                     continue;
@@ -247,10 +224,7 @@ async fn background_sweep_expires_holds_by_itself() {
         }
     })
     .await;
-    assert!(
-        expired.is_ok(),
-        "the background sweep did not expire the hold within 10 s"
-    );
+    assert!(expired.is_ok(), "the background sweep did not expire the hold within 10 s");
     assert_eq!(h.reservation(&id).await.state(), pb::ReservationState::Expired);
 }
 
@@ -261,10 +235,7 @@ async fn server_stops_on_its_shutdown_signal() {
     h.account("acme", 10).await;
     let mut auth = h.auth.clone();
     h.stop().await;
-    let request = pb::GetBalanceRequest {
-        account_id: "acme".into(),
-        user_id: String::new(),
-    };
+    let request = pb::GetBalanceRequest { account_id: "acme".into(), user_id: String::new() };
     let error = auth.get_balance(request).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
 }
@@ -282,8 +253,5 @@ async fn redis_engine_state_lives_in_redis() {
         "local n = 0 for i = 0, 15 do n = n + redis.call('XLEN', 'cs:{s' .. i .. '}:events') end return n",
         "0",
     ]);
-    assert!(
-        events.parse::<u32>().unwrap() >= 3,
-        "plan set, cycle started, lot granted: {events}"
-    );
+    assert!(events.parse::<u32>().unwrap() >= 3, "plan set, cycle started, lot granted: {events}");
 }

@@ -31,9 +31,7 @@ pub fn anchor() -> Millis {
 }
 
 pub fn ms(year: i32, month: u32, day: u32, hour: u32) -> Millis {
-    Utc.with_ymd_and_hms(year, month, day, hour, 0, 0)
-        .unwrap()
-        .timestamp_millis()
+    Utc.with_ymd_and_hms(year, month, day, hour, 0, 0).unwrap().timestamp_millis()
 }
 
 pub const MINUTE: Millis = 60_000;
@@ -49,12 +47,7 @@ pub enum EngineKind {
 
 /// Settings for a test's own Redis: short timeouts, the default shard count.
 pub fn redis_settings(urls: Vec<String>, cluster: bool) -> RedisSettings {
-    RedisSettings {
-        urls,
-        cluster,
-        shards: 16,
-        timeout: Duration::from_secs(2),
-    }
+    RedisSettings { urls, cluster, shards: 16, key_prefix: String::new(), timeout: Duration::from_secs(2) }
 }
 
 /// A Redis engine on `server`, driven by `clock`.
@@ -108,11 +101,7 @@ impl Harness {
             }
         });
         // The listener is bound, so the connection is accepted as soon as the server polls it.
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
         Self {
             clock,
             engine,
@@ -164,8 +153,7 @@ impl Harness {
     }
 
     pub async fn reserve(&self, account: &str, user: &str, amount: i64, ttl_ms: Millis) -> pb::ReserveResponse {
-        self.reserve_cost(account, user, "enrichment", amount_cost(amount), ttl_ms)
-            .await
+        self.reserve_cost(account, user, "enrichment", amount_cost(amount), ttl_ms).await
     }
 
     pub async fn reserve_cost(
@@ -196,8 +184,7 @@ impl Harness {
     }
 
     pub async fn commit(&self, reservation: &str, amount: i64, final_commit: bool) -> pb::CommitResponse {
-        self.commit_with(reservation, amount, final_commit, "", HashMap::new())
-            .await
+        self.commit_with(reservation, amount, final_commit, "", HashMap::new()).await
     }
 
     pub async fn commit_with(
@@ -220,10 +207,7 @@ impl Harness {
     }
 
     pub async fn release(&self, reservation: &str) -> pb::ReleaseResponse {
-        let request = pb::ReleaseRequest {
-            reservation_id: reservation.into(),
-            request_id: self.rid(),
-        };
+        let request = pb::ReleaseRequest { reservation_id: reservation.into(), request_id: self.rid() };
         self.auth.clone().release(request).await.unwrap().into_inner()
     }
 
@@ -238,49 +222,23 @@ impl Harness {
     }
 
     pub async fn totals(&self, account: &str) -> pb::Totals {
-        let request = pb::GetBalanceRequest {
-            account_id: account.into(),
-            user_id: String::new(),
-        };
-        self.auth
-            .clone()
-            .get_balance(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .totals
-            .unwrap()
+        let request = pb::GetBalanceRequest { account_id: account.into(), user_id: String::new() };
+        self.auth.clone().get_balance(request).await.unwrap().into_inner().totals.unwrap()
     }
 
     pub async fn balance(&self, account: &str, user: &str) -> pb::GetBalanceResponse {
-        let request = pb::GetBalanceRequest {
-            account_id: account.into(),
-            user_id: user.into(),
-        };
+        let request = pb::GetBalanceRequest { account_id: account.into(), user_id: user.into() };
         self.auth.clone().get_balance(request).await.unwrap().into_inner()
     }
 
     pub async fn reservation(&self, id: &str) -> pb::Reservation {
-        let request = pb::GetReservationRequest {
-            reservation_id: id.into(),
-        };
-        self.auth
-            .clone()
-            .get_reservation(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .reservation
-            .unwrap()
+        let request = pb::GetReservationRequest { reservation_id: id.into() };
+        self.auth.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
     }
 
     pub async fn set_user_limit(&self, account: &str, user: &str, limit: Option<i64>) -> pb::SetUserLimitResponse {
-        let request = pb::SetUserLimitRequest {
-            account_id: account.into(),
-            user_id: user.into(),
-            limit,
-            request_id: self.rid(),
-        };
+        let request =
+            pb::SetUserLimitRequest { account_id: account.into(), user_id: user.into(), limit, request_id: self.rid() };
         self.admin.clone().set_user_limit(request).await.unwrap().into_inner()
     }
 
@@ -296,9 +254,7 @@ impl Harness {
     }
 
     pub async fn lots(&self, account: &str) -> Vec<pb::Lot> {
-        let request = pb::GetAccountRequest {
-            account_id: account.into(),
-        };
+        let request = pb::GetAccountRequest { account_id: account.into() };
         self.admin.clone().get_account(request).await.unwrap().into_inner().lots
     }
 }
@@ -312,18 +268,11 @@ impl Drop for Harness {
 }
 
 pub fn amount_cost(amount: i64) -> pb::Cost {
-    pb::Cost {
-        cost: Some(pb::cost::Cost::Amount(amount)),
-    }
+    pb::Cost { cost: Some(pb::cost::Cost::Amount(amount)) }
 }
 
 pub fn sku_cost(sku: &str, quantity: i64) -> pb::Cost {
-    pb::Cost {
-        cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity {
-            sku: sku.into(),
-            quantity,
-        })),
-    }
+    pb::Cost { cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity { sku: sku.into(), quantity })) }
 }
 
 /// Conservation as the API reports it.

@@ -14,11 +14,7 @@ async fn reserve_is_all_or_nothing(h: Harness) {
     let decline = declined.decline.unwrap();
     assert_eq!(decline.scope(), pb::Scope::Account);
     assert_eq!((decline.requested, decline.available), (101, 100));
-    assert!(
-        decline.message.contains("100 credits available, 101 requested"),
-        "{}",
-        decline.message
-    );
+    assert!(decline.message.contains("100 credits available, 101 requested"), "{}", decline.message);
     assert!(declined.reservation_id.is_empty());
     let totals = h.totals("acme").await;
     assert_eq!((totals.available, totals.held), (100, 0), "a decline holds nothing");
@@ -41,19 +37,13 @@ async fn user_limit_declines_even_with_team_credit(h: Harness) {
     assert_eq!(declined.outcome(), pb::Outcome::UserLimitReached);
     let decline = declined.decline.unwrap();
     assert_eq!(decline.scope(), pb::Scope::User);
-    assert_eq!(
-        (decline.user_remaining, decline.available, decline.requested),
-        (Some(20), 970, 21)
-    );
+    assert_eq!((decline.user_remaining, decline.available, decline.requested), (Some(20), 970, 21));
     // Another user of the same team is not limited.
     h.hold("acme", "bob", 500).await;
     // Exactly the remainder fits.
     h.hold("acme", "ann", 20).await;
     let balance = h.balance("acme", "ann").await;
-    assert_eq!(
-        (balance.user_limit, balance.user_used, balance.user_remaining),
-        (Some(50), 50, Some(0))
-    );
+    assert_eq!((balance.user_limit, balance.user_used, balance.user_remaining), (Some(50), 50, Some(0)));
     // Lifting the cap lets her spend again.
     h.set_user_limit("acme", "ann", None).await;
     h.hold("acme", "ann", 100).await;
@@ -67,11 +57,7 @@ async fn user_limit_counts_holds_and_returns_them(h: Harness) {
     let released = h.release(&id).await;
     assert_eq!(released.returned, 50);
     let balance = h.balance("acme", "ann").await;
-    assert_eq!(
-        (balance.user_used, balance.user_remaining),
-        (30, Some(70)),
-        "the committed 30 stays counted"
-    );
+    assert_eq!((balance.user_used, balance.user_remaining), (30, Some(70)), "the committed 30 stays counted");
     // The next cycle starts the user afresh.
     h.clock.set(ms(2026, 3, 31, 0));
     let balance = h.balance("acme", "ann").await;
@@ -84,12 +70,7 @@ async fn burn_order_takes_soonest_expiry_first(h: Harness) {
     let later = h.grant("acme", pb::LotKind::Adjustment, 10, ms(2026, 6, 1, 0)).await;
     let same_instant = h.grant("acme", pb::LotKind::Addon, 10, ms(2026, 3, 31, 0)).await;
     h.hold("acme", "ann", 115).await;
-    let remaining: HashMap<u64, i64> = h
-        .lots("acme")
-        .await
-        .iter()
-        .map(|lot| (lot.lot_id, lot.remaining))
-        .collect();
+    let remaining: HashMap<u64, i64> = h.lots("acme").await.iter().map(|lot| (lot.lot_id, lot.remaining)).collect();
     assert_eq!(remaining[&promo.lot_id], 0, "soonest expiry burns first");
     // Plan and add-on lots expire at the same instant: plan burns before add-on (kind order).
     assert_eq!(remaining[&same_instant.lot_id], 5);
@@ -103,10 +84,7 @@ async fn commit_above_hold_is_declined(h: Harness) {
     let declined = h.commit(&id, 5, false).await;
     assert_eq!(declined.outcome(), pb::Outcome::ExceedsHold);
     let decline = declined.decline.unwrap();
-    assert_eq!(
-        (decline.scope(), decline.requested, decline.held),
-        (pb::Scope::Reservation, 5, 4)
-    );
+    assert_eq!((decline.scope(), decline.requested, decline.held), (pb::Scope::Reservation, 5, 4));
     let exact = h.commit(&id, 4, false).await;
     assert_eq!((exact.outcome(), exact.held, exact.charged), (pb::Outcome::Ok, 0, 4));
     let reservation = h.reservation(&id).await;
@@ -120,19 +98,13 @@ async fn final_commit_closes_and_returns_the_rest(h: Harness) {
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 40).await;
     let done = h.commit(&id, 15, true).await;
-    assert_eq!(
-        (done.outcome(), done.charged, done.returned, done.held),
-        (pb::Outcome::Ok, 15, 25, 0)
-    );
+    assert_eq!((done.outcome(), done.charged, done.returned, done.held), (pb::Outcome::Ok, 15, 25, 0));
     let reservation = done.reservation.unwrap();
     assert_eq!(reservation.state(), pb::ReservationState::Committed);
     assert_eq!(reservation.closed_unix_ms, t0());
     let totals = h.totals("acme").await;
     assert_eq!((totals.available, totals.held, totals.spent), (85, 0, 15));
-    for late in [
-        h.commit(&id, 1, false).await.decline,
-        h.commit(&id, 0, true).await.decline,
-    ] {
+    for late in [h.commit(&id, 1, false).await.decline, h.commit(&id, 0, true).await.decline] {
         let late = late.unwrap();
         assert_eq!(late.reservation_state(), pb::ReservationState::Committed);
     }
@@ -178,11 +150,7 @@ async fn extend_grows_amount_and_deadline(h: Harness) {
     let later = h.extend(&id, 0, 30 * MINUTE).await;
     assert_eq!(later.deadline_unix_ms, t0() + 30 * MINUTE);
     let not_earlier = h.extend(&id, 0, 2 * MINUTE).await;
-    assert_eq!(
-        not_earlier.deadline_unix_ms,
-        t0() + 30 * MINUTE,
-        "a deadline never moves earlier"
-    );
+    assert_eq!(not_earlier.deadline_unix_ms, t0() + 30 * MINUTE, "a deadline never moves earlier");
     let short = h.extend(&id, 86, 0).await;
     assert_eq!(short.outcome(), pb::Outcome::InsufficientCredit);
     assert_eq!(short.decline.unwrap().available, 85);
@@ -198,18 +166,11 @@ async fn holds_expire_and_return_what_is_uncommitted(h: Harness) {
     let id = h.reserve("acme", "ann", 40, 5 * MINUTE).await.reservation_id;
     h.commit(&id, 10, false).await;
     h.advance(5 * MINUTE - 1).await;
-    assert_eq!(
-        h.reservation(&id).await.state(),
-        pb::ReservationState::Held,
-        "alive until its deadline"
-    );
+    assert_eq!(h.reservation(&id).await.state(), pb::ReservationState::Held, "alive until its deadline");
     h.advance(1).await;
     let reservation = h.reservation(&id).await;
     assert_eq!(reservation.state(), pb::ReservationState::Expired);
-    assert_eq!(
-        (reservation.committed, reservation.returned, reservation.held),
-        (10, 30, 0)
-    );
+    assert_eq!((reservation.committed, reservation.returned, reservation.held), (10, 30, 0));
     assert_eq!(reservation.closed_unix_ms, t0() + 5 * MINUTE, "closed at its deadline");
     let totals = h.totals("acme").await;
     assert_eq!((totals.available, totals.spent, totals.held), (90, 10, 0));
@@ -217,10 +178,7 @@ async fn holds_expire_and_return_what_is_uncommitted(h: Harness) {
     assert_eq!(late.outcome(), pb::Outcome::ReservationExpired);
     assert_eq!(late.decline.unwrap().reservation_state(), pb::ReservationState::Expired);
     assert_eq!(h.release(&id).await.outcome(), pb::Outcome::ReservationExpired);
-    assert_eq!(
-        h.extend(&id, 0, MINUTE).await.outcome(),
-        pb::Outcome::ReservationExpired
-    );
+    assert_eq!(h.extend(&id, 0, MINUTE).await.outcome(), pb::Outcome::ReservationExpired);
 }
 
 async fn expiry_without_sweep_is_seen_by_the_next_call(h: Harness) {
@@ -243,10 +201,7 @@ async fn a_hold_outliving_its_lot_returns_to_expired(h: Harness) {
     let released = h.release(&id).await;
     assert_eq!(released.returned, 30);
     let totals = h.totals("acme").await;
-    assert_eq!(
-        (totals.available, totals.held, totals.expired, totals.spent),
-        (0, 0, 30, 20)
-    );
+    assert_eq!((totals.available, totals.held, totals.expired, totals.spent), (0, 0, 30, 20));
     assert_conserved(&totals);
 }
 
@@ -288,11 +243,7 @@ async fn retries_get_the_same_answer(h: Harness) {
     let once = auth.commit(commit.clone()).await.unwrap().into_inner();
     let twice = auth.commit(commit.clone()).await.unwrap().into_inner();
     assert_eq!(once, twice);
-    assert_eq!(
-        h.reservation(&first.reservation_id).await.committed,
-        5,
-        "committed once"
-    );
+    assert_eq!(h.reservation(&first.reservation_id).await.committed, 5, "committed once");
 
     let mut other = commit.clone();
     other.cost = Some(amount_cost(6));
@@ -301,32 +252,20 @@ async fn retries_get_the_same_answer(h: Harness) {
     assert!(error.message().starts_with("request_id: "), "{}", error.message());
     let mut reuse = ok.clone();
     reuse.cost = Some(amount_cost(21));
-    assert_eq!(
-        auth.reserve(reuse).await.unwrap_err().code(),
-        tonic::Code::AlreadyExists
-    );
+    assert_eq!(auth.reserve(reuse).await.unwrap_err().code(), tonic::Code::AlreadyExists);
     assert_eq!(h.reservation(&first.reservation_id).await.committed, 5);
 }
 
 async fn business_keys_charge_once_per_cycle(h: Harness) {
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 50).await;
-    let first = h
-        .commit_with(&id, 10, false, "contact:123:mobile", HashMap::new())
-        .await;
+    let first = h.commit_with(&id, 10, false, "contact:123:mobile", HashMap::new()).await;
     assert_eq!((first.charged, first.already_charged), (10, false));
-    let again = h
-        .commit_with(&id, 10, false, "contact:123:mobile", HashMap::new())
-        .await;
-    assert_eq!(
-        (again.outcome(), again.charged, again.already_charged, again.held),
-        (pb::Outcome::Ok, 0, true, 40)
-    );
+    let again = h.commit_with(&id, 10, false, "contact:123:mobile", HashMap::new()).await;
+    assert_eq!((again.outcome(), again.charged, again.already_charged, again.held), (pb::Outcome::Ok, 0, true, 40));
     // Another reservation, another request id: still charged once.
     let other = h.hold("acme", "bob", 10).await;
-    let third = h
-        .commit_with(&other, 10, true, "contact:123:mobile", HashMap::new())
-        .await;
+    let third = h.commit_with(&other, 10, true, "contact:123:mobile", HashMap::new()).await;
     assert_eq!((third.charged, third.already_charged, third.returned), (0, true, 10));
     let mut charge = pb::ChargeRequest {
         account_id: "acme".into(),
@@ -338,23 +277,13 @@ async fn business_keys_charge_once_per_cycle(h: Harness) {
         labels: HashMap::new(),
     };
     let charged = h.auth.clone().charge(charge.clone()).await.unwrap().into_inner();
-    assert_eq!(
-        (
-            charged.charged,
-            charged.already_charged,
-            charged.reservation_id.as_str()
-        ),
-        (0, true, "")
-    );
+    assert_eq!((charged.charged, charged.already_charged, charged.reservation_id.as_str()), (0, true, ""));
     assert_eq!(h.totals("acme").await.spent, 10);
     // A new cycle charges the key again.
     h.clock.set(ms(2026, 3, 31, 0));
     charge.request_id = h.rid();
     let renewed = h.auth.clone().charge(charge).await.unwrap().into_inner();
-    assert_eq!(
-        (renewed.outcome(), renewed.charged, renewed.already_charged),
-        (pb::Outcome::Ok, 10, false)
-    );
+    assert_eq!((renewed.outcome(), renewed.charged, renewed.already_charged), (pb::Outcome::Ok, 10, false));
 }
 
 async fn charge_holds_and_commits_in_one_step(h: Harness) {
@@ -369,10 +298,7 @@ async fn charge_holds_and_commits_in_one_step(h: Harness) {
         labels: HashMap::from([("number".into(), "+1555".into())]),
     };
     let charged = h.auth.clone().charge(request.clone()).await.unwrap().into_inner();
-    assert_eq!(
-        (charged.outcome(), charged.charged, charged.available),
-        (pb::Outcome::Ok, 50, 50)
-    );
+    assert_eq!((charged.outcome(), charged.charged, charged.available), (pb::Outcome::Ok, 50, 50));
     let reservation = h.reservation(&charged.reservation_id).await;
     assert_eq!(
         (reservation.state(), reservation.committed, reservation.held),
@@ -398,20 +324,9 @@ async fn quote_answers_without_changing_anything(h: Harness) {
         cost: Some(cost),
     };
     let mut auth = h.auth.clone();
-    let team = auth
-        .quote(quote("", sku_cost("dialer.minute.de", 10)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (team.fits, team.amount, team.available, team.units_that_fit),
-        (true, 20, 100, 50)
-    );
-    let ann = auth
-        .quote(quote("ann", sku_cost("dialer.minute.de", 20)))
-        .await
-        .unwrap()
-        .into_inner();
+    let team = auth.quote(quote("", sku_cost("dialer.minute.de", 10))).await.unwrap().into_inner();
+    assert_eq!((team.fits, team.amount, team.available, team.units_that_fit), (true, 20, 100, 50));
+    let ann = auth.quote(quote("ann", sku_cost("dialer.minute.de", 20))).await.unwrap().into_inner();
     assert_eq!(
         (ann.fits, ann.outcome(), ann.user_remaining, ann.units_that_fit),
         (false, pb::Outcome::UserLimitReached, Some(30), 15)
@@ -428,19 +343,12 @@ async fn quote_answers_without_changing_anything(h: Harness) {
 async fn renewal_is_exact_at_the_boundary_without_rollover(h: Harness) {
     h.account("acme", 100).await; // cycle 2026-02-28 .. 2026-03-31 (anchor Jan 31, clamped)
     let cycle = h.balance("acme", "").await.cycle.unwrap();
-    assert_eq!(
-        (cycle.start_unix_ms, cycle.end_unix_ms),
-        (ms(2026, 2, 28, 0), ms(2026, 3, 31, 0))
-    );
+    assert_eq!((cycle.start_unix_ms, cycle.end_unix_ms), (ms(2026, 2, 28, 0), ms(2026, 3, 31, 0)));
     let id = h.hold("acme", "ann", 30).await;
     h.commit(&id, 30, true).await;
     let boundary = ms(2026, 3, 31, 0);
     h.clock.set(boundary - 1);
-    assert_eq!(
-        h.totals("acme").await.available,
-        70,
-        "old cycle until the last millisecond"
-    );
+    assert_eq!(h.totals("acme").await.available, 70, "old cycle until the last millisecond");
     h.clock.set(boundary);
     let totals = h.totals("acme").await;
     assert_eq!(
@@ -495,52 +403,26 @@ async fn changing_the_schedule_restarts_the_cycle(h: Harness) {
     };
     let set = h.admin.clone().set_plan(request).await.unwrap().into_inner();
     let cycle = set.cycle.unwrap();
-    assert_eq!(
-        (cycle.start_unix_ms, cycle.end_unix_ms),
-        (ms(2026, 3, 1, 0), ms(2027, 3, 1, 0))
-    );
+    assert_eq!((cycle.start_unix_ms, cycle.end_unix_ms), (ms(2026, 3, 1, 0), ms(2027, 3, 1, 0)));
     let totals = set.totals.unwrap();
     assert_eq!((totals.available, totals.held, totals.expired), (1_000, 40, 60));
     assert_conserved(&totals);
 }
 
 async fn trial_is_granted_once(h: Harness) {
-    let request = pb::StartTrialRequest {
-        account_id: "newco".into(),
-        credits: 0,
-        duration_ms: 0,
-        request_id: h.rid(),
-    };
+    let request = pb::StartTrialRequest { account_id: "newco".into(), credits: 0, duration_ms: 0, request_id: h.rid() };
     let trial = h.admin.clone().start_trial(request).await.unwrap().into_inner();
     assert_eq!(trial.outcome(), pb::Outcome::Ok);
-    assert_eq!(
-        (trial.expires_unix_ms, trial.totals.unwrap().available),
-        (t0() + 14 * DAY, 100)
-    );
-    let again = pb::StartTrialRequest {
-        account_id: "newco".into(),
-        credits: 500,
-        duration_ms: DAY,
-        request_id: h.rid(),
-    };
+    assert_eq!((trial.expires_unix_ms, trial.totals.unwrap().available), (t0() + 14 * DAY, 100));
+    let again =
+        pb::StartTrialRequest { account_id: "newco".into(), credits: 500, duration_ms: DAY, request_id: h.rid() };
     let again = h.admin.clone().start_trial(again).await.unwrap().into_inner();
     assert_eq!(again.outcome(), pb::Outcome::TrialAlreadyUsed);
     h.hold("newco", "ann", 60).await;
     h.advance(14 * DAY).await;
     let totals = h.totals("newco").await;
-    assert_eq!(
-        (totals.available, totals.expired, totals.held),
-        (0, 100, 0),
-        "trial end expires it all"
-    );
-    let account = h
-        .admin
-        .clone()
-        .get_account(pb::GetAccountRequest {
-            account_id: "newco".into(),
-        })
-        .await
-        .unwrap();
+    assert_eq!((totals.available, totals.expired, totals.held), (0, 100, 0), "trial end expires it all");
+    let account = h.admin.clone().get_account(pb::GetAccountRequest { account_id: "newco".into() }).await.unwrap();
     assert!(account.into_inner().trial_used);
 }
 
@@ -579,31 +461,19 @@ async fn get_account_and_list_reservations(h: Harness) {
     }
     h.release(&ids[1]).await;
     let mut admin = h.admin.clone();
-    let account = admin
-        .get_account(pb::GetAccountRequest {
-            account_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let account = admin.get_account(pb::GetAccountRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(account.plan.unwrap().plan_credits, 100);
     assert_eq!(account.open_reservations, 4);
     assert_eq!(account.user_limits.len(), 1);
-    assert_eq!(
-        (account.user_limits[0].used, account.user_limits[0].remaining),
-        (4, Some(36))
-    );
+    assert_eq!((account.user_limits[0].used, account.user_limits[0].remaining), (4, Some(36)));
     let list = |state: pb::ReservationState, page_size, page_token: String| pb::ListReservationsRequest {
         account_id: "acme".into(),
         state: state as i32,
         page_size,
         page_token,
     };
-    let first = admin
-        .list_reservations(list(pb::ReservationState::Unspecified, 2, String::new()))
-        .await
-        .unwrap()
-        .into_inner();
+    let first =
+        admin.list_reservations(list(pb::ReservationState::Unspecified, 2, String::new())).await.unwrap().into_inner();
     let first_ids: Vec<&str> = first.reservations.iter().map(|r| r.reservation_id.as_str()).collect();
     assert_eq!(first_ids, vec![ids[4].as_str(), ids[3].as_str()], "newest first");
     let second = admin
@@ -616,19 +486,9 @@ async fn get_account_and_list_reservations(h: Harness) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (
-            second.reservations.len(),
-            third.reservations.len(),
-            third.next_page_token.as_str()
-        ),
-        (2, 1, "")
-    );
-    let released = admin
-        .list_reservations(list(pb::ReservationState::Released, 0, String::new()))
-        .await
-        .unwrap()
-        .into_inner();
+    assert_eq!((second.reservations.len(), third.reservations.len(), third.next_page_token.as_str()), (2, 1, ""));
+    let released =
+        admin.list_reservations(list(pb::ReservationState::Released, 0, String::new())).await.unwrap().into_inner();
     assert_eq!(released.reservations.len(), 1);
     assert_eq!(released.reservations[0].reservation_id, ids[1]);
 }
@@ -649,12 +509,7 @@ async fn unknown_things_are_not_found(h: Harness) {
     assert_eq!(error.code(), tonic::Code::NotFound);
     assert!(error.message().starts_with("account_id: "), "{}", error.message());
     for id in ["acme/999", "nobody/1"] {
-        let error = auth
-            .get_reservation(pb::GetReservationRequest {
-                reservation_id: id.into(),
-            })
-            .await
-            .unwrap_err();
+        let error = auth.get_reservation(pb::GetReservationRequest { reservation_id: id.into() }).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::NotFound, "{id}");
         let commit = pb::CommitRequest {
             reservation_id: id.into(),
@@ -670,18 +525,9 @@ async fn unknown_things_are_not_found(h: Harness) {
         limit: Some(1),
         request_id: h.rid(),
     };
-    assert_eq!(
-        h.admin.clone().set_user_limit(limit).await.unwrap_err().code(),
-        tonic::Code::NotFound
-    );
-    let balance = pb::GetBalanceRequest {
-        account_id: "nobody".into(),
-        user_id: String::new(),
-    };
-    assert_eq!(
-        auth.get_balance(balance).await.unwrap_err().code(),
-        tonic::Code::NotFound
-    );
+    assert_eq!(h.admin.clone().set_user_limit(limit).await.unwrap_err().code(), tonic::Code::NotFound);
+    let balance = pb::GetBalanceRequest { account_id: "nobody".into(), user_id: String::new() };
+    assert_eq!(auth.get_balance(balance).await.unwrap_err().code(), tonic::Code::NotFound);
 }
 
 /// Bad input: INVALID_ARGUMENT, the message starts with the field, and nothing changes.
@@ -710,21 +556,12 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         (|r| r.cost = None, "cost: an amount or a SKU"),
         (|r| r.cost = Some(amount_cost(0)), "cost.amount: must be in 1..="),
         (|r| r.cost = Some(amount_cost(-3)), "cost.amount: must be in 1..="),
-        (
-            |r| r.cost = Some(amount_cost(AMOUNT_MAX + 1)),
-            "cost.amount: must be in 1..=",
-        ),
+        (|r| r.cost = Some(amount_cost(AMOUNT_MAX + 1)), "cost.amount: must be in 1..="),
         (|r| r.cost = Some(sku_cost("caviar", 1)), "cost.sku.sku: unknown SKU"),
-        (
-            |r| r.cost = Some(sku_cost("email.verified", 0)),
-            "cost.sku.quantity: must be in 1..=",
-        ),
+        (|r| r.cost = Some(sku_cost("email.verified", 0)), "cost.sku.quantity: must be in 1..="),
         (|r| r.ttl_ms = -1, "ttl_ms: must be 0 (default) or in"),
         (|r| r.ttl_ms = 8 * DAY, "ttl_ms: must be 0 (default) or in"),
-        (
-            |r| r.labels = (0..17).map(|i| (format!("k{i}"), String::new())).collect(),
-            "labels: at most 16",
-        ),
+        (|r| r.labels = (0..17).map(|i| (format!("k{i}"), String::new())).collect(), "labels: at most 16"),
     ];
     let mut auth = h.auth.clone();
     for (edit, expected) in reserves {
@@ -732,11 +569,7 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         edit(&mut request);
         let error = auth.reserve(request).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument, "{expected}");
-        assert!(
-            error.message().starts_with(expected),
-            "expected {expected:?}, got {:?}",
-            error.message()
-        );
+        assert!(error.message().starts_with(expected), "expected {expected:?}, got {:?}", error.message());
     }
     let commit = |reservation_id: &str, cost: Option<pb::Cost>, business_key: &str| pb::CommitRequest {
         reservation_id: reservation_id.into(),
@@ -748,38 +581,20 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     };
     let commits = [
         (commit("", Some(amount_cost(1)), ""), "reservation_id: must look like"),
-        (
-            commit("acme/zero", Some(amount_cost(1)), ""),
-            "reservation_id: must end in a positive number",
-        ),
+        (commit("acme/zero", Some(amount_cost(1)), ""), "reservation_id: must end in a positive number"),
         (commit(&id, Some(amount_cost(-1)), ""), "cost.amount: must be in 0..="),
         (commit(&id, None, ""), "cost: "),
-        (
-            commit(&id, Some(amount_cost(1)), &"k".repeat(257)),
-            "business_key: must be at most 256",
-        ),
+        (commit(&id, Some(amount_cost(1)), &"k".repeat(257)), "business_key: must be at most 256"),
     ];
     for (request, expected) in commits {
         let error = auth.commit(request).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        assert!(
-            error.message().starts_with(expected),
-            "expected {expected:?}, got {:?}",
-            error.message()
-        );
+        assert!(error.message().starts_with(expected), "expected {expected:?}, got {:?}", error.message());
     }
-    let extend = pb::ExtendRequest {
-        reservation_id: id.clone(),
-        cost: None,
-        ttl_ms: 0,
-        request_id: "bad-extend".into(),
-    };
+    let extend =
+        pb::ExtendRequest { reservation_id: id.clone(), cost: None, ttl_ms: 0, request_id: "bad-extend".into() };
     let error = auth.extend(extend).await.unwrap_err();
-    assert!(
-        error.message().starts_with("cost: give extra credits"),
-        "{}",
-        error.message()
-    );
+    assert!(error.message().starts_with("cost: give extra credits"), "{}", error.message());
     let mut admin = h.admin.clone();
     let plan = pb::SetPlanRequest {
         account_id: "acme".into(),
@@ -789,40 +604,11 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         addon_credits: 0,
         request_id: "p".into(),
     };
-    assert!(
-        admin
-            .set_plan(plan.clone())
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("period: ")
-    );
-    let negative = pb::SetPlanRequest {
-        period: 1,
-        plan_credits: -1,
-        ..plan.clone()
-    };
-    assert!(
-        admin
-            .set_plan(negative)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("plan_credits: ")
-    );
-    let anchor = pb::SetPlanRequest {
-        period: 1,
-        anchor_unix_ms: -5,
-        ..plan
-    };
-    assert!(
-        admin
-            .set_plan(anchor)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("anchor_unix_ms: ")
-    );
+    assert!(admin.set_plan(plan.clone()).await.unwrap_err().message().starts_with("period: "));
+    let negative = pb::SetPlanRequest { period: 1, plan_credits: -1, ..plan.clone() };
+    assert!(admin.set_plan(negative).await.unwrap_err().message().starts_with("plan_credits: "));
+    let anchor = pb::SetPlanRequest { period: 1, anchor_unix_ms: -5, ..plan };
+    assert!(admin.set_plan(anchor).await.unwrap_err().message().starts_with("anchor_unix_ms: "));
     let grant = pb::GrantRequest {
         account_id: "acme".into(),
         kind: pb::LotKind::Plan as i32,
@@ -830,96 +616,33 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         expires_unix_ms: 0,
         request_id: "g".into(),
     };
-    assert!(
-        admin
-            .grant(grant.clone())
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("kind: ")
-    );
-    let past = pb::GrantRequest {
-        kind: pb::LotKind::Promo as i32,
-        expires_unix_ms: t0() - 1,
-        ..grant.clone()
-    };
-    assert!(
-        admin
-            .grant(past)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("expires_unix_ms: must be in the future")
-    );
-    let zero = pb::GrantRequest {
-        kind: pb::LotKind::Promo as i32,
-        amount: 0,
-        ..grant
-    };
+    assert!(admin.grant(grant.clone()).await.unwrap_err().message().starts_with("kind: "));
+    let past = pb::GrantRequest { kind: pb::LotKind::Promo as i32, expires_unix_ms: t0() - 1, ..grant.clone() };
+    assert!(admin.grant(past).await.unwrap_err().message().starts_with("expires_unix_ms: must be in the future"));
+    let zero = pb::GrantRequest { kind: pb::LotKind::Promo as i32, amount: 0, ..grant };
     assert!(admin.grant(zero).await.unwrap_err().message().starts_with("amount: "));
-    let trial = pb::StartTrialRequest {
-        account_id: "acme".into(),
-        credits: 0,
-        duration_ms: 400 * DAY,
-        request_id: "t".into(),
-    };
-    assert!(
-        admin
-            .start_trial(trial)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("duration_ms: ")
-    );
+    let trial =
+        pb::StartTrialRequest { account_id: "acme".into(), credits: 0, duration_ms: 400 * DAY, request_id: "t".into() };
+    assert!(admin.start_trial(trial).await.unwrap_err().message().starts_with("duration_ms: "));
     let limit = pb::SetUserLimitRequest {
         account_id: "acme".into(),
         user_id: "ann".into(),
         limit: Some(-1),
         request_id: "l".into(),
     };
-    assert!(
-        admin
-            .set_user_limit(limit)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("limit: ")
-    );
-    let list = pb::ListReservationsRequest {
-        account_id: "acme".into(),
-        state: 0,
-        page_size: 5000,
-        page_token: String::new(),
-    };
-    assert!(
-        admin
-            .list_reservations(list)
-            .await
-            .unwrap_err()
-            .message()
-            .starts_with("page_size: ")
-    );
+    assert!(admin.set_user_limit(limit).await.unwrap_err().message().starts_with("limit: "));
+    let list =
+        pb::ListReservationsRequest { account_id: "acme".into(), state: 0, page_size: 5000, page_token: String::new() };
+    assert!(admin.list_reservations(list).await.unwrap_err().message().starts_with("page_size: "));
 
     assert_eq!(h.totals("acme").await, before, "bad input changed nothing");
-    let account = admin
-        .get_account(pb::GetAccountRequest {
-            account_id: "acme".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let account = admin.get_account(pb::GetAccountRequest { account_id: "acme".into() }).await.unwrap().into_inner();
     assert!(!account.trial_used);
-    assert!(
-        account.user_limits.iter().all(|user| user.limit.is_none()),
-        "no limit was set"
-    );
+    assert!(account.user_limits.iter().all(|user| user.limit.is_none()), "no limit was set");
     // None of the refused request ids was remembered: each works now with valid parameters.
     let mut valid = reserve();
     valid.request_id = "bad-input".into();
-    assert_eq!(
-        auth.reserve(valid).await.unwrap().into_inner().outcome(),
-        pb::Outcome::Ok
-    );
+    assert_eq!(auth.reserve(valid).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
 }
 
 crate::engine_tests!(

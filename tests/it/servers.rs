@@ -78,11 +78,7 @@ impl RedisServer {
 
     /// A command through redis-cli, for test set-up and inspection.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
+        let output = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }
@@ -100,10 +96,7 @@ pub fn wait_until_answers(port: u16) {
         if ping(port) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "redis on port {port} did not answer within {READY_TIMEOUT:?}"
-        );
+        assert!(Instant::now() < deadline, "redis on port {port} did not answer within {READY_TIMEOUT:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -5,6 +5,9 @@
 //! and event stream, carries the shard's hash tag `{sN}`, so every script touches one hash slot and
 //! runs unchanged on Redis Cluster; the outbox is one stream per shard, not one per account.
 //!
+//! Every key starts with the configured prefix (`redis_key_prefix`, empty by default), so several
+//! deployments can share one Redis.
+//!
 //! ```text
 //! cs:{sN}:a:<account>   hash    scalar state, lots and plan (JSON)
 //! cs:{sN}:r:<account>   hash    reservations: 20-digit seq -> JSON
@@ -28,8 +31,9 @@ pub const SHARDS_KEY: &str = "cs:shards";
 pub const SHARDS_DEFAULT: u32 = 16;
 pub const SHARDS_MAX: u32 = 4096;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Layout {
+    pub prefix: String,
     pub shards: u32,
 }
 
@@ -43,7 +47,8 @@ impl Layout {
     /// The nine keys every account script takes, in the order lib.lua expects.
     pub fn account_keys(&self, account: &AccountId) -> [String; 9] {
         let shard = self.shard(account);
-        let own = |kind: &str| format!("cs:{{s{shard}}}:{kind}:{account}");
+        let prefix = &self.prefix;
+        let own = |kind: &str| format!("{prefix}cs:{{s{shard}}}:{kind}:{account}");
         [
             own("a"),
             own("r"),
@@ -58,11 +63,15 @@ impl Layout {
     }
 
     pub fn wake_key(&self, shard: u32) -> String {
-        format!("cs:{{s{shard}}}:wake")
+        format!("{}cs:{{s{shard}}}:wake", self.prefix)
     }
 
     pub fn events_key(&self, shard: u32) -> String {
-        format!("cs:{{s{shard}}}:events")
+        format!("{}cs:{{s{shard}}}:events", self.prefix)
+    }
+
+    pub fn shards_key(&self) -> String {
+        format!("{}{SHARDS_KEY}", self.prefix)
     }
 }
 
@@ -72,7 +81,7 @@ mod tests {
 
     #[test]
     fn every_key_of_an_account_shares_its_shard_tag() {
-        let layout = Layout { shards: SHARDS_DEFAULT };
+        let layout = Layout { prefix: String::new(), shards: SHARDS_DEFAULT };
         let account = AccountId::parse("acme").unwrap();
         let shard = layout.shard(&account);
         let tag = format!("{{s{shard}}}");
@@ -85,12 +94,12 @@ mod tests {
 
     #[test]
     fn shards_are_stable_and_spread() {
-        let layout = Layout { shards: 16 };
+        let layout = Layout { prefix: "t1:".into(), shards: 16 };
         let shard = layout.shard(&AccountId::parse("acme").unwrap());
         assert_eq!(shard, layout.shard(&AccountId::parse("acme").unwrap()));
-        let used: std::collections::HashSet<u32> = (0..200)
-            .map(|i| layout.shard(&AccountId::parse(&format!("team-{i}")).unwrap()))
-            .collect();
+        assert!(layout.account_keys(&AccountId::parse("acme").unwrap())[0].starts_with("t1:cs:{s"));
+        let used: std::collections::HashSet<u32> =
+            (0..200).map(|i| layout.shard(&AccountId::parse(&format!("team-{i}")).unwrap())).collect();
         assert!(used.len() >= 14, "200 accounts over 16 shards used only {}", used.len());
     }
 }

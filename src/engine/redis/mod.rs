@@ -44,17 +44,15 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// Shards accounts are spread over; fixed at first deployment.
     pub shards: u32,
+    /// Prepended to every key (empty by default), so deployments can share a Redis.
+    pub key_prefix: String,
     /// The longest a call waits for Redis before answering UNAVAILABLE.
     pub timeout: Duration,
 }
 
 macro_rules! script {
     ($file:literal) => {
-        Script::new(concat!(
-            include_str!("lua/lib.lua"),
-            "\n",
-            include_str!(concat!("lua/", $file))
-        ))
+        Script::new(concat!(include_str!("lua/lib.lua"), "\n", include_str!(concat!("lua/", $file))))
     };
 }
 
@@ -147,9 +145,7 @@ impl RedisEngine {
         let connection = connect(settings).await?;
         let engine = Self {
             connection,
-            layout: Layout {
-                shards: settings.shards,
-            },
+            layout: Layout { prefix: settings.key_prefix.clone(), shards: settings.shards },
             timeout: settings.timeout,
             retention_ms,
             test_clock: None,
@@ -174,18 +170,11 @@ impl RedisEngine {
     async fn check_shards(&self) -> Result<()> {
         let mut connection = self.connection.clone();
         let shards = self.layout.shards;
+        let key = self.layout.shards_key();
         let recorded: u32 = self
             .bounded(async {
-                redis::cmd("SET")
-                    .arg(keys::SHARDS_KEY)
-                    .arg(shards)
-                    .arg("NX")
-                    .query_async::<()>(&mut connection)
-                    .await?;
-                redis::cmd("GET")
-                    .arg(keys::SHARDS_KEY)
-                    .query_async(&mut connection)
-                    .await
+                redis::cmd("SET").arg(&key).arg(shards).arg("NX").query_async::<()>(&mut connection).await?;
+                redis::cmd("GET").arg(&key).query_async(&mut connection).await
             })
             .await?;
         if recorded != shards {
@@ -200,18 +189,12 @@ impl RedisEngine {
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(Error::Unavailable(format!(
-                "redis: no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
         }
     }
 
     fn now_arg(&self) -> String {
-        self.test_clock
-            .as_ref()
-            .map(|clock| clock.now_ms().to_string())
-            .unwrap_or_default()
+        self.test_clock.as_ref().map(|clock| clock.now_ms().to_string()).unwrap_or_default()
     }
 
     /// Calls an account script: the nine account keys, then account, now, retention, the
@@ -237,14 +220,8 @@ impl RedisEngine {
             "request": cmd.request.as_str(), "user": cmd.user.as_str(), "category": cmd.category.as_str(),
             "amount": cmd.amount, "ttl": cmd.ttl_ms, "labels": cmd.labels.to_map(),
         }));
-        let text = self
-            .call(&SCRIPTS.reserve, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.reserve, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::reserved)
     }
 
@@ -256,14 +233,8 @@ impl RedisEngine {
         if let Some(key) = &cmd.business_key {
             args.insert("key".into(), key.as_str().into());
         }
-        let text = self
-            .call(&SCRIPTS.commit, &cmd.reservation.account, args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(
-            &text,
-            &reservation_context(&cmd.reservation, &cmd.request),
-            reply::committed,
-        )
+        let text = self.call(&SCRIPTS.commit, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::committed)
     }
 
     pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {
@@ -272,26 +243,14 @@ impl RedisEngine {
         if let Some(ttl) = cmd.ttl_ms {
             args.insert("ttl".into(), ttl.into());
         }
-        let text = self
-            .call(&SCRIPTS.extend, &cmd.reservation.account, args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(
-            &text,
-            &reservation_context(&cmd.reservation, &cmd.request),
-            reply::extended,
-        )
+        let text = self.call(&SCRIPTS.extend, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::extended)
     }
 
     pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
         let args = object(json!({ "request": cmd.request.as_str(), "seq": cmd.reservation.seq }));
-        let text = self
-            .call(&SCRIPTS.release, &cmd.reservation.account, args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(
-            &text,
-            &reservation_context(&cmd.reservation, &cmd.request),
-            reply::released,
-        )
+        let text = self.call(&SCRIPTS.release, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::released)
     }
 
     pub async fn charge(&self, cmd: &Charge) -> Result<Decision<Charged>> {
@@ -302,14 +261,8 @@ impl RedisEngine {
         if let Some(key) = &cmd.business_key {
             args.insert("key".into(), key.as_str().into());
         }
-        let text = self
-            .call(&SCRIPTS.charge, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.charge, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::charged)
     }
 
@@ -320,14 +273,8 @@ impl RedisEngine {
             "plan": { "period": plan.period.months(), "anchor": plan.anchor_ms, "plan": plan.plan_credits,
                       "addon": plan.addon_credits },
         }));
-        let text = self
-            .call(&SCRIPTS.set_plan, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.set_plan, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::plan_set)
     }
 
@@ -338,14 +285,8 @@ impl RedisEngine {
         if let Some(expires) = cmd.expires_ms {
             args.insert("expires".into(), expires.into());
         }
-        let text = self
-            .call(&SCRIPTS.grant, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.grant, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::granted)
     }
 
@@ -353,14 +294,8 @@ impl RedisEngine {
         let args = object(json!({
             "request": cmd.request.as_str(), "credits": cmd.credits, "duration": cmd.duration_ms,
         }));
-        let text = self
-            .call(&SCRIPTS.start_trial, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.start_trial, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::granted)
     }
 
@@ -369,14 +304,8 @@ impl RedisEngine {
         if let Some(limit) = cmd.limit {
             args.insert("limit".into(), limit.into());
         }
-        let text = self
-            .call(&SCRIPTS.set_user_limit, &cmd.account, args, &cmd.fingerprint().0)
-            .await?;
-        let context = Context {
-            account: &cmd.account,
-            reservation: None,
-            request: Some(cmd.request.as_str()),
-        };
+        let text = self.call(&SCRIPTS.set_user_limit, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::user_view)
     }
 
@@ -392,35 +321,19 @@ impl RedisEngine {
             args.insert("user".into(), user.as_str().into());
         }
         let text = self.call(&SCRIPTS.account, account, args, "").await?;
-        let wire = reply::value(
-            &text,
-            &Context {
-                account,
-                reservation: None,
-                request: None,
-            },
-        )?;
+        let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
         reply::account(wire, account)
     }
 
     pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
         let (view, user) = self.view(&cmd.account, cmd.user.as_ref(), false).await?;
         let user_remaining = user.and_then(|user| user.remaining);
-        Ok(Quoted::evaluate(
-            view.totals.available,
-            user_remaining,
-            cmd.amount,
-            cmd.unit,
-        ))
+        Ok(Quoted::evaluate(view.totals.available, user_remaining, cmd.amount, cmd.unit))
     }
 
     pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
         let (view, user) = self.view(account, user, false).await?;
-        Ok(Balance {
-            totals: view.totals,
-            cycle: view.cycle,
-            user,
-        })
+        Ok(Balance { totals: view.totals, cycle: view.cycle, user })
     }
 
     pub async fn account(&self, account: &AccountId) -> Result<AccountView> {
@@ -430,11 +343,7 @@ impl RedisEngine {
     pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
         let args = object(json!({ "seq": id.seq }));
         let text = self.call(&SCRIPTS.reservation, &id.account, args, "").await?;
-        let context = Context {
-            account: &id.account,
-            reservation: Some(id.seq),
-            request: None,
-        };
+        let context = Context { account: &id.account, reservation: Some(id.seq), request: None };
         reply::reservation(reply::value(&text, &context)?, &id.account)
     }
 
@@ -453,14 +362,7 @@ impl RedisEngine {
             args.insert("before".into(), before.into());
         }
         let text = self.call(&SCRIPTS.list, account, args, "").await?;
-        let wire = reply::value(
-            &text,
-            &Context {
-                account,
-                reservation: None,
-                request: None,
-            },
-        )?;
+        let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
         reply::page(wire, account)
     }
 
@@ -471,10 +373,7 @@ impl RedisEngine {
         let mut expired = 0;
         for shard in 0..self.layout.shards {
             let mut due_call = SCRIPTS.due.prepare_invoke();
-            due_call
-                .key(self.layout.wake_key(shard))
-                .arg(self.now_arg())
-                .arg(SWEEP_BATCH_MAX);
+            due_call.key(self.layout.wake_key(shard)).arg(self.now_arg()).arg(SWEEP_BATCH_MAX);
             let mut connection = self.connection.clone();
             let due: Vec<String> = self.bounded(due_call.invoke_async(&mut connection)).await?;
             for account in due {
@@ -495,12 +394,7 @@ impl RedisEngine {
         for key in &keys {
             invocation.key(key);
         }
-        invocation
-            .arg(account.as_str())
-            .arg(self.now_arg())
-            .arg(self.retention_ms)
-            .arg("{}")
-            .arg("");
+        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg("{}").arg("");
         let mut connection = self.connection.clone();
         let expired: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
         Ok(expired.to_string())
@@ -518,11 +412,7 @@ fn object(value: serde_json::Value) -> Args {
 }
 
 fn reservation_context<'a>(id: &'a ReservationId, request: &'a crate::ledger::RequestId) -> Context<'a> {
-    Context {
-        account: &id.account,
-        reservation: Some(id.seq),
-        request: Some(request.as_str()),
-    }
+    Context { account: &id.account, reservation: Some(id.seq), request: Some(request.as_str()) }
 }
 
 async fn connect(settings: &RedisSettings) -> Result<Connection> {
@@ -540,10 +430,7 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
             .map_err(unavailable)?;
         return Ok(Connection::Cluster(connection));
     }
-    let url = settings
-        .urls
-        .first()
-        .ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
+    let url = settings.urls.first().ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
     let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))

@@ -274,24 +274,15 @@ pub fn kind_name(kind: LotKind) -> &'static str {
 }
 
 fn kind(text: &str) -> Result<LotKind, Error> {
-    [
-        LotKind::Trial,
-        LotKind::Promo,
-        LotKind::Plan,
-        LotKind::Addon,
-        LotKind::Adjustment,
-    ]
-    .into_iter()
-    .find(|kind| kind_name(*kind) == text)
-    .ok_or_else(|| corrupt(format!("lot kind {text:?}")))
+    [LotKind::Trial, LotKind::Promo, LotKind::Plan, LotKind::Addon, LotKind::Adjustment]
+        .into_iter()
+        .find(|kind| kind_name(*kind) == text)
+        .ok_or_else(|| corrupt(format!("lot kind {text:?}")))
 }
 
 pub fn reservation(wire: WireReservation, account: &AccountId) -> Result<ReservationView, Error> {
     Ok(ReservationView {
-        id: ReservationId {
-            account: account.clone(),
-            seq: wire.seq,
-        },
+        id: ReservationId { account: account.clone(), seq: wire.seq },
         user: wire.user,
         category: wire.category,
         state: state(&wire.state)?,
@@ -318,20 +309,12 @@ fn totals(wire: WireTotals) -> Totals {
 }
 
 fn user(wire: WireUser) -> UserView {
-    UserView {
-        user: wire.user,
-        limit: wire.limit,
-        used: wire.used,
-        remaining: wire.remaining,
-    }
+    UserView { user: wire.user, limit: wire.limit, used: wire.used, remaining: wire.remaining }
 }
 
 pub fn reserved(wire: WireReserved, account: &AccountId) -> Result<Reserved, Error> {
     Ok(Reserved {
-        reservation: ReservationId {
-            account: account.clone(),
-            seq: wire.reservation,
-        },
+        reservation: ReservationId { account: account.clone(), seq: wire.reservation },
         amount: wire.amount,
         deadline_ms: wire.deadline,
         available: wire.available,
@@ -358,18 +341,12 @@ pub fn extended(wire: WireExtended, account: &AccountId) -> Result<Extended, Err
 }
 
 pub fn released(wire: WireReleased, account: &AccountId) -> Result<Released, Error> {
-    Ok(Released {
-        returned: wire.returned,
-        reservation: reservation(wire.reservation, account)?,
-    })
+    Ok(Released { returned: wire.returned, reservation: reservation(wire.reservation, account)? })
 }
 
 pub fn charged(wire: WireCharged, account: &AccountId) -> Result<Charged, Error> {
     Ok(Charged {
-        reservation: wire.reservation.map(|seq| ReservationId {
-            account: account.clone(),
-            seq,
-        }),
+        reservation: wire.reservation.map(|seq| ReservationId { account: account.clone(), seq }),
         charged: wire.charged,
         already_charged: wire.already,
         available: wire.available,
@@ -377,21 +354,11 @@ pub fn charged(wire: WireCharged, account: &AccountId) -> Result<Charged, Error>
 }
 
 pub fn plan_set(wire: WirePlanSet, _: &AccountId) -> Result<PlanSet, Error> {
-    Ok(PlanSet {
-        cycle: Cycle {
-            start_ms: wire.cs,
-            end_ms: wire.ce,
-        },
-        totals: totals(wire.totals),
-    })
+    Ok(PlanSet { cycle: Cycle { start_ms: wire.cs, end_ms: wire.ce }, totals: totals(wire.totals) })
 }
 
 pub fn granted(wire: WireGranted, _: &AccountId) -> Result<Granted, Error> {
-    Ok(Granted {
-        lot: wire.lot,
-        expires_ms: wire.expires,
-        totals: totals(wire.totals),
-    })
+    Ok(Granted { lot: wire.lot, expires_ms: wire.expires, totals: totals(wire.totals) })
 }
 
 pub fn user_view(wire: WireUser, _: &AccountId) -> Result<UserView, Error> {
@@ -436,10 +403,7 @@ pub fn account(wire: WireAccount, account: &AccountId) -> Result<(AccountView, O
     let view = AccountView {
         id: account.clone(),
         plan,
-        cycle: Cycle {
-            start_ms: wire.cs,
-            end_ms: wire.ce,
-        },
+        cycle: Cycle { start_ms: wire.cs, end_ms: wire.ce },
         totals: totals(wire.totals),
         lots,
         trial_used: wire.trial,
@@ -450,10 +414,6 @@ pub fn account(wire: WireAccount, account: &AccountId) -> Result<(AccountView, O
 }
 
 pub fn page(wire: WirePage, account: &AccountId) -> Result<(Vec<ReservationView>, Option<u64>), Error> {
-    let page = wire
-        .page
-        .into_iter()
-        .map(|r| reservation(r, account))
-        .collect::<Result<Vec<_>, Error>>()?;
+    let page = wire.page.into_iter().map(|r| reservation(r, account)).collect::<Result<Vec<_>, Error>>()?;
     Ok((page, wire.next))
 }

@@ -37,6 +37,10 @@ return run({ request = ARGS.request, seq = ARGS.seq }, function(a, now)
   a.held = a.held + ARGS.amount
   count_usage(a, ARGS.seq, ARGS.amount)
   emit(a, now, 'extended', { res = ARGS.seq, amount = ARGS.amount, draws = pairs_list(draws), deadline = deadline })
+  -- The Reserve that opened the hold stays remembered as long as the hold lives.
+  if r.opened_by and redis.call('HEXISTS', K_Q, r.opened_by) == 1 then
+    redis.call('ZADD', K_P, 'GT', enc(deadline + RETENTION), 'q:' .. r.opened_by)
+  end
   local view = reservation_view(ARGS.seq)
   return { done = { added = ARGS.amount, held = view.held, deadline = deadline, reservation = view } }
 end)

@@ -507,7 +507,7 @@ local function open_reservation(a, now, deadline, amount, user, category, labels
   local seq = a.last_res
   put_res(seq, { user = user, category = category, state = 'held', reserved = amount, committed = 0,
     draws = draws, returned = 0, commits = 0, created = now, deadline = deadline, labels = labels,
-    ugen = a.gen, ucnt = 0 })
+    opened_by = REQUEST, ugen = a.gen, ucnt = 0 })
   redis.call('ZADD', K_D, enc(deadline), seq_key(seq))
   a.held = a.held + amount
   count_usage(a, seq, amount)
