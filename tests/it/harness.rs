@@ -18,7 +18,7 @@ use credit_sidecar::server::{ServeOptions, serve};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use crate::servers::RedisServer;
+use crate::servers::{RedisCluster, RedisServer};
 
 /// 2026-03-10T12:00:00Z: inside a cycle of the plan anchored on `ANCHOR`.
 pub fn t0() -> Millis {
@@ -78,14 +78,35 @@ impl Harness {
     /// `sweep_interval`: tests that drive expiry themselves use a long one and call `sweep`.
     pub async fn start_with(kind: EngineKind, rules: Rules, sweep_interval: Duration) -> Self {
         let clock = ManualClock::new(t0());
-        let (engine, redis) = match kind {
-            EngineKind::Embedded => (Engine::embedded(rules, Arc::new(clock.clone())), None),
+        match kind {
+            EngineKind::Embedded => {
+                let engine = Engine::embedded(rules, Arc::new(clock.clone()));
+                Self::serve(clock, engine, None, sweep_interval).await
+            }
             EngineKind::Redis => {
                 let server = RedisServer::start();
                 let engine = redis_engine(&rules, &redis_settings(vec![server.url()], false), &clock).await;
-                (engine, Some(server))
+                Self::serve(clock, engine, Some(server), sweep_interval).await
             }
-        };
+        }
+    }
+
+    /// A harness on a shared Redis Cluster, its keys apart from other tests' under `prefix`.
+    pub async fn on_cluster(cluster: &RedisCluster, prefix: &str) -> Self {
+        let clock = ManualClock::new(t0());
+        let mut settings = redis_settings(cluster.urls(), true);
+        settings.key_prefix = format!("{prefix}:");
+        let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+        Self::serve(clock, engine, None, Duration::from_secs(3600)).await
+    }
+
+    /// Serves `engine` on a free loopback port and connects the clients.
+    pub async fn serve(
+        clock: ManualClock,
+        engine: Engine,
+        redis: Option<RedisServer>,
+        sweep_interval: Duration,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -284,13 +305,18 @@ pub fn assert_conserved(totals: &pb::Totals) {
     );
 }
 
+/// A test body of the engine suite.
+pub type Body = fn(Harness) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 /// Runs each named `async fn(Harness)` of the calling module once per engine, as
-/// `<module>::embedded::<name>` and `<module>::redis::<name>`.
+/// `<module>::embedded::<name>` and `<module>::redis::<name>`, and lists them in `<module>::SUITE`
+/// for the Redis Cluster run.
 #[macro_export]
 macro_rules! engine_tests {
     ($($name:ident),* $(,)?) => {
         $crate::engine_tests!(@engine embedded, Embedded, $($name),*);
         $crate::engine_tests!(@engine redis, Redis, $($name),*);
+        pub const SUITE: &[(&str, $crate::harness::Body)] = &[$((stringify!($name), |h| Box::pin($name(h)))),*];
     };
     (@engine $module:ident, $kind:ident, $($name:ident),*) => {
         mod $module {

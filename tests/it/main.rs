@@ -1,6 +1,7 @@
 //! The integration tests: one binary, modules by subject, one shared harness that starts the
 //! real server on a free loopback port and talks to it through the real tonic clients.
 
+mod cluster;
 mod flows;
 mod harness;
 mod model_props;

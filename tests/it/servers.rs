@@ -109,3 +109,44 @@ fn ping(port: u16) -> bool {
     let mut reply = [0u8; 7];
     stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
+
+/// A Redis Cluster of `masters` nodes on loopback, no replicas.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Self {
+        let cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "no"];
+        let nodes: Vec<RedisServer> = (0..masters).map(|_| RedisServer::start_with(&cluster_args)).collect();
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&output.stdout));
+        let cluster = Self { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Polls until every node reports `cluster_state:ok` (bounded).
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.nodes.iter().all(|node| node.cli(&["cluster", "info"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the cluster did not reach cluster_state:ok within {READY_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// How many keys each master holds.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes.iter().map(|node| node.cli(&["dbsize"]).parse().unwrap_or(0)).collect()
+    }
+}
