@@ -5,5 +5,6 @@ mod cluster;
 mod flows;
 mod harness;
 mod model_props;
+mod redis_faults;
 mod rules;
 mod servers;
