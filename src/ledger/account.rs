@@ -42,6 +42,9 @@ pub(super) struct Reservation {
     pub labels: Labels,
     /// The request that opened it: its answer is remembered as long as the hold lives.
     pub opened_by: Option<RequestId>,
+    /// Answers to Commit, Extend and Release calls on it, by request id: remembered as long as
+    /// the reservation is (open, then the retention period past its close).
+    pub requests: HashMap<RequestId, Remembered>,
     /// The cycle (generation) this reservation's user usage was counted in, and how much of
     /// it is still counted there (see `Account::count_usage`).
     pub usage_generation: u64,
@@ -71,7 +74,8 @@ impl UserState {
 pub(super) struct Remembered {
     pub fingerprint: Fingerprint,
     pub answer: Answer,
-    /// Retention past the call, or past its reservation's deadline at the time, if later.
+    /// Account-scoped requests: forgotten after this instant (retention past the call, or past
+    /// the deadline of the reservation a Reserve opened). Unused for reservation-scoped ones.
     pub keep_until_ms: Millis,
 }
 
@@ -83,6 +87,10 @@ pub(super) struct Account {
     /// Counts cycle starts (renewals and schedule changes). User usage is per generation, not
     /// per start instant: a schedule change may restart a cycle at the same instant.
     pub cycle_generation: u64,
+    /// Plan and recurring add-on credits granted by the plan this cycle, so that raising the
+    /// plan again after lowering it grants only what this cycle has not had yet.
+    pub cycle_plan_granted: i64,
+    pub cycle_addon_granted: i64,
     /// Live lots only; an expired lot is removed.
     pub lots: BTreeMap<u64, Lot>,
     pub last_lot: u64,
@@ -115,6 +123,8 @@ impl Account {
             plan: None,
             cycle: calendar_month(now),
             cycle_generation: 0,
+            cycle_plan_granted: 0,
+            cycle_addon_granted: 0,
             lots: BTreeMap::new(),
             last_lot: 0,
             last_reservation: 0,
@@ -260,9 +270,11 @@ impl Account {
         }
     }
 
-    /// Closes an open reservation: what it still holds goes back to its lots while they live
-    /// past `now`, otherwise to expired. Returns the amount released.
-    pub fn close(&mut self, sink: &mut Sink<'_>, seq: u64, state: ReservationState, at_ms: Millis, now: Millis) -> i64 {
+    /// Closes an open reservation at `at_ms` (now, or its deadline when it expired): what it
+    /// still holds goes back to its lots if they were alive at that instant, otherwise to expired.
+    /// Deciding by the close instant, not by when the sweep ran, keeps the record independent of
+    /// sweep timing. Returns the amount released.
+    pub fn close(&mut self, sink: &mut Sink<'_>, seq: u64, state: ReservationState, at_ms: Millis) -> i64 {
         let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
         debug_assert!(reservation.state.is_open(), "closing a closed reservation");
         let draws = std::mem::take(&mut reservation.draws);
@@ -275,7 +287,7 @@ impl Account {
         let mut returned = Vec::new();
         let mut expired = 0;
         for draw in draws {
-            match self.lots.get_mut(&draw.lot).filter(|lot| lot.expires_ms > now) {
+            match self.lots.get_mut(&draw.lot).filter(|lot| lot.expires_ms > at_ms) {
                 Some(lot) => {
                     lot.remaining += draw.amount;
                     returned.push(draw);
@@ -298,7 +310,7 @@ impl Account {
             if deadline > now {
                 break;
             }
-            self.close(sink, seq, ReservationState::Expired, deadline, now);
+            self.close(sink, seq, ReservationState::Expired, deadline);
         }
         let mut dead: Vec<(Millis, u64)> =
             self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).collect();
@@ -325,6 +337,8 @@ impl Account {
     pub fn start_cycle(&mut self, sink: &mut Sink<'_>, cycle: Cycle) {
         self.cycle = cycle;
         self.cycle_generation += 1;
+        self.cycle_plan_granted = 0;
+        self.cycle_addon_granted = 0;
         self.charged_keys.clear();
         for user in self.users.values_mut() {
             user.used = 0;
@@ -338,6 +352,8 @@ impl Account {
     /// Grants plan and recurring add-on credits (each only when positive) for the rest of the cycle.
     pub fn grant_plan_lots(&mut self, sink: &mut Sink<'_>, plan_credits: i64, addon_credits: i64, at_ms: Millis) {
         let expires = self.cycle.end_ms;
+        self.cycle_plan_granted += plan_credits;
+        self.cycle_addon_granted += addon_credits;
         for (kind, amount) in [(LotKind::Plan, plan_credits), (LotKind::Addon, addon_credits)] {
             if amount > 0 {
                 self.grant(sink, kind, amount, at_ms, expires, true);

@@ -93,7 +93,11 @@ impl Ledger {
             self.accounts.entry(call.account.clone()).or_insert_with(|| Account::new(call.account.clone(), now));
         let mut sink = Sink { out: &mut self.outbox, request: None };
         account.catch_up(&mut sink, now);
-        if let Some(remembered) = account.requests.get(call.request) {
+        let remembered = match call.reservation {
+            Some(seq) => account.reservations.get(&seq).and_then(|r| r.requests.get(call.request)),
+            None => account.requests.get(call.request),
+        };
+        if let Some(remembered) = remembered {
             if remembered.fingerprint != call.fingerprint {
                 return Err(Error::RequestIdReused(call.request.clone()));
             }
@@ -111,15 +115,22 @@ impl Ledger {
             }
         };
         let answer = (call.memo.wrap)(decision.clone());
-        // Kept for the retention period past the call, or past its reservation's deadline.
-        let deadline = call
-            .reservation
-            .or_else(|| reservation_of(&answer))
-            .and_then(|seq| account.reservations.get(&seq))
-            .map_or(now, |reservation| reservation.deadline_ms);
-        let keep_until_ms = now.max(deadline).saturating_add(self.retention_ms);
-        let remembered = Remembered { fingerprint: call.fingerprint, answer, keep_until_ms };
-        account.requests.insert(call.request.clone(), remembered);
+        let fingerprint = call.fingerprint;
+        match call.reservation.and_then(|seq| account.reservations.get_mut(&seq)) {
+            // Reservation-scoped: lives as long as the reservation does.
+            Some(reservation) => {
+                let remembered = Remembered { fingerprint, answer, keep_until_ms: 0 };
+                reservation.requests.insert(call.request.clone(), remembered);
+            }
+            // Account-scoped: retention past the call, or past the deadline of the hold it opened.
+            None => {
+                let deadline = reservation_of(&answer)
+                    .and_then(|seq| account.reservations.get(&seq))
+                    .map_or(now, |reservation| reservation.deadline_ms);
+                let keep_until_ms = now.max(deadline).saturating_add(self.retention_ms);
+                account.requests.insert(call.request.clone(), Remembered { fingerprint, answer, keep_until_ms });
+            }
+        }
         Ok(decision)
     }
 
@@ -176,7 +187,7 @@ impl Ledger {
             }
             spend(account, sink, now, seq, charge, (&cmd.business_key, already_charged, &cmd.labels));
             let returned =
-                if cmd.final_commit { account.close(sink, seq, ReservationState::Committed, now, now) } else { 0 };
+                if cmd.final_commit { account.close(sink, seq, ReservationState::Committed, now) } else { 0 };
             let reservation = account.reservation_view(seq);
             Ok(Decision::Done(Committed {
                 charged: charge,
@@ -253,7 +264,7 @@ impl Ledger {
             if let Some(decline) = closed_decline(account, &cmd.reservation, 0)? {
                 return Ok(Decision::Declined(decline));
             }
-            let returned = account.close(sink, seq, ReservationState::Released, now, now);
+            let returned = account.close(sink, seq, ReservationState::Released, now);
             Ok(Decision::Done(Released { returned, reservation: account.reservation_view(seq) }))
         })
     }
@@ -277,7 +288,7 @@ impl Ledger {
             }
             let seq = open_reservation(account, sink, now, now, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
             spend(account, sink, now, seq, cmd.amount, (&cmd.business_key, false, &cmd.labels));
-            account.close(sink, seq, ReservationState::Committed, now, now);
+            account.close(sink, seq, ReservationState::Committed, now);
             Ok(Decision::Done(Charged {
                 reservation: Some(ReservationId { account: account.id.clone(), seq }),
                 charged: cmd.amount,
@@ -306,11 +317,16 @@ impl Ledger {
             let new = &cmd.plan;
             let same_schedule =
                 account.plan.as_ref().is_some_and(|old| old.period == new.period && old.anchor_ms == new.anchor_ms);
-            let (plan_grant, addon_grant) = match &account.plan {
-                Some(old) if same_schedule => {
-                    ((new.plan_credits - old.plan_credits).max(0), (new.addon_credits - old.addon_credits).max(0))
-                }
-                _ => (new.plan_credits, new.addon_credits),
+            // On the same schedule, grant only what this cycle has not had yet: an upgrade or a
+            // mid-cycle add-on purchase is usable at once, a downgrade waits for renewal, and
+            // lowering then raising the plan grants nothing twice.
+            let (plan_grant, addon_grant) = if same_schedule {
+                (
+                    (new.plan_credits - account.cycle_plan_granted).max(0),
+                    (new.addon_credits - account.cycle_addon_granted).max(0),
+                )
+            } else {
+                (new.plan_credits, new.addon_credits)
             };
             check_balance(account, plan_grant + addon_grant, "plan_credits")?;
             account.plan = Some(new.clone());
@@ -538,6 +554,7 @@ fn open_reservation(
             closed_ms: None,
             labels: labels.clone(),
             opened_by: sink.request.cloned(),
+            requests: HashMap::new(),
             usage_generation: account.cycle_generation,
             usage_counted: 0,
         },

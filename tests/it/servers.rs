@@ -58,10 +58,6 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
     /// SIGKILL: no shutdown, no final save.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

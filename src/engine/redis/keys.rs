@@ -16,6 +16,7 @@
 //! cs:{sN}:u:<account>   hash    users: id -> {limit, used}
 //! cs:{sN}:k:<account>   set     business keys charged this cycle
 //! cs:{sN}:p:<account>   zset    purge schedule of closed reservations and request ids
+//! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
 //! cs:{sN}:wake          zset    account -> when the sweep next has work for it
 //! cs:{sN}:events        stream  the outbox of shard N
 //! cs:shards             string  the shard count this Redis was initialised with
@@ -62,6 +63,15 @@ impl Layout {
         ]
     }
 
+    /// Where answers to calls on one reservation are remembered (deleted with it).
+    pub fn answers_key(&self, account: &AccountId, seq: u64) -> String {
+        format!("{}{seq}", self.answers_prefix(account))
+    }
+
+    pub fn answers_prefix(&self, account: &AccountId) -> String {
+        format!("{}cs:{{s{}}}:x:{account}:", self.prefix, self.shard(account))
+    }
+
     pub fn wake_key(&self, shard: u32) -> String {
         format!("{}cs:{{s{shard}}}:wake", self.prefix)
     }
@@ -85,7 +95,7 @@ mod tests {
         let account = AccountId::parse("acme").unwrap();
         let shard = layout.shard(&account);
         let tag = format!("{{s{shard}}}");
-        for key in layout.account_keys(&account) {
+        for key in layout.account_keys(&account).into_iter().chain([layout.answers_key(&account, 7)]) {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");
         }

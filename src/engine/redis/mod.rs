@@ -197,13 +197,23 @@ impl RedisEngine {
         self.test_clock.as_ref().map(|clock| clock.now_ms().to_string()).unwrap_or_default()
     }
 
-    /// Calls an account script: the nine account keys, then account, now, retention, the
-    /// operation's arguments and its fingerprint.
-    async fn call(&self, script: &Script, account: &AccountId, args: Args, fingerprint: &str) -> Result<String> {
+    /// Calls an account script: the nine account keys (and, for calls on a reservation, its
+    /// answer hash), then account, now, retention, the operation's arguments and fingerprint.
+    async fn call(
+        &self,
+        script: &Script,
+        account: &AccountId,
+        reservation: Option<u64>,
+        args: Args,
+        fingerprint: &str,
+    ) -> Result<String> {
         let keys = self.layout.account_keys(account);
         let mut invocation = script.prepare_invoke();
         for key in &keys {
             invocation.key(key);
+        }
+        if let Some(seq) = reservation {
+            invocation.key(self.layout.answers_key(account, seq));
         }
         invocation
             .arg(account.as_str())
@@ -220,7 +230,7 @@ impl RedisEngine {
             "request": cmd.request.as_str(), "user": cmd.user.as_str(), "category": cmd.category.as_str(),
             "amount": cmd.amount, "ttl": cmd.ttl_ms, "labels": cmd.labels.to_map(),
         }));
-        let text = self.call(&SCRIPTS.reserve, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.reserve, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::reserved)
     }
@@ -233,7 +243,9 @@ impl RedisEngine {
         if let Some(key) = &cmd.business_key {
             args.insert("key".into(), key.as_str().into());
         }
-        let text = self.call(&SCRIPTS.commit, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        let text = self
+            .call(&SCRIPTS.commit, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
+            .await?;
         reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::committed)
     }
 
@@ -243,13 +255,17 @@ impl RedisEngine {
         if let Some(ttl) = cmd.ttl_ms {
             args.insert("ttl".into(), ttl.into());
         }
-        let text = self.call(&SCRIPTS.extend, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        let text = self
+            .call(&SCRIPTS.extend, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
+            .await?;
         reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::extended)
     }
 
     pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
         let args = object(json!({ "request": cmd.request.as_str(), "seq": cmd.reservation.seq }));
-        let text = self.call(&SCRIPTS.release, &cmd.reservation.account, args, &cmd.fingerprint().0).await?;
+        let text = self
+            .call(&SCRIPTS.release, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
+            .await?;
         reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::released)
     }
 
@@ -261,7 +277,7 @@ impl RedisEngine {
         if let Some(key) = &cmd.business_key {
             args.insert("key".into(), key.as_str().into());
         }
-        let text = self.call(&SCRIPTS.charge, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.charge, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::charged)
     }
@@ -273,7 +289,7 @@ impl RedisEngine {
             "plan": { "period": plan.period.months(), "anchor": plan.anchor_ms, "plan": plan.plan_credits,
                       "addon": plan.addon_credits },
         }));
-        let text = self.call(&SCRIPTS.set_plan, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.set_plan, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::plan_set)
     }
@@ -285,7 +301,7 @@ impl RedisEngine {
         if let Some(expires) = cmd.expires_ms {
             args.insert("expires".into(), expires.into());
         }
-        let text = self.call(&SCRIPTS.grant, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.grant, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::granted)
     }
@@ -294,7 +310,7 @@ impl RedisEngine {
         let args = object(json!({
             "request": cmd.request.as_str(), "credits": cmd.credits, "duration": cmd.duration_ms,
         }));
-        let text = self.call(&SCRIPTS.start_trial, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.start_trial, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::granted)
     }
@@ -304,7 +320,7 @@ impl RedisEngine {
         if let Some(limit) = cmd.limit {
             args.insert("limit".into(), limit.into());
         }
-        let text = self.call(&SCRIPTS.set_user_limit, &cmd.account, args, &cmd.fingerprint().0).await?;
+        let text = self.call(&SCRIPTS.set_user_limit, &cmd.account, None, args, &cmd.fingerprint().0).await?;
         let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
         reply::decision(&text, &context, reply::user_view)
     }
@@ -320,7 +336,7 @@ impl RedisEngine {
         if let Some(user) = user {
             args.insert("user".into(), user.as_str().into());
         }
-        let text = self.call(&SCRIPTS.account, account, args, "").await?;
+        let text = self.call(&SCRIPTS.account, account, None, args, "").await?;
         let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
         reply::account(wire, account)
     }
@@ -342,7 +358,7 @@ impl RedisEngine {
 
     pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
         let args = object(json!({ "seq": id.seq }));
-        let text = self.call(&SCRIPTS.reservation, &id.account, args, "").await?;
+        let text = self.call(&SCRIPTS.reservation, &id.account, None, args, "").await?;
         let context = Context { account: &id.account, reservation: Some(id.seq), request: None };
         reply::reservation(reply::value(&text, &context)?, &id.account)
     }
@@ -361,7 +377,7 @@ impl RedisEngine {
         if let Some(before) = before {
             args.insert("before".into(), before.into());
         }
-        let text = self.call(&SCRIPTS.list, account, args, "").await?;
+        let text = self.call(&SCRIPTS.list, account, None, args, "").await?;
         let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
         reply::page(wire, account)
     }
@@ -394,7 +410,8 @@ impl RedisEngine {
         for key in &keys {
             invocation.key(key);
         }
-        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg("{}").arg("");
+        let args = json!({ "answers_prefix": self.layout.answers_prefix(account) });
+        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg(args.to_string()).arg("");
         let mut connection = self.connection.clone();
         let expired: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
         Ok(expired.to_string())

@@ -16,6 +16,6 @@ return run({ request = ARGS.request }, function(a, now)
   if declined then return declined end
   local seq = open_reservation(a, now, now, ARGS.amount, ARGS.user, ARGS.category, ARGS.labels)
   spend(a, now, seq, ARGS.amount, ARGS.key, false, ARGS.labels)
-  close(a, seq, 'committed', now, now)
+  close(a, seq, 'committed', now)
   return { done = { reservation = seq, charged = ARGS.amount, already = false, available = available(a) } }
 end)

@@ -1,6 +1,6 @@
 -- commit.lua: move part of a hold to spent; `final` closes it and returns the rest
 -- (Ledger::commit).
--- KEYS: the account's nine keys (see lib.lua).
+-- KEYS: the account's nine keys, then the reservation's answer hash (see lib.lua).
 -- ARGV[4]: {"request": "r-2", "seq": 7, "amount": 3, "final": false, "key": "contact:1:email",
 --           "labels": {"provider": "x"}}            ("key" absent: no charge-once rule)
 -- Reply: {"done": {"charged": 3, "already": false, "held": 47, "returned": 0, "reservation": {...}}}
@@ -19,7 +19,7 @@ return run({ request = ARGS.request, seq = ARGS.seq }, function(a, now)
   end
   spend(a, now, ARGS.seq, charge, ARGS.key, already, ARGS.labels)
   local returned = 0
-  if ARGS.final then returned = close(a, ARGS.seq, 'committed', now, now) end
+  if ARGS.final then returned = close(a, ARGS.seq, 'committed', now) end
   local view = reservation_view(ARGS.seq)
   return { done = { charged = charge, already = already, held = view.held, returned = returned, reservation = view } }
 end)

@@ -1,5 +1,5 @@
 -- extend.lua: hold more credits and/or move the deadline later (Ledger::extend).
--- KEYS: the account's nine keys (see lib.lua).
+-- KEYS: the account's nine keys, then the reservation's answer hash (see lib.lua).
 -- ARGV[4]: {"request": "r-3", "seq": 7, "amount": 2, "ttl": 240000}   ("ttl" absent: keep deadline)
 -- Reply: {"done": {"added": 2, "held": 49, "deadline": <max(deadline, now + ttl)>, "reservation": {...}}}
 --     or {"declined": {"reason": "insufficient_credit" | "user_limit_reached" | "reservation_expired"

@@ -13,6 +13,8 @@
 --   7 P  cs:{sN}:p:<account>   zset   purge schedule: "r:<seq>" / "q:<request id>" scored by when
 --   8 W  cs:{sN}:wake          zset   account -> when it next needs the sweep
 --   9 E  cs:{sN}:events        stream the outbox: one entry per state change
+--  10 X  cs:{sN}:x:<account>:<seq>  hash  (Commit, Extend, Release only) answers to calls on
+--                                 reservation <seq> by request id; deleted with the reservation
 -- ARGV (every account script):
 --   1 account id   2 now (Unix ms) or "" for Redis TIME   3 retention ms
 --   4 the operation's arguments as JSON   5 its fingerprint (state-changing operations)
@@ -146,7 +148,7 @@ local function load_account()
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   return {
     plan = h.plan and cjson.decode(h.plan) or nil,
-    cs = tonumber(h.cs), ce = tonumber(h.ce), gen = tonumber(h.gen),
+    cs = tonumber(h.cs), ce = tonumber(h.ce), gen = tonumber(h.gen), pg = tonumber(h.pg), ag = tonumber(h.ag),
     lots = decode_lots(h.lots),
     last_lot = tonumber(h.last_lot), last_res = tonumber(h.last_res), last_event = tonumber(h.last_event),
     trial = h.trial == '1',
@@ -157,7 +159,7 @@ end
 local function new_account(now)
   local cs, ce = cycle_containing(0, 1, now)
   return {
-    cs = cs, ce = ce, gen = 0, lots = {}, last_lot = 0, last_res = 0, last_event = 0, trial = false,
+    cs = cs, ce = ce, gen = 0, pg = 0, ag = 0, lots = {}, last_lot = 0, last_res = 0, last_event = 0, trial = false,
     granted = 0, held = 0, spent = 0, expired = 0,
   }
 end
@@ -177,7 +179,8 @@ local function save_account(a)
     lots[#lots + 1] = a.lots[id]
     wake = math.min(wake, a.lots[id].expires)
   end
-  redis.call('HSET', K_A, 'cs', enc(a.cs), 'ce', enc(a.ce), 'gen', enc(a.gen), 'lots', enc(lots),
+  redis.call('HSET', K_A, 'cs', enc(a.cs), 'ce', enc(a.ce), 'gen', enc(a.gen), 'pg', enc(a.pg), 'ag', enc(a.ag),
+    'lots', enc(lots),
     'last_lot', enc(a.last_lot), 'last_res', enc(a.last_res), 'last_event', enc(a.last_event),
     'trial', a.trial and '1' or '0', 'granted', enc(a.granted), 'held', enc(a.held), 'spent', enc(a.spent),
     'expired', enc(a.expired))
@@ -331,16 +334,17 @@ local function uncount_usage(a, seq, returned)
   end
 end
 
--- Closes an open reservation: what it still holds goes back to its lots while they live past
--- `now`, otherwise to expired. Returns the amount released.
-local function close(a, seq, state, at, now)
+-- Closes an open reservation at `at` (now, or its deadline when it expired): what it still holds
+-- goes back to its lots if they were alive at that instant, otherwise to expired. Returns the
+-- amount released.
+local function close(a, seq, state, at)
   local r = get_res(seq)
   local total, expired = 0, 0
   local returned = arr()
   for _, d in ipairs(r.draws) do
     total = total + d[2]
     local lot = a.lots[d[1]]
-    if lot and lot.expires > now then
+    if lot and lot.expires > at then
       lot.remaining = lot.remaining + d[2]
       returned[#returned + 1] = arr({ d[1], d[2] })
     else
@@ -369,6 +373,8 @@ local function expire_lot(a, id, at)
 end
 
 local function grant_plan_lots(a, plan_credits, addon_credits, at)
+  a.pg = a.pg + plan_credits
+  a.ag = a.ag + addon_credits
   if plan_credits > 0 then grant(a, 'plan', plan_credits, at, a.ce, true) end
   if addon_credits > 0 then grant(a, 'addon', addon_credits, at, a.ce, true) end
 end
@@ -377,6 +383,7 @@ end
 local function start_cycle(a, cs, ce)
   a.cs, a.ce = cs, ce
   a.gen = a.gen + 1
+  a.pg, a.ag = 0, 0
   redis.call('DEL', K_K)
   local flat = redis.call('HGETALL', K_U)
   for i = 1, #flat, 2 do
@@ -393,7 +400,7 @@ end
 local function catch_up(a, now)
   local due = redis.call('ZRANGEBYSCORE', K_D, '-inf', enc(now), 'WITHSCORES')
   for i = 1, #due, 2 do
-    close(a, tonumber(due[i]), 'expired', tonumber(due[i + 1]), now)
+    close(a, tonumber(due[i]), 'expired', tonumber(due[i + 1]))
   end
   local dead = {}
   for id, lot in pairs(a.lots) do
@@ -438,8 +445,10 @@ local function err(code)
 end
 
 -- Runs `body(a, now)` idempotently. `opts.create`: may create the account. `opts.seq`: the
--- reservation acted on. `body` returns (answer, error code); it checks everything before it
--- writes. Returns the reply JSON.
+-- reservation acted on, whose own hash (KEYS[10]) remembers the answer for as long as the
+-- reservation is kept; other answers go to the account's hash Q, purged by the sweep after
+-- retention. `body` returns (answer, error code); it checks everything before it writes.
+-- Returns the reply JSON.
 local function run(opts, body)
   local now = now_ms()
   local a = load_account()
@@ -450,7 +459,9 @@ local function run(opts, body)
     created = true
   end
   catch_up(a, now)
-  local remembered = redis.call('HGET', K_Q, opts.request)
+  local qkey = opts.seq and KEYS[10] or K_Q
+  local remembered = nil
+  if not opts.seq or get_res(opts.seq) then remembered = redis.call('HGET', qkey, opts.request) end
   if remembered then
     if not created then save_account(a) end
     if string.sub(remembered, 1, #FINGERPRINT) ~= FINGERPRINT then return err('request_id_reused') end
@@ -463,15 +474,14 @@ local function run(opts, body)
     return err(code)
   end
   local reply = enc(answer)
-  local seq = opts.seq
-  if seq == nil and answer.done and type(answer.done.reservation) == 'number' then seq = answer.done.reservation end
-  local deadline = now
-  if seq then
-    local r = get_res(seq)
-    if r then deadline = math.max(now, r.deadline) end
+  redis.call('HSET', qkey, opts.request, FINGERPRINT .. '|' .. reply)
+  if not opts.seq then
+    local deadline = now
+    if answer.done and type(answer.done.reservation) == 'number' then
+      deadline = math.max(now, get_res(answer.done.reservation).deadline)
+    end
+    redis.call('ZADD', K_P, enc(deadline + RETENTION), 'q:' .. opts.request)
   end
-  redis.call('HSET', K_Q, opts.request, FINGERPRINT .. '|' .. reply)
-  redis.call('ZADD', K_P, enc(deadline + RETENTION), 'q:' .. opts.request)
   save_account(a)
   return reply
 end

@@ -12,8 +12,9 @@ return run({ request = ARGS.request, create = true }, function(a, now)
   local same = old ~= nil and old.period == new.period and old.anchor == new.anchor
   local plan_grant, addon_grant = new.plan, new.addon
   if same then
-    plan_grant = math.max(0, new.plan - old.plan)
-    addon_grant = math.max(0, new.addon - old.addon)
+    -- Only what this cycle has not had yet: lowering then raising the plan grants nothing twice.
+    plan_grant = math.max(0, new.plan - a.pg)
+    addon_grant = math.max(0, new.addon - a.ag)
   end
   if not check_balance(a, plan_grant + addon_grant) then return nil, 'balance:plan_credits' end
   a.plan = new

@@ -2,7 +2,8 @@
 -- renew the cycle) and forget closed reservations and request ids past retention
 -- (Ledger::sweep, for one account).
 -- KEYS: the account's nine keys (see lib.lua).
--- ARGV[4]: {}
+-- ARGV[4]: {"answers_prefix": "cs:{sN}:x:<account>:"}  (the reservations' answer hashes, by
+--          seq; same hash slot as KEYS, so this runs on Redis Cluster too)
 -- Reply: the number of holds that expired (integer).
 -- Example: an account whose dialer died holds 4 past its deadline: the hold closes as expired
 -- at its deadline, the 4 return to their lot, and 1 is returned.
@@ -17,8 +18,14 @@ catch_up(a, now)
 local expired = open_before - redis.call('ZCARD', K_D)
 local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', enc(now))
 for _, member in ipairs(due) do
-  local target = string.sub(member, 1, 1) == 'r' and K_R or K_Q
-  redis.call('HDEL', target, string.sub(member, 3))
+  local id = string.sub(member, 3)
+  if string.sub(member, 1, 1) == 'r' then
+    -- The reservation goes, and with it the answers to calls on it (its own hash).
+    redis.call('HDEL', K_R, id)
+    redis.call('DEL', ARGS.answers_prefix .. string.format('%.0f', tonumber(id)))
+  else
+    redis.call('HDEL', K_Q, id)
+  end
 end
 if #due > 0 then redis.call('ZREMRANGEBYSCORE', K_P, '-inf', enc(now)) end
 save_account(a)
