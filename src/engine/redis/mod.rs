@@ -10,6 +10,7 @@
 //! (see [`RedisEngine::connect_with_test_clock`]). A Redis error or a timeout is
 //! [`Error::Unavailable`]: nothing is granted that could not be recorded.
 
+pub mod events;
 mod keys;
 mod reply;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::streams::StreamRangeReply;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use serde_json::{Map, json};
 
@@ -27,6 +29,7 @@ use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
     Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
+use crate::ledger::event::Event;
 use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Millis, PlanSet, Quoted,
     Released, ReservationId, ReservationState, ReservationView, Reserved, UserId, UserView,
@@ -402,6 +405,38 @@ impl RedisEngine {
             }
         }
         Ok(expired)
+    }
+
+    /// Up to `count` outbox entries of `shard` after entry id `after` ("-" for the start), with
+    /// their stream ids.
+    pub async fn outbox_range(&self, shard: u32, after: &str, count: usize) -> Result<Vec<(String, Event)>> {
+        let start = if after == "-" { "-".to_owned() } else { format!("({after}") };
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("XRANGE");
+        command.arg(self.layout.events_key(shard)).arg(start).arg("+").arg("COUNT").arg(count);
+        let reply: StreamRangeReply = self.bounded(command.query_async(&mut connection)).await?;
+        reply.ids.into_iter().map(|entry| Ok((entry.id.clone(), events::decode(&entry.map)?))).collect()
+    }
+
+    /// Every outbox entry of every shard, in each shard's order (for tests and `verify`).
+    pub async fn outbox(&self) -> Result<Vec<Event>> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        for shard in 0..self.layout.shards {
+            let mut after = "-".to_owned();
+            loop {
+                let page = self.outbox_range(shard, &after, PAGE).await?;
+                let full = page.len() == PAGE;
+                if let Some((id, _)) = page.last() {
+                    after = id.clone();
+                }
+                all.extend(page.into_iter().map(|(_, event)| event));
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(all)
     }
 
     async fn sweep_account(&self, account: &AccountId) -> Result<String> {
