@@ -179,3 +179,57 @@ async fn script_flush_mid_run_fails_no_call() {
     assert_eq!(workload.retries.load(Ordering::Relaxed), 0, "a call failed across SCRIPT FLUSH");
     workload.assert_nothing_lost().await;
 }
+
+/// Two replicas sweep the same Redis at once while late commits race them at the deadline:
+/// every hold closes exactly once and is refunded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sweeping_at_once_refund_each_hold_once() {
+    use credit_sidecar::ledger::command::Commit;
+    use credit_sidecar::ledger::{Decision, DeclineReason, Labels, RequestId};
+
+    let server = RedisServer::start();
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let rules = Rules::default();
+    let replicas = [redis_engine(&rules, &settings, &clock).await, redis_engine(&rules, &settings, &clock).await];
+    let h = Harness::serve(clock.clone(), replicas[0].clone(), None, Duration::from_secs(3600)).await;
+    h.account("hot", 10_000).await;
+    let mut holds = Vec::new();
+    for _ in 0..200 {
+        let id = h.reserve("hot", "ann", 7, MINUTE).await.reservation_id;
+        h.commit(&id, 2, false).await;
+        holds.push(credit_sidecar::ledger::ReservationId::parse(&id).unwrap());
+    }
+    clock.advance(MINUTE);
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        let replica = replica.clone();
+        tasks.push(tokio::spawn(async move { replica.sweep().await.unwrap() }));
+    }
+    for (index, id) in holds.iter().enumerate() {
+        let replica = replicas[index % 2].clone();
+        let commit = Commit {
+            reservation: id.clone(),
+            amount: 1,
+            final_commit: true,
+            request: RequestId::parse(&format!("late-{index}")).unwrap(),
+            business_key: None,
+            labels: Labels::default(),
+        };
+        tasks.push(tokio::spawn(async move {
+            let answer = replica.commit(&commit).await.unwrap();
+            let Decision::Declined(decline) = answer else { panic!("a commit after the deadline succeeded") };
+            assert_eq!(decline.reason, DeclineReason::ReservationExpired);
+            0
+        }));
+    }
+    let mut expired = 0;
+    for task in tasks {
+        expired += task.await.unwrap();
+    }
+    assert!(expired <= holds.len(), "the sweeps expired {expired} of {} holds", holds.len());
+    let totals = h.totals("hot").await;
+    assert_eq!((totals.spent, totals.held), (400, 0));
+    assert_eq!(totals.available, 10_000 - 400, "each hold's 5 uncommitted credits came back exactly once");
+    assert_conserved(&totals);
+}
