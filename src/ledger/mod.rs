@@ -7,7 +7,8 @@
 //! - [`command`]: validated commands and their idempotency fingerprints.
 //! - [`cycle`]: calendar arithmetic of billing cycles.
 //! - [`model`]: [`Ledger`], every operation; `account` holds the per-account primitives.
-//! - [`event`]: the record of every state change (the outbox the settler writes to SQL).
+//! - [`event`]: the record of every state change (the outbox the settler writes to SQL);
+//!   [`wire`]: its JSON form, shared by the Redis outbox, the embedded outbox and SQL.
 //! - [`answer`]: what operations return: results, and declines with their figures.
 //! - [`clock`]: injectable time.
 //!
@@ -24,6 +25,7 @@ pub mod event;
 pub mod model;
 pub mod rules;
 pub mod types;
+pub mod wire;
 
 pub use answer::*;
 pub use clock::{Clock, ManualClock, SystemClock};
