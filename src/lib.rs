@@ -8,6 +8,7 @@
 //!   commands and maps errors to gRPC statuses in one place.
 //! - [`engine`]: where hot state lives. Today the embedded engine (the reference model behind a
 //!   lock).
+//! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the store and (next) the settler.
 //! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.
 
 pub mod api;
@@ -15,3 +16,4 @@ pub mod config;
 pub mod engine;
 pub mod ledger;
 pub mod server;
+pub mod settle;

@@ -240,7 +240,7 @@ impl Account {
         self.lots
             .insert(id, Lot { kind, granted: amount, remaining: amount, granted_ms: at_ms, expires_ms, from_plan });
         self.granted += amount;
-        self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms });
+        self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms, from_plan });
         id
     }
 
@@ -302,28 +302,46 @@ impl Account {
         total
     }
 
-    /// Brings the account up to `now`: holds past their deadline expire, lots past their expiry
-    /// expire, and a cycle that has ended renews. Idempotent; every operation starts with it,
-    /// and the background sweep calls it so that nothing waits for traffic.
+    /// Brings the account up to `now` by replaying what time did, in time order: lots expire at
+    /// their expiry, holds at their deadline, and cycles renew at their end — every cycle that
+    /// began, even one that ended again before `now`. At one instant lots go first (a lot
+    /// expiring at t is not alive at t), then holds, then the renewal. So the record is the same
+    /// however late this runs. Idempotent; every operation starts with it, and the background
+    /// sweep calls it so that nothing waits for traffic.
     pub fn catch_up(&mut self, sink: &mut Sink<'_>, now: Millis) {
-        while let Some(&(deadline, seq)) = self.deadlines.first() {
-            if deadline > now {
-                break;
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Due {
+            Lot(u64),
+            Hold(u64),
+            Renewal,
+        }
+        loop {
+            let lot =
+                self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).min();
+            let hold = self.deadlines.first().copied().filter(|(deadline, _)| *deadline <= now);
+            let renewal = (self.cycle.end_ms <= now).then_some(self.cycle.end_ms);
+            let next = [
+                lot.map(|(at, id)| (at, Due::Lot(id))),
+                hold.map(|(at, seq)| (at, Due::Hold(seq))),
+                renewal.map(|at| (at, Due::Renewal)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                None => return,
+                Some((at, Due::Lot(id))) => self.expire_lot(sink, id, at),
+                Some((at, Due::Hold(seq))) => {
+                    self.close(sink, seq, ReservationState::Expired, at);
+                }
+                Some((at, Due::Renewal)) => {
+                    let cycle = match &self.plan {
+                        Some(plan) => cycle_containing(plan.anchor_ms, plan.period, at),
+                        None => calendar_month(at),
+                    };
+                    self.start_cycle(sink, cycle);
+                }
             }
-            self.close(sink, seq, ReservationState::Expired, deadline);
-        }
-        let mut dead: Vec<(Millis, u64)> =
-            self.lots.iter().filter(|(_, lot)| lot.expires_ms <= now).map(|(id, lot)| (lot.expires_ms, *id)).collect();
-        dead.sort_unstable();
-        for (expires_ms, id) in dead {
-            self.expire_lot(sink, id, expires_ms);
-        }
-        if now >= self.cycle.end_ms {
-            let cycle = match &self.plan {
-                Some(plan) => cycle_containing(plan.anchor_ms, plan.period, now),
-                None => calendar_month(now),
-            };
-            self.start_cycle(sink, cycle);
         }
     }
 

@@ -43,11 +43,13 @@ pub enum EventKind {
     CycleStarted {
         cycle: Cycle,
     },
+    /// `from_plan`: granted by the plan schedule (plan and recurring add-on lots).
     LotGranted {
         lot: u64,
         kind: LotKind,
         amount: i64,
         expires_ms: Millis,
+        from_plan: bool,
     },
     /// A lot reached its expiry with `amount` left.
     LotExpired {
@@ -75,6 +77,11 @@ pub enum EventKind {
     },
     Committed {
         reservation: u64,
+        /// The reservation's user and category, and the cycle this spend counts in, so usage can
+        /// be reported from this event alone.
+        user: String,
+        category: String,
+        cycle_start_ms: Millis,
         /// What this commit spent, taken from these lots' held parts.
         amount: i64,
         draws: Vec<Draw>,

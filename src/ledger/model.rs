@@ -606,8 +606,12 @@ fn spend(
     {
         account.charged_keys.insert(key.clone());
     }
+    let reservation = &account.reservations[&seq];
     let event = EventKind::Committed {
         reservation: seq,
+        user: reservation.user.as_str().to_owned(),
+        category: reservation.category.as_str().to_owned(),
+        cycle_start_ms: account.cycle.start_ms,
         amount,
         draws: taken,
         business_key: business_key.as_ref().map(|key| key.as_str().to_owned()),

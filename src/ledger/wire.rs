@@ -46,6 +46,7 @@ struct LotGrantedData {
     kind: String,
     amount: i64,
     expires: i64,
+    from_plan: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +85,9 @@ struct ExtendedData {
 #[derive(Serialize, Deserialize)]
 struct CommittedData {
     res: u64,
+    user: String,
+    category: String,
+    cycle: i64,
     amount: i64,
     draws: Vec<(u64, i64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,13 +184,14 @@ pub fn encode(kind: &EventKind) -> (&'static str, String) {
         EventKind::CycleStarted { cycle } => {
             ("cycle_started", json(&CycleData { cs: cycle.start_ms, ce: cycle.end_ms }))
         }
-        EventKind::LotGranted { lot, kind, amount, expires_ms } => (
+        EventKind::LotGranted { lot, kind, amount, expires_ms, from_plan } => (
             "lot_granted",
             json(&LotGrantedData {
                 lot: *lot,
                 kind: lot_kind_name(*kind).into(),
                 amount: *amount,
                 expires: *expires_ms,
+                from_plan: *from_plan,
             }),
         ),
         EventKind::LotExpired { lot, amount } => ("lot_expired", json(&LotExpiredData { lot: *lot, amount: *amount })),
@@ -209,10 +214,23 @@ pub fn encode(kind: &EventKind) -> (&'static str, String) {
             "extended",
             json(&ExtendedData { res: *reservation, amount: *amount, draws: pairs(draws), deadline: *deadline_ms }),
         ),
-        EventKind::Committed { reservation, amount, draws, business_key, already_charged, labels } => (
+        EventKind::Committed {
+            reservation,
+            user,
+            category,
+            cycle_start_ms,
+            amount,
+            draws,
+            business_key,
+            already_charged,
+            labels,
+        } => (
             "committed",
             json(&CommittedData {
                 res: *reservation,
+                user: user.clone(),
+                category: category.clone(),
+                cycle: *cycle_start_ms,
                 amount: *amount,
                 draws: pairs(draws),
                 key: business_key.clone(),
@@ -253,7 +271,7 @@ pub fn decode(kind: &str, data: &str) -> Result<EventKind, WireError> {
         "lot_granted" => {
             let d: LotGrantedData = parse(data).map_err(fail)?;
             let kind = lot_kind(&d.kind).ok_or_else(|| fail(format!("lot kind {:?}", d.kind)))?;
-            EventKind::LotGranted { lot: d.lot, kind, amount: d.amount, expires_ms: d.expires }
+            EventKind::LotGranted { lot: d.lot, kind, amount: d.amount, expires_ms: d.expires, from_plan: d.from_plan }
         }
         "lot_expired" => {
             let d: LotExpiredData = parse(data).map_err(fail)?;
@@ -283,6 +301,9 @@ pub fn decode(kind: &str, data: &str) -> Result<EventKind, WireError> {
             let d: CommittedData = parse(data).map_err(fail)?;
             EventKind::Committed {
                 reservation: d.res,
+                user: d.user,
+                category: d.category,
+                cycle_start_ms: d.cycle,
                 amount: d.amount,
                 draws: draws(d.draws),
                 business_key: d.key,
@@ -313,7 +334,13 @@ mod tests {
         let kinds = vec![
             EventKind::PlanSet { plan, cycle },
             EventKind::CycleStarted { cycle },
-            EventKind::LotGranted { lot: 2, kind: LotKind::Promo, amount: 10_000_000_000_000, expires_ms: 9 },
+            EventKind::LotGranted {
+                lot: 2,
+                kind: LotKind::Promo,
+                amount: 10_000_000_000_000,
+                expires_ms: 9,
+                from_plan: false,
+            },
             EventKind::LotExpired { lot: 2, amount: 0 },
             EventKind::UserLimitSet { user: "ann".into(), limit: None },
             EventKind::UserLimitSet { user: "bob".into(), limit: Some(0) },
@@ -329,6 +356,9 @@ mod tests {
             EventKind::Extended { reservation: 4, amount: 0, draws: vec![], deadline_ms: 88 },
             EventKind::Committed {
                 reservation: 4,
+                user: "ann".into(),
+                category: "email".into(),
+                cycle_start_ms: 1_000,
                 amount: 3,
                 draws: draws.clone(),
                 business_key: Some("contact:1".into()),

@@ -615,8 +615,18 @@ impl Projection {
         match &event.kind {
             EventKind::PlanSet { plan, cycle } => self.plan_set(event, plan, *cycle)?,
             EventKind::CycleStarted { cycle } => {
-                self.expect_cycle_start = None;
-                ensure!(cycle.contains(now), "cycle {cycle:?} started but does not contain now {now}");
+                // A schedule change starts the cycle containing now; a renewal starts the cycle
+                // right after the last one, so a catch-up over a long gap starts every cycle in
+                // turn (each at or before now).
+                match self.expect_cycle_start.take() {
+                    Some(expected) => ensure!(*cycle == expected, "cycle {cycle:?} started, {expected:?} expected"),
+                    None => {
+                        if let Some(previous) = self.cycle {
+                            ensure!(cycle.start_ms == previous.end_ms, "cycle {cycle:?} does not follow {previous:?}");
+                        }
+                        ensure!(cycle.start_ms <= now, "cycle {cycle:?} started after now {now}");
+                    }
+                }
                 ensure!(event.at_ms == cycle.start_ms, "cycle {cycle:?} started at {}", event.at_ms);
                 self.cycle = Some(*cycle);
                 self.charged_keys.clear();
@@ -627,9 +637,10 @@ impl Projection {
                 self.plan_granted = credits;
                 self.expect_plan_lots(event, credits, cycle.end_ms);
             }
-            EventKind::LotGranted { lot, kind, amount, expires_ms } => {
+            EventKind::LotGranted { lot, kind, amount, expires_ms, .. } => {
                 ensure!(*amount > 0 && *lot > self.last_lot, "lot {lot} granted {amount}");
-                ensure!(*expires_ms > now, "lot {lot} granted already dead (expires {expires_ms})");
+                // Alive when granted (a skipped cycle's plan lot may have died again before now).
+                ensure!(*expires_ms > event.at_ms, "lot {lot} granted already dead (expires {expires_ms})");
                 let granted = (*kind, *amount, *expires_ms, event.at_ms, event.request_id.clone());
                 let from_plan = match self.pending_plan_lots.pop_front() {
                     Some(expected) => {

@@ -363,10 +363,13 @@ async fn renewal_is_exact_at_the_boundary_without_rollover(h: Harness) {
     h.clock.set(boundary + 1);
     h.engine.sweep().await.unwrap();
     assert_eq!(h.totals("acme").await.granted, 200);
-    // Months without traffic: the sweep renews exactly once into the current cycle.
+    // Months without traffic: the catch-up starts every cycle in turn, each renewing once (the
+    // skipped cycles' credits expire with them), and ends in the current cycle.
     h.advance(90 * DAY).await;
     let totals = h.totals("acme").await;
-    assert_eq!((totals.available, totals.granted), (100, 300));
+    assert_eq!((totals.available, totals.granted, totals.expired), (100, 400, 270));
+    let cycle = h.balance("acme", "").await.cycle.unwrap();
+    assert_eq!((cycle.start_unix_ms, cycle.end_unix_ms), (ms(2026, 5, 31, 0), ms(2026, 6, 30, 0)));
     assert_conserved(&totals);
 }
 

@@ -304,7 +304,7 @@ local function grant(a, kind, amount, at, expires, from_plan)
   a.lots[id] = { id = id, kind = kind, granted = amount, remaining = amount, granted_ms = at, expires = expires,
     from_plan = from_plan }
   a.granted = a.granted + amount
-  emit(a, at, 'lot_granted', { lot = id, kind = kind, amount = amount, expires = expires })
+  emit(a, at, 'lot_granted', { lot = id, kind = kind, amount = amount, expires = expires, from_plan = from_plan })
   return id
 end
 
@@ -395,30 +395,37 @@ local function start_cycle(a, cs, ce)
   if a.plan then grant_plan_lots(a, a.plan.plan, a.plan.addon, cs) end
 end
 
--- Brings the account up to `now`: holds past their deadline expire, lots past their expiry
--- expire, and a cycle that has ended renews. Idempotent.
+-- Brings the account up to `now` by replaying what time did, in time order: lots expire at their
+-- expiry, holds at their deadline, cycles renew at their end (every cycle that began). At one
+-- instant lots go first, then holds, then the renewal. Idempotent.
 local function catch_up(a, now)
-  local due = redis.call('ZRANGEBYSCORE', K_D, '-inf', enc(now), 'WITHSCORES')
-  for i = 1, #due, 2 do
-    close(a, tonumber(due[i]), 'expired', tonumber(due[i + 1]))
-  end
-  local dead = {}
-  for id, lot in pairs(a.lots) do
-    if lot.expires <= now then dead[#dead + 1] = lot end
-  end
-  table.sort(dead, function(x, y)
-    if x.expires ~= y.expires then return x.expires < y.expires end
-    return x.id < y.id
-  end)
-  for _, lot in ipairs(dead) do expire_lot(a, lot.id, lot.expires) end
-  if now >= a.ce then
-    local cs, ce
-    if a.plan then
-      cs, ce = cycle_containing(a.plan.anchor, a.plan.period, now)
-    else
-      cs, ce = cycle_containing(0, 1, now)
+  while true do
+    local at, due, id = nil, nil, nil
+    for lot_id, lot in pairs(a.lots) do
+      if lot.expires <= now and (at == nil or lot.expires < at or (lot.expires == at and lot_id < id)) then
+        at, due, id = lot.expires, 'lot', lot_id
+      end
     end
-    start_cycle(a, cs, ce)
+    local first = redis.call('ZRANGE', K_D, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local deadline = tonumber(first[2])
+      if deadline <= now and (at == nil or deadline < at) then at, due, id = deadline, 'hold', tonumber(first[1]) end
+    end
+    if a.ce <= now and (at == nil or a.ce < at) then at, due = a.ce, 'renewal' end
+    if at == nil then return end
+    if due == 'lot' then
+      expire_lot(a, id, at)
+    elseif due == 'hold' then
+      close(a, id, 'expired', at)
+    else
+      local cs, ce
+      if a.plan then
+        cs, ce = cycle_containing(a.plan.anchor, a.plan.period, at)
+      else
+        cs, ce = cycle_containing(0, 1, at)
+      end
+      start_cycle(a, cs, ce)
+    end
   end
 end
 
@@ -547,6 +554,6 @@ local function spend(a, now, seq, amount, key, already, labels)
   a.held = a.held - amount
   a.spent = a.spent + amount
   if key ~= nil and not already then redis.call('SADD', K_K, key) end
-  emit(a, now, 'committed', { res = seq, amount = amount, draws = taken, key = key, already = already,
-    labels = labels })
+  emit(a, now, 'committed', { res = seq, user = r.user, category = r.category, cycle = a.cs, amount = amount,
+    draws = taken, key = key, already = already, labels = labels })
 end

@@ -1,0 +1,650 @@
+//! The durable store: PostgreSQL or SQLite through one sqlx code path (the `Any` driver), with
+//! the migrations embedded in the binary and applied at start.
+//!
+//! [`Store::write`] settles a batch of events in one transaction: a multi-row insert-if-absent
+//! into `ledger_events` keyed on each event's own identity (account, seq) returns the events
+//! that are new; only those are folded into the derived tables (reservations, usage, lots,
+//! totals), with commutative upserts, so a batch written twice, or two replicas writing
+//! overlapping batches in any order, have exactly the effect of writing each event once.
+//!
+//! SQL uses `$n` placeholders, native to PostgreSQL and accepted by SQLite, always numbered in
+//! order of appearance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::ledger::event::{Event, EventKind, draws_total};
+use crate::ledger::{AccountId, wire};
+
+/// Rows per multi-row statement (well under both databases' bind-parameter limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger row {account}/{seq}: {reason}")]
+    Corrupt { account: String, seq: i64, reason: String },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Totals as settled: granted = available + held + spent + expired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SettledTotals {
+    pub granted: i64,
+    pub held: i64,
+    pub spent: i64,
+    pub expired: i64,
+    pub events: i64,
+    pub last_seq: i64,
+}
+
+impl SettledTotals {
+    pub fn available(&self) -> i64 {
+        self.granted - self.held - self.spent - self.expired
+    }
+}
+
+/// Spend of one (cycle, user, category).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    pub cycle_start_ms: i64,
+    pub user: String,
+    pub category: String,
+    pub spent: i64,
+    pub commits: i64,
+}
+
+/// One commit on a reservation, as settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineItem {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub amount: i64,
+    pub business_key: Option<String>,
+    pub already_charged: bool,
+    pub labels: BTreeMap<String, String>,
+    pub request_id: Option<String>,
+}
+
+/// A reservation as settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettledReservation {
+    pub seq: u64,
+    pub user: String,
+    pub category: String,
+    pub state: String,
+    pub reserved: i64,
+    pub committed: i64,
+    pub returned: i64,
+    pub commit_count: i64,
+    pub created_ms: i64,
+    pub deadline_ms: i64,
+    pub closed_ms: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = match backend {
+            // One writer at a time is SQLite's nature; WAL lets readers run beside it.
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
+                            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *connection).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Settles `events` in one transaction; returns how many were new. Writing the same events
+    /// again changes nothing.
+    pub async fn write(&self, events: &[Event], settled_ms: i64) -> Result<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut transaction = self.pool.begin().await?;
+        let mut inserted: Vec<(String, i64)> = Vec::new();
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO ledger_events \
+                 (account_id, seq, at_ms, kind, request_id, reservation_seq, data, settled_ms) VALUES ",
+            );
+            push_tuples(&mut sql, chunk.len(), 8);
+            sql.push_str(" ON CONFLICT (account_id, seq) DO NOTHING RETURNING account_id, seq");
+            let mut query = sqlx::query(audited(&sql));
+            for event in chunk {
+                let (kind, data) = wire::encode(&event.kind);
+                query = query
+                    .bind(event.account.as_str().to_owned())
+                    .bind(event.seq as i64)
+                    .bind(event.at_ms)
+                    .bind(kind)
+                    .bind(event.request_id.clone())
+                    .bind(wire::reservation_of(&event.kind).map(|seq| seq as i64))
+                    .bind(data)
+                    .bind(settled_ms);
+            }
+            for row in query.fetch_all(&mut *transaction).await? {
+                inserted.push((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        let new: std::collections::HashSet<(String, i64)> = inserted.into_iter().collect();
+        let mut fold = Fold::default();
+        for event in events {
+            if new.contains(&(event.account.as_str().to_owned(), event.seq as i64)) {
+                fold.add(event);
+            }
+        }
+        fold.write(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(new.len())
+    }
+
+    /// Every settled event, per account in sequence order (all accounts, or one).
+    pub async fn events(&self, account: Option<&AccountId>) -> Result<Vec<Event>> {
+        let columns = "SELECT account_id, seq, at_ms, kind, request_id, data FROM ledger_events";
+        let rows = match account {
+            Some(account) => {
+                let sql = format!("{columns} WHERE account_id = $1 ORDER BY account_id, seq");
+                sqlx::query(audited(&sql)).bind(account.as_str().to_owned()).fetch_all(&self.pool).await?
+            }
+            None => sqlx::query(audited(&format!("{columns} ORDER BY account_id, seq"))).fetch_all(&self.pool).await?,
+        };
+        rows.iter().map(event_of).collect()
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<AccountId>> {
+        let rows =
+            sqlx::query("SELECT account_id FROM account_totals ORDER BY account_id").fetch_all(&self.pool).await?;
+        let mut accounts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let account = AccountId::parse(&id).map_err(|error| StoreError::Corrupt {
+                account: id.clone(),
+                seq: 0,
+                reason: error.to_string(),
+            })?;
+            accounts.push(account);
+        }
+        Ok(accounts)
+    }
+
+    pub async fn totals(&self, account: &AccountId) -> Result<Option<SettledTotals>> {
+        let row = sqlx::query(
+            "SELECT granted, held, spent, expired, events, last_seq FROM account_totals WHERE account_id = $1",
+        )
+        .bind(account.as_str().to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(SettledTotals {
+                granted: row.try_get(0)?,
+                held: row.try_get(1)?,
+                spent: row.try_get(2)?,
+                expired: row.try_get(3)?,
+                events: row.try_get(4)?,
+                last_seq: row.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// How many events are settled in all (for figures and tests).
+    pub async fn event_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM ledger_events").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
+    /// Spend per cycle, user and category; `cycle_start_ms` narrows to one cycle.
+    pub async fn usage(&self, account: &AccountId, cycle_start_ms: Option<i64>) -> Result<Vec<UsageRow>> {
+        let mut sql = String::from(
+            "SELECT cycle_start_ms, user_id, category, spent, commits FROM usage_totals WHERE account_id = $1",
+        );
+        if cycle_start_ms.is_some() {
+            sql.push_str(" AND cycle_start_ms = $2");
+        }
+        sql.push_str(" ORDER BY cycle_start_ms, user_id, category");
+        let mut query = sqlx::query(audited(&sql)).bind(account.as_str().to_owned());
+        if let Some(cycle) = cycle_start_ms {
+            query = query.bind(cycle);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    cycle_start_ms: row.try_get(0)?,
+                    user: row.try_get(1)?,
+                    category: row.try_get(2)?,
+                    spent: row.try_get(3)?,
+                    commits: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The commits of one reservation, in order.
+    pub async fn line_items(&self, account: &AccountId, reservation: u64) -> Result<Vec<LineItem>> {
+        let rows = sqlx::query(
+            "SELECT account_id, seq, at_ms, kind, request_id, data FROM ledger_events \
+             WHERE account_id = $1 AND reservation_seq = $2 AND kind = 'committed' ORDER BY seq",
+        )
+        .bind(account.as_str().to_owned())
+        .bind(reservation as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event = event_of(row)?;
+            if let EventKind::Committed { amount, business_key, already_charged, labels, .. } = event.kind {
+                items.push(LineItem {
+                    seq: event.seq,
+                    at_ms: event.at_ms,
+                    amount,
+                    business_key,
+                    already_charged,
+                    labels,
+                    request_id: event.request_id,
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// Settled reservations, newest first: at most `limit` with a sequence below `before`.
+    pub async fn reservations(
+        &self,
+        account: &AccountId,
+        state: Option<&str>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<SettledReservation>> {
+        let mut sql = String::from(
+            "SELECT seq, user_id, category, state, reserved, committed, returned, commit_count, created_ms, \
+             deadline_ms, closed_ms, labels FROM reservations WHERE account_id = $1 AND seq < $2",
+        );
+        if state.is_some() {
+            sql.push_str(" AND state = $3");
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
+        let before = before.map_or(i64::MAX, |seq| seq as i64);
+        let mut query = sqlx::query(audited(&sql)).bind(account.as_str().to_owned()).bind(before);
+        if let Some(state) = state {
+            query = query.bind(state.to_owned());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let labels: String = row.try_get(11)?;
+                Ok(SettledReservation {
+                    seq: row.try_get::<i64, _>(0)? as u64,
+                    user: row.try_get(1)?,
+                    category: row.try_get(2)?,
+                    state: row.try_get(3)?,
+                    reserved: row.try_get(4)?,
+                    committed: row.try_get(5)?,
+                    returned: row.try_get(6)?,
+                    commit_count: row.try_get(7)?,
+                    created_ms: row.try_get(8)?,
+                    deadline_ms: row.try_get(9)?,
+                    closed_ms: row.try_get(10)?,
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn event_of(row: &sqlx::any::AnyRow) -> Result<Event> {
+    let account: String = row.try_get(0)?;
+    let seq: i64 = row.try_get(1)?;
+    let corrupt = |reason: String| StoreError::Corrupt { account: account.clone(), seq, reason };
+    let kind: String = row.try_get(3)?;
+    let data: String = row.try_get(5)?;
+    Ok(Event {
+        account: AccountId::parse(&account).map_err(|error| corrupt(error.to_string()))?,
+        seq: seq as u64,
+        at_ms: row.try_get(2)?,
+        request_id: row.try_get(4)?,
+        kind: wire::decode(&kind, &data).map_err(|error| corrupt(error.to_string()))?,
+    })
+}
+
+/// SQL built here from constant text and numbered placeholders only: values are always bound,
+/// never spliced, so there is nothing to inject.
+fn audited(sql: &str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(sql.to_owned())
+}
+
+/// Appends `rows` tuples of `width` numbered placeholders: ($1, $2), ($3, $4), ...
+fn push_tuples(sql: &mut String, rows: usize, width: usize) {
+    let mut n = 0;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            n += 1;
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+    }
+}
+
+#[derive(Default)]
+struct ReservationFold {
+    user: String,
+    category: String,
+    state: String,
+    reserved: i64,
+    committed: i64,
+    returned: i64,
+    commit_count: i64,
+    created_ms: i64,
+    deadline_ms: i64,
+    closed_ms: Option<i64>,
+    labels: String,
+}
+
+#[derive(Default)]
+struct LotFold {
+    kind: String,
+    granted: i64,
+    drawn: i64,
+    returned: i64,
+    expired: i64,
+    granted_ms: i64,
+    expires_ms: i64,
+    expired_ms: Option<i64>,
+}
+
+#[derive(Default)]
+struct TotalsFold {
+    granted: i64,
+    held: i64,
+    spent: i64,
+    expired: i64,
+    events: i64,
+    last_seq: i64,
+}
+
+/// The derived tables' changes from a batch of new events, aggregated per row, so each row is
+/// upserted once per batch.
+#[derive(Default)]
+struct Fold {
+    reservations: HashMap<(String, i64), ReservationFold>,
+    usage: HashMap<(String, i64, String, String), (i64, i64)>,
+    lots: HashMap<(String, i64), LotFold>,
+    totals: HashMap<String, TotalsFold>,
+}
+
+impl Fold {
+    fn add(&mut self, event: &Event) {
+        let account = event.account.as_str().to_owned();
+        let totals = self.totals.entry(account.clone()).or_default();
+        totals.events += 1;
+        totals.last_seq = totals.last_seq.max(event.seq as i64);
+        let reservation_key = |seq: u64| (account.clone(), seq as i64);
+        match &event.kind {
+            EventKind::PlanSet { .. } | EventKind::CycleStarted { .. } | EventKind::UserLimitSet { .. } => {}
+            EventKind::LotGranted { lot, kind, amount, expires_ms, .. } => {
+                totals.granted += amount;
+                let row = self.lots.entry((account.clone(), *lot as i64)).or_default();
+                row.kind = wire::lot_kind_name(*kind).to_owned();
+                row.granted += amount;
+                row.granted_ms = event.at_ms;
+                row.expires_ms = *expires_ms;
+            }
+            EventKind::LotExpired { lot, amount } => {
+                totals.expired += amount;
+                let row = self.lots.entry((account.clone(), *lot as i64)).or_default();
+                row.expired += amount;
+                row.expired_ms = Some(event.at_ms);
+            }
+            EventKind::Reserved { reservation, user, category, amount, draws, deadline_ms, labels } => {
+                totals.held += amount;
+                let row = self.reservations.entry(reservation_key(*reservation)).or_default();
+                row.user = user.clone();
+                row.category = category.clone();
+                row.reserved += amount;
+                row.created_ms = event.at_ms;
+                row.deadline_ms = row.deadline_ms.max(*deadline_ms);
+                row.labels = serde_json::to_string(labels).unwrap_or_default();
+                for draw in draws {
+                    self.lots.entry((account.clone(), draw.lot as i64)).or_default().drawn += draw.amount;
+                }
+            }
+            EventKind::Extended { reservation, amount, draws, deadline_ms } => {
+                totals.held += amount;
+                let row = self.reservations.entry(reservation_key(*reservation)).or_default();
+                row.reserved += amount;
+                row.deadline_ms = row.deadline_ms.max(*deadline_ms);
+                for draw in draws {
+                    self.lots.entry((account.clone(), draw.lot as i64)).or_default().drawn += draw.amount;
+                }
+            }
+            EventKind::Committed { reservation, amount, user, category, cycle_start_ms, .. } => {
+                totals.held -= amount;
+                totals.spent += amount;
+                let row = self.reservations.entry(reservation_key(*reservation)).or_default();
+                row.committed += amount;
+                row.commit_count += 1;
+                let usage = self.usage.entry((account.clone(), *cycle_start_ms, user.clone(), category.clone()));
+                let (spent, commits) = usage.or_default();
+                *spent += amount;
+                *commits += 1;
+            }
+            EventKind::Closed { reservation, state, returned, expired } => {
+                let released = draws_total(returned) + expired;
+                totals.held -= released;
+                totals.expired += expired;
+                let row = self.reservations.entry(reservation_key(*reservation)).or_default();
+                row.state = wire::state_name(*state).to_owned();
+                row.returned += released;
+                row.closed_ms = Some(event.at_ms);
+                for draw in returned {
+                    self.lots.entry((account.clone(), draw.lot as i64)).or_default().returned += draw.amount;
+                }
+            }
+        }
+    }
+
+    async fn write(self, transaction: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+        let reservations: Vec<_> = self.reservations.into_iter().collect();
+        for chunk in reservations.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO reservations (account_id, seq, user_id, category, state, reserved, committed, \
+                 returned, commit_count, created_ms, deadline_ms, closed_ms, labels) VALUES ",
+            );
+            push_tuples(&mut sql, chunk.len(), 13);
+            sql.push_str(
+                " ON CONFLICT (account_id, seq) DO UPDATE SET \
+                 user_id = CASE WHEN excluded.user_id <> '' THEN excluded.user_id ELSE reservations.user_id END, \
+                 category = CASE WHEN excluded.category <> '' THEN excluded.category ELSE reservations.category END, \
+                 state = CASE WHEN excluded.state <> 'held' THEN excluded.state ELSE reservations.state END, \
+                 reserved = reservations.reserved + excluded.reserved, \
+                 committed = reservations.committed + excluded.committed, \
+                 returned = reservations.returned + excluded.returned, \
+                 commit_count = reservations.commit_count + excluded.commit_count, \
+                 created_ms = CASE WHEN excluded.created_ms <> 0 THEN excluded.created_ms \
+                     ELSE reservations.created_ms END, \
+                 deadline_ms = CASE WHEN excluded.deadline_ms > reservations.deadline_ms THEN excluded.deadline_ms \
+                     ELSE reservations.deadline_ms END, \
+                 closed_ms = COALESCE(excluded.closed_ms, reservations.closed_ms), \
+                 labels = CASE WHEN excluded.labels <> '{}' THEN excluded.labels ELSE reservations.labels END",
+            );
+            let mut query = sqlx::query(audited(&sql));
+            for ((account, seq), row) in chunk {
+                let state = if row.state.is_empty() { "held".to_owned() } else { row.state.clone() };
+                let labels = if row.labels.is_empty() { "{}".to_owned() } else { row.labels.clone() };
+                query = query
+                    .bind(account.clone())
+                    .bind(*seq)
+                    .bind(row.user.clone())
+                    .bind(row.category.clone())
+                    .bind(state)
+                    .bind(row.reserved)
+                    .bind(row.committed)
+                    .bind(row.returned)
+                    .bind(row.commit_count)
+                    .bind(row.created_ms)
+                    .bind(row.deadline_ms)
+                    .bind(row.closed_ms)
+                    .bind(labels);
+            }
+            query.execute(&mut **transaction).await?;
+        }
+        let usage: Vec<_> = self.usage.into_iter().collect();
+        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO usage_totals (account_id, cycle_start_ms, user_id, category, spent, commits) VALUES ",
+            );
+            push_tuples(&mut sql, chunk.len(), 6);
+            sql.push_str(
+                " ON CONFLICT (account_id, cycle_start_ms, user_id, category) DO UPDATE SET \
+                 spent = usage_totals.spent + excluded.spent, commits = usage_totals.commits + excluded.commits",
+            );
+            let mut query = sqlx::query(audited(&sql));
+            for ((account, cycle, user, category), (spent, commits)) in chunk {
+                query = query
+                    .bind(account.clone())
+                    .bind(*cycle)
+                    .bind(user.clone())
+                    .bind(category.clone())
+                    .bind(*spent)
+                    .bind(*commits);
+            }
+            query.execute(&mut **transaction).await?;
+        }
+        let lots: Vec<_> = self.lots.into_iter().collect();
+        for chunk in lots.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO lots (account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, \
+                 expires_ms, expired_ms) VALUES ",
+            );
+            push_tuples(&mut sql, chunk.len(), 10);
+            sql.push_str(
+                " ON CONFLICT (account_id, lot_id) DO UPDATE SET \
+                 kind = CASE WHEN excluded.kind <> '' THEN excluded.kind ELSE lots.kind END, \
+                 granted = lots.granted + excluded.granted, drawn = lots.drawn + excluded.drawn, \
+                 returned = lots.returned + excluded.returned, expired = lots.expired + excluded.expired, \
+                 granted_ms = CASE WHEN excluded.granted_ms <> 0 THEN excluded.granted_ms ELSE lots.granted_ms END, \
+                 expires_ms = CASE WHEN excluded.expires_ms <> 0 THEN excluded.expires_ms ELSE lots.expires_ms END, \
+                 expired_ms = COALESCE(excluded.expired_ms, lots.expired_ms)",
+            );
+            let mut query = sqlx::query(audited(&sql));
+            for ((account, lot), row) in chunk {
+                query = query
+                    .bind(account.clone())
+                    .bind(*lot)
+                    .bind(row.kind.clone())
+                    .bind(row.granted)
+                    .bind(row.drawn)
+                    .bind(row.returned)
+                    .bind(row.expired)
+                    .bind(row.granted_ms)
+                    .bind(row.expires_ms)
+                    .bind(row.expired_ms);
+            }
+            query.execute(&mut **transaction).await?;
+        }
+        let totals: Vec<_> = self.totals.into_iter().collect();
+        for chunk in totals.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO account_totals (account_id, granted, held, spent, expired, events, last_seq) VALUES ",
+            );
+            push_tuples(&mut sql, chunk.len(), 7);
+            sql.push_str(
+                " ON CONFLICT (account_id) DO UPDATE SET \
+                 granted = account_totals.granted + excluded.granted, held = account_totals.held + excluded.held, \
+                 spent = account_totals.spent + excluded.spent, expired = account_totals.expired + excluded.expired, \
+                 events = account_totals.events + excluded.events, \
+                 last_seq = CASE WHEN excluded.last_seq > account_totals.last_seq THEN excluded.last_seq \
+                     ELSE account_totals.last_seq END",
+            );
+            let mut query = sqlx::query(audited(&sql));
+            for (account, row) in chunk {
+                query = query
+                    .bind(account.clone())
+                    .bind(row.granted)
+                    .bind(row.held)
+                    .bind(row.spent)
+                    .bind(row.expired)
+                    .bind(row.events)
+                    .bind(row.last_seq);
+            }
+            query.execute(&mut **transaction).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        let mut sql = String::new();
+        push_tuples(&mut sql, 2, 3);
+        assert_eq!(sql, "($1, $2, $3), ($4, $5, $6)");
+    }
+}
