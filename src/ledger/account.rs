@@ -257,7 +257,7 @@ impl Account {
     }
 
     /// Un-counts returned credits, but only what this reservation counted in this cycle.
-    fn uncount_usage(&mut self, seq: u64, returned: i64) {
+    pub fn uncount_usage(&mut self, seq: u64, returned: i64) {
         let generation = self.cycle_generation;
         let reservation = self.reservations.get_mut(&seq).expect("reservation exists");
         if reservation.usage_generation != generation {

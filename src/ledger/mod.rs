@@ -23,6 +23,7 @@ pub mod command;
 pub mod cycle;
 pub mod event;
 pub mod model;
+pub mod replay;
 pub mod rules;
 pub mod types;
 pub mod wire;

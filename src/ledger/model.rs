@@ -71,6 +71,20 @@ impl Ledger {
         Self { retention_ms, accounts: HashMap::new(), outbox: Vec::new() }
     }
 
+    /// A ledger rebuilt from the durable record (each account's events in sequence order), with
+    /// what is past retention at `now` already forgotten.
+    pub fn restore(
+        retention_ms: Millis,
+        now: Millis,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<Self, super::replay::ReplayError> {
+        let mut accounts = super::replay::accounts(events)?;
+        for account in accounts.values_mut() {
+            account.purge(now, retention_ms);
+        }
+        Ok(Self { retention_ms, accounts, outbox: Vec::new() })
+    }
+
     /// Events emitted since the last call, in order.
     pub fn drain_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.outbox)

@@ -1,0 +1,171 @@
+//! Rebuilding state from the durable record: applies events, in each account's sequence order,
+//! to fresh accounts. The embedded engine restores itself from SQLite this way, and `rebuild`
+//! re-creates an account's Redis state from the SQL ledger with it.
+//!
+//! Replay re-applies the recorded effects (the lots each hold drew, what each close returned);
+//! it never re-decides. Remembered answers to request ids are not in the record, so they are
+//! not restored: a retry of a request made before a loss is executed afresh.
+
+use std::collections::HashMap;
+
+use super::account::{Account, Reservation, Sink};
+use super::event::{Draw, Event, EventKind, draws_total};
+use super::types::{AccountId, Category, Labels, LotKind, RequestId, ReservationState, UserId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("event {account}/{seq} cannot be replayed: {reason}")]
+pub struct ReplayError {
+    pub account: AccountId,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Accounts rebuilt from their events. Events must come in sequence order per account,
+/// without gaps; accounts may interleave.
+pub(super) fn accounts(events: impl IntoIterator<Item = Event>) -> Result<HashMap<AccountId, Account>, ReplayError> {
+    let mut accounts: HashMap<AccountId, Account> = HashMap::new();
+    let mut discard = Vec::new();
+    for event in events {
+        let account =
+            accounts.entry(event.account.clone()).or_insert_with(|| Account::new(event.account.clone(), event.at_ms));
+        let fail = |reason: String| ReplayError { account: event.account.clone(), seq: event.seq, reason };
+        if event.seq != account.last_event + 1 {
+            return Err(fail(format!("expected seq {}", account.last_event + 1)));
+        }
+        apply(account, &event, &mut Sink { out: &mut discard, request: None }).map_err(fail)?;
+        account.last_event = event.seq;
+        discard.clear();
+    }
+    Ok(accounts)
+}
+
+fn take_from_lots(account: &mut Account, draws: &[Draw]) -> Result<(), String> {
+    for draw in draws {
+        let lot = account.lots.get_mut(&draw.lot).ok_or_else(|| format!("draw from unknown lot {}", draw.lot))?;
+        if lot.remaining < draw.amount {
+            return Err(format!("lot {} has {} < {}", draw.lot, lot.remaining, draw.amount));
+        }
+        lot.remaining -= draw.amount;
+    }
+    Ok(())
+}
+
+fn apply(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<(), String> {
+    match &event.kind {
+        EventKind::PlanSet { plan, .. } => account.plan = Some(plan.clone()),
+        EventKind::CycleStarted { cycle } => {
+            // The plan's lots follow as their own events.
+            let plan = account.plan.take();
+            account.start_cycle(sink, *cycle);
+            account.plan = plan;
+        }
+        EventKind::LotGranted { lot, kind, amount, expires_ms, from_plan } => {
+            account.last_lot = account.last_lot.max(lot - 1);
+            let id = account.grant(sink, *kind, *amount, event.at_ms, *expires_ms, *from_plan);
+            if id != *lot {
+                return Err(format!("lot {lot} granted out of order"));
+            }
+            match (kind, from_plan) {
+                (LotKind::Plan, true) => account.cycle_plan_granted += amount,
+                (LotKind::Addon, true) => account.cycle_addon_granted += amount,
+                (LotKind::Trial, _) => account.trial_used = true,
+                _ => {}
+            }
+        }
+        EventKind::LotExpired { lot, .. } => {
+            if !account.lots.contains_key(lot) {
+                return Err(format!("unknown lot {lot} expired"));
+            }
+            account.expire_lot(sink, *lot, event.at_ms);
+        }
+        EventKind::UserLimitSet { user, limit } => {
+            let user = UserId::parse(user).map_err(|error| error.to_string())?;
+            account.users.entry(user).or_default().limit = *limit;
+        }
+        EventKind::Reserved { reservation, user, category, amount, draws, deadline_ms, labels } => {
+            take_from_lots(account, draws)?;
+            let opened_by = event.request_id.as_deref().map(RequestId::parse).transpose().map_err(|e| e.to_string())?;
+            account.last_reservation = account.last_reservation.max(*reservation);
+            account.reservations.insert(
+                *reservation,
+                Reservation {
+                    user: UserId::parse(user).map_err(|error| error.to_string())?,
+                    category: Category(category.clone()),
+                    state: ReservationState::Held,
+                    reserved: *amount,
+                    committed: 0,
+                    draws: draws.clone(),
+                    returned: 0,
+                    commit_count: 0,
+                    created_ms: event.at_ms,
+                    deadline_ms: *deadline_ms,
+                    closed_ms: None,
+                    labels: Labels::parse(labels.clone()).map_err(|error| error.to_string())?,
+                    opened_by,
+                    requests: HashMap::new(),
+                    usage_generation: account.cycle_generation,
+                    usage_counted: 0,
+                },
+            );
+            account.deadlines.insert((*deadline_ms, *reservation));
+            account.held += amount;
+            account.count_usage(*reservation, *amount);
+        }
+        EventKind::Extended { reservation, amount, draws, deadline_ms } => {
+            take_from_lots(account, draws)?;
+            let held = account.reservations.get_mut(reservation).ok_or("extend of an unknown reservation")?;
+            let old_deadline = held.deadline_ms;
+            held.deadline_ms = *deadline_ms;
+            held.reserved += amount;
+            for draw in draws {
+                match held.draws.iter_mut().find(|part| part.lot == draw.lot) {
+                    Some(part) => part.amount += draw.amount,
+                    None => held.draws.push(*draw),
+                }
+            }
+            account.deadlines.remove(&(old_deadline, *reservation));
+            account.deadlines.insert((*deadline_ms, *reservation));
+            account.held += amount;
+            account.count_usage(*reservation, *amount);
+        }
+        EventKind::Committed { reservation, amount, draws, business_key, already_charged, .. } => {
+            let held = account.reservations.get_mut(reservation).ok_or("commit on an unknown reservation")?;
+            for draw in draws {
+                let part =
+                    held.draws.iter_mut().find(|part| part.lot == draw.lot).ok_or("commit from a lot not held")?;
+                part.amount -= draw.amount;
+            }
+            held.draws.retain(|part| part.amount > 0);
+            held.committed += amount;
+            held.commit_count += 1;
+            account.held -= amount;
+            account.spent += amount;
+            if let Some(key) = business_key
+                && !already_charged
+            {
+                let key = super::types::BusinessKey::parse_optional(key).map_err(|e| e.to_string())?;
+                account.charged_keys.extend(key);
+            }
+        }
+        EventKind::Closed { reservation, state, returned, expired } => {
+            let held = account.reservations.get_mut(reservation).ok_or("close of an unknown reservation")?;
+            let total = draws_total(&std::mem::take(&mut held.draws));
+            if total != draws_total(returned) + expired {
+                return Err(format!("close releases {total}, record says {}", draws_total(returned) + expired));
+            }
+            held.state = *state;
+            held.returned = total;
+            held.closed_ms = Some(event.at_ms);
+            let deadline = held.deadline_ms;
+            account.deadlines.remove(&(deadline, *reservation));
+            for draw in returned {
+                let lot = account.lots.get_mut(&draw.lot).ok_or("return to an unknown lot")?;
+                lot.remaining += draw.amount;
+            }
+            account.held -= total;
+            account.expired += expired;
+            account.uncount_usage(*reservation, total);
+        }
+    }
+    Ok(())
+}
