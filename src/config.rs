@@ -32,6 +32,10 @@ pub struct Args {
     /// Treat --redis-url as the seed nodes of a Redis Cluster.
     #[arg(long, global = true)]
     pub redis_cluster: bool,
+    /// Where events settle: `postgres://…` or `sqlite://file.db` [default: a SQLite file
+    /// `credit-sidecar.db` in the working directory].
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +55,11 @@ struct FileConfig {
     redis_shards: Option<u32>,
     redis_timeout_ms: Option<u64>,
     redis_key_prefix: Option<String>,
+    database_url: Option<String>,
+    settle_batch_max: Option<usize>,
+    settle_claim_idle_ms: Option<u64>,
+    outbox_memory_max: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
     categories: Option<BTreeSet<String>>,
     price_book: Option<BTreeMap<String, i64>>,
     reservation_ttl_default_ms: Option<i64>,
@@ -69,10 +78,25 @@ pub enum EngineConfig {
     Redis(RedisSettings),
 }
 
+/// Settlement of events into SQL.
+#[derive(Clone, Debug)]
+pub struct SettleConfig {
+    pub database_url: String,
+    /// Most events per SQL transaction.
+    pub batch_max: usize,
+    /// Events another replica left unacknowledged this long are taken over.
+    pub claim_idle_ms: u64,
+    /// The embedded engine's outbox bound: beyond it, state changes are refused.
+    pub outbox_memory_max: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub engine: EngineConfig,
+    pub settle: SettleConfig,
+    /// How long a shutdown may take to finish calls and flush settlement.
+    pub shutdown_grace_ms: u64,
     /// How often the background sweep expires overdue holds and renews cycles.
     pub sweep_interval_ms: u64,
     pub rules: Rules,
@@ -81,6 +105,7 @@ pub struct Config {
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
 pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 1_000;
+pub const DATABASE_URL_DEFAULT: &str = "sqlite://credit-sidecar.db?mode=rwc";
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -104,6 +129,9 @@ impl Config {
         if args.redis_cluster {
             file.redis_cluster = Some(true);
         }
+        if let Some(url) = &args.database_url {
+            file.database_url = Some(url.clone());
+        }
         build(file)
     }
 
@@ -119,6 +147,11 @@ fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
 
 fn build(file: FileConfig) -> Result<Config, ConfigError> {
     let engine = engine(&file)?;
+    let settle = settle(&file)?;
+    let shutdown_grace_ms = file.shutdown_grace_ms.unwrap_or(10_000);
+    if !(100..=600_000).contains(&shutdown_grace_ms) {
+        return Err(ConfigError("shutdown_grace_ms: must be in 100..=600000".into()));
+    }
     let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
     let listen = listen_text
         .parse()
@@ -140,7 +173,27 @@ fn build(file: FileConfig) -> Result<Config, ConfigError> {
         request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
     };
     rules.validate().map_err(ConfigError)?;
-    Ok(Config { listen, engine, sweep_interval_ms, rules })
+    Ok(Config { listen, engine, settle, shutdown_grace_ms, sweep_interval_ms, rules })
+}
+
+fn settle(file: &FileConfig) -> Result<SettleConfig, ConfigError> {
+    let database_url = file.database_url.clone().unwrap_or_else(|| DATABASE_URL_DEFAULT.to_owned());
+    if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| database_url.starts_with(scheme)) {
+        return Err(ConfigError("database_url: must start with postgres://, postgresql:// or sqlite:".into()));
+    }
+    let batch_max = file.settle_batch_max.unwrap_or(1_000);
+    if !(1..=10_000).contains(&batch_max) {
+        return Err(ConfigError("settle_batch_max: must be in 1..=10000".into()));
+    }
+    let claim_idle_ms = file.settle_claim_idle_ms.unwrap_or(30_000);
+    if !(100..=3_600_000).contains(&claim_idle_ms) {
+        return Err(ConfigError("settle_claim_idle_ms: must be in 100..=3600000".into()));
+    }
+    let outbox_memory_max = file.outbox_memory_max.unwrap_or(100_000);
+    if !(1_000..=10_000_000).contains(&outbox_memory_max) {
+        return Err(ConfigError("outbox_memory_max: must be in 1000..=10000000".into()));
+    }
+    Ok(SettleConfig { database_url, batch_max, claim_idle_ms, outbox_memory_max })
 }
 
 fn engine(file: &FileConfig) -> Result<EngineConfig, ConfigError> {
@@ -203,6 +256,8 @@ mod tests {
             ("redis_url = \"http://x\"", "redis_url: "),
             ("redis_url = \"redis://a:1,redis://b:2\"", "redis_url: several URLs"),
             ("redis_url = \"redis://a:1\"\nredis_shards = 0", "redis_shards: "),
+            ("database_url = \"mysql://x\"", "database_url: "),
+            ("settle_batch_max = 0", "settle_batch_max: "),
         ];
         for (text, expected) in table {
             let error = Config::from_toml(text).unwrap_err().to_string();

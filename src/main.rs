@@ -7,8 +7,11 @@ use clap::Parser;
 use credit_sidecar::config::{Args, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
-use credit_sidecar::ledger::SystemClock;
-use credit_sidecar::server::{ServeOptions, serve};
+use credit_sidecar::ledger::{Ledger, SystemClock};
+use credit_sidecar::server::{ServeOptions, SettleSetup, serve};
+use credit_sidecar::settle::outbox::MemoryOutbox;
+use credit_sidecar::settle::settler::SettleOptions;
+use credit_sidecar::settle::store::Store;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,8 +29,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&config.settle.database_url).await?;
+    tracing::info!(database = ?store.backend(), "settling events into the database");
     let engine = match &config.engine {
-        EngineConfig::Embedded => Engine::embedded(config.rules.clone(), Arc::new(SystemClock)),
+        EngineConfig::Embedded => {
+            // The embedded engine's state is its settled ledger: rebuild it before serving.
+            let events = store.events(None).await?;
+            let restored = events.len();
+            let now = chrono::Utc::now().timestamp_millis();
+            let ledger = Ledger::restore(config.rules.request_id_retention_ms, now, events)?;
+            tracing::info!(events = restored, "embedded engine restored from the ledger");
+            let outbox = Arc::new(MemoryOutbox::new(config.settle.outbox_memory_max));
+            Engine::embedded_with(config.rules.clone(), Arc::new(SystemClock), ledger, Some(outbox))
+        }
         EngineConfig::Redis(settings) => {
             let redis = RedisEngine::connect(settings, config.rules.request_id_retention_ms).await?;
             Engine::redis(config.rules.clone(), redis)
@@ -35,10 +49,24 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, engine = engine.name(), "credit-sidecar serving gRPC");
-    let options = ServeOptions { sweep_interval: Duration::from_millis(config.sweep_interval_ms) };
+    let settle = SettleSetup {
+        store,
+        options: SettleOptions { batch_max: config.settle.batch_max, ..SettleOptions::default() },
+        consumer: consumer_name(),
+        claim_idle: Duration::from_millis(config.settle.claim_idle_ms),
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    let options =
+        ServeOptions { sweep_interval: Duration::from_millis(config.sweep_interval_ms), settle: Some(settle) };
     serve(listener, engine, options, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This process's name in the settlers' consumer group: unique per replica and start.
+fn consumer_name() -> String {
+    let started = chrono::Utc::now().timestamp_millis();
+    format!("sidecar-{}-{started}", std::process::id())
 }
 
 /// Resolves on SIGINT or SIGTERM.

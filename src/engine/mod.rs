@@ -15,9 +15,12 @@ use crate::ledger::command::{
     Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, PlanSet, Quoted, Released,
-    ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
+    AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Ledger, PlanSet, Quoted,
+    Released, ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
 };
+use crate::settle::outbox::MemoryOutbox;
+use crate::settle::settler::{SettleOptions, SettleStats, Settler};
+use crate::settle::store::Store;
 
 pub use embedded::EmbeddedEngine;
 
@@ -54,11 +57,23 @@ enum Backend {
 }
 
 impl Engine {
+    /// The embedded engine with nothing settled: its events are dropped (tests of the rules).
     pub fn embedded(rules: Rules, clock: Arc<dyn Clock>) -> Self {
-        let retention_ms = rules.request_id_retention_ms;
+        let ledger = Ledger::new(rules.request_id_retention_ms);
+        Self::embedded_with(rules, clock, ledger, None)
+    }
+
+    /// The embedded engine starting from `ledger` (e.g. restored from SQL), its events queued in
+    /// `outbox` for the settler.
+    pub fn embedded_with(
+        rules: Rules,
+        clock: Arc<dyn Clock>,
+        ledger: Ledger,
+        outbox: Option<Arc<MemoryOutbox>>,
+    ) -> Self {
         Self {
             rules: Arc::new(rules),
-            backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, retention_ms))),
+            backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, ledger, outbox))),
             swept_holds: Arc::default(),
         }
     }
@@ -193,6 +208,36 @@ impl Engine {
         };
         self.swept_holds.fetch_add(expired as u64, Ordering::Relaxed);
         Ok(expired)
+    }
+
+    /// Starts settling this engine's outbox into `store` until `stopped` fires; then flushes
+    /// (bounded by `grace`). `consumer` names this replica in the Redis consumer group; entries
+    /// another replica left unacknowledged for `claim_idle` are taken over.
+    pub async fn spawn_settler(
+        &self,
+        store: Store,
+        options: SettleOptions,
+        consumer: String,
+        claim_idle: std::time::Duration,
+        stopped: tokio::sync::watch::Receiver<()>,
+        grace: std::time::Duration,
+    ) -> Result<(tokio::task::JoinHandle<()>, Arc<SettleStats>)> {
+        match &self.backend {
+            Backend::Embedded(engine) => {
+                let Some(outbox) = engine.outbox() else {
+                    return Err(Error::Unavailable("this embedded engine keeps no outbox".into()));
+                };
+                let settler = Settler::new(outbox, store, options);
+                let stats = settler.stats();
+                Ok((tokio::spawn(settler.run(stopped, grace)), stats))
+            }
+            Backend::Redis(engine) => {
+                let outbox = redis::outbox::RedisOutbox::join(engine.clone(), consumer, claim_idle).await?;
+                let settler = Settler::new(Arc::new(outbox), store, options);
+                let stats = settler.stats();
+                Ok((tokio::spawn(settler.run(stopped, grace)), stats))
+            }
+        }
     }
 
     /// How many holds the sweep has expired since start.

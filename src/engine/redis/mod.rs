@@ -12,6 +12,7 @@
 
 pub mod events;
 mod keys;
+pub mod outbox;
 mod reply;
 
 use std::sync::{Arc, LazyLock};

@@ -1,0 +1,149 @@
+//! The settler: a background task in every replica that moves events from the engine's outbox
+//! into SQL. Read a bounded batch, write it in one transaction, and only then acknowledge it; a
+//! failed write is retried (the batch stays unacknowledged, so nothing is lost while the
+//! database is down), and a replica that dies mid-batch leaves its events to be claimed by
+//! another. Figures for operators are kept in [`SettleStats`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::outbox::Outbox;
+use super::store::Store;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SettleOptions {
+    /// Most events per batch (one SQL transaction).
+    pub batch_max: usize,
+    /// How long to wait when the outbox is empty before reading again.
+    pub idle_interval: Duration,
+    /// Longest pause between retries of a failed write.
+    pub retry_max: Duration,
+}
+
+impl Default for SettleOptions {
+    fn default() -> Self {
+        Self { batch_max: 1000, idle_interval: Duration::from_millis(50), retry_max: Duration::from_secs(2) }
+    }
+}
+
+/// Settlement figures, for metrics and health.
+#[derive(Debug, Default)]
+pub struct SettleStats {
+    /// Events newly written to SQL by this replica.
+    pub settled: AtomicU64,
+    /// Events in batches acknowledged by this replica (including ones already settled).
+    pub acknowledged: AtomicU64,
+    /// Writes that failed and were retried.
+    pub failures: AtomicU64,
+    /// Unsettled events in the outbox, as last measured.
+    pub backlog: AtomicU64,
+    /// Age of the oldest unsettled event in ms, as last measured.
+    pub lag_ms: AtomicI64,
+}
+
+pub struct Settler<O: Outbox> {
+    outbox: Arc<O>,
+    store: Store,
+    options: SettleOptions,
+    stats: Arc<SettleStats>,
+}
+
+impl<O: Outbox> Settler<O> {
+    pub fn new(outbox: Arc<O>, store: Store, options: SettleOptions) -> Self {
+        Self { outbox, store, options, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> Arc<SettleStats> {
+        self.stats.clone()
+    }
+
+    /// Settles until `stopped` changes or closes, then flushes what is left (bounded by
+    /// `grace`) and returns.
+    pub async fn run(self, mut stopped: watch::Receiver<()>, grace: Duration) {
+        loop {
+            match self.settle_batch(&mut stopped).await {
+                Some(count) if count == self.options.batch_max => continue,
+                Some(_) => {}
+                None => break,
+            }
+            self.measure().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.idle_interval) => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        if tokio::time::timeout(grace, self.flush()).await.is_err() {
+            tracing::warn!("settlement did not finish within the shutdown grace period; events wait in the outbox");
+        }
+    }
+
+    /// Settles everything the outbox holds now; returns how many events it acknowledged.
+    pub async fn flush(&self) -> u64 {
+        let (_keep, mut never) = watch::channel(());
+        let mut total = 0;
+        while let Some(count) = self.settle_batch(&mut never).await {
+            total += count as u64;
+            if count == 0 {
+                break;
+            }
+        }
+        self.measure().await;
+        total
+    }
+
+    /// Reads one batch, writes it (retrying until it lands or `stopped` fires), acknowledges it.
+    /// Returns the batch size, or None when stopped.
+    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<usize> {
+        let (events, token) = match self.outbox.read(self.options.batch_max).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Some(0),
+            Err(error) => {
+                tracing::warn!(%error, "reading the outbox failed; will retry");
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                return self.pause(stopped, self.options.retry_max).await.then_some(0);
+            }
+        };
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            match self.store.write(&events, now).await {
+                Ok(new) => {
+                    self.stats.settled.fetch_add(new as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(error) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, events = events.len(), "settling a batch failed; retrying");
+                    if !self.pause(stopped, pause).await {
+                        return None;
+                    }
+                    pause = (pause * 2).min(self.options.retry_max);
+                }
+            }
+        }
+        if let Err(error) = self.outbox.ack(token).await {
+            // The batch is in SQL; unacknowledged, it will be delivered again and change nothing.
+            tracing::warn!(%error, "acknowledging a settled batch failed");
+        }
+        self.stats.acknowledged.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Some(events.len())
+    }
+
+    /// Waits `pause`, or less if stopped; false when stopped.
+    async fn pause(&self, stopped: &mut watch::Receiver<()>, pause: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = stopped.changed() => false,
+        }
+    }
+
+    async fn measure(&self) {
+        if let Ok(backlog) = self.outbox.backlog().await {
+            self.stats.backlog.store(backlog.events, Ordering::Relaxed);
+            self.stats.lag_ms.store(backlog.oldest_ms, Ordering::Relaxed);
+        }
+    }
+}
