@@ -21,13 +21,16 @@ pub struct Backlog {
     pub oldest_ms: i64,
 }
 
+/// A batch read from an outbox, with what acknowledging it takes.
+pub type Batch<T> = Option<(Vec<Event>, T)>;
+
 pub trait Outbox: Send + Sync + 'static {
     /// What `ack` needs to forget a batch.
     type Token: Send;
 
     /// Up to `max` events not yet settled (including ones a dead replica left behind), or
     /// `None` when there are none.
-    fn read(&self, max: usize) -> impl Future<Output = Result<Option<(Vec<Event>, Self::Token)>, String>> + Send;
+    fn read(&self, max: usize) -> impl Future<Output = Result<Batch<Self::Token>, String>> + Send;
 
     /// The batch is settled: forget it.
     fn ack(&self, token: Self::Token) -> impl Future<Output = Result<(), String>> + Send;
@@ -78,7 +81,7 @@ impl Outbox for MemoryOutbox {
     /// How many events, from the front, the batch took.
     type Token = usize;
 
-    async fn read(&self, max: usize) -> Result<Option<(Vec<Event>, usize)>, String> {
+    async fn read(&self, max: usize) -> Result<Batch<usize>, String> {
         let queue = self.lock();
         if queue.is_empty() {
             return Ok(None);

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use super::{RedisEngine, events};
 use crate::engine::Error;
 use crate::ledger::event::Event;
-use crate::settle::outbox::{Backlog, Outbox};
+use crate::settle::outbox::{Backlog, Batch, Outbox};
 
 pub const GROUP: &str = "settlers";
 
@@ -163,7 +163,7 @@ impl RedisOutbox {
 impl Outbox for RedisOutbox {
     type Token = Token;
 
-    async fn read(&self, max: usize) -> Result<Option<(Vec<Event>, Token)>, String> {
+    async fn read(&self, max: usize) -> Result<Batch<Token>, String> {
         let shards = self.engine.layout.shards;
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % shards;
         let claim = self.claim_due().await;
