@@ -13,7 +13,6 @@ use tokio::sync::Mutex;
 
 use super::{RedisEngine, events};
 use crate::engine::Error;
-use crate::ledger::event::Event;
 use crate::settle::outbox::{Backlog, Batch, Outbox};
 
 pub const GROUP: &str = "settlers";
