@@ -42,6 +42,18 @@ pub struct Args {
 pub enum Command {
     /// Serve the gRPC API (the default).
     Serve,
+    /// Compare Redis with the SQL ledger; print every drift; exit 1 when there is any.
+    Verify {
+        /// One account (default: every account in the ledger).
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Re-create Redis state from the SQL ledger (after a Redis loss, or to repair drift).
+    Rebuild {
+        /// One account (default: every account in the ledger).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 /// The file's shape; every field optional, unknown fields refused.

@@ -3,6 +3,7 @@
 //!
 //! Codemap (dependencies point down this list, never up):
 //! - [`config`]: the one place that reads flags and files; typed and validated.
+//! - [`maintenance`]: the `verify` and `rebuild` commands (Redis against the SQL ledger).
 //! - [`server`]: wiring — the gRPC services, the background expiry sweep, shutdown.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
@@ -15,5 +16,6 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod ledger;
+pub mod maintenance;
 pub mod server;
 pub mod settle;

@@ -7,7 +7,8 @@ use clap::Parser;
 use credit_sidecar::config::{Args, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
-use credit_sidecar::ledger::{Ledger, SystemClock};
+use credit_sidecar::ledger::{AccountId, Ledger, SystemClock};
+use credit_sidecar::maintenance;
 use credit_sidecar::server::{ServeOptions, SettleSetup, serve};
 use credit_sidecar::settle::outbox::MemoryOutbox;
 use credit_sidecar::settle::settler::SettleOptions;
@@ -25,6 +26,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(&args)?;
     match args.command.unwrap_or(Command::Serve) {
         Command::Serve => run(config).await,
+        Command::Verify { account } => {
+            let drift = maintain(&config, account, Maintenance::Verify).await?;
+            if drift > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Rebuild { account } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
+    }
+}
+
+enum Maintenance {
+    Verify,
+    Rebuild,
+}
+
+/// Runs `verify` (returns the number of drifts) or `rebuild` against the configured Redis.
+async fn maintain(
+    config: &Config,
+    account: Option<String>,
+    what: Maintenance,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let EngineConfig::Redis(settings) = &config.engine else {
+        return Err("verify and rebuild compare Redis with the ledger: set redis_url / REDIS_URL".into());
+    };
+    let account = account.map(|id| AccountId::parse(&id)).transpose()?;
+    let store = Store::connect(&config.settle.database_url).await?;
+    let retention = config.rules.request_id_retention_ms;
+    let redis = RedisEngine::connect(settings, retention).await?;
+    match what {
+        Maintenance::Verify => {
+            let drift = maintenance::verify(&store, &redis, retention, account.as_ref()).await?;
+            for line in &drift {
+                println!("{line}");
+            }
+            println!("{} drift(s)", drift.len());
+            Ok(drift.len())
+        }
+        Maintenance::Rebuild => {
+            let written = maintenance::rebuild(&store, &redis, retention, account.as_ref()).await?;
+            println!("rebuilt {written} account(s) from the ledger");
+            Ok(0)
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod event;
 pub mod model;
 pub mod replay;
 pub mod rules;
+pub mod snapshot;
 pub mod types;
 pub mod wire;
 

@@ -502,6 +502,11 @@ impl Ledger {
         Ok(())
     }
 
+    /// A complete copy of one account's state (for writing it into another engine).
+    pub fn snapshot(&self, id: &AccountId) -> Option<super::snapshot::AccountSnapshot> {
+        self.accounts.get(id).map(super::snapshot::AccountSnapshot::of)
+    }
+
     pub fn account_ids(&self) -> Vec<AccountId> {
         let mut ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
         ids.sort();

@@ -74,6 +74,7 @@ struct Scripts {
     reservation: Script,
     list: Script,
     sweep_account: Script,
+    restore: Script,
     due: Script,
 }
 
@@ -91,6 +92,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reservation: script!("reservation.lua"),
     list: script!("list.lua"),
     sweep_account: script!("sweep_account.lua"),
+    restore: script!("restore.lua"),
     due: Script::new(include_str!("lua/due.lua")),
 });
 
@@ -195,6 +197,16 @@ impl RedisEngine {
             Ok(result) => result.map_err(unavailable),
             Err(_) => Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
         }
+    }
+
+    /// The engine's now: the test clock, or Redis `TIME`.
+    pub async fn now(&self) -> Result<Millis> {
+        if let Some(clock) = &self.test_clock {
+            return Ok(clock.now_ms());
+        }
+        let mut connection = self.connection.clone();
+        let (seconds, micros): (i64, i64) = self.bounded(redis::cmd("TIME").query_async(&mut connection)).await?;
+        Ok(seconds * 1000 + micros / 1000)
     }
 
     fn now_arg(&self) -> String {
@@ -438,6 +450,21 @@ impl RedisEngine {
             }
         }
         Ok(all)
+    }
+
+    /// Replaces an account's state with `snapshot` (the `rebuild` command).
+    pub async fn restore_account(&self, snapshot: &crate::ledger::snapshot::AccountSnapshot) -> Result<()> {
+        let account = AccountId::parse(&snapshot.account)?;
+        let keys = self.layout.account_keys(&account);
+        let mut invocation = SCRIPTS.restore.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        let snapshot = serde_json::to_string(snapshot).expect("snapshot serialises");
+        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg(snapshot).arg("");
+        let mut connection = self.connection.clone();
+        self.bounded(invocation.invoke_async::<i64>(&mut connection)).await?;
+        Ok(())
     }
 
     async fn sweep_account(&self, account: &AccountId) -> Result<String> {

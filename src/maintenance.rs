@@ -1,0 +1,120 @@
+//! The `verify` and `rebuild` commands: the SQL ledger is the system of record, and the Redis
+//! state of an account must be what replaying its settled events gives.
+//!
+//! - [`verify`] replays each account's events into the reference model and compares the result
+//!   with what Redis holds now, field by field. Events still waiting in the outbox show up as
+//!   drift too: run it with settlement caught up (the backlog is reported).
+//! - [`rebuild`] writes the replayed state into Redis, replacing what is there: after a Redis
+//!   loss, or to repair drift that `verify` found. Remembered request ids are not restored.
+
+use crate::engine::Error as EngineError;
+use crate::engine::redis::RedisEngine;
+use crate::ledger::{AccountId, AccountView, Ledger, Millis};
+use crate::settle::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Replay(#[from] crate::ledger::replay::ReplayError),
+}
+
+/// One difference between the ledger and Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    pub account: AccountId,
+    pub what: String,
+    pub ledger: String,
+    pub redis: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: ledger {} / redis {}", self.account, self.what, self.ledger, self.redis)
+    }
+}
+
+/// The accounts to act on: one, or every account the ledger knows.
+async fn accounts(store: &Store, account: Option<&AccountId>) -> Result<Vec<AccountId>, MaintenanceError> {
+    Ok(match account {
+        Some(account) => vec![account.clone()],
+        None => store.accounts().await?,
+    })
+}
+
+/// The account as its settled events leave it, caught up to `now`.
+async fn replayed(
+    store: &Store,
+    account: &AccountId,
+    retention_ms: Millis,
+    now: Millis,
+) -> Result<Ledger, MaintenanceError> {
+    let events = store.events(Some(account)).await?;
+    Ok(Ledger::restore(retention_ms, now, events)?)
+}
+
+fn compare(account: &AccountId, ledger: &AccountView, redis: &AccountView) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let mut check = |what: &str, left: String, right: String| {
+        if left != right {
+            drift.push(Drift { account: account.clone(), what: what.to_owned(), ledger: left, redis: right });
+        }
+    };
+    check("totals", format!("{:?}", ledger.totals), format!("{:?}", redis.totals));
+    check("cycle", format!("{:?}", ledger.cycle), format!("{:?}", redis.cycle));
+    check("plan", format!("{:?}", ledger.plan), format!("{:?}", redis.plan));
+    check("lots", format!("{:?}", ledger.lots), format!("{:?}", redis.lots));
+    check("trial", ledger.trial_used.to_string(), redis.trial_used.to_string());
+    check("users", format!("{:?}", ledger.users), format!("{:?}", redis.users));
+    check("open reservations", ledger.open_reservations.to_string(), redis.open_reservations.to_string());
+    drift
+}
+
+/// Compares Redis with the ledger for one account or all; returns every difference found.
+pub async fn verify(
+    store: &Store,
+    redis: &RedisEngine,
+    retention_ms: Millis,
+    account: Option<&AccountId>,
+) -> Result<Vec<Drift>, MaintenanceError> {
+    let mut drift = Vec::new();
+    for account in accounts(store, account).await? {
+        let now = redis.now().await?;
+        let expected = replayed(store, &account, retention_ms, now).await?.account(now, &account);
+        let Ok(expected) = expected else { continue };
+        match redis.account(&account).await {
+            Ok(actual) => drift.extend(compare(&account, &expected, &actual)),
+            Err(EngineError::Ledger(crate::ledger::Error::AccountNotFound(_))) => drift.push(Drift {
+                account: account.clone(),
+                what: "account".into(),
+                ledger: format!("{:?}", expected.totals),
+                redis: "missing".into(),
+            }),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(drift)
+}
+
+/// Re-creates one account's or every account's Redis state from the ledger; returns how many
+/// accounts were written.
+pub async fn rebuild(
+    store: &Store,
+    redis: &RedisEngine,
+    retention_ms: Millis,
+    account: Option<&AccountId>,
+) -> Result<usize, MaintenanceError> {
+    let mut written = 0;
+    for account in accounts(store, account).await? {
+        let now = redis.now().await?;
+        let ledger = replayed(store, &account, retention_ms, now).await?;
+        if let Some(snapshot) = ledger.snapshot(&account) {
+            redis.restore_account(&snapshot).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
