@@ -62,7 +62,7 @@ pub async fn serve(
     };
     let result = tonic::transport::Server::builder()
         .add_service(AuthorizerService::new(engine.clone()).into_server())
-        .add_service(AdminService::new(engine).into_server())
+        .add_service(AdminService::new(engine, options.settle.as_ref().map(|setup| setup.store.clone())).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     drop(stop_sweep);

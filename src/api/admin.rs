@@ -6,16 +6,26 @@ use super::convert;
 use super::pb::{self, credit_admin_server::CreditAdmin};
 use super::status::invalid;
 use crate::engine::Engine;
+use crate::ledger::ReservationId;
 use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{AccountId, Decision, Error};
+use crate::settle::store::{Store, StoreError};
 
 pub struct AdminService {
     engine: Engine,
+    /// The durable ledger, for usage and settled reservations.
+    store: Option<Store>,
 }
 
 impl AdminService {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    pub fn new(engine: Engine, store: Option<Store>) -> Self {
+        Self { engine, store }
+    }
+
+    fn store(&self) -> Result<&Store, Status> {
+        self.store.as_ref().ok_or_else(|| {
+            Status::failed_precondition("usage comes from the durable ledger, and no database is configured")
+        })
     }
 
     pub fn into_server(self) -> pb::credit_admin_server::CreditAdminServer<Self> {
@@ -118,12 +128,52 @@ impl CreditAdmin for AdminService {
                     .map_err(|_| invalid(Error::invalid("page_token", "not a token from a previous page")))?,
             ),
         };
+        if request.settled {
+            let state = state.map(crate::ledger::wire::state_name);
+            let rows = self.store()?.reservations(&account, state, page_size, before).await.map_err(unavailable)?;
+            let next = (rows.len() == page_size).then(|| rows.last().map(|row| row.seq.to_string())).flatten();
+            return Ok(Response::new(pb::ListReservationsResponse {
+                reservations: rows.into_iter().map(|row| convert::settled_reservation(&account, row)).collect(),
+                next_page_token: next.unwrap_or_default(),
+            }));
+        }
         let (page, next) = self.engine.list_reservations(&account, state, page_size, before).await?;
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: page.into_iter().map(convert::reservation).collect(),
             next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
         }))
     }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let request = request.into_inner();
+        let account = AccountId::parse(&request.account_id).map_err(invalid)?;
+        let cycle = match request.cycle_start_unix_ms {
+            0 => None,
+            at => Some(crate::ledger::check_instant("cycle_start_unix_ms", at).map_err(invalid)?),
+        };
+        let reservation = match request.reservation_id.as_str() {
+            "" => None,
+            id => {
+                let id = ReservationId::parse(id).map_err(invalid)?;
+                if id.account != account {
+                    return Err(invalid(Error::invalid("reservation_id", "belongs to another account")));
+                }
+                Some(id)
+            }
+        };
+        let store = self.store()?;
+        let rows = store.usage(&account, cycle).await.map_err(unavailable)?;
+        let line_items = match &reservation {
+            Some(id) => store.line_items(&account, id.seq).await.map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        Ok(Response::new(convert::usage(rows, line_items)))
+    }
+}
+
+/// The durable store could not answer: the caller may retry.
+fn unavailable(error: StoreError) -> Status {
+    super::status::to_status(crate::engine::Error::Unavailable(error.to_string()))
 }
 
 /// Builds a Grant/StartTrial response from a decision.

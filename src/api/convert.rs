@@ -290,3 +290,55 @@ pub fn plan(plan: Plan) -> pb::Plan {
         addon_credits: plan.addon_credits,
     }
 }
+
+pub fn settled_reservation(account: &AccountId, row: crate::settle::store::SettledReservation) -> pb::Reservation {
+    let state = crate::ledger::wire::state(&row.state).map_or(pb::ReservationState::Unspecified, state);
+    let held = if row.closed_ms.is_some() { 0 } else { row.reserved - row.committed - row.returned };
+    pb::Reservation {
+        reservation_id: ReservationId { account: account.clone(), seq: row.seq }.to_string(),
+        account_id: account.to_string(),
+        user_id: row.user,
+        category: row.category,
+        state: state as i32,
+        reserved: row.reserved,
+        committed: row.committed,
+        held,
+        returned: row.returned,
+        commit_count: row.commit_count,
+        created_unix_ms: row.created_ms,
+        deadline_unix_ms: row.deadline_ms,
+        closed_unix_ms: row.closed_ms.unwrap_or(0),
+        labels: row.labels.into_iter().collect(),
+    }
+}
+
+pub fn usage(
+    rows: Vec<crate::settle::store::UsageRow>,
+    line_items: Vec<crate::settle::store::LineItem>,
+) -> pb::GetUsageResponse {
+    let mut response = pb::GetUsageResponse::default();
+    for row in rows {
+        response.spent += row.spent;
+        *response.spent_by_category.entry(row.category.clone()).or_default() += row.spent;
+        *response.spent_by_user.entry(row.user.clone()).or_default() += row.spent;
+        response.totals.push(pb::UsageTotal {
+            cycle_start_unix_ms: row.cycle_start_ms,
+            user_id: row.user,
+            category: row.category,
+            spent: row.spent,
+            commits: row.commits,
+        });
+    }
+    response.line_items = line_items
+        .into_iter()
+        .map(|item| pb::LineItem {
+            at_unix_ms: item.at_ms,
+            amount: item.amount,
+            business_key: item.business_key.unwrap_or_default(),
+            already_charged: item.already_charged,
+            labels: item.labels.into_iter().collect(),
+            request_id: item.request_id.unwrap_or_default(),
+        })
+        .collect();
+    response
+}

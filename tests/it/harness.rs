@@ -107,10 +107,19 @@ impl Harness {
         redis: Option<RedisServer>,
         sweep_interval: Duration,
     ) -> Self {
+        Self::serve_settled(clock, engine, redis, ServeOptions { sweep_interval, settle: None }).await
+    }
+
+    /// Serves with the given options (e.g. with a settler).
+    pub async fn serve_settled(
+        clock: ManualClock,
+        engine: Engine,
+        redis: Option<RedisServer>,
+        options: ServeOptions,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions { sweep_interval };
         let server = tokio::spawn({
             let engine = engine.clone();
             async move {

@@ -9,3 +9,4 @@ mod model_props;
 mod redis_faults;
 mod rules;
 mod servers;
+mod settle;

@@ -474,6 +474,7 @@ async fn get_account_and_list_reservations(h: Harness) {
         state: state as i32,
         page_size,
         page_token,
+        settled: false,
     };
     let first =
         admin.list_reservations(list(pb::ReservationState::Unspecified, 2, String::new())).await.unwrap().into_inner();
@@ -634,8 +635,7 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         request_id: "l".into(),
     };
     assert!(admin.set_user_limit(limit).await.unwrap_err().message().starts_with("limit: "));
-    let list =
-        pb::ListReservationsRequest { account_id: "acme".into(), state: 0, page_size: 5000, page_token: String::new() };
+    let list = pb::ListReservationsRequest { account_id: "acme".into(), page_size: 5000, ..Default::default() };
     assert!(admin.list_reservations(list).await.unwrap_err().message().starts_with("page_size: "));
 
     assert_eq!(h.totals("acme").await, before, "bad input changed nothing");

@@ -1,0 +1,291 @@
+//! Settlement end to end: operations through gRPC, events through the outbox and the settler,
+//! rows in SQL — exactly once, whatever stops, restarts or runs twice in between.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use credit_sidecar::api::pb;
+use credit_sidecar::engine::Engine;
+use credit_sidecar::engine::redis::RedisEngine;
+use credit_sidecar::engine::redis::outbox::RedisOutbox;
+use credit_sidecar::ledger::{AccountId, Clock, Ledger, ManualClock, Rules};
+use credit_sidecar::maintenance;
+use credit_sidecar::server::{ServeOptions, SettleSetup};
+use credit_sidecar::settle::outbox::{MemoryOutbox, Outbox};
+use credit_sidecar::settle::settler::{SettleOptions, Settler};
+use credit_sidecar::settle::store::Store;
+use tokio::sync::watch;
+
+use crate::harness::*;
+use crate::servers::RedisServer;
+
+const RETENTION: i64 = 86_400_000;
+
+/// A SQLite ledger in its own directory.
+async fn sqlite_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display());
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
+    SettleSetup {
+        store: store.clone(),
+        options: SettleOptions { batch_max: 64, idle_interval: Duration::from_millis(5), ..SettleOptions::default() },
+        consumer: consumer.into(),
+        claim_idle: Duration::from_millis(200),
+        grace: Duration::from_secs(20),
+    }
+}
+
+fn settled_options(store: &Store, consumer: &str) -> ServeOptions {
+    ServeOptions { sweep_interval: Duration::from_secs(3600), settle: Some(settle_setup(store, consumer)) }
+}
+
+/// A day of traffic on two accounts: every kind of change, including expiries and a renewal.
+/// Returns the reservation ids it made.
+async fn workload(h: &Harness) -> Vec<String> {
+    h.account("acme", 1_000).await;
+    h.account("globex", 500).await;
+    h.set_user_limit("acme", "ann", Some(300)).await;
+    h.grant("acme", pb::LotKind::Promo, 50, t0() + HOUR).await;
+    let mut ids = Vec::new();
+    for round in 0..12 {
+        let id = h.hold("acme", if round % 2 == 0 { "ann" } else { "bob" }, 40).await;
+        let provider = HashMap::from([("provider".to_owned(), format!("p{}", round % 3))]);
+        h.commit_with(&id, 5, false, &format!("contact:{}", round % 5), provider).await;
+        match round % 4 {
+            0 => {
+                h.release(&id).await;
+            }
+            1 => {
+                h.commit(&id, 10, true).await;
+            }
+            2 => {
+                h.extend(&id, 5, 20 * MINUTE).await;
+            }
+            _ => {}
+        }
+        ids.push(id);
+        ids.push(h.hold("globex", "cy", 7).await);
+    }
+    h.advance(2 * HOUR).await; // holds expire, the promo lot expires
+    h.clock.set(ms(2026, 3, 31, 0)); // renewal
+    h.advance(0).await;
+    // Holds still open at the end.
+    for user in ["ann", "bob"] {
+        ids.push(h.reserve("acme", user, 20, DAY).await.reservation_id);
+    }
+    ids
+}
+
+/// A reservation as the engine holds it, or None once purged (retention past its close).
+async fn held_reservation(h: &Harness, id: &str) -> Option<pb::Reservation> {
+    let request = pb::GetReservationRequest { reservation_id: id.into() };
+    match h.auth.clone().get_reservation(request).await {
+        Ok(response) => response.into_inner().reservation,
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => panic!("{id}: {status}"),
+    }
+}
+
+async fn account_view(h: &Harness, account: &str) -> pb::GetAccountResponse {
+    h.admin.clone().get_account(pb::GetAccountRequest { account_id: account.into() }).await.unwrap().into_inner()
+}
+
+/// SQL's totals for an account equal the engine's; its events run 1..=last without gaps.
+async fn assert_settled(store: &Store, h: &Harness, account: &str) {
+    let totals = h.totals(account).await;
+    let settled = store.totals(&AccountId::parse(account).unwrap()).await.unwrap().expect("account settled");
+    assert_eq!(
+        (settled.granted, settled.held, settled.spent, settled.expired, settled.available()),
+        (totals.granted, totals.held, totals.spent, totals.expired, totals.available),
+        "{account}: SQL totals differ from the engine's"
+    );
+    assert_eq!(settled.events, settled.last_seq, "{account}: events lost or doubled");
+}
+
+/// The embedded default: events settle into SQLite, and a restarted engine rebuilt from them
+/// answers exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_events_settle_and_a_restart_restores_them() {
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let outbox = Arc::new(MemoryOutbox::new(100_000));
+    let engine =
+        Engine::embedded_with(Rules::default(), Arc::new(clock.clone()), Ledger::new(RETENTION), Some(outbox.clone()));
+    let h = Harness::serve_settled(clock.clone(), engine, None, settled_options(&store, "embedded")).await;
+    let ids = workload(&h).await;
+    let before = (account_view(&h, "acme").await, account_view(&h, "globex").await);
+    let mut reservations = Vec::new();
+    for id in &ids {
+        reservations.push(held_reservation(&h, id).await);
+    }
+    assert!(reservations.iter().any(Option::is_some), "nothing left to compare");
+    assert_settled_after_stop(h, &store, &outbox).await;
+
+    let events = store.events(None).await.unwrap();
+    let ledger = Ledger::restore(RETENTION, clock.now_ms(), events).unwrap();
+    let engine = Engine::embedded_with(
+        Rules::default(),
+        Arc::new(clock.clone()),
+        ledger,
+        Some(Arc::new(MemoryOutbox::new(1_000))),
+    );
+    let h = Harness::serve_settled(clock, engine, None, settled_options(&store, "embedded")).await;
+    assert_eq!((account_view(&h, "acme").await, account_view(&h, "globex").await), before);
+    for (id, expected) in ids.iter().zip(reservations) {
+        assert_eq!(held_reservation(&h, id).await, expected, "{id} after the restart");
+    }
+
+    // Usage, from SQL.
+    let usage = |reservation_id: &str| pb::GetUsageRequest {
+        account_id: "acme".into(),
+        cycle_start_unix_ms: 0,
+        reservation_id: reservation_id.into(),
+    };
+    let report = h.admin.clone().get_usage(usage(&ids[0])).await.unwrap().into_inner();
+    let spent = before.0.totals.unwrap().spent;
+    assert_eq!(report.spent, spent);
+    assert_eq!(report.spent_by_category["enrichment"], spent);
+    assert_eq!(report.spent_by_user.values().sum::<i64>(), spent);
+    assert!(report.spent_by_user["ann"] > 0 && report.spent_by_user["bob"] > 0, "{:?}", report.spent_by_user);
+    assert_eq!(report.totals.iter().map(|row| row.commits).sum::<i64>(), 12 + 3, "12 keyed commits, 3 final ones");
+    // The first reservation's one commit, with its provider and business key.
+    assert_eq!(report.line_items.len(), 1);
+    let item = &report.line_items[0];
+    assert_eq!((item.amount, item.business_key.as_str(), item.labels["provider"].as_str()), (5, "contact:0", "p0"));
+    let foreign = h.admin.clone().get_usage(usage(&ids[1])).await.unwrap_err();
+    assert_eq!(foreign.code(), tonic::Code::InvalidArgument, "{foreign}");
+    // Every reservation ever made is listed from the ledger.
+    let list =
+        pb::ListReservationsRequest { account_id: "acme".into(), settled: true, page_size: 1000, ..Default::default() };
+    let settled = h.admin.clone().list_reservations(list).await.unwrap().into_inner().reservations;
+    assert_eq!(settled.len(), 14);
+    assert_eq!(settled[0].reservation_id, ids[ids.len() - 1], "newest first");
+}
+
+async fn assert_settled_after_stop(h: Harness, store: &Store, outbox: &MemoryOutbox) {
+    let totals = (h.totals("acme").await, h.totals("globex").await);
+    let check = Harness::serve(h.clock.clone(), h.engine.clone(), None, Duration::from_secs(3600)).await;
+    h.stop().await; // the final flush
+    assert!(outbox.is_empty(), "events left unsettled after shutdown");
+    assert_settled(store, &check, "acme").await;
+    assert_settled(store, &check, "globex").await;
+    assert_eq!((check.totals("acme").await, check.totals("globex").await), totals);
+}
+
+/// Two replicas settle one Redis at once, during the traffic: every event lands exactly once
+/// (the events each newly wrote add up to all of them), and both took part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_settling_at_once_write_each_event_once() {
+    let server = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let rules = Rules::default();
+    let (stop, stopped) = watch::channel(());
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let engine = redis_engine(&rules, &settings, &clock).await;
+        let options = settle_setup(&store, name).options;
+        let grace = Duration::from_secs(20);
+        let claim = Duration::from_secs(30);
+        replicas.push(
+            engine.spawn_settler(store.clone(), options, name.into(), claim, stopped.clone(), grace).await.unwrap(),
+        );
+    }
+    let h =
+        Harness::serve(clock.clone(), redis_engine(&rules, &settings, &clock).await, None, Duration::from_secs(3600))
+            .await;
+    workload(&h).await;
+    drop((stop, stopped));
+    let mut written = Vec::new();
+    for (task, stats) in replicas {
+        task.await.unwrap();
+        written.push(stats.settled.load(Ordering::Relaxed));
+    }
+    assert_settled(&store, &h, "acme").await;
+    assert_settled(&store, &h, "globex").await;
+    assert_eq!(
+        written.iter().sum::<u64>(),
+        store.event_count().await.unwrap() as u64,
+        "written per replica: {written:?}"
+    );
+    assert!(written.iter().all(|count| *count > 0), "a replica settled nothing: {written:?}");
+}
+
+/// A replica reads a batch and dies before acknowledging it: another claims those events once
+/// they have been idle long enough and settles them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dying_mid_batch_leaves_its_events_to_another() {
+    let server = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let rules = Rules::default();
+    let h =
+        Harness::serve(clock.clone(), redis_engine(&rules, &settings, &clock).await, None, Duration::from_secs(3600))
+            .await;
+    workload(&h).await;
+    let retention = rules.request_id_retention_ms;
+    let dying = RedisEngine::connect_with_test_clock(&settings, retention, Arc::new(clock.clone())).await.unwrap();
+    let dead = RedisOutbox::join(Arc::new(dying), "dies".into(), Duration::from_millis(200)).await.unwrap();
+    let (taken, _token) = dead.read(100).await.unwrap().expect("events to read");
+    drop(dead); // dies holding them: never acknowledged
+
+    let survivor = RedisEngine::connect_with_test_clock(&settings, retention, Arc::new(clock.clone())).await.unwrap();
+    let outbox =
+        Arc::new(RedisOutbox::join(Arc::new(survivor), "survives".into(), Duration::from_millis(200)).await.unwrap());
+    let settler = Settler::new(outbox.clone(), store.clone(), SettleOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        settler.flush().await;
+        if outbox.backlog().await.unwrap().events == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dead replica's events were never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!taken.is_empty());
+    assert_settled(&store, &h, "acme").await;
+    assert_settled(&store, &h, "globex").await;
+}
+
+/// Redis loses everything: `verify` sees it, `rebuild` restores every account from the ledger,
+/// and `verify` then finds Redis and the ledger in agreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_restores_a_flushed_redis_that_verify_then_finds_consistent() {
+    let server = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let rules = Rules::default();
+    let engine = redis_engine(&rules, &settings, &clock).await;
+    let h = Harness::serve_settled(clock.clone(), engine, None, settled_options(&store, "a")).await;
+    let ids = workload(&h).await;
+    let before = (account_view(&h, "acme").await, account_view(&h, "globex").await);
+    let check = Harness::serve(clock.clone(), h.engine.clone(), None, Duration::from_secs(3600)).await;
+    h.stop().await;
+
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    assert_eq!(maintenance::verify(&store, &redis, RETENTION, None).await.unwrap(), vec![]);
+    assert_eq!(server.cli(&["flushall"]), "OK");
+    let drift = maintenance::verify(&store, &redis, RETENTION, None).await.unwrap();
+    assert_eq!(drift.len(), 2, "both accounts missing: {drift:?}");
+    assert_eq!(maintenance::rebuild(&store, &redis, RETENTION, None).await.unwrap(), 2);
+    assert_eq!(maintenance::verify(&store, &redis, RETENTION, None).await.unwrap(), vec![]);
+    assert_eq!((account_view(&check, "acme").await, account_view(&check, "globex").await), before);
+    // Open holds came back too: they can still be committed.
+    let open: Vec<&String> = ids.iter().filter(|id| id.starts_with("acme/")).collect();
+    let mut committed = 0;
+    for id in open {
+        if held_reservation(&check, id).await.is_some_and(|r| r.state() == pb::ReservationState::Held) {
+            assert_eq!(check.commit(id, 1, true).await.outcome(), pb::Outcome::Ok);
+            committed += 1;
+        }
+    }
+    assert!(committed > 0, "the workload left no open hold to check");
+}
