@@ -1,0 +1,255 @@
+//! Settlement benchmark (a command, not a test): how fast events settle from the Redis outbox
+//! into PostgreSQL, and how long a commit takes to reach its SQL row under steady load.
+//!
+//! ```text
+//! cargo run --release --example settle_bench -- \
+//!     [--redis redis://127.0.0.1:6379/] [--database postgres://postgres@127.0.0.1:5432/test] \
+//!     [--events 100000] [--rate 2000] [--seconds 10] [--batch 1000]
+//! ```
+//! Phase 1 fills the outbox with `--events` events (no settler running), then drains it with
+//! one settler loop, timing reading, writing and acknowledging separately: events/s.
+//! Phase 2 runs a settler while issuing commits at `--rate` per second for `--seconds`, then
+//! reads each commit's lag (its SQL row's `settled_ms` minus the event's Redis time) from SQL:
+//! p50 / p99 / max. Keys use a fresh prefix and accounts a fresh name, so runs do not mix.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credit_sidecar::engine::redis::outbox::RedisOutbox;
+use credit_sidecar::engine::redis::{RedisEngine, RedisSettings};
+use credit_sidecar::ledger::command::{Commit, Plan, Reserve, SetPlan};
+use credit_sidecar::ledger::{AccountId, Labels, Period, RequestId, ReservationId, Rules, UserId};
+use credit_sidecar::settle::outbox::Outbox;
+use credit_sidecar::settle::settler::{SettleOptions, Settler};
+use credit_sidecar::settle::store::Store;
+use sqlx::Row;
+use tokio::sync::watch;
+
+struct Args {
+    redis: String,
+    database: String,
+    events: usize,
+    rate: usize,
+    seconds: u64,
+    batch: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        redis: "redis://127.0.0.1:6379/".into(),
+        database: "postgres://postgres@127.0.0.1:5432/test".into(),
+        events: 100_000,
+        rate: 2_000,
+        seconds: 10,
+        batch: 1_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--redis" => args.redis = value,
+            "--database" => args.database = value,
+            "--events" => args.events = value.parse().expect("--events"),
+            "--rate" => args.rate = value.parse().expect("--rate"),
+            "--seconds" => args.seconds = value.parse().expect("--seconds"),
+            "--batch" => args.batch = value.parse().expect("--batch"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+struct Bench {
+    redis: Arc<RedisEngine>,
+    run: String,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl Bench {
+    fn request(&self) -> RequestId {
+        let n = self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestId::parse(&format!("{}-{n}", self.run)).unwrap()
+    }
+
+    fn account(&self, index: usize) -> AccountId {
+        AccountId::parse(&format!("{}-a{index}", self.run)).unwrap()
+    }
+
+    async fn fund(&self, account: &AccountId) {
+        let plan = Plan { period: Period::Monthly, anchor_ms: 0, plan_credits: 1_000_000_000, addon_credits: 0 };
+        self.redis.set_plan(&SetPlan { account: account.clone(), plan, request: self.request() }).await.unwrap();
+    }
+
+    /// A hold of `amount` on `account`, open for an hour.
+    async fn hold(&self, account: &AccountId, amount: i64) -> ReservationId {
+        let rules = Rules::default();
+        let reserve = Reserve {
+            account: account.clone(),
+            user: UserId::parse("bench").unwrap(),
+            category: rules.category("enrichment").unwrap(),
+            amount,
+            ttl_ms: 3_600_000,
+            request: self.request(),
+            labels: Labels::default(),
+        };
+        self.redis.reserve(&reserve).await.unwrap().done().expect("funded").reservation
+    }
+
+    async fn commit(&self, reservation: &ReservationId) {
+        let commit = Commit {
+            reservation: reservation.clone(),
+            amount: 1,
+            final_commit: false,
+            request: self.request(),
+            business_key: None,
+            labels: Labels::default(),
+        };
+        self.redis.commit(&commit).await.unwrap();
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args();
+    let run = format!("bench{}", chrono::Utc::now().timestamp_millis());
+    let settings = RedisSettings {
+        urls: vec![args.redis.clone()],
+        cluster: false,
+        shards: 16,
+        key_prefix: format!("{run}:"),
+        timeout: Duration::from_secs(5),
+    };
+    let redis = Arc::new(RedisEngine::connect(&settings, 86_400_000).await?);
+    let store = Store::connect(&args.database).await?;
+    let bench = Arc::new(Bench { redis: redis.clone(), run: run.clone(), requests: Default::default() });
+    let outbox = Arc::new(RedisOutbox::join(redis.clone(), "bench".into(), Duration::from_secs(30)).await?);
+    println!("run {run}: redis {} database {:?}", args.redis, store.backend());
+
+    // Phase 1: fill the outbox, then drain it.
+    let accounts = 32;
+    let holds: Vec<ReservationId> = {
+        let mut holds = Vec::new();
+        for index in 0..accounts {
+            let account = bench.account(index);
+            bench.fund(&account).await;
+            holds.push(bench.hold(&account, 100_000_000).await);
+        }
+        holds
+    };
+    let started = Instant::now();
+    let per_hold = args.events.saturating_sub(accounts * 4) / accounts;
+    let mut tasks = Vec::new();
+    for hold in holds.clone() {
+        let bench = bench.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_hold {
+                bench.commit(&hold).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let backlog = outbox.backlog().await?.events;
+    println!("phase 1: {backlog} events in the outbox after {:.1} s of commits", started.elapsed().as_secs_f64());
+    let (mut read_time, mut write_time, mut ack_time, mut settled, mut batches) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0usize, 0usize);
+    let drain = Instant::now();
+    loop {
+        let t = Instant::now();
+        let Some((events, token)) = outbox.read(args.batch).await? else { break };
+        read_time += t.elapsed();
+        let t = Instant::now();
+        settled += store.write(&events, chrono::Utc::now().timestamp_millis()).await?;
+        write_time += t.elapsed();
+        let t = Instant::now();
+        outbox.ack(token).await?;
+        ack_time += t.elapsed();
+        batches += 1;
+    }
+    let elapsed = drain.elapsed().as_secs_f64();
+    println!(
+        "phase 1: settled {settled} events in {elapsed:.2} s = {:.0} events/s ({batches} batches of up to {}); \
+         time in reading {:.2} s, SQL writes {:.2} s, ack+trim {:.2} s",
+        settled as f64 / elapsed,
+        args.batch,
+        read_time.as_secs_f64(),
+        write_time.as_secs_f64(),
+        ack_time.as_secs_f64()
+    );
+
+    // Phase 2: steady commits with a settler running; lag from commit to SQL row.
+    let options = SettleOptions { batch_max: args.batch, ..SettleOptions::default() };
+    let settler = Settler::new(outbox.clone(), store.clone(), options);
+    let (stop, stopped) = watch::channel(());
+    let settling = tokio::spawn(settler.run(stopped, Duration::from_secs(30)));
+    let phase2_from = redis.now().await?;
+    let steady = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.rate / 100).max(1);
+    let mut ticker = tokio::time::interval(tick);
+    let mut issued = 0usize;
+    let mut inflight = Vec::new();
+    while steady.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        for i in 0..per_tick {
+            let bench = bench.clone();
+            let hold = holds[(issued + i) % holds.len()].clone();
+            inflight.push(tokio::spawn(async move { bench.commit(&hold).await }));
+        }
+        issued += per_tick;
+        if inflight.len() > 4 * per_tick {
+            for task in inflight.drain(..) {
+                task.await?;
+            }
+        }
+    }
+    for task in inflight {
+        task.await?;
+    }
+    let achieved = issued as f64 / steady.elapsed().as_secs_f64();
+    drop(stop);
+    settling.await?;
+    let pool = sqlx::AnyPool::connect(&args.database).await?;
+    let rows = sqlx::query(
+        "SELECT settled_ms - at_ms FROM ledger_events WHERE account_id LIKE $1 AND kind = 'committed' \
+         AND at_ms >= $2",
+    )
+    .bind(format!("{run}-%"))
+    .bind(phase2_from)
+    .fetch_all(&pool)
+    .await?;
+    let mut lags: Vec<i64> = rows.iter().map(|row| row.get::<i64, _>(0)).collect();
+    lags.sort_unstable();
+    let steady_lags = lags;
+    println!(
+        "phase 2: {issued} commits at {achieved:.0}/s for {} s; lag commit -> SQL row over {} commits: \
+         p50 {} ms, p99 {} ms, max {} ms",
+        args.seconds,
+        steady_lags.len(),
+        percentile(&steady_lags, 0.50),
+        percentile(&steady_lags, 0.99),
+        steady_lags.last().copied().unwrap_or(0)
+    );
+
+    // Leave nothing behind in the shared Redis and database.
+    for table in ["ledger_events", "reservations", "usage_totals", "lots", "account_totals"] {
+        let sql = format!("DELETE FROM {table} WHERE account_id LIKE $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{run}-%")).execute(&pool).await?;
+    }
+    let client = redis::Client::open(args.redis.as_str())?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{run}:*")).query_async(&mut connection).await?;
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut connection).await?;
+    }
+    println!("cleaned up {} Redis keys and the run's SQL rows", keys.len());
+    Ok(())
+}
