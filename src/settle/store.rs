@@ -10,7 +10,7 @@
 //! SQL uses `$n` placeholders, native to PostgreSQL and accepted by SQLite, always numbered in
 //! order of appearance.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -110,7 +110,10 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
-        let options = AnyConnectOptions::from_str(url)?;
+        let options = match backend {
+            Backend::Sqlite => AnyConnectOptions::from_str(&sqlite_creating(url))?,
+            Backend::Postgres => AnyConnectOptions::from_str(url)?,
+        };
         let pool = match backend {
             // One writer at a time is SQLite's nature; WAL lets readers run beside it.
             Backend::Sqlite => {
@@ -156,9 +159,15 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
+        // One row per identity: a batch may name an event twice (a redelivery within one read),
+        // and folding both copies would count it twice; the first copy is kept. Inserting in
+        // identity order also makes concurrent writers wait for each other's rows in one order.
+        let mut unique: Vec<&Event> = events.iter().collect();
+        unique.sort_by(|a, b| (&a.account, a.seq).cmp(&(&b.account, b.seq)));
+        unique.dedup_by(|later, first| later.account == first.account && later.seq == first.seq);
         let mut transaction = self.pool.begin().await?;
         let mut inserted: Vec<(String, i64)> = Vec::new();
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        for chunk in unique.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO ledger_events \
                  (account_id, seq, at_ms, kind, request_id, reservation_seq, data, settled_ms) VALUES ",
@@ -182,9 +191,9 @@ impl Store {
                 inserted.push((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        let new: std::collections::HashSet<(String, i64)> = inserted.into_iter().collect();
+        let new: HashSet<(String, i64)> = inserted.into_iter().collect();
         let mut fold = Fold::default();
-        for event in events {
+        for event in unique {
             if new.contains(&(event.account.as_str().to_owned(), event.seq as i64)) {
                 fold.add(event);
             }
@@ -349,6 +358,16 @@ impl Store {
     }
 }
 
+/// SQLite opens an existing file only, unless told `mode=rwc`: asks for that when the URL names
+/// no mode of its own.
+fn sqlite_creating(url: &str) -> String {
+    if url.contains("mode=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}mode=rwc")
+}
+
 fn event_of(row: &sqlx::any::AnyRow) -> Result<Event> {
     let account: String = row.try_get(0)?;
     let seq: i64 = row.try_get(1)?;
@@ -427,13 +446,15 @@ struct TotalsFold {
 }
 
 /// The derived tables' changes from a batch of new events, aggregated per row, so each row is
-/// upserted once per batch.
+/// upserted once per batch. Rows are written table by table in key order, so concurrent writers
+/// (replicas settling different events of the same accounts) lock them in one global order and
+/// cannot deadlock on them (in hash order, PostgreSQL reported deadlocks).
 #[derive(Default)]
 struct Fold {
-    reservations: HashMap<(String, i64), ReservationFold>,
-    usage: HashMap<(String, i64, String, String), (i64, i64)>,
-    lots: HashMap<(String, i64), LotFold>,
-    totals: HashMap<String, TotalsFold>,
+    reservations: BTreeMap<(String, i64), ReservationFold>,
+    usage: BTreeMap<(String, i64, String, String), (i64, i64)>,
+    lots: BTreeMap<(String, i64), LotFold>,
+    totals: BTreeMap<String, TotalsFold>,
 }
 
 impl Fold {
@@ -640,6 +661,13 @@ impl Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_files_are_created_unless_a_mode_is_named() {
+        assert_eq!(sqlite_creating("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(sqlite_creating("sqlite://a.db?cache=shared"), "sqlite://a.db?cache=shared&mode=rwc");
+        assert_eq!(sqlite_creating("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
+    }
 
     #[test]
     fn placeholders_are_numbered_in_order() {

@@ -10,3 +10,4 @@ mod redis_faults;
 mod rules;
 mod servers;
 mod settle;
+mod store;
