@@ -24,7 +24,8 @@ impl AdminService {
 
     fn store(&self) -> Result<&Store, Status> {
         self.store.as_ref().ok_or_else(|| {
-            Status::failed_precondition("usage comes from the durable ledger, and no database is configured")
+            let reason = "usage comes from the durable ledger, and no database is configured";
+            super::status::to_status(crate::engine::Error::NotConfigured(reason.into()))
         })
     }
 
@@ -171,9 +172,13 @@ impl CreditAdmin for AdminService {
     }
 }
 
-/// The durable store could not answer: the caller may retry.
+/// The durable store could not answer (the caller may retry), or holds what we cannot read.
 fn unavailable(error: StoreError) -> Status {
-    super::status::to_status(crate::engine::Error::Unavailable(error.to_string()))
+    let error = match error {
+        StoreError::Corrupt { .. } => crate::engine::Error::Internal(error.to_string()),
+        StoreError::Database(_) | StoreError::Migrate(_) => crate::engine::Error::Unavailable(error.to_string()),
+    };
+    super::status::to_status(error)
 }
 
 /// Builds a Grant/StartTrial response from a decision.

@@ -12,6 +12,8 @@ pub fn to_status(error: Error) -> Status {
         Error::Ledger(Refusal::ReservationNotFound(_)) => Code::NotFound,
         Error::Ledger(Refusal::RequestIdReused(_)) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::Internal(_) => Code::Internal,
+        Error::NotConfigured(_) => Code::FailedPrecondition,
     };
     Status::new(code, error.to_string())
 }

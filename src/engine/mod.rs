@@ -34,6 +34,13 @@ pub enum Error {
     /// decided.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Something that cannot be mended by retrying: data the code cannot read (a bug, or
+    /// corruption), or an operation this deployment does not offer.
+    #[error("internal: {0}")]
+    Internal(String),
+    /// The operation needs something this deployment lacks (e.g. usage without a database).
+    #[error("{0}")]
+    NotConfigured(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

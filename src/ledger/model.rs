@@ -101,7 +101,11 @@ impl Ledger {
     ) -> Result<Decision<T>, Error> {
         let created = !self.accounts.contains_key(call.account);
         if created && call.create == Create::No {
-            return Err(Error::AccountNotFound(call.account.clone()));
+            // A call on a reservation names the reservation, not the account.
+            return Err(match call.reservation {
+                Some(seq) => Error::ReservationNotFound(ReservationId { account: call.account.clone(), seq }),
+                None => Error::AccountNotFound(call.account.clone()),
+            });
         }
         let account =
             self.accounts.entry(call.account.clone()).or_insert_with(|| Account::new(call.account.clone(), now));
@@ -447,7 +451,7 @@ impl Ledger {
     }
 
     pub fn reservation(&mut self, now: Millis, id: &ReservationId) -> Result<ReservationView, Error> {
-        let account = self.read(now, &id.account)?;
+        let account = self.read(now, &id.account).map_err(|_| Error::ReservationNotFound(id.clone()))?;
         if !account.reservations.contains_key(&id.seq) {
             return Err(Error::ReservationNotFound(id.clone()));
         }

@@ -20,6 +20,8 @@ pub const BUSINESS_KEY_LEN_MAX: usize = 256;
 pub const LABELS_MAX: usize = 16;
 pub const LABEL_KEY_LEN_MAX: usize = 64;
 pub const LABEL_VALUE_LEN_MAX: usize = 256;
+/// The largest reservation sequence an id may name: exact in Lua's doubles.
+pub const SEQ_MAX: u64 = (1 << 53) - 1;
 /// Instants are accepted up to the end of year 9999 (Unix ms).
 pub const INSTANT_MAX_MS: i64 = 253_402_300_799_999;
 
@@ -97,8 +99,8 @@ impl ReservationId {
         let seq = seq
             .parse::<u64>()
             .ok()
-            .filter(|seq| *seq > 0)
-            .ok_or_else(|| Error::invalid(FIELD, "must end in a positive number"))?;
+            .filter(|seq| (1..=SEQ_MAX).contains(seq))
+            .ok_or_else(|| Error::invalid(FIELD, format!("must end in a number in 1..={SEQ_MAX}")))?;
         Ok(Self { account, seq })
     }
 }
@@ -272,7 +274,7 @@ mod tests {
         assert_eq!(id.account.as_str(), "acme");
         assert_eq!(id.seq, 17);
         assert_eq!(id.to_string(), "acme/17");
-        for bad in ["acme", "acme/", "acme/x", "acme/0", "/3", "a b/3", "acme/-1"] {
+        for bad in ["acme", "acme/", "acme/x", "acme/0", "/3", "a b/3", "acme/-1", "acme/9007199254740992"] {
             let error = ReservationId::parse(bad).unwrap_err();
             assert!(error.to_string().starts_with("reservation_id: "), "{bad}: {error}");
         }

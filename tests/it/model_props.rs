@@ -1221,10 +1221,12 @@ impl Harness {
         events: &[Event],
     ) -> Result<(), String> {
         if !cmd.creates_account() && !before.account_exists {
-            ensure!(
-                matches!(result, Err(Error::AccountNotFound(id)) if id == cmd.account()),
-                "expected AccountNotFound"
-            );
+            // A call on a reservation names the reservation; others name the account.
+            let named = match cmd.reservation() {
+                Some(reservation) => matches!(result, Err(Error::ReservationNotFound(id)) if id == reservation),
+                None => matches!(result, Err(Error::AccountNotFound(id)) if id == cmd.account()),
+            };
+            ensure!(named, "expected AccountNotFound or, on a reservation, ReservationNotFound");
             return Ok(());
         }
         if let Some(id) = cmd.reservation() {

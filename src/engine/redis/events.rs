@@ -13,7 +13,7 @@ use crate::ledger::event::Event;
 use crate::ledger::{AccountId, wire};
 
 fn malformed(what: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("malformed outbox entry: {what}"))
+    Error::Internal(format!("malformed outbox entry: {what}"))
 }
 
 fn text(fields: &HashMap<String, Value>, name: &str) -> Result<String, Error> {

@@ -413,8 +413,11 @@ impl RedisEngine {
                     tracing::warn!(account, "skipping a malformed account id in the wake-up index");
                     continue;
                 };
-                let text: String = self.sweep_account(&account).await?;
-                expired += text.parse::<usize>().unwrap_or(0);
+                // One account that fails must not stop the others (or the other shards).
+                match self.sweep_account(&account).await {
+                    Ok(count) => expired += count,
+                    Err(error) => tracing::warn!(%account, %error, "sweeping an account failed; will retry"),
+                }
             }
         }
         Ok(expired)
@@ -467,7 +470,7 @@ impl RedisEngine {
         Ok(())
     }
 
-    async fn sweep_account(&self, account: &AccountId) -> Result<String> {
+    async fn sweep_account(&self, account: &AccountId) -> Result<usize> {
         let keys = self.layout.account_keys(account);
         let mut invocation = SCRIPTS.sweep_account.prepare_invoke();
         for key in &keys {
@@ -477,7 +480,7 @@ impl RedisEngine {
         invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg(args.to_string()).arg("");
         let mut connection = self.connection.clone();
         let expired: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
-        Ok(expired.to_string())
+        Ok(usize::try_from(expired).unwrap_or(0))
     }
 }
 

@@ -169,13 +169,17 @@ pub struct Context<'a> {
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
     // A reply we cannot read means the scripts and this code disagree: not the caller's fault,
-    // and nothing we can retry. Surface it loudly as an internal failure of the store.
-    Error::Unavailable(format!("unexpected reply from Redis script: {what}"))
+    // and nothing a retry would mend.
+    Error::Internal(format!("unexpected reply from Redis script: {what}"))
 }
 
 fn error_of(code: &str, context: &Context<'_>) -> Error {
     let refusal = match code {
-        "account_not_found" => ledger::Error::AccountNotFound(context.account.clone()),
+        // A call on a reservation names the reservation, not the account.
+        "account_not_found" => match context.reservation {
+            Some(seq) => ledger::Error::ReservationNotFound(ReservationId { account: context.account.clone(), seq }),
+            None => ledger::Error::AccountNotFound(context.account.clone()),
+        },
         "reservation_not_found" => ledger::Error::ReservationNotFound(ReservationId {
             account: context.account.clone(),
             seq: context.reservation.unwrap_or(0),
