@@ -82,6 +82,15 @@ pub async fn verify(
 ) -> Result<Vec<Drift>, MaintenanceError> {
     let mut drift = Vec::new();
     for account in accounts(store, account).await? {
+        let conflicts = store.conflicts(&account).await?;
+        if conflicts > 0 {
+            drift.push(Drift {
+                account: account.clone(),
+                what: "events that reused a settled sequence (ledger_conflicts)".into(),
+                ledger: "0".into(),
+                redis: conflicts.to_string(),
+            });
+        }
         let now = redis.now().await?;
         let expected = replayed(store, &account, retention_ms, now).await?.account(now, &account);
         let Ok(expected) = expected else { continue };

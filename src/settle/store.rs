@@ -196,6 +196,8 @@ impl Store {
         for event in unique {
             if new.contains(&(event.account.as_str().to_owned(), event.seq as i64)) {
                 fold.add(event);
+            } else {
+                keep_if_conflicting(&mut transaction, event, settled_ms).await?;
             }
         }
         fold.write(&mut transaction).await?;
@@ -250,6 +252,15 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Events that reused a settled identity with other content (see `ledger_conflicts`).
+    pub async fn conflicts(&self, account: &AccountId) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM ledger_conflicts WHERE account_id = $1")
+            .bind(account.as_str().to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// How many events are settled in all (for figures and tests).
@@ -366,6 +377,51 @@ fn sqlite_creating(url: &str) -> String {
     }
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}mode=rwc")
+}
+
+/// An event whose identity is already settled: a redelivery (same content: nothing to do), or a
+/// conflict — Redis lost acknowledged writes and reused the sequence number. A conflicting event
+/// is kept in `ledger_conflicts` (once), never dropped, and reported loudly.
+async fn keep_if_conflicting(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: &Event,
+    seen_ms: i64,
+) -> Result<()> {
+    let (kind, data) = wire::encode(&event.kind);
+    let settled =
+        sqlx::query("SELECT kind, data, at_ms, request_id FROM ledger_events WHERE account_id = $1 AND seq = $2")
+            .bind(event.account.as_str().to_owned())
+            .bind(event.seq as i64)
+            .fetch_one(&mut **transaction)
+            .await?;
+    let same = settled.try_get::<String, _>(0)? == kind
+        && settled.try_get::<String, _>(1)? == data
+        && settled.try_get::<i64, _>(2)? == event.at_ms
+        && settled.try_get::<Option<String>, _>(3)? == event.request_id;
+    if same {
+        return Ok(());
+    }
+    tracing::error!(
+        account = %event.account,
+        seq = event.seq,
+        "an event reuses a settled sequence number with other content (Redis lost acknowledged writes?); \
+         kept in ledger_conflicts"
+    );
+    sqlx::query(
+        "INSERT INTO ledger_conflicts (account_id, seq, at_ms, kind, request_id, data, seen_ms) \
+         SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS \
+         (SELECT 1 FROM ledger_conflicts WHERE account_id = $1 AND seq = $2 AND data = $6)",
+    )
+    .bind(event.account.as_str().to_owned())
+    .bind(event.seq as i64)
+    .bind(event.at_ms)
+    .bind(kind)
+    .bind(event.request_id.clone())
+    .bind(data)
+    .bind(seen_ms)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
 }
 
 fn event_of(row: &sqlx::any::AnyRow) -> Result<Event> {

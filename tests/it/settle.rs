@@ -410,3 +410,44 @@ async fn verify_and_rebuild_commands_report_through_their_exit_codes() {
     assert!(String::from_utf8_lossy(&rebuilt.stdout).contains("rebuilt 1 account(s)"));
     assert!(run("verify").status.success());
 }
+
+/// Redis loses acknowledged writes after they settled (here: a flush while serving) and then
+/// reuses sequence numbers: the settler recreates its consumer group, and every reused identity
+/// with other content is kept in `ledger_conflicts` — never silently dropped — and reported by
+/// `verify`; `rebuild` then restores Redis from the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
+    let server = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let rules = Rules::default();
+    let (stop, stopped) = watch::channel(());
+    let engine = redis_engine(&rules, &settings, &clock).await;
+    let options = settle_setup(&store, "a").options;
+    let (settling, stats) = engine
+        .spawn_settler(store.clone(), options, "a".into(), Duration::from_secs(30), stopped, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
+    h.account("acme", 100).await;
+    let id = h.hold("acme", "ann", 10).await;
+    h.commit(&id, 4, true).await;
+    let acme = AccountId::parse("acme").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.totals(&acme).await.unwrap().is_none_or(|totals| totals.spent != 4) {
+        assert!(Instant::now() < deadline, "the first events never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.cli(&["flushall"]), "OK"); // Redis loses everything, consumer group included
+    h.clock.advance(MINUTE);
+    h.account("acme", 50).await; // a new history: seqs 1, 2, 3 again, with other content
+    drop(stop);
+    settling.await.unwrap();
+    assert!(stats.settled.load(Ordering::Relaxed) > 0);
+    assert_eq!(store.totals(&acme).await.unwrap().unwrap().spent, 4, "the settled history is intact");
+    assert!(store.conflicts(&acme).await.unwrap() >= 3, "reused identities must be kept, not dropped");
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let drift = maintenance::verify(&store, &redis, RETENTION, Some(&acme)).await.unwrap();
+    assert!(drift.iter().any(|line| line.what.contains("ledger_conflicts")), "{drift:?}");
+}

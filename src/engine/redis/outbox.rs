@@ -45,18 +45,25 @@ fn id_ms(id: &str) -> Option<i64> {
 impl RedisOutbox {
     /// Joins (creating if needed) the consumer group on every shard's stream.
     pub async fn join(engine: Arc<RedisEngine>, consumer: String, claim_idle: Duration) -> Result<Self, Error> {
-        for shard in 0..engine.layout.shards {
-            let mut command = redis::cmd("XGROUP");
-            command.arg("CREATE").arg(engine.layout.events_key(shard)).arg(GROUP).arg("0").arg("MKSTREAM");
-            let mut connection = engine.connection.clone();
-            match tokio::time::timeout(engine.timeout, command.query_async::<()>(&mut connection)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) if error.code() == Some("BUSYGROUP") => {}
-                Ok(Err(error)) => return Err(super::unavailable(error)),
-                Err(_) => return Err(Error::Unavailable("redis: no answer creating the consumer group".into())),
-            }
+        let outbox = Self { engine, consumer, claim_idle, next_shard: AtomicU32::new(0), last_claim: Mutex::new(None) };
+        for shard in 0..outbox.engine.layout.shards {
+            outbox.create_group(shard).await?;
         }
-        Ok(Self { engine, consumer, claim_idle, next_shard: AtomicU32::new(0), last_claim: Mutex::new(None) })
+        Ok(outbox)
+    }
+
+    /// Creates the group on a shard's stream (from its first entry) unless it exists. Also used
+    /// when Redis lost the group (a flush, or a restart without persistence).
+    async fn create_group(&self, shard: u32) -> Result<(), Error> {
+        let mut command = redis::cmd("XGROUP");
+        command.arg("CREATE").arg(self.engine.layout.events_key(shard)).arg(GROUP).arg("0").arg("MKSTREAM");
+        let mut connection = self.engine.connection.clone();
+        match tokio::time::timeout(self.engine.timeout, command.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) if error.code() == Some("BUSYGROUP") => Ok(()),
+            Ok(Err(error)) => Err(super::unavailable(error)),
+            Err(_) => Err(Error::Unavailable("redis: no answer creating the consumer group".into())),
+        }
     }
 
     /// Claims entries idle past `claim_idle` — read by a consumer that never acknowledged them —
@@ -173,7 +180,14 @@ impl Outbox for RedisOutbox {
                 break;
             }
             let shard = (start + offset) % shards;
-            let entries = self.read_shard(shard, max - events.len(), claim).await.map_err(text)?;
+            let entries = match self.read_shard(shard, max - events.len(), claim).await {
+                Err(error) if error.to_string().contains("NOGROUP") => {
+                    tracing::warn!(shard, "the settlers' consumer group was gone (Redis lost data?); recreating it");
+                    self.create_group(shard).await.map_err(text)?;
+                    self.read_shard(shard, max - events.len(), claim).await.map_err(text)?
+                }
+                other => other.map_err(text)?,
+            };
             if entries.is_empty() {
                 continue;
             }
