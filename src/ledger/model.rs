@@ -21,6 +21,9 @@ use super::types::{AccountId, BALANCE_MAX, LotKind, Millis, RequestId, Reservati
 /// The page size of `list_reservations` when none is given, and its maximum.
 pub const LIST_PAGE_DEFAULT: usize = 100;
 pub const LIST_PAGE_MAX: usize = 1000;
+/// The most reservation sequence numbers one listing call examines (purged ones included); a
+/// page may come back short, with a token to go on.
+pub const LIST_SCAN_MAX: u64 = 10_000;
 
 #[derive(Debug)]
 pub struct Ledger {
@@ -470,16 +473,26 @@ impl Ledger {
     ) -> Result<(Vec<ReservationView>, Option<u64>), Error> {
         let account = self.read(now, id)?;
         let mut page = Vec::new();
-        let upper = before.unwrap_or(u64::MAX);
-        for (seq, reservation) in account.reservations.range(..upper).rev() {
-            if state.is_some_and(|state| state != reservation.state) {
-                continue;
+        let mut seq = before.map_or(account.last_reservation, |before| before.saturating_sub(1));
+        seq = seq.min(account.last_reservation);
+        let mut scanned = 0;
+        while seq >= 1 {
+            // Bounded work per call (Redis runs this inside one script): past the budget, hand
+            // back a token to go on from here, with what was found so far.
+            if scanned == LIST_SCAN_MAX {
+                return Ok((page, Some(seq + 1)));
             }
-            if page.len() == page_size {
-                let next = page.last().map(|view: &ReservationView| view.id.seq);
-                return Ok((page, next));
+            scanned += 1;
+            if let Some(reservation) = account.reservations.get(&seq)
+                && state.is_none_or(|state| state == reservation.state)
+            {
+                if page.len() == page_size {
+                    let next = page.last().map(|view: &ReservationView| view.id.seq);
+                    return Ok((page, next));
+                }
+                page.push(account.reservation_view(seq));
             }
-            page.push(account.reservation_view(*seq));
+            seq -= 1;
         }
         Ok((page, None))
     }

@@ -665,7 +665,44 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     assert_eq!(auth.reserve(valid).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
 }
 
+/// A listing examines a bounded number of reservations per call: past the budget it returns
+/// what it found with a token, and following the tokens still finds everything.
+async fn long_listings_are_bounded_and_complete(h: Harness) {
+    use credit_sidecar::ledger::command::Charge;
+    use credit_sidecar::ledger::model::LIST_SCAN_MAX;
+    use credit_sidecar::ledger::{AccountId, Labels, RequestId, Rules, UserId};
+    h.account("acme", 1_000_000).await;
+    let held = h.hold("acme", "ann", 1).await; // the oldest, and the only one held
+    let rules = Rules::default();
+    for n in 0..LIST_SCAN_MAX + 5 {
+        let charge = Charge {
+            account: AccountId::parse("acme").unwrap(),
+            user: UserId::parse("bob").unwrap(),
+            category: rules.category("api").unwrap(),
+            amount: 1,
+            request: RequestId::parse(&format!("c{n}")).unwrap(),
+            business_key: None,
+            labels: Labels::default(),
+        };
+        h.engine.charge(&charge).await.unwrap();
+    }
+    let list = |page_token: String| pb::ListReservationsRequest {
+        account_id: "acme".into(),
+        state: pb::ReservationState::Held as i32,
+        page_size: 10,
+        page_token,
+        settled: false,
+    };
+    let first = h.admin.clone().list_reservations(list(String::new())).await.unwrap().into_inner();
+    assert!(first.reservations.is_empty(), "the first call stops at its budget");
+    assert!(!first.next_page_token.is_empty(), "…and says where to go on");
+    let second = h.admin.clone().list_reservations(list(first.next_page_token)).await.unwrap().into_inner();
+    let ids: Vec<&str> = second.reservations.iter().map(|r| r.reservation_id.as_str()).collect();
+    assert_eq!((ids, second.next_page_token.as_str()), (vec![held.as_str()], ""));
+}
+
 crate::engine_tests!(
+    long_listings_are_bounded_and_complete,
     reserve_is_all_or_nothing,
     user_limit_declines_even_with_team_credit,
     user_limit_counts_holds_and_returns_them,

@@ -386,7 +386,7 @@ impl RedisEngine {
         page_size: usize,
         before: Option<u64>,
     ) -> Result<ReservationPage> {
-        let mut args = object(json!({ "size": page_size }));
+        let mut args = object(json!({ "size": page_size, "scan": crate::ledger::model::LIST_SCAN_MAX }));
         if let Some(state) = state {
             args.insert("state".into(), reply::state_name(state).into());
         }

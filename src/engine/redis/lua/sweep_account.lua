@@ -16,7 +16,8 @@ end
 local open_before = redis.call('ZCARD', K_D)
 catch_up(a, now)
 local expired = open_before - redis.call('ZCARD', K_D)
-local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', enc(now))
+-- At most 1000 purges per pass (the wake-up index brings the account back for the rest).
+local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', enc(now), 'LIMIT', 0, 1000)
 for _, member in ipairs(due) do
   local id = string.sub(member, 3)
   if string.sub(member, 1, 1) == 'r' then
@@ -27,6 +28,6 @@ for _, member in ipairs(due) do
     redis.call('HDEL', K_Q, id)
   end
 end
-if #due > 0 then redis.call('ZREMRANGEBYSCORE', K_P, '-inf', enc(now)) end
+if #due > 0 then redis.call('ZREM', K_P, unpack(due)) end
 save_account(a)
 return expired
