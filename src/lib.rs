@@ -7,9 +7,9 @@
 //! - [`server`]: wiring — the gRPC services, the background expiry sweep, shutdown.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
-//! - [`engine`]: where hot state lives. Today the embedded engine (the reference model behind a
-//!   lock).
-//! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the store and (next) the settler.
+//! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
+//!   and the Redis engine (one Lua script per operation).
+//! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the settler and the store.
 //! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.
 
 pub mod api;

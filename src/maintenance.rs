@@ -2,10 +2,11 @@
 //! state of an account must be what replaying its settled events gives.
 //!
 //! - [`verify`] replays each account's events into the reference model and compares the result
-//!   with what Redis holds now, field by field. Events still waiting in the outbox show up as
-//!   drift too: run it with settlement caught up (the backlog is reported).
+//!   with what Redis holds now, field by field, and reports events kept in `ledger_conflicts`.
+//!   Events still waiting in the outbox show up as drift too: run it with settlement caught up.
 //! - [`rebuild`] writes the replayed state into Redis, replacing what is there: after a Redis
-//!   loss, or to repair drift that `verify` found. Remembered request ids are not restored.
+//!   loss, or to repair drift that `verify` found. Run it with traffic stopped: it overwrites
+//!   whatever changed after the last settled event. Remembered request ids are not restored.
 
 use crate::engine::Error as EngineError;
 use crate::engine::redis::RedisEngine;

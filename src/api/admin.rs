@@ -65,12 +65,14 @@ impl CreditAdmin for AdminService {
     ) -> Result<Response<pb::StartTrialResponse>, Status> {
         let cmd = convert::start_trial(request.into_inner(), self.engine.rules()).map_err(invalid)?;
         let decision = self.engine.start_trial(&cmd).await?;
-        Ok(Response::new(granted(&decision, |outcome, granted| pb::StartTrialResponse {
-            outcome,
-            lot_id: granted.map_or(0, |g| g.lot),
-            expires_unix_ms: granted.map_or(0, |g| g.expires_ms),
-            totals: granted.map(|g| convert::totals(g.totals)),
-        })))
+        let (outcome, decline) = convert::outcome(&decision);
+        let mut response = pb::StartTrialResponse { outcome, decline, ..Default::default() };
+        if let Decision::Done(granted) = decision {
+            response.lot_id = granted.lot;
+            response.expires_unix_ms = granted.expires_ms;
+            response.totals = Some(convert::totals(granted.totals));
+        }
+        Ok(Response::new(response))
     }
 
     async fn set_user_limit(

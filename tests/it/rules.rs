@@ -421,6 +421,7 @@ async fn trial_is_granted_once(h: Harness) {
         pb::StartTrialRequest { account_id: "newco".into(), credits: 500, duration_ms: DAY, request_id: h.rid() };
     let again = h.admin.clone().start_trial(again).await.unwrap().into_inner();
     assert_eq!(again.outcome(), pb::Outcome::TrialAlreadyUsed);
+    assert_eq!(again.decline.unwrap().scope(), pb::Scope::Account);
     h.hold("newco", "ann", 60).await;
     h.advance(14 * DAY).await;
     let totals = h.totals("newco").await;
