@@ -451,3 +451,34 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
     let drift = maintenance::verify(&store, &redis, RETENTION, Some(&acme)).await.unwrap();
     assert!(drift.iter().any(|line| line.what.contains("ledger_conflicts")), "{drift:?}");
 }
+
+/// An outbox entry that cannot be decoded does not wedge settlement: it goes to the shard's
+/// dead-letter stream, and the events around it settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_entry_goes_to_the_dead_letter_stream() {
+    let server = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let h = Harness::serve(
+        clock.clone(),
+        redis_engine(&Rules::default(), &settings, &clock).await,
+        None,
+        Duration::from_secs(3600),
+    )
+    .await;
+    h.account("acme", 100).await;
+    let shard_of_acme = server.cli(&["--scan", "--pattern", "cs:*:a:acme"]);
+    let tag = &shard_of_acme[shard_of_acme.find('{').unwrap()..=shard_of_acme.find('}').unwrap()];
+    let stream = format!("cs:{tag}:events");
+    server.cli(&[
+        "xadd", &stream, "*", "account", "acme", "seq", "99", "at", "1", "request", "", "kind", "mystery", "data", "{}",
+    ]);
+    h.hold("acme", "ann", 5).await;
+    let engine = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let outbox = Arc::new(RedisOutbox::join(Arc::new(engine), "a".into(), Duration::from_secs(30)).await.unwrap());
+    Settler::new(outbox.clone(), store.clone(), SettleOptions::default()).flush().await;
+    assert_eq!(outbox.backlog().await.unwrap().events, 0, "settlement went past the bad entry");
+    assert_eq!(server.cli(&["xlen", &format!("{stream}:dead")]), "1");
+    assert_settled(&store, &h, "acme").await;
+}

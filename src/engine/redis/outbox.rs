@@ -137,6 +137,29 @@ impl RedisOutbox {
         Ok(())
     }
 
+    /// An entry that cannot be decoded (a bug, or corruption) would block settlement forever:
+    /// it moves, with its fields and the reason, to the shard's dead-letter stream
+    /// (`…:events:dead`, same hash slot), and is acknowledged.
+    async fn dead_letter(&self, shard: u32, entry: &StreamId, error: &Error) -> Result<(), Error> {
+        let key = self.engine.layout.events_key(shard);
+        tracing::error!(shard, id = %entry.id, %error, "undecodable outbox entry moved to the dead-letter stream");
+        let mut command = redis::cmd("XADD");
+        command.arg(format!("{key}:dead")).arg("*").arg("id").arg(&entry.id).arg("error").arg(error.to_string());
+        for (field, value) in &entry.map {
+            let value = match value {
+                redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                other => format!("{other:?}"),
+            };
+            command.arg(field).arg(value);
+        }
+        let mut connection = self.engine.connection.clone();
+        self.engine.bounded(command.query_async::<String>(&mut connection)).await?;
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&key).arg(GROUP).arg(&entry.id);
+        self.engine.bounded(ack.query_async::<i64>(&mut connection)).await?;
+        Ok(())
+    }
+
     async fn shard_backlog(&self, shard: u32) -> Result<(u64, Option<i64>), Error> {
         let key = self.engine.layout.events_key(shard);
         let mut connection = self.engine.connection.clone();
@@ -193,10 +216,17 @@ impl Outbox for RedisOutbox {
             }
             let mut ids = Vec::with_capacity(entries.len());
             for entry in entries {
-                events.push(events::decode(&entry.map).map_err(text)?);
-                ids.push(entry.id);
+                match events::decode(&entry.map) {
+                    Ok(event) => {
+                        events.push(event);
+                        ids.push(entry.id);
+                    }
+                    Err(error) => self.dead_letter(shard, &entry, &error).await.map_err(text)?,
+                }
             }
-            token.push((shard, ids));
+            if !ids.is_empty() {
+                token.push((shard, ids));
+            }
         }
         Ok((!events.is_empty()).then_some((events, token)))
     }
