@@ -312,7 +312,7 @@ impl RedisEngine {
 
     pub async fn grant(&self, cmd: &Grant) -> Result<Decision<Granted>> {
         let mut args = object(json!({
-            "request": cmd.request.as_str(), "kind": reply::kind_name(cmd.kind), "amount": cmd.amount,
+            "request": cmd.request.as_str(), "kind": crate::ledger::wire::lot_kind_name(cmd.kind), "amount": cmd.amount,
         }));
         if let Some(expires) = cmd.expires_ms {
             args.insert("expires".into(), expires.into());
@@ -388,7 +388,7 @@ impl RedisEngine {
     ) -> Result<ReservationPage> {
         let mut args = object(json!({ "size": page_size, "scan": crate::ledger::model::LIST_SCAN_MAX }));
         if let Some(state) = state {
-            args.insert("state".into(), reply::state_name(state).into());
+            args.insert("state".into(), crate::ledger::wire::state_name(state).into());
         }
         if let Some(before) = before {
             args.insert("before".into(), before.into());

@@ -13,6 +13,7 @@ use crate::ledger::cycle::Cycle;
 use crate::ledger::{
     self, AccountId, AccountView, Charged, Committed, Decision, Decline, DeclineReason, Extended, Granted, LotKind,
     LotView, Period, PlanSet, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView,
+    wire,
 };
 
 /// What every script answers: a result, a decline, or an error code.
@@ -247,41 +248,11 @@ fn decline(wire: WireDecline) -> Result<Decline, Error> {
 }
 
 fn state(text: &str) -> Result<ReservationState, Error> {
-    match text {
-        "held" => Ok(ReservationState::Held),
-        "committed" => Ok(ReservationState::Committed),
-        "released" => Ok(ReservationState::Released),
-        "expired" => Ok(ReservationState::Expired),
-        other => Err(corrupt(format!("reservation state {other:?}"))),
-    }
-}
-
-/// The name scripts use for a reservation state (the `state` filter of list.lua).
-pub fn state_name(state: ReservationState) -> &'static str {
-    match state {
-        ReservationState::Held => "held",
-        ReservationState::Committed => "committed",
-        ReservationState::Released => "released",
-        ReservationState::Expired => "expired",
-    }
-}
-
-/// The name scripts use for a lot kind.
-pub fn kind_name(kind: LotKind) -> &'static str {
-    match kind {
-        LotKind::Trial => "trial",
-        LotKind::Promo => "promo",
-        LotKind::Plan => "plan",
-        LotKind::Addon => "addon",
-        LotKind::Adjustment => "adjustment",
-    }
+    wire::state(text).ok_or_else(|| corrupt(format!("reservation state {text:?}")))
 }
 
 fn kind(text: &str) -> Result<LotKind, Error> {
-    [LotKind::Trial, LotKind::Promo, LotKind::Plan, LotKind::Addon, LotKind::Adjustment]
-        .into_iter()
-        .find(|kind| kind_name(*kind) == text)
-        .ok_or_else(|| corrupt(format!("lot kind {text:?}")))
+    wire::lot_kind(text).ok_or_else(|| corrupt(format!("lot kind {text:?}")))
 }
 
 pub fn reservation(wire: WireReservation, account: &AccountId) -> Result<ReservationView, Error> {
@@ -370,10 +341,7 @@ pub fn user_view(wire: WireUser, _: &AccountId) -> Result<UserView, Error> {
 }
 
 fn period(months: u32) -> Result<Period, Error> {
-    [Period::Monthly, Period::Quarterly, Period::Semiannual, Period::Annual]
-        .into_iter()
-        .find(|period| period.months() == months)
-        .ok_or_else(|| corrupt(format!("plan period of {months} months")))
+    wire::period(months).ok_or_else(|| corrupt(format!("plan period of {months} months")))
 }
 
 /// The account view and, if asked for, one user's view.

@@ -11,11 +11,7 @@ return read(function(a, now)
     lots[#lots + 1] = { id = lot.id, kind = lot.kind, granted = lot.granted, remaining = lot.remaining,
       granted_ms = lot.granted_ms, expires = lot.expires }
   end
-  table.sort(lots, function(x, y)
-    if x.expires ~= y.expires then return x.expires < y.expires end
-    if RANK[x.kind] ~= RANK[y.kind] then return RANK[x.kind] < RANK[y.kind] end
-    return x.id < y.id
-  end)
+  table.sort(lots, burns_before)
   local users = arr()
   if ARGS.users then
     for _, user in ipairs(redis.call('HKEYS', K_U)) do users[#users + 1] = user_view(user) end

@@ -275,17 +275,20 @@ local function reservation_decline(a, seq, reason, requested)
   return decline(reason, requested, available(a), user_remaining(r.user), held_of(r), r.state)
 end
 
+-- Burn order: soonest expiry first, then kind order, then age.
+local function burns_before(x, y)
+  if x.expires ~= y.expires then return x.expires < y.expires end
+  if RANK[x.kind] ~= RANK[y.kind] then return RANK[x.kind] < RANK[y.kind] end
+  return x.id < y.id
+end
+
 -- Takes `amount` from live lots, soonest expiry first (ties: kind order, then age).
 local function draw(a, amount)
   local order = {}
   for id, lot in pairs(a.lots) do
     if lot.remaining > 0 then order[#order + 1] = lot end
   end
-  table.sort(order, function(x, y)
-    if x.expires ~= y.expires then return x.expires < y.expires end
-    if RANK[x.kind] ~= RANK[y.kind] then return RANK[x.kind] < RANK[y.kind] end
-    return x.id < y.id
-  end)
+  table.sort(order, burns_before)
   local draws = arr()
   local left = amount
   for _, lot in ipairs(order) do
