@@ -229,20 +229,27 @@ impl Engine {
         stopped: tokio::sync::watch::Receiver<()>,
         grace: std::time::Duration,
     ) -> Result<(tokio::task::JoinHandle<()>, Arc<SettleStats>)> {
+        fn start<O: crate::settle::outbox::Outbox>(
+            outbox: Arc<O>,
+            store: Store,
+            options: SettleOptions,
+            stopped: tokio::sync::watch::Receiver<()>,
+            grace: std::time::Duration,
+        ) -> (tokio::task::JoinHandle<()>, Arc<SettleStats>) {
+            let settler = Settler::new(outbox, store, options);
+            let stats = settler.stats();
+            (tokio::spawn(settler.run(stopped, grace)), stats)
+        }
         match &self.backend {
             Backend::Embedded(engine) => {
                 let Some(outbox) = engine.outbox() else {
                     return Err(Error::Unavailable("this embedded engine keeps no outbox".into()));
                 };
-                let settler = Settler::new(outbox, store, options);
-                let stats = settler.stats();
-                Ok((tokio::spawn(settler.run(stopped, grace)), stats))
+                Ok(start(outbox, store, options, stopped, grace))
             }
             Backend::Redis(engine) => {
                 let outbox = redis::outbox::RedisOutbox::join(engine.clone(), consumer, claim_idle).await?;
-                let settler = Settler::new(Arc::new(outbox), store, options);
-                let stats = settler.stats();
-                Ok((tokio::spawn(settler.run(stopped, grace)), stats))
+                Ok(start(Arc::new(outbox), store, options, stopped, grace))
             }
         }
     }

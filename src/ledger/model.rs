@@ -658,7 +658,7 @@ fn spend(
 }
 
 /// Adds new draws to a reservation's held parts, merging parts of the same lot.
-fn merge_draws(held: &mut Vec<Draw>, new: &[Draw]) {
+pub(super) fn merge_draws(held: &mut Vec<Draw>, new: &[Draw]) {
     for draw in new {
         match held.iter_mut().find(|part| part.lot == draw.lot) {
             Some(part) => part.amount += draw.amount,

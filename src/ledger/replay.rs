@@ -117,12 +117,7 @@ fn apply(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<()
             let old_deadline = held.deadline_ms;
             held.deadline_ms = *deadline_ms;
             held.reserved += amount;
-            for draw in draws {
-                match held.draws.iter_mut().find(|part| part.lot == draw.lot) {
-                    Some(part) => part.amount += draw.amount,
-                    None => held.draws.push(*draw),
-                }
-            }
+            super::model::merge_draws(&mut held.draws, draws);
             account.deadlines.remove(&(old_deadline, *reservation));
             account.deadlines.insert((*deadline_ms, *reservation));
             account.held += amount;
