@@ -1,6 +1,8 @@
-//! The one place that reads configuration: command-line flags and an optional TOML file (flags
-//! win). Parsed once into typed values and validated before any port is bound; every error names
-//! the setting. Tests build a [`Config`] from a TOML string.
+//! The one place that reads configuration. Every setting `foo_bar` comes from, lowest precedence
+//! first: the TOML file (`--config`), the environment (`CREDIT_SIDECAR_FOO_BAR`; also the usual
+//! `REDIS_URL` / `DATABASE_URL`), and the flag `--foo-bar`. All of it is parsed into one typed
+//! [`Config`] and validated before any port is bound; every error names the setting. Tests build
+//! a [`Config`] from a TOML string.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -8,10 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX};
 use crate::ledger::Rules;
+pub use crate::telemetry::LogFormat;
 
 /// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
 #[derive(Debug, Parser)]
@@ -20,22 +24,10 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// A TOML configuration file (see README "Configuration").
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address the gRPC server listens on [default: 127.0.0.1:50051].
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Redis URL (`redis://host:6379/`); with --redis-cluster, comma-separated seed nodes.
-    /// Without one the embedded engine runs.
-    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL")]
-    pub redis_url: Option<String>,
-    /// Treat --redis-url as the seed nodes of a Redis Cluster.
-    #[arg(long, global = true)]
-    pub redis_cluster: bool,
-    /// Where events settle: `postgres://…` or `sqlite://file.db` [default: a SQLite file
-    /// `credit-sidecar.db` in the working directory].
-    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,30 +48,106 @@ pub enum Command {
     },
 }
 
-/// The file's shape; every field optional, unknown fields refused.
-#[derive(Debug, Default, Deserialize)]
+/// Every setting, as written in the file, the environment or a flag; all optional (defaults are
+/// applied by [`Config`]), unknown file keys refused. Lists and maps are file-only.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    sweep_interval_ms: Option<u64>,
-    redis_url: Option<String>,
-    redis_cluster: Option<bool>,
-    redis_shards: Option<u32>,
-    redis_timeout_ms: Option<u64>,
-    redis_key_prefix: Option<String>,
-    database_url: Option<String>,
-    settle_batch_max: Option<usize>,
-    settle_claim_idle_ms: Option<u64>,
-    outbox_memory_max: Option<usize>,
-    shutdown_grace_ms: Option<u64>,
-    categories: Option<BTreeSet<String>>,
-    price_book: Option<BTreeMap<String, i64>>,
-    reservation_ttl_default_ms: Option<i64>,
-    reservation_ttl_min_ms: Option<i64>,
-    reservation_ttl_max_ms: Option<i64>,
-    trial_credits_default: Option<i64>,
-    trial_duration_default_ms: Option<i64>,
-    request_id_retention_ms: Option<i64>,
+pub struct Settings {
+    /// gRPC address [default: 127.0.0.1:50051].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address of the HTTP endpoint for /metrics, /livez and /readyz, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// `text` or `json` [default: text].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// A tracing filter such as `info` or `credit_sidecar=debug,info` [default: info].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Redis URL (`redis://host:6379/`); with redis_cluster, comma-separated seed nodes. Without
+    /// one the embedded engine runs. Also read from REDIS_URL.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Treat redis_url as the seed nodes of a Redis Cluster.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: Option<bool>,
+    /// Shards accounts are spread over; fixed at first deployment [default: 16].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_SHARDS")]
+    pub redis_shards: Option<u32>,
+    /// Longest wait for one Redis round trip before answering UNAVAILABLE [default: 500].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Prepended to every Redis key [default: none].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Where events settle: `postgres://…` or `sqlite:…` [default: sqlite://credit-sidecar.db?mode=rwc].
+    /// Also read from DATABASE_URL.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Most events per SQL transaction [default: 1000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
+    pub settle_batch_max: Option<usize>,
+    /// Events another replica left unacknowledged this long are taken over [default: 30000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_CLAIM_IDLE_MS")]
+    pub settle_claim_idle_ms: Option<u64>,
+    /// The embedded engine's outbox bound; beyond it state changes are refused [default: 100000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_OUTBOX_MEMORY_MAX")]
+    pub outbox_memory_max: Option<usize>,
+    /// How often overdue holds are expired and ended cycles renewed [default: 1000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+    /// How often Redis and the database are checked for health [default: 1000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_HEALTH_INTERVAL_MS")]
+    pub health_interval_ms: Option<u64>,
+    /// The longest any call may take; a client's grpc-timeout may shorten it [default: 5000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_CALL_TIMEOUT_MAX_MS")]
+    pub call_timeout_max_ms: Option<u64>,
+    /// Calls in flight at most; beyond it calls are refused at once [default: 1024].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_CONCURRENCY_MAX")]
+    pub concurrency_max: Option<usize>,
+    /// The largest request message in bytes [default: 65536].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+    /// A TOML file of bearer tokens and their scopes; re-read when it changes.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_TOKENS_FILE", value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// How often the tokens file is checked for changes [default: 1000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_RELOAD_INTERVAL_MS")]
+    pub auth_reload_interval_ms: Option<u64>,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_DISABLED", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_disabled: Option<bool>,
+    /// PEM certificate chain; with tls_key_file, serve TLS.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of tls_cert_file.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates; clients must present a certificate signed by one (mTLS).
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The longest a shutdown may take to finish calls and flush settlement [default: 10000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    #[arg(skip)]
+    pub categories: Option<BTreeSet<String>>,
+    #[arg(skip)]
+    pub price_book: Option<BTreeMap<String, i64>>,
+    /// TTL of a hold when the caller gives none.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_RESERVATION_TTL_DEFAULT_MS")]
+    pub reservation_ttl_default_ms: Option<i64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_RESERVATION_TTL_MIN_MS")]
+    pub reservation_ttl_min_ms: Option<i64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_RESERVATION_TTL_MAX_MS")]
+    pub reservation_ttl_max_ms: Option<i64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TRIAL_CREDITS_DEFAULT")]
+    pub trial_credits_default: Option<i64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TRIAL_DURATION_DEFAULT_MS")]
+    pub trial_duration_default_ms: Option<i64>,
+    /// How long request ids and closed reservations are remembered.
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_ID_RETENTION_MS")]
+    pub request_id_retention_ms: Option<i64>,
 }
 
 /// Where hot state lives.
@@ -102,49 +170,104 @@ pub struct SettleConfig {
     pub outbox_memory_max: usize,
 }
 
+/// Who may call.
+#[derive(Clone, Debug)]
+pub enum AuthConfig {
+    /// No authentication; `reason` says why that is allowed (logged at start).
+    Off { reason: &'static str },
+    /// Bearer tokens from `file`, checked for changes every `reload_interval`.
+    Tokens { file: PathBuf, reload_interval: Duration, initial: TokenSet },
+}
+
+/// TLS material, read at start.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// With it, clients must present a certificate this CA signed (mTLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+/// Bounds on every call.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The longest a call may take; a shorter client `grpc-timeout` wins.
+    pub call_timeout_max: Duration,
+    /// Calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED.
+    pub concurrency_max: usize,
+    /// The largest request message.
+    pub request_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_timeout_max: Duration::from_millis(CALL_TIMEOUT_MAX_DEFAULT_MS),
+            concurrency_max: CONCURRENCY_MAX_DEFAULT,
+            request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// None: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
     pub engine: EngineConfig,
     pub settle: SettleConfig,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    /// How often Redis and the database are checked for health.
+    pub health_interval: Duration,
     /// How long a shutdown may take to finish calls and flush settlement.
-    pub shutdown_grace_ms: u64,
+    pub shutdown_grace: Duration,
     /// How often the background sweep expires overdue holds and renews cycles.
-    pub sweep_interval_ms: u64,
+    pub sweep_interval: Duration,
     pub rules: Rules,
 }
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
 pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
-pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 1_000;
+pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 500;
 pub const DATABASE_URL_DEFAULT: &str = "sqlite://credit-sidecar.db?mode=rwc";
+pub const CALL_TIMEOUT_MAX_DEFAULT_MS: u64 = 5_000;
+pub const CONCURRENCY_MAX_DEFAULT: usize = 1_024;
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
 
+impl ConfigError {
+    fn new(setting: &str, reason: impl std::fmt::Display) -> Self {
+        Self(format!("{setting}: {reason}"))
+    }
+}
+
 impl Config {
-    /// Flags over the file over defaults.
+    /// Flags over the environment over the file over defaults.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
-        let text = match &args.config {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|error| ConfigError(format!("config: cannot read {}: {error}", path.display())))?,
-            None => String::new(),
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| ConfigError::new("config", format!("cannot read {}: {error}", path.display())))?;
+                parse_file(&text)?
+            }
+            None => Settings::default(),
         };
-        let mut file = parse_file(&text)?;
-        if let Some(listen) = &args.listen {
-            file.listen = Some(listen.clone());
+        let mut overlay = args.settings.clone();
+        // The conventional variables, below their CREDIT_SIDECAR_ forms (which clap has read).
+        for (name, slot) in [("REDIS_URL", &mut overlay.redis_url), ("DATABASE_URL", &mut overlay.database_url)] {
+            if slot.is_none() {
+                *slot = std::env::var(name).ok().filter(|value| !value.is_empty());
+            }
         }
-        if let Some(url) = &args.redis_url {
-            file.redis_url = Some(url.clone());
-        }
-        if args.redis_cluster {
-            file.redis_cluster = Some(true);
-        }
-        if let Some(url) = &args.database_url {
-            file.database_url = Some(url.clone());
-        }
-        build(file)
+        build(overlay_settings(file, overlay)?)
     }
 
     /// A configuration from TOML text alone (defaults for what it leaves out).
@@ -153,25 +276,79 @@ impl Config {
     }
 }
 
-fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|error| ConfigError(format!("config file: {error}")))
+fn parse_file(text: &str) -> Result<Settings, ConfigError> {
+    toml::from_str(text).map_err(|error| ConfigError::new("config file", error))
 }
 
-fn build(file: FileConfig) -> Result<Config, ConfigError> {
+/// `over`'s settings replace `under`'s where given.
+fn overlay_settings(under: Settings, over: Settings) -> Result<Settings, ConfigError> {
+    let to_map = |settings: &Settings| match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        other => Err(ConfigError::new("config", format!("cannot merge settings: {other:?}"))),
+    };
+    let mut merged = to_map(&under)?;
+    for (key, value) in to_map(&over)? {
+        if !value.is_null() {
+            merged.insert(key, value);
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(merged)).map_err(|error| ConfigError::new("config", error))
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    setting: &str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if !range.contains(&value) {
+        return Err(ConfigError::new(setting, format!("must be in {}..={}, got {value}", range.start(), range.end())));
+    }
+    Ok(value)
+}
+
+fn address(setting: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::new(setting, format!("{text:?} is not an address like 127.0.0.1:50051")))
+}
+
+fn build(file: Settings) -> Result<Config, ConfigError> {
     let engine = engine(&file)?;
     let settle = settle(&file)?;
-    let shutdown_grace_ms = file.shutdown_grace_ms.unwrap_or(10_000);
-    if !(100..=600_000).contains(&shutdown_grace_ms) {
-        return Err(ConfigError("shutdown_grace_ms: must be in 100..=600000".into()));
-    }
-    let listen_text = file.listen.unwrap_or_else(|| LISTEN_DEFAULT.to_owned());
-    let listen = listen_text
-        .parse()
-        .map_err(|_| ConfigError(format!("listen: {listen_text:?} is not an address like 127.0.0.1:50051")))?;
-    let sweep_interval_ms = file.sweep_interval_ms.unwrap_or(SWEEP_INTERVAL_DEFAULT_MS);
-    if !(10..=60_000).contains(&sweep_interval_ms) {
-        return Err(ConfigError("sweep_interval_ms: must be in 10..=60000".into()));
-    }
+    let listen = address("listen", file.listen.as_deref().unwrap_or(LISTEN_DEFAULT))?;
+    let metrics_listen = match file.metrics_listen.as_deref().unwrap_or(METRICS_LISTEN_DEFAULT) {
+        "off" => None,
+        text => Some(address("metrics_listen", text)?),
+    };
+    let log_format = match file.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => return Err(ConfigError::new("log_format", format!("must be text or json, got {other:?}"))),
+    };
+    let log_level = file.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|error| ConfigError::new("log_level", error))?;
+    let limits = Limits {
+        call_timeout_max: Duration::from_millis(in_range(
+            "call_timeout_max_ms",
+            file.call_timeout_max_ms,
+            CALL_TIMEOUT_MAX_DEFAULT_MS,
+            10..=600_000,
+        )?),
+        concurrency_max: in_range("concurrency_max", file.concurrency_max, CONCURRENCY_MAX_DEFAULT, 1..=1_000_000)?,
+        request_bytes_max: in_range(
+            "request_bytes_max",
+            file.request_bytes_max,
+            REQUEST_BYTES_MAX_DEFAULT,
+            1_024..=16 * 1024 * 1024,
+        )?,
+    };
+    let auth = auth(&file, listen)?;
+    let tls = tls(&file)?;
+    let ms = Duration::from_millis;
+    let health_interval = ms(in_range("health_interval_ms", file.health_interval_ms, 1_000, 10..=60_000)?);
+    let shutdown_grace = ms(in_range("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 100..=600_000)?);
+    let sweep_interval =
+        ms(in_range("sweep_interval_ms", file.sweep_interval_ms, SWEEP_INTERVAL_DEFAULT_MS, 10..=60_000)?);
     let defaults = Rules::default();
     let rules = Rules {
         categories: file.categories.unwrap_or(defaults.categories),
@@ -185,58 +362,103 @@ fn build(file: FileConfig) -> Result<Config, ConfigError> {
         request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
     };
     rules.validate().map_err(ConfigError)?;
-    Ok(Config { listen, engine, settle, shutdown_grace_ms, sweep_interval_ms, rules })
+    Ok(Config {
+        listen,
+        metrics_listen,
+        log_format,
+        log_level,
+        engine,
+        settle,
+        limits,
+        auth,
+        tls,
+        health_interval,
+        shutdown_grace,
+        sweep_interval,
+        rules,
+    })
 }
 
-fn settle(file: &FileConfig) -> Result<SettleConfig, ConfigError> {
+/// Tokens when a file is given; otherwise off, but only on loopback or when asked for.
+fn auth(file: &Settings, listen: SocketAddr) -> Result<AuthConfig, ConfigError> {
+    let reload_ms = in_range("auth_reload_interval_ms", file.auth_reload_interval_ms, 1_000, 10..=3_600_000)?;
+    let disabled = file.auth_disabled.unwrap_or(false);
+    match &file.auth_tokens_file {
+        Some(path) if disabled => Err(ConfigError::new(
+            "auth_disabled",
+            format!("contradicts auth_tokens_file = {}; set one of them", path.display()),
+        )),
+        Some(path) => {
+            let initial = TokenSet::load(path).map_err(|error| ConfigError::new("auth_tokens_file", error))?;
+            Ok(AuthConfig::Tokens { file: path.clone(), reload_interval: Duration::from_millis(reload_ms), initial })
+        }
+        None if disabled => Ok(AuthConfig::Off { reason: "auth_disabled = true" }),
+        None if listen.ip().is_loopback() => {
+            Ok(AuthConfig::Off { reason: "listening on loopback only and no auth_tokens_file is set" })
+        }
+        None => Err(ConfigError::new(
+            "auth_tokens_file",
+            format!("required when listening on {listen}, which is not loopback (or set auth_disabled = true)"),
+        )),
+    }
+}
+
+fn tls(file: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
+    let read = |setting: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
+    };
+    let client_ca_pem = file.tls_client_ca_file.as_ref().map(|path| read("tls_client_ca_file", path)).transpose()?;
+    match (&file.tls_cert_file, &file.tls_key_file) {
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            cert_pem: read("tls_cert_file", cert)?,
+            key_pem: read("tls_key_file", key)?,
+            client_ca_pem,
+        })),
+        (None, None) if client_ca_pem.is_some() => {
+            Err(ConfigError::new("tls_client_ca_file", "needs tls_cert_file and tls_key_file (mTLS is TLS first)"))
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new("tls_key_file", "is required with tls_cert_file")),
+        (None, Some(_)) => Err(ConfigError::new("tls_cert_file", "is required with tls_key_file")),
+    }
+}
+
+fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
     let database_url = file.database_url.clone().unwrap_or_else(|| DATABASE_URL_DEFAULT.to_owned());
     if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| database_url.starts_with(scheme)) {
-        return Err(ConfigError("database_url: must start with postgres://, postgresql:// or sqlite:".into()));
+        return Err(ConfigError::new("database_url", "must start with postgres://, postgresql:// or sqlite:"));
     }
-    let batch_max = file.settle_batch_max.unwrap_or(1_000);
-    if !(1..=10_000).contains(&batch_max) {
-        return Err(ConfigError("settle_batch_max: must be in 1..=10000".into()));
-    }
-    let claim_idle_ms = file.settle_claim_idle_ms.unwrap_or(30_000);
-    if !(100..=3_600_000).contains(&claim_idle_ms) {
-        return Err(ConfigError("settle_claim_idle_ms: must be in 100..=3600000".into()));
-    }
-    let outbox_memory_max = file.outbox_memory_max.unwrap_or(100_000);
-    if !(1_000..=10_000_000).contains(&outbox_memory_max) {
-        return Err(ConfigError("outbox_memory_max: must be in 1000..=10000000".into()));
-    }
-    Ok(SettleConfig { database_url, batch_max, claim_idle_ms, outbox_memory_max })
+    Ok(SettleConfig {
+        database_url,
+        batch_max: in_range("settle_batch_max", file.settle_batch_max, 1_000, 1..=10_000)?,
+        claim_idle_ms: in_range("settle_claim_idle_ms", file.settle_claim_idle_ms, 30_000, 100..=3_600_000)?,
+        outbox_memory_max: in_range("outbox_memory_max", file.outbox_memory_max, 100_000, 1_000..=10_000_000)?,
+    })
 }
 
-fn engine(file: &FileConfig) -> Result<EngineConfig, ConfigError> {
+fn engine(file: &Settings) -> Result<EngineConfig, ConfigError> {
     let Some(url) = file.redis_url.as_deref().filter(|url| !url.is_empty()) else {
         return Ok(EngineConfig::Embedded);
     };
     let cluster = file.redis_cluster.unwrap_or(false);
     let urls: Vec<String> = url.split(',').map(|part| part.trim().to_owned()).collect();
     if urls.len() > 1 && !cluster {
-        return Err(ConfigError("redis_url: several URLs need redis_cluster = true".into()));
+        return Err(ConfigError::new("redis_url", "several URLs need redis_cluster = true"));
     }
     for url in &urls {
         redis::parse_redis_url(url)
-            .ok_or_else(|| ConfigError(format!("redis_url: {url:?} is not a redis:// or rediss:// URL")))?;
+            .ok_or_else(|| ConfigError::new("redis_url", format!("{url:?} is not a redis:// or rediss:// URL")))?;
     }
-    let shards = file.redis_shards.unwrap_or(SHARDS_DEFAULT);
-    if !(1..=SHARDS_MAX).contains(&shards) {
-        return Err(ConfigError(format!("redis_shards: must be in 1..={SHARDS_MAX}")));
-    }
-    let timeout_ms = file.redis_timeout_ms.unwrap_or(REDIS_TIMEOUT_DEFAULT_MS);
-    if !(10..=60_000).contains(&timeout_ms) {
-        return Err(ConfigError("redis_timeout_ms: must be in 10..=60000".into()));
-    }
+    let shards = in_range("redis_shards", file.redis_shards, SHARDS_DEFAULT, 1..=SHARDS_MAX)?;
+    let timeout_ms = in_range("redis_timeout_ms", file.redis_timeout_ms, REDIS_TIMEOUT_DEFAULT_MS, 10..=60_000)?;
     let key_prefix = file.redis_key_prefix.clone().unwrap_or_default();
     if key_prefix.len() > 64 || key_prefix.contains(['{', '}']) {
-        return Err(ConfigError("redis_key_prefix: at most 64 bytes, without braces".into()));
+        return Err(ConfigError::new("redis_key_prefix", "at most 64 bytes, without braces"));
     }
     let timeout = Duration::from_millis(timeout_ms);
     Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout }))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

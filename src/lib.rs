@@ -4,18 +4,27 @@
 //! Codemap (dependencies point down this list, never up):
 //! - [`config`]: the one place that reads flags and files; typed and validated.
 //! - [`maintenance`]: the `verify` and `rebuild` commands (Redis against the SQL ledger).
-//! - [`server`]: wiring — the gRPC services, the background expiry sweep, shutdown.
+//! - [`server`]: wiring — the gRPC services, health, reflection, the background tasks, shutdown.
+//! - [`health`]: `grpc.health.v1` and `/readyz`, following Redis and the database.
+//! - [`gate`]: the tower layer before every call: deadline, admission (load shedding), bearer
+//!   tokens.
+//! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
 //! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
 //!   and the Redis engine (one Lua script per operation).
 //! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the settler and the store.
+//! - [`telemetry`]: logging, metric names, the HTTP endpoint for metrics and probes.
 //! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod gate;
+pub mod health;
 pub mod ledger;
 pub mod maintenance;
 pub mod server;
 pub mod settle;
+pub mod telemetry;

@@ -1,39 +1,50 @@
 //! Parse configuration, set up logging, run. Nothing else lives here.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use credit_sidecar::config::{Args, Command, Config, EngineConfig};
+use credit_sidecar::auth::Tokens;
+use credit_sidecar::config::{Args, AuthConfig, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::ledger::{AccountId, Ledger, SystemClock};
 use credit_sidecar::maintenance;
-use credit_sidecar::server::{ServeOptions, SettleSetup, serve};
+use credit_sidecar::server::{AuthSetup, HttpSetup, ServeOptions, SettleSetup, serve};
 use credit_sidecar::settle::outbox::MemoryOutbox;
 use credit_sidecar::settle::settler::SettleOptions;
 use credit_sidecar::settle::store::Store;
+use credit_sidecar::telemetry;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = Config::load(&args)?;
-    match args.command.unwrap_or(Command::Serve) {
-        Command::Serve => run(config).await,
-        Command::Verify { account } => {
-            let drift = maintain(&config, account, Maintenance::Verify).await?;
-            if drift > 0 {
-                std::process::exit(1);
-            }
-            Ok(())
+    // Nothing is bound and nothing logged before the whole configuration is valid.
+    let config = match Config::load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
         }
+    };
+    telemetry::init_logging(config.log_format, &config.log_level);
+    let result = match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => run(config).await,
+        Command::Verify { account } => match maintain(&config, account, Maintenance::Verify).await {
+            Ok(0) => Ok(()),
+            Ok(_) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         Command::Rebuild { account } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "exiting");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -91,19 +102,46 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             Engine::redis(config.rules.clone(), redis)
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, engine = engine.name(), "credit-sidecar serving gRPC");
     let settle = SettleSetup {
         store,
         options: SettleOptions { batch_max: config.settle.batch_max, ..SettleOptions::default() },
         consumer: consumer_name(),
         claim_idle: Duration::from_millis(config.settle.claim_idle_ms),
-        grace: Duration::from_millis(config.shutdown_grace_ms),
     };
-    let options =
-        ServeOptions { sweep_interval: Duration::from_millis(config.sweep_interval_ms), settle: Some(settle) };
-    serve(listener, engine, options, shutdown_signal()).await?;
-    tracing::info!("stopped");
+    let auth = match &config.auth {
+        AuthConfig::Off { reason } => {
+            tracing::warn!(reason, "authentication is off");
+            None
+        }
+        AuthConfig::Tokens { file, reload_interval, initial } => {
+            tracing::info!(tokens = initial.len(), file = %file.display(), "bearer tokens required");
+            Some(AuthSetup { tokens: Tokens::new(initial.clone()), reload: Some((file.clone(), *reload_interval)) })
+        }
+    };
+    let options = ServeOptions {
+        sweep_interval: config.sweep_interval,
+        settle: Some(settle),
+        limits: config.limits,
+        auth,
+        tls: config.tls.clone(),
+        health_interval: config.health_interval,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let grpc = listener.local_addr()?;
+    let http = match config.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            Some(HttpSetup { listener, metrics: Some(telemetry::install_metrics()?) })
+        }
+        None => None,
+    };
+    let metrics = http.as_ref().map(|http| http.listener.local_addr()).transpose()?;
+    let metrics = metrics.map_or_else(|| "off".to_owned(), |address| address.to_string());
+    let tls = config.tls.as_ref().map_or("off", |tls| if tls.client_ca_pem.is_some() { "mtls" } else { "tls" });
+    tracing::info!(%grpc, metrics, engine = engine.name(), tls, "serving");
+    let served = serve(listener, engine, options, http, shutdown_signal()).await?;
+    tracing::info!(settled = served.settled, "stopped");
     Ok(())
 }
 
@@ -121,5 +159,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    tracing::info!("shutting down: finishing calls in flight");
+    tracing::info!("shutdown signal received");
 }

@@ -1,20 +1,29 @@
-//! Wiring: the gRPC services on a listener the caller bound, the background expiry sweep, and
-//! the settler; all stop on the caller's shutdown future. Tests bind port 0 and pass their own
-//! future, so nothing here sleeps or guesses when the server is ready.
+//! Wiring: the gRPC services (with health and reflection) behind the [gate](crate::gate) on a
+//! listener the caller bound, the HTTP endpoint for metrics and probes, the background expiry
+//! sweep, the dependency health checks, the token reloads and the settler; all stop on the
+//! caller's shutdown future. Tests bind port 0 and pass their own future, so nothing here sleeps
+//! or guesses when the server is ready.
 //!
-//! Shutdown order: stop taking calls and let calls in flight finish, stop the sweep, then let the
-//! settler flush the outbox (bounded by the grace period), then return.
+//! Shutdown order: health turns NOT_SERVING; the server stops taking calls and lets calls in
+//! flight finish; the sweep and the checks stop; the settler flushes the outbox. All of it is
+//! bounded by the grace period; [`serve`] returns [`ServeError::GraceExceeded`] when that ran out.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::api::{AdminService, AuthorizerService};
+use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
+use crate::auth::{Tokens, watch_tokens};
+use crate::config::{Limits, TlsConfig};
 use crate::engine::Engine;
+use crate::gate::GateLayer;
+use crate::health::{Health, watch_dependencies};
 use crate::settle::settler::{SettleOptions, SettleStats};
 use crate::settle::store::Store;
 
@@ -24,6 +33,36 @@ pub struct ServeOptions {
     /// Settle the engine's events into this store; None runs without settlement (tests of the
     /// rules alone).
     pub settle: Option<SettleSetup>,
+    pub limits: Limits,
+    /// None: authentication is off.
+    pub auth: Option<AuthSetup>,
+    pub tls: Option<TlsConfig>,
+    /// How often Redis and the database are checked for health.
+    pub health_interval: Duration,
+    /// Bounds draining calls and flushing settlement at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults for everything but the sweep: no settlement, no auth, no TLS.
+    pub fn new(sweep_interval: Duration) -> Self {
+        Self {
+            sweep_interval,
+            settle: None,
+            limits: Limits::default(),
+            auth: None,
+            tls: None,
+            health_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthSetup {
+    pub tokens: Tokens,
+    /// Re-read the tokens from this file when it changes, checking every interval.
+    pub reload: Option<(std::path::PathBuf, Duration)>,
 }
 
 #[derive(Clone)]
@@ -34,8 +73,12 @@ pub struct SettleSetup {
     pub consumer: String,
     /// Events another replica left unacknowledged this long are taken over.
     pub claim_idle: Duration,
-    /// How long the final flush at shutdown may take.
-    pub grace: Duration,
+}
+
+/// The operator's HTTP endpoint: `/metrics` (when a recorder is installed), `/livez`, `/readyz`.
+pub struct HttpSetup {
+    pub listener: TcpListener,
+    pub metrics: Option<PrometheusHandle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +87,15 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("starting settlement: {0}")]
     Settle(#[from] crate::engine::Error),
+    #[error("shutdown did not finish within the grace period of {} ms", .0.as_millis())]
+    GraceExceeded(Duration),
+}
+
+/// What a finished server reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Served {
+    /// Events this process wrote to SQL.
+    pub settled: u64,
 }
 
 /// Serves until `shutdown` resolves, then drains as described above.
@@ -51,43 +103,141 @@ pub async fn serve(
     listener: TcpListener,
     engine: Engine,
     options: ServeOptions,
+    http: Option<HttpSetup>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
-    let (stop_sweep, sweep_stopped) = watch::channel(());
-    let sweeper = tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, sweep_stopped));
+) -> Result<Served, ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
+    let (stop_tasks, tasks_stopped) = watch::channel(());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, tasks_stopped.clone())));
+    let store = options.settle.as_ref().map(|setup| setup.store.clone());
+    tasks.push(tokio::spawn(watch_dependencies(
+        engine.clone(),
+        store.clone(),
+        options.health_interval,
+        health.clone(),
+        tasks_stopped.clone(),
+    )));
+    if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
+        tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, tasks_stopped.clone())));
+    }
+    let (stop_http, http_stopped) = watch::channel(());
+    let http_task = http.map(|setup| {
+        tokio::spawn(crate::telemetry::serve_http(setup.listener, setup.metrics, health.serving(), http_stopped))
+    });
     let (stop_settler, settler_stopped) = watch::channel(());
     let settler = match &options.settle {
-        Some(setup) => Some(start_settler(&engine, setup, settler_stopped).await?),
+        Some(setup) => Some(start_settler(&engine, setup, settler_stopped, options.shutdown_grace).await?),
         None => None,
     };
-    let result = tonic::transport::Server::builder()
-        .add_service(AuthorizerService::new(engine.clone()).into_server())
-        .add_service(AdminService::new(engine, options.settle.as_ref().map(|setup| setup.store.clone())).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
-    drop(stop_sweep);
-    if let Err(error) = sweeper.await {
-        tracing::error!(%error, "expiry sweep task failed");
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| crate::engine::Error::Internal(format!("reflection: {error}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|error| crate::engine::Error::Internal(format!("reflection: {error}")))?;
+    let bytes_max = options.limits.request_bytes_max;
+    let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
+    let admin = AdminService::new(engine.clone(), store).into_server().max_decoding_message_size(bytes_max);
+    let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls_config(tls))?;
+    }
+    // Health turns NOT_SERVING first, so balancers stop sending calls while these drain.
+    let draining = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: not serving, finishing calls in flight");
+            health.set(false).await;
+        }
+    };
+    let grace = options.shutdown_grace;
+    let (shutdown_started, started) = watch::channel(false);
+    let draining = async move {
+        draining.await;
+        shutdown_started.send_replace(true);
+    };
+    let server = builder
+        .layer(gate)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authorizer)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+    tokio::pin!(server);
+    // Serve until the shutdown starts; from then on the rest must finish within the grace period.
+    let mut started = started;
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        _ = started.wait_for(|started| *started) => None,
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    let result = match result {
+        Some(result) => result,
+        None => match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("calls in flight did not finish within the grace period");
+                Ok(())
+            }
+        },
+    };
+    health.set(false).await;
+    drop(stop_tasks);
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "background task failed");
+        }
     }
     drop(stop_settler);
+    let mut served = Served::default();
+    let mut in_time = true;
     if let Some((task, stats)) = settler {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "settler task failed");
+        match tokio::time::timeout_at(deadline + Duration::from_millis(100), task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "settler task failed"),
+            Err(_) => in_time = false,
         }
-        let settled = stats.settled.load(std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(settled, "settlement stopped");
+        served.settled = stats.settled.load(std::sync::atomic::Ordering::Relaxed);
+        let left = stats.backlog.load(std::sync::atomic::Ordering::Relaxed);
+        in_time &= left == 0;
+        tracing::info!(settled = served.settled, left, "settlement stopped");
     }
-    Ok(result?)
+    drop(stop_http);
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    result?;
+    in_time &= tokio::time::Instant::now() <= deadline + Duration::from_millis(100);
+    if in_time { Ok(served) } else { Err(ServeError::GraceExceeded(grace)) }
+}
+
+fn tls_config(tls: &TlsConfig) -> ServerTlsConfig {
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+    if let Some(ca) = &tls.client_ca_pem {
+        config = config.client_ca_root(Certificate::from_pem(ca));
+    }
+    config
 }
 
 async fn start_settler(
     engine: &Engine,
     setup: &SettleSetup,
     stopped: watch::Receiver<()>,
+    grace: Duration,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<SettleStats>), ServeError> {
     let store = setup.store.clone();
     let consumer = setup.consumer.clone();
-    Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, setup.grace).await?)
+    Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, grace).await?)
 }
 
 /// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes.

@@ -5,6 +5,7 @@
 mod admin;
 mod authorizer;
 mod convert;
+mod observe;
 mod status;
 
 pub use admin::AdminService;
@@ -14,3 +15,6 @@ pub use authorizer::AuthorizerService;
 pub mod pb {
     tonic::include_proto!("credits.v1");
 }
+
+/// The encoded descriptors of `credits.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("credits_v1_descriptor");

@@ -206,6 +206,14 @@ impl Engine {
         }
     }
 
+    /// Does the engine's store answer? (Always, for the embedded engine.)
+    pub async fn ping(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis(engine) => engine.ping().await,
+        }
+    }
+
     /// Expires holds past their deadline and renews ended cycles everywhere; returns how many
     /// holds expired. The server's background sweep calls this; tests call it directly.
     pub async fn sweep(&self) -> Result<usize> {
@@ -214,6 +222,7 @@ impl Engine {
             Backend::Redis(engine) => engine.sweep().await?,
         };
         self.swept_holds.fetch_add(expired as u64, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::SWEPT_HOLDS).increment(expired as u64);
         Ok(expired)
     }
 

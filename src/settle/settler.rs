@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::outbox::Outbox;
 use super::store::Store;
+use crate::telemetry;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SettleOptions {
@@ -103,6 +104,7 @@ impl<O: Outbox> Settler<O> {
             Err(error) => {
                 tracing::warn!(%error, "reading the outbox failed; will retry");
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
                 return self.pause(stopped, self.options.retry_max).await.then_some(0);
             }
         };
@@ -112,10 +114,12 @@ impl<O: Outbox> Settler<O> {
             match self.store.write(&events, now).await {
                 Ok(new) => {
                     self.stats.settled.fetch_add(new as u64, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SETTLED).increment(new as u64);
                     break;
                 }
                 Err(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
                     tracing::warn!(%error, events = events.len(), "settling a batch failed; retrying");
                     if !self.pause(stopped, pause).await {
                         return None;
@@ -144,6 +148,8 @@ impl<O: Outbox> Settler<O> {
         if let Ok(backlog) = self.outbox.backlog().await {
             self.stats.backlog.store(backlog.events, Ordering::Relaxed);
             self.stats.lag_ms.store(backlog.oldest_ms, Ordering::Relaxed);
+            metrics::gauge!(telemetry::SETTLE_BACKLOG).set(backlog.events as f64);
+            metrics::gauge!(telemetry::SETTLE_LAG).set(backlog.oldest_ms as f64 / 1000.0);
         }
     }
 }

@@ -263,6 +263,15 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// Open reservations and the credits they hold, as settled so far (for the metrics).
+    pub async fn open_holds(&self) -> Result<(i64, i64)> {
+        let holds = sqlx::query("SELECT COUNT(*) FROM reservations WHERE state = 'held'").fetch_one(&self.pool).await?;
+        let held = sqlx::query("SELECT CAST(COALESCE(SUM(held), 0) AS BIGINT) FROM account_totals")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((holds.try_get(0)?, held.try_get(0)?))
+    }
+
     /// How many events are settled in all (for figures and tests).
     pub async fn event_count(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) FROM ledger_events").fetch_one(&self.pool).await?.try_get(0)?)

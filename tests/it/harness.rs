@@ -107,7 +107,7 @@ impl Harness {
         redis: Option<RedisServer>,
         sweep_interval: Duration,
     ) -> Self {
-        Self::serve_settled(clock, engine, redis, ServeOptions { sweep_interval, settle: None }).await
+        Self::serve_settled(clock, engine, redis, ServeOptions::new(sweep_interval)).await
     }
 
     /// Serves with the given options (e.g. with a settler).
@@ -123,7 +123,7 @@ impl Harness {
         let server = tokio::spawn({
             let engine = engine.clone();
             async move {
-                serve(listener, engine, options, async {
+                serve(listener, engine, options, None, async {
                     stopped.await.ok();
                 })
                 .await

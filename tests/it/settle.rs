@@ -36,12 +36,15 @@ fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
         options: SettleOptions { batch_max: 64, idle_interval: Duration::from_millis(5), ..SettleOptions::default() },
         consumer: consumer.into(),
         claim_idle: Duration::from_millis(200),
-        grace: Duration::from_secs(20),
     }
 }
 
 fn settled_options(store: &Store, consumer: &str) -> ServeOptions {
-    ServeOptions { sweep_interval: Duration::from_secs(3600), settle: Some(settle_setup(store, consumer)) }
+    ServeOptions {
+        settle: Some(settle_setup(store, consumer)),
+        shutdown_grace: Duration::from_secs(20),
+        ..ServeOptions::new(Duration::from_secs(3600))
+    }
 }
 
 /// A day of traffic on two accounts: every kind of change, including expiries and a renewal.

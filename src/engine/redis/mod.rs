@@ -193,10 +193,20 @@ impl RedisEngine {
 
     /// Runs a Redis round trip within the timeout.
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(unavailable),
             Err(_) => Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
+        };
+        if result.is_err() {
+            metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
         }
+        result
+    }
+
+    /// Does Redis answer (within the timeout)?
+    pub async fn ping(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await
     }
 
     /// The engine's now: the test clock, or Redis `TIME`.

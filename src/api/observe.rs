@@ -1,0 +1,173 @@
+//! What every call goes through inside the services: the accounts check of an authenticated
+//! caller, the `call` span (`rpc`, `account`, `request_id`), the store budget before the call's
+//! deadline, and the call metrics (by RPC and outcome, declines by reason).
+
+use std::future::Future;
+
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use super::pb;
+use crate::auth::Caller;
+use crate::gate::Deadline;
+use crate::telemetry;
+
+/// The account a request touches (for the caller's account list and the logs).
+pub trait Scoped {
+    fn account(&self) -> &str;
+    fn request_id(&self) -> &str {
+        ""
+    }
+}
+
+/// The outcome a response reports; None for reads.
+pub trait Answered {
+    fn outcome_of(&self) -> Option<pb::Outcome> {
+        None
+    }
+}
+
+/// The account part of `<account>/<seq>` (the whole text when it has no `/`).
+fn account_of(reservation_id: &str) -> &str {
+    reservation_id.rsplit_once('/').map_or(reservation_id, |(account, _)| account)
+}
+
+macro_rules! scoped {
+    (account: $($t:ty),*) => { $(impl Scoped for $t { fn account(&self) -> &str { &self.account_id } })* };
+    (account, request: $($t:ty),*) => { $(impl Scoped for $t {
+        fn account(&self) -> &str { &self.account_id }
+        fn request_id(&self) -> &str { &self.request_id }
+    })* };
+    (reservation, request: $($t:ty),*) => { $(impl Scoped for $t {
+        fn account(&self) -> &str { account_of(&self.reservation_id) }
+        fn request_id(&self) -> &str { &self.request_id }
+    })* };
+}
+
+scoped!(account: pb::QuoteRequest, pb::GetBalanceRequest, pb::GetAccountRequest, pb::ListReservationsRequest,
+    pb::GetUsageRequest);
+scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequest, pb::GrantRequest,
+    pb::StartTrialRequest, pb::SetUserLimitRequest);
+scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
+
+impl Scoped for pb::GetReservationRequest {
+    fn account(&self) -> &str {
+        account_of(&self.reservation_id)
+    }
+}
+
+macro_rules! answered {
+    (outcome: $($t:ty),*) => { $(impl Answered for $t {
+        fn outcome_of(&self) -> Option<pb::Outcome> { Some(self.outcome()) }
+    })* };
+    (read: $($t:ty),*) => { $(impl Answered for $t {})* };
+}
+
+answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, pb::ReleaseResponse,
+    pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
+    pb::SetUserLimitResponse);
+answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
+    pb::ListReservationsResponse, pb::GetUsageResponse);
+
+/// Runs `handler` on `request` as RPC `rpc`, as described in the module docs.
+pub async fn observe<Req, Resp, Fut>(
+    rpc: &'static str,
+    request: Request<Req>,
+    handler: impl FnOnce(Request<Req>) -> Fut,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Scoped,
+    Resp: Answered,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    let started = Instant::now();
+    let caller = request.extensions().get::<Caller>().cloned();
+    let deadline = request.extensions().get::<Deadline>().copied();
+    let message = request.get_ref();
+    let account = message.account().to_owned();
+    let span = tracing::info_span!("call", rpc, account, request_id = message.request_id());
+    async move {
+        if let Some(caller) = caller.filter(|caller| !caller.may_touch(&account)) {
+            metrics::counter!(telemetry::REFUSALS, "reason" => "permission_denied").increment(1);
+            let status = Status::permission_denied(format!(
+                "account_id: token {:?} may not touch account {:?}",
+                caller.name, account
+            ));
+            record(rpc, "permission_denied", started);
+            return Err(status);
+        }
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout(deadline.budget(), handler(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::unavailable("store: no answer before the call's deadline; nothing was decided")),
+            },
+            None => handler(request).await,
+        };
+        match &result {
+            Ok(response) => {
+                let outcome = response.get_ref().outcome_of().unwrap_or(pb::Outcome::Ok);
+                let label = outcome_label(outcome);
+                if outcome != pb::Outcome::Ok && rpc != "Quote" {
+                    metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
+                }
+                record(rpc, label, started);
+                tracing::debug!(outcome = label, "answered");
+            }
+            Err(status) => {
+                let label = code_label(status.code());
+                record(rpc, label, started);
+                match status.code() {
+                    Code::Unavailable | Code::Internal | Code::Unknown => {
+                        tracing::warn!(code = label, message = status.message(), "call failed")
+                    }
+                    _ => tracing::debug!(code = label, message = status.message(), "call refused"),
+                }
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn record(rpc: &'static str, outcome: &'static str, started: Instant) {
+    metrics::counter!(telemetry::CALLS, "rpc" => rpc, "outcome" => outcome).increment(1);
+    metrics::histogram!(telemetry::CALL_DURATION, "rpc" => rpc, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn outcome_label(outcome: pb::Outcome) -> &'static str {
+    match outcome {
+        pb::Outcome::Unspecified => "unspecified",
+        pb::Outcome::Ok => "ok",
+        pb::Outcome::InsufficientCredit => "insufficient_credit",
+        pb::Outcome::UserLimitReached => "user_limit_reached",
+        pb::Outcome::ReservationExpired => "reservation_expired",
+        pb::Outcome::ReservationClosed => "reservation_closed",
+        pb::Outcome::ExceedsHold => "exceeds_hold",
+        pb::Outcome::TrialAlreadyUsed => "trial_already_used",
+    }
+}
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}

@@ -1,0 +1,238 @@
+//! The tower layer every call passes before it reaches a service, in this order:
+//!
+//! 1. **Deadline**: the client's `grpc-timeout`, capped by `call_timeout_max_ms`, becomes a
+//!    [`Deadline`] in the request's extensions; the API answers `UNAVAILABLE` before it when the
+//!    store is slow, and the gate answers `DEADLINE_EXCEEDED` when it passes regardless.
+//! 2. **Admission**: at most `concurrency_max` calls in flight; one more is refused at once with
+//!    `RESOURCE_EXHAUSTED`. Nothing queues, so overload costs callers one round trip.
+//! 3. **Authentication**: with tokens configured, `authorization: Bearer <token>` must name a token
+//!    with the service's scope (`authorize` for CreditAuthorizer, `admin` for CreditAdmin), else
+//!    `UNAUTHENTICATED` / `PERMISSION_DENIED`. The caller goes into the extensions, where the API
+//!    checks the accounts it may touch.
+//!
+//! Health checks and reflection pass untouched: probes must work under overload, and streams
+//! (`Health/Watch`) must not be cut by a deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::auth::{Refusal, Scope, Tokens};
+use crate::config::Limits;
+use crate::telemetry;
+
+/// When a call must be answered by.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// Time left, less a margin to carry the answer back: the API stops waiting for its store
+    /// at this point and answers UNAVAILABLE.
+    pub fn budget(&self) -> Duration {
+        let left = self.0.saturating_duration_since(Instant::now());
+        left.saturating_sub((left / 10).max(Duration::from_millis(1)))
+    }
+}
+
+#[derive(Clone)]
+pub struct GateLayer {
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    tokens: Option<Tokens>,
+}
+
+impl GateLayer {
+    /// `tokens`: None when authentication is off.
+    pub fn new(limits: Limits, tokens: Option<Tokens>) -> Self {
+        Self { limits, permits: Arc::new(Semaphore::new(limits.concurrency_max)), tokens }
+    }
+}
+
+impl<S> Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    layer: GateLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a path is, for the gate.
+enum Route {
+    /// Health and reflection: no limits, no token.
+    Open,
+    Guarded(Scope),
+}
+
+fn route(path: &str) -> Route {
+    if path.starts_with("/credits.v1.CreditAdmin/") {
+        Route::Guarded(Scope::Admin)
+    } else if path.starts_with("/credits.v1.") {
+        Route::Guarded(Scope::Authorize)
+    } else {
+        Route::Open
+    }
+}
+
+fn refuse(status: Status, reason: &'static str) -> http::Response<Body> {
+    metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
+    tracing::debug!(reason, message = status.message(), "call refused");
+    status.into_http()
+}
+
+impl<S, B> Service<http::Request<B>> for Gate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready serves this call; the fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Route::Guarded(scope) = route(request.uri().path()) else {
+            return Box::pin(inner.call(request));
+        };
+        let limits = self.layer.limits;
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| parse_grpc_timeout(value.to_str().ok()?))
+            .map_or(limits.call_timeout_max, |client| client.min(limits.call_timeout_max));
+        let deadline = Instant::now() + timeout;
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            let status = Status::resource_exhausted(format!(
+                "overloaded: {} calls in flight (concurrency_max); retry with backoff",
+                limits.concurrency_max
+            ));
+            return Box::pin(std::future::ready(Ok(refuse(status, "overloaded"))));
+        };
+        if let Some(tokens) = &self.layer.tokens {
+            let presented = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "));
+            let verdict = match presented {
+                None => Err(refuse(
+                    Status::unauthenticated("authorization: expected the metadata `authorization: Bearer <token>`"),
+                    "unauthenticated",
+                )),
+                Some(token) => match tokens.current().authenticate(token.trim(), scope) {
+                    Ok(caller) => Ok(caller),
+                    Err(Refusal::Unknown) => {
+                        Err(refuse(Status::unauthenticated("authorization: unknown bearer token"), "unauthenticated"))
+                    }
+                    Err(Refusal::MissingScope { caller, scope }) => Err(refuse(
+                        Status::permission_denied(format!(
+                            "authorization: token {caller:?} lacks the scope {}",
+                            scope_name(scope)
+                        )),
+                        "permission_denied",
+                    )),
+                },
+            };
+            match verdict {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(response) => return Box::pin(std::future::ready(Ok(response))),
+            }
+        }
+        request.extensions_mut().insert(Deadline(deadline));
+        Box::pin(async move {
+            let _permit = permit;
+            let in_flight = metrics::gauge!(telemetry::CALLS_IN_FLIGHT);
+            in_flight.increment(1.0);
+            let result = tokio::time::timeout_at(deadline, inner.call(request)).await;
+            in_flight.decrement(1.0);
+            match result {
+                Ok(Ok(response)) => {
+                    if response.headers().get("grpc-status").is_some_and(|code| code == "11") {
+                        // tonic's answer to a message over request_bytes_max (OUT_OF_RANGE).
+                        metrics::counter!(telemetry::REFUSALS, "reason" => "request_too_large").increment(1);
+                    }
+                    Ok(response)
+                }
+                Ok(Err(error)) => Err(error),
+                Err(_) => Ok(refuse(
+                    Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
+                    "deadline_exceeded",
+                )),
+            }
+        })
+    }
+}
+
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Authorize => "authorize",
+        Scope::Admin => "admin",
+    }
+}
+
+/// Parses a `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_by_the_spec() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S", "１S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn routes_pick_the_scope() {
+        assert!(matches!(route("/credits.v1.CreditAdmin/Grant"), Route::Guarded(Scope::Admin)));
+        assert!(matches!(route("/credits.v1.CreditAuthorizer/Reserve"), Route::Guarded(Scope::Authorize)));
+        assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Open));
+        assert!(matches!(route("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Route::Open));
+    }
+}

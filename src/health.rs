@@ -1,0 +1,115 @@
+//! Health: `grpc.health.v1` for the server (`""`) and each service, and the `/readyz` flag.
+//! They are SERVING while Redis (when configured) and the database answer, NOT_SERVING while
+//! either does not, and NOT_SERVING from the start of a shutdown. The service [`LIVENESS`] is
+//! SERVING while the process runs: liveness and startup probes use it, so an outage of a
+//! dependency takes a pod out of rotation without restarting it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::pb;
+use crate::engine::Engine;
+use crate::settle::store::Store;
+use crate::telemetry;
+
+/// The health service name that only says the process is up.
+pub const LIVENESS: &str = "liveness";
+
+/// The services whose status follows the dependencies.
+const SERVICES: [&str; 3] = [
+    "",
+    <pb::credit_authorizer_server::CreditAuthorizerServer<crate::api::AuthorizerService> as tonic::server::NamedService>::NAME,
+    <pb::credit_admin_server::CreditAdminServer<crate::api::AdminService> as tonic::server::NamedService>::NAME,
+];
+
+/// Sets every status at once; shared by the dependency watch and shutdown.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    serving: watch::Sender<bool>,
+}
+
+impl Health {
+    /// Starts NOT_SERVING (until the first check passes), with [`LIVENESS`] SERVING.
+    pub async fn new(reporter: HealthReporter) -> Self {
+        reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+        let health = Self { reporter, serving: watch::Sender::new(false) };
+        health.set(false).await;
+        health
+    }
+
+    /// Follows readiness (for `/readyz`).
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.subscribe()
+    }
+
+    pub async fn set(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for service in SERVICES {
+            self.reporter.set_service_status(service, status).await;
+        }
+        self.serving.send_replace(serving);
+    }
+}
+
+/// Checks the engine's store and the database every `interval` until `stopped` closes, and sets
+/// health and the dependency gauges from the answers. Also samples the open holds of the settled
+/// ledger. The first check runs at once.
+pub async fn watch_dependencies(
+    engine: Engine,
+    store: Option<Store>,
+    interval: Duration,
+    health: Health,
+    mut stopped: watch::Receiver<()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<bool> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        // A check may take at most the interval (and never less than a second).
+        let bound = interval.max(Duration::from_secs(1));
+        let redis = match engine.ping().await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        };
+        if engine.name() == "redis" {
+            metrics::gauge!(telemetry::DEPENDENCY_UP, "dependency" => "redis").set(f64::from(u8::from(redis.is_ok())));
+        }
+        let database = match &store {
+            Some(store) => match tokio::time::timeout(bound, check_store(store)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {} ms", bound.as_millis())),
+            },
+            None => Ok(()),
+        };
+        if store.is_some() {
+            metrics::gauge!(telemetry::DEPENDENCY_UP, "dependency" => "database")
+                .set(f64::from(u8::from(database.is_ok())));
+        }
+        let serving = redis.is_ok() && database.is_ok();
+        if last != Some(serving) {
+            match (&redis, &database) {
+                (Ok(()), Ok(())) => tracing::info!("dependencies answer: serving"),
+                (Err(error), _) => tracing::warn!(%error, "redis does not answer: not serving"),
+                (_, Err(error)) => tracing::warn!(%error, "the database does not answer: not serving"),
+            }
+            health.set(serving).await;
+            last = Some(serving);
+        }
+    }
+}
+
+/// Pings the database and samples the settled ledger's open holds.
+async fn check_store(store: &Store) -> Result<(), String> {
+    let (holds, held) = store.open_holds().await.map_err(|error| error.to_string())?;
+    metrics::gauge!(telemetry::OPEN_HOLDS).set(holds as f64);
+    metrics::gauge!(telemetry::HELD_CREDITS).set(held as f64);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Logs, metrics, and the operator's HTTP endpoint.
+//!
+//! - Logs: `tracing`, as text or JSON lines on stdout; every call runs in a `call` span carrying
+//!   `rpc`, `account` and `request_id`.
+//! - Metrics: the `metrics` facade, rendered by the Prometheus exporter. The names are the
+//!   constants below; README "Metrics" says what each means.
+//! - HTTP (`metrics_listen`): `GET /metrics`, `GET /livez` (200 while the process runs) and
+//!   `GET /readyz` (200 while serving, 503 otherwise), for probes that cannot speak gRPC.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+pub const CALLS: &str = "credit_sidecar_calls_total";
+pub const CALL_DURATION: &str = "credit_sidecar_call_duration_seconds";
+pub const DECLINES: &str = "credit_sidecar_declines_total";
+pub const REFUSALS: &str = "credit_sidecar_refusals_total";
+pub const CALLS_IN_FLIGHT: &str = "credit_sidecar_calls_in_flight";
+pub const OPEN_HOLDS: &str = "credit_sidecar_open_holds";
+pub const HELD_CREDITS: &str = "credit_sidecar_held_credits";
+pub const REDIS_ERRORS: &str = "credit_sidecar_redis_errors_total";
+pub const DEPENDENCY_UP: &str = "credit_sidecar_dependency_up";
+pub const SETTLE_BACKLOG: &str = "credit_sidecar_settle_backlog_events";
+pub const SETTLE_LAG: &str = "credit_sidecar_settle_lag_seconds";
+pub const SETTLED: &str = "credit_sidecar_settled_events_total";
+pub const SETTLE_FAILURES: &str = "credit_sidecar_settle_failures_total";
+pub const SWEPT_HOLDS: &str = "credit_sidecar_swept_holds_total";
+pub const AUTH_RELOADS: &str = "credit_sidecar_auth_reloads_total";
+
+/// Call latency buckets, in seconds: 50 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Installs the global log subscriber. `level` was validated by the configuration.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+/// Installs the global Prometheus recorder; the handle renders the scrape page.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS)?.install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(CALLS, "Calls answered, by RPC and outcome (or error code).");
+    describe_histogram!(CALL_DURATION, Unit::Seconds, "Call latency inside the server, by RPC and outcome.");
+    describe_counter!(DECLINES, "Declined state changes, by RPC and reason.");
+    describe_counter!(REFUSALS, "Calls refused before reaching the ledger, by reason.");
+    describe_gauge!(CALLS_IN_FLIGHT, "Calls being served now.");
+    describe_gauge!(OPEN_HOLDS, "Open reservations in the settled ledger.");
+    describe_gauge!(HELD_CREDITS, "Credits held by open reservations in the settled ledger.");
+    describe_counter!(REDIS_ERRORS, "Redis round trips that failed or timed out.");
+    describe_gauge!(DEPENDENCY_UP, "1 while the dependency answers its health check, else 0.");
+    describe_gauge!(SETTLE_BACKLOG, "Events in the outbox not yet settled into SQL.");
+    describe_gauge!(SETTLE_LAG, Unit::Seconds, "Age of the oldest unsettled event.");
+    describe_counter!(SETTLED, "Events this process wrote to SQL.");
+    describe_counter!(SETTLE_FAILURES, "Settlement reads or writes that failed and were retried.");
+    describe_counter!(SWEPT_HOLDS, "Holds expired by the background sweep.");
+    describe_counter!(AUTH_RELOADS, "Reloads of the bearer tokens file, by result.");
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    metrics: Option<PrometheusHandle>,
+    serving: watch::Receiver<bool>,
+}
+
+/// Serves `/metrics`, `/livez` and `/readyz` on `listener` until `stopped` closes. Without a
+/// recorder handle `/metrics` answers 404.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    serving: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<()>,
+) {
+    if let Some(handle) = metrics.clone() {
+        let mut upkeep_stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => handle.run_upkeep(),
+                    _ = upkeep_stopped.changed() => return,
+                }
+            }
+        });
+    }
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Endpoint { metrics, serving });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stopped.changed().await;
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "metrics endpoint failed");
+    }
+}
+
+async fn scrape(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+    match &endpoint.metrics {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (StatusCode::NOT_FOUND, "metrics are not recorded in this process\n".into()),
+    }
+}
+
+async fn ready(State(endpoint): State<Endpoint>) -> (StatusCode, &'static str) {
+    if *endpoint.serving.borrow() {
+        (StatusCode::OK, "serving\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
