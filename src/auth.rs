@@ -1,7 +1,7 @@
 //! Who may call: bearer tokens from a TOML file, each with scopes and optionally the accounts it
 //! may touch. Only SHA-256 digests are kept in memory and compared, in constant time, against
 //! the digest of the presented token; every token is compared, so timing does not tell which one
-//! nearly matched. The file is re-read when it changes ([`watch_tokens`]), so a rotated
+//! nearly matched. The file is re-read when its content changes ([`watch_tokens`]), so a rotated
 //! Kubernetes Secret takes effect without a restart; a file that no longer parses keeps the
 //! previous tokens.
 //!
@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -176,21 +176,17 @@ impl Tokens {
     }
 }
 
-/// What identifies a version of the file: Kubernetes swaps a symlink, which changes both.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
-}
-
-/// Re-reads `path` into `tokens` whenever it changes, checking every `interval`, until `stopped`
-/// closes. A file that does not parse is logged and the previous tokens stay in force.
+/// Re-reads `path` into `tokens` whenever its content changes, checking every `interval`, until
+/// `stopped` closes. The content is compared, not the modification time: a Kubernetes Secret is
+/// swapped by a symlink, and two versions can share a size and a timestamp. A file that does not
+/// parse is logged and the previous tokens stay in force.
 pub async fn watch_tokens(
     tokens: Tokens,
     path: PathBuf,
     interval: Duration,
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) {
-    let mut seen = stamp(&path);
+    let mut seen = std::fs::read(&path).ok();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -198,7 +194,7 @@ pub async fn watch_tokens(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let now = stamp(&path);
+        let now = tokio::fs::read(&path).await.ok();
         if now == seen {
             continue;
         }

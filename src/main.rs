@@ -127,6 +127,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         health_interval: config.health_interval,
         shutdown_grace: config.shutdown_grace,
     };
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc = listener.local_addr()?;
     let http = match config.metrics_listen {
@@ -140,7 +141,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = metrics.map_or_else(|| "off".to_owned(), |address| address.to_string());
     let tls = config.tls.as_ref().map_or("off", |tls| if tls.client_ca_pem.is_some() { "mtls" } else { "tls" });
     tracing::info!(%grpc, metrics, engine = engine.name(), tls, "serving");
-    let served = serve(listener, engine, options, http, shutdown_signal()).await?;
+    let served = serve(listener, engine, options, http, shutdown).await?;
     tracing::info!(settled = served.settled, "stopped");
     Ok(())
 }
@@ -151,13 +152,17 @@ fn consumer_name() -> String {
     format!("sidecar-{}-{started}", std::process::id())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
+/// Installs the SIGINT and SIGTERM handlers now (so a signal that comes before serving starts is
+/// not lost); the future resolves on the first of them.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown signal received");
+    })
 }

@@ -79,6 +79,10 @@ fn describe() {
     describe_counter!(SETTLE_FAILURES, "Settlement reads or writes that failed and were retried.");
     describe_counter!(SWEPT_HOLDS, "Holds expired by the background sweep.");
     describe_counter!(AUTH_RELOADS, "Reloads of the bearer tokens file, by result.");
+    // Unlabelled counters exist from the start, so rate() over them works before the first event.
+    for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {
+        metrics::counter!(counter).absolute(0);
+    }
 }
 
 #[derive(Clone)]

@@ -6,6 +6,8 @@ mod differential;
 mod flows;
 mod harness;
 mod model_props;
+mod operations;
+mod process;
 mod redis_faults;
 mod rules;
 mod servers;

@@ -78,6 +78,22 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// SIGSTOP: the socket stays open but nothing answers, as with a hung server or a network
+    /// partition. [`RedisServer::resume`] continues it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// A command through redis-cli, for test set-up and inspection.
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();

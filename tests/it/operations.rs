@@ -1,0 +1,534 @@
+//! Production operation, in-process over real sockets: bearer tokens (every refusal, rotation),
+//! load shedding, deadlines and Redis outages, request size, health that follows Redis and the
+//! database, reflection, and TLS/mTLS. The binary's own behaviour (config sources, metrics,
+//! SIGTERM) is in `process.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credit_sidecar::api::pb;
+use credit_sidecar::api::pb::credit_admin_client::CreditAdminClient;
+use credit_sidecar::api::pb::credit_authorizer_client::CreditAuthorizerClient;
+use credit_sidecar::auth::{TokenSet, Tokens};
+use credit_sidecar::config::{Limits, TlsConfig};
+use credit_sidecar::engine::Engine;
+use credit_sidecar::engine::redis::RedisSettings;
+use credit_sidecar::ledger::{ManualClock, Rules};
+use credit_sidecar::server::{AuthSetup, ServeError, ServeOptions, Served, SettleSetup, serve};
+use credit_sidecar::settle::settler::SettleOptions;
+use credit_sidecar::settle::store::Store;
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use crate::harness::{MINUTE, amount_cost, anchor, redis_engine, t0};
+use crate::servers::{PostgresServer, RedisServer};
+
+const AUTHORIZE_TOKEN: &str = "worker-token-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+/// How long a test waits for a health transition before failing.
+const TRANSITION_MAX: Duration = Duration::from_secs(20);
+
+/// A server on a free loopback port, stopped on drop of its shutdown sender.
+struct Sidecar {
+    address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<Served, ServeError>>,
+}
+
+impl Sidecar {
+    async fn start(engine: Engine, options: ServeOptions) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, engine, options, None, async {
+            stopped.await.ok();
+        }));
+        Self { address, shutdown: Some(shutdown), task }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await.unwrap()
+    }
+
+    async fn stop(mut self) -> Result<Served, ServeError> {
+        self.shutdown.take().map(|tx| tx.send(()));
+        self.task.await.unwrap()
+    }
+}
+
+fn embedded() -> Engine {
+    Engine::embedded(Rules::default(), Arc::new(ManualClock::new(t0())))
+}
+
+fn redis_settings(server: &RedisServer, timeout: Duration) -> RedisSettings {
+    RedisSettings { urls: vec![server.url()], cluster: false, shards: 16, key_prefix: String::new(), timeout }
+}
+
+async fn redis(server: &RedisServer, timeout: Duration) -> Engine {
+    redis_engine(&Rules::default(), &redis_settings(server, timeout), &ManualClock::new(t0())).await
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn set_plan(account: &str, credits: i64, request_id: &str) -> pb::SetPlanRequest {
+    pb::SetPlanRequest {
+        account_id: account.into(),
+        period: pb::Period::Monthly as i32,
+        anchor_unix_ms: anchor(),
+        plan_credits: credits,
+        addon_credits: 0,
+        request_id: request_id.into(),
+    }
+}
+
+fn reserve(account: &str, amount: i64, request_id: &str) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: account.into(),
+        user_id: "ann".into(),
+        category: "enrichment".into(),
+        cost: Some(amount_cost(amount)),
+        ttl_ms: 10 * MINUTE,
+        request_id: request_id.into(),
+        labels: Default::default(),
+    }
+}
+
+fn tokens_file(entries: &[(&str, &str, &str, Option<&str>)]) -> String {
+    entries
+        .iter()
+        .map(|(name, token, scopes, accounts)| {
+            let accounts = accounts.map(|list| format!("accounts = [{list}]\n")).unwrap_or_default();
+            format!("[[tokens]]\nname = \"{name}\"\ntoken = \"{token}\"\nscopes = [{scopes}]\n{accounts}\n")
+        })
+        .collect()
+}
+
+fn auth_options(tokens: &str, reload: Option<(std::path::PathBuf, Duration)>) -> ServeOptions {
+    let tokens = Tokens::new(TokenSet::parse(tokens).unwrap());
+    ServeOptions { auth: Some(AuthSetup { tokens, reload }), ..ServeOptions::new(Duration::from_secs(3600)) }
+}
+
+#[tokio::test]
+async fn every_auth_refusal_has_its_code_and_changes_nothing() {
+    let tokens = tokens_file(&[
+        ("worker", AUTHORIZE_TOKEN, "\"authorize\"", Some("\"acme\"")),
+        ("ops", ADMIN_TOKEN, "\"admin\", \"authorize\"", None),
+    ]);
+    let sidecar = Sidecar::start(embedded(), auth_options(&tokens, None)).await;
+    let channel = sidecar.channel().await;
+    let (mut auth, mut admin) = (CreditAuthorizerClient::new(channel.clone()), CreditAdminClient::new(channel.clone()));
+    admin.set_plan(with_token(set_plan("acme", 100, "plan-acme"), ADMIN_TOKEN)).await.unwrap();
+
+    let unauthenticated = [
+        Request::new(reserve("acme", 10, "r1")),
+        with_token(reserve("acme", 10, "r1"), "not-a-known-token-at-all"),
+        with_token(reserve("acme", 10, "r1"), ""),
+        {
+            let mut request = Request::new(reserve("acme", 10, "r1"));
+            request.metadata_mut().insert("authorization", format!("Basic {AUTHORIZE_TOKEN}").parse().unwrap());
+            request
+        },
+    ];
+    for request in unauthenticated {
+        let status = auth.reserve(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().starts_with("authorization: "), "{status:?}");
+    }
+    // A worker token cannot administer, nor touch an account outside its list — whether the
+    // account is named or hidden in a reservation id.
+    let status = admin.grant(with_token(pb::GrantRequest::default(), AUTHORIZE_TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("admin"), "{status:?}");
+    admin.set_plan(with_token(set_plan("globex", 100, "plan-globex"), ADMIN_TOKEN)).await.unwrap();
+    let status = auth.reserve(with_token(reserve("globex", 10, "r2"), AUTHORIZE_TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().starts_with("account_id: "), "{status:?}");
+    let held = auth.reserve(with_token(reserve("globex", 10, "r3"), ADMIN_TOKEN)).await.unwrap().into_inner();
+    let release = pb::ReleaseRequest { reservation_id: held.reservation_id.clone(), request_id: "rel".into() };
+    let status = auth.release(with_token(release, AUTHORIZE_TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let read = pb::GetReservationRequest { reservation_id: held.reservation_id.clone() };
+    assert_eq!(
+        auth.get_reservation(with_token(read, AUTHORIZE_TOKEN)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // Nothing refused changed anything: acme untouched, globex holds only the admin's 10.
+    let balance = |account: &str, token: &str| {
+        with_token(pb::GetBalanceRequest { account_id: account.into(), user_id: String::new() }, token)
+    };
+    let acme = auth.get_balance(balance("acme", AUTHORIZE_TOKEN)).await.unwrap().into_inner().totals.unwrap();
+    assert_eq!((acme.available, acme.held), (100, 0));
+    let globex = auth.get_balance(balance("globex", ADMIN_TOKEN)).await.unwrap().into_inner().totals.unwrap();
+    assert_eq!((globex.available, globex.held), (90, 10));
+    // The worker's own account works; health needs no token.
+    let ok = auth.reserve(with_token(reserve("acme", 10, "r4"), AUTHORIZE_TOKEN)).await.unwrap().into_inner();
+    assert_eq!(ok.outcome(), pb::Outcome::Ok);
+    let health = HealthClient::new(channel).check(HealthCheckRequest { service: "liveness".into() }).await.unwrap();
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+    sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let old = "old-token-0123456789";
+    let new = "new-token-0123456789";
+    std::fs::write(&path, tokens_file(&[("worker", old, "\"authorize\"", None)])).unwrap();
+    let initial = std::fs::read_to_string(&path).unwrap();
+    let sidecar =
+        Sidecar::start(embedded(), auth_options(&initial, Some((path.clone(), Duration::from_millis(20))))).await;
+    let mut auth = CreditAuthorizerClient::new(sidecar.channel().await);
+    let quote = || pb::GetBalanceRequest { account_id: "nobody".into(), user_id: String::new() };
+    // NOT_FOUND means authenticated (the account does not exist).
+    assert_eq!(auth.get_balance(with_token(quote(), old)).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(auth.get_balance(with_token(quote(), new)).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // Rotate as Kubernetes does: write the new version beside it, then rename over it.
+    let staged = dir.path().join("tokens.toml.new");
+    std::fs::write(&staged, tokens_file(&[("worker", new, "\"authorize\"", None)])).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let started = Instant::now();
+    let mut attempts = 0;
+    while auth.get_balance(with_token(quote(), new)).await.unwrap_err().code() == Code::Unauthenticated {
+        attempts += 1;
+        assert!(started.elapsed() < TRANSITION_MAX, "the new token was not accepted after {attempts} attempts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("rotation took effect after {:?} ({attempts} refused attempts)", started.elapsed());
+    assert_eq!(auth.get_balance(with_token(quote(), old)).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // A broken file keeps the tokens in force.
+    std::fs::write(&staged, "[[tokens]]\nname = \"x\"\ntoken = \"short\"\nscopes = [\"admin\"]\n").unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let broken_at = Instant::now();
+    while broken_at.elapsed() < Duration::from_millis(200) {
+        assert_eq!(auth.get_balance(with_token(quote(), new)).await.unwrap_err().code(), Code::NotFound);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn overload_is_refused_at_once_with_resource_exhausted() {
+    let mut server = RedisServer::start();
+    let engine = redis(&server, Duration::from_secs(10)).await;
+    let limits = Limits { concurrency_max: 2, call_timeout_max: Duration::from_secs(10), ..Limits::default() };
+    let sidecar = Sidecar::start(engine, ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
+    let channel = sidecar.channel().await;
+    let mut admin = CreditAdminClient::new(channel.clone());
+    admin.set_plan(set_plan("acme", 1_000, "plan")).await.unwrap();
+
+    // Redis hangs: two calls take the only two places and wait for it. The next call is refused
+    // without waiting. (A probe may win a place before a stuck call does; the stuck call is then
+    // the one refused, and is sent again. An admitted probe's short deadline frees its place.)
+    server.pause();
+    let spawn_stuck = |index: usize| {
+        let mut auth = CreditAuthorizerClient::new(channel.clone());
+        tokio::spawn(async move { auth.reserve(reserve("acme", 1, &format!("stuck-{index}"))).await })
+    };
+    let mut stuck: Vec<_> = (0..2).map(spawn_stuck).collect();
+    let mut sent_stuck = stuck.len();
+    let mut auth = CreditAuthorizerClient::new(channel.clone());
+    let (refused, elapsed) = loop {
+        for call in &mut stuck {
+            if call.is_finished() {
+                let status = (&mut *call).await.unwrap().unwrap_err();
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                *call = spawn_stuck(sent_stuck);
+                sent_stuck += 1;
+            }
+        }
+        assert!(sent_stuck < 100, "the stuck calls never both held a place");
+        // Let the stuck calls' tasks send first: one connection carries the calls in order.
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        let sent = Instant::now();
+        match auth.reserve(with_timeout(reserve("acme", 1, "probe"), Duration::from_millis(50))).await {
+            Err(status) if status.code() == Code::ResourceExhausted && stuck.iter().all(|call| !call.is_finished()) => {
+                break (status, sent.elapsed());
+            }
+            Err(status) => assert!(
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted),
+                "{status:?}"
+            ),
+            Ok(response) => panic!("answered while redis is paused: {response:?}"),
+        }
+    };
+    assert!(refused.message().contains("concurrency_max"), "{refused:?}");
+    eprintln!("overload refused in {elapsed:?} while two calls waited on a paused redis");
+    server.resume();
+    for call in stuck {
+        let answer = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(answer.outcome(), pb::Outcome::Ok);
+    }
+    // With the places free again, calls are admitted.
+    assert!(auth.reserve(reserve("acme", 1, "after")).await.is_ok());
+    sidecar.stop().await.unwrap();
+    server.kill();
+}
+
+#[tokio::test]
+async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
+    let server = RedisServer::start();
+    // Redis's own timeout is longer than the deadlines: the call's deadline must bound the wait.
+    let engine = redis(&server, Duration::from_secs(30)).await;
+    let limits = Limits { call_timeout_max: Duration::from_millis(400), ..Limits::default() };
+    let sidecar = Sidecar::start(engine, ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
+    let channel = sidecar.channel().await;
+    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    let mut auth = CreditAuthorizerClient::new(channel);
+    server.pause();
+    // The client's deadline, shorter than the server's maximum.
+    let deadline = Duration::from_millis(250);
+    let sent = Instant::now();
+    let status = auth.reserve(with_timeout(reserve("acme", 10, "r1"), deadline)).await.unwrap_err();
+    let client_elapsed = sent.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // No client deadline: the server's maximum applies.
+    let sent = Instant::now();
+    let status = auth.reserve(reserve("acme", 10, "r2")).await.unwrap_err();
+    let server_elapsed = sent.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    eprintln!("hung redis: UNAVAILABLE after {client_elapsed:?} (deadline 250 ms), {server_elapsed:?} (max 400 ms)");
+    server.resume();
+    // Retrying with the same request id after Redis answers again: exactly one hold of 10.
+    let first = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
+    let again = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
+    assert_eq!(first.reservation_id, again.reservation_id);
+    sidecar.stop().await.unwrap();
+}
+
+/// Follows a health service's status; returns once it reports `status`.
+async fn wait_for(stream: &mut tonic::Streaming<HealthCheckResponse>, status: ServingStatus) {
+    tokio::time::timeout(TRANSITION_MAX, async {
+        loop {
+            let message = stream.message().await.unwrap().expect("health watch ended");
+            if message.status() == status {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("health did not turn {status:?} within {TRANSITION_MAX:?}"));
+}
+
+async fn watch(channel: &Channel, service: &str) -> tonic::Streaming<HealthCheckResponse> {
+    let request = HealthCheckRequest { service: service.into() };
+    HealthClient::new(channel.clone()).watch(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn health_and_calls_follow_redis_through_an_outage() {
+    // Redis keeps its data across the restart, as a production Redis with persistence does.
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let engine = redis(&server, Duration::from_millis(300)).await;
+    let options =
+        ServeOptions { health_interval: Duration::from_millis(50), ..ServeOptions::new(Duration::from_secs(3600)) };
+    let sidecar = Sidecar::start(engine, options).await;
+    let channel = sidecar.channel().await;
+    let mut whole = watch(&channel, "").await;
+    let mut authorizer = watch(&channel, "credits.v1.CreditAuthorizer").await;
+    let mut liveness = watch(&channel, "liveness").await;
+    wait_for(&mut whole, ServingStatus::Serving).await;
+    wait_for(&mut authorizer, ServingStatus::Serving).await;
+    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    let mut auth = CreditAuthorizerClient::new(channel.clone());
+
+    server.kill();
+    wait_for(&mut whole, ServingStatus::NotServing).await;
+    wait_for(&mut authorizer, ServingStatus::NotServing).await;
+    let deadline = Duration::from_millis(500);
+    let sent = Instant::now();
+    let status = auth.reserve(with_timeout(reserve("acme", 10, "r1"), deadline)).await.unwrap_err();
+    let elapsed = sent.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    eprintln!("redis killed: UNAVAILABLE after {elapsed:?} (deadline {deadline:?}): {}", status.message());
+    let check = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: "liveness".into() }).await;
+    assert_eq!(check.unwrap().into_inner().status(), ServingStatus::Serving, "liveness must not follow redis");
+
+    server.restart();
+    wait_for(&mut whole, ServingStatus::Serving).await;
+    wait_for(&mut authorizer, ServingStatus::Serving).await;
+    let answer = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
+    assert_eq!(answer.outcome(), pb::Outcome::Ok);
+    wait_for(&mut liveness, ServingStatus::Serving).await;
+    drop((whole, authorizer, liveness));
+    sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
+    let mut postgres = PostgresServer::start();
+    let store = Store::connect(&postgres.fresh_url()).await.unwrap();
+    let engine = Engine::embedded_with(
+        Rules::default(),
+        Arc::new(ManualClock::new(t0())),
+        credit_sidecar::ledger::Ledger::new(Rules::default().request_id_retention_ms),
+        Some(Arc::new(credit_sidecar::settle::outbox::MemoryOutbox::new(10_000))),
+    );
+    let settle = SettleSetup {
+        store,
+        options: SettleOptions::default(),
+        consumer: "test".into(),
+        claim_idle: Duration::from_secs(30),
+    };
+    let options = ServeOptions {
+        settle: Some(settle),
+        health_interval: Duration::from_millis(50),
+        ..ServeOptions::new(Duration::from_secs(3600))
+    };
+    let sidecar = Sidecar::start(engine, options).await;
+    let channel = sidecar.channel().await;
+    let mut whole = watch(&channel, "").await;
+    let mut admin = watch(&channel, "credits.v1.CreditAdmin").await;
+    wait_for(&mut whole, ServingStatus::Serving).await;
+    postgres.stop();
+    wait_for(&mut whole, ServingStatus::NotServing).await;
+    wait_for(&mut admin, ServingStatus::NotServing).await;
+    postgres.start_again();
+    wait_for(&mut whole, ServingStatus::Serving).await;
+    wait_for(&mut admin, ServingStatus::Serving).await;
+
+    // Shutdown: the watch sees NOT_SERVING before the server goes away.
+    let stopping = tokio::spawn(sidecar.stop());
+    wait_for(&mut whole, ServingStatus::NotServing).await;
+    drop((whole, admin));
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_before_the_ledger() {
+    let limits = Limits { request_bytes_max: 1_024, ..Limits::default() };
+    let sidecar =
+        Sidecar::start(embedded(), ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
+    let channel = sidecar.channel().await;
+    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    let mut auth = CreditAuthorizerClient::new(channel);
+    let mut big = reserve("acme", 10, "big");
+    big.labels.insert("note".into(), "x".repeat(2_000));
+    let status = auth.reserve(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("1024"), "{status:?}");
+    let balance = pb::GetBalanceRequest { account_id: "acme".into(), user_id: String::new() };
+    let totals = auth.get_balance(balance).await.unwrap().into_inner().totals.unwrap();
+    assert_eq!((totals.available, totals.held), (100, 0));
+    sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let sidecar = Sidecar::start(embedded(), ServeOptions::new(Duration::from_secs(3600))).await;
+    let mut client = ServerReflectionClient::new(sidecar.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|service| service.name).collect();
+    for expected in ["credits.v1.CreditAuthorizer", "credits.v1.CreditAdmin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+    }
+    drop(responses);
+    sidecar.stop().await.unwrap();
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki { ca: ca.pem(), server: leaf("localhost"), client: leaf("worker") }
+}
+
+async fn tls_channel(address: SocketAddr, pki: &Pki, client_cert: bool) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca)).domain_name("localhost");
+    if client_cert {
+        tls = tls.identity(Identity::from_pem(&pki.client.0, &pki.client.1));
+    }
+    Channel::from_shared(format!("https://{address}")).unwrap().tls_config(tls)?.connect().await
+}
+
+async fn balance_code(channel: Channel) -> Code {
+    let request = pb::GetBalanceRequest { account_id: "nobody".into(), user_id: String::new() };
+    match CreditAuthorizerClient::new(channel).get_balance(request).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_admit_only_the_right_peers() {
+    let pki = pki();
+    let tls = |client_ca: bool| TlsConfig {
+        cert_pem: pki.server.0.clone().into_bytes(),
+        key_pem: pki.server.1.clone().into_bytes(),
+        client_ca_pem: client_ca.then(|| pki.ca.clone().into_bytes()),
+    };
+    // TLS: a client trusting the CA is served; a plaintext client is not.
+    let sidecar = Sidecar::start(
+        embedded(),
+        ServeOptions { tls: Some(tls(false)), ..ServeOptions::new(Duration::from_secs(3600)) },
+    )
+    .await;
+    assert_eq!(balance_code(tls_channel(sidecar.address, &pki, false).await.unwrap()).await, Code::NotFound);
+    let plain = Channel::from_shared(format!("http://{}", sidecar.address)).unwrap().connect().await;
+    if let Ok(channel) = plain {
+        assert_ne!(balance_code(channel).await, Code::NotFound, "plaintext must not be served");
+    }
+    sidecar.stop().await.unwrap();
+
+    // mTLS: without a client certificate the handshake fails; with one signed by the CA it works.
+    let sidecar = Sidecar::start(
+        embedded(),
+        ServeOptions { tls: Some(tls(true)), ..ServeOptions::new(Duration::from_secs(3600)) },
+    )
+    .await;
+    let anonymous = match tls_channel(sidecar.address, &pki, false).await {
+        Ok(channel) => balance_code(channel).await,
+        Err(_) => Code::Unavailable,
+    };
+    assert_ne!(anonymous, Code::NotFound, "a client without a certificate must not be served");
+    assert_eq!(balance_code(tls_channel(sidecar.address, &pki, true).await.unwrap()).await, Code::NotFound);
+    sidecar.stop().await.unwrap();
+}
