@@ -127,6 +127,10 @@ pub struct Settings {
     /// PEM CA certificates; clients must present a certificate signed by one (mTLS).
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_CLIENT_CA_FILE", value_name = "FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// After SIGTERM, keep serving this long while health says NOT_SERVING, so balancers stop
+    /// routing here before the listener closes [default: 0].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
     /// The longest a shutdown may take to finish calls and flush settlement [default: 10000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -223,7 +227,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// How often Redis and the database are checked for health.
     pub health_interval: Duration,
-    /// How long a shutdown may take to finish calls and flush settlement.
+    /// How long to keep serving, NOT_SERVING, after a shutdown signal.
+    pub shutdown_drain: Duration,
+    /// How long a shutdown may take to finish calls and flush settlement (after the drain).
     pub shutdown_grace: Duration,
     /// How often the background sweep expires overdue holds and renews cycles.
     pub sweep_interval: Duration,
@@ -346,6 +352,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     let tls = tls(&file)?;
     let ms = Duration::from_millis;
     let health_interval = ms(in_range("health_interval_ms", file.health_interval_ms, 1_000, 10..=60_000)?);
+    let shutdown_drain = ms(in_range("shutdown_drain_ms", file.shutdown_drain_ms, 0, 0..=600_000)?);
     let shutdown_grace = ms(in_range("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 100..=600_000)?);
     let sweep_interval =
         ms(in_range("sweep_interval_ms", file.sweep_interval_ms, SWEEP_INTERVAL_DEFAULT_MS, 10..=60_000)?);
@@ -373,6 +380,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         auth,
         tls,
         health_interval,
+        shutdown_drain,
         shutdown_grace,
         sweep_interval,
         rules,
@@ -492,11 +500,62 @@ mod tests {
             ("redis_url = \"redis://a:1\"\nredis_shards = 0", "redis_shards: "),
             ("database_url = \"mysql://x\"", "database_url: "),
             ("settle_batch_max = 0", "settle_batch_max: "),
+            ("metrics_listen = \"somewhere\"", "metrics_listen: "),
+            ("log_format = \"xml\"", "log_format: "),
+            ("log_level = \"[[[\"", "log_level: "),
+            ("call_timeout_max_ms = 0", "call_timeout_max_ms: "),
+            ("concurrency_max = 0", "concurrency_max: "),
+            ("request_bytes_max = 10", "request_bytes_max: "),
+            ("health_interval_ms = 0", "health_interval_ms: "),
+            ("shutdown_drain_ms = 600001", "shutdown_drain_ms: "),
         ];
         for (text, expected) in table {
             let error = Config::from_toml(text).unwrap_err().to_string();
             assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn authentication_is_off_only_on_loopback_or_when_asked() {
+        let off = |text: &str| matches!(Config::from_toml(text).unwrap().auth, AuthConfig::Off { .. });
+        assert!(off(""));
+        assert!(off("listen = \"[::1]:50051\""));
+        assert!(off("listen = \"0.0.0.0:50051\"\nauth_disabled = true"));
+        let error = Config::from_toml("listen = \"0.0.0.0:50051\"").unwrap_err().to_string();
+        assert!(error.starts_with("configuration: auth_tokens_file: required"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(&tokens, "[[tokens]]\nname = \"w\"\ntoken = \"0123456789abcdef\"\nscopes = [\"authorize\"]\n")
+            .unwrap();
+        let text = format!("listen = \"0.0.0.0:50051\"\nauth_tokens_file = {:?}", tokens.display().to_string());
+        let AuthConfig::Tokens { initial, .. } = Config::from_toml(&text).unwrap().auth else { panic!("tokens") };
+        assert_eq!(initial.len(), 1);
+        let both = format!("{text}\nauth_disabled = true");
+        assert!(Config::from_toml(&both).unwrap_err().to_string().starts_with("configuration: auth_disabled: "));
+        std::fs::write(&tokens, "[[tokens]]\nname = \"w\"\ntoken = \"short\"\nscopes = [\"authorize\"]\n").unwrap();
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.starts_with("configuration: auth_tokens_file: ") && error.contains("tokens[0].token"), "{error}");
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not checked here").unwrap();
+        let path = format!("{:?}", pem.display().to_string());
+        let table = [
+            (format!("tls_cert_file = {path}"), "tls_key_file: "),
+            (format!("tls_key_file = {path}"), "tls_cert_file: "),
+            (format!("tls_client_ca_file = {path}"), "tls_client_ca_file: "),
+            ("tls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.pem\"".to_owned(), "tls_cert_file: "),
+        ];
+        for (text, expected) in table {
+            let error = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
+        }
+        let config = Config::from_toml(&format!("tls_cert_file = {path}\ntls_key_file = {path}")).unwrap();
+        assert!(config.tls.is_some_and(|tls| tls.client_ca_pem.is_none()));
     }
 
     #[test]

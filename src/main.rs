@@ -125,6 +125,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         auth,
         tls: config.tls.clone(),
         health_interval: config.health_interval,
+        shutdown_drain: config.shutdown_drain,
         shutdown_grace: config.shutdown_grace,
     };
     let shutdown = shutdown_signal()?;

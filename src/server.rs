@@ -4,7 +4,8 @@
 //! caller's shutdown future. Tests bind port 0 and pass their own future, so nothing here sleeps
 //! or guesses when the server is ready.
 //!
-//! Shutdown order: health turns NOT_SERVING; the server stops taking calls and lets calls in
+//! Shutdown order: health turns NOT_SERVING (and calls are still taken for `shutdown_drain`,
+//! while balancers notice); the server stops taking calls and lets calls in
 //! flight finish; the sweep and the checks stop; the settler flushes the outbox. All of it is
 //! bounded by the grace period; [`serve`] returns [`ServeError::GraceExceeded`] when that ran out.
 
@@ -39,7 +40,9 @@ pub struct ServeOptions {
     pub tls: Option<TlsConfig>,
     /// How often Redis and the database are checked for health.
     pub health_interval: Duration,
-    /// Bounds draining calls and flushing settlement at shutdown.
+    /// After the shutdown future resolves, keep serving this long while NOT_SERVING.
+    pub shutdown_drain: Duration,
+    /// Bounds finishing calls and flushing settlement at shutdown (after the drain).
     pub shutdown_grace: Duration,
 }
 
@@ -53,6 +56,7 @@ impl ServeOptions {
             auth: None,
             tls: None,
             health_interval: Duration::from_secs(1),
+            shutdown_drain: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -152,11 +156,15 @@ pub async fn serve(
     }
     // Health turns NOT_SERVING first, so balancers stop sending calls while these drain.
     let draining = {
-        let health = health.clone();
+        let (health, drain) = (health.clone(), options.shutdown_drain);
         async move {
             shutdown.await;
-            tracing::info!("shutting down: not serving, finishing calls in flight");
             health.set(false).await;
+            if !drain.is_zero() {
+                tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: not serving, still taking calls");
+                tokio::time::sleep(drain).await;
+            }
+            tracing::info!("shutting down: no new calls, finishing calls in flight");
         }
     };
     let grace = options.shutdown_grace;

@@ -393,6 +393,7 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
     let options = ServeOptions {
         settle: Some(settle),
         health_interval: Duration::from_millis(50),
+        shutdown_drain: Duration::from_secs(1),
         ..ServeOptions::new(Duration::from_secs(3600))
     };
     let sidecar = Sidecar::start(engine, options).await;
@@ -407,11 +408,15 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
     wait_for(&mut whole, ServingStatus::Serving).await;
     wait_for(&mut admin, ServingStatus::Serving).await;
 
-    // Shutdown: the watch sees NOT_SERVING before the server goes away.
+    // Shutdown: the watch sees NOT_SERVING, and during the drain calls are still answered.
     let stopping = tokio::spawn(sidecar.stop());
     wait_for(&mut whole, ServingStatus::NotServing).await;
+    let mut client = CreditAdminClient::new(channel.clone());
+    let answer = client.set_plan(set_plan("acme", 100, "during-drain")).await.unwrap().into_inner();
+    assert_eq!(answer.outcome(), pb::Outcome::Ok);
     drop((whole, admin));
-    stopping.await.unwrap().unwrap();
+    let served = stopping.await.unwrap().unwrap();
+    assert!(served.settled >= 1, "the plan set during the drain was settled: {served:?}");
 }
 
 #[tokio::test]

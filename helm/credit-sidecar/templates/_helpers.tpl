@@ -218,9 +218,9 @@ chart gets them too). Takes a context with .mode.
 {{- if and (gt (int $v.replicaCount) 1) (not (and $redis $sharedDatabase)) }}
 {{- fail (printf "credit-sidecar: replicaCount is %d, but several replicas need the Redis engine (redis.url or redis.existingSecret) and a shared PostgreSQL database (database.url or database.existingSecret): the embedded engine keeps credit state inside one process and SQLite inside one pod" (int $v.replicaCount)) }}
 {{- end }}
-{{- $graceMs := int64 (default 10000 (get $v.config "shutdown_grace_ms")) }}
+{{- $graceMs := add (int64 (default 10000 (get $v.config "shutdown_grace_ms"))) (int64 (default 0 (get $v.config "shutdown_drain_ms"))) }}
 {{- if le (mul (int64 $v.terminationGracePeriodSeconds) 1000) $graceMs }}
-{{- fail (printf "credit-sidecar: terminationGracePeriodSeconds (%d s) must be longer than config.shutdown_grace_ms (%d ms), or the kubelet kills the sidecar before it has drained calls and flushed settlement" (int64 $v.terminationGracePeriodSeconds) $graceMs) }}
+{{- fail (printf "credit-sidecar: terminationGracePeriodSeconds (%d s) must be longer than config.shutdown_drain_ms + config.shutdown_grace_ms (%d ms), or the kubelet kills the sidecar before it has drained calls and flushed settlement" (int64 $v.terminationGracePeriodSeconds) $graceMs) }}
 {{- end }}
 {{- end }}
 {{- end }}
