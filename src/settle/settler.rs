@@ -64,13 +64,23 @@ impl<O: Outbox> Settler<O> {
     /// Settles until `stopped` changes or closes, then flushes what is left (bounded by
     /// `grace`) and returns.
     pub async fn run(self, mut stopped: watch::Receiver<()>, grace: Duration) {
+        let mut measured = tokio::time::Instant::now();
         loop {
             match self.settle_batch(&mut stopped).await {
-                Some(count) if count == self.options.batch_max => continue,
+                // Full batches follow each other at once; the backlog is still measured every
+                // second, so lag shows while settlement is behind.
+                Some(count) if count == self.options.batch_max => {
+                    if measured.elapsed() >= Duration::from_secs(1) {
+                        self.measure().await;
+                        measured = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
                 Some(_) => {}
                 None => break,
             }
             self.measure().await;
+            measured = tokio::time::Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep(self.options.idle_interval) => {}
                 _ = stopped.changed() => break,
