@@ -4,6 +4,8 @@
 //! SERVING while the process runs: liveness and startup probes use it, so an outage of a
 //! dependency takes a pod out of rotation without restarting it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -30,13 +32,15 @@ const SERVICES: [&str; 3] = [
 pub struct Health {
     reporter: HealthReporter,
     serving: watch::Sender<bool>,
+    /// Set at shutdown: from then on nothing turns SERVING again.
+    shutting_down: Arc<AtomicBool>,
 }
 
 impl Health {
     /// Starts NOT_SERVING (until the first check passes), with [`LIVENESS`] SERVING.
     pub async fn new(reporter: HealthReporter) -> Self {
         reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
-        let health = Self { reporter, serving: watch::Sender::new(false) };
+        let health = Self { reporter, serving: watch::Sender::new(false), shutting_down: Arc::default() };
         health.set(false).await;
         health
     }
@@ -47,11 +51,28 @@ impl Health {
     }
 
     pub async fn set(&self, serving: bool) {
+        let serving = serving && !self.shutting_down.load(Ordering::SeqCst);
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         for service in SERVICES {
             self.reporter.set_service_status(service, status).await;
         }
         self.serving.send_replace(serving);
+    }
+
+    /// The start of a shutdown: NOT_SERVING, for good.
+    pub async fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.set(false).await;
+    }
+
+    /// At shutdown, after [`Health::shut_down`]: forgets every service, which ends open
+    /// `Watch` streams (after their last NOT_SERVING), so they do not hold the server open for
+    /// the whole grace period.
+    pub async fn close(&self) {
+        let mut reporter = self.reporter.clone();
+        for service in SERVICES.into_iter().chain([LIVENESS]) {
+            reporter.clear_service_status(service).await;
+        }
     }
 }
 

@@ -159,12 +159,13 @@ pub async fn serve(
         let (health, drain) = (health.clone(), options.shutdown_drain);
         async move {
             shutdown.await;
-            health.set(false).await;
+            health.shut_down().await;
             if !drain.is_zero() {
                 tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: not serving, still taking calls");
                 tokio::time::sleep(drain).await;
             }
             tracing::info!("shutting down: no new calls, finishing calls in flight");
+            health.close().await;
         }
     };
     let grace = options.shutdown_grace;
@@ -199,7 +200,6 @@ pub async fn serve(
             }
         },
     };
-    health.set(false).await;
     drop(stop_tasks);
     for task in tasks {
         if let Err(error) = task.await {
