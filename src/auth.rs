@@ -15,6 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ struct Token {
 #[derive(Clone, Debug, Default)]
 pub struct TokenSet {
     tokens: Vec<Token>,
+    /// SHA-256 of the text they were read from: the reload compares it with the file.
+    source: [u8; 32],
 }
 
 /// Why a presented token was refused.
@@ -95,9 +98,14 @@ impl TokenSet {
         Self::parse(&text).map_err(|error| format!("{}: {error}", path.display()))
     }
 
+    /// Parses a tokens file. An empty one is refused: it would lock every caller out (to run
+    /// without authentication, say so with `auth_disabled`).
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: FileShape = toml::from_str(text).map_err(|error| error.to_string())?;
-        let mut tokens = Vec::with_capacity(file.tokens.len());
+        if file.tokens.is_empty() {
+            return Err("tokens: the file lists no [[tokens]]".into());
+        }
+        let mut tokens: Vec<Token> = Vec::with_capacity(file.tokens.len());
         let mut names = BTreeSet::new();
         for (index, shape) in file.tokens.into_iter().enumerate() {
             let at = format!("tokens[{index}]");
@@ -113,13 +121,16 @@ impl TokenSet {
                 (None, Some(hex)) => parse_digest(&hex).ok_or_else(|| format!("{at}.sha256: must be 64 hex digits"))?,
                 _ => return Err(format!("{at}: give exactly one of token, sha256")),
             };
+            if tokens.iter().any(|other| other.digest == digest) {
+                return Err(format!("{at}: the same token as an earlier entry"));
+            }
             if shape.accounts.as_ref().is_some_and(BTreeSet::is_empty) {
                 return Err(format!("{at}.accounts: leave it out for every account; an empty list allows none"));
             }
             let caller = Caller { name: shape.name, accounts: shape.accounts };
             tokens.push(Token { digest, scopes: shape.scopes, caller });
         }
-        Ok(Self { tokens })
+        Ok(Self { tokens, source: Sha256::digest(text.as_bytes()).into() })
     }
 
     pub fn len(&self) -> usize {
@@ -160,33 +171,43 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 /// The current tokens, shared by the server and the task that reloads them.
 #[derive(Clone, Debug)]
-pub struct Tokens(Arc<RwLock<Arc<TokenSet>>>);
+pub struct Tokens {
+    current: Arc<RwLock<Arc<TokenSet>>>,
+    /// Versions of the file that did not parse (and were not taken).
+    rejected: Arc<AtomicU64>,
+}
 
 impl Tokens {
     pub fn new(set: TokenSet) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(set))))
+        Self { current: Arc::new(RwLock::new(Arc::new(set))), rejected: Arc::default() }
     }
 
     pub fn current(&self) -> Arc<TokenSet> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// How many changed versions of the file were refused since start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     fn replace(&self, set: TokenSet) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
     }
 }
 
-/// Re-reads `path` into `tokens` whenever its content changes, checking every `interval`, until
-/// `stopped` closes. The content is compared, not the modification time: a Kubernetes Secret is
-/// swapped by a symlink, and two versions can share a size and a timestamp. A file that does not
-/// parse is logged and the previous tokens stay in force.
+/// Re-reads `path` into `tokens` whenever its content differs from what the current tokens were
+/// read from, checking every `interval`, until `stopped` closes. The content is compared, not
+/// the modification time: a Kubernetes Secret is swapped by a symlink, and two versions can
+/// share a size and a timestamp. A version that does not parse is logged once and the previous
+/// tokens stay in force.
 pub async fn watch_tokens(
     tokens: Tokens,
     path: PathBuf,
     interval: Duration,
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) {
-    let mut seen = std::fs::read(&path).ok();
+    let mut refused: Option<[u8; 32]> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -194,19 +215,28 @@ pub async fn watch_tokens(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let now = tokio::fs::read(&path).await.ok();
-        if now == seen {
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(%error, file = %path.display(), "cannot read the bearer tokens file; keeping the tokens");
+                continue;
+            }
+        };
+        let source: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if source == tokens.current().source || Some(source) == refused {
             continue;
         }
-        seen = now;
-        match TokenSet::load(&path) {
+        match TokenSet::parse(&text) {
             Ok(set) => {
                 tracing::info!(tokens = set.len(), file = %path.display(), "bearer tokens reloaded");
                 tokens.replace(set);
+                refused = None;
                 metrics::counter!(crate::telemetry::AUTH_RELOADS, "result" => "ok").increment(1);
             }
             Err(error) => {
-                tracing::error!(%error, "bearer tokens file is invalid; keeping the previous tokens");
+                tracing::error!(%error, file = %path.display(), "bearer tokens file is invalid; keeping the previous tokens");
+                refused = Some(source);
+                tokens.rejected.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::telemetry::AUTH_RELOADS, "result" => "error").increment(1);
             }
         }
@@ -258,6 +288,12 @@ mod tests {
             ("[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nscopes = []", "tokens[0].scopes: "),
             ("[[tokens]]\nname = \"a\"\nsha256 = \"xyz\"\nscopes = [\"admin\"]", "tokens[0].sha256: "),
             ("[[tokens]]\nname = \"a\"\nscopes = [\"admin\"]", "tokens[0]: give exactly one"),
+            ("", "tokens: "),
+            (
+                "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nscopes = [\"admin\"]\n\
+                 [[tokens]]\nname = \"b\"\ntoken = \"0123456789abcdef\"\nscopes = [\"authorize\"]",
+                "tokens[1]: the same token",
+            ),
             (
                 "[[tokens]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nscopes = [\"admin\"]\naccounts = []",
                 "tokens[0].accounts: ",

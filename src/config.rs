@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
@@ -416,13 +418,27 @@ fn tls(file: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
         std::fs::read(path)
             .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
     };
-    let client_ca_pem = file.tls_client_ca_file.as_ref().map(|path| read("tls_client_ca_file", path)).transpose()?;
+    let certificates = |setting: &str, pem: Vec<u8>| {
+        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+        match parsed {
+            Ok(certificates) if !certificates.is_empty() => Ok(pem),
+            Ok(_) => Err(ConfigError::new(setting, "holds no PEM certificate")),
+            Err(error) => Err(ConfigError::new(setting, format!("not a PEM certificate chain: {error}"))),
+        }
+    };
+    let client_ca_pem = file
+        .tls_client_ca_file
+        .as_ref()
+        .map(|path| certificates("tls_client_ca_file", read("tls_client_ca_file", path)?))
+        .transpose()?;
     match (&file.tls_cert_file, &file.tls_key_file) {
-        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
-            cert_pem: read("tls_cert_file", cert)?,
-            key_pem: read("tls_key_file", key)?,
-            client_ca_pem,
-        })),
+        (Some(cert), Some(key)) => {
+            let cert_pem = certificates("tls_cert_file", read("tls_cert_file", cert)?)?;
+            let key_pem = read("tls_key_file", key)?;
+            PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|error| ConfigError::new("tls_key_file", format!("not a PEM private key: {error}")))?;
+            Ok(Some(TlsConfig { cert_pem, key_pem, client_ca_pem }))
+        }
         (None, None) if client_ca_pem.is_some() => {
             Err(ConfigError::new("tls_client_ca_file", "needs tls_cert_file and tls_key_file (mTLS is TLS first)"))
         }
@@ -539,22 +555,34 @@ mod tests {
     }
 
     #[test]
-    fn tls_settings_come_in_pairs() {
+    fn tls_settings_come_in_pairs_and_are_checked_before_serving() {
         let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("x.pem");
-        std::fs::write(&pem, "not checked here").unwrap();
-        let path = format!("{:?}", pem.display().to_string());
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            format!("{:?}", path.display().to_string())
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let (cert, key, junk) =
+            (file("cert.pem", &cert.pem()), file("key.pem", &key.serialize_pem()), file("junk.pem", "not a pem"));
         let table = [
-            (format!("tls_cert_file = {path}"), "tls_key_file: "),
-            (format!("tls_key_file = {path}"), "tls_cert_file: "),
-            (format!("tls_client_ca_file = {path}"), "tls_client_ca_file: "),
+            (format!("tls_cert_file = {cert}"), "tls_key_file: "),
+            (format!("tls_key_file = {key}"), "tls_cert_file: "),
+            (format!("tls_client_ca_file = {cert}"), "tls_client_ca_file: "),
             ("tls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.pem\"".to_owned(), "tls_cert_file: "),
+            (format!("tls_cert_file = {junk}\ntls_key_file = {key}"), "tls_cert_file: "),
+            (format!("tls_cert_file = {cert}\ntls_key_file = {junk}"), "tls_key_file: "),
+            (
+                format!("tls_cert_file = {cert}\ntls_key_file = {key}\ntls_client_ca_file = {junk}"),
+                "tls_client_ca_file: ",
+            ),
         ];
         for (text, expected) in table {
             let error = Config::from_toml(&text).unwrap_err().to_string();
             assert!(error.starts_with(&format!("configuration: {expected}")), "{text}: {error}");
         }
-        let config = Config::from_toml(&format!("tls_cert_file = {path}\ntls_key_file = {path}")).unwrap();
+        let config = Config::from_toml(&format!("tls_cert_file = {cert}\ntls_key_file = {key}")).unwrap();
         assert!(config.tls.is_some_and(|tls| tls.client_ca_pem.is_none()));
     }
 

@@ -10,8 +10,10 @@
 //!    `UNAUTHENTICATED` / `PERMISSION_DENIED`. The caller goes into the extensions, where the API
 //!    checks the accounts it may touch.
 //!
-//! Health checks and reflection pass untouched: probes must work under overload, and streams
-//! (`Health/Watch`) must not be cut by a deadline.
+//! Health checks pass untouched: probes must work under overload, and `Health/Watch` streams
+//! must not be cut by a deadline (shutdown ends them). Reflection needs no token and is not
+//! counted against `concurrency_max`, but its streams end at the deadline, so an idle `grpcurl`
+//! cannot hold a shutdown open.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -74,8 +76,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a path is, for the gate.
 enum Route {
-    /// Health and reflection: no limits, no token.
+    /// Health: no limits, no token.
     Open,
+    /// Reflection, and any other path: no token, no admission, but the deadline.
+    Bounded,
     Guarded(Scope),
 }
 
@@ -84,8 +88,71 @@ fn route(path: &str) -> Route {
         Route::Guarded(Scope::Admin)
     } else if path.starts_with("/credits.v1.") {
         Route::Guarded(Scope::Authorize)
-    } else {
+    } else if path.starts_with("/grpc.health.v1.Health/") {
         Route::Open
+    } else {
+        Route::Bounded
+    }
+}
+
+/// A response body that ends with DEADLINE_EXCEEDED trailers at `deadline`, so a stream cannot
+/// outlive it.
+struct UntilDeadline {
+    body: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    ended: bool,
+}
+
+impl UntilDeadline {
+    fn new(body: Body, deadline: Instant) -> Self {
+        Self { body, deadline: Box::pin(tokio::time::sleep_until(deadline)), ended: false }
+    }
+}
+
+impl http_body::Body for UntilDeadline {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
+        trailers.insert("grpc-message", http::HeaderValue::from_static("call_timeout_max_ms reached"));
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+}
+
+/// Counts a call in `credit_sidecar_calls_in_flight` while it lives, however it ends (a call
+/// the client cancels is dropped, not finished).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start() -> Self {
+        let gauge = metrics::gauge!(telemetry::CALLS_IN_FLIGHT);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
@@ -114,9 +181,6 @@ where
         // The clone that was made ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Route::Guarded(scope) = route(request.uri().path()) else {
-            return Box::pin(inner.call(request));
-        };
         let limits = self.layer.limits;
         let timeout = request
             .headers()
@@ -124,6 +188,19 @@ where
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?))
             .map_or(limits.call_timeout_max, |client| client.min(limits.call_timeout_max));
         let deadline = Instant::now() + timeout;
+        let scope = match route(request.uri().path()) {
+            Route::Open => return Box::pin(inner.call(request)),
+            Route::Bounded => {
+                return Box::pin(async move {
+                    match tokio::time::timeout_at(deadline, inner.call(request)).await {
+                        Ok(Ok(response)) => Ok(response.map(|body| Body::new(UntilDeadline::new(body, deadline)))),
+                        Ok(Err(error)) => Err(error),
+                        Err(_) => Ok(Status::deadline_exceeded("call_timeout_max_ms reached").into_http()),
+                    }
+                });
+            }
+            Route::Guarded(scope) => scope,
+        };
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
             let status = Status::resource_exhausted(format!(
                 "overloaded: {} calls in flight (concurrency_max); retry with backoff",
@@ -136,7 +213,9 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "));
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token);
             let verdict = match presented {
                 None => Err(refuse(
                     Status::unauthenticated("authorization: expected the metadata `authorization: Bearer <token>`"),
@@ -166,10 +245,8 @@ where
         request.extensions_mut().insert(Deadline(deadline));
         Box::pin(async move {
             let _permit = permit;
-            let in_flight = metrics::gauge!(telemetry::CALLS_IN_FLIGHT);
-            in_flight.increment(1.0);
+            let _in_flight = InFlight::start();
             let result = tokio::time::timeout_at(deadline, inner.call(request)).await;
-            in_flight.decrement(1.0);
             match result {
                 Ok(Ok(response)) => {
                     if response.headers().get("grpc-status").is_some_and(|code| code == "11") {
@@ -233,6 +310,6 @@ mod tests {
         assert!(matches!(route("/credits.v1.CreditAdmin/Grant"), Route::Guarded(Scope::Admin)));
         assert!(matches!(route("/credits.v1.CreditAuthorizer/Reserve"), Route::Guarded(Scope::Authorize)));
         assert!(matches!(route("/grpc.health.v1.Health/Check"), Route::Open));
-        assert!(matches!(route("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Route::Open));
+        assert!(matches!(route("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Route::Bounded));
     }
 }

@@ -5,7 +5,6 @@
 //! dependency takes a pod out of rotation without restarting it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -32,8 +31,9 @@ const SERVICES: [&str; 3] = [
 pub struct Health {
     reporter: HealthReporter,
     serving: watch::Sender<bool>,
-    /// Set at shutdown: from then on nothing turns SERVING again.
-    shutting_down: Arc<AtomicBool>,
+    /// Set at shutdown: from then on nothing turns SERVING again. The lock makes each change of
+    /// all statuses one step, so a check in progress cannot overwrite the shutdown's.
+    shutting_down: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Health {
@@ -51,7 +51,11 @@ impl Health {
     }
 
     pub async fn set(&self, serving: bool) {
-        let serving = serving && !self.shutting_down.load(Ordering::SeqCst);
+        let shutting_down = self.shutting_down.lock().await;
+        self.apply(serving && !*shutting_down).await;
+    }
+
+    async fn apply(&self, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         for service in SERVICES {
             self.reporter.set_service_status(service, status).await;
@@ -61,8 +65,9 @@ impl Health {
 
     /// The start of a shutdown: NOT_SERVING, for good.
     pub async fn shut_down(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        self.set(false).await;
+        let mut shutting_down = self.shutting_down.lock().await;
+        *shutting_down = true;
+        self.apply(false).await;
     }
 
     /// At shutdown, after [`Health::shut_down`]: forgets every service, which ends open
@@ -76,9 +81,13 @@ impl Health {
     }
 }
 
+/// The settled ledger's open holds are sampled for the metrics every this many checks.
+const CHECKS_PER_LEDGER_SAMPLE: u32 = 15;
+
 /// Checks the engine's store and the database every `interval` until `stopped` closes, and sets
-/// health and the dependency gauges from the answers. Also samples the open holds of the settled
-/// ledger. The first check runs at once.
+/// health and the dependency gauges from the answers. The first check runs at once. Every
+/// [`CHECKS_PER_LEDGER_SAMPLE`] intervals it also samples the settled ledger's open holds, apart from the
+/// check, so a slow sample never makes a replica NOT_SERVING.
 pub async fn watch_dependencies(
     engine: Engine,
     store: Option<Store>,
@@ -89,6 +98,7 @@ pub async fn watch_dependencies(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<bool> = None;
+    let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -104,12 +114,18 @@ pub async fn watch_dependencies(
             metrics::gauge!(telemetry::DEPENDENCY_UP, "dependency" => "redis").set(f64::from(u8::from(redis.is_ok())));
         }
         let database = match &store {
-            Some(store) => match tokio::time::timeout(bound, check_store(store)).await {
-                Ok(result) => result,
+            Some(store) => match tokio::time::timeout(bound, store.ping()).await {
+                Ok(result) => result.map_err(|error| error.to_string()),
                 Err(_) => Err(format!("no answer within {} ms", bound.as_millis())),
             },
             None => Ok(()),
         };
+        if let Some(store) = store.as_ref().filter(|_| database.is_ok())
+            && sampled.is_none_or(|at| at.elapsed() >= interval * CHECKS_PER_LEDGER_SAMPLE)
+        {
+            sample_ledger(store, bound).await;
+            sampled = Some(tokio::time::Instant::now());
+        }
         if store.is_some() {
             metrics::gauge!(telemetry::DEPENDENCY_UP, "dependency" => "database")
                 .set(f64::from(u8::from(database.is_ok())));
@@ -127,10 +143,14 @@ pub async fn watch_dependencies(
     }
 }
 
-/// Pings the database and samples the settled ledger's open holds.
-async fn check_store(store: &Store) -> Result<(), String> {
-    let (holds, held) = store.open_holds().await.map_err(|error| error.to_string())?;
-    metrics::gauge!(telemetry::OPEN_HOLDS).set(holds as f64);
-    metrics::gauge!(telemetry::HELD_CREDITS).set(held as f64);
-    Ok(())
+/// Sets the open-holds gauges from the settled ledger (bounded; a failure only logs).
+async fn sample_ledger(store: &Store, bound: Duration) {
+    match tokio::time::timeout(bound, store.open_holds()).await {
+        Ok(Ok((holds, held))) => {
+            metrics::gauge!(telemetry::OPEN_HOLDS).set(holds as f64);
+            metrics::gauge!(telemetry::HELD_CREDITS).set(held as f64);
+        }
+        Ok(Err(error)) => tracing::debug!(%error, "sampling open holds failed"),
+        Err(_) => tracing::debug!("sampling open holds took too long"),
+    }
 }

@@ -154,7 +154,8 @@ fn consumer_name() -> String {
 }
 
 /// Installs the SIGINT and SIGTERM handlers now (so a signal that comes before serving starts is
-/// not lost); the future resolves on the first of them.
+/// not lost); the future resolves on the first of them. A second signal exits at once, with
+/// status 1, for an operator who will not wait for the drain and the grace period.
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -164,6 +165,14 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutdown signal received");
+        tracing::info!(signal = name, "shutdown signal received; a second one exits at once");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::warn!("second shutdown signal: exiting without finishing calls or settlement");
+            std::process::exit(1);
+        });
     })
 }

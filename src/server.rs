@@ -190,43 +190,52 @@ pub async fn serve(
         _ = started.wait_for(|started| *started) => None,
     };
     let deadline = tokio::time::Instant::now() + grace;
+    let mut in_time = true;
     let result = match result {
         Some(result) => result,
         None => match tokio::time::timeout_at(deadline, &mut server).await {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!("calls in flight did not finish within the grace period");
+                tracing::warn!("calls in flight did not finish within the grace period; cutting them off");
+                in_time = false;
                 Ok(())
             }
         },
     };
     drop(stop_tasks);
     for task in tasks {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "background task failed");
-        }
+        in_time &= finish(task, deadline, "background task").await.is_some();
     }
     drop(stop_settler);
     let mut served = Served::default();
-    let mut in_time = true;
     if let Some((task, stats)) = settler {
-        match tokio::time::timeout_at(deadline + Duration::from_millis(100), task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "settler task failed"),
-            Err(_) => in_time = false,
-        }
+        let flushed = finish(task, deadline, "settler").await;
+        in_time &= flushed == Some(true);
         served.settled = stats.settled.load(std::sync::atomic::Ordering::Relaxed);
-        let left = stats.backlog.load(std::sync::atomic::Ordering::Relaxed);
-        in_time &= left == 0;
-        tracing::info!(settled = served.settled, left, "settlement stopped");
+        tracing::info!(settled = served.settled, flushed = flushed == Some(true), "settlement stopped");
     }
     drop(stop_http);
     if let Some(task) = http_task {
-        let _ = task.await;
+        in_time &= finish(task, deadline, "metrics endpoint").await.is_some();
     }
     result?;
-    in_time &= tokio::time::Instant::now() <= deadline + Duration::from_millis(100);
     if in_time { Ok(served) } else { Err(ServeError::GraceExceeded(grace)) }
+}
+
+/// Waits for a stopping task until `deadline`, then aborts it; None when it failed or was cut.
+async fn finish<T>(mut task: tokio::task::JoinHandle<T>, deadline: tokio::time::Instant, what: &str) -> Option<T> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "{what} failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("{what} did not stop within the grace period; aborting it");
+            task.abort();
+            None
+        }
+    }
 }
 
 fn tls_config(tls: &TlsConfig) -> ServerTlsConfig {
@@ -242,7 +251,7 @@ async fn start_settler(
     setup: &SettleSetup,
     stopped: watch::Receiver<()>,
     grace: Duration,
-) -> Result<(tokio::task::JoinHandle<()>, Arc<SettleStats>), ServeError> {
+) -> Result<(tokio::task::JoinHandle<bool>, Arc<SettleStats>), ServeError> {
     let store = setup.store.clone();
     let consumer = setup.consumer.clone();
     Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, grace).await?)

@@ -227,7 +227,7 @@ impl Engine {
     }
 
     /// Starts settling this engine's outbox into `store` until `stopped` fires; then flushes
-    /// (bounded by `grace`). `consumer` names this replica in the Redis consumer group; entries
+    /// (bounded by `grace`); the task returns whether the flush emptied the outbox in time. `consumer` names this replica in the Redis consumer group; entries
     /// another replica left unacknowledged for `claim_idle` are taken over.
     pub async fn spawn_settler(
         &self,
@@ -237,14 +237,14 @@ impl Engine {
         claim_idle: std::time::Duration,
         stopped: tokio::sync::watch::Receiver<()>,
         grace: std::time::Duration,
-    ) -> Result<(tokio::task::JoinHandle<()>, Arc<SettleStats>)> {
+    ) -> Result<(tokio::task::JoinHandle<bool>, Arc<SettleStats>)> {
         fn start<O: crate::settle::outbox::Outbox>(
             outbox: Arc<O>,
             store: Store,
             options: SettleOptions,
             stopped: tokio::sync::watch::Receiver<()>,
             grace: std::time::Duration,
-        ) -> (tokio::task::JoinHandle<()>, Arc<SettleStats>) {
+        ) -> (tokio::task::JoinHandle<bool>, Arc<SettleStats>) {
             let settler = Settler::new(outbox, store, options);
             let stats = settler.stats();
             (tokio::spawn(settler.run(stopped, grace)), stats)

@@ -45,6 +45,15 @@ pub struct SettleStats {
     pub lag_ms: AtomicI64,
 }
 
+/// What one read of the outbox came to.
+enum Batch {
+    /// This many events settled and acknowledged.
+    Settled(usize),
+    Empty,
+    /// The read failed (after a pause); try again.
+    ReadFailed,
+}
+
 pub struct Settler<O: Outbox> {
     outbox: Arc<O>,
     store: Store,
@@ -62,14 +71,14 @@ impl<O: Outbox> Settler<O> {
     }
 
     /// Settles until `stopped` changes or closes, then flushes what is left (bounded by
-    /// `grace`) and returns.
-    pub async fn run(self, mut stopped: watch::Receiver<()>, grace: Duration) {
+    /// `grace`). Returns whether the flush emptied the outbox in time.
+    pub async fn run(self, mut stopped: watch::Receiver<()>, grace: Duration) -> bool {
         let mut measured = tokio::time::Instant::now();
         loop {
             match self.settle_batch(&mut stopped).await {
                 // Full batches follow each other at once; the backlog is still measured every
                 // second, so lag shows while settlement is behind.
-                Some(count) if count == self.options.batch_max => {
+                Some(Batch::Settled(count)) if count == self.options.batch_max => {
                     if measured.elapsed() >= Duration::from_secs(1) {
                         self.measure().await;
                         measured = tokio::time::Instant::now();
@@ -88,17 +97,21 @@ impl<O: Outbox> Settler<O> {
         }
         if tokio::time::timeout(grace, self.flush()).await.is_err() {
             tracing::warn!("settlement did not finish within the shutdown grace period; events wait in the outbox");
+            return false;
         }
+        true
     }
 
-    /// Settles everything the outbox holds now; returns how many events it acknowledged.
+    /// Settles everything the outbox holds now, retrying failed reads and writes until a read
+    /// finds it empty; returns how many events it acknowledged. Bound it with a timeout.
     pub async fn flush(&self) -> u64 {
         let (_keep, mut never) = watch::channel(());
         let mut total = 0;
-        while let Some(count) = self.settle_batch(&mut never).await {
-            total += count as u64;
-            if count == 0 {
-                break;
+        loop {
+            match self.settle_batch(&mut never).await {
+                Some(Batch::Settled(count)) => total += count as u64,
+                Some(Batch::ReadFailed) => {}
+                Some(Batch::Empty) | None => break,
             }
         }
         self.measure().await;
@@ -106,16 +119,16 @@ impl<O: Outbox> Settler<O> {
     }
 
     /// Reads one batch, writes it (retrying until it lands or `stopped` fires), acknowledges it.
-    /// Returns the batch size, or None when stopped.
-    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<usize> {
+    /// Returns None when stopped.
+    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<Batch> {
         let (events, token) = match self.outbox.read(self.options.batch_max).await {
             Ok(Some(batch)) => batch,
-            Ok(None) => return Some(0),
+            Ok(None) => return Some(Batch::Empty),
             Err(error) => {
                 tracing::warn!(%error, "reading the outbox failed; will retry");
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
-                return self.pause(stopped, self.options.retry_max).await.then_some(0);
+                return self.pause(stopped, self.options.retry_max).await.then_some(Batch::ReadFailed);
             }
         };
         let mut pause = Duration::from_millis(20);
@@ -143,7 +156,7 @@ impl<O: Outbox> Settler<O> {
             tracing::warn!(%error, "acknowledging a settled batch failed");
         }
         self.stats.acknowledged.fetch_add(events.len() as u64, Ordering::Relaxed);
-        Some(events.len())
+        Some(Batch::Settled(events.len()))
     }
 
     /// Waits `pause`, or less if stopped; false when stopped.

@@ -192,8 +192,9 @@ async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
     let new = "new-token-0123456789";
     std::fs::write(&path, tokens_file(&[("worker", old, "\"authorize\"", None)])).unwrap();
     let initial = std::fs::read_to_string(&path).unwrap();
-    let sidecar =
-        Sidecar::start(embedded(), auth_options(&initial, Some((path.clone(), Duration::from_millis(20))))).await;
+    let options = auth_options(&initial, Some((path.clone(), Duration::from_millis(20))));
+    let tokens = options.auth.as_ref().unwrap().tokens.clone();
+    let sidecar = Sidecar::start(embedded(), options).await;
     let mut auth = CreditAuthorizerClient::new(sidecar.channel().await);
     let quote = || pb::GetBalanceRequest { account_id: "nobody".into(), user_id: String::new() };
     // NOT_FOUND means authenticated (the account does not exist).
@@ -214,14 +215,16 @@ async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
     eprintln!("rotation took effect after {:?} ({attempts} refused attempts)", started.elapsed());
     assert_eq!(auth.get_balance(with_token(quote(), old)).await.unwrap_err().code(), Code::Unauthenticated);
 
-    // A broken file keeps the tokens in force.
+    // A broken file, once the watcher has read and refused it, leaves the tokens in force.
     std::fs::write(&staged, "[[tokens]]\nname = \"x\"\ntoken = \"short\"\nscopes = [\"admin\"]\n").unwrap();
     std::fs::rename(&staged, &path).unwrap();
-    let broken_at = Instant::now();
-    while broken_at.elapsed() < Duration::from_millis(200) {
-        assert_eq!(auth.get_balance(with_token(quote(), new)).await.unwrap_err().code(), Code::NotFound);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    while tokens.rejected() == 0 {
+        assert!(started.elapsed() < TRANSITION_MAX, "the broken file was never read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(auth.get_balance(with_token(quote(), new)).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(auth.get_balance(with_token(quote(), old)).await.unwrap_err().code(), Code::Unauthenticated);
     sidecar.stop().await.unwrap();
 }
 
@@ -308,6 +311,9 @@ async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
     let server_elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     eprintln!("hung redis: UNAVAILABLE after {client_elapsed:?} (deadline 250 ms), {server_elapsed:?} (max 400 ms)");
+    // Generous bounds (a loaded machine), but far below Redis's own 30 s timeout: the deadlines
+    // are what ended these calls.
+    assert!(client_elapsed < Duration::from_secs(5) && server_elapsed < Duration::from_secs(5));
     server.resume();
     // Retrying with the same request id after Redis answers again: exactly one hold of 10.
     let first = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
@@ -393,7 +399,7 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
     let options = ServeOptions {
         settle: Some(settle),
         health_interval: Duration::from_millis(50),
-        shutdown_drain: Duration::from_secs(1),
+        shutdown_drain: Duration::from_secs(3),
         ..ServeOptions::new(Duration::from_secs(3600))
     };
     let sidecar = Sidecar::start(engine, options).await;
@@ -409,8 +415,8 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
     wait_for(&mut admin, ServingStatus::Serving).await;
 
     // Shutdown: the watch sees NOT_SERVING, and during the drain calls are still answered. Then
-    // the open watches end (rather than holding the server open until the grace period runs
-    // out, which would make stop() fail with GraceExceeded).
+    // the open watches end: an open stream would hold the server until the grace period ran
+    // out, and stop() would fail with GraceExceeded.
     let stopping = tokio::spawn(sidecar.stop());
     wait_for(&mut whole, ServingStatus::NotServing).await;
     let mut client = CreditAdminClient::new(channel.clone());
@@ -470,6 +476,68 @@ async fn reflection_lists_every_service() {
     }
     drop(responses);
     sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_reflection_stream_ends_at_the_deadline_and_cannot_hold_a_shutdown() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let limits = Limits { call_timeout_max: Duration::from_millis(300), ..Limits::default() };
+    let options = ServeOptions {
+        limits,
+        shutdown_grace: Duration::from_secs(30),
+        ..ServeOptions::new(Duration::from_secs(3600))
+    };
+    let sidecar = Sidecar::start(embedded(), options).await;
+    let mut client = ServerReflectionClient::new(sidecar.channel().await);
+    // A client that asks once and keeps its side of the stream open.
+    let (send, requests) = tokio::sync::mpsc::channel(1);
+    send.send(ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    })
+    .await
+    .unwrap();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(requests);
+    let mut responses = client.server_reflection_info(stream).await.unwrap().into_inner();
+    assert!(responses.message().await.unwrap().is_some());
+    let status = responses.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(send);
+    sidecar.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_still_running_when_the_grace_period_ends_make_shutdown_report_it() {
+    let server = RedisServer::start();
+    let engine = redis(&server, Duration::from_secs(30)).await;
+    let limits = Limits { call_timeout_max: Duration::from_secs(30), ..Limits::default() };
+    let options = ServeOptions {
+        limits,
+        shutdown_grace: Duration::from_millis(300),
+        ..ServeOptions::new(Duration::from_secs(3600))
+    };
+    let sidecar = Sidecar::start(engine, options).await;
+    let channel = sidecar.channel().await;
+    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    server.pause();
+    let mut auth = CreditAuthorizerClient::new(channel.clone());
+    let stuck = tokio::spawn(async move { auth.reserve(reserve("acme", 10, "stuck")).await });
+    // The call is in flight once the server counts it: a second one with a tiny deadline
+    // answers, so the first (sent earlier on the same connection) has been admitted.
+    let mut probe = CreditAuthorizerClient::new(channel);
+    let _ = probe
+        .get_balance(with_timeout(
+            pb::GetBalanceRequest { account_id: "acme".into(), user_id: String::new() },
+            Duration::from_millis(20),
+        ))
+        .await;
+    let result = sidecar.stop().await;
+    assert!(matches!(result, Err(ServeError::GraceExceeded(_))), "{result:?}");
+    server.resume();
+    let _ = stuck.await;
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
