@@ -169,14 +169,7 @@ impl Harness {
     }
 
     pub async fn set_plan(&self, account: &str, plan_credits: i64, addon_credits: i64) -> pb::SetPlanResponse {
-        let request = pb::SetPlanRequest {
-            account_id: account.into(),
-            period: pb::Period::Monthly as i32,
-            anchor_unix_ms: anchor(),
-            plan_credits,
-            addon_credits,
-            request_id: self.rid(),
-        };
+        let request = pb::SetPlanRequest { addon_credits, ..plan_request(account, plan_credits, anchor(), self.rid()) };
         let response = self.admin.clone().set_plan(request).await.unwrap().into_inner();
         assert_eq!(response.outcome(), pb::Outcome::Ok);
         response
@@ -294,6 +287,36 @@ impl Drop for Harness {
         if let Some(shutdown) = self.shutdown.take() {
             shutdown.send(()).ok();
         }
+    }
+}
+
+/// A monthly plan of `credits` for `account`, anchored at `anchor_unix_ms`.
+pub fn plan_request(
+    account: &str,
+    credits: i64,
+    anchor_unix_ms: Millis,
+    request_id: impl Into<String>,
+) -> pb::SetPlanRequest {
+    pb::SetPlanRequest {
+        account_id: account.into(),
+        period: pb::Period::Monthly as i32,
+        anchor_unix_ms,
+        plan_credits: credits,
+        addon_credits: 0,
+        request_id: request_id.into(),
+    }
+}
+
+/// A Reserve of `amount` credits for user ann, category enrichment, for ten minutes.
+pub fn reserve_request(account: &str, amount: i64, request_id: impl Into<String>) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: account.into(),
+        user_id: "ann".into(),
+        category: "enrichment".into(),
+        cost: Some(amount_cost(amount)),
+        ttl_ms: 10 * MINUTE,
+        request_id: request_id.into(),
+        labels: HashMap::new(),
     }
 }
 

@@ -25,7 +25,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::harness::{MINUTE, amount_cost, anchor, redis_engine, t0};
+use crate::harness::{anchor, plan_request, redis_engine, reserve_request, t0};
 use crate::servers::{PostgresServer, RedisServer};
 
 const AUTHORIZE_TOKEN: &str = "worker-token-0123456789";
@@ -85,29 +85,6 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
-fn set_plan(account: &str, credits: i64, request_id: &str) -> pb::SetPlanRequest {
-    pb::SetPlanRequest {
-        account_id: account.into(),
-        period: pb::Period::Monthly as i32,
-        anchor_unix_ms: anchor(),
-        plan_credits: credits,
-        addon_credits: 0,
-        request_id: request_id.into(),
-    }
-}
-
-fn reserve(account: &str, amount: i64, request_id: &str) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        account_id: account.into(),
-        user_id: "ann".into(),
-        category: "enrichment".into(),
-        cost: Some(amount_cost(amount)),
-        ttl_ms: 10 * MINUTE,
-        request_id: request_id.into(),
-        labels: Default::default(),
-    }
-}
-
 fn tokens_file(entries: &[(&str, &str, &str, Option<&str>)]) -> String {
     entries
         .iter()
@@ -132,14 +109,14 @@ async fn every_auth_refusal_has_its_code_and_changes_nothing() {
     let sidecar = Sidecar::start(embedded(), auth_options(&tokens, None)).await;
     let channel = sidecar.channel().await;
     let (mut auth, mut admin) = (CreditAuthorizerClient::new(channel.clone()), CreditAdminClient::new(channel.clone()));
-    admin.set_plan(with_token(set_plan("acme", 100, "plan-acme"), ADMIN_TOKEN)).await.unwrap();
+    admin.set_plan(with_token(plan_request("acme", 100, anchor(), "plan-acme"), ADMIN_TOKEN)).await.unwrap();
 
     let unauthenticated = [
-        Request::new(reserve("acme", 10, "r1")),
-        with_token(reserve("acme", 10, "r1"), "not-a-known-token-at-all"),
-        with_token(reserve("acme", 10, "r1"), ""),
+        Request::new(reserve_request("acme", 10, "r1")),
+        with_token(reserve_request("acme", 10, "r1"), "not-a-known-token-at-all"),
+        with_token(reserve_request("acme", 10, "r1"), ""),
         {
-            let mut request = Request::new(reserve("acme", 10, "r1"));
+            let mut request = Request::new(reserve_request("acme", 10, "r1"));
             request.metadata_mut().insert("authorization", format!("Basic {AUTHORIZE_TOKEN}").parse().unwrap());
             request
         },
@@ -154,11 +131,11 @@ async fn every_auth_refusal_has_its_code_and_changes_nothing() {
     let status = admin.grant(with_token(pb::GrantRequest::default(), AUTHORIZE_TOKEN)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("admin"), "{status:?}");
-    admin.set_plan(with_token(set_plan("globex", 100, "plan-globex"), ADMIN_TOKEN)).await.unwrap();
-    let status = auth.reserve(with_token(reserve("globex", 10, "r2"), AUTHORIZE_TOKEN)).await.unwrap_err();
+    admin.set_plan(with_token(plan_request("globex", 100, anchor(), "plan-globex"), ADMIN_TOKEN)).await.unwrap();
+    let status = auth.reserve(with_token(reserve_request("globex", 10, "r2"), AUTHORIZE_TOKEN)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().starts_with("account_id: "), "{status:?}");
-    let held = auth.reserve(with_token(reserve("globex", 10, "r3"), ADMIN_TOKEN)).await.unwrap().into_inner();
+    let held = auth.reserve(with_token(reserve_request("globex", 10, "r3"), ADMIN_TOKEN)).await.unwrap().into_inner();
     let release = pb::ReleaseRequest { reservation_id: held.reservation_id.clone(), request_id: "rel".into() };
     let status = auth.release(with_token(release, AUTHORIZE_TOKEN)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -177,7 +154,7 @@ async fn every_auth_refusal_has_its_code_and_changes_nothing() {
     let globex = auth.get_balance(balance("globex", ADMIN_TOKEN)).await.unwrap().into_inner().totals.unwrap();
     assert_eq!((globex.available, globex.held), (90, 10));
     // The worker's own account works; health needs no token.
-    let ok = auth.reserve(with_token(reserve("acme", 10, "r4"), AUTHORIZE_TOKEN)).await.unwrap().into_inner();
+    let ok = auth.reserve(with_token(reserve_request("acme", 10, "r4"), AUTHORIZE_TOKEN)).await.unwrap().into_inner();
     assert_eq!(ok.outcome(), pb::Outcome::Ok);
     let health = HealthClient::new(channel).check(HealthCheckRequest { service: "liveness".into() }).await.unwrap();
     assert_eq!(health.into_inner().status(), ServingStatus::Serving);
@@ -236,7 +213,7 @@ async fn overload_is_refused_at_once_with_resource_exhausted() {
     let sidecar = Sidecar::start(engine, ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
     let channel = sidecar.channel().await;
     let mut admin = CreditAdminClient::new(channel.clone());
-    admin.set_plan(set_plan("acme", 1_000, "plan")).await.unwrap();
+    admin.set_plan(plan_request("acme", 1_000, anchor(), "plan")).await.unwrap();
 
     // Redis hangs: two calls take the only two places and wait for it. The next call is refused
     // without waiting. (A probe may win a place before a stuck call does; the stuck call is then
@@ -244,7 +221,7 @@ async fn overload_is_refused_at_once_with_resource_exhausted() {
     server.pause();
     let spawn_stuck = |index: usize| {
         let mut auth = CreditAuthorizerClient::new(channel.clone());
-        tokio::spawn(async move { auth.reserve(reserve("acme", 1, &format!("stuck-{index}"))).await })
+        tokio::spawn(async move { auth.reserve(reserve_request("acme", 1, format!("stuck-{index}"))).await })
     };
     let mut stuck: Vec<_> = (0..2).map(spawn_stuck).collect();
     let mut sent_stuck = stuck.len();
@@ -264,7 +241,7 @@ async fn overload_is_refused_at_once_with_resource_exhausted() {
             tokio::task::yield_now().await;
         }
         let sent = Instant::now();
-        match auth.reserve(with_timeout(reserve("acme", 1, "probe"), Duration::from_millis(50))).await {
+        match auth.reserve(with_timeout(reserve_request("acme", 1, "probe"), Duration::from_millis(50))).await {
             Err(status) if status.code() == Code::ResourceExhausted && stuck.iter().all(|call| !call.is_finished()) => {
                 break (status, sent.elapsed());
             }
@@ -283,7 +260,7 @@ async fn overload_is_refused_at_once_with_resource_exhausted() {
         assert_eq!(answer.outcome(), pb::Outcome::Ok);
     }
     // With the places free again, calls are admitted.
-    assert!(auth.reserve(reserve("acme", 1, "after")).await.is_ok());
+    assert!(auth.reserve(reserve_request("acme", 1, "after")).await.is_ok());
     sidecar.stop().await.unwrap();
     server.kill();
 }
@@ -296,18 +273,18 @@ async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
     let limits = Limits { call_timeout_max: Duration::from_millis(400), ..Limits::default() };
     let sidecar = Sidecar::start(engine, ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
     let channel = sidecar.channel().await;
-    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    CreditAdminClient::new(channel.clone()).set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     let mut auth = CreditAuthorizerClient::new(channel);
     server.pause();
     // The client's deadline, shorter than the server's maximum.
     let deadline = Duration::from_millis(250);
     let sent = Instant::now();
-    let status = auth.reserve(with_timeout(reserve("acme", 10, "r1"), deadline)).await.unwrap_err();
+    let status = auth.reserve(with_timeout(reserve_request("acme", 10, "r1"), deadline)).await.unwrap_err();
     let client_elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // No client deadline: the server's maximum applies.
     let sent = Instant::now();
-    let status = auth.reserve(reserve("acme", 10, "r2")).await.unwrap_err();
+    let status = auth.reserve(reserve_request("acme", 10, "r2")).await.unwrap_err();
     let server_elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     eprintln!("hung redis: UNAVAILABLE after {client_elapsed:?} (deadline 250 ms), {server_elapsed:?} (max 400 ms)");
@@ -316,8 +293,8 @@ async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
     assert!(client_elapsed < Duration::from_secs(5) && server_elapsed < Duration::from_secs(5));
     server.resume();
     // Retrying with the same request id after Redis answers again: exactly one hold of 10.
-    let first = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
-    let again = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
+    let first = auth.reserve(reserve_request("acme", 10, "r1")).await.unwrap().into_inner();
+    let again = auth.reserve(reserve_request("acme", 10, "r1")).await.unwrap().into_inner();
     assert_eq!(first.reservation_id, again.reservation_id);
     sidecar.stop().await.unwrap();
 }
@@ -355,7 +332,7 @@ async fn health_and_calls_follow_redis_through_an_outage() {
     let mut liveness = watch(&channel, "liveness").await;
     wait_for(&mut whole, ServingStatus::Serving).await;
     wait_for(&mut authorizer, ServingStatus::Serving).await;
-    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    CreditAdminClient::new(channel.clone()).set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     let mut auth = CreditAuthorizerClient::new(channel.clone());
 
     server.kill();
@@ -363,7 +340,7 @@ async fn health_and_calls_follow_redis_through_an_outage() {
     wait_for(&mut authorizer, ServingStatus::NotServing).await;
     let deadline = Duration::from_millis(500);
     let sent = Instant::now();
-    let status = auth.reserve(with_timeout(reserve("acme", 10, "r1"), deadline)).await.unwrap_err();
+    let status = auth.reserve(with_timeout(reserve_request("acme", 10, "r1"), deadline)).await.unwrap_err();
     let elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     eprintln!("redis killed: UNAVAILABLE after {elapsed:?} (deadline {deadline:?}): {}", status.message());
@@ -373,7 +350,7 @@ async fn health_and_calls_follow_redis_through_an_outage() {
     server.restart();
     wait_for(&mut whole, ServingStatus::Serving).await;
     wait_for(&mut authorizer, ServingStatus::Serving).await;
-    let answer = auth.reserve(reserve("acme", 10, "r1")).await.unwrap().into_inner();
+    let answer = auth.reserve(reserve_request("acme", 10, "r1")).await.unwrap().into_inner();
     assert_eq!(answer.outcome(), pb::Outcome::Ok);
     wait_for(&mut liveness, ServingStatus::Serving).await;
     drop((whole, authorizer, liveness));
@@ -420,7 +397,7 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
     let stopping = tokio::spawn(sidecar.stop());
     wait_for(&mut whole, ServingStatus::NotServing).await;
     let mut client = CreditAdminClient::new(channel.clone());
-    let answer = client.set_plan(set_plan("acme", 100, "during-drain")).await.unwrap().into_inner();
+    let answer = client.set_plan(plan_request("acme", 100, anchor(), "during-drain")).await.unwrap().into_inner();
     assert_eq!(answer.outcome(), pb::Outcome::Ok);
     let served = stopping.await.unwrap().unwrap();
     assert!(served.settled >= 1, "the plan set during the drain was settled: {served:?}");
@@ -439,9 +416,9 @@ async fn oversized_requests_are_refused_before_the_ledger() {
     let sidecar =
         Sidecar::start(embedded(), ServeOptions { limits, ..ServeOptions::new(Duration::from_secs(3600)) }).await;
     let channel = sidecar.channel().await;
-    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    CreditAdminClient::new(channel.clone()).set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     let mut auth = CreditAuthorizerClient::new(channel);
-    let mut big = reserve("acme", 10, "big");
+    let mut big = reserve_request("acme", 10, "big");
     big.labels.insert("note".into(), "x".repeat(2_000));
     let status = auth.reserve(big).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -521,10 +498,10 @@ async fn calls_still_running_when_the_grace_period_ends_make_shutdown_report_it(
     };
     let sidecar = Sidecar::start(engine, options).await;
     let channel = sidecar.channel().await;
-    CreditAdminClient::new(channel.clone()).set_plan(set_plan("acme", 100, "plan")).await.unwrap();
+    CreditAdminClient::new(channel.clone()).set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     server.pause();
     let mut auth = CreditAuthorizerClient::new(channel.clone());
-    let stuck = tokio::spawn(async move { auth.reserve(reserve("acme", 10, "stuck")).await });
+    let stuck = tokio::spawn(async move { auth.reserve(reserve_request("acme", 10, "stuck")).await });
     // The call is in flight once the server counts it: a second one with a tiny deadline
     // answers, so the first (sent earlier on the same connection) has been admitted.
     let mut probe = CreditAuthorizerClient::new(channel);

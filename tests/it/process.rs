@@ -26,7 +26,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::harness::amount_cost;
+use crate::harness::{amount_cost, plan_request, reserve_request};
 use crate::servers::{RedisServer, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_credit-sidecar");
@@ -444,28 +444,9 @@ fn now_ms() -> i64 {
 
 /// A monthly plan of `credits` anchored a day ago (the binary runs on the real clock).
 async fn set_plan(admin: &mut CreditAdminClient<Channel>, account: &str, credits: i64) {
-    let request = pb::SetPlanRequest {
-        account_id: account.into(),
-        period: pb::Period::Monthly as i32,
-        anchor_unix_ms: now_ms() - 86_400_000,
-        plan_credits: credits,
-        addon_credits: 0,
-        request_id: format!("plan-{account}"),
-    };
+    let request = plan_request(account, credits, now_ms() - 86_400_000, format!("plan-{account}"));
     let response = admin.set_plan(request).await.unwrap().into_inner();
     assert_eq!(response.outcome(), pb::Outcome::Ok, "{response:?}");
-}
-
-fn reserve_request(account: &str, amount: i64, request_id: String) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        account_id: account.into(),
-        user_id: "ann".into(),
-        category: "enrichment".into(),
-        cost: Some(amount_cost(amount)),
-        ttl_ms: 600_000,
-        request_id,
-        labels: HashMap::new(),
-    }
 }
 
 fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id: String) -> pb::CommitRequest {
@@ -536,14 +517,14 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
         request_id: "promo-1".into(),
     };
     assert_eq!(admin.grant(grant).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
-    let held = auth.reserve(reserve_request("acme", 100, "r-ok".into())).await.unwrap().into_inner();
+    let held = auth.reserve(reserve_request("acme", 100, "r-ok")).await.unwrap().into_inner();
     assert_eq!(held.outcome(), pb::Outcome::Ok, "{held:?}");
-    let declined = auth.reserve(reserve_request("acme", 1_000_000, "r-big".into())).await.unwrap().into_inner();
+    let declined = auth.reserve(reserve_request("acme", 1_000_000, "r-big")).await.unwrap().into_inner();
     assert_eq!(declined.outcome(), pb::Outcome::InsufficientCredit, "{declined:?}");
     let commit = commit_request(&held.reservation_id, 30, false, "c-1".into());
     let committed = auth.commit(commit).await.unwrap().into_inner();
     assert_eq!((committed.outcome(), committed.charged, committed.held), (pb::Outcome::Ok, 30, 70));
-    let bad = auth.reserve(reserve_request("acme", 0, "r-bad".into())).await.unwrap_err();
+    let bad = auth.reserve(reserve_request("acme", 0, "r-bad")).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
 
     // Figures that follow the health check and the settler are waited for; the call counters
