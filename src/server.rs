@@ -91,6 +91,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("starting settlement: {0}")]
     Settle(#[from] crate::engine::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("shutdown did not finish within the grace period of {} ms", .0.as_millis())]
     GraceExceeded(Duration),
 }
@@ -110,12 +112,34 @@ pub async fn serve(
     http: Option<HttpSetup>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Served, ServeError> {
+    // Everything that can fail comes before any other task is started.
+    let store = options.settle.as_ref().map(|setup| setup.store.clone());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let bytes_max = options.limits.request_bytes_max;
+    let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
+    let admin = AdminService::new(engine.clone(), store.clone()).into_server().max_decoding_message_size(bytes_max);
+    let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls_config(tls))?;
+    }
+    let (stop_settler, settler_stopped) = watch::channel(());
+    let settler = match &options.settle {
+        Some(setup) => Some(start_settler(&engine, setup, settler_stopped, options.shutdown_grace).await?),
+        None => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
     let (stop_tasks, tasks_stopped) = watch::channel(());
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, tasks_stopped.clone())));
-    let store = options.settle.as_ref().map(|setup| setup.store.clone());
     tasks.push(tokio::spawn(watch_dependencies(
         engine.clone(),
         store.clone(),
@@ -130,30 +154,7 @@ pub async fn serve(
     let http_task = http.map(|setup| {
         tokio::spawn(crate::telemetry::serve_http(setup.listener, setup.metrics, health.serving(), http_stopped))
     });
-    let (stop_settler, settler_stopped) = watch::channel(());
-    let settler = match &options.settle {
-        Some(setup) => Some(start_settler(&engine, setup, settler_stopped, options.shutdown_grace).await?),
-        None => None,
-    };
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|error| crate::engine::Error::Internal(format!("reflection: {error}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|error| crate::engine::Error::Internal(format!("reflection: {error}")))?;
-    let bytes_max = options.limits.request_bytes_max;
-    let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
-    let admin = AdminService::new(engine.clone(), store).into_server().max_decoding_message_size(bytes_max);
-    let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &options.tls {
-        builder = builder.tls_config(tls_config(tls))?;
-    }
     // Health turns NOT_SERVING first, so balancers stop sending calls while these drain.
     let draining = {
         let (health, drain) = (health.clone(), options.shutdown_drain);
