@@ -17,6 +17,9 @@ use credit_sidecar::ledger::{ManualClock, Millis, Rules};
 use credit_sidecar::server::{ServeOptions, serve};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::servers::{RedisCluster, RedisServer};
 
@@ -318,6 +321,32 @@ pub fn reserve_request(account: &str, amount: i64, request_id: impl Into<String>
         request_id: request_id.into(),
         labels: HashMap::new(),
     }
+}
+
+/// How long a test waits for a health status before failing.
+pub const HEALTH_TRANSITION_MAX: Duration = Duration::from_secs(20);
+
+/// Opens a `grpc.health.v1.Health/Watch` stream on `service`.
+pub async fn health_watch(channel: &Channel, service: &str) -> tonic::Streaming<HealthCheckResponse> {
+    let request = HealthCheckRequest { service: service.into() };
+    HealthClient::new(channel.clone()).watch(request).await.unwrap().into_inner()
+}
+
+/// Reads a health watch until it reports `status` (bounded); returns every status read.
+pub async fn wait_for_health(
+    stream: &mut tonic::Streaming<HealthCheckResponse>,
+    status: ServingStatus,
+) -> Vec<ServingStatus> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + HEALTH_TRANSITION_MAX;
+    while seen.last() != Some(&status) {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(update))) => seen.push(update.status()),
+            Ok(other) => panic!("health watch ended after {seen:?}: {other:?}"),
+            Err(_) => panic!("health not {status:?} within {HEALTH_TRANSITION_MAX:?}; statuses seen: {seen:?}"),
+        }
+    }
+    seen
 }
 
 pub fn amount_cost(amount: i64) -> pb::Cost {

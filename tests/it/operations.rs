@@ -15,23 +15,23 @@ use credit_sidecar::config::{Limits, TlsConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisSettings;
 use credit_sidecar::ledger::{ManualClock, Rules};
-use credit_sidecar::server::{AuthSetup, ServeError, ServeOptions, Served, SettleSetup, serve};
-use credit_sidecar::settle::settler::SettleOptions;
+use credit_sidecar::server::{AuthSetup, ServeError, ServeOptions, Served, serve};
 use credit_sidecar::settle::store::Store;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::harness::{anchor, plan_request, redis_engine, reserve_request, t0};
+use crate::harness::{
+    HEALTH_TRANSITION_MAX, anchor, health_watch, plan_request, redis_engine, redis_settings, reserve_request, t0,
+    wait_for_health,
+};
 use crate::servers::{PostgresServer, RedisServer};
 
 const AUTHORIZE_TOKEN: &str = "worker-token-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
-/// How long a test waits for a health transition before failing.
-const TRANSITION_MAX: Duration = Duration::from_secs(20);
 
 /// A server on a free loopback port, stopped on drop of its shutdown sender.
 struct Sidecar {
@@ -65,12 +65,10 @@ fn embedded() -> Engine {
     Engine::embedded(Rules::default(), Arc::new(ManualClock::new(t0())))
 }
 
-fn redis_settings(server: &RedisServer, timeout: Duration) -> RedisSettings {
-    RedisSettings { urls: vec![server.url()], cluster: false, shards: 16, key_prefix: String::new(), timeout }
-}
-
+/// A Redis engine on `server` whose round trips may take `timeout`.
 async fn redis(server: &RedisServer, timeout: Duration) -> Engine {
-    redis_engine(&Rules::default(), &redis_settings(server, timeout), &ManualClock::new(t0())).await
+    let settings = RedisSettings { timeout, ..redis_settings(vec![server.url()], false) };
+    redis_engine(&Rules::default(), &settings, &ManualClock::new(t0())).await
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
@@ -186,7 +184,7 @@ async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
     let mut attempts = 0;
     while auth.get_balance(with_token(quote(), new)).await.unwrap_err().code() == Code::Unauthenticated {
         attempts += 1;
-        assert!(started.elapsed() < TRANSITION_MAX, "the new token was not accepted after {attempts} attempts");
+        assert!(started.elapsed() < HEALTH_TRANSITION_MAX, "the new token was not accepted after {attempts} attempts");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     eprintln!("rotation took effect after {:?} ({attempts} refused attempts)", started.elapsed());
@@ -197,7 +195,7 @@ async fn a_rotated_tokens_file_takes_effect_without_a_restart() {
     std::fs::rename(&staged, &path).unwrap();
     let started = Instant::now();
     while tokens.rejected() == 0 {
-        assert!(started.elapsed() < TRANSITION_MAX, "the broken file was never read");
+        assert!(started.elapsed() < HEALTH_TRANSITION_MAX, "the broken file was never read");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(auth.get_balance(with_token(quote(), new)).await.unwrap_err().code(), Code::NotFound);
@@ -299,25 +297,6 @@ async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
     sidecar.stop().await.unwrap();
 }
 
-/// Follows a health service's status; returns once it reports `status`.
-async fn wait_for(stream: &mut tonic::Streaming<HealthCheckResponse>, status: ServingStatus) {
-    tokio::time::timeout(TRANSITION_MAX, async {
-        loop {
-            let message = stream.message().await.unwrap().expect("health watch ended");
-            if message.status() == status {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("health did not turn {status:?} within {TRANSITION_MAX:?}"));
-}
-
-async fn watch(channel: &Channel, service: &str) -> tonic::Streaming<HealthCheckResponse> {
-    let request = HealthCheckRequest { service: service.into() };
-    HealthClient::new(channel.clone()).watch(request).await.unwrap().into_inner()
-}
-
 #[tokio::test]
 async fn health_and_calls_follow_redis_through_an_outage() {
     // Redis keeps its data across the restart, as a production Redis with persistence does.
@@ -327,17 +306,17 @@ async fn health_and_calls_follow_redis_through_an_outage() {
         ServeOptions { health_interval: Duration::from_millis(50), ..ServeOptions::new(Duration::from_secs(3600)) };
     let sidecar = Sidecar::start(engine, options).await;
     let channel = sidecar.channel().await;
-    let mut whole = watch(&channel, "").await;
-    let mut authorizer = watch(&channel, "credits.v1.CreditAuthorizer").await;
-    let mut liveness = watch(&channel, "liveness").await;
-    wait_for(&mut whole, ServingStatus::Serving).await;
-    wait_for(&mut authorizer, ServingStatus::Serving).await;
+    let mut whole = health_watch(&channel, "").await;
+    let mut authorizer = health_watch(&channel, "credits.v1.CreditAuthorizer").await;
+    let mut liveness = health_watch(&channel, "liveness").await;
+    wait_for_health(&mut whole, ServingStatus::Serving).await;
+    wait_for_health(&mut authorizer, ServingStatus::Serving).await;
     CreditAdminClient::new(channel.clone()).set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     let mut auth = CreditAuthorizerClient::new(channel.clone());
 
     server.kill();
-    wait_for(&mut whole, ServingStatus::NotServing).await;
-    wait_for(&mut authorizer, ServingStatus::NotServing).await;
+    wait_for_health(&mut whole, ServingStatus::NotServing).await;
+    wait_for_health(&mut authorizer, ServingStatus::NotServing).await;
     let deadline = Duration::from_millis(500);
     let sent = Instant::now();
     let status = auth.reserve(with_timeout(reserve_request("acme", 10, "r1"), deadline)).await.unwrap_err();
@@ -348,11 +327,11 @@ async fn health_and_calls_follow_redis_through_an_outage() {
     assert_eq!(check.unwrap().into_inner().status(), ServingStatus::Serving, "liveness must not follow redis");
 
     server.restart();
-    wait_for(&mut whole, ServingStatus::Serving).await;
-    wait_for(&mut authorizer, ServingStatus::Serving).await;
+    wait_for_health(&mut whole, ServingStatus::Serving).await;
+    wait_for_health(&mut authorizer, ServingStatus::Serving).await;
     let answer = auth.reserve(reserve_request("acme", 10, "r1")).await.unwrap().into_inner();
     assert_eq!(answer.outcome(), pb::Outcome::Ok);
-    wait_for(&mut liveness, ServingStatus::Serving).await;
+    wait_for_health(&mut liveness, ServingStatus::Serving).await;
     drop((whole, authorizer, liveness));
     sidecar.stop().await.unwrap();
 }
@@ -367,35 +346,31 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
         credit_sidecar::ledger::Ledger::new(Rules::default().request_id_retention_ms),
         Some(Arc::new(credit_sidecar::settle::outbox::MemoryOutbox::new(10_000))),
     );
-    let settle = SettleSetup {
-        store,
-        options: SettleOptions::default(),
-        consumer: "test".into(),
-        claim_idle: Duration::from_secs(30),
-    };
     let options = ServeOptions {
-        settle: Some(settle),
+        settle: Some(crate::settle::settle_setup(&store, "test")),
         health_interval: Duration::from_millis(50),
         shutdown_drain: Duration::from_secs(3),
         ..ServeOptions::new(Duration::from_secs(3600))
     };
     let sidecar = Sidecar::start(engine, options).await;
     let channel = sidecar.channel().await;
-    let mut whole = watch(&channel, "").await;
-    let mut admin = watch(&channel, "credits.v1.CreditAdmin").await;
-    wait_for(&mut whole, ServingStatus::Serving).await;
+    let mut whole = health_watch(&channel, "").await;
+    let mut admin = health_watch(&channel, "credits.v1.CreditAdmin").await;
+    // Both watches read up to SERVING first, so each wait below sees a real transition.
+    wait_for_health(&mut whole, ServingStatus::Serving).await;
+    wait_for_health(&mut admin, ServingStatus::Serving).await;
     postgres.stop();
-    wait_for(&mut whole, ServingStatus::NotServing).await;
-    wait_for(&mut admin, ServingStatus::NotServing).await;
+    wait_for_health(&mut whole, ServingStatus::NotServing).await;
+    wait_for_health(&mut admin, ServingStatus::NotServing).await;
     postgres.start_again();
-    wait_for(&mut whole, ServingStatus::Serving).await;
-    wait_for(&mut admin, ServingStatus::Serving).await;
+    wait_for_health(&mut whole, ServingStatus::Serving).await;
+    wait_for_health(&mut admin, ServingStatus::Serving).await;
 
     // Shutdown: the watch sees NOT_SERVING, and during the drain calls are still answered. Then
     // the open watches end: an open stream would hold the server until the grace period ran
     // out, and stop() would fail with GraceExceeded.
     let stopping = tokio::spawn(sidecar.stop());
-    wait_for(&mut whole, ServingStatus::NotServing).await;
+    wait_for_health(&mut whole, ServingStatus::NotServing).await;
     let mut client = CreditAdminClient::new(channel.clone());
     let answer = client.set_plan(plan_request("acme", 100, anchor(), "during-drain")).await.unwrap().into_inner();
     assert_eq!(answer.outcome(), pb::Outcome::Ok);

@@ -26,7 +26,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::harness::{amount_cost, plan_request, reserve_request};
+use crate::harness::{amount_cost, health_watch, plan_request, reserve_request, wait_for_health};
 use crate::servers::{RedisServer, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_credit-sidecar");
@@ -474,18 +474,7 @@ async fn health(channel: &Channel, service: &str) -> Result<ServingStatus, tonic
 /// Watches `service` until it reports SERVING (bounded): the dependency checks behind the
 /// whole server's status may finish just after the `serving` line. Returns the statuses seen.
 async fn watch_until_serving(channel: &Channel, service: &str) -> Vec<ServingStatus> {
-    let request = HealthCheckRequest { service: service.into() };
-    let mut stream = HealthClient::new(channel.clone()).watch(request).await.unwrap().into_inner();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.last() != Some(&ServingStatus::Serving) {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Ok(Ok(Some(update))) => seen.push(update.status()),
-            Ok(other) => panic!("health watch of {service:?} ended after {seen:?}: {other:?}"),
-            Err(_) => panic!("{service:?} not SERVING within 10 s; statuses seen: {seen:?}"),
-        }
-    }
-    seen
+    wait_for_health(&mut health_watch(channel, service).await, ServingStatus::Serving).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,7 +488,7 @@ async fn watch_until_serving(channel: &Channel, service: &str) -> Vec<ServingSta
 async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement() {
     let work = Workdir::new();
     let mut command = work.command();
-    command.args(["--health-interval-ms", "50"]);
+    command.args(["--health-interval-ms", "50", "--request-bytes-max", "2048"]);
     let mut sidecar = Sidecar::spawn(command);
     let serving = sidecar.serving().await;
     assert_eq!(serving.engine, "embedded");
@@ -526,6 +515,10 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     assert_eq!((committed.outcome(), committed.charged, committed.held), (pb::Outcome::Ok, 30, 70));
     let bad = auth.reserve(reserve_request("acme", 0, "r-bad")).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    let mut oversized = reserve_request("acme", 1, "r-huge");
+    oversized.labels.insert("note".into(), "x".repeat(4_096));
+    let refused = auth.reserve(oversized).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
 
     // Figures that follow the health check and the settler are waited for; the call counters
     // are final the moment the calls have answered.
@@ -542,6 +535,8 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     assert_eq!(calls("Reserve", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Reserve", "insufficient_credit"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Reserve", "invalid_argument"), Some(1.0), "{}", metrics.text);
+    let refusals = |reason: &str| metrics.get("credit_sidecar_refusals_total", &[("reason", reason)]);
+    assert_eq!(refusals("request_too_large"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("SetPlan", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Grant", "ok"), Some(1.0), "{}", metrics.text);

@@ -30,7 +30,8 @@ async fn sqlite_store() -> (Store, tempfile::TempDir) {
     (Store::connect(&url).await.unwrap(), dir)
 }
 
-fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
+/// Settlement into `store` as replica `consumer`, with small batches and quick idle polls.
+pub fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
     SettleSetup {
         store: store.clone(),
         options: SettleOptions { batch_max: 64, idle_interval: Duration::from_millis(5), ..SettleOptions::default() },
