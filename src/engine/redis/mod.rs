@@ -99,7 +99,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// One Redis or a Redis Cluster, behind the same interface. Both reconnect by themselves and
 /// multiplex concurrent calls over shared connections; clones share them.
 #[derive(Clone)]
-enum Connection {
+pub(super) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -134,6 +134,9 @@ impl ConnectionLike for Connection {
 
 pub struct RedisEngine {
     connection: Connection,
+    /// How this engine reached Redis, so other tasks (the settler) can open connections of their
+    /// own instead of queueing behind hot-path calls on this one.
+    settings: RedisSettings,
     layout: Layout,
     timeout: Duration,
     retention_ms: Millis,
@@ -151,6 +154,7 @@ impl RedisEngine {
         let connection = connect(settings).await?;
         let engine = Self {
             connection,
+            settings: settings.clone(),
             layout: Layout { prefix: settings.key_prefix.clone(), shards: settings.shards },
             timeout: settings.timeout,
             retention_ms,
@@ -201,6 +205,11 @@ impl RedisEngine {
             metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
         }
         result
+    }
+
+    /// A new connection to the same Redis (or Cluster), separate from the one calls use.
+    pub(super) async fn open_connection(&self) -> Result<Connection> {
+        connect(&self.settings).await
     }
 
     /// Does Redis answer (within the timeout)?
