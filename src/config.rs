@@ -47,6 +47,11 @@ pub enum Command {
         /// One account (default: every account in the ledger).
         #[arg(long)]
         account: Option<String>,
+        /// Move a Redis written by an older layout to this one: check every outbox event is
+        /// settled, delete every key under the prefix, rebuild every account (README,
+        /// "Upgrading the Redis layout").
+        #[arg(long, conflicts_with = "account")]
+        upgrade_layout: bool,
     },
 }
 

@@ -36,7 +36,8 @@ async fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(error) => Err(error),
         },
-        Command::Rebuild { account } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
+        Command::Rebuild { upgrade_layout: true, .. } => upgrade_layout(&config).await,
+        Command::Rebuild { account, .. } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +82,22 @@ async fn maintain(
             Ok(0)
         }
     }
+}
+
+/// `rebuild --upgrade-layout`: an older layout's Redis moved to this one, from the ledger.
+async fn upgrade_layout(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let EngineConfig::Redis(settings) = &config.engine else {
+        return Err("rebuild --upgrade-layout works on Redis: set redis_url / REDIS_URL".into());
+    };
+    let store = Store::connect(&config.settle.database_url).await?;
+    let upgraded = maintenance::upgrade_layout(&store, settings, config.rules.request_id_retention_ms).await?;
+    println!(
+        "deleted {} key(s) of the old layout; rebuilt {} account(s) from the ledger in layout {}",
+        upgraded.keys_deleted,
+        upgraded.accounts_rebuilt,
+        credit_sidecar::engine::redis::LAYOUT_VERSION
+    );
+    Ok(())
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -21,6 +21,11 @@ pub enum MaintenanceError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Replay(#[from] crate::ledger::replay::ReplayError),
+    #[error(
+        "{0} event(s) in the Redis outbox are not in the ledger yet: stop the old sidecars gracefully (they \
+         flush settlement) or let a settler finish, then run the upgrade again"
+    )]
+    Unsettled(usize),
 }
 
 /// One difference between the ledger and Redis.
@@ -127,4 +132,47 @@ pub async fn rebuild(
         }
     }
     Ok(written)
+}
+
+/// What the layout upgrade did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgraded {
+    pub keys_deleted: usize,
+    pub accounts_rebuilt: usize,
+}
+
+/// Moves a Redis written by an older layout to this one: refuses while any event in the outbox
+/// streams is missing from the SQL ledger (drain the old sidecars and let settlement finish
+/// first), then deletes every key of the deployment, records this layout and rebuilds every
+/// account from the ledger. Remembered request ids do not survive it (as with `rebuild`).
+pub async fn upgrade_layout(
+    store: &Store,
+    settings: &crate::engine::redis::RedisSettings,
+    retention_ms: Millis,
+) -> Result<Upgraded, MaintenanceError> {
+    let redis = RedisEngine::connect_unchecked(settings, retention_ms).await?;
+    let unsettled = unsettled_events(store, &redis).await?;
+    if unsettled > 0 {
+        return Err(MaintenanceError::Unsettled(unsettled));
+    }
+    let keys_deleted = redis.wipe_and_init().await?;
+    let accounts_rebuilt = rebuild(store, &redis, retention_ms, None).await?;
+    Ok(Upgraded { keys_deleted, accounts_rebuilt })
+}
+
+/// How many events in Redis's outbox streams the ledger does not have. The streams' entry format
+/// is the same in every layout, so this reads an old layout's outbox too.
+async fn unsettled_events(store: &Store, redis: &RedisEngine) -> Result<usize, MaintenanceError> {
+    let mut settled: std::collections::HashMap<AccountId, std::collections::HashSet<u64>> = Default::default();
+    let mut missing = 0;
+    for event in redis.outbox().await? {
+        if !settled.contains_key(&event.account) {
+            let seqs = store.events(Some(&event.account)).await?.into_iter().map(|settled| settled.seq).collect();
+            settled.insert(event.account.clone(), seqs);
+        }
+        if !settled[&event.account].contains(&event.seq) {
+            missing += 1;
+        }
+    }
+    Ok(missing)
 }

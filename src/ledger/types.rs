@@ -190,6 +190,11 @@ pub enum LotKind {
     Adjustment,
 }
 
+impl LotKind {
+    /// Every kind, in burn order (the declaration order).
+    pub const ALL: [LotKind; 5] = [LotKind::Trial, LotKind::Promo, LotKind::Plan, LotKind::Addon, LotKind::Adjustment];
+}
+
 /// A billing period, in whole months.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Period {

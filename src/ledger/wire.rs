@@ -124,7 +124,7 @@ pub fn lot_kind_name(kind: LotKind) -> &'static str {
 }
 
 pub fn lot_kind(name: &str) -> Option<LotKind> {
-    [LotKind::Trial, LotKind::Promo, LotKind::Plan, LotKind::Addon, LotKind::Adjustment]
+    LotKind::ALL
         .into_iter()
         .find(|kind| lot_kind_name(*kind) == name)
 }

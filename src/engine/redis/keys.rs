@@ -1,32 +1,43 @@
-//! The key layout: the one place that names Redis keys.
+//! The key layout: the one place that names Redis keys (layout version [`LAYOUT_VERSION`]).
 //!
 //! Accounts are spread over a fixed number of shards (`redis_shards`, set at first deployment and
-//! recorded in Redis under [`SHARDS_KEY`]). Every key of an account, and its shard's wake-up index
-//! and event stream, carries the shard's hash tag `{sN}`, so every script touches one hash slot and
-//! runs unchanged on Redis Cluster; the outbox is one stream per shard, not one per account.
+//! recorded in Redis under [`LAYOUT_KEY`] with the layout version). Every key of an account, and
+//! its shard's wake-up index and event stream, carries the shard's hash tag `{sN}`, so every
+//! function touches one hash slot and runs unchanged on Redis Cluster; the outbox is one stream per
+//! shard, not one per account.
 //!
 //! Every key starts with the configured prefix (`redis_key_prefix`, empty by default), so several
-//! deployments can share one Redis.
+//! deployments can share one Redis. What each key holds is documented field by field in
+//! `lua/lib.lua`, the code that writes them.
 //!
 //! ```text
-//! cs:{sN}:a:<account>   hash    scalar state, lots and plan (JSON)
-//! cs:{sN}:r:<account>   hash    reservations: 20-digit seq -> JSON
+//! cs:{sN}:a:<account>   hash    native scalar fields: totals, cycle, counters, due/wake times, plan
+//! cs:{sN}:l:<account>   hash    lots: m<id> -> fixed facts, r<id> -> remaining
+//! cs:{sN}:b:<account>   zset    lots with credit left, in burn order
+//! cs:{sN}:e:<account>   zset    live lots by expiry
+//! cs:{sN}:r:<account>   hash    reservations: m<seq> -> hot fields, i<seq> -> fixed facts
 //! cs:{sN}:d:<account>   zset    open reservations by deadline
-//! cs:{sN}:q:<account>   hash    remembered request ids: id -> fingerprint|answer
-//! cs:{sN}:u:<account>   hash    users: id -> {limit, used}
-//! cs:{sN}:k:<account>   set     business keys charged this cycle
+//! cs:{sN}:q:<account>   hash    remembered request ids: id -> fingerprint, compact answer
 //! cs:{sN}:p:<account>   zset    purge schedule of closed reservations and request ids
+//! cs:{sN}:u:<account>   hash    users: id -> limit, cycle generation, used
+//! cs:{sN}:k:<account>   set     business keys charged this cycle
 //! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
 //! cs:{sN}:wake          zset    account -> when the sweep next has work for it
 //! cs:{sN}:events        stream  the outbox of shard N
-//! cs:shards             string  the shard count this Redis was initialised with
+//! cs:layout             string  "<layout version> <shard count>", written at first start
+//! cs:shards             string  layout 1's marker (its shard count); its presence means layout 1
 //! ```
 
 use sha2::{Digest, Sha256};
 
 use crate::ledger::AccountId;
 
-pub const SHARDS_KEY: &str = "cs:shards";
+/// The version of this layout. A Redis holding another version is refused at start (see
+/// README, "Upgrading the Redis layout").
+pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_KEY: &str = "cs:layout";
+/// Where layout 1 recorded its shard count: its presence marks a Redis laid out by version 1.
+pub const LAYOUT_1_KEY: &str = "cs:shards";
 /// The default shard count. More shards spread a Redis Cluster's load over more slots; the
 /// count cannot change once accounts exist (their keys would move).
 pub const SHARDS_DEFAULT: u32 = 16;
@@ -45,19 +56,22 @@ impl Layout {
         u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % self.shards
     }
 
-    /// The nine keys every account script takes, in the order lib.lua expects.
-    pub fn account_keys(&self, account: &AccountId) -> [String; 9] {
+    /// The twelve keys every account function takes, in the order lib.lua expects.
+    pub fn account_keys(&self, account: &AccountId) -> [String; 12] {
         let shard = self.shard(account);
         let prefix = &self.prefix;
         let own = |kind: &str| format!("{prefix}cs:{{s{shard}}}:{kind}:{account}");
         [
             own("a"),
+            own("l"),
+            own("b"),
+            own("e"),
             own("r"),
             own("d"),
             own("q"),
+            own("p"),
             own("u"),
             own("k"),
-            own("p"),
             self.wake_key(shard),
             self.events_key(shard),
         ]
@@ -80,8 +94,17 @@ impl Layout {
         format!("{}cs:{{s{shard}}}:events", self.prefix)
     }
 
-    pub fn shards_key(&self) -> String {
-        format!("{}{SHARDS_KEY}", self.prefix)
+    pub fn layout_key(&self) -> String {
+        format!("{}{LAYOUT_KEY}", self.prefix)
+    }
+
+    pub fn layout_1_key(&self) -> String {
+        format!("{}{LAYOUT_1_KEY}", self.prefix)
+    }
+
+    /// What [`Layout::layout_key`] holds for this layout: version and shard count.
+    pub fn layout_value(&self) -> String {
+        format!("{LAYOUT_VERSION} {}", self.shards)
     }
 }
 

@@ -1,41 +1,45 @@
-//! The Redis engine: every operation is one Lua script call, atomic in Redis, that also appends
-//! its events to the shard's outbox stream in the same step. The scripts (`lua/*.lua`, each
-//! prefixed with `lua/lib.lua`) are the Lua port of [`crate::ledger::model`]; this module owns
-//! the key layout ([`keys`]), passes validated commands as JSON, and decodes replies into the
-//! model's own types ([`reply`]).
+//! The Redis engine: every operation is one call of a Redis Function, atomic in Redis, that
+//! also appends its events to the shard's outbox stream in the same step. The functions
+//! ([`library`], from `lua/*.lua`) are the Lua port of [`crate::ledger::model`]; this module owns
+//! the key layout ([`keys`]), passes validated commands as positional arguments, and decodes the
+//! positional replies into the model's own types ([`reply`]).
 //!
-//! Scripts are loaded once and called by hash; after a Redis restart, failover or `SCRIPT FLUSH`
-//! the `NOSCRIPT` reply makes the client load them again and retry, transparently. Time comes from
-//! Redis `TIME`, so every replica agrees on expiry and renewal; only tests can substitute a clock
-//! (see [`RedisEngine::connect_with_test_clock`]). A Redis error or a timeout is
-//! [`Error::Unavailable`]: nothing is granted that could not be recorded.
+//! The library is loaded at connect (and again, transparently, if Redis lost it: a restart
+//! without persistence, `FUNCTION FLUSH`); functions are called by name with `FCALL`, reads with
+//! `FCALL_RO` (they are registered `no-writes`). A call that finds its account needs more
+//! catching up than one call does (see [`library::CATCHUP_STEPS_MAX`]) is answered "due" and made
+//! again. Time comes from Redis `TIME`, so every replica agrees on expiry and renewal; only tests
+//! can substitute a clock (see [`RedisEngine::connect_with_test_clock`]). A Redis error or a
+//! timeout is [`Error::Unavailable`]: nothing is granted that could not be recorded.
 
 pub mod events;
 mod keys;
+pub mod library;
 pub mod outbox;
 mod reply;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamRangeReply;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
-use serde_json::{Map, json};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
-pub use keys::{Layout, SHARDS_DEFAULT, SHARDS_MAX};
+pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
+use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
     Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::event::Event;
+use crate::ledger::cycle::Cycle;
 use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Millis, PlanSet, Quoted,
-    Released, ReservationId, ReservationState, ReservationView, Reserved, UserId, UserView,
+    Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
 };
-use reply::Context;
+use reply::{Context, Fields, Reply};
 
 /// The most accounts one sweep pass catches up per shard; the rest wait for the next pass.
 pub const SWEEP_BATCH_MAX: usize = 512;
@@ -54,47 +58,11 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
-macro_rules! script {
-    ($file:literal) => {
-        Script::new(concat!(include_str!("lua/lib.lua"), "\n", include_str!(concat!("lua/", $file))))
-    };
-}
-
-struct Scripts {
-    reserve: Script,
-    commit: Script,
-    extend: Script,
-    release: Script,
-    charge: Script,
-    set_plan: Script,
-    grant: Script,
-    start_trial: Script,
-    set_user_limit: Script,
-    account: Script,
-    reservation: Script,
-    list: Script,
-    sweep_account: Script,
-    restore: Script,
-    due: Script,
-}
-
-static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    reserve: script!("reserve.lua"),
-    commit: script!("commit.lua"),
-    extend: script!("extend.lua"),
-    release: script!("release.lua"),
-    charge: script!("charge.lua"),
-    set_plan: script!("set_plan.lua"),
-    grant: script!("grant.lua"),
-    start_trial: script!("start_trial.lua"),
-    set_user_limit: script!("set_user_limit.lua"),
-    account: script!("account.lua"),
-    reservation: script!("reservation.lua"),
-    list: script!("list.lua"),
-    sweep_account: script!("sweep_account.lua"),
-    restore: script!("restore.lua"),
-    due: Script::new(include_str!("lua/due.lua")),
-});
+/// The most times one operation is made again because its account needed more catching up
+/// than a call does ([`library::CATCHUP_STEPS_MAX`] steps each): an account untouched for
+/// years with thousands of holds still catches up; past this, the call answers UNAVAILABLE and
+/// the sweep goes on with it.
+pub const CATCHUP_ROUNDS_MAX: usize = 1000;
 
 /// One Redis or a Redis Cluster, behind the same interface. Both reconnect by themselves and
 /// multiplex concurrent calls over shared connections; clones share them.
@@ -149,22 +117,30 @@ fn unavailable(error: redis::RedisError) -> Error {
 }
 
 impl RedisEngine {
-    /// Connects, and checks that Redis was initialised with the same shard count.
+    /// Connects, checks that Redis holds this layout version with the same shard count (or
+    /// nothing yet: then records them), and loads the function library.
     pub async fn connect(settings: &RedisSettings, retention_ms: Millis) -> Result<Self> {
+        let engine = Self::connect_unchecked(settings, retention_ms).await?;
+        engine.check_layout().await?;
+        engine.load_library().await?;
+        Ok(engine)
+    }
+
+    /// Connects without looking at what Redis holds (for the layout upgrade, which must read a
+    /// Redis of another layout).
+    pub(crate) async fn connect_unchecked(settings: &RedisSettings, retention_ms: Millis) -> Result<Self> {
         let connection = connect(settings).await?;
-        let engine = Self {
+        Ok(Self {
             connection,
             settings: settings.clone(),
             layout: Layout { prefix: settings.key_prefix.clone(), shards: settings.shards },
             timeout: settings.timeout,
             retention_ms,
             test_clock: None,
-        };
-        engine.check_shards().await?;
-        Ok(engine)
+        })
     }
 
-    /// For tests that move time: scripts use `clock` instead of Redis `TIME`. No configuration
+    /// For tests that move time: functions use `clock` instead of Redis `TIME`. No configuration
     /// reaches this; the server always uses [`RedisEngine::connect`].
     #[doc(hidden)]
     pub async fn connect_with_test_clock(
@@ -177,22 +153,60 @@ impl RedisEngine {
         Ok(engine)
     }
 
-    async fn check_shards(&self) -> Result<()> {
+    /// Refuses a Redis laid out by another version or over another shard count; records this
+    /// layout in an empty one. Layout 1 kept its shard count under `cs:shards`; this layout writes
+    /// a non-number there, so a layout-1 sidecar started against it refuses to start too.
+    async fn check_layout(&self) -> Result<()> {
         let mut connection = self.connection.clone();
-        let shards = self.layout.shards;
-        let key = self.layout.shards_key();
-        let recorded: u32 = self
-            .bounded(async {
-                redis::cmd("SET").arg(&key).arg(shards).arg("NX").query_async::<()>(&mut connection).await?;
-                redis::cmd("GET").arg(&key).query_async(&mut connection).await
-            })
-            .await?;
-        if recorded != shards {
+        let (key, old_key, value) = (self.layout.layout_key(), self.layout.layout_1_key(), self.layout.layout_value());
+        let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
+        match recorded {
+            Some(recorded) if recorded == value => return Ok(()),
+            Some(recorded) => {
+                return Err(Error::Unavailable(format!(
+                    "redis layout: this sidecar uses layout {value:?} (version, shards) but Redis holds {recorded:?}; \
+                     check redis_shards, or upgrade the data as the README's \"Upgrading the Redis layout\" says"
+                )));
+            }
+            None => {}
+        }
+        let old: Option<String> = self.bounded(redis::cmd("GET").arg(&old_key).query_async(&mut connection)).await?;
+        if let Some(shards) = old {
             return Err(Error::Unavailable(format!(
-                "redis_shards: configured {shards}, but this Redis holds accounts laid out over {recorded} shards"
+                "redis layout: Redis holds accounts in layout 1 ({shards} shards), this sidecar reads layout \
+                 {LAYOUT_VERSION}: drain the old sidecars, let settlement finish, then run `credit-sidecar rebuild \
+                 --upgrade-layout` (README, \"Upgrading the Redis layout\")"
             )));
         }
-        Ok(())
+        self.write_layout().await
+    }
+
+    /// Records this layout (version and shards), unless another start recorded one first.
+    async fn write_layout(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let (key, old_key, value) = (self.layout.layout_key(), self.layout.layout_1_key(), self.layout.layout_value());
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(&value).arg("NX").ignore();
+        pipe.cmd("SET").arg(&old_key).arg(format!("see {key}")).ignore();
+        self.bounded(pipe.query_async::<()>(&mut connection)).await?;
+        let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
+        match recorded {
+            Some(recorded) if recorded == value => Ok(()),
+            other => Err(Error::Unavailable(format!("redis layout: recorded {other:?} while writing {value:?}"))),
+        }
+    }
+
+    /// Loads the function library (a no-op when this version is there already).
+    async fn load_library(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("FUNCTION");
+        command.arg("LOAD").arg(&LIBRARY.source);
+        match tokio::time::timeout(self.timeout * 4, command.query_async::<String>(&mut connection)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.to_string().contains("already exists") => Ok(()),
+            Ok(Err(error)) => Err(unavailable(error)),
+            Err(_) => Err(Error::Unavailable("redis: no answer loading the function library".into())),
+        }
     }
 
     /// Runs a Redis round trip within the timeout.
@@ -232,170 +246,259 @@ impl RedisEngine {
         self.test_clock.as_ref().map(|clock| clock.now_ms().to_string()).unwrap_or_default()
     }
 
-    /// Calls an account script: the nine account keys (and, for calls on a reservation, its
-    /// answer hash), then account, now, retention, the operation's arguments and fingerprint.
-    async fn call(
-        &self,
-        script: &Script,
-        account: &AccountId,
-        reservation: Option<u64>,
-        args: Args,
-        fingerprint: &str,
-    ) -> Result<String> {
-        let keys = self.layout.account_keys(account);
-        let mut invocation = script.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
+    /// Calls function `name` (FCALL_RO when `read_only`); loads the library again and retries
+    /// once if Redis lost it.
+    async fn fcall(&self, name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
+        let mut command = redis::cmd(if read_only { "FCALL_RO" } else { "FCALL" });
+        command.arg(format!("{}{name}", LIBRARY.prefix)).arg(keys.len()).arg(keys);
+        for arg in args {
+            match arg {
+                Arg::Text(text) => command.arg(*text),
+                Arg::Int(number) => command.arg(*number),
+                Arg::Owned(text) => command.arg(text.as_str()),
+            };
         }
-        if let Some(seq) = reservation {
-            invocation.key(self.layout.answers_key(account, seq));
-        }
-        invocation
-            .arg(account.as_str())
-            .arg(self.now_arg())
-            .arg(self.retention_ms)
-            .arg(serde_json::Value::Object(args).to_string())
-            .arg(fingerprint);
         let mut connection = self.connection.clone();
-        self.bounded(invocation.invoke_async::<String>(&mut connection)).await
+        match tokio::time::timeout(self.timeout, command.query_async::<Value>(&mut connection)).await {
+            Ok(Err(error)) if error.to_string().contains("Function not found") => {
+                tracing::warn!("Redis lost the function library; loading it again");
+                self.load_library().await?;
+                self.bounded(command.query_async(&mut connection)).await
+            }
+            Ok(result) => result.map_err(|error| {
+                metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
+                unavailable(error)
+            }),
+            Err(_) => {
+                metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
+                Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis())))
+            }
+        }
+    }
+
+    /// The keys of an account function (and, for calls on a reservation, its answer hash).
+    fn keys(&self, account: &AccountId, reservation: Option<u64>) -> Vec<String> {
+        let mut keys = self.layout.account_keys(account).to_vec();
+        if let Some(seq) = reservation {
+            keys.push(self.layout.answers_key(account, seq));
+        }
+        keys
+    }
+
+    /// Calls an account function: account, now, retention, then the operation's arguments.
+    async fn account_call(
+        &self,
+        name: &str,
+        read_only: bool,
+        account: &AccountId,
+        keys: &[String],
+        args: &[Arg<'_>],
+    ) -> Result<Value> {
+        let now = self.now_arg();
+        let mut all = vec![Arg::Text(account.as_str()), Arg::Text(&now), Arg::Int(self.retention_ms)];
+        all.extend_from_slice(args);
+        self.fcall(name, read_only, keys, &all).await
+    }
+
+    /// A state-changing operation: made again while its account needs more catching up.
+    async fn change<T>(
+        &self,
+        name: &str,
+        context: &Context<'_>,
+        args: &[Arg<'_>],
+        convert: impl Fn(&mut Fields, &AccountId) -> Result<T>,
+    ) -> Result<Decision<T>> {
+        let keys = self.keys(context.account, context.reservation);
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let value = self.account_call(name, false, context.account, &keys, args).await?;
+            match reply::parse(value, context)? {
+                Reply::Ok(mut fields) => return Ok(Decision::Done(convert(&mut fields, context.account)?)),
+                Reply::Declined(decline) => return Ok(Decision::Declined(decline)),
+                Reply::Due => continue,
+            }
+        }
+        Err(catch_up_unfinished(context.account))
+    }
+
+    /// A read: when its account must catch up first, catches it up, then reads again.
+    async fn read<T>(
+        &self,
+        name: &str,
+        context: &Context<'_>,
+        args: &[Arg<'_>],
+        convert: impl Fn(&mut Fields, &AccountId) -> Result<T>,
+    ) -> Result<T> {
+        let keys = self.keys(context.account, None);
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let value = self.account_call(name, true, context.account, &keys, args).await?;
+            match reply::parse(value, context)? {
+                Reply::Ok(mut fields) => return convert(&mut fields, context.account),
+                Reply::Declined(_) => return Err(Error::Internal("a Redis read answered with a decline".into())),
+                Reply::Due => self.catch_up(context).await?,
+            }
+        }
+        Err(catch_up_unfinished(context.account))
+    }
+
+    /// Brings an account up to now (bounded calls, until done).
+    async fn catch_up(&self, context: &Context<'_>) -> Result<()> {
+        let keys = self.keys(context.account, None);
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let value = self.account_call("catch_up", false, context.account, &keys, &[]).await?;
+            let Reply::Ok(mut fields) = reply::parse(value, context)? else {
+                return Err(Error::Internal("catch_up answered neither ok nor an error".into()));
+            };
+            if fields.int()? == 1 {
+                return Ok(());
+            }
+        }
+        Err(catch_up_unfinished(context.account))
     }
 
     pub async fn reserve(&self, cmd: &Reserve) -> Result<Decision<Reserved>> {
-        let args = object(json!({
-            "request": cmd.request.as_str(), "user": cmd.user.as_str(), "category": cmd.category.as_str(),
-            "amount": cmd.amount, "ttl": cmd.ttl_ms, "labels": cmd.labels.to_map(),
-        }));
-        let text = self.call(&SCRIPTS.reserve, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::reserved)
+        let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Text(cmd.user.as_str()),
+            Arg::Text(cmd.category.as_str()),
+            Arg::Int(cmd.amount),
+            Arg::Int(cmd.ttl_ms),
+            Arg::Owned(labels),
+        ];
+        self.change("reserve", &account_context(&cmd.account, &cmd.request), &args, reply::reserved).await
     }
 
     pub async fn commit(&self, cmd: &Commit) -> Result<Decision<Committed>> {
-        let mut args = object(json!({
-            "request": cmd.request.as_str(), "seq": cmd.reservation.seq, "amount": cmd.amount,
-            "final": cmd.final_commit, "labels": cmd.labels.to_map(),
-        }));
-        if let Some(key) = &cmd.business_key {
-            args.insert("key".into(), key.as_str().into());
-        }
-        let text = self
-            .call(&SCRIPTS.commit, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::committed)
+        let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Int(seq_arg(cmd.reservation.seq)),
+            Arg::Int(cmd.amount),
+            Arg::Text(if cmd.final_commit { "1" } else { "0" }),
+            Arg::Text(cmd.business_key.as_ref().map_or("", |key| key.as_str())),
+            Arg::Owned(labels),
+        ];
+        self.change("commit", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::committed).await
     }
 
     pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {
-        let mut args =
-            object(json!({ "request": cmd.request.as_str(), "seq": cmd.reservation.seq, "amount": cmd.amount }));
-        if let Some(ttl) = cmd.ttl_ms {
-            args.insert("ttl".into(), ttl.into());
-        }
-        let text = self
-            .call(&SCRIPTS.extend, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::extended)
+        let fingerprint = cmd.fingerprint();
+        let ttl = cmd.ttl_ms.map(|ttl| ttl.to_string()).unwrap_or_default();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Int(seq_arg(cmd.reservation.seq)),
+            Arg::Int(cmd.amount),
+            Arg::Owned(ttl),
+        ];
+        self.change("extend", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::extended).await
     }
 
     pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
-        let args = object(json!({ "request": cmd.request.as_str(), "seq": cmd.reservation.seq }));
-        let text = self
-            .call(&SCRIPTS.release, &cmd.reservation.account, Some(cmd.reservation.seq), args, &cmd.fingerprint().0)
-            .await?;
-        reply::decision(&text, &reservation_context(&cmd.reservation, &cmd.request), reply::released)
+        let fingerprint = cmd.fingerprint();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Int(seq_arg(cmd.reservation.seq)),
+        ];
+        self.change("release", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::released).await
     }
 
     pub async fn charge(&self, cmd: &Charge) -> Result<Decision<Charged>> {
-        let mut args = object(json!({
-            "request": cmd.request.as_str(), "user": cmd.user.as_str(), "category": cmd.category.as_str(),
-            "amount": cmd.amount, "labels": cmd.labels.to_map(),
-        }));
-        if let Some(key) = &cmd.business_key {
-            args.insert("key".into(), key.as_str().into());
-        }
-        let text = self.call(&SCRIPTS.charge, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::charged)
+        let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Text(cmd.user.as_str()),
+            Arg::Text(cmd.category.as_str()),
+            Arg::Int(cmd.amount),
+            Arg::Text(cmd.business_key.as_ref().map_or("", |key| key.as_str())),
+            Arg::Owned(labels),
+        ];
+        self.change("charge", &account_context(&cmd.account, &cmd.request), &args, reply::charged).await
     }
 
     pub async fn set_plan(&self, cmd: &SetPlan) -> Result<Decision<PlanSet>> {
-        let plan = &cmd.plan;
-        let args = object(json!({
-            "request": cmd.request.as_str(),
-            "plan": { "period": plan.period.months(), "anchor": plan.anchor_ms, "plan": plan.plan_credits,
-                      "addon": plan.addon_credits },
-        }));
-        let text = self.call(&SCRIPTS.set_plan, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::plan_set)
+        let (fingerprint, plan) = (cmd.fingerprint(), &cmd.plan);
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Int(i64::from(plan.period.months())),
+            Arg::Int(plan.anchor_ms),
+            Arg::Int(plan.plan_credits),
+            Arg::Int(plan.addon_credits),
+        ];
+        self.change("set_plan", &account_context(&cmd.account, &cmd.request), &args, reply::plan_set).await
     }
 
     pub async fn grant(&self, cmd: &Grant) -> Result<Decision<Granted>> {
-        let mut args = object(json!({
-            "request": cmd.request.as_str(), "kind": crate::ledger::wire::lot_kind_name(cmd.kind), "amount": cmd.amount,
-        }));
-        if let Some(expires) = cmd.expires_ms {
-            args.insert("expires".into(), expires.into());
-        }
-        let text = self.call(&SCRIPTS.grant, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::granted)
+        let fingerprint = cmd.fingerprint();
+        let expires = cmd.expires_ms.map(|ms| ms.to_string()).unwrap_or_default();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Text(crate::ledger::wire::lot_kind_name(cmd.kind)),
+            Arg::Int(cmd.amount),
+            Arg::Owned(expires),
+        ];
+        self.change("grant", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
 
     pub async fn start_trial(&self, cmd: &StartTrial) -> Result<Decision<Granted>> {
-        let args = object(json!({
-            "request": cmd.request.as_str(), "credits": cmd.credits, "duration": cmd.duration_ms,
-        }));
-        let text = self.call(&SCRIPTS.start_trial, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::granted)
+        let fingerprint = cmd.fingerprint();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Int(cmd.credits),
+            Arg::Int(cmd.duration_ms),
+        ];
+        self.change("start_trial", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
 
     pub async fn set_user_limit(&self, cmd: &SetUserLimit) -> Result<Decision<UserView>> {
-        let mut args = object(json!({ "request": cmd.request.as_str(), "user": cmd.user.as_str() }));
-        if let Some(limit) = cmd.limit {
-            args.insert("limit".into(), limit.into());
-        }
-        let text = self.call(&SCRIPTS.set_user_limit, &cmd.account, None, args, &cmd.fingerprint().0).await?;
-        let context = Context { account: &cmd.account, reservation: None, request: Some(cmd.request.as_str()) };
-        reply::decision(&text, &context, reply::user_view)
+        let fingerprint = cmd.fingerprint();
+        let limit = cmd.limit.map(|limit| limit.to_string()).unwrap_or_default();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Text(cmd.user.as_str()),
+            Arg::Owned(limit),
+        ];
+        self.change("set_user_limit", &account_context(&cmd.account, &cmd.request), &args, reply::user_view).await
     }
 
-    /// The account caught up to now, with one user's view and optionally every user's.
-    async fn view(
+    /// The account's cycle and totals, and one user's view.
+    async fn balance_of(
         &self,
         account: &AccountId,
         user: Option<&UserId>,
-        users: bool,
-    ) -> Result<(AccountView, Option<UserView>)> {
-        let mut args = object(json!({ "users": users }));
-        if let Some(user) = user {
-            args.insert("user".into(), user.as_str().into());
-        }
-        let text = self.call(&SCRIPTS.account, account, None, args, "").await?;
-        let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
-        reply::account(wire, account)
+    ) -> Result<(Cycle, Totals, Option<UserView>)> {
+        let args = [Arg::Text(user.map_or("", |user| user.as_str()))];
+        let context = Context { account, reservation: None, request: None };
+        self.read("balance", &context, &args, |fields, _| reply::balance(fields)).await
     }
 
     pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
-        let (view, user) = self.view(&cmd.account, cmd.user.as_ref(), false).await?;
+        let (_, totals, user) = self.balance_of(&cmd.account, cmd.user.as_ref()).await?;
         let user_remaining = user.and_then(|user| user.remaining);
-        Ok(Quoted::evaluate(view.totals.available, user_remaining, cmd.amount, cmd.unit))
+        Ok(Quoted::evaluate(totals.available, user_remaining, cmd.amount, cmd.unit))
     }
 
     pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
-        let (view, user) = self.view(account, user, false).await?;
-        Ok(Balance { totals: view.totals, cycle: view.cycle, user })
+        let (cycle, totals, user) = self.balance_of(account, user).await?;
+        Ok(Balance { totals, cycle, user })
     }
 
     pub async fn account(&self, account: &AccountId) -> Result<AccountView> {
-        Ok(self.view(account, None, true).await?.0)
+        let context = Context { account, reservation: None, request: None };
+        self.read("account", &context, &[], reply::account).await
     }
 
     pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
-        let args = object(json!({ "seq": id.seq }));
-        let text = self.call(&SCRIPTS.reservation, &id.account, None, args, "").await?;
         let context = Context { account: &id.account, reservation: Some(id.seq), request: None };
-        reply::reservation(reply::value(&text, &context)?, &id.account)
+        self.read("reservation", &context, &[Arg::Int(seq_arg(id.seq))], reply::reservation).await
     }
 
     pub async fn list_reservations(
@@ -405,16 +508,15 @@ impl RedisEngine {
         page_size: usize,
         before: Option<u64>,
     ) -> Result<ReservationPage> {
-        let mut args = object(json!({ "size": page_size, "scan": crate::ledger::model::LIST_SCAN_MAX }));
-        if let Some(state) = state {
-            args.insert("state".into(), crate::ledger::wire::state_name(state).into());
-        }
-        if let Some(before) = before {
-            args.insert("before".into(), before.into());
-        }
-        let text = self.call(&SCRIPTS.list, account, None, args, "").await?;
-        let wire = reply::value(&text, &Context { account, reservation: None, request: None })?;
-        reply::page(wire, account)
+        let before = before.map(|seq| seq.to_string()).unwrap_or_default();
+        let args = [
+            Arg::Int(i64::try_from(page_size).unwrap_or(i64::MAX)),
+            Arg::Int(seq_arg(crate::ledger::model::LIST_SCAN_MAX)),
+            Arg::Owned(before),
+            Arg::Text(state.map_or("", crate::ledger::wire::state_name)),
+        ];
+        let context = Context { account, reservation: None, request: None };
+        self.read("list", &context, &args, reply::page).await
     }
 
     /// Catches up every account whose wake-up time has come, shard by shard, in bounded
@@ -423,10 +525,11 @@ impl RedisEngine {
     pub async fn sweep(&self) -> Result<usize> {
         let mut expired = 0;
         for shard in 0..self.layout.shards {
-            let mut due_call = SCRIPTS.due.prepare_invoke();
-            due_call.key(self.layout.wake_key(shard)).arg(self.now_arg()).arg(SWEEP_BATCH_MAX);
-            let mut connection = self.connection.clone();
-            let due: Vec<String> = self.bounded(due_call.invoke_async(&mut connection)).await?;
+            let keys = [self.layout.wake_key(shard)];
+            let now = self.now_arg();
+            let args = [Arg::Text(&now), Arg::Int(SWEEP_BATCH_MAX as i64)];
+            let due: Vec<String> = redis::from_redis_value(self.fcall("due", true, &keys, &args).await?)
+                .map_err(|error| Error::Internal(format!("due: {error}")))?;
             for account in due {
                 let Ok(account) = AccountId::parse(&account) else {
                     tracing::warn!(account, "skipping a malformed account id in the wake-up index");
@@ -437,6 +540,24 @@ impl RedisEngine {
                     Ok(count) => expired += count,
                     Err(error) => tracing::warn!(%account, %error, "sweeping an account failed; will retry"),
                 }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Sweeps one account, in bounded calls until it is done (or the rounds run out: the next
+    /// pass goes on). Returns how many holds expired.
+    async fn sweep_account(&self, account: &AccountId) -> Result<usize> {
+        let keys = self.keys(account, None);
+        let prefix = self.layout.answers_prefix(account);
+        let mut expired = 0;
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let value = self.account_call("sweep_account", false, account, &keys, &[Arg::Text(&prefix)]).await?;
+            let (count, done): (i64, i64) =
+                redis::from_redis_value(value).map_err(|error| Error::Internal(format!("sweep_account: {error}")))?;
+            expired += usize::try_from(count).unwrap_or(0);
+            if done == 1 {
+                break;
             }
         }
         Ok(expired)
@@ -477,40 +598,77 @@ impl RedisEngine {
     /// Replaces an account's state with `snapshot` (the `rebuild` command).
     pub async fn restore_account(&self, snapshot: &crate::ledger::snapshot::AccountSnapshot) -> Result<()> {
         let account = AccountId::parse(&snapshot.account)?;
-        let keys = self.layout.account_keys(&account);
-        let mut invocation = SCRIPTS.restore.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
+        let keys = self.keys(&account, None);
         let snapshot = serde_json::to_string(snapshot).expect("snapshot serialises");
-        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg(snapshot).arg("");
-        let mut connection = self.connection.clone();
-        self.bounded(invocation.invoke_async::<i64>(&mut connection)).await?;
+        self.account_call("restore", false, &account, &keys, &[Arg::Owned(snapshot)]).await?;
         Ok(())
     }
 
-    async fn sweep_account(&self, account: &AccountId) -> Result<usize> {
-        let keys = self.layout.account_keys(account);
-        let mut invocation = SCRIPTS.sweep_account.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
+    /// Deletes every key under this deployment's prefix (the layout upgrade's clean slate), then
+    /// records this layout and loads the library. Returns how many keys were deleted. Single Redis
+    /// only: a Cluster has no one keyspace to scan (README: flush its primaries instead).
+    pub(crate) async fn wipe_and_init(&self) -> Result<usize> {
+        if matches!(self.connection, Connection::Cluster(_)) {
+            return Err(Error::Unavailable(
+                "upgrading the layout of a Redis Cluster: after settlement, FLUSHALL every primary (or start \
+                 on a fresh cluster), then run `credit-sidecar rebuild`"
+                    .into(),
+            ));
         }
-        let args = json!({ "answers_prefix": self.layout.answers_prefix(account) });
-        invocation.arg(account.as_str()).arg(self.now_arg()).arg(self.retention_ms).arg(args.to_string()).arg("");
+        let pattern = format!("{}cs:*", self.layout.prefix);
         let mut connection = self.connection.clone();
-        let expired: i64 = self.bounded(invocation.invoke_async(&mut connection)).await?;
-        Ok(usize::try_from(expired).unwrap_or(0))
+        let mut deleted = 0;
+        let mut cursor = 0u64;
+        loop {
+            let mut command = redis::cmd("SCAN");
+            command.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.bounded(command.query_async(&mut connection)).await?;
+            if !keys.is_empty() {
+                self.bounded(redis::cmd("UNLINK").arg(&keys).query_async::<i64>(&mut connection)).await?;
+                deleted += keys.len();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        self.write_layout().await?;
+        self.load_library().await?;
+        Ok(deleted)
     }
 }
 
-/// A script's arguments (ARGV[4]), as a JSON object.
-type Args = Map<String, serde_json::Value>;
+/// One positional argument of a function call.
+#[derive(Clone)]
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+    Owned(String),
+}
 
-fn object(value: serde_json::Value) -> Args {
-    match value {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("json! object literal"),
-    }
+/// Request ids are kept in Redis with the first 16 hex digits of their fingerprint (64 bits):
+/// ample to tell a retry from a reuse of the same id, at half the memory per remembered id.
+fn stored_fingerprint(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+fn labels_json(labels: &crate::ledger::Labels) -> String {
+    serde_json::to_string(&labels.to_map()).expect("labels serialise")
+}
+
+/// Sequence numbers are bounded to 2^53 by validation, so they fit an i64 argument.
+fn seq_arg(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn catch_up_unfinished(account: &AccountId) -> Error {
+    Error::Unavailable(format!(
+        "account {account}: more than {CATCHUP_ROUNDS_MAX} rounds of catching up are due; the sweep goes on with it"
+    ))
+}
+
+fn account_context<'a>(account: &'a AccountId, request: &'a crate::ledger::RequestId) -> Context<'a> {
+    Context { account, reservation: None, request: Some(request.as_str()) }
 }
 
 fn reservation_context<'a>(id: &'a ReservationId, request: &'a crate::ledger::RequestId) -> Context<'a> {

@@ -1,177 +1,94 @@
-//! Decoding script replies into ledger answers. Scripts answer JSON (see each script's header);
-//! this module owns the wire shapes and turns them into the same typed values the reference
-//! model returns, so the two engines can be compared with `==`.
+//! Decoding function replies into ledger answers. Functions answer flat arrays (see lib.lua and
+//! each file's header): `{"ok", …}`, `{"no", …}` (a decline), `{"err", code}` or `{"due"}`. This
+//! module owns those positional shapes and turns them into the same typed values the reference
+//! model returns, so the two engines can be compared with `==`. A remembered answer comes back
+//! with its numbers as strings, a fresh one with Redis integers: [`Fields`] reads both.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use redis::Value;
 
 use crate::engine::Error;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    self, AccountId, AccountView, Charged, Committed, Decision, Decline, DeclineReason, Extended, Granted, LotKind,
-    LotView, Period, PlanSet, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView,
-    wire,
+    self, AccountId, AccountView, Charged, Committed, Decline, DeclineReason, Extended, Granted, LotView,
+    PlanSet, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView, wire,
 };
 
-/// What every script answers: a result, a decline, or an error code.
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Wire<T> {
-    Done(T),
-    Declined(WireDecline),
-    Error(String),
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    // A reply we cannot read means the functions and this code disagree: not the caller's fault,
+    // and nothing a retry would mend.
+    Error::Internal(format!("unexpected reply from Redis function: {what}"))
 }
 
-#[derive(Deserialize)]
-struct WireDecline {
-    reason: String,
-    requested: i64,
-    available: i64,
-    user_remaining: Option<i64>,
-    held: i64,
-    state: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct WireReservation {
-    seq: u64,
-    user: String,
-    category: String,
-    state: String,
-    reserved: i64,
-    committed: i64,
-    held: i64,
-    returned: i64,
-    commits: i64,
-    created: i64,
-    deadline: i64,
-    closed: Option<i64>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-pub struct WireTotals {
-    granted: i64,
-    available: i64,
-    held: i64,
-    spent: i64,
-    expired: i64,
-}
-
-#[derive(Deserialize)]
-pub struct WireUser {
-    user: String,
-    limit: Option<i64>,
-    used: i64,
-    remaining: Option<i64>,
-}
-
-#[derive(Deserialize)]
-pub struct WirePlan {
-    period: u32,
-    anchor: i64,
-    plan: i64,
-    addon: i64,
-}
-
-#[derive(Deserialize)]
-pub struct WireLot {
-    id: u64,
-    kind: String,
-    granted: i64,
-    remaining: i64,
-    granted_ms: i64,
-    expires: i64,
-}
-
-#[derive(Deserialize)]
-pub struct WireReserved {
-    reservation: u64,
-    amount: i64,
-    deadline: i64,
-    available: i64,
-}
-
-#[derive(Deserialize)]
-pub struct WireCommitted {
-    charged: i64,
-    already: bool,
-    held: i64,
-    returned: i64,
-    reservation: WireReservation,
-}
-
-#[derive(Deserialize)]
-pub struct WireExtended {
-    added: i64,
-    held: i64,
-    deadline: i64,
-    reservation: WireReservation,
-}
-
-#[derive(Deserialize)]
-pub struct WireReleased {
-    returned: i64,
-    reservation: WireReservation,
-}
-
-#[derive(Deserialize)]
-pub struct WireCharged {
-    reservation: Option<u64>,
-    charged: i64,
-    already: bool,
-    available: i64,
-}
-
-#[derive(Deserialize)]
-pub struct WirePlanSet {
-    cs: i64,
-    ce: i64,
-    totals: WireTotals,
-}
-
-#[derive(Deserialize)]
-pub struct WireGranted {
-    lot: u64,
-    expires: i64,
-    totals: WireTotals,
-}
-
-#[derive(Deserialize)]
-pub struct WireAccount {
-    plan: Option<WirePlan>,
-    cs: i64,
-    ce: i64,
-    totals: WireTotals,
-    lots: Vec<WireLot>,
-    trial: bool,
-    open: i64,
-    #[serde(default)]
-    users: Vec<WireUser>,
-    user: Option<WireUser>,
-}
-
-#[derive(Deserialize)]
-pub struct WirePage {
-    page: Vec<WireReservation>,
-    next: Option<u64>,
-}
-
-/// Identifies what a reply refers to, so error codes become the model's errors.
+/// What a reply refers to, so error codes become the model's errors.
 pub struct Context<'a> {
     pub account: &'a AccountId,
     pub reservation: Option<u64>,
     pub request: Option<&'a str>,
 }
 
-fn corrupt(what: impl std::fmt::Display) -> Error {
-    // A reply we cannot read means the scripts and this code disagree: not the caller's fault,
-    // and nothing a retry would mend.
-    Error::Internal(format!("unexpected reply from Redis script: {what}"))
+/// A reply's fields, read front to back.
+pub struct Fields {
+    items: std::vec::IntoIter<Value>,
+}
+
+impl Fields {
+    fn next(&mut self) -> Result<Value, Error> {
+        self.items.next().ok_or_else(|| corrupt("reply too short"))
+    }
+
+    pub fn text(&mut self) -> Result<String, Error> {
+        match self.next()? {
+            Value::BulkString(bytes) => String::from_utf8(bytes).map_err(corrupt),
+            Value::SimpleString(text) => Ok(text),
+            Value::Int(number) => Ok(number.to_string()),
+            other => Err(corrupt(format!("expected text, got {other:?}"))),
+        }
+    }
+
+    pub fn opt_int(&mut self) -> Result<Option<i64>, Error> {
+        match self.next()? {
+            Value::Nil => Ok(None),
+            Value::Int(number) => Ok(Some(number)),
+            Value::BulkString(bytes) if bytes.is_empty() => Ok(None),
+            Value::BulkString(bytes) => {
+                std::str::from_utf8(&bytes).ok().and_then(|text| text.parse().ok()).map(Some).ok_or_else(|| {
+                    corrupt(format!("expected a number, got {:?}", String::from_utf8_lossy(&bytes)))
+                })
+            }
+            other => Err(corrupt(format!("expected a number, got {other:?}"))),
+        }
+    }
+
+    pub fn int(&mut self) -> Result<i64, Error> {
+        self.opt_int()?.ok_or_else(|| corrupt("a number is missing"))
+    }
+
+    pub fn seq(&mut self) -> Result<u64, Error> {
+        u64::try_from(self.int()?).map_err(corrupt)
+    }
+
+    fn flag(&mut self) -> Result<bool, Error> {
+        Ok(self.int()? != 0)
+    }
+
+    fn count(&mut self) -> Result<usize, Error> {
+        usize::try_from(self.int()?).map_err(corrupt)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.len() == 0
+    }
+}
+
+/// What every function answers.
+pub enum Reply {
+    Ok(Fields),
+    Declined(Decline),
+    /// The account needs more catching up before this call can run: call again.
+    Due,
 }
 
 fn error_of(code: &str, context: &Context<'_>) -> Error {
@@ -198,37 +115,21 @@ fn error_of(code: &str, context: &Context<'_>) -> Error {
     Error::Ledger(refusal)
 }
 
-fn parse<T: DeserializeOwned>(text: &str, context: &Context<'_>) -> Result<Decision<T>, Error> {
-    let wire: Wire<T> = serde_json::from_str(text).map_err(|error| corrupt(format!("{error}: {text}")))?;
-    match wire {
-        Wire::Done(done) => Ok(Decision::Done(done)),
-        Wire::Declined(declined) => Ok(Decision::Declined(decline(declined)?)),
-        Wire::Error(code) => Err(error_of(&code, context)),
+/// Splits a reply into a result, a decline or "due"; an error code becomes the model's error.
+pub fn parse(value: Value, context: &Context<'_>) -> Result<Reply, Error> {
+    let Value::Array(items) = value else { return Err(corrupt(format!("expected an array, got {value:?}"))) };
+    let mut fields = Fields { items: items.into_iter() };
+    match fields.text()?.as_str() {
+        "ok" => Ok(Reply::Ok(fields)),
+        "no" => Ok(Reply::Declined(decline(&mut fields)?)),
+        "err" => Err(error_of(&fields.text()?, context)),
+        "due" => Ok(Reply::Due),
+        other => Err(corrupt(format!("reply status {other:?}"))),
     }
 }
 
-/// A reply that is a decision; `convert` turns the result into the model's type.
-pub fn decision<W: DeserializeOwned, T>(
-    text: &str,
-    context: &Context<'_>,
-    convert: impl FnOnce(W, &AccountId) -> Result<T, Error>,
-) -> Result<Decision<T>, Error> {
-    match parse::<W>(text, context)? {
-        Decision::Done(done) => Ok(Decision::Done(convert(done, context.account)?)),
-        Decision::Declined(declined) => Ok(Decision::Declined(declined)),
-    }
-}
-
-/// A reply that cannot be a decline (reads).
-pub fn value<W: DeserializeOwned>(text: &str, context: &Context<'_>) -> Result<W, Error> {
-    match parse::<W>(text, context)? {
-        Decision::Done(done) => Ok(done),
-        Decision::Declined(_) => Err(corrupt("a read answered with a decline")),
-    }
-}
-
-fn decline(wire: WireDecline) -> Result<Decline, Error> {
-    let reason = match wire.reason.as_str() {
+fn decline(fields: &mut Fields) -> Result<Decline, Error> {
+    let reason = match fields.text()?.as_str() {
         "insufficient_credit" => DeclineReason::InsufficientCredit,
         "user_limit_reached" => DeclineReason::UserLimitReached,
         "reservation_expired" => DeclineReason::ReservationExpired,
@@ -239,153 +140,182 @@ fn decline(wire: WireDecline) -> Result<Decline, Error> {
     };
     Ok(Decline {
         reason,
-        requested: wire.requested,
-        available: wire.available,
-        user_remaining: wire.user_remaining,
-        held: wire.held,
-        reservation_state: wire.state.as_deref().map(state).transpose()?,
+        requested: fields.int()?,
+        available: fields.int()?,
+        user_remaining: fields.opt_int()?,
+        held: fields.int()?,
+        reservation_state: match fields.opt_text()? {
+            Some(text) => Some(state(&text)?),
+            None => None,
+        },
     })
+}
+
+impl Fields {
+    fn opt_text(&mut self) -> Result<Option<String>, Error> {
+        match self.next()? {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) if bytes.is_empty() => Ok(None),
+            Value::BulkString(bytes) => String::from_utf8(bytes).map(Some).map_err(corrupt),
+            other => Err(corrupt(format!("expected text, got {other:?}"))),
+        }
+    }
 }
 
 fn state(text: &str) -> Result<ReservationState, Error> {
     wire::state(text).ok_or_else(|| corrupt(format!("reservation state {text:?}")))
 }
 
-fn kind(text: &str) -> Result<LotKind, Error> {
-    wire::lot_kind(text).ok_or_else(|| corrupt(format!("lot kind {text:?}")))
-}
-
-pub fn reservation(wire: WireReservation, account: &AccountId) -> Result<ReservationView, Error> {
+/// A reservation view: seq, state, reserved, committed, held, returned, commits, deadline,
+/// closed, user, category, created, labels (JSON).
+pub fn reservation(fields: &mut Fields, account: &AccountId) -> Result<ReservationView, Error> {
+    let seq = fields.seq()?;
+    let state = state(&fields.text()?)?;
+    let (reserved, committed, held, returned, commit_count, deadline_ms) =
+        (fields.int()?, fields.int()?, fields.int()?, fields.int()?, fields.int()?, fields.int()?);
+    let closed_ms = fields.opt_int()?;
+    let (user, category, created_ms) = (fields.text()?, fields.text()?, fields.int()?);
+    let labels: BTreeMap<String, String> = serde_json::from_str(&fields.text()?).map_err(corrupt)?;
     Ok(ReservationView {
-        id: ReservationId { account: account.clone(), seq: wire.seq },
-        user: wire.user,
-        category: wire.category,
-        state: state(&wire.state)?,
-        reserved: wire.reserved,
-        committed: wire.committed,
-        held: wire.held,
-        returned: wire.returned,
-        commit_count: wire.commits,
-        created_ms: wire.created,
-        deadline_ms: wire.deadline,
-        closed_ms: wire.closed,
-        labels: wire.labels,
+        id: ReservationId { account: account.clone(), seq },
+        user,
+        category,
+        state,
+        reserved,
+        committed,
+        held,
+        returned,
+        commit_count,
+        created_ms,
+        deadline_ms,
+        closed_ms,
+        labels,
     })
 }
 
-fn totals(wire: WireTotals) -> Totals {
-    Totals {
-        granted: wire.granted,
-        available: wire.available,
-        held: wire.held,
-        spent: wire.spent,
-        expired: wire.expired,
-    }
+fn totals(fields: &mut Fields) -> Result<Totals, Error> {
+    Ok(Totals {
+        granted: fields.int()?,
+        available: fields.int()?,
+        held: fields.int()?,
+        spent: fields.int()?,
+        expired: fields.int()?,
+    })
 }
 
-fn user(wire: WireUser) -> UserView {
-    UserView { user: wire.user, limit: wire.limit, used: wire.used, remaining: wire.remaining }
+pub fn user(fields: &mut Fields) -> Result<UserView, Error> {
+    Ok(UserView { user: fields.text()?, limit: fields.opt_int()?, used: fields.int()?, remaining: fields.opt_int()? })
 }
 
-pub fn reserved(wire: WireReserved, account: &AccountId) -> Result<Reserved, Error> {
+pub fn reserved(fields: &mut Fields, account: &AccountId) -> Result<Reserved, Error> {
     Ok(Reserved {
-        reservation: ReservationId { account: account.clone(), seq: wire.reservation },
-        amount: wire.amount,
-        deadline_ms: wire.deadline,
-        available: wire.available,
+        reservation: ReservationId { account: account.clone(), seq: fields.seq()? },
+        amount: fields.int()?,
+        deadline_ms: fields.int()?,
+        available: fields.int()?,
     })
 }
 
-pub fn committed(wire: WireCommitted, account: &AccountId) -> Result<Committed, Error> {
+pub fn committed(fields: &mut Fields, account: &AccountId) -> Result<Committed, Error> {
     Ok(Committed {
-        charged: wire.charged,
-        already_charged: wire.already,
-        held: wire.held,
-        returned: wire.returned,
-        reservation: reservation(wire.reservation, account)?,
+        charged: fields.int()?,
+        already_charged: fields.flag()?,
+        held: fields.int()?,
+        returned: fields.int()?,
+        reservation: reservation(fields, account)?,
     })
 }
 
-pub fn extended(wire: WireExtended, account: &AccountId) -> Result<Extended, Error> {
+pub fn extended(fields: &mut Fields, account: &AccountId) -> Result<Extended, Error> {
     Ok(Extended {
-        added: wire.added,
-        held: wire.held,
-        deadline_ms: wire.deadline,
-        reservation: reservation(wire.reservation, account)?,
+        added: fields.int()?,
+        held: fields.int()?,
+        deadline_ms: fields.int()?,
+        reservation: reservation(fields, account)?,
     })
 }
 
-pub fn released(wire: WireReleased, account: &AccountId) -> Result<Released, Error> {
-    Ok(Released { returned: wire.returned, reservation: reservation(wire.reservation, account)? })
+pub fn released(fields: &mut Fields, account: &AccountId) -> Result<Released, Error> {
+    Ok(Released { returned: fields.int()?, reservation: reservation(fields, account)? })
 }
 
-pub fn charged(wire: WireCharged, account: &AccountId) -> Result<Charged, Error> {
+pub fn charged(fields: &mut Fields, account: &AccountId) -> Result<Charged, Error> {
     Ok(Charged {
-        reservation: wire.reservation.map(|seq| ReservationId { account: account.clone(), seq }),
-        charged: wire.charged,
-        already_charged: wire.already,
-        available: wire.available,
+        reservation: fields.opt_int()?.map(|seq| ReservationId { account: account.clone(), seq: seq as u64 }),
+        charged: fields.int()?,
+        already_charged: fields.flag()?,
+        available: fields.int()?,
     })
 }
 
-pub fn plan_set(wire: WirePlanSet, _: &AccountId) -> Result<PlanSet, Error> {
-    Ok(PlanSet { cycle: Cycle { start_ms: wire.cs, end_ms: wire.ce }, totals: totals(wire.totals) })
+fn cycle(fields: &mut Fields) -> Result<Cycle, Error> {
+    Ok(Cycle { start_ms: fields.int()?, end_ms: fields.int()? })
 }
 
-pub fn granted(wire: WireGranted, _: &AccountId) -> Result<Granted, Error> {
-    Ok(Granted { lot: wire.lot, expires_ms: wire.expires, totals: totals(wire.totals) })
+pub fn plan_set(fields: &mut Fields, _: &AccountId) -> Result<PlanSet, Error> {
+    Ok(PlanSet { cycle: cycle(fields)?, totals: totals(fields)? })
 }
 
-pub fn user_view(wire: WireUser, _: &AccountId) -> Result<UserView, Error> {
-    Ok(user(wire))
+pub fn granted(fields: &mut Fields, _: &AccountId) -> Result<Granted, Error> {
+    Ok(Granted { lot: fields.seq()?, expires_ms: fields.int()?, totals: totals(fields)? })
 }
 
-fn period(months: u32) -> Result<Period, Error> {
-    wire::period(months).ok_or_else(|| corrupt(format!("plan period of {months} months")))
+pub fn user_view(fields: &mut Fields, _: &AccountId) -> Result<UserView, Error> {
+    user(fields)
 }
 
-/// The account view and, if asked for, one user's view.
-pub fn account(wire: WireAccount, account: &AccountId) -> Result<(AccountView, Option<UserView>), Error> {
-    let plan = match wire.plan {
-        Some(plan) => Some(Plan {
-            period: period(plan.period)?,
-            anchor_ms: plan.anchor,
-            plan_credits: plan.plan,
-            addon_credits: plan.addon,
-        }),
-        None => None,
+/// GetBalance's reply: cycle, totals, and the user's view if one was asked for.
+pub fn balance(fields: &mut Fields) -> Result<(Cycle, Totals, Option<UserView>), Error> {
+    let cycle = cycle(fields)?;
+    let totals = totals(fields)?;
+    let user = if fields.is_empty() { None } else { Some(user(fields)?) };
+    Ok((cycle, totals, user))
+}
+
+fn plan(fields: &mut Fields) -> Result<Option<Plan>, Error> {
+    let (period, anchor, plan, addon) = (fields.opt_int()?, fields.opt_int()?, fields.opt_int()?, fields.opt_int()?);
+    let (Some(period), Some(anchor_ms), Some(plan_credits), Some(addon_credits)) = (period, anchor, plan, addon) else {
+        return Ok(None);
     };
-    let lots = wire
-        .lots
-        .into_iter()
-        .map(|lot| {
-            Ok(LotView {
-                id: lot.id,
-                kind: kind(&lot.kind)?,
-                granted: lot.granted,
-                remaining: lot.remaining,
-                granted_ms: lot.granted_ms,
-                expires_ms: lot.expires,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let months = u32::try_from(period).map_err(corrupt)?;
+    let period = wire::period(months).ok_or_else(|| corrupt(format!("plan period of {months} months")))?;
+    Ok(Some(Plan { period, anchor_ms, plan_credits, addon_credits }))
+}
+
+fn lot(fields: &mut Fields) -> Result<LotView, Error> {
+    let id = fields.seq()?;
+    let kind = fields.text()?;
+    Ok(LotView {
+        id,
+        kind: wire::lot_kind(&kind).ok_or_else(|| corrupt(format!("lot kind {kind:?}")))?,
+        granted: fields.int()?,
+        remaining: fields.int()?,
+        granted_ms: fields.int()?,
+        expires_ms: fields.int()?,
+    })
+}
+
+/// The whole account view (account.lua), lots in burn order and users by id, as the model has them.
+pub fn account(fields: &mut Fields, account: &AccountId) -> Result<AccountView, Error> {
+    let cycle = cycle(fields)?;
+    let trial_used = fields.flag()?;
+    let open_reservations = fields.int()?;
+    let totals = totals(fields)?;
+    let plan = plan(fields)?;
+    let mut lots = (0..fields.count()?).map(|_| lot(fields)).collect::<Result<Vec<_>, Error>>()?;
+    lots.sort_by_key(|lot| (lot.expires_ms, lot.kind, lot.id));
     // Sorted here, byte-wise like the model, rather than by Lua's locale-dependent comparison.
-    let mut users: Vec<UserView> = wire.users.into_iter().map(user).collect();
+    let mut users = (0..fields.count()?).map(|_| user(fields)).collect::<Result<Vec<_>, Error>>()?;
     users.sort_by(|a, b| a.user.cmp(&b.user));
-    let view = AccountView {
-        id: account.clone(),
-        plan,
-        cycle: Cycle { start_ms: wire.cs, end_ms: wire.ce },
-        totals: totals(wire.totals),
-        lots,
-        trial_used: wire.trial,
-        users,
-        open_reservations: wire.open,
-    };
-    Ok((view, wire.user.map(user)))
+    Ok(AccountView { id: account.clone(), plan, cycle, totals, lots, trial_used, users, open_reservations })
 }
 
-pub fn page(wire: WirePage, account: &AccountId) -> Result<(Vec<ReservationView>, Option<u64>), Error> {
-    let page = wire.page.into_iter().map(|r| reservation(r, account)).collect::<Result<Vec<_>, Error>>()?;
-    Ok((page, wire.next))
+/// A page of reservations and the token of the next page.
+pub fn page(fields: &mut Fields, account: &AccountId) -> Result<(Vec<ReservationView>, Option<u64>), Error> {
+    let next = fields.opt_int()?.map(|seq| seq as u64);
+    let mut page = Vec::new();
+    while !fields.is_empty() {
+        page.push(reservation(fields, account)?);
+    }
+    Ok((page, next))
 }

@@ -1,14 +1,19 @@
 -- grant.lua: add credits (add-on purchase, promo, adjustment), usable at once (Ledger::grant).
--- KEYS: the account's nine keys (see lib.lua).
--- ARGV[4]: {"request": "r-7", "kind": "addon", "amount": 500, "expires": 1777593600000}
---          ("expires" absent: the end of the current cycle)
--- Reply: {"done": {"lot": 3, "expires": ..., "totals": {...}}}
---     or {"error": "expires_in_past" | "balance:amount" | "request_id_reused"}
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 kind, 7 amount, 8 expires (Unix ms; ""
+--       for the end of the current cycle)
+-- Reply: {"ok", lot id, expires, <totals>}, {"err", "expires_in_past" | "balance:amount" |
+--        "request_id_reused"} or {"due"}.
 -- Example: 500 add-on credits become available at once in a new lot expiring with the cycle.
-return run({ request = ARGS.request, create = true }, function(a, now)
-  local expires = ARGS.expires or a.ce
-  if expires <= now then return nil, 'expires_in_past' end
-  if not check_balance(a, ARGS.amount) then return nil, 'balance:amount' end
-  local lot = grant(a, ARGS.kind, ARGS.amount, now, expires, false)
-  return { done = { lot = lot, expires = expires, totals = totals(a) } }
+register('grant', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 8, 'grant')
+  local kind, amount, expires_arg = args[6], int(args[7]), opt_int(args[8])
+  assert(RANK[kind] ~= nil, 'grant: unknown lot kind')
+  return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+    local expires = expires_arg or a.ce
+    if expires <= now then return nil, 'expires_in_past' end
+    if not check_balance(a, amount) then return nil, 'balance:amount' end
+    local lot = grant(a, kind, amount, now, expires, false)
+    return totals_fields({ 'ok', lot, expires }, a)
+  end)
 end)

@@ -1,79 +1,80 @@
--- lib.lua: the shared prelude of every account script (prepended to each at build time). It is
--- the Lua port of src/ledger/account.rs and the skeleton of src/ledger/model.rs; the two must
--- agree on every answer (tests/it/differential.rs checks it on random operation sequences).
+-- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 2). The Rust
+-- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, LIST_BATCH_MAX — see src/engine/redis/library.rs),
+-- then this file, then one file per operation, each registering its function. Helpers are
+-- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
+-- of src/ledger/model.rs; tests/it/differential.rs checks that the two agree on every answer.
 --
--- KEYS (every account script; all share the shard's hash tag {sN}, so Redis Cluster runs them
--- unchanged):
---   1 A  cs:{sN}:a:<account>   hash   scalar state; `lots` and `plan` as JSON
---   2 R  cs:{sN}:r:<account>   hash   reservation seq (20-digit) -> JSON
---   3 D  cs:{sN}:d:<account>   zset   open reservations: seq (20-digit) scored by deadline
---   4 Q  cs:{sN}:q:<account>   hash   request id -> fingerprint|answer JSON
---   5 U  cs:{sN}:u:<account>   hash   user -> JSON {limit?, used}
---   6 K  cs:{sN}:k:<account>   set    business keys charged this cycle
---   7 P  cs:{sN}:p:<account>   zset   purge schedule: "r:<seq>" / "q:<request id>" scored by when
---   8 W  cs:{sN}:wake          zset   account -> when it next needs the sweep
---   9 E  cs:{sN}:events        stream the outbox: one entry per state change
---  10 X  cs:{sN}:x:<account>:<seq>  hash  (Commit, Extend, Release only) answers to calls on
---                                 reservation <seq> by request id; deleted with the reservation
--- ARGV (every account script):
---   1 account id   2 now (Unix ms) or "" for Redis TIME   3 retention ms
---   4 the operation's arguments as JSON   5 its fingerprint (state-changing operations)
+-- KEYS (every account function, in this order; all share the shard's hash tag {sN}, so Redis
+-- Cluster runs them unchanged):
+--   1 A  cs:{sN}:a:<account>   hash    native scalar fields: avail held granted spent expired cs ce
+--                                      gen pg ag lot res ev trial due wake [pp pa pc pd: the plan]
+--   2 L  cs:{sN}:l:<account>   hash    lots: m<id> -> "kind,granted,granted_ms,expires,from_plan",
+--                                      r<id> -> remaining (a native integer)
+--   3 B  cs:{sN}:b:<account>   zset    lots with credit left, in burn order: score expiry, member
+--                                      <rank digit><16-digit id> (ties: kind order, then age)
+--   4 E  cs:{sN}:e:<account>   zset    live lots by expiry (member: 16-digit id)
+--   5 R  cs:{sN}:r:<account>   hash    reservations: m<seq> -> hot fields (see pack_res),
+--                                      i<seq> -> "user\31category\31created\31opened_by\31labels"
+--   6 D  cs:{sN}:d:<account>   zset    open reservations by deadline (member: 16-digit seq)
+--   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> fingerprint\31answer
+--   8 P  cs:{sN}:p:<account>   zset    purge schedule: r<seq> / q<request id> scored by when
+--   9 U  cs:{sN}:u:<account>   hash    user -> "limit,generation,used" (used counts only in
+--                                      its generation: a renewal rewrites no user)
+--  10 K  cs:{sN}:k:<account>   set     business keys charged this cycle (UNLINKed at renewal)
+--  11 W  cs:{sN}:wake          zset    account -> a lower bound of when the sweep has work there
+--  12 S  cs:{sN}:events        stream  the outbox: one entry per state change
+--  13 X  cs:{sN}:x:<account>:<seq> hash (Commit, Extend, Release only) answers to calls on the
+--                                      reservation, by request id; deleted with it
+-- ARGV (every account function): 1 account id   2 now (Unix ms) or "" for Redis TIME
+--   3 retention ms   4.. the operation's own arguments (each file's header).
 --
--- Numbers: every figure is an integer below 2^53, exact in Lua's doubles. cjson.encode prints
--- only 14 significant digits, so replies and stored JSON are written by `enc` below, which
--- prints integers with %.0f. cjson.decode reads them back exactly.
+-- Replies are flat arrays (no JSON): {"ok", ...} a result, {"no", reason, requested, available,
+-- user_remaining|nil, held, state|nil} a decline, {"err", code} an error, {"due"} "catch-up not
+-- finished, call again" (each call does at most CATCHUP_STEPS_MAX steps of catching up). Numbers
+-- are integers below 2^53: exact in Lua's doubles and in Redis's integer replies; redis.call
+-- formats number arguments with %.17g, exactly. `false` in a reply is a nil bulk: "none".
+--
+-- Fast path: every state-changing call reads A once (HMGET) and compares A.due with now; only when
+-- something is due does it catch up. All guards run before the first write; the body of an
+-- operation decides in memory and writes once.
 
-local K_A, K_R, K_D, K_Q, K_U, K_K, K_P, K_W, K_E = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
-  KEYS[8], KEYS[9]
-local ACCOUNT = ARGV[1]
-local RETENTION = tonumber(ARGV[3])
-local ARGS = cjson.decode(ARGV[4])
-local FINGERPRINT = ARGV[5]
+local K_A, K_L, K_B, K_E, K_R, K_D, K_Q, K_P, K_U, K_K, K_W, K_S, K_X
+local ACCOUNT, NOW_ARG, RETENTION
+local REQUEST
 
+local ACCOUNT_KEYS = 12
 local DAY = 86400000
-local RANK = { trial = 0, promo = 1, plan = 2, addon = 3, adjustment = 4 }
-local BALANCE_MAX = 10000000000000
+local SEP = '\31'
 
--- JSON --------------------------------------------------------------------------------------
-
-local ARRAY = {}
-local function arr(t)
-  return setmetatable(t or {}, ARRAY)
+local function bind(keys, args, key_count, arg_count, name)
+  assert(#keys == key_count, name .. ': expected ' .. key_count .. ' keys')
+  assert(#args == arg_count, name .. ': expected ' .. arg_count .. ' arguments')
+  K_A, K_L, K_B, K_E, K_R, K_D, K_Q = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+  K_P, K_U, K_K, K_W, K_S, K_X = keys[8], keys[9], keys[10], keys[11], keys[12], keys[13]
+  ACCOUNT, NOW_ARG, RETENTION = args[1], args[2], tonumber(args[3])
+  REQUEST = nil
 end
 
-local function enc(v)
-  local t = type(v)
-  if t == 'number' then
-    return string.format('%.0f', v)
-  elseif t == 'string' then
-    return cjson.encode(v)
-  elseif t == 'boolean' then
-    return v and 'true' or 'false'
-  elseif t == 'table' then
-    local parts = {}
-    if getmetatable(v) == ARRAY then
-      for i = 1, #v do parts[i] = enc(v[i]) end
-      return '[' .. table.concat(parts, ',') .. ']'
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys)
-    for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ':' .. enc(v[k]) end
-    return '{' .. table.concat(parts, ',') .. '}'
-  end
-  return 'null'
+local function int(text)
+  local n = tonumber(text)
+  assert(n ~= nil and n == math.floor(n), 'not an integer argument')
+  return n
 end
 
-local function pairs_list(list)
-  local out = arr()
-  for _, p in ipairs(list) do out[#out + 1] = arr({ p[1], p[2] }) end
-  return out
+local function opt_int(text)
+  if text == '' then return nil end
+  return int(text)
+end
+
+local function id16(n)
+  return string.format('%016d', n)
 end
 
 -- Time and calendar (Howard Hinnant's civil-date algorithms) --------------------------------
 
 local function now_ms()
-  if ARGV[2] ~= '' then return tonumber(ARGV[2]) end
+  if NOW_ARG ~= '' then return int(NOW_ARG) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -129,95 +130,155 @@ local function cycle_containing(anchor, step, now)
   return add_months(anchor, k * step), add_months(anchor, (k + 1) * step)
 end
 
--- State ---------------------------------------------------------------------------------------
+-- The account (A) -------------------------------------------------------------------------------
 
-local function seq_key(seq)
-  return string.format('%020.0f', seq)
-end
+local A_FIELDS = { 'avail', 'held', 'granted', 'spent', 'expired', 'cs', 'ce', 'gen', 'pg', 'ag', 'lot', 'res', 'ev',
+  'trial', 'due', 'wake', 'pp', 'pa', 'pc', 'pd' }
+local A_SCALARS = 16
 
-local function decode_lots(text)
-  local lots = {}
-  for _, l in ipairs(cjson.decode(text or '[]')) do lots[l.id] = l end
-  return lots
-end
-
+-- The account's scalars, or nil when it does not exist. `a.loaded` keeps what was read, so that
+-- save_account writes only the fields that changed.
 local function load_account()
-  local flat = redis.call('HGETALL', K_A)
-  if #flat == 0 then return nil end
-  local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  return {
-    plan = h.plan and cjson.decode(h.plan) or nil,
-    cs = tonumber(h.cs), ce = tonumber(h.ce), gen = tonumber(h.gen), pg = tonumber(h.pg), ag = tonumber(h.ag),
-    lots = decode_lots(h.lots),
-    last_lot = tonumber(h.last_lot), last_res = tonumber(h.last_res), last_event = tonumber(h.last_event),
-    trial = h.trial == '1',
-    granted = tonumber(h.granted), held = tonumber(h.held), spent = tonumber(h.spent), expired = tonumber(h.expired),
-  }
+  local v = redis.call('HMGET', K_A, unpack(A_FIELDS))
+  if not v[6] then return nil end
+  local a = { loaded = {} }
+  for i = 1, A_SCALARS do
+    local n = tonumber(v[i])
+    a[A_FIELDS[i]] = n
+    a.loaded[A_FIELDS[i]] = n
+  end
+  if v[17] then
+    a.plan = { period = tonumber(v[17]), anchor = tonumber(v[18]), plan = tonumber(v[19]), addon = tonumber(v[20]) }
+  end
+  return a
 end
 
 local function new_account(now)
   local cs, ce = cycle_containing(0, 1, now)
-  return {
-    cs = cs, ce = ce, gen = 0, pg = 0, ag = 0, lots = {}, last_lot = 0, last_res = 0, last_event = 0, trial = false,
-    granted = 0, held = 0, spent = 0, expired = 0,
-  }
+  local a = { loaded = {}, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce, gen = 0, pg = 0,
+    ag = 0, lot = 0, res = 0, ev = 0, trial = 0, due = ce, wake = ce }
+  redis.call('ZADD', K_W, ce, ACCOUNT)
+  return a
 end
 
-local function sorted_lot_ids(a)
-  local ids = {}
-  for id in pairs(a.lots) do ids[#ids + 1] = id end
-  table.sort(ids)
-  return ids
-end
-
--- Writes the account hash and its wake-up time (the earliest instant the sweep has work here).
 local function save_account(a)
-  local lots = arr()
-  local wake = a.ce
-  for _, id in ipairs(sorted_lot_ids(a)) do
-    lots[#lots + 1] = a.lots[id]
-    wake = math.min(wake, a.lots[id].expires)
+  local changes = {}
+  for i = 1, A_SCALARS do
+    local f = A_FIELDS[i]
+    if a[f] ~= a.loaded[f] then
+      changes[#changes + 1] = f
+      changes[#changes + 1] = a[f]
+      a.loaded[f] = a[f]
+    end
   end
-  redis.call('HSET', K_A, 'cs', enc(a.cs), 'ce', enc(a.ce), 'gen', enc(a.gen), 'pg', enc(a.pg), 'ag', enc(a.ag),
-    'lots', enc(lots),
-    'last_lot', enc(a.last_lot), 'last_res', enc(a.last_res), 'last_event', enc(a.last_event),
-    'trial', a.trial and '1' or '0', 'granted', enc(a.granted), 'held', enc(a.held), 'spent', enc(a.spent),
-    'expired', enc(a.expired))
-  if a.plan then redis.call('HSET', K_A, 'plan', enc(a.plan)) end
-  for _, key in ipairs({ K_D, K_P }) do
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if #first > 0 then wake = math.min(wake, tonumber(first[2])) end
-  end
-  redis.call('ZADD', K_W, enc(wake), ACCOUNT)
+  if #changes > 0 then redis.call('HSET', K_A, unpack(changes)) end
 end
 
-local function available(a)
-  local sum = 0
-  for _, lot in pairs(a.lots) do sum = sum + lot.remaining end
-  return sum
+local function save_plan(a)
+  local p = a.plan
+  redis.call('HSET', K_A, 'pp', p.period, 'pa', p.anchor, 'pc', p.plan, 'pd', p.addon)
+end
+
+-- The sweep must visit the account by `at`: lowers its wake-up time when needed.
+local function wake_by(a, at)
+  if at < a.wake then
+    a.wake = at
+    redis.call('ZADD', K_W, at, ACCOUNT)
+  end
+end
+
+-- Something due (lot expiry, hold deadline, renewal) may come no earlier than `at`.
+local function due_by(a, at)
+  if at < a.due then a.due = at end
+  wake_by(a, at)
 end
 
 local function totals(a)
-  return { granted = a.granted, available = available(a), held = a.held, spent = a.spent, expired = a.expired }
+  return a.granted, a.avail, a.held, a.spent, a.expired
 end
 
-local RES = {}
-local function get_res(seq)
-  if RES[seq] == nil then
-    local text = redis.call('HGET', K_R, seq_key(seq))
-    if not text then return nil end
-    local r = cjson.decode(text)
-    r.draws = arr(r.draws)
-    for i, d in ipairs(r.draws) do r.draws[i] = arr(d) end
-    RES[seq] = r
+-- Events: the outbox, appended in the same atomic step as the change they record. `data` is
+-- the event's JSON (src/ledger/wire.rs decodes it).
+local function emit(a, at, kind, data)
+  a.ev = a.ev + 1
+  redis.call('XADD', K_S, '*', 'account', ACCOUNT, 'seq', a.ev, 'at', at, 'request', REQUEST or '', 'kind', kind,
+    'data', data)
+end
+
+local function json_draws(draws)
+  local parts = {}
+  for i, d in ipairs(draws) do parts[i] = string.format('[%d,%d]', d[1], d[2]) end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- Users (U) ---------------------------------------------------------------------------------------
+
+-- A user's limit (nil: none) and what they used this cycle, or nil when never seen.
+local function get_user(a, user)
+  local text = redis.call('HGET', K_U, user)
+  if not text then return nil end
+  local limit, gen, used = string.match(text, '^(%d*),(%d+),(%d+)$')
+  local u = { limit = opt_int(limit), used = tonumber(used) }
+  if tonumber(gen) ~= a.gen then u.used = 0 end
+  return u
+end
+
+local function put_user(a, user, u)
+  redis.call('HSET', K_U, user, string.format('%s,%d,%d', u.limit and string.format('%d', u.limit) or '', a.gen, u.used))
+end
+
+local function remaining_of(u)
+  if u == nil or u.limit == nil then return nil end
+  return math.max(0, u.limit - u.used)
+end
+
+-- Reply fields: user, limit|false, used, remaining|false.
+local function user_fields(out, user, u)
+  u = u or { used = 0 }
+  local remaining = remaining_of(u)
+  out[#out + 1] = user
+  out[#out + 1] = u.limit or false
+  out[#out + 1] = u.used
+  out[#out + 1] = remaining or false
+end
+
+-- Reservations (R) --------------------------------------------------------------------------------
+
+-- m<seq>: "state,reserved,committed,commits,deadline,returned,closed,ugen,ucnt,draws" with draws
+-- "lot:amount;lot:amount" (what is still held, in burn order) and closed empty while open.
+local function pack_res(r)
+  local parts = {}
+  for i, d in ipairs(r.draws) do parts[i] = string.format('%d:%d', d[1], d[2]) end
+  return string.format('%s,%d,%d,%d,%d,%d,%s,%d,%d,%s', r.state, r.reserved, r.committed, r.commits, r.deadline,
+    r.returned, r.closed and string.format('%d', r.closed) or '', r.ugen, r.ucnt, table.concat(parts, ';'))
+end
+
+local function unpack_res(seq, text)
+  local state, reserved, committed, commits, deadline, returned, closed, ugen, ucnt, draws =
+    string.match(text, '^(%a+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d*),(%d+),(%d+),(.*)$')
+  local r = { seq = seq, state = state, reserved = tonumber(reserved), committed = tonumber(committed),
+    commits = tonumber(commits), deadline = tonumber(deadline), returned = tonumber(returned),
+    closed = opt_int(closed), ugen = tonumber(ugen), ucnt = tonumber(ucnt), draws = {} }
+  for lot, amount in string.gmatch(draws, '(%d+):(%d+)') do
+    r.draws[#r.draws + 1] = { tonumber(lot), tonumber(amount) }
   end
-  return RES[seq]
+  return r
 end
 
-local function put_res(seq, r)
-  RES[seq] = r
-  redis.call('HSET', K_R, seq_key(seq), enc(r))
+-- The reservation's hot fields and its fixed facts (user, category, created, opened_by,
+-- labels JSON), or nil.
+local function get_res(seq)
+  local v = redis.call('HMGET', K_R, 'm' .. seq, 'i' .. seq)
+  if not v[1] then return nil end
+  local r = unpack_res(seq, v[1])
+  local user, category, created, opened_by, labels = string.match(v[2], '^([^\31]*)\31([^\31]*)\31(%d+)\31([^\31]*)\31(.*)$')
+  r.user, r.category, r.created, r.labels = user, category, tonumber(created), labels
+  if opened_by ~= '' then r.opened_by = opened_by end
+  return r
+end
+
+local function put_res(r)
+  redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r))
 end
 
 local function held_of(r)
@@ -226,154 +287,165 @@ local function held_of(r)
   return sum
 end
 
-local function get_user(user)
-  local text = redis.call('HGET', K_U, user)
-  return text and cjson.decode(text) or nil
+-- Reply fields of a reservation view: seq, state, reserved, committed, held, returned, commits,
+-- deadline, closed|false (then, added by view_facts, user, category, created, labels).
+local function view_fields(out, r)
+  local fields = { r.seq, r.state, r.reserved, r.committed, held_of(r), r.returned, r.commits, r.deadline,
+    r.closed or false }
+  for _, f in ipairs(fields) do out[#out + 1] = f end
 end
 
-local function put_user(user, u)
-  redis.call('HSET', K_U, user, enc(u))
+local function view_facts(out, r)
+  out[#out + 1] = r.user
+  out[#out + 1] = r.category
+  out[#out + 1] = r.created
+  out[#out + 1] = r.labels
 end
 
-local function user_remaining(user)
-  local u = get_user(user)
-  if u == nil or u.limit == nil then return nil end
-  return math.max(0, u.limit - u.used)
-end
+-- Lots (L, B, E) ------------------------------------------------------------------------------------
 
--- Events: the outbox, appended in the same atomic step as the change they record.
-local REQUEST = nil
-local function emit(a, at, kind, data)
-  a.last_event = a.last_event + 1
-  redis.call('XADD', K_E, '*', 'account', ACCOUNT, 'seq', enc(a.last_event), 'at', enc(at),
-    'request', REQUEST or '', 'kind', kind, 'data', enc(data))
-end
-
--- Business keys charged this cycle.
-local function key_charged(key)
-  return key ~= nil and redis.call('SISMEMBER', K_K, key) == 1
-end
-
--- Primitives (src/ledger/account.rs) ----------------------------------------------------------
-
-local function decline(reason, requested, avail, remaining, held, state)
-  return { declined = { reason = reason, requested = requested, available = avail, user_remaining = remaining,
-    held = held or 0, state = state } }
-end
-
--- The checks every new hold passes, in order: the account's credit, then the user's limit.
-local function admit(a, user, amount)
-  local avail = available(a)
-  local remaining = user_remaining(user)
-  if avail < amount then return decline('insufficient_credit', amount, avail, remaining) end
-  if remaining ~= nil and remaining < amount then return decline('user_limit_reached', amount, avail, remaining) end
-  return nil
-end
-
-local function reservation_decline(a, seq, reason, requested)
-  local r = get_res(seq)
-  return decline(reason, requested, available(a), user_remaining(r.user), held_of(r), r.state)
-end
-
--- Burn order: soonest expiry first, then kind order, then age.
-local function burns_before(x, y)
-  if x.expires ~= y.expires then return x.expires < y.expires end
-  if RANK[x.kind] ~= RANK[y.kind] then return RANK[x.kind] < RANK[y.kind] end
-  return x.id < y.id
-end
-
--- Takes `amount` from live lots, soonest expiry first (ties: kind order, then age).
-local function draw(a, amount)
-  local order = {}
-  for id, lot in pairs(a.lots) do
-    if lot.remaining > 0 then order[#order + 1] = lot end
-  end
-  table.sort(order, burns_before)
-  local draws = arr()
-  local left = amount
-  for _, lot in ipairs(order) do
-    if left == 0 then break end
-    local take = math.min(left, lot.remaining)
-    lot.remaining = lot.remaining - take
-    left = left - take
-    draws[#draws + 1] = arr({ lot.id, take })
-  end
-  return draws
+local function burn_member(kind, id)
+  return string.format('%d%016d', RANK[kind], id)
 end
 
 local function grant(a, kind, amount, at, expires, from_plan)
-  a.last_lot = a.last_lot + 1
-  local id = a.last_lot
-  a.lots[id] = { id = id, kind = kind, granted = amount, remaining = amount, granted_ms = at, expires = expires,
-    from_plan = from_plan }
+  a.lot = a.lot + 1
+  local id = a.lot
+  redis.call('HSET', K_L, 'm' .. id, string.format('%s,%d,%d,%d,%d', kind, amount, at, expires, from_plan and 1 or 0),
+    'r' .. id, amount)
+  redis.call('ZADD', K_E, expires, id16(id))
+  if amount > 0 then redis.call('ZADD', K_B, expires, burn_member(kind, id)) end
+  a.avail = a.avail + amount
   a.granted = a.granted + amount
-  emit(a, at, 'lot_granted', { lot = id, kind = kind, amount = amount, expires = expires, from_plan = from_plan })
+  due_by(a, expires)
+  emit(a, at, 'lot_granted', string.format('{"lot":%d,"kind":"%s","amount":%d,"expires":%d,"from_plan":%s}', id, kind,
+    amount, expires, from_plan and 'true' or 'false'))
   return id
 end
 
-local function count_usage(a, seq, amount)
-  local r = get_res(seq)
+local function lot_meta(text)
+  local kind, granted, granted_ms, expires, from_plan = string.match(text, '^(%a+),(%d+),(%d+),(%d+),(%d)$')
+  return { kind = kind, granted = tonumber(granted), granted_ms = tonumber(granted_ms), expires = tonumber(expires),
+    from_plan = from_plan == '1' }
+end
+
+-- Takes `amount` (admitted: the lots cover it) from the lots in burn order, reading only the lots
+-- it draws from. Returns the draws {{lot, amount}, ...}.
+local function draw(a, amount)
+  local draws, updates, drained = {}, {}, {}
+  local left, start = amount, 0
+  while left > 0 do
+    local members = redis.call('ZRANGE', K_B, start, start + 3)
+    assert(#members > 0, 'draw beyond the available credit')
+    local fields = {}
+    for i, member in ipairs(members) do fields[i] = 'r' .. tonumber(string.sub(member, 2)) end
+    local remaining = redis.call('HMGET', K_L, unpack(fields))
+    for i, member in ipairs(members) do
+      if left == 0 then break end
+      local have = tonumber(remaining[i])
+      local take = math.min(left, have)
+      left = left - take
+      draws[#draws + 1] = { tonumber(string.sub(member, 2)), take }
+      updates[#updates + 1] = fields[i]
+      updates[#updates + 1] = have - take
+      if have == take then drained[#drained + 1] = member end
+    end
+    start = start + 4
+  end
+  redis.call('HSET', K_L, unpack(updates))
+  if #drained > 0 then redis.call('ZREM', K_B, unpack(drained)) end
+  a.avail = a.avail - amount
+  return draws
+end
+
+-- Gives `draws` back to the lots still live (a lot expired at or before the close instant is gone
+-- from L: catch-up runs in time order). Returns (returned draws, amount that counts as expired).
+local function give_back(a, draws)
+  if #draws == 0 then return {}, 0 end
+  local fields = {}
+  for _, d in ipairs(draws) do
+    fields[#fields + 1] = 'r' .. d[1]
+    fields[#fields + 1] = 'm' .. d[1]
+  end
+  local v = redis.call('HMGET', K_L, unpack(fields))
+  local returned, expired, updates = {}, 0, {}
+  for i, d in ipairs(draws) do
+    local have = tonumber(v[2 * i - 1])
+    if have then
+      updates[#updates + 1] = 'r' .. d[1]
+      updates[#updates + 1] = have + d[2]
+      if have == 0 then
+        local lot = lot_meta(v[2 * i])
+        redis.call('ZADD', K_B, lot.expires, burn_member(lot.kind, d[1]))
+      end
+      returned[#returned + 1] = d
+      a.avail = a.avail + d[2]
+    else
+      expired = expired + d[2]
+    end
+  end
+  if #updates > 0 then redis.call('HSET', K_L, unpack(updates)) end
+  return returned, expired
+end
+
+local function expire_lot(a, id, at)
+  local v = redis.call('HMGET', K_L, 'r' .. id, 'm' .. id)
+  local remaining, lot = tonumber(v[1]), lot_meta(v[2])
+  redis.call('HDEL', K_L, 'r' .. id, 'm' .. id)
+  redis.call('ZREM', K_E, id16(id))
+  if remaining > 0 then redis.call('ZREM', K_B, burn_member(lot.kind, id)) end
+  a.avail = a.avail - remaining
+  a.expired = a.expired + remaining
+  emit(a, at, 'lot_expired', string.format('{"lot":%d,"amount":%d}', id, remaining))
+end
+
+-- User usage (src/ledger/account.rs count_usage / uncount_usage) ----------------------------------
+
+local function count_usage(a, r, amount, u)
   if r.ugen ~= a.gen then
     r.ugen = a.gen
     r.ucnt = 0
   end
   r.ucnt = r.ucnt + amount
-  put_res(seq, r)
-  local u = get_user(r.user) or { used = 0 }
+  u = u or get_user(a, r.user) or { used = 0 }
   u.used = u.used + amount
-  put_user(r.user, u)
+  put_user(a, r.user, u)
 end
 
-local function uncount_usage(a, seq, returned)
-  local r = get_res(seq)
+local function uncount_usage(a, r, returned)
   if r.ugen ~= a.gen then return end
   local back = math.min(returned, r.ucnt)
   r.ucnt = r.ucnt - back
-  put_res(seq, r)
-  local u = get_user(r.user)
-  if u then
+  local u = get_user(a, r.user)
+  if u and back > 0 then
     u.used = u.used - back
-    put_user(r.user, u)
+    put_user(a, r.user, u)
   end
 end
 
 -- Closes an open reservation at `at` (now, or its deadline when it expired): what it still holds
--- goes back to its lots if they were alive at that instant, otherwise to expired. Returns the
--- amount released.
-local function close(a, seq, state, at)
-  local r = get_res(seq)
-  local total, expired = 0, 0
-  local returned = arr()
-  for _, d in ipairs(r.draws) do
-    total = total + d[2]
-    local lot = a.lots[d[1]]
-    if lot and lot.expires > at then
-      lot.remaining = lot.remaining + d[2]
-      returned[#returned + 1] = arr({ d[1], d[2] })
-    else
-      expired = expired + d[2]
-    end
-  end
-  r.draws = arr()
+-- goes back to its lots if they were alive at that instant, otherwise to expired. Writes it.
+-- Returns the amount released.
+local function close(a, r, state, at)
+  local total = held_of(r)
+  local returned, expired = give_back(a, r.draws)
+  r.draws = {}
   r.state = state
   r.returned = total
   r.closed = at
-  put_res(seq, r)
-  redis.call('ZREM', K_D, seq_key(seq))
-  redis.call('ZADD', K_P, enc(at + RETENTION), 'r:' .. seq_key(seq))
+  uncount_usage(a, r, total)
+  put_res(r)
+  redis.call('ZREM', K_D, id16(r.seq))
+  redis.call('ZADD', K_P, at + RETENTION, 'r' .. r.seq)
+  wake_by(a, at + RETENTION)
   a.held = a.held - total
   a.expired = a.expired + expired
-  uncount_usage(a, seq, total)
-  emit(a, at, 'closed', { res = seq, state = state, returned = returned, expired = expired })
+  emit(a, at, 'closed', string.format('{"res":%d,"state":"%s","returned":%s,"expired":%d}', r.seq, state,
+    json_draws(returned), expired))
   return total
 end
 
-local function expire_lot(a, id, at)
-  local lot = a.lots[id]
-  a.lots[id] = nil
-  a.expired = a.expired + lot.remaining
-  emit(a, at, 'lot_expired', { lot = id, amount = lot.remaining })
-end
+-- Cycles ------------------------------------------------------------------------------------------
 
 local function grant_plan_lots(a, plan_credits, addon_credits, at)
   a.pg = a.pg + plan_credits
@@ -382,44 +454,43 @@ local function grant_plan_lots(a, plan_credits, addon_credits, at)
   if addon_credits > 0 then grant(a, 'addon', addon_credits, at, a.ce, true) end
 end
 
--- Begins a cycle: user usage and business keys reset, and the plan's lots are granted.
+-- Begins a cycle: user usage (by generation) and business keys reset, the plan's lots granted.
 local function start_cycle(a, cs, ce)
   a.cs, a.ce = cs, ce
   a.gen = a.gen + 1
   a.pg, a.ag = 0, 0
-  redis.call('DEL', K_K)
-  local flat = redis.call('HGETALL', K_U)
-  for i = 1, #flat, 2 do
-    local u = cjson.decode(flat[i + 1])
-    u.used = 0
-    put_user(flat[i], u)
-  end
-  emit(a, cs, 'cycle_started', { cs = cs, ce = ce })
+  redis.call('UNLINK', K_K)
+  due_by(a, ce)
+  emit(a, cs, 'cycle_started', string.format('{"cs":%d,"ce":%d}', cs, ce))
   if a.plan then grant_plan_lots(a, a.plan.plan, a.plan.addon, cs) end
+end
+
+local function first_score(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first == 0 then return nil, nil end
+  return tonumber(first[2]), first[1]
 end
 
 -- Brings the account up to `now` by replaying what time did, in time order: lots expire at their
 -- expiry, holds at their deadline, cycles renew at their end (every cycle that began). At one
--- instant lots go first, then holds, then the renewal. Idempotent.
+-- instant lots go first (lowest id first), then holds (lowest seq first), then the renewal. At
+-- most CATCHUP_STEPS_MAX steps: returns true when done (a.due is then exact), false when the
+-- caller must come back for the rest. Idempotent.
 local function catch_up(a, now)
-  while true do
-    local at, due, id = nil, nil, nil
-    for lot_id, lot in pairs(a.lots) do
-      if lot.expires <= now and (at == nil or lot.expires < at or (lot.expires == at and lot_id < id)) then
-        at, due, id = lot.expires, 'lot', lot_id
-      end
+  for _ = 1, CATCHUP_STEPS_MAX do
+    local lot_at, lot_id = first_score(K_E)
+    local hold_at, hold_seq = first_score(K_D)
+    local at, due = a.ce, 'renewal'
+    if hold_at and hold_at <= at then at, due = hold_at, 'hold' end
+    if lot_at and lot_at <= at then at, due = lot_at, 'lot' end
+    if at > now then
+      a.due = at
+      return true
     end
-    local first = redis.call('ZRANGE', K_D, 0, 0, 'WITHSCORES')
-    if #first > 0 then
-      local deadline = tonumber(first[2])
-      if deadline <= now and (at == nil or deadline < at) then at, due, id = deadline, 'hold', tonumber(first[1]) end
-    end
-    if a.ce <= now and (at == nil or a.ce < at) then at, due = a.ce, 'renewal' end
-    if at == nil then return end
     if due == 'lot' then
-      expire_lot(a, id, at)
+      expire_lot(a, tonumber(lot_id), at)
     elseif due == 'hold' then
-      close(a, id, 'expired', at)
+      close(a, get_res(tonumber(hold_seq)), 'expired', at)
     else
       local cs, ce
       if a.plan then
@@ -430,35 +501,88 @@ local function catch_up(a, now)
       start_cycle(a, cs, ce)
     end
   end
+  return false
 end
 
--- Views ---------------------------------------------------------------------------------------
-
-local function reservation_view(seq)
-  local r = get_res(seq)
-  return { seq = seq, user = r.user, category = r.category, state = r.state, reserved = r.reserved,
-    committed = r.committed, held = held_of(r), returned = r.returned, commits = r.commits, created = r.created,
-    deadline = r.deadline, closed = r.closed, labels = r.labels }
-end
-
-local function user_view(user)
-  local u = get_user(user) or { used = 0 }
-  local remaining = nil
-  if u.limit ~= nil then remaining = math.max(0, u.limit - u.used) end
-  return { user = user, limit = u.limit, used = u.used, remaining = remaining }
-end
-
--- The operation skeleton (Ledger::run in src/ledger/model.rs) ---------------------------------
+-- The operation skeleton (Ledger::run in src/ledger/model.rs) ---------------------------------------
 
 local function err(code)
-  return enc({ error = code })
+  return { 'err', code }
 end
 
--- Runs `body(a, now)` idempotently. `opts.create`: may create the account. `opts.seq`: the
--- reservation acted on, whose own hash (KEYS[10]) remembers the answer for as long as the
--- reservation is kept; other answers go to the account's hash Q, purged by the sweep after
--- retention. `body` returns (answer, error code); it checks everything before it writes.
--- Returns the reply JSON.
+local function decline(reason, requested, available, remaining, held, state)
+  return { 'no', reason, requested, available, remaining or false, held or 0, state or false }
+end
+
+-- The checks every new hold passes, in order: the account's credit, then the user's limit.
+-- Returns (decline or nil, the user's state for count_usage).
+local function admit(a, user, amount)
+  local u = get_user(a, user)
+  local remaining = remaining_of(u)
+  if a.avail < amount then return decline('insufficient_credit', amount, a.avail, remaining), u end
+  if remaining ~= nil and remaining < amount then
+    return decline('user_limit_reached', amount, a.avail, remaining), u
+  end
+  return nil, u
+end
+
+local function reservation_decline(a, r, reason, requested)
+  return decline(reason, requested, a.avail, remaining_of(get_user(a, r.user)), held_of(r), r.state)
+end
+
+-- Declines a call on a reservation that is no longer open.
+local function closed_decline(a, r, requested)
+  if r.state == 'held' then return nil end
+  local reason = r.state == 'expired' and 'reservation_expired' or 'reservation_closed'
+  return reservation_decline(a, r, reason, requested)
+end
+
+local function check_balance(a, amount)
+  return a.avail + a.held + amount <= BALANCE_MAX
+end
+
+-- Remembered answers: fingerprint, then the reply's fields joined by \31 ('' for false). A reply
+-- about a reservation is kept without its fixed facts (user, category, created, labels): they are
+-- added back from the reservation itself, so a remembered answer stays small.
+local function pack_answer(fingerprint, reply)
+  local parts = { fingerprint }
+  for i, v in ipairs(reply) do
+    if type(v) == 'number' then
+      parts[i + 1] = string.format('%d', v)
+    elseif v == false then
+      parts[i + 1] = ''
+    else
+      parts[i + 1] = v
+    end
+  end
+  return table.concat(parts, SEP)
+end
+
+local function unpack_answer(text)
+  local out, start = {}, 1
+  while true do
+    local stop = string.find(text, SEP, start, true)
+    local part = string.sub(text, start, (stop or 0) - 1)
+    if part == '' then part = false end
+    out[#out + 1] = part
+    if not stop then return out end
+    start = stop + 1
+  end
+end
+
+-- Brings the account up to now; false when the caller must call again (catch-up not finished).
+local function current(a, now)
+  if a.due > now then return true end
+  local done = catch_up(a, now)
+  if not done then save_account(a) end
+  return done
+end
+
+-- Runs `body(a, now, r)` idempotently. opts.request: the request id; opts.fingerprint;
+-- opts.create: may create the account; opts.seq: the reservation acted on, whose own hash (X)
+-- remembers the answer as long as the reservation is kept (its reply ends with its facts);
+-- other answers go to Q, purged after retention (opts.keep(answer, now): until when). `body`
+-- returns (reply, error code) and checks everything before it writes.
 local function run(opts, body)
   local now = now_ms()
   local a = load_account()
@@ -467,96 +591,117 @@ local function run(opts, body)
     if not opts.create then return err('account_not_found') end
     a = new_account(now)
     created = true
+  elseif not current(a, now) then
+    return { 'due' }
   end
-  catch_up(a, now)
-  local qkey = opts.seq and KEYS[10] or K_Q
-  local remembered = nil
-  if not opts.seq or get_res(opts.seq) then remembered = redis.call('HGET', qkey, opts.request) end
+  local r = nil
+  if opts.seq then
+    r = get_res(opts.seq)
+    if r == nil then
+      save_account(a)
+      return err('reservation_not_found')
+    end
+  end
+  local qkey = opts.seq and K_X or K_Q
+  local remembered = (not created) and redis.call('HGET', qkey, opts.request)
   if remembered then
-    if not created then save_account(a) end
-    if string.sub(remembered, 1, #FINGERPRINT) ~= FINGERPRINT then return err('request_id_reused') end
-    return string.sub(remembered, #FINGERPRINT + 2)
+    save_account(a)
+    if string.sub(remembered, 1, #opts.fingerprint + 1) ~= opts.fingerprint .. SEP then
+      return err('request_id_reused')
+    end
+    local reply = unpack_answer(string.sub(remembered, #opts.fingerprint + 2))
+    if opts.seq and reply[1] == 'ok' then view_facts(reply, r) end
+    return reply
   end
   REQUEST = opts.request
-  local answer, code = body(a, now)
+  local reply, code = body(a, now, r)
   if code then
     if not created then save_account(a) end
     return err(code)
   end
-  local reply = enc(answer)
-  redis.call('HSET', qkey, opts.request, FINGERPRINT .. '|' .. reply)
-  if not opts.seq then
-    local deadline = now
-    if answer.done and type(answer.done.reservation) == 'number' then
-      deadline = math.max(now, get_res(answer.done.reservation).deadline)
-    end
-    redis.call('ZADD', K_P, enc(deadline + RETENTION), 'q:' .. opts.request)
+  redis.call('HSET', qkey, opts.request, pack_answer(opts.fingerprint, reply))
+  if opts.seq then
+    if reply[1] == 'ok' then view_facts(reply, r) end
+  else
+    local keep = (opts.keep and opts.keep(reply, now) or now) + RETENTION
+    redis.call('ZADD', K_P, keep, 'q' .. opts.request)
+    wake_by(a, keep)
   end
   save_account(a)
   return reply
 end
 
--- Reads: the account caught up to now, or an error when it does not exist.
+-- Reads (no writes; registered no-writes, called with FCALL_RO): the account as of now, or
+-- {"due"} when something must be caught up first (the engine then calls catch_up and reads
+-- again), or an error when it does not exist.
 local function read(body)
   local now = now_ms()
   local a = load_account()
   if a == nil then return err('account_not_found') end
-  catch_up(a, now)
-  local reply = body(a, now)
-  save_account(a)
-  return reply
+  if a.due <= now then return { 'due' } end
+  return body(a, now)
 end
 
--- Looks up a reservation and declines when it is no longer open.
-local function closed_decline(a, seq, requested)
-  local r = get_res(seq)
-  if r == nil then return nil, 'reservation_not_found' end
-  if r.state == 'held' then return nil, nil end
-  local reason = r.state == 'expired' and 'reservation_expired' or 'reservation_closed'
-  return reservation_decline(a, seq, reason, requested), nil
-end
-
-local function check_balance(a, amount)
-  return available(a) + a.held + amount <= BALANCE_MAX
-end
-
--- Opens a reservation holding `amount` (already admitted) and returns its sequence.
-local function open_reservation(a, now, deadline, amount, user, category, labels)
+-- Opens a reservation holding `amount` (admitted; `u` is its user as admit read it) and returns it.
+local function open_reservation(a, now, deadline, amount, user, category, labels, u)
   local draws = draw(a, amount)
-  a.last_res = a.last_res + 1
-  local seq = a.last_res
-  put_res(seq, { user = user, category = category, state = 'held', reserved = amount, committed = 0,
+  a.res = a.res + 1
+  local r = { seq = a.res, user = user, category = category, state = 'held', reserved = amount, committed = 0,
     draws = draws, returned = 0, commits = 0, created = now, deadline = deadline, labels = labels,
-    opened_by = REQUEST, ugen = a.gen, ucnt = 0 })
-  redis.call('ZADD', K_D, enc(deadline), seq_key(seq))
+    opened_by = REQUEST, ugen = a.gen, ucnt = 0 }
   a.held = a.held + amount
-  count_usage(a, seq, amount)
-  emit(a, now, 'reserved', { res = seq, user = user, category = category, amount = amount,
-    draws = pairs_list(draws), deadline = deadline, labels = labels })
-  return seq
+  count_usage(a, r, amount, u)
+  redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
+    table.concat({ user, category, string.format('%d', now), REQUEST or '', labels }, SEP))
+  if deadline > now then
+    redis.call('ZADD', K_D, deadline, id16(r.seq))
+    due_by(a, deadline)
+  end
+  emit(a, now, 'reserved', string.format('{"res":%d,"user":%s,"category":%s,"amount":%d,"draws":%s,"deadline":%d,"labels":%s}',
+    r.seq, cjson.encode(user), cjson.encode(category), amount, json_draws(draws), deadline, labels))
+  return r
 end
 
 -- Moves `amount` (checked against the hold) from held to spent, from the first draws first.
-local function spend(a, now, seq, amount, key, already, labels)
-  local r = get_res(seq)
+-- Writes the reservation unless `defer` (the caller closes it next and writes it then).
+local function spend(a, now, r, amount, key, already, labels)
   local left = amount
-  local taken = arr()
-  local kept = arr()
+  local taken, kept = {}, {}
   for _, d in ipairs(r.draws) do
     local take = math.min(left, d[2])
     if take > 0 then
-      taken[#taken + 1] = arr({ d[1], take })
+      taken[#taken + 1] = { d[1], take }
       left = left - take
     end
-    if d[2] - take > 0 then kept[#kept + 1] = arr({ d[1], d[2] - take }) end
+    if d[2] - take > 0 then kept[#kept + 1] = { d[1], d[2] - take } end
   end
   r.draws = kept
   r.committed = r.committed + amount
   r.commits = r.commits + 1
-  put_res(seq, r)
   a.held = a.held - amount
   a.spent = a.spent + amount
-  if key ~= nil and not already then redis.call('SADD', K_K, key) end
-  emit(a, now, 'committed', { res = seq, user = r.user, category = r.category, cycle = a.cs, amount = amount,
-    draws = taken, key = key, already = already, labels = labels })
+  if key and not already then redis.call('SADD', K_K, key) end
+  local key_json = key and (',"key":' .. cjson.encode(key)) or ''
+  emit(a, now, 'committed', string.format('{"res":%d,"user":%s,"category":%s,"cycle":%d,"amount":%d,"draws":%s%s,"already":%s,"labels":%s}',
+    r.seq, cjson.encode(r.user), cjson.encode(r.category), a.cs, amount, json_draws(taken), key_json,
+    already and 'true' or 'false', labels))
+end
+
+local function key_charged(key)
+  return key ~= nil and redis.call('SISMEMBER', K_K, key) == 1
+end
+
+-- Reply fields of the totals: granted, available, held, spent, expired.
+local function totals_fields(out, a)
+  local granted, available, held, spent, expired = totals(a)
+  for _, v in ipairs({ granted, available, held, spent, expired }) do out[#out + 1] = v end
+  return out
+end
+
+-- Registers an account function: `name` prefixed with this library's version (FN_PREFIX, from the
+-- header), so sidecars of different versions can share one Redis during a rolling upgrade.
+local function register(name, callback, read_only)
+  local flags = {}
+  if read_only then flags = { 'no-writes' } end
+  redis.register_function { function_name = FN_PREFIX .. name, callback = callback, flags = flags }
 end

@@ -1,24 +1,43 @@
--- list.lua: an account's reservations, newest first, one page (ListReservations).
--- KEYS: the account's nine keys (see lib.lua).
--- ARGV[4]: {"size": 100, "scan": 10000, "before": 42, "state": "held"}   ("before", "state" optional;
---          "scan": the most sequence numbers to examine, so one call stays short)
--- Reply: {"done": {"page": [{...reservation...}, ...], "next": 17}}   ("next" absent on the last page)
---     or {"error": "account_not_found"}
--- Example: with reservations 1..5 and size 2: page [5, 4], next 4; then before 4: [3, 2], next 2.
-return read(function(a, now)
-  local page = arr()
-  local seq = a.last_res
-  if ARGS.before then seq = math.min(seq, ARGS.before - 1) end
-  local scanned = 0
-  while seq >= 1 do
-    if scanned == ARGS.scan then return enc({ done = { page = page, next = seq + 1 } }) end
-    scanned = scanned + 1
-    local r = get_res(seq)
-    if r and (ARGS.state == nil or r.state == ARGS.state) then
-      if #page == ARGS.size then return enc({ done = { page = page, next = page[#page].seq } }) end
-      page[#page + 1] = reservation_view(seq)
+-- list.lua: an account's reservations, newest first, one page (ListReservations). Reads only
+-- (no-writes; FCALL_RO). Examines at most `scan` sequence numbers, LIST_BATCH_MAX per HMGET.
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 page size, 5 scan, 6 before ("" for none), 7 state ("" for any)
+-- Reply: {"ok", next | nil, <reservation view> x n}, {"err", "account_not_found"} or {"due"}.
+-- Example: with reservations 1..5 and size 2: {"ok", 4, <5>, <4>}; then before 4: {"ok", 2, <3>, <2>}.
+register('list', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 7, 'list')
+  local size, scan, before, state = int(args[4]), int(args[5]), opt_int(args[6]), args[7]
+  return read(function(a)
+    local reply = { 'ok', false }
+    local count = 0
+    local seq = a.res
+    if before then seq = math.min(seq, math.max(before - 1, 0)) end
+    local scanned = 0
+    while seq >= 1 do
+      local batch = math.min(LIST_BATCH_MAX, seq, scan - scanned)
+      if batch == 0 then
+        reply[2] = seq + 1
+        return reply
+      end
+      local fields = {}
+      for i = 0, batch - 1 do fields[#fields + 1] = 'm' .. (seq - i) end
+      local found = redis.call('HMGET', K_R, unpack(fields))
+      for i = 0, batch - 1 do
+        local text = found[i + 1]
+        if text and (state == '' or string.match(text, '^%a+') == state) then
+          if count == size then
+            reply[2] = reply[#reply - 12] -- the seq of the last view on the page
+            return reply
+          end
+          local r = get_res(seq - i)
+          view_fields(reply, r)
+          view_facts(reply, r)
+          count = count + 1
+        end
+      end
+      scanned = scanned + batch
+      seq = seq - batch
     end
-    seq = seq - 1
-  end
-  return enc({ done = { page = page } })
-end)
+    return reply
+  end)
+end, true)

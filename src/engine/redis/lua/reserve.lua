@@ -1,16 +1,25 @@
 -- reserve.lua: hold credits for a piece of work, all or nothing (Ledger::reserve).
--- KEYS: the account's nine keys (see lib.lua).
--- ARGV[4]: {"request": "r-1", "user": "ann", "category": "email", "amount": 50, "ttl": 300000,
---           "labels": {"file": "leads.csv"}}
--- Reply: {"done": {"reservation": 7, "amount": 50, "deadline": <now + ttl>, "available": 950}}
---     or {"declined": {"reason": "insufficient_credit", "requested": 50, "available": 40, "held": 0}}
---     or {"error": "account_not_found" | "request_id_reused"}
--- Example: an account with 1000 available, ARGV[4] as above -> 50 leave its lots (soonest expiry
--- first), reservation 7 holds them until now + 5 min, and a "reserved" event is appended.
-return run({ request = ARGS.request }, function(a, now)
-  local declined = admit(a, ARGS.user, ARGS.amount)
-  if declined then return declined end
-  local deadline = now + ARGS.ttl
-  local seq = open_reservation(a, now, deadline, ARGS.amount, ARGS.user, ARGS.category, ARGS.labels)
-  return { done = { reservation = seq, amount = ARGS.amount, deadline = deadline, available = available(a) } }
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 category, 8 amount, 9 ttl ms,
+--       10 labels (a JSON object)
+-- Reply: {"ok", reservation seq, amount, deadline, available}, a decline
+--        ("insufficient_credit" | "user_limit_reached"), {"err", "account_not_found" |
+--        "request_id_reused"} or {"due"}.
+-- Example: an account with 1000 available; ARGV 4.. = r-1, <fp>, ann, email, 50, 300000, {} ->
+-- {"ok", 7, 50, now + 300000, 950}: 50 left the lots (soonest expiry first), reservation 7 holds
+-- them until the deadline, and a "reserved" event is appended.
+register('reserve', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 10, 'reserve')
+  local user, category, amount, ttl, labels = args[6], args[7], int(args[8]), int(args[9]), args[10]
+  local opts = { request = args[4], fingerprint = args[5] }
+  function opts.keep(reply, now)
+    if reply[1] == 'ok' then return math.max(now, reply[4]) end
+    return now
+  end
+  return run(opts, function(a, now)
+    local declined, u = admit(a, user, amount)
+    if declined then return declined end
+    local r = open_reservation(a, now, now + ttl, amount, user, category, labels, u)
+    return { 'ok', r.seq, amount, r.deadline, a.avail }
+  end)
 end)

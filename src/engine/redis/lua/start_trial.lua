@@ -1,16 +1,18 @@
 -- start_trial.lua: the one-time trial grant (Ledger::start_trial).
--- KEYS: the account's nine keys (see lib.lua).
--- ARGV[4]: {"request": "r-8", "credits": 100, "duration": 1209600000}
--- Reply: {"done": {"lot": 1, "expires": <now + duration>, "totals": {...}}}
---     or {"declined": {"reason": "trial_already_used", "requested": 100, ...}}
---     or {"error": "balance:credits" | "request_id_reused"}
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 credits, 7 duration ms
+-- Reply: {"ok", lot id, expires, <totals>}, a decline ("trial_already_used"), {"err",
+--        "balance:credits" | "request_id_reused"} or {"due"}.
 -- Example: a new account gets a trial lot of 100 credits expiring in 14 days; a second call
 -- with another request id is declined.
-return run({ request = ARGS.request, create = true }, function(a, now)
-  if a.trial then return decline('trial_already_used', ARGS.credits, available(a), nil, 0, nil) end
-  if not check_balance(a, ARGS.credits) then return nil, 'balance:credits' end
-  local expires = now + ARGS.duration
-  a.trial = true
-  local lot = grant(a, 'trial', ARGS.credits, now, expires, false)
-  return { done = { lot = lot, expires = expires, totals = totals(a) } }
+register('start_trial', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 7, 'start_trial')
+  local credits, duration = int(args[6]), int(args[7])
+  return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+    if a.trial == 1 then return decline('trial_already_used', credits, a.avail, nil, 0, nil) end
+    if not check_balance(a, credits) then return nil, 'balance:credits' end
+    a.trial = 1
+    local lot = grant(a, 'trial', credits, now, now + duration, false)
+    return totals_fields({ 'ok', lot, now + duration }, a)
+  end)
 end)

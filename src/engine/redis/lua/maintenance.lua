@@ -1,0 +1,132 @@
+-- maintenance.lua: the functions of the background sweep, of reads that must catch up first, and
+-- of the `rebuild` command.
+
+-- catch_up.lua: bring an account up to now (expire lots and holds, renew the cycle), for a read
+-- that answered {"due"}. At most CATCHUP_STEPS_MAX steps per call.
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua)
+-- Reply: {"ok", 1 when caught up | 0 when more is due} or {"err", "account_not_found"}.
+-- Example: a renewal boundary passed unnoticed: the cycle renews (events "lot_expired",
+-- "cycle_started", "lot_granted"), then {"ok", 1}.
+register('catch_up', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 3, 'catch_up')
+  local a = load_account()
+  if a == nil then return err('account_not_found') end
+  local done = current(a, now_ms())
+  save_account(a)
+  return { 'ok', done and 1 or 0 }
+end)
+
+-- sweep_account.lua: the background pass for one account: catch up (expire holds and lots, renew
+-- the cycle), forget closed reservations and request ids past retention (at most PURGE_MAX per
+-- call), and set the account's wake-up time exactly (Ledger::sweep, for one account).
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 the prefix of the reservations' answer hashes X ("cs:{sN}:x:<account>:";
+--       same hash slot as KEYS, so this runs on Redis Cluster too)
+-- Reply: {holds expired, 1 when all done | 0 when the account needs another pass}.
+-- Example: a dialer died holding 4 past its deadline: the hold closes as expired at its deadline,
+-- the 4 return to their lot, and {1, 1} is returned.
+register('sweep_account', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 4, 'sweep_account')
+  local now = now_ms()
+  local a = load_account()
+  if a == nil then
+    redis.call('ZREM', K_W, ACCOUNT)
+    return { 0, 1 }
+  end
+  local open_before = redis.call('ZCARD', K_D)
+  local caught_up = a.due > now or catch_up(a, now)
+  local expired = open_before - redis.call('ZCARD', K_D)
+  local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', now, 'LIMIT', 0, PURGE_MAX)
+  for _, member in ipairs(due) do
+    local id = string.sub(member, 2)
+    if string.sub(member, 1, 1) == 'r' then
+      -- The reservation goes, and with it the answers to calls on it (its own hash).
+      redis.call('HDEL', K_R, 'm' .. id, 'i' .. id)
+      redis.call('UNLINK', args[4] .. id)
+    else
+      redis.call('HDEL', K_Q, id)
+    end
+  end
+  if #due > 0 then redis.call('ZREM', K_P, unpack(due)) end
+  local done = caught_up and #due < PURGE_MAX
+  local wake = now
+  if done then
+    wake = a.due
+    local purge_at = first_score(K_P)
+    if purge_at and purge_at < wake then wake = purge_at end
+  end
+  a.wake = wake
+  redis.call('ZADD', K_W, wake, ACCOUNT)
+  save_account(a)
+  return { expired, done and 1 or 0 }
+end)
+
+-- due.lua: which accounts of a shard need the sweep now. Reads only (no-writes; FCALL_RO).
+-- KEYS: 1 cs:{sN}:wake
+-- ARGV: 1 now (Unix ms) or "" for Redis TIME, 2 the most accounts to return
+-- Reply: account ids whose wake-up time has come, soonest first.
+-- Example: wake = {acme: 1000, globex: 5000}, now 2000, limit 100 -> {"acme"}.
+redis.register_function { function_name = FN_PREFIX .. 'due', flags = { 'no-writes' }, callback = function(keys, args)
+  assert(#keys == 1 and #args == 2, 'due: expected 1 key and 2 arguments')
+  NOW_ARG = args[1]
+  return redis.call('ZRANGEBYSCORE', keys[1], '-inf', now_ms(), 'LIMIT', 0, int(args[2]))
+end }
+
+-- restore.lua: replace an account's state with a snapshot rebuilt from the SQL ledger (the
+-- `rebuild` command). Remembered request ids are not part of the ledger and are not restored.
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 the snapshot as JSON (src/ledger/snapshot.rs): {"account": "acme",
+--       "cs": ..., "ce": ..., "gen": 3, "pg": 1000, "ag": 0, "plan": {...}, "lots": [...],
+--       "last_lot": 4, "last_res": 9, "last_event": 31, "trial": false, "granted": ..., "held": ...,
+--       "spent": ..., "expired": ..., "reservations": [{"seq": 9, "state": "held", "draws": [[4, 10]],
+--       ...}], "users": {"ann": {"limit": 500, "used": 10}}, "keys": ["contact:1:mobile"]}
+-- Reply: the number of reservations written.
+-- Example: after Redis lost everything, `rebuild --account acme` writes acme's lots, open and
+-- recent reservations, users and business keys exactly as the ledger's replay left them.
+register('restore', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 4, 'restore')
+  local s = cjson.decode(args[4])
+  for _, key in ipairs({ K_A, K_L, K_B, K_E, K_R, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
+  local a = { loaded = {}, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
+    cs = s.cs, ce = s.ce, gen = s.gen, pg = s.pg, ag = s.ag, lot = s.last_lot, res = s.last_res, ev = s.last_event,
+    trial = s.trial and 1 or 0, due = s.ce, wake = s.ce }
+  if type(s.plan) == 'table' then
+    a.plan = s.plan
+    save_plan(a)
+  end
+  for _, lot in ipairs(s.lots) do
+    redis.call('HSET', K_L, 'm' .. lot.id, string.format('%s,%d,%d,%d,%d', lot.kind, lot.granted, lot.granted_ms,
+      lot.expires, lot.from_plan and 1 or 0), 'r' .. lot.id, lot.remaining)
+    redis.call('ZADD', K_E, lot.expires, id16(lot.id))
+    if lot.remaining > 0 then redis.call('ZADD', K_B, lot.expires, burn_member(lot.kind, lot.id)) end
+    a.avail = a.avail + lot.remaining
+    a.due = math.min(a.due, lot.expires)
+  end
+  for _, snap in ipairs(s.reservations) do
+    local r = { seq = snap.seq, state = snap.state, reserved = snap.reserved, committed = snap.committed,
+      commits = snap.commits, deadline = snap.deadline, returned = snap.returned, ugen = snap.ugen, ucnt = snap.ucnt,
+      draws = snap.draws }
+    if type(snap.closed) == 'number' then r.closed = snap.closed end
+    local opened_by = type(snap.opened_by) == 'string' and snap.opened_by or ''
+    local labels = next(snap.labels) == nil and '{}' or cjson.encode(snap.labels)
+    redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
+      table.concat({ snap.user, snap.category, string.format('%d', snap.created), opened_by, labels }, SEP))
+    if r.state == 'held' then
+      redis.call('ZADD', K_D, r.deadline, id16(r.seq))
+      a.due = math.min(a.due, r.deadline)
+    else
+      redis.call('ZADD', K_P, r.closed + RETENTION, 'r' .. r.seq)
+    end
+  end
+  for user, u in pairs(s.users) do
+    put_user(a, user, { limit = type(u.limit) == 'number' and u.limit or nil, used = u.used })
+  end
+  for _, key in ipairs(s.keys) do redis.call('SADD', K_K, key) end
+  a.wake = a.due
+  local purge_at = first_score(K_P)
+  if purge_at and purge_at < a.wake then a.wake = purge_at end
+  redis.call('ZADD', K_W, a.wake, ACCOUNT)
+  save_account(a)
+  return #s.reservations
+end)
