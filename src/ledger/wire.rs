@@ -124,9 +124,7 @@ pub fn lot_kind_name(kind: LotKind) -> &'static str {
 }
 
 pub fn lot_kind(name: &str) -> Option<LotKind> {
-    LotKind::ALL
-        .into_iter()
-        .find(|kind| lot_kind_name(*kind) == name)
+    LotKind::ALL.into_iter().find(|kind| lot_kind_name(*kind) == name)
 }
 
 pub fn state_name(state: ReservationState) -> &'static str {

@@ -10,8 +10,11 @@
 //! ids with other parameters, time jumps from a second to 40 days (crossing deadlines, lot
 //! expiries, cycle boundaries and the 24 h retention), and sweeps. Two accounts, three users,
 //! small amounts so declines are common; jumps to exactly a lot expiry, cycle end or deadline
-//! (±1 ms) and holds ending exactly when a lot expires. `CASES` sequences of up to `STEPS_MAX`
-//! steps (about 6 s); `PROPTEST_CASES=2000` for a deeper run.
+//! (±1 ms) and holds ending exactly when a lot expires. Also: bursts of 50+ lots on one account
+//! (so draws and returns cross many lots, with expiries interleaved), labels at their limits
+//! (16 labels, longest keys and values), plans anchored on month ends and on a leap day, and
+//! listings (any state filter, page size and page token) in the mix. `CASES` sequences of up to
+//! `STEPS_MAX` steps (about 10 s); `PROPTEST_CASES=2000` for a deeper run.
 
 use std::sync::Arc;
 
@@ -22,13 +25,13 @@ use credit_sidecar::ledger::command::{
 };
 use credit_sidecar::ledger::event::Event;
 use credit_sidecar::ledger::{
-    AccountId, BusinessKey, Clock, Labels, Ledger, LotKind, ManualClock, Period, RequestId, ReservationId, Rules,
-    UserId,
+    AccountId, BusinessKey, Clock, LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, LABELS_MAX, Labels, Ledger, LotKind,
+    ManualClock, Period, RequestId, ReservationId, ReservationState, Rules, UserId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::harness::{DAY, HOUR, MINUTE, redis_settings, t0};
+use crate::harness::{DAY, HOUR, MINUTE, ms, redis_settings, t0};
 use crate::servers::RedisServer;
 
 /// Sequences per run; `PROPTEST_CASES` overrides (e.g. 2000 for a deeper run).
@@ -38,14 +41,47 @@ const ACCOUNTS: [&str; 2] = ["acme", "globex"];
 const USERS: [&str; 3] = ["ann", "bob", "cy"];
 const KEYS: [&str; 2] = ["contact:1:mobile", "contact:2:email"];
 
+/// Where a plan is anchored: days from `t0`, or on a calendar edge (month ends, a leap day).
+#[derive(Clone, Copy, Debug)]
+enum Anchor {
+    Days(i64),
+    Edge(usize),
+}
+
+const EDGES: [(i32, u32, u32); 5] = [(2026, 1, 31), (2024, 2, 29), (2025, 12, 31), (2026, 3, 31), (2024, 1, 30)];
+
+impl Anchor {
+    fn ms(self) -> i64 {
+        match self {
+            Anchor::Days(days) => t0() + days * DAY,
+            Anchor::Edge(index) => {
+                let (year, month, day) = EDGES[index % EDGES.len()];
+                ms(year, month, day, (index % 3) as u32 * 7)
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     SetPlan {
         account: usize,
         period: usize,
-        anchor_days: i64,
+        anchor: Anchor,
         plan: i64,
         addon: i64,
+    },
+    /// Many small lots at once (expiries spread over hours and days).
+    GrantMany {
+        account: usize,
+        lots: usize,
+        expires_step: i64,
+    },
+    List {
+        account: usize,
+        state: Option<usize>,
+        size: usize,
+        before: Option<u64>,
     },
     Grant {
         account: usize,
@@ -68,6 +104,7 @@ enum Op {
         user: usize,
         amount: i64,
         ttl: i64,
+        full_labels: bool,
     },
     Commit {
         pick: usize,
@@ -124,16 +161,20 @@ fn op() -> impl Strategy<Value = Op> {
     let account = 0..ACCOUNTS.len();
     let user = 0..USERS.len();
     prop_oneof![
-        2 => (account.clone(), 0..4usize, -60..60i64, 0..300i64, 0..100i64)
-            .prop_map(|(account, period, anchor_days, plan, addon)| Op::SetPlan { account, period, anchor_days, plan, addon }),
+        2 => (account.clone(), 0..4usize, prop_oneof![(-60..60i64).prop_map(Anchor::Days), (0..15usize).prop_map(Anchor::Edge)], 0..300i64, 0..100i64)
+            .prop_map(|(account, period, anchor, plan, addon)| Op::SetPlan { account, period, anchor, plan, addon }),
+        1 => (account.clone(), 50..70usize, prop_oneof![Just(0i64), MINUTE..HOUR, HOUR..DAY])
+            .prop_map(|(account, lots, expires_step)| Op::GrantMany { account, lots, expires_step }),
+        1 => (account.clone(), prop::option::of(0..4usize), 1..6usize, prop::option::of(1..12u64))
+            .prop_map(|(account, state, size, before)| Op::List { account, state, size, before }),
         2 => (account.clone(), 0..3usize, 1..200i64, prop::option::of(HOUR..40 * DAY))
             .prop_map(|(account, kind, amount, expires_in)| Op::Grant { account, kind, amount, expires_in }),
         1 => (account.clone(), 0..150i64, prop_oneof![Just(0), HOUR..20 * DAY])
             .prop_map(|(account, credits, duration)| Op::Trial { account, credits, duration }),
         1 => (account.clone(), user.clone(), prop::option::of(0..150i64))
             .prop_map(|(account, user, limit)| Op::Limit { account, user, limit }),
-        6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY])
-            .prop_map(|(account, user, amount, ttl)| Op::Reserve { account, user, amount, ttl }),
+        6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY], prop::bool::weighted(0.1))
+            .prop_map(|(account, user, amount, ttl, full_labels)| Op::Reserve { account, user, amount, ttl, full_labels }),
         6 => (any::<usize>(), 0..40i64, any::<bool>(), prop::option::of(0..KEYS.len()))
             .prop_map(|(pick, amount, final_commit, key)| Op::Commit { pick, amount, final_commit, key }),
         2 => (any::<usize>(), 0..30i64, prop::option::of(1_000..3 * DAY))
@@ -152,6 +193,17 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(account, user, amount)| Op::ReserveToLotExpiry { account, user, amount }),
         1 => Just(Op::Sweep),
     ]
+}
+
+/// Labels at every limit: the most labels, the longest keys and values, with characters JSON must
+/// escape.
+fn full_labels_of(seed: i64) -> Labels {
+    let labels = (0..LABELS_MAX).map(|i| {
+        let key = format!("{i:02}{}", "k".repeat(LABEL_KEY_LEN_MAX - 2));
+        let value = format!("\"{seed},\\ é\u{1f}{}", "v".repeat(LABEL_VALUE_LEN_MAX - 12));
+        (key, value)
+    });
+    Labels::parse(labels).unwrap()
 }
 
 /// A state-changing command, kept so it can be retried or its id reused.
@@ -260,11 +312,38 @@ impl Pair<'_> {
         let user = |index: usize| UserId::parse(USERS[index]).unwrap();
         let key = |index: Option<usize>| index.map(|index| BusinessKey::parse_optional(KEYS[index]).unwrap().unwrap());
         let sent = match op.clone() {
-            Op::SetPlan { account: a, period, anchor_days, plan, addon } => {
+            Op::SetPlan { account: a, period, anchor, plan, addon } => {
                 let period = [Period::Monthly, Period::Quarterly, Period::Semiannual, Period::Annual][period];
-                let plan =
-                    Plan { period, anchor_ms: t0() + anchor_days * DAY, plan_credits: plan, addon_credits: addon };
+                let plan = Plan { period, anchor_ms: anchor.ms(), plan_credits: plan, addon_credits: addon };
                 Sent::SetPlan(SetPlan { account: account(a), plan, request: self.request() })
+            }
+            Op::GrantMany { account: a, lots, expires_step } => {
+                for lot in 0..lots {
+                    let kind = [LotKind::Addon, LotKind::Promo, LotKind::Adjustment][lot % 3];
+                    let expires_ms = Some(self.now() + HOUR + expires_step * (lot as i64 / 2));
+                    let grant = Grant {
+                        account: account(a),
+                        kind,
+                        amount: 1 + lot as i64 % 4,
+                        expires_ms,
+                        request: self.request(),
+                    };
+                    self.send(Sent::Grant(grant), step).await?;
+                }
+                return Ok(());
+            }
+            Op::List { account: a, state, size, before } => {
+                let states = [
+                    ReservationState::Held,
+                    ReservationState::Committed,
+                    ReservationState::Released,
+                    ReservationState::Expired,
+                ];
+                let state = state.map(|index| states[index]);
+                let now = self.now();
+                let model = self.model.list_reservations(now, &account(a), state, size, before);
+                let redis = self.redis.list_reservations(&account(a), state, size, before).await;
+                return check(step, model, redis);
             }
             Op::Grant { account: a, kind, amount, expires_in } => Sent::Grant(Grant {
                 account: account(a),
@@ -280,14 +359,18 @@ impl Pair<'_> {
             Op::Limit { account: a, user: u, limit } => {
                 Sent::Limit(SetUserLimit { account: account(a), user: user(u), limit, request: self.request() })
             }
-            Op::Reserve { account: a, user: u, amount, ttl } => Sent::Reserve(Reserve {
+            Op::Reserve { account: a, user: u, amount, ttl, full_labels } => Sent::Reserve(Reserve {
                 account: account(a),
                 user: user(u),
                 category: rules.category("enrichment").unwrap(),
                 amount,
                 ttl_ms: rules.ttl(ttl).unwrap(),
                 request: self.request(),
-                labels: Labels::parse([("row".to_owned(), amount.to_string())]).unwrap(),
+                labels: if full_labels {
+                    full_labels_of(amount)
+                } else {
+                    Labels::parse([("row".to_owned(), amount.to_string())]).unwrap()
+                },
             }),
             Op::Commit { pick, amount, final_commit, key: k } => Sent::Commit(Commit {
                 reservation: self.reservation(pick),

@@ -74,8 +74,7 @@ fn build() -> Library {
     let digest = Sha256::digest(body.as_bytes());
     let digest: String = digest[..6].iter().map(|byte| format!("{byte:02x}")).collect();
     let prefix = format!("cs{LAYOUT_VERSION}_{digest}_");
-    let source =
-        format!("#!lua name=credit_sidecar_{LAYOUT_VERSION}_{digest}\nlocal FN_PREFIX = '{prefix}'\n{body}");
+    let source = format!("#!lua name=credit_sidecar_{LAYOUT_VERSION}_{digest}\nlocal FN_PREFIX = '{prefix}'\n{body}");
     Library { source, prefix }
 }
 

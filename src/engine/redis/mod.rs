@@ -33,8 +33,8 @@ use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
     Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
-use crate::ledger::event::Event;
 use crate::ledger::cycle::Cycle;
+use crate::ledger::event::Event;
 use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Millis, PlanSet, Quoted,
     Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
@@ -185,10 +185,10 @@ impl RedisEngine {
     async fn write_layout(&self) -> Result<()> {
         let mut connection = self.connection.clone();
         let (key, old_key, value) = (self.layout.layout_key(), self.layout.layout_1_key(), self.layout.layout_value());
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&key).arg(&value).arg("NX").ignore();
-        pipe.cmd("SET").arg(&old_key).arg(format!("see {key}")).ignore();
-        self.bounded(pipe.query_async::<()>(&mut connection)).await?;
+        // Two commands, not a pipeline: the keys live in different Cluster slots.
+        self.bounded(redis::cmd("SET").arg(&key).arg(&value).arg("NX").query_async::<()>(&mut connection)).await?;
+        let marker = format!("see {key}");
+        self.bounded(redis::cmd("SET").arg(&old_key).arg(marker).query_async::<()>(&mut connection)).await?;
         let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
         match recorded {
             Some(recorded) if recorded == value => Ok(()),

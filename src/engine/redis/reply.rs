@@ -12,8 +12,8 @@ use crate::engine::Error;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    self, AccountId, AccountView, Charged, Committed, Decline, DeclineReason, Extended, Granted, LotView,
-    PlanSet, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView, wire,
+    self, AccountId, AccountView, Charged, Committed, Decline, DeclineReason, Extended, Granted, LotView, PlanSet,
+    Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView, wire,
 };
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
@@ -53,11 +53,11 @@ impl Fields {
             Value::Nil => Ok(None),
             Value::Int(number) => Ok(Some(number)),
             Value::BulkString(bytes) if bytes.is_empty() => Ok(None),
-            Value::BulkString(bytes) => {
-                std::str::from_utf8(&bytes).ok().and_then(|text| text.parse().ok()).map(Some).ok_or_else(|| {
-                    corrupt(format!("expected a number, got {:?}", String::from_utf8_lossy(&bytes)))
-                })
-            }
+            Value::BulkString(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .map(Some)
+                .ok_or_else(|| corrupt(format!("expected a number, got {:?}", String::from_utf8_lossy(&bytes)))),
             other => Err(corrupt(format!("expected a number, got {other:?}"))),
         }
     }
