@@ -5,6 +5,7 @@ mod cluster;
 mod differential;
 mod flows;
 mod harness;
+mod layout;
 mod model_props;
 mod operations;
 mod process;

@@ -1,0 +1,155 @@
+//! The Redis layout as a durable contract: a Redis written by layout 1 is refused with a message
+//! saying what to do, the upgrade (`rebuild --upgrade-layout`) refuses while the old outbox holds
+//! events the ledger lacks, then moves the data over; a layout-1 sidecar would refuse the new
+//! layout (its shard marker no longer parses). Key names, the layout marker and the shard of an
+//! account id are pinned here: changing them strands every deployed Redis.
+
+use std::sync::Arc;
+
+use credit_sidecar::engine::Error;
+use credit_sidecar::engine::redis::{LAYOUT_VERSION, Layout, RedisEngine};
+use credit_sidecar::ledger::command::{Plan, Reserve, SetPlan};
+use credit_sidecar::ledger::event::Event;
+use credit_sidecar::ledger::{AccountId, Labels, Ledger, ManualClock, Period, RequestId, Rules, UserId, wire};
+use credit_sidecar::maintenance::{self, MaintenanceError};
+use credit_sidecar::settle::store::Store;
+
+use crate::harness::{anchor, redis_settings, t0};
+use crate::servers::RedisServer;
+
+const RETENTION: i64 = 86_400_000;
+
+#[test]
+fn key_names_and_shards_are_pinned() {
+    let layout = Layout { prefix: String::new(), shards: 16 };
+    let acme = AccountId::parse("acme").unwrap();
+    assert_eq!(LAYOUT_VERSION, 2);
+    assert_eq!(layout.layout_value(), "2 16");
+    // The shard of an account id is part of every key name: a change would move every account.
+    let shards: Vec<u32> =
+        ["acme", "globex", "team-1", "a"].iter().map(|id| layout.shard(&AccountId::parse(id).unwrap())).collect();
+    assert_eq!(shards, [13, 13, 15, 2]);
+    let keys = layout.account_keys(&acme);
+    let expected = ["a", "l", "b", "e", "r", "d", "q", "p", "u", "k"].map(|kind| format!("cs:{{s13}}:{kind}:acme"));
+    assert_eq!(keys[..10], expected);
+    assert_eq!(keys[10], "cs:{s13}:wake");
+    assert_eq!(keys[11], "cs:{s13}:events");
+    assert_eq!(layout.answers_key(&acme, 7), "cs:{s13}:x:acme:7");
+}
+
+/// What a layout-1 deployment left in Redis for `acme`: its shard marker, its account hash (JSON
+/// lots and plan, as layout 1 kept them) and its outbox entries (a format both layouts share).
+fn write_layout_1(server: &RedisServer, events: &[Event]) {
+    let layout = Layout { prefix: String::new(), shards: 16 };
+    let acme = AccountId::parse("acme").unwrap();
+    let keys = layout.account_keys(&acme);
+    assert_eq!(server.cli(&["SET", "cs:shards", "16"]), "OK");
+    let lots = r#"[{"expires":1772236800000,"from_plan":true,"granted":1000,"granted_ms":1769817600000,"id":1,"kind":"plan","remaining":1000}]"#;
+    let plan = r#"{"addon":0,"anchor":1769817600000,"period":1,"plan":1000}"#;
+    server.cli(&["HSET", &keys[0], "cs", "1769817600000", "ce", "1772236800000", "lots", lots, "plan", plan]);
+    for event in events {
+        let (kind, data) = wire::encode(&event.kind);
+        let (seq, at) = (event.seq.to_string(), event.at_ms.to_string());
+        let request = event.request_id.clone().unwrap_or_default();
+        server.cli(&[
+            "XADD", &keys[11], "*", "account", "acme", "seq", &seq, "at", &at, "request", &request, "kind", kind,
+            "data", &data,
+        ]);
+    }
+}
+
+/// The events of putting `acme` on a 1000-credit monthly plan, from the reference model.
+fn plan_events() -> Vec<Event> {
+    let mut model = Ledger::new(RETENTION);
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
+    let request = RequestId::parse("plan-1").unwrap();
+    model.set_plan(t0(), &SetPlan { account: AccountId::parse("acme").unwrap(), plan, request }).unwrap();
+    model.drain_events()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display())).await.unwrap();
+    let settings = redis_settings(vec![server.url()], false);
+    let events = plan_events();
+    write_layout_1(&server, &events);
+
+    // This sidecar refuses to read it, and says what to do.
+    let Err(Error::Unavailable(message)) = RedisEngine::connect(&settings, RETENTION).await else {
+        panic!("a layout-1 Redis was accepted");
+    };
+    assert!(message.contains("layout 1") && message.contains("rebuild --upgrade-layout"), "{message}");
+
+    // The upgrade refuses while the old outbox holds events the ledger does not have.
+    let refused = maintenance::upgrade_layout(&store, &settings, RETENTION).await;
+    assert!(matches!(refused, Err(MaintenanceError::Unsettled(count)) if count == events.len()), "{refused:?}");
+    assert!(server.cli(&["EXISTS", "cs:shards"]) == "1", "a refused upgrade changes nothing");
+
+    // Once settled, it wipes the old layout and rebuilds every account from the ledger.
+    store.write(&events, t0()).await.unwrap();
+    let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(upgraded.accounts_rebuilt, 1);
+    assert!(upgraded.keys_deleted >= 3, "{upgraded:?}");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "2 16");
+    assert_eq!(server.cli(&["GET", "cs:shards"]), "see cs:layout", "a layout-1 sidecar cannot parse this");
+
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock)).await.unwrap();
+    let acme = AccountId::parse("acme").unwrap();
+    let mut model = Ledger::restore(RETENTION, t0(), events).unwrap();
+    assert_eq!(redis.account(&acme).await.unwrap(), model.account(t0(), &acme).unwrap());
+    let reserve = Reserve {
+        account: acme.clone(),
+        user: UserId::parse("ann").unwrap(),
+        category: Rules::default().category("email").unwrap(),
+        amount: 40,
+        ttl_ms: 60_000,
+        request: RequestId::parse("r-1").unwrap(),
+        labels: Labels::default(),
+    };
+    assert_eq!(redis.reserve(&reserve).await.unwrap(), model.reserve(t0(), &reserve).unwrap());
+    // The events go on from the ledger's last sequence: nothing is handed out twice.
+    let outbox = redis.outbox().await.unwrap();
+    assert_eq!(outbox, model.drain_events());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_shard_count_is_refused() {
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    RedisEngine::connect(&settings, RETENTION).await.unwrap();
+    let other = credit_sidecar::engine::redis::RedisSettings { shards: 8, ..settings };
+    let Err(Error::Unavailable(message)) = RedisEngine::connect(&other, RETENTION).await else {
+        panic!("another shard count was accepted");
+    };
+    assert!(message.contains("\"2 8\"") && message.contains("\"2 16\""), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_registered_without_writes_and_a_lost_library_is_loaded_again() {
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    let redis = RedisEngine::connect(&settings, RETENTION).await.unwrap();
+    // redis-cli prints each function as "name\n<name>\ndescription\n…\nflags\n<flags…>".
+    let listing = server.cli(&["FUNCTION", "LIST"]);
+    let flags_of = |function: &str| {
+        let name = format!("{}{function}", credit_sidecar::engine::redis::library::LIBRARY.prefix);
+        let entry = listing.split("\nname\n").find(|entry| entry.lines().next() == Some(name.as_str()));
+        entry.unwrap_or_else(|| panic!("{function} not loaded: {listing}")).to_owned()
+    };
+    for read in ["balance", "account", "reservation", "list", "due"] {
+        assert!(flags_of(read).contains("no-writes"), "{read}: {}", flags_of(read));
+    }
+    for write in ["reserve", "commit", "release", "catch_up", "sweep_account"] {
+        assert!(!flags_of(write).contains("no-writes"), "{write}: {}", flags_of(write));
+    }
+    assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
+    let acme = AccountId::parse("acme").unwrap();
+    let missing = redis.balance(&acme, None).await;
+    assert!(
+        matches!(missing, Err(Error::Ledger(credit_sidecar::ledger::Error::AccountNotFound(_)))),
+        "the call succeeds past the lost library: {missing:?}"
+    );
+}
