@@ -153,3 +153,57 @@ async fn reads_are_registered_without_writes_and_a_lost_library_is_loaded_again(
         "the call succeeds past the lost library: {missing:?}"
     );
 }
+
+/// An account left alone while hundreds of holds and lots expired: no call does more than
+/// `CATCHUP_STEPS_MAX` steps of catching up, the call is made again until done, and the answers
+/// and events are exactly the model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
+    use credit_sidecar::engine::redis::library::CATCHUP_STEPS_MAX;
+    use credit_sidecar::ledger::command::Grant;
+    use credit_sidecar::ledger::{Clock, LotKind};
+
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let mut model = Ledger::new(RETENTION);
+    let acme = AccountId::parse("acme").unwrap();
+    let request = |n: usize| RequestId::parse(&format!("r{n}")).unwrap();
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 100_000, addon_credits: 0 };
+    let set_plan = SetPlan { account: acme.clone(), plan, request: request(0) };
+    assert_eq!(redis.set_plan(&set_plan).await.unwrap(), model.set_plan(t0(), &set_plan).unwrap());
+    let steps = 3 * CATCHUP_STEPS_MAX as usize;
+    for n in 1..=steps {
+        let now = clock.now_ms();
+        if n % 2 == 0 {
+            let expires_ms = Some(now + 3_600_000 + n as i64);
+            let grant =
+                Grant { account: acme.clone(), kind: LotKind::Promo, amount: 2, expires_ms, request: request(n) };
+            assert_eq!(redis.grant(&grant).await.unwrap(), model.grant(now, &grant).unwrap());
+        } else {
+            let reserve = Reserve {
+                account: acme.clone(),
+                user: UserId::parse("ann").unwrap(),
+                category: Rules::default().category("email").unwrap(),
+                amount: 3,
+                ttl_ms: 1_000 + n as i64,
+                request: request(n),
+                labels: Labels::default(),
+            };
+            assert_eq!(redis.reserve(&reserve).await.unwrap(), model.reserve(now, &reserve).unwrap());
+        }
+    }
+    clock.advance(2 * 3_600_000);
+    let now = clock.now_ms();
+    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    assert_eq!(redis.balance(&acme, None).await.unwrap(), model.balance(now, &acme, None).unwrap());
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let calls = |command: &str| -> u64 {
+        let line = stats.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:"))).unwrap_or_default();
+        line.split(['=', ',']).nth(1).and_then(|calls| calls.parse().ok()).unwrap_or(0)
+    };
+    assert!(calls("fcall") >= 3, "catching up {steps} steps took {} FCALLs: {stats}", calls("fcall"));
+    assert_eq!(redis.account(&acme).await.unwrap(), model.account(now, &acme).unwrap());
+    assert_eq!(redis.outbox().await.unwrap(), model.drain_events());
+}
