@@ -16,7 +16,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
@@ -182,7 +182,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        // TCP_NODELAY: a response's frames go out at once instead of waiting on Nagle's algorithm
+        // for the client's ACK of the previous segment.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), draining);
     tokio::pin!(server);
     // Serve until the shutdown starts; from then on the rest must finish within the grace period.
     let mut started = started;

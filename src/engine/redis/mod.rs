@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamRangeReply;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
 use library::LIBRARY;
@@ -675,10 +675,17 @@ fn reservation_context<'a>(id: &'a ReservationId, request: &'a crate::ledger::Re
     Context { account: &id.account, reservation: Some(id.seq), request: Some(request.as_str()) }
 }
 
+/// TCP_NODELAY: a call is one small request and one small reply; waiting on Nagle's algorithm
+/// for the previous segment's ACK would add latency to every call behind another.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 async fn connect(settings: &RedisSettings) -> Result<Connection> {
     let timeout = settings.timeout;
     if settings.cluster {
         let client = redis::cluster::ClusterClient::builder(settings.urls.clone())
+            .tcp_settings(tcp_settings())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(2)
@@ -691,7 +698,8 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
         return Ok(Connection::Cluster(connection));
     }
     let url = settings.urls.first().ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
-    let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+    let info = url.as_str().into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
+    let client = redis::Client::open(info).map_err(unavailable)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
