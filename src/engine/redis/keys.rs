@@ -15,7 +15,7 @@
 //! cs:{sN}:l:<account>   hash    lots: m<id> -> fixed facts, r<id> -> remaining
 //! cs:{sN}:b:<account>   zset    lots with credit left, in burn order
 //! cs:{sN}:e:<account>   zset    live lots by expiry
-//! cs:{sN}:r:<account>   hash    reservations: m<seq> -> hot fields, i<seq> -> fixed facts
+//! cs:{sN}:r:<account>/<n>  hash reservations n*64 .. n*64+63: m<seq> -> hot fields, i<seq> -> facts
 //! cs:{sN}:d:<account>   zset    open reservations by deadline
 //! cs:{sN}:q:<account>   hash    remembered request ids: id -> fingerprint, compact answer
 //! cs:{sN}:p:<account>   zset    purge schedule of closed reservations and request ids
@@ -31,6 +31,10 @@
 use sha2::{Digest, Sha256};
 
 use crate::ledger::AccountId;
+
+/// Reservations per hash (`cs:{sN}:r:<account>/<seq / 64>`): small hashes stay
+/// listpack-encoded in Redis, a few bytes per field instead of a hash table entry each.
+pub const RESERVATIONS_PER_HASH: u64 = 64;
 
 /// The version of this layout. A Redis holding another version is refused at start (see
 /// README, "Upgrading the Redis layout").

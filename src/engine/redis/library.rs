@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
-use super::keys::LAYOUT_VERSION;
+use super::keys::{LAYOUT_VERSION, RESERVATIONS_PER_HASH};
 use crate::ledger::types::BALANCE_MAX;
 use crate::ledger::{LotKind, wire};
 
@@ -24,8 +24,6 @@ use crate::ledger::{LotKind, wire};
 pub const CATCHUP_STEPS_MAX: u32 = 64;
 /// The most closed reservations and request ids one sweep call forgets.
 pub const PURGE_MAX: u32 = 1000;
-/// Reservations a listing reads per HMGET.
-pub const LIST_BATCH_MAX: u32 = 256;
 
 const FILES: [&str; 15] = [
     include_str!("lua/lib.lua"),
@@ -65,7 +63,7 @@ fn constants() -> String {
     writeln!(header, "local RANK = {{ {} }}", ranks.join(", ")).unwrap();
     writeln!(header, "local CATCHUP_STEPS_MAX = {CATCHUP_STEPS_MAX}").unwrap();
     writeln!(header, "local PURGE_MAX = {PURGE_MAX}").unwrap();
-    writeln!(header, "local LIST_BATCH_MAX = {LIST_BATCH_MAX}").unwrap();
+    writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
     header
 }
 

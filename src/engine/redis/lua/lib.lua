@@ -1,6 +1,6 @@
 -- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 2). The Rust
 -- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
--- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, LIST_BATCH_MAX — see src/engine/redis/library.rs),
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, RES_BUCKET — see src/engine/redis/library.rs),
 -- then this file, then one file per operation, each registering its function. Helpers are
 -- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
 -- of src/ledger/model.rs; tests/it/differential.rs checks that the two agree on every answer.
@@ -14,7 +14,10 @@
 --   3 B  cs:{sN}:b:<account>   zset    lots with credit left, in burn order: score expiry, member
 --                                      <rank digit><16-digit id> (ties: kind order, then age)
 --   4 E  cs:{sN}:e:<account>   zset    live lots by expiry (member: 16-digit id)
---   5 R  cs:{sN}:r:<account>   hash    reservations: m<seq> -> hot fields (see pack_res),
+--   5 R  cs:{sN}:r:<account>   the prefix of the reservations' hashes, RES_BUCKET reservations
+--        cs:{sN}:r:<account>/<n>  each (seq // RES_BUCKET = n): small hashes stay listpack-encoded,
+--                                      a few bytes per field instead of a hash table entry.
+--                                      m<seq> -> hot fields (see pack_res),
 --                                      i<seq> -> "user\31category\31created\31opened_by\31labels"
 --   6 D  cs:{sN}:d:<account>   zset    open reservations by deadline (member: 16-digit seq)
 --   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> fingerprint\31answer
@@ -265,10 +268,16 @@ local function unpack_res(seq, text)
   return r
 end
 
+-- The hash holding reservation `seq` ('/' cannot occur in an account id: no two accounts' keys
+-- can meet).
+local function res_key(seq)
+  return K_R .. '/' .. math.floor(seq / RES_BUCKET)
+end
+
 -- The reservation's hot fields and its fixed facts (user, category, created, opened_by,
 -- labels JSON), or nil.
 local function get_res(seq)
-  local v = redis.call('HMGET', K_R, 'm' .. seq, 'i' .. seq)
+  local v = redis.call('HMGET', res_key(seq), 'm' .. seq, 'i' .. seq)
   if not v[1] then return nil end
   local r = unpack_res(seq, v[1])
   local user, category, created, opened_by, labels = string.match(v[2], '^([^\31]*)\31([^\31]*)\31(%d+)\31([^\31]*)\31(.*)$')
@@ -278,7 +287,7 @@ local function get_res(seq)
 end
 
 local function put_res(r)
-  redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r))
+  redis.call('HSET', res_key(r.seq), 'm' .. r.seq, pack_res(r))
 end
 
 local function held_of(r)
@@ -651,7 +660,7 @@ local function open_reservation(a, now, deadline, amount, user, category, labels
     opened_by = REQUEST, ugen = a.gen, ucnt = 0 }
   a.held = a.held + amount
   count_usage(a, r, amount, u)
-  redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
+  redis.call('HSET', res_key(r.seq), 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
     table.concat({ user, category, string.format('%d', now), REQUEST or '', labels }, SEP))
   if deadline > now then
     redis.call('ZADD', K_D, deadline, id16(r.seq))

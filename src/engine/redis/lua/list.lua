@@ -1,5 +1,5 @@
 -- list.lua: an account's reservations, newest first, one page (ListReservations). Reads only
--- (no-writes; FCALL_RO). Examines at most `scan` sequence numbers, LIST_BATCH_MAX per HMGET.
+-- (no-writes; FCALL_RO). Examines at most `scan` sequence numbers, one reservation hash per HMGET.
 -- KEYS: the account's 12 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 page size, 5 scan, 6 before ("" for none), 7 state ("" for any)
 -- Reply: {"ok", next | nil, <reservation view> x n}, {"err", "account_not_found"} or {"due"}.
@@ -14,14 +14,15 @@ register('list', function(keys, args)
     if before then seq = math.min(seq, math.max(before - 1, 0)) end
     local scanned = 0
     while seq >= 1 do
-      local batch = math.min(LIST_BATCH_MAX, seq, scan - scanned)
+      -- One reservation hash (RES_BUCKET reservations) per HMGET.
+      local batch = math.min(seq % RES_BUCKET + 1, seq, scan - scanned)
       if batch == 0 then
         reply[2] = seq + 1
         return reply
       end
       local fields = {}
       for i = 0, batch - 1 do fields[#fields + 1] = 'm' .. (seq - i) end
-      local found = redis.call('HMGET', K_R, unpack(fields))
+      local found = redis.call('HMGET', res_key(seq), unpack(fields))
       for i = 0, batch - 1 do
         local text = found[i + 1]
         if text and (state == '' or string.match(text, '^%a+') == state) then

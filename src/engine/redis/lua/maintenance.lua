@@ -42,7 +42,7 @@ register('sweep_account', function(keys, args)
     local id = string.sub(member, 2)
     if string.sub(member, 1, 1) == 'r' then
       -- The reservation goes, and with it the answers to calls on it (its own hash).
-      redis.call('HDEL', K_R, 'm' .. id, 'i' .. id)
+      redis.call('HDEL', res_key(tonumber(id)), 'm' .. id, 'i' .. id)
       redis.call('UNLINK', args[4] .. id)
     else
       redis.call('HDEL', K_Q, id)
@@ -87,7 +87,11 @@ end }
 register('restore', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'restore')
   local s = cjson.decode(args[4])
-  for _, key in ipairs({ K_A, K_L, K_B, K_E, K_R, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
+  local old = load_account()
+  if old then
+    for bucket = 0, math.floor(old.res / RES_BUCKET) do redis.call('UNLINK', res_key(bucket * RES_BUCKET)) end
+  end
+  for _, key in ipairs({ K_A, K_L, K_B, K_E, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
   local a = { loaded = {}, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
     cs = s.cs, ce = s.ce, gen = s.gen, pg = s.pg, ag = s.ag, lot = s.last_lot, res = s.last_res, ev = s.last_event,
     trial = s.trial and 1 or 0, due = s.ce, wake = s.ce }
@@ -110,7 +114,7 @@ register('restore', function(keys, args)
     if type(snap.closed) == 'number' then r.closed = snap.closed end
     local opened_by = type(snap.opened_by) == 'string' and snap.opened_by or ''
     local labels = next(snap.labels) == nil and '{}' or cjson.encode(snap.labels)
-    redis.call('HSET', K_R, 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
+    redis.call('HSET', res_key(r.seq), 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
       table.concat({ snap.user, snap.category, string.format('%d', snap.created), opened_by, labels }, SEP))
     if r.state == 'held' then
       redis.call('ZADD', K_D, r.deadline, id16(r.seq))
