@@ -158,10 +158,9 @@ end
 
 local function new_account(now)
   local cs, ce = cycle_containing(0, 1, now)
-  local a = { loaded = {}, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce, gen = 0, pg = 0,
-    ag = 0, lot = 0, res = 0, ev = 0, trial = 0, due = ce, wake = ce }
-  redis.call('ZADD', K_W, ce, ACCOUNT)
-  return a
+  -- Written by save_account only: a call that fails its checks leaves no trace.
+  return { loaded = {}, created = true, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce,
+    gen = 0, pg = 0, ag = 0, lot = 0, res = 0, ev = 0, trial = 0, due = ce, wake = ce }
 end
 
 local function save_account(a)
@@ -175,6 +174,10 @@ local function save_account(a)
     end
   end
   if #changes > 0 then redis.call('HSET', K_A, unpack(changes)) end
+  if a.created then
+    a.created = false
+    redis.call('ZADD', K_W, a.wake, ACCOUNT)
+  end
 end
 
 local function save_plan(a)
@@ -186,7 +189,7 @@ end
 local function wake_by(a, at)
   if at < a.wake then
     a.wake = at
-    redis.call('ZADD', K_W, at, ACCOUNT)
+    if not a.created then redis.call('ZADD', K_W, at, ACCOUNT) end
   end
 end
 
