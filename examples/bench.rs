@@ -313,9 +313,9 @@ impl Bench {
     ) -> (Row, CellFigures) {
         let name = cell_name(engine, &plan, load);
         eprintln!("  {name}");
-        sidecar.wait_settled().await;
+        sidecar.wait_settled(0.0).await;
         let redis_cpu = engine == EngineKind::Redis;
-        let (ticks, settled, cpu) = (
+        let (ticks, settled_before, cpu) = (
             sidecar.cpu_ticks(),
             sidecar.settled_total().await,
             if redis_cpu { self.probe.cpu_seconds().await } else { 0.0 },
@@ -335,7 +335,7 @@ impl Bench {
         let elapsed = started.elapsed().as_secs_f64();
         let to = sidecar::now_ms();
         let ticks = sidecar.cpu_ticks().saturating_sub(ticks);
-        let settled = sidecar.settled_total().await - settled;
+        let settled = sidecar.settled_total().await - settled_before;
         let cpu = if redis_cpu { self.probe.cpu_seconds().await - cpu } else { 0.0 };
         let calls = tally.calls() as f64;
         let latency = tally.latencies.percentiles();
@@ -350,7 +350,9 @@ impl Bench {
         });
         row.problems = Some(problems(&tally));
         if plan.workload != Workload::Health {
-            sidecar.wait_settled().await;
+            // Every answered state change made at least one event.
+            let changes = tally.calls() as u64 - tally.declines - tally.errors();
+            sidecar.wait_settled(settled_before + changes as f64).await;
             let (made, lag) = sidecar::ledger_lag(&sidecar.database_url, from, to).await;
             row.settle =
                 Some(format!("{:.0}→{:.0}, {:.0} / {:.0}", made as f64 / elapsed, settled / elapsed, lag.p50, lag.p99));

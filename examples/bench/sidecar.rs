@@ -171,15 +171,17 @@ impl Sidecar {
         self.metrics().await.get("credit_sidecar_settled_events_total").copied().unwrap_or(0.0)
     }
 
-    /// Waits until the outbox is empty and nothing more settles (bounded).
-    pub async fn wait_settled(&self) {
+    /// Waits until at least `at_least` events have settled in all, the outbox is empty and
+    /// nothing more settles (bounded). The backlog gauge alone is not enough: it is not
+    /// refreshed while the settler retries a failed read.
+    pub async fn wait_settled(&self, at_least: f64) {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         let mut last = -1.0;
         loop {
             let metrics = self.metrics().await;
             let settled = metrics.get("credit_sidecar_settled_events_total").copied().unwrap_or(0.0);
             let backlog = metrics.get("credit_sidecar_settle_backlog_events").copied().unwrap_or(0.0);
-            if backlog == 0.0 && settled == last {
+            if backlog == 0.0 && settled == last && settled >= at_least {
                 return;
             }
             if Instant::now() > deadline {
@@ -252,6 +254,10 @@ impl Tally {
             Err(_) => self.other_errors += 1,
         }
         false
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.unavailable + self.exhausted + self.other_errors
     }
 
     fn merge(&mut self, other: Tally) {
