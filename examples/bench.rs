@@ -1,0 +1,468 @@
+//! The project's benchmark: one command, one table, every ratio computed from figures measured
+//! in the same run (figures from different runs or machines are not comparable).
+//!
+//! ```text
+//! cargo run --release --example bench -- [--redis-url URL] [--database-url URL] [--seconds N]
+//!                                        [--rate CALLS_PER_S] [--quick] [--sidecar PATH]
+//! ```
+//! Without URLs it starts a private `redis-server` (no persistence) and a private PostgreSQL
+//! cluster (fsync on), each on a free loopback port in a temporary directory, and stops them at
+//! the end. It builds and runs `target/release/credit-sidecar` as a child process. Progress goes
+//! to stderr, the table to stdout. It asserts nothing: it measures.
+//!
+//! Rows:
+//! 1. **anchors** written for the benchmark: a lean reserve Lua script through EVALSHA
+//!    (`redis-benchmark`, 50 connections and 1), a PostgreSQL row-lock hold (`pgbench`, 16
+//!    clients, 1000 accounts and one hot account), and a gRPC no-op (Health/Check against the
+//!    sidecar).
+//! 2. **scripts**: each Redis-engine operation driven in-process through `RedisEngine`, one call
+//!    at a time: µs inside Redis per script call and inner commands per call (`INFO
+//!    commandstats`, reset before each run); Reserve on accounts with 1/10/100 lots, 10 000 open
+//!    holds and 10 000 users; the in-process Reserve round trip ("engine direct").
+//! 3. **sidecar** cells per engine: Reserve-only and Reserve→Commit→Release at 1/16/64/256 calls
+//!    in flight over 10 000 accounts and on one hot account, plus an open-loop fixed-rate cell:
+//!    calls/s, latency, CPU per call of the sidecar (`/proc`) and Redis (`INFO cpu`).
+//! 4. **settlement** during each cell: events made and settled per second and commit-to-SQL lag
+//!    (from `ledger_events`), and UNAVAILABLE refusals.
+//! 5. **memory**: Redis bytes per remembered request id and per open hold (used_memory deltas,
+//!    outbox streams subtracted), and the sidecar's RSS per engine.
+//!
+//! Only public interfaces are used (the gRPC API, `RedisEngine`'s methods, the binary, Redis and
+//! SQL introspection), so the table stays comparable across rewrites of the engine's internals.
+
+// The parts live in examples/bench/ (an example's root resolves modules beside itself).
+#[path = "bench/anchors.rs"]
+mod anchors;
+#[path = "bench/scripts.rs"]
+mod scripts;
+#[path = "bench/servers.rs"]
+mod servers;
+#[path = "bench/sidecar.rs"]
+mod sidecar;
+#[path = "bench/stats.rs"]
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tonic::transport::Channel;
+
+use crate::scripts::{OpCost, ScriptBench};
+use crate::servers::{PrivatePostgres, PrivateRedis};
+use crate::sidecar::{EngineKind, Plan, Sidecar, Tally, Workload};
+use crate::stats::{Percentiles, RedisProbe, Row, latency_cell, rate_cell, ratio, render};
+
+/// Measures credit-sidecar and prints one table.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Use this Redis instead of a private one (its stats are reset; keys get a run prefix).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Use this PostgreSQL instead of a private one (tables bench_accounts/bench_holds are
+    /// created and dropped; the sidecar's ledger tables are created if missing).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Seconds per measured cell [default: 3, or 1 with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Calls/s of the open-loop Reserve cells.
+    #[arg(long, default_value_t = 25_000.0)]
+    rate: f64,
+    /// A short smoke run: fewer calls, smaller accounts, short cells.
+    #[arg(long)]
+    quick: bool,
+    /// The sidecar binary [default: target/release/credit-sidecar, built first].
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+}
+
+/// How much work each part does.
+struct Sizes {
+    cell: Duration,
+    /// Calls per operation in the scripts section.
+    ops: usize,
+    /// Open holds / users in the crowded-account rows.
+    crowd: usize,
+    /// Calls in the memory measurement.
+    memory: usize,
+    /// Accounts the spread cells run over.
+    spread: usize,
+    in_flight: [usize; 4],
+}
+
+impl Sizes {
+    fn of(args: &Args) -> Self {
+        let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 3.0 });
+        let cell = Duration::from_secs_f64(seconds);
+        let in_flight = [1, 16, 64, 256];
+        if args.quick {
+            Self { cell, ops: 300, crowd: 1_000, memory: 2_000, spread: 1_000, in_flight }
+        } else {
+            Self { cell, ops: 2_000, crowd: 10_000, memory: 10_000, spread: 10_000, in_flight }
+        }
+    }
+}
+
+/// Figures later rows are compared with.
+#[derive(Default)]
+struct Baselines {
+    /// In-Redis µs per call of the lean script, one connection.
+    lean_us: f64,
+    /// PostgreSQL row-lock tps over 1000 accounts, and on the hot account.
+    pg_spread: f64,
+    pg_hot: f64,
+    /// `RedisEngine::reserve` in-process, one in flight.
+    engine_direct: Percentiles,
+}
+
+struct Bench {
+    sizes: Sizes,
+    rate: f64,
+    run: String,
+    redis_url: String,
+    database_url: String,
+    probe: RedisProbe,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    baselines: Baselines,
+    rows: Vec<Row>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let binary = sidecar::binary(args.sidecar.clone());
+    sqlx::any::install_default_drivers();
+    let redis_server = args.redis_url.is_none().then(PrivateRedis::start);
+    let postgres_server = args.database_url.is_none().then(PrivatePostgres::start);
+    let redis_url = args.redis_url.clone().or_else(|| redis_server.as_ref().map(PrivateRedis::url));
+    let database_url = args.database_url.clone().or_else(|| postgres_server.as_ref().map(PrivatePostgres::url));
+    let (redis_url, database_url) = (redis_url.expect("a Redis"), database_url.expect("a PostgreSQL"));
+    let started = Instant::now();
+    let mut bench = Bench {
+        sizes: Sizes::of(&args),
+        rate: args.rate,
+        run: format!("b{}", sidecar::now_ms()),
+        probe: RedisProbe::connect(&redis_url).await,
+        redis_url,
+        database_url,
+        binary,
+        dir: tempfile::tempdir().expect("a temporary directory"),
+        baselines: Baselines::default(),
+        rows: Vec::new(),
+    };
+    bench.anchors().await;
+    bench.scripts().await;
+    bench.memory().await;
+    for engine in [EngineKind::Redis, EngineKind::Embedded] {
+        bench.sidecar(engine).await;
+    }
+    anchors::drop_row_lock_tables(&bench.database_url).await;
+    eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
+    println!("{}", render(&bench.rows));
+    println!("{}", bench.notes(args.redis_url.is_some(), args.database_url.is_some()));
+}
+
+impl Bench {
+    fn seconds(&self) -> f64 {
+        self.sizes.cell.as_secs_f64()
+    }
+
+    async fn anchors(&mut self) {
+        eprintln!("anchors: lean reserve script (redis-benchmark)");
+        let prefix = format!("{}-lean:", self.run);
+        let sha = anchors::prepare_lean(&self.probe, &prefix).await;
+        for clients in [50, 1] {
+            let lean =
+                anchors::lean_reserve(&self.probe, &self.redis_url, &prefix, &sha, clients, self.seconds()).await;
+            if clients == 1 {
+                self.baselines.lean_us = lean.in_redis.map_or(0.0, |stats| stats.usec_per_call());
+            }
+            let name = format!("lean reserve Lua, EVALSHA, {clients} conn, 1000 accts");
+            self.rows.push(lean.row("anchor", &name));
+        }
+        eprintln!("anchors: PostgreSQL row-lock hold (pgbench)");
+        anchors::prepare_row_lock(&self.database_url).await;
+        for hot in [false, true] {
+            let hold = anchors::row_lock(&self.database_url, self.dir.path(), 16, hot, self.seconds());
+            if hot {
+                self.baselines.pg_hot = hold.rate;
+            } else {
+                self.baselines.pg_spread = hold.rate;
+            }
+            let accounts = if hot { "hot account" } else { "1000 accts" };
+            self.rows.push(hold.row("anchor", &format!("PostgreSQL row-lock hold, 16 clients, {accounts}")));
+        }
+    }
+
+    async fn scripts(&mut self) {
+        eprintln!("scripts: every operation in-process, {} calls each", self.sizes.ops);
+        let bench = ScriptBench::connect(&self.redis_url, &self.run, self.probe.clone()).await;
+        for cost in bench.operations(self.sizes.ops).await {
+            if cost.name == "Reserve" {
+                self.baselines.engine_direct = cost.latency;
+            }
+            let vs_lean = ratio(cost.stats.usec_per_call(), self.baselines.lean_us);
+            let mut row = script_row(&cost);
+            row.ratio = Some(match &cost.note {
+                Some(note) => format!("{vs_lean:.1}× lean; {note}"),
+                None => format!("{vs_lean:.1}× lean"),
+            });
+            if cost.name == "Reserve" {
+                row.ratio = Some(format!("{vs_lean:.1}× lean; latency = engine direct"));
+            }
+            if cost.note.is_some() {
+                // One timed sweep, not a series of calls: no rate or percentiles.
+                (row.rate, row.latency) = (None, None);
+            }
+            self.rows.push(row);
+        }
+        eprintln!("scripts: Reserve by account shape");
+        let shapes = bench.reserve_shapes(self.sizes.ops, self.sizes.crowd).await;
+        let one_lot = shapes[0].stats.usec_per_call();
+        for cost in shapes {
+            let mut row = script_row(&cost);
+            row.ratio = Some(format!("{:.2}× 1 lot", ratio(cost.stats.usec_per_call(), one_lot)));
+            self.rows.push(row);
+        }
+    }
+
+    async fn memory(&mut self) {
+        eprintln!("memory: {} Reserves and {} SetUserLimits", self.sizes.memory, self.sizes.memory);
+        let bench = ScriptBench::connect(&self.redis_url, &format!("{}m", self.run), self.probe.clone()).await;
+        let memory = bench.memory(self.sizes.memory).await;
+        let mut row = Row::new("memory", "Redis bytes per remembered request id");
+        row.in_redis = Some(format!("{:.0} B", memory.per_request_id));
+        row.ratio = Some(format!("SetUserLimit ×{} changing nothing", memory.calls));
+        self.rows.push(row);
+        let mut row = Row::new("memory", "Redis bytes per open hold, without its request id");
+        row.in_redis = Some(format!("{:.0} B", memory.per_hold_without_request_id));
+        row.ratio = Some(format!(
+            "Reserve ×{} on one account; outbox streams (+{:.0} B/Reserve, untrimmed) subtracted",
+            memory.calls, memory.stream_per_reserve
+        ));
+        self.rows.push(row);
+    }
+
+    async fn sidecar(&mut self, engine: EngineKind) {
+        eprintln!("sidecar, {} engine: starting {}", engine.name(), self.binary.display());
+        let prefix = format!("{}-sc:", self.run);
+        let sidecar = match engine {
+            EngineKind::Redis => {
+                Sidecar::start(&self.binary, Some((&self.redis_url, &prefix)), Some(&self.database_url)).await
+            }
+            EngineKind::Embedded => Sidecar::start(&self.binary, None, None).await,
+        };
+        let channels = sidecar.channels(16).await;
+        let tag = format!("{}-{}", self.run, engine.name());
+        let spread: Arc<Vec<String>> = Arc::new((0..self.sizes.spread).map(|i| format!("{tag}-a{i}")).collect());
+        eprintln!("  funding {} accounts", spread.len());
+        sidecar::fund(&channels, &spread, &tag).await;
+        if engine == EngineKind::Redis {
+            for in_flight in self.sizes.in_flight {
+                let plan = Plan { workload: Workload::Health, accounts: spread.clone(), tag: format!("{tag}-h") };
+                let row = self.cell(&sidecar, &channels, engine, plan, Load::InFlight(in_flight)).await.0;
+                self.rows.push(Row {
+                    section: "anchor".into(),
+                    name: format!("gRPC no-op Health/Check ×{in_flight}"),
+                    ..row
+                });
+            }
+        }
+        let mut cell_index = 0;
+        for workload in [Workload::Reserve, Workload::Flow] {
+            for hot in [false, true] {
+                for in_flight in self.sizes.in_flight {
+                    cell_index += 1;
+                    let accounts =
+                        if hot { self.hot_account(&channels, &tag, cell_index).await } else { spread.clone() };
+                    let plan = Plan { workload, accounts, tag: format!("{tag}-c{cell_index}") };
+                    let (mut row, figures) =
+                        self.cell(&sidecar, &channels, engine, plan, Load::InFlight(in_flight)).await;
+                    row.ratio = self.cell_ratio(engine, workload, hot, in_flight, &figures);
+                    self.rows.push(row);
+                }
+            }
+        }
+        let plan = Plan { workload: Workload::Reserve, accounts: spread.clone(), tag: format!("{tag}-rate") };
+        let row = self.cell(&sidecar, &channels, engine, plan, Load::Rate(self.rate)).await.0;
+        self.rows.push(row);
+        let mut rss = Row::new("memory", format!("sidecar RSS after the cells, {} engine", engine.name()));
+        rss.in_redis = Some(format!("{:.0} MiB", sidecar.rss_mib()));
+        self.rows.push(rss);
+        sidecar.stop();
+    }
+
+    /// A fresh hot account per cell (funded, settled), so holds of earlier cells do not pile up.
+    async fn hot_account(&self, channels: &[Channel], tag: &str, cell: usize) -> Arc<Vec<String>> {
+        let account = format!("{tag}-hot{cell}");
+        sidecar::fund(channels, std::slice::from_ref(&account), &format!("{tag}-hot{cell}")).await;
+        Arc::new(vec![account])
+    }
+
+    /// One measured cell, with CPU and settlement around it.
+    async fn cell(
+        &self,
+        sidecar: &Sidecar,
+        channels: &[Channel],
+        engine: EngineKind,
+        plan: Plan,
+        load: Load,
+    ) -> (Row, CellFigures) {
+        let name = cell_name(engine, &plan, load);
+        eprintln!("  {name}");
+        sidecar.wait_settled(0.0).await;
+        let redis_cpu = engine == EngineKind::Redis;
+        let (ticks, settled_before, cpu) = (
+            sidecar.cpu_ticks(),
+            sidecar.settled_total().await,
+            if redis_cpu { self.probe.cpu_seconds().await } else { 0.0 },
+        );
+        let from = sidecar::now_ms();
+        let started = Instant::now();
+        let connections = match load {
+            Load::InFlight(in_flight) => in_flight.div_ceil(16).min(channels.len()),
+            Load::Rate(_) => channels.len(),
+        };
+        let channels = &channels[..connections];
+        let plan = Arc::new(plan);
+        let mut tally = match load {
+            Load::InFlight(in_flight) => sidecar::closed_loop(channels, plan.clone(), in_flight, self.sizes.cell).await,
+            Load::Rate(rate) => sidecar::fixed_rate(channels, plan.clone(), rate, self.sizes.cell, 1_000).await,
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let to = sidecar::now_ms();
+        let ticks = sidecar.cpu_ticks().saturating_sub(ticks);
+        let settled = sidecar.settled_total().await - settled_before;
+        let cpu = if redis_cpu { self.probe.cpu_seconds().await - cpu } else { 0.0 };
+        let calls = tally.calls() as f64;
+        let latency = tally.latencies.percentiles();
+        let mut row = Row::new("sidecar", name);
+        row.rate = Some(rate_cell(calls / elapsed));
+        row.latency = Some(latency_cell(latency));
+        let sidecar_us = ratio(ticks as f64 * 1e6 / clock_ticks_per_second(), calls);
+        row.cpu = Some(if redis_cpu {
+            format!("{sidecar_us:.1} / {:.1}", ratio(cpu * 1e6, calls))
+        } else {
+            format!("{sidecar_us:.1} / -")
+        });
+        row.problems = Some(problems(&tally));
+        if plan.workload != Workload::Health {
+            // Every answered state change made at least one event.
+            let changes = tally.calls() as u64 - tally.declines - tally.errors();
+            sidecar.wait_settled(settled_before + changes as f64).await;
+            let (made, lag) = sidecar::ledger_lag(&sidecar.database_url, from, to).await;
+            row.settle =
+                Some(format!("{:.0}→{:.0}, {:.0} / {:.0}", made as f64 / elapsed, settled / elapsed, lag.p50, lag.p99));
+        }
+        (row, CellFigures { rate: calls / elapsed, latency })
+    }
+
+    /// Redis Reserve at 64 in flight vs PostgreSQL; 1 in flight vs the engine's own round trip.
+    fn cell_ratio(
+        &self,
+        engine: EngineKind,
+        workload: Workload,
+        hot: bool,
+        in_flight: usize,
+        cell: &CellFigures,
+    ) -> Option<String> {
+        if engine != EngineKind::Redis || workload != Workload::Reserve {
+            return None;
+        }
+        let direct = self.baselines.engine_direct;
+        match in_flight {
+            64 => {
+                let pg = if hot { self.baselines.pg_hot } else { self.baselines.pg_spread };
+                let which = if hot { "hot" } else { "1000 accts" };
+                Some(format!("{:.1}× PostgreSQL row lock ({which})", ratio(cell.rate, pg)))
+            }
+            1 => Some(format!(
+                "p50 {:+.0} µs, p99 {:+.0} µs over engine direct",
+                cell.latency.p50 - direct.p50,
+                cell.latency.p99 - direct.p99
+            )),
+            _ => None,
+        }
+    }
+
+    fn notes(&self, own_redis: bool, own_database: bool) -> String {
+        let redis = if own_redis { "given Redis" } else { "private redis-server (--save \"\" --appendonly no)" };
+        let database =
+            if own_database { "given PostgreSQL" } else { "private PostgreSQL (fsync on, synchronous_commit on)" };
+        format!(
+            "\nRun {}: {} s per cell, {} calls per script row; {redis}; {database}; embedded engine settles into \
+             SQLite in a temporary directory. {} cores shared by the load generator, the sidecar, Redis and PostgreSQL.\n\
+             Latencies in µs (anchor and sidecar rows: as seen by the client; pgbench rows: per transaction). \
+             \"in Redis µs/call (cmds)\": INFO commandstats µs per script call and inner commands per call. \
+             Settlement: events made (ledger rows by their own time) and settled (credit_sidecar_settled_events_total) \
+             per second during the cell, and settled_ms - at_ms lag. Errors are UNAVAILABLE (u), RESOURCE_EXHAUSTED (x), \
+             other (o); open-loop steps over the client's cap of 1000 in flight are skipped (s). \
+             Figures are comparable only within one run.",
+            self.run,
+            self.seconds(),
+            self.sizes.ops,
+            std::thread::available_parallelism().map_or(0, usize::from),
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    InFlight(usize),
+    Rate(f64),
+}
+
+struct CellFigures {
+    rate: f64,
+    latency: Percentiles,
+}
+
+fn cell_name(engine: EngineKind, plan: &Plan, load: Load) -> String {
+    let what = match plan.workload {
+        Workload::Health => "Health/Check",
+        Workload::Reserve => "Reserve",
+        Workload::Flow => "Reserve→Commit→Release",
+    };
+    let accounts = match plan.accounts.len() {
+        1 => "hot account".to_owned(),
+        count => format!("{count} accts"),
+    };
+    match load {
+        Load::InFlight(in_flight) => format!("{} {what} ×{in_flight}, {accounts}", engine.name()),
+        Load::Rate(rate) => format!("{} {what} open loop {rate:.0}/s, {accounts}", engine.name()),
+    }
+}
+
+fn script_row(cost: &OpCost) -> Row {
+    let mut row = Row::new("scripts", cost.name.clone());
+    row.rate = Some(rate_cell(cost.rate));
+    row.latency = Some(latency_cell(cost.latency));
+    row.in_redis = Some(format!("{:.1} ({:.1})", cost.stats.usec_per_call(), cost.stats.inner_per_call()));
+    row
+}
+
+fn problems(tally: &Tally) -> String {
+    let mut errors = Vec::new();
+    for (count, code) in
+        [(tally.unavailable, "u"), (tally.exhausted, "x"), (tally.other_errors, "o"), (tally.skipped, "s")]
+    {
+        if count > 0 {
+            errors.push(format!("{count}{code}"));
+        }
+    }
+    let errors = if errors.is_empty() { "0".to_owned() } else { errors.join(" ") };
+    format!("{} / {errors}", tally.declines)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}

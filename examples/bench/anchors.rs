@@ -1,0 +1,170 @@
+//! Anchors written for the benchmark, to put the project's figures in proportion: a lean
+//! reserve Lua script driven by `redis-benchmark`, and a PostgreSQL row-lock hold driven by
+//! `pgbench`. (The third anchor, a gRPC no-op, runs against the sidecar: see `sidecar`.)
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::servers::postgres_bin_dir;
+use crate::stats::{Latencies, Percentiles, RedisProbe, Row, ScriptStats, latency_cell, rate_cell};
+
+/// HGET the balance, compare, HINCRBY it down, HSET a hold record: the least a reserve does.
+const LEAN_RESERVE: &str = "\
+local available = tonumber(redis.call('HGET', KEYS[1], 'available') or '0')
+local amount = tonumber(ARGV[1])
+if available < amount then return 0 end
+redis.call('HINCRBY', KEYS[1], 'available', -amount)
+redis.call('HSET', KEYS[2], 'amount', amount, 'state', 'held')
+return 1";
+
+/// redis-benchmark picks `__rand_int__` in 0..ACCOUNTS, written as 12 zero-padded digits.
+const ACCOUNTS: usize = 1000;
+
+/// What one anchor measurement came to.
+pub struct Anchor {
+    pub rate: f64,
+    pub latency: Percentiles,
+    /// In-Redis µs per script call (Redis anchors only).
+    pub in_redis: Option<ScriptStats>,
+}
+
+impl Anchor {
+    pub fn row(&self, section: &str, name: &str) -> Row {
+        let mut row = Row::new(section, name);
+        row.rate = Some(rate_cell(self.rate));
+        row.latency = Some(latency_cell(self.latency));
+        row.in_redis = self.in_redis.map(|s| format!("{:.1} ({:.1})", s.usec_per_call(), s.inner_per_call()));
+        row
+    }
+}
+
+/// Loads the lean script, funds the accounts, and returns its SHA.
+pub async fn prepare_lean(probe: &RedisProbe, prefix: &str) -> String {
+    let mut connection = probe.connection();
+    let sha: String =
+        redis::cmd("SCRIPT").arg("LOAD").arg(LEAN_RESERVE).query_async(&mut connection).await.expect("SCRIPT LOAD");
+    let mut fund = redis::pipe();
+    for account in 0..ACCOUNTS {
+        fund.cmd("HSET").arg(format!("{prefix}lean:bal:{account:012}")).arg("available").arg(1_000_000_000_000_i64);
+    }
+    fund.query_async::<()>(&mut connection).await.expect("fund the lean anchor's accounts");
+    sha
+}
+
+/// The lean script through EVALSHA by `redis-benchmark` with `clients` connections, unpipelined,
+/// for about `seconds` (a short calibration run sizes the measured one).
+pub async fn lean_reserve(
+    probe: &RedisProbe,
+    url: &str,
+    prefix: &str,
+    sha: &str,
+    clients: usize,
+    seconds: f64,
+) -> Anchor {
+    let calibration = redis_benchmark(url, prefix, sha, clients, 2_000);
+    let requests = ((calibration.0 * seconds) as usize).max(2_000);
+    probe.reset_stats().await;
+    let (rate, latency) = redis_benchmark(url, prefix, sha, clients, requests);
+    Anchor { rate, latency, in_redis: Some(probe.script_stats().await) }
+}
+
+/// Runs redis-benchmark; returns (calls/s, percentiles in µs; redis-benchmark has no p999, so
+/// its max stands in).
+fn redis_benchmark(url: &str, prefix: &str, sha: &str, clients: usize, requests: usize) -> (f64, Percentiles) {
+    let output = Command::new("redis-benchmark")
+        .args(["-u", url, "-c", &clients.to_string(), "-n", &requests.to_string()])
+        .args(["-r", &ACCOUNTS.to_string(), "--csv", "EVALSHA", sha, "2"])
+        .arg(format!("{prefix}lean:bal:__rand_int__"))
+        .arg(format!("{prefix}lean:hold:__rand_int__"))
+        .arg("1")
+        .output()
+        .expect("redis-benchmark must be installed (Debian: redis-tools)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let fields: Vec<f64> = stdout
+        .lines()
+        .find(|line| line.starts_with("\"EVALSHA"))
+        .unwrap_or_else(|| {
+            panic!("redis-benchmark printed no result: {stdout} {}", String::from_utf8_lossy(&output.stderr))
+        })
+        .rsplit("\",\"")
+        .take(7)
+        .map(|field| field.trim_matches('"').parse().expect("a number in redis-benchmark's CSV"))
+        .collect();
+    // Reversed: max, p99, p95, p50, min, avg, rps.
+    let ms_to_us = |ms: f64| ms * 1000.0;
+    (fields[6], Percentiles { p50: ms_to_us(fields[3]), p99: ms_to_us(fields[1]), p999: ms_to_us(fields[0]) })
+}
+
+/// The PostgreSQL anchor's tables, funded; dropped again by [`drop_row_lock_tables`].
+pub async fn prepare_row_lock(database_url: &str) {
+    let pool = sqlx::PgPool::connect(database_url).await.expect("connect to PostgreSQL");
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_holds, bench_accounts;
+         CREATE TABLE bench_accounts (id INT PRIMARY KEY, available BIGINT NOT NULL);
+         INSERT INTO bench_accounts SELECT g, 1000000000000000 FROM generate_series(1, 1000) g;
+         CREATE TABLE bench_holds (id BIGSERIAL PRIMARY KEY, account_id INT NOT NULL, amount BIGINT NOT NULL,
+                                   created TIMESTAMPTZ NOT NULL DEFAULT now());",
+    )
+    .execute(&pool)
+    .await
+    .expect("create the row-lock anchor's tables");
+    pool.close().await;
+}
+
+pub async fn drop_row_lock_tables(database_url: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(database_url).await {
+        sqlx::raw_sql("DROP TABLE IF EXISTS bench_holds, bench_accounts").execute(&pool).await.ok();
+        pool.close().await;
+    }
+}
+
+/// One transaction per hold: `UPDATE … available - 1 WHERE id = $2 AND available >= 1`, then
+/// `INSERT INTO bench_holds`, by `pgbench` with `clients` connections, over the 1000 accounts or
+/// (`hot`) on account 1 alone.
+pub fn row_lock(database_url: &str, dir: &Path, clients: usize, hot: bool, seconds: f64) -> Anchor {
+    let script = dir.join(if hot { "hot.sql" } else { "spread.sql" });
+    let account = if hot { "\\set aid 1" } else { "\\set aid random(1, 1000)" };
+    let text = format!(
+        "{account}\nBEGIN;\nUPDATE bench_accounts SET available = available - 1 WHERE id = :aid AND available >= 1;\n\
+         INSERT INTO bench_holds (account_id, amount) VALUES (:aid, 1);\nCOMMIT;\n"
+    );
+    std::fs::write(&script, text).expect("write the pgbench script");
+    let log_prefix = dir.join(if hot { "pgbench-hot" } else { "pgbench-spread" });
+    let pgbench = postgres_bin_dir().map_or_else(|| "pgbench".into(), |bin| bin.join("pgbench"));
+    let output = Command::new(pgbench)
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &(seconds.ceil() as u64).max(1).to_string()])
+        .arg("-f")
+        .arg(&script)
+        .arg("-l")
+        .arg(format!("--log-prefix={}", log_prefix.display()))
+        .arg(database_url)
+        .output()
+        .expect("pgbench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "pgbench failed: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+    let rate = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .expect("pgbench prints tps");
+    Anchor { rate, latency: pgbench_latencies(dir, &log_prefix).percentiles(), in_redis: None }
+}
+
+/// Per-transaction latencies from pgbench's logs (`client txn latency_us script epoch us`).
+fn pgbench_latencies(dir: &Path, prefix: &Path) -> Latencies {
+    let mut latencies = Latencies::default();
+    let stem = prefix.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
+    for entry in std::fs::read_dir(dir).expect("the bench directory").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&stem) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for micros in text.lines().filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok()) {
+            latencies.push(Duration::from_micros(micros));
+        }
+        std::fs::remove_file(entry.path()).ok();
+    }
+    latencies
+}
