@@ -322,8 +322,7 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let options =
-        SettleOptions {
+    let options = SettleOptions {
         batch_max: 64,
         idle_interval: Duration::from_millis(5),
         retry_max: Duration::from_millis(200),

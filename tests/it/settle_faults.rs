@@ -116,8 +116,7 @@ async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     }
     server.pause();
     let failures = stats.failures.load(Ordering::Relaxed);
-    eventually("the settler noticed Redis stopped", async || stats.failures.load(Ordering::Relaxed) > failures)
-        .await;
+    eventually("the settler noticed Redis stopped", async || stats.failures.load(Ordering::Relaxed) > failures).await;
     server.resume();
     for _ in 0..100 {
         h.hold("acme", "ann", 1).await;
@@ -154,8 +153,7 @@ async fn backlog_and_lag_keep_moving_while_the_database_is_down() {
     for _ in 0..holds {
         h.hold("acme", "ann", 1).await;
     }
-    eventually("the backlog shows the events waiting", async || stats.backlog.load(Ordering::Relaxed) >= holds)
-        .await;
+    eventually("the backlog shows the events waiting", async || stats.backlog.load(Ordering::Relaxed) >= holds).await;
     let lag = stats.lag_ms.load(Ordering::Relaxed);
     eventually("the lag keeps rising", async || stats.lag_ms.load(Ordering::Relaxed) > lag + 100).await;
     let (backlog, lag) = measured(&stats);

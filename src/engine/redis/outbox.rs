@@ -274,8 +274,8 @@ impl RedisOutbox {
             .collect();
         let (mut entries, mut again, mut failed) = (Vec::new(), Vec::new(), None);
         for (shard, replies) in self.exchange(requests).await {
-            let reply = replies
-                .and_then(|mut replies| parse::<Option<StreamReadReply>>(replies.pop().unwrap_or(Value::Nil)));
+            let reply =
+                replies.and_then(|mut replies| parse::<Option<StreamReadReply>>(replies.pop().unwrap_or(Value::Nil)));
             let ids: Vec<StreamId> = match reply {
                 Ok(reply) => reply.into_iter().flat_map(|reply| reply.keys).flat_map(|stream| stream.ids).collect(),
                 Err(error) => {
