@@ -11,6 +11,14 @@
 //! Phase 2 runs a settler while issuing commits at `--rate` per second for `--seconds`, then
 //! reads each commit's lag (its SQL row's `settled_ms` minus the event's Redis time) from SQL:
 //! p50 / p99 / max. Keys use a fresh prefix and accounts a fresh name, so runs do not mix.
+//!
+//! ```text
+//! cargo run --release --example settle_bench -- --embedded [--rate 25000] [--seconds 10] [--batch 1000]
+//! ```
+//! The embedded engine with its default store (a fresh SQLite file) and default outbox bound:
+//! Reserves (one event each) at `--rate` per second for `--seconds` while the settler runs;
+//! reports calls accepted and refused ("settlement backlog full"), events settled per second
+//! and the largest backlog seen.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +40,7 @@ struct Args {
     rate: usize,
     seconds: u64,
     batch: usize,
+    embedded: bool,
 }
 
 fn args() -> Args {
@@ -42,9 +51,14 @@ fn args() -> Args {
         rate: 2_000,
         seconds: 10,
         batch: 1_000,
+        embedded: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--embedded" {
+            args.embedded = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--redis" => args.redis = value,
@@ -118,6 +132,9 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args();
+    if args.embedded {
+        return embedded::bench(args.rate, args.seconds, args.batch).await;
+    }
     let run = format!("bench{}", chrono::Utc::now().timestamp_millis());
     let settings = RedisSettings {
         urls: vec![args.redis.clone()],
@@ -252,4 +269,145 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cleaned up {} Redis keys and the run's SQL rows", keys.len());
     Ok(())
+}
+
+mod embedded {
+    //! The embedded engine under a steady rate of Reserves, settling into SQLite.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use credit_sidecar::engine::{Engine, Error};
+    use credit_sidecar::ledger::command::{Plan, Reserve, SetPlan};
+    use credit_sidecar::ledger::{AccountId, Labels, Ledger, Period, RequestId, Rules, SystemClock, UserId};
+    use credit_sidecar::settle::outbox::MemoryOutbox;
+    use credit_sidecar::settle::settler::SettleOptions;
+    use credit_sidecar::settle::store::Store;
+    use tokio::sync::watch;
+
+    const ACCOUNTS: usize = 64;
+    /// Workers issuing Reserves, each its share of the rate.
+    const WORKERS: usize = 4;
+
+    pub async fn bench(rate: usize, seconds: u64, batch: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("settle-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let store = Store::connect(&format!("sqlite://{}", dir.join("ledger.db").display())).await?;
+        let rules = Rules::default();
+        let outbox = Arc::new(MemoryOutbox::new(100_000));
+        let ledger = Ledger::new(rules.request_id_retention_ms);
+        let engine = Engine::embedded_with(rules.clone(), Arc::new(SystemClock), ledger, Some(outbox.clone()));
+        let options = SettleOptions { batch_max: batch, ..SettleOptions::default() };
+        let (stop, stopped) = watch::channel(());
+        let grace = Duration::from_secs(60);
+        let (settling, stats) =
+            engine.spawn_settler(store.clone(), options, String::new(), grace, stopped, grace).await?;
+        let counter = Arc::new(AtomicU64::new(0));
+        for index in 0..ACCOUNTS {
+            let plan =
+                Plan { period: Period::Monthly, anchor_ms: 0, plan_credits: 1_000_000_000_000, addon_credits: 0 };
+            let request = RequestId::parse(&format!("plan-{index}"))?;
+            engine.set_plan(&SetPlan { account: account(index), plan, request }).await?;
+        }
+        write_only(&rules, batch).await?;
+        let (ok, refused, backlog_max) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let started = Instant::now();
+        let settled_before = stats.settled.load(Ordering::Relaxed);
+        let mut workers = Vec::new();
+        for worker in 0..WORKERS {
+            let (engine, rules, counter) = (engine.clone(), rules.clone(), counter.clone());
+            let (ok, refused, outbox, backlog_max) = (ok.clone(), refused.clone(), outbox.clone(), backlog_max.clone());
+            workers.push(tokio::spawn(async move {
+                let tick = Duration::from_millis(10);
+                let per_tick = (rate / WORKERS / 100).max(1);
+                let mut ticker = tokio::time::interval(tick);
+                while started.elapsed() < Duration::from_secs(seconds) {
+                    ticker.tick().await;
+                    for _ in 0..per_tick {
+                        let n = counter.fetch_add(1, Ordering::Relaxed) as usize;
+                        let reserve = Reserve {
+                            account: account(n % ACCOUNTS),
+                            user: UserId::parse(&format!("u{worker}")).unwrap(),
+                            category: rules.category("enrichment").unwrap(),
+                            amount: 1,
+                            ttl_ms: 3_600_000,
+                            request: RequestId::parse(&format!("r{n}")).unwrap(),
+                            labels: Labels::default(),
+                        };
+                        match engine.reserve(&reserve).await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(Error::Unavailable(_)) => refused.fetch_add(1, Ordering::Relaxed),
+                            Err(error) => panic!("{error}"),
+                        };
+                    }
+                    backlog_max.fetch_max(outbox.len() as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        for worker in workers {
+            worker.await?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let settled_during = stats.settled.load(Ordering::Relaxed) - settled_before;
+        let left = outbox.len();
+        drop(stop);
+        settling.await?;
+        let (ok, refused) = (ok.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+        println!(
+            "embedded, SQLite, batch {batch}: {} Reserves in {elapsed:.1} s = {:.0}/s asked; {ok} ok, {refused} refused; \
+             settled {settled_during} events meanwhile = {:.0} events/s; largest backlog {}, {left} left at the end",
+            ok + refused,
+            (ok + refused) as f64 / elapsed,
+            settled_during as f64 / elapsed,
+            backlog_max.load(Ordering::Relaxed),
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
+    /// The store alone: 100,000 Reserved events from the model, written in batches.
+    async fn write_only(rules: &Rules, batch: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("settle-bench-w{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let store = Store::connect(&format!("sqlite://{}", dir.join("ledger.db").display())).await?;
+        let mut ledger = Ledger::new(rules.request_id_retention_ms);
+        let now = chrono::Utc::now().timestamp_millis();
+        for index in 0..ACCOUNTS {
+            let plan =
+                Plan { period: Period::Monthly, anchor_ms: 0, plan_credits: 1_000_000_000_000, addon_credits: 0 };
+            let request = RequestId::parse(&format!("plan-{index}"))?;
+            ledger.set_plan(now, &SetPlan { account: account(index), plan, request })?;
+        }
+        for n in 0..100_000 {
+            let reserve = Reserve {
+                account: account(n % ACCOUNTS),
+                user: UserId::parse("u")?,
+                category: rules.category("enrichment").unwrap(),
+                amount: 1,
+                ttl_ms: 3_600_000,
+                request: RequestId::parse(&format!("r{n}"))?,
+                labels: Labels::default(),
+            };
+            ledger.reserve(now, &reserve)?;
+        }
+        let events = ledger.drain_events();
+        let started = Instant::now();
+        for chunk in events.chunks(batch) {
+            store.write(chunk, now).await?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "store alone: {} events in batches of {batch} in {elapsed:.2} s = {:.0} events/s",
+            events.len(),
+            events.len() as f64 / elapsed
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
+    fn account(index: usize) -> AccountId {
+        AccountId::parse(&format!("bench-a{index}")).unwrap()
+    }
 }

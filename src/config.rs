@@ -92,7 +92,7 @@ pub struct Settings {
     /// Also read from DATABASE_URL.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// Most events per SQL transaction [default: 1000].
+    /// Most events per SQL transaction [default: 5000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
     pub settle_batch_max: Option<usize>,
     /// Events another replica left unacknowledged this long are taken over [default: 30000].
@@ -460,7 +460,12 @@ fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
     }
     Ok(SettleConfig {
         database_url,
-        batch_max: in_range("settle_batch_max", file.settle_batch_max, 1_000, 1..=10_000)?,
+        batch_max: in_range(
+            "settle_batch_max",
+            file.settle_batch_max,
+            crate::settle::settler::SETTLE_BATCH_MAX_DEFAULT,
+            1..=10_000,
+        )?,
         claim_idle_ms: in_range("settle_claim_idle_ms", file.settle_claim_idle_ms, 30_000, 100..=3_600_000)?,
         outbox_memory_max: in_range("outbox_memory_max", file.outbox_memory_max, 100_000, 1_000..=10_000_000)?,
     })

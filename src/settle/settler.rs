@@ -2,7 +2,9 @@
 //! into SQL. Read a bounded batch, write it in one transaction, and only then acknowledge it; a
 //! failed write is retried (the batch stays unacknowledged, so nothing is lost while the
 //! database is down), and a replica that dies mid-batch leaves its events to be claimed by
-//! another. Figures for operators are kept in [`SettleStats`].
+//! another. Figures for operators are kept in [`SettleStats`]: the backlog and lag are measured
+//! on a clock of their own, beside the settling, so they keep moving while a write is stuck
+//! retrying — during the outage they exist to alert on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -14,6 +16,12 @@ use super::outbox::Outbox;
 use super::store::Store;
 use crate::telemetry;
 
+/// Most events per batch unless configured (`settle_batch_max`). Large batches are what lets
+/// SQLite keep up: each transaction rewrites the same hot pages (totals, lots, the indexes' right
+/// edges) once, whatever its size; 1,000 settled ~13k events/s into SQLite where 5,000 settle
+/// over 25k.
+pub const SETTLE_BATCH_MAX_DEFAULT: usize = 5_000;
+
 #[derive(Clone, Copy, Debug)]
 pub struct SettleOptions {
     /// Most events per batch (one SQL transaction).
@@ -22,11 +30,18 @@ pub struct SettleOptions {
     pub idle_interval: Duration,
     /// Longest pause between retries of a failed write.
     pub retry_max: Duration,
+    /// How often the backlog and lag are measured.
+    pub measure_interval: Duration,
 }
 
 impl Default for SettleOptions {
     fn default() -> Self {
-        Self { batch_max: 1000, idle_interval: Duration::from_millis(50), retry_max: Duration::from_secs(2) }
+        Self {
+            batch_max: SETTLE_BATCH_MAX_DEFAULT,
+            idle_interval: Duration::from_millis(50),
+            retry_max: Duration::from_secs(2),
+            measure_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -70,36 +85,42 @@ impl<O: Outbox> Settler<O> {
         self.stats.clone()
     }
 
-    /// Settles until `stopped` changes or closes, then flushes what is left (bounded by
-    /// `grace`). Returns whether the flush emptied the outbox in time.
-    pub async fn run(self, mut stopped: watch::Receiver<()>, grace: Duration) -> bool {
-        let mut measured = tokio::time::Instant::now();
-        loop {
-            match self.settle_batch(&mut stopped).await {
-                // Full batches follow each other at once; the backlog is still measured every
-                // second, so lag shows while settlement is behind.
-                Some(Batch::Settled(count)) if count == self.options.batch_max => {
-                    if measured.elapsed() >= Duration::from_secs(1) {
-                        self.measure().await;
-                        measured = tokio::time::Instant::now();
-                    }
-                    continue;
-                }
-                Some(_) => {}
-                None => break,
-            }
-            self.measure().await;
-            measured = tokio::time::Instant::now();
-            tokio::select! {
-                _ = tokio::time::sleep(self.options.idle_interval) => {}
-                _ = stopped.changed() => break,
-            }
-        }
+    /// Settles until `stopped` changes or closes, measuring the backlog meanwhile, then flushes
+    /// what is left (bounded by `grace`). Returns whether the flush emptied the outbox in time.
+    pub async fn run(self, stopped: watch::Receiver<()>, grace: Duration) -> bool {
+        tokio::join!(self.settle_until(stopped.clone()), self.measure_until(stopped));
         if tokio::time::timeout(grace, self.flush()).await.is_err() {
             tracing::warn!("settlement did not finish within the shutdown grace period; events wait in the outbox");
             return false;
         }
         true
+    }
+
+    /// Settles batch after batch; pauses `idle_interval` after a batch that was not full, so
+    /// light traffic still makes batches of some size.
+    async fn settle_until(&self, mut stopped: watch::Receiver<()>) {
+        loop {
+            match self.settle_batch(&mut stopped).await {
+                Some(Batch::Settled(count)) if count == self.options.batch_max => continue,
+                Some(_) => {}
+                None => return,
+            }
+            if !self.pause(&mut stopped, self.options.idle_interval).await {
+                return;
+            }
+        }
+    }
+
+    /// Measures the backlog every `measure_interval` until stopped.
+    async fn measure_until(&self, mut stopped: watch::Receiver<()>) {
+        let mut ticker = tokio::time::interval(self.options.measure_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.measure().await,
+                _ = stopped.changed() => return,
+            }
+        }
     }
 
     /// Settles everything the outbox holds now, retrying failed reads and writes until a read

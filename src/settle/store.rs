@@ -8,7 +8,8 @@
 //! overlapping batches in any order, have exactly the effect of writing each event once.
 //!
 //! SQL uses `$n` placeholders, native to PostgreSQL and accepted by SQLite, always numbered in
-//! order of appearance.
+//! order of appearance — except the multi-row statements on SQLite, which use `?` (see
+//! [`push_tuples`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
@@ -22,6 +23,12 @@ use crate::ledger::{AccountId, wire};
 
 /// Rows per multi-row statement (well under both databases' bind-parameter limits).
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// SQLite's page cache per connection, in KiB.
+const SQLITE_CACHE_KIB: u32 = 65_536;
+
+/// WAL pages (4 KiB each) after which a commit copies the WAL back into the database file.
+const SQLITE_CHECKPOINT_PAGES: u32 = 10_000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -125,6 +132,11 @@ impl Store {
                             sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
                             sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
                             sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *connection).await?;
+                            // The indexes' hot pages stay in memory (the default is 2 MiB).
+                            let cache = format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}");
+                            let checkpoint = format!("PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}");
+                            sqlx::query(AssertSqlSafe(checkpoint)).execute(&mut *connection).await?;
+                            sqlx::query(AssertSqlSafe(cache)).execute(&mut *connection).await?;
                             Ok(())
                         })
                     })
@@ -172,7 +184,7 @@ impl Store {
                 "INSERT INTO ledger_events \
                  (account_id, seq, at_ms, kind, request_id, reservation_seq, data, settled_ms) VALUES ",
             );
-            push_tuples(&mut sql, chunk.len(), 8);
+            push_tuples(&mut sql, chunk.len(), 8, self.backend);
             sql.push_str(" ON CONFLICT (account_id, seq) DO NOTHING RETURNING account_id, seq");
             let mut query = sqlx::query(audited(&sql));
             for event in chunk {
@@ -200,7 +212,7 @@ impl Store {
                 keep_if_conflicting(&mut transaction, event, settled_ms).await?;
             }
         }
-        fold.write(&mut transaction).await?;
+        fold.write(&mut transaction, self.backend).await?;
         transaction.commit().await?;
         Ok(new.len())
     }
@@ -454,8 +466,11 @@ fn audited(sql: &str) -> AssertSqlSafe<String> {
     AssertSqlSafe(sql.to_owned())
 }
 
-/// Appends `rows` tuples of `width` numbered placeholders: ($1, $2), ($3, $4), ...
-fn push_tuples(sql: &mut String, rows: usize, width: usize) {
+/// Appends `rows` tuples of `width` placeholders: ($1, $2), ($3, $4), ... on PostgreSQL; on
+/// SQLite anonymous ones, (?, ?), (?, ?), ... bound in the same order. SQLite finds a numbered
+/// parameter's name by a linear scan, so binding a statement of n `$` parameters costs O(n²):
+/// 72 % of the settler's time at 500 rows per statement.
+fn push_tuples(sql: &mut String, rows: usize, width: usize, backend: Backend) {
     let mut n = 0;
     for row in 0..rows {
         if row > 0 {
@@ -467,7 +482,10 @@ fn push_tuples(sql: &mut String, rows: usize, width: usize) {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${n}"));
+            match backend {
+                Backend::Postgres => sql.push_str(&format!("${n}")),
+                Backend::Sqlite => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -593,14 +611,14 @@ impl Fold {
         }
     }
 
-    async fn write(self, transaction: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    async fn write(self, transaction: &mut sqlx::Transaction<'_, sqlx::Any>, backend: Backend) -> Result<()> {
         let reservations: Vec<_> = self.reservations.into_iter().collect();
         for chunk in reservations.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO reservations (account_id, seq, user_id, category, state, reserved, committed, \
                  returned, commit_count, created_ms, deadline_ms, closed_ms, labels) VALUES ",
             );
-            push_tuples(&mut sql, chunk.len(), 13);
+            push_tuples(&mut sql, chunk.len(), 13, backend);
             sql.push_str(
                 " ON CONFLICT (account_id, seq) DO UPDATE SET \
                  user_id = CASE WHEN excluded.user_id <> '' THEN excluded.user_id ELSE reservations.user_id END, \
@@ -643,7 +661,7 @@ impl Fold {
             let mut sql = String::from(
                 "INSERT INTO usage_totals (account_id, cycle_start_ms, user_id, category, spent, commits) VALUES ",
             );
-            push_tuples(&mut sql, chunk.len(), 6);
+            push_tuples(&mut sql, chunk.len(), 6, backend);
             sql.push_str(
                 " ON CONFLICT (account_id, cycle_start_ms, user_id, category) DO UPDATE SET \
                  spent = usage_totals.spent + excluded.spent, commits = usage_totals.commits + excluded.commits",
@@ -666,7 +684,7 @@ impl Fold {
                 "INSERT INTO lots (account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, \
                  expires_ms, expired_ms) VALUES ",
             );
-            push_tuples(&mut sql, chunk.len(), 10);
+            push_tuples(&mut sql, chunk.len(), 10, backend);
             sql.push_str(
                 " ON CONFLICT (account_id, lot_id) DO UPDATE SET \
                  kind = CASE WHEN excluded.kind <> '' THEN excluded.kind ELSE lots.kind END, \
@@ -697,7 +715,7 @@ impl Fold {
             let mut sql = String::from(
                 "INSERT INTO account_totals (account_id, granted, held, spent, expired, events, last_seq) VALUES ",
             );
-            push_tuples(&mut sql, chunk.len(), 7);
+            push_tuples(&mut sql, chunk.len(), 7, backend);
             sql.push_str(
                 " ON CONFLICT (account_id) DO UPDATE SET \
                  granted = account_totals.granted + excluded.granted, held = account_totals.held + excluded.held, \
@@ -737,7 +755,10 @@ mod tests {
     #[test]
     fn placeholders_are_numbered_in_order() {
         let mut sql = String::new();
-        push_tuples(&mut sql, 2, 3);
+        push_tuples(&mut sql, 2, 3, Backend::Postgres);
         assert_eq!(sql, "($1, $2, $3), ($4, $5, $6)");
+        let mut sql = String::new();
+        push_tuples(&mut sql, 2, 2, Backend::Sqlite);
+        assert_eq!(sql, "(?, ?), (?, ?)");
     }
 }

@@ -13,4 +13,5 @@ mod redis_faults;
 mod rules;
 mod servers;
 mod settle;
+mod settle_faults;
 mod store;

@@ -24,7 +24,7 @@ use crate::servers::RedisServer;
 const RETENTION: i64 = 86_400_000;
 
 /// A SQLite ledger in its own directory.
-async fn sqlite_store() -> (Store, tempfile::TempDir) {
+pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display());
     (Store::connect(&url).await.unwrap(), dir)
@@ -50,7 +50,7 @@ fn settled_options(store: &Store, consumer: &str) -> ServeOptions {
 
 /// A day of traffic on two accounts: every kind of change, including expiries and a renewal.
 /// Returns the reservation ids it made.
-async fn workload(h: &Harness) -> Vec<String> {
+pub async fn workload(h: &Harness) -> Vec<String> {
     h.account("acme", 1_000).await;
     h.account("globex", 500).await;
     h.set_user_limit("acme", "ann", Some(300)).await;
@@ -100,7 +100,7 @@ async fn account_view(h: &Harness, account: &str) -> pb::GetAccountResponse {
 }
 
 /// SQL's totals for an account equal the engine's; its events run 1..=last without gaps.
-async fn assert_settled(store: &Store, h: &Harness, account: &str) {
+pub async fn assert_settled(store: &Store, h: &Harness, account: &str) {
     let totals = h.totals(account).await;
     let settled = store.totals(&AccountId::parse(account).unwrap()).await.unwrap().expect("account settled");
     assert_eq!(
@@ -322,8 +322,12 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let options =
-        SettleOptions { batch_max: 64, idle_interval: Duration::from_millis(5), retry_max: Duration::from_millis(200) };
+    let options = SettleOptions {
+        batch_max: 64,
+        idle_interval: Duration::from_millis(5),
+        retry_max: Duration::from_millis(200),
+        ..SettleOptions::default()
+    };
     let claim = Duration::from_secs(30);
     let (settling, stats) = engine
         .spawn_settler(store.clone(), options, "a".into(), claim, stopped, Duration::from_secs(30))
