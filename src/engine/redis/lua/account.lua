@@ -11,6 +11,7 @@
 register('account', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 3, 'account')
   return read(function(a)
+    cold(a)
     local reply = { 'ok', a.cs, a.ce, a.trial, redis.call('ZCARD', K_D) }
     totals_fields(reply, a)
     local p = a.plan or {}

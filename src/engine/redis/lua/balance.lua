@@ -9,6 +9,7 @@ register('balance', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'balance')
   local user = args[4]
   return read(function(a)
+    cold(a)
     local reply = totals_fields({ 'ok', a.cs, a.ce }, a)
     if user ~= '' then user_fields(reply, user, get_user(a, user)) end
     return reply

@@ -10,6 +10,7 @@ register('grant', function(keys, args)
   local kind, amount, expires_arg = args[6], int(args[7]), opt_int(args[8])
   assert(RANK[kind] ~= nil, 'grant: unknown lot kind')
   return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+    cold(a)
     local expires = expires_arg or a.ce
     if expires <= now then return nil, 'expires_in_past' end
     if not check_balance(a, amount) then return nil, 'balance:amount' end

@@ -51,8 +51,10 @@ local DAY = 86400000
 local SEP = '\31'
 
 local function bind(keys, args, key_count, arg_count, name)
-  assert(#keys == key_count, name .. ': expected ' .. key_count .. ' keys')
-  assert(#args == arg_count, name .. ': expected ' .. arg_count .. ' arguments')
+  -- (The message is built only on failure: building it on every call costs more than the check.)
+  if #keys ~= key_count or #args ~= arg_count then
+    error(string.format('%s: expected %d keys and %d arguments, got %d and %d', name, key_count, arg_count, #keys, #args))
+  end
   K_A, K_L, K_B, K_E, K_R, K_D, K_Q = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
   K_P, K_U, K_K, K_W, K_S, K_X = keys[8], keys[9], keys[10], keys[11], keys[12], keys[13]
   ACCOUNT, NOW_ARG, RETENTION = args[1], args[2], tonumber(args[3])
@@ -135,38 +137,55 @@ end
 
 -- The account (A) -------------------------------------------------------------------------------
 
-local A_FIELDS = { 'avail', 'held', 'granted', 'spent', 'expired', 'cs', 'ce', 'gen', 'pg', 'ag', 'lot', 'res', 'ev',
-  'trial', 'due', 'wake', 'pp', 'pa', 'pc', 'pd' }
-local A_SCALARS = 16
+-- Every call reads the hot fields; the others (the cycle's end, plan, lot counter…) only when the
+-- call needs them (cold): each field read costs a Lua string, and most calls need few.
+local HOT = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs' }
+local COLD = { 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'pp', 'pa', 'pc', 'pd' }
+local COLD_SCALARS = 6
+local SCALARS = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'granted', 'ce', 'pg',
+  'ag', 'lot', 'trial' }
 
--- The account's scalars, or nil when it does not exist. `a.loaded` keeps what was read, so that
--- save_account writes only the fields that changed.
+-- The account's hot fields, or nil when it does not exist. `a.loaded` keeps what was read, so
+-- that save_account writes only the fields that changed.
 local function load_account()
-  local v = redis.call('HMGET', K_A, unpack(A_FIELDS))
-  if not v[6] then return nil end
-  local a = { loaded = {} }
-  for i = 1, A_SCALARS do
+  local v = redis.call('HMGET', K_A, unpack(HOT))
+  if not v[10] then return nil end
+  local loaded = {}
+  local a = { loaded = loaded, cold = false }
+  for i = 1, #HOT do
     local n = tonumber(v[i])
-    a[A_FIELDS[i]] = n
-    a.loaded[A_FIELDS[i]] = n
-  end
-  if v[17] then
-    a.plan = { period = tonumber(v[17]), anchor = tonumber(v[18]), plan = tonumber(v[19]), addon = tonumber(v[20]) }
+    a[HOT[i]] = n
+    loaded[HOT[i]] = n
   end
   return a
+end
+
+-- Reads the account's other fields, once.
+local function cold(a)
+  if a.cold then return end
+  a.cold = true
+  local v = redis.call('HMGET', K_A, unpack(COLD))
+  for i = 1, COLD_SCALARS do
+    local n = tonumber(v[i])
+    a[COLD[i]] = n
+    a.loaded[COLD[i]] = n
+  end
+  if v[7] then
+    a.plan = { period = tonumber(v[7]), anchor = tonumber(v[8]), plan = tonumber(v[9]), addon = tonumber(v[10]) }
+  end
 end
 
 local function new_account(now)
   local cs, ce = cycle_containing(0, 1, now)
   -- Written by save_account only: a call that fails its checks leaves no trace.
-  return { loaded = {}, created = true, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce,
+  return { loaded = {}, cold = true, created = true, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce,
     gen = 0, pg = 0, ag = 0, lot = 0, res = 0, ev = 0, trial = 0, due = ce, wake = ce }
 end
 
 local function save_account(a)
   local changes = {}
-  for i = 1, A_SCALARS do
-    local f = A_FIELDS[i]
+  for i = 1, #SCALARS do
+    local f = SCALARS[i]
     if a[f] ~= a.loaded[f] then
       changes[#changes + 1] = f
       changes[#changes + 1] = a[f]
@@ -200,6 +219,7 @@ local function due_by(a, at)
 end
 
 local function totals(a)
+  cold(a)
   return a.granted, a.avail, a.held, a.spent, a.expired
 end
 
@@ -321,6 +341,7 @@ local function burn_member(kind, id)
 end
 
 local function grant(a, kind, amount, at, expires, from_plan)
+  cold(a)
   a.lot = a.lot + 1
   local id = a.lot
   redis.call('HSET', K_L, 'm' .. id, string.format('%s,%d,%d,%d,%d', kind, amount, at, expires, from_plan and 1 or 0),
@@ -460,6 +481,7 @@ end
 -- Cycles ------------------------------------------------------------------------------------------
 
 local function grant_plan_lots(a, plan_credits, addon_credits, at)
+  cold(a)
   a.pg = a.pg + plan_credits
   a.ag = a.ag + addon_credits
   if plan_credits > 0 then grant(a, 'plan', plan_credits, at, a.ce, true) end
@@ -468,6 +490,7 @@ end
 
 -- Begins a cycle: user usage (by generation) and business keys reset, the plan's lots granted.
 local function start_cycle(a, cs, ce)
+  cold(a)
   a.cs, a.ce = cs, ce
   a.gen = a.gen + 1
   a.pg, a.ag = 0, 0
@@ -489,6 +512,7 @@ end
 -- most CATCHUP_STEPS_MAX steps: returns true when done (a.due is then exact), false when the
 -- caller must come back for the rest. Idempotent.
 local function catch_up(a, now)
+  cold(a)
   for _ = 1, CATCHUP_STEPS_MAX do
     local lot_at, lot_id = first_score(K_E)
     local hold_at, hold_seq = first_score(K_D)

@@ -92,7 +92,7 @@ register('restore', function(keys, args)
     for bucket = 0, math.floor(old.res / RES_BUCKET) do redis.call('UNLINK', res_key(bucket * RES_BUCKET)) end
   end
   for _, key in ipairs({ K_A, K_L, K_B, K_E, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
-  local a = { loaded = {}, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
+  local a = { loaded = {}, cold = true, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
     cs = s.cs, ce = s.ce, gen = s.gen, pg = s.pg, ag = s.ag, lot = s.last_lot, res = s.last_res, ev = s.last_event,
     trial = s.trial and 1 or 0, due = s.ce, wake = s.ce }
   if type(s.plan) == 'table' then

@@ -11,6 +11,7 @@ register('set_plan', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 9, 'set_plan')
   local new = { period = int(args[6]), anchor = int(args[7]), plan = int(args[8]), addon = int(args[9]) }
   return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+    cold(a)
     local old = a.plan
     local same = old ~= nil and old.period == new.period and old.anchor == new.anchor
     local plan_grant, addon_grant = new.plan, new.addon

@@ -9,6 +9,7 @@ register('start_trial', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 7, 'start_trial')
   local credits, duration = int(args[6]), int(args[7])
   return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+    cold(a)
     if a.trial == 1 then return decline('trial_already_used', credits, a.avail, nil, 0, nil) end
     if not check_balance(a, credits) then return nil, 'balance:credits' end
     a.trial = 1
