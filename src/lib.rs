@@ -12,7 +12,7 @@
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
 //! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
-//!   and the Redis engine (one Lua script per operation).
+//!   and the Redis engine (one Redis Function call per operation, from a Lua library).
 //! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the settler and the store.
 //! - [`telemetry`]: logging, metric names, the HTTP endpoint for metrics and probes.
 //! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.

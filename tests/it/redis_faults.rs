@@ -163,20 +163,22 @@ async fn a_killed_redis_with_aof_always_loses_nothing_acknowledged() {
     assert!(workload.retries.load(Ordering::Relaxed) > 0, "the outage was not noticed: the test proved nothing");
 }
 
-/// `SCRIPT FLUSH` mid-run: the scripts are reloaded transparently and no call fails.
+/// `FUNCTION FLUSH` mid-run (what a Redis restarted without persistence looks like to the
+/// library): the library is loaded again transparently and no call fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn script_flush_mid_run_fails_no_call() {
+async fn function_flush_mid_run_fails_no_call() {
     let server = RedisServer::start();
     let workload = workload_on(&server, Duration::from_secs(2)).await;
     let tasks = workload.spawn();
     for fraction in 1..=3 {
         workload.wait_for_rounds(WORKERS * ROUNDS * fraction / 4).await;
-        assert_eq!(server.cli(&["script", "flush"]), "OK");
+        assert_eq!(server.cli(&["function", "flush"]), "OK");
+        assert_eq!(server.cli(&["function", "list"]), "", "the flush emptied the library list");
     }
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(workload.retries.load(Ordering::Relaxed), 0, "a call failed across SCRIPT FLUSH");
+    assert_eq!(workload.retries.load(Ordering::Relaxed), 0, "a call failed across FUNCTION FLUSH");
     workload.assert_nothing_lost().await;
 }
 
