@@ -30,6 +30,26 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
     (Store::connect(&url).await.unwrap(), dir)
 }
 
+/// What the Redis settlement tests start from: a SQLite ledger, a manual clock at `t0` and the
+/// settings of one private Redis.
+pub struct RedisBeside {
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+    pub settings: credit_sidecar::engine::redis::RedisSettings,
+}
+
+pub async fn redis_beside(urls: Vec<String>, cluster: bool) -> RedisBeside {
+    let (store, dir) = sqlite_store().await;
+    RedisBeside { store, dir, clock: ManualClock::new(t0()), settings: redis_settings(urls, cluster) }
+}
+
+/// A server on the Redis engine that settles nothing itself (the test runs its settlers).
+pub async fn unsettled_server(clock: &ManualClock, settings: &credit_sidecar::engine::redis::RedisSettings) -> Harness {
+    let engine = redis_engine(&Rules::default(), settings, clock).await;
+    Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await
+}
+
 /// Settlement into `store` as replica `consumer`, with small batches and quick idle polls.
 pub fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
     SettleSetup {
@@ -186,9 +206,7 @@ async fn assert_settled_after_stop(h: Harness, store: &Store, outbox: &MemoryOut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_settling_at_once_write_each_event_once() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
     let rules = Rules::default();
     let (stop, stopped) = watch::channel(());
     let mut replicas = Vec::new();
@@ -237,9 +255,7 @@ async fn two_replicas_settling_at_once_write_each_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_dying_mid_batch_leaves_its_events_to_another() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
     let rules = Rules::default();
     let h =
         Harness::serve(clock.clone(), redis_engine(&rules, &settings, &clock).await, None, Duration::from_secs(3600))
@@ -279,9 +295,7 @@ async fn a_replica_dying_mid_batch_leaves_its_events_to_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_restores_a_flushed_redis_that_verify_then_finds_consistent() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let h = Harness::serve_settled(clock.clone(), engine, None, settled_options(&store, "a")).await;
@@ -426,9 +440,7 @@ async fn verify_and_rebuild_commands_report_through_their_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
     let rules = Rules::default();
     let (stop, stopped) = watch::channel(());
     let engine = redis_engine(&rules, &settings, &clock).await;
@@ -465,16 +477,8 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_entry_goes_to_the_dead_letter_stream() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let h = Harness::serve(
-        clock.clone(),
-        redis_engine(&Rules::default(), &settings, &clock).await,
-        None,
-        Duration::from_secs(3600),
-    )
-    .await;
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
+    let h = unsettled_server(&clock, &settings).await;
     h.account("acme", 100).await;
     let shard_of_acme = server.cli(&["--scan", "--pattern", "cs:*:a:acme"]);
     let tag = &shard_of_acme[shard_of_acme.find('{').unwrap()..=shard_of_acme.find('}').unwrap()];

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::harness::*;
 use crate::servers::{PostgresServer, RedisCluster, RedisServer};
-use crate::settle::{assert_settled, sqlite_store, workload};
+use crate::settle::{RedisBeside, assert_settled, redis_beside, unsettled_server, workload};
 
 /// Longer than any deadline below: an event that waited for another replica's claim would time
 /// the test out instead of settling.
@@ -64,16 +64,8 @@ async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_a_failed_read_delivered_settle_without_waiting_for_claim_idle() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let h = Harness::serve(
-        clock.clone(),
-        redis_engine(&Rules::default(), &settings, &clock).await,
-        None,
-        Duration::from_secs(3600),
-    )
-    .await;
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
+    let h = unsettled_server(&clock, &settings).await;
     // A settler that has been running: its first read found nothing of its own.
     let outbox = outbox_on(&settings, "a").await;
     assert!(outbox.read(1000).await.unwrap().is_none());
@@ -99,9 +91,7 @@ async fn entries_a_failed_read_delivered_settle_without_waiting_for_claim_idle()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     let server = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
@@ -175,16 +165,8 @@ fn measured(stats: &SettleStats) -> (u64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backlog_reads_zero_after_an_aof_reload() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let h = Harness::serve(
-        clock.clone(),
-        redis_engine(&Rules::default(), &settings, &clock).await,
-        None,
-        Duration::from_secs(3600),
-    )
-    .await;
+    let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
+    let h = unsettled_server(&clock, &settings).await;
     workload(&h).await;
     let settler = Settler::new(outbox_on(&settings, "a").await, store.clone(), SettleOptions::default());
     settler.flush().await;
@@ -204,9 +186,7 @@ async fn the_backlog_reads_zero_after_an_aof_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_works_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
-    let (store, _dir) = sqlite_store().await;
-    let clock = ManualClock::new(t0());
-    let mut settings = redis_settings(cluster.urls(), true);
+    let RedisBeside { store, dir: _dir, clock, mut settings } = redis_beside(cluster.urls(), true).await;
     settings.key_prefix = "settle:".into();
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
