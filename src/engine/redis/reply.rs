@@ -48,6 +48,15 @@ impl Fields {
         }
     }
 
+    fn opt_text(&mut self) -> Result<Option<String>, Error> {
+        match self.next()? {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) if bytes.is_empty() => Ok(None),
+            Value::BulkString(bytes) => String::from_utf8(bytes).map(Some).map_err(corrupt),
+            other => Err(corrupt(format!("expected text, got {other:?}"))),
+        }
+    }
+
     pub fn opt_int(&mut self) -> Result<Option<i64>, Error> {
         match self.next()? {
             Value::Nil => Ok(None),
@@ -149,17 +158,6 @@ fn decline(fields: &mut Fields) -> Result<Decline, Error> {
             None => None,
         },
     })
-}
-
-impl Fields {
-    fn opt_text(&mut self) -> Result<Option<String>, Error> {
-        match self.next()? {
-            Value::Nil => Ok(None),
-            Value::BulkString(bytes) if bytes.is_empty() => Ok(None),
-            Value::BulkString(bytes) => String::from_utf8(bytes).map(Some).map_err(corrupt),
-            other => Err(corrupt(format!("expected text, got {other:?}"))),
-        }
-    }
 }
 
 fn state(text: &str) -> Result<ReservationState, Error> {
