@@ -105,14 +105,16 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(database = ?store.backend(), "settling events into the database");
     let engine = match &config.engine {
         EngineConfig::Embedded => {
-            // The embedded engine's state is its settled ledger: rebuild it before serving.
-            let events = store.events(None).await?;
-            let restored = events.len();
-            let now = chrono::Utc::now().timestamp_millis();
-            let ledger = Ledger::restore(config.rules.request_id_retention_ms, now, events)?;
-            tracing::info!(events = restored, "embedded engine restored from the ledger");
+            // The embedded engine's state is what it kept in SQL: restore it before serving.
+            let kept = store.durable_state().await?;
+            let (snapshots, events, answers) = (kept.snapshots.len(), kept.events.len(), kept.answers.len());
+            let ledger = Ledger::restore_durable(config.rules.request_id_retention_ms, kept)?;
+            tracing::info!(snapshots, events, answers, "embedded engine restored from the database");
             let outbox = Arc::new(MemoryOutbox::new(config.settle.outbox_memory_max));
-            Engine::embedded_with(config.rules.clone(), Arc::new(SystemClock), ledger, Some(outbox))
+            let engine = Engine::embedded_with(config.rules.clone(), Arc::new(SystemClock), ledger, Some(outbox));
+            // What passed while it was down: holds past their deadline, cycles that ended.
+            engine.sweep().await?;
+            engine
         }
         EngineConfig::Redis(settings) => {
             let redis = RedisEngine::connect(settings, config.rules.request_id_retention_ms).await?;

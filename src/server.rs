@@ -147,6 +147,10 @@ pub async fn serve(
         health.clone(),
         tasks_stopped.clone(),
     )));
+    if let (Some(store), true) = (&store, engine.keeps_answers_in_sql()) {
+        let retention_ms = engine.rules().request_id_retention_ms;
+        tasks.push(tokio::spawn(forget_loop(store.clone(), retention_ms, tasks_stopped.clone())));
+    }
     if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
         tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, tasks_stopped.clone())));
     }
@@ -258,6 +262,29 @@ async fn start_settler(
     let store = setup.store.clone();
     let consumer = setup.consumer.clone();
     Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, grace).await?)
+}
+
+/// How often the embedded engine's remembered answers past retention are deleted from SQL.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Deletes the embedded engine's remembered answers that no restart needs any more (the ledger
+/// in memory forgets them at its sweeps), every [`FORGET_INTERVAL`], until `stopped` closes.
+async fn forget_loop(store: Store, retention_ms: i64, mut stopped: watch::Receiver<()>) {
+    let mut ticker = tokio::time::interval(FORGET_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = chrono::Utc::now().timestamp_millis();
+                match store.forget_answers(now, now.saturating_sub(retention_ms)).await {
+                    Ok(0) => {}
+                    Ok(forgotten) => tracing::debug!(forgotten, "forgot remembered answers past retention"),
+                    Err(error) => tracing::warn!(%error, "forgetting remembered answers failed; will retry"),
+                }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 /// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes.

@@ -1,39 +1,69 @@
 //! The embedded engine: the reference model ([`Ledger`]) in-process behind one mutex. Each
 //! operation is a few microseconds of work on in-memory maps, so one lock is simpler than
-//! sharding and not the bottleneck. The events every operation emits go to a bounded in-memory
-//! outbox that the settler drains into SQLite (or PostgreSQL); without one (tests of the rules
-//! alone) they are dropped.
+//! sharding and not the bottleneck.
+//!
+//! Nothing it acknowledges is lost: an operation's records (its events, the answer it remembers
+//! under the request id, now and then a snapshot of the account) go to the outbox, and the
+//! caller gets the answer only once the settler has committed them to SQL — group commit, as
+//! the operations that arrive during one transaction share the next. A restart restores the
+//! ledger from those records (`Ledger::restore_durable`). Without an outbox (tests of the rules
+//! alone) records are dropped and nothing waits.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ledger::{Clock, Error, Ledger, Millis};
-use crate::settle::outbox::MemoryOutbox;
+use crate::ledger::{AccountId, Clock, Error, Ledger, Millis};
+use crate::settle::outbox::{MemoryOutbox, Records};
+
+/// Events of an account between two snapshots of it: a restart replays at most this many per
+/// account. A snapshot copies the whole account, so a smaller number costs more SQL writes on
+/// busy accounts with many holds.
+pub const SNAPSHOT_INTERVAL_EVENTS: u64 = 10_000;
 
 pub struct EmbeddedEngine {
-    ledger: Mutex<Ledger>,
+    state: Mutex<State>,
     clock: Arc<dyn Clock>,
     outbox: Option<Arc<MemoryOutbox>>,
 }
 
+struct State {
+    ledger: Ledger,
+    /// The last event of each account's latest snapshot (absent: none taken since start).
+    snapshotted: HashMap<AccountId, u64>,
+}
+
 impl EmbeddedEngine {
     pub fn new(clock: Arc<dyn Clock>, ledger: Ledger, outbox: Option<Arc<MemoryOutbox>>) -> Self {
-        Self { ledger: Mutex::new(ledger), clock, outbox }
+        let ledger = if outbox.is_some() { ledger.journal_answers() } else { ledger };
+        Self { state: Mutex::new(State { ledger, snapshotted: HashMap::new() }), clock, outbox }
     }
 
     pub fn outbox(&self) -> Option<Arc<MemoryOutbox>> {
         self.outbox.clone()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug in the model; the state it left is still the
         // best we have, and refusing every later call would turn one bug into an outage.
-        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs one operation at the clock's now, atomically, and queues its events for settlement.
-    /// Refuses (fail closed) while the outbox is full: a change that could not be recorded must
-    /// not happen.
-    pub fn with<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<T> {
+    /// Runs one operation at the clock's now, atomically, and answers once what it changed (and
+    /// everything before it, which it may have seen) is in SQL. Refuses (fail closed) while the
+    /// outbox is full: a change that could not be recorded must not happen.
+    ///
+    /// The wait has no bound of its own: the call's deadline cuts it (UNAVAILABLE). The change
+    /// is then made but not yet durable; it becomes durable when the database answers again, and
+    /// a retry with the same request id gets its answer.
+    pub async fn run<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<T> {
+        let (result, ticket) = self.apply(op)?;
+        if let Some(outbox) = &self.outbox {
+            outbox.durable(ticket).await;
+        }
+        Ok(result?)
+    }
+
+    fn apply<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<(Result<T, Error>, u64)> {
         if let Some(outbox) = &self.outbox
             && !outbox.has_room()
         {
@@ -42,27 +72,39 @@ impl EmbeddedEngine {
                 outbox.len()
             )));
         }
-        let mut ledger = self.lock();
+        let mut state = self.lock();
         let now = self.clock.now_ms();
-        let result = op(&mut ledger, now);
-        self.record(&mut ledger);
-        Ok(result?)
+        let result = op(&mut state.ledger, now);
+        let ticket = self.record(&mut state);
+        Ok((result, ticket))
     }
 
+    /// Expires overdue holds and renews cycles; does not wait for SQL (no caller does).
     pub fn sweep(&self) -> usize {
-        let mut ledger = self.lock();
+        let mut state = self.lock();
         let now = self.clock.now_ms();
-        let expired = ledger.sweep(now);
-        self.record(&mut ledger);
+        let expired = state.ledger.sweep(now);
+        self.record(&mut state);
         expired
     }
 
-    /// Moves the ledger's new events to the outbox, under the ledger's lock so they keep their
-    /// order.
-    fn record(&self, ledger: &mut Ledger) {
-        let events = ledger.drain_events();
-        if let Some(outbox) = &self.outbox {
-            outbox.push(events);
+    /// Moves the ledger's new records to the outbox, under the ledger's lock so they keep their
+    /// order, with a snapshot of each account they advanced past [`SNAPSHOT_INTERVAL_EVENTS`]
+    /// since its last one. Returns the ticket to wait for.
+    fn record(&self, state: &mut State) -> u64 {
+        let events = state.ledger.drain_events();
+        let answers = state.ledger.drain_answers();
+        let Some(outbox) = &self.outbox else { return 0 };
+        let mut snapshots = Vec::new();
+        if let Some(last) = events.last() {
+            let taken = state.snapshotted.get(&last.account).copied().unwrap_or(0);
+            if last.seq >= taken + SNAPSHOT_INTERVAL_EVENTS
+                && let Some(snapshot) = state.ledger.snapshot(&last.account)
+            {
+                state.snapshotted.insert(last.account.clone(), snapshot.last_event);
+                snapshots.push(snapshot);
+            }
         }
+        outbox.push(Records { events, answers, snapshots })
     }
 }

@@ -102,91 +102,91 @@ impl Engine {
 
     pub async fn reserve(&self, cmd: &Reserve) -> Result<Decision<Reserved>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reserve(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.reserve(now, cmd)).await,
             Backend::Redis(engine) => engine.reserve(cmd).await,
         }
     }
 
     pub async fn commit(&self, cmd: &Commit) -> Result<Decision<Committed>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.commit(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.commit(now, cmd)).await,
             Backend::Redis(engine) => engine.commit(cmd).await,
         }
     }
 
     pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.extend(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.extend(now, cmd)).await,
             Backend::Redis(engine) => engine.extend(cmd).await,
         }
     }
 
     pub async fn release(&self, cmd: &Release) -> Result<Decision<Released>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.release(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.release(now, cmd)).await,
             Backend::Redis(engine) => engine.release(cmd).await,
         }
     }
 
     pub async fn charge(&self, cmd: &Charge) -> Result<Decision<Charged>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.charge(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.charge(now, cmd)).await,
             Backend::Redis(engine) => engine.charge(cmd).await,
         }
     }
 
     pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.quote(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.quote(now, cmd)).await,
             Backend::Redis(engine) => engine.quote(cmd).await,
         }
     }
 
     pub async fn set_plan(&self, cmd: &SetPlan) -> Result<Decision<PlanSet>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_plan(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.set_plan(now, cmd)).await,
             Backend::Redis(engine) => engine.set_plan(cmd).await,
         }
     }
 
     pub async fn grant(&self, cmd: &Grant) -> Result<Decision<Granted>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.grant(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.grant(now, cmd)).await,
             Backend::Redis(engine) => engine.grant(cmd).await,
         }
     }
 
     pub async fn start_trial(&self, cmd: &StartTrial) -> Result<Decision<Granted>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.start_trial(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.start_trial(now, cmd)).await,
             Backend::Redis(engine) => engine.start_trial(cmd).await,
         }
     }
 
     pub async fn set_user_limit(&self, cmd: &SetUserLimit) -> Result<Decision<UserView>> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.set_user_limit(now, cmd)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.set_user_limit(now, cmd)).await,
             Backend::Redis(engine) => engine.set_user_limit(cmd).await,
         }
     }
 
     pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.balance(now, account, user)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.balance(now, account, user)).await,
             Backend::Redis(engine) => engine.balance(account, user).await,
         }
     }
 
     pub async fn account(&self, account: &AccountId) -> Result<AccountView> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.account(now, account)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.account(now, account)).await,
             Backend::Redis(engine) => engine.account(account).await,
         }
     }
 
     pub async fn reservation(&self, id: &ReservationId) -> Result<ReservationView> {
         match &self.backend {
-            Backend::Embedded(engine) => engine.with(|ledger, now| ledger.reservation(now, id)),
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.reservation(now, id)).await,
             Backend::Redis(engine) => engine.reservation(id).await,
         }
     }
@@ -200,10 +200,15 @@ impl Engine {
     ) -> Result<ReservationPage> {
         match &self.backend {
             Backend::Embedded(engine) => {
-                engine.with(|ledger, now| ledger.list_reservations(now, account, state, page_size, before))
+                engine.run(|ledger, now| ledger.list_reservations(now, account, state, page_size, before)).await
             }
             Backend::Redis(engine) => engine.list_reservations(account, state, page_size, before).await,
         }
+    }
+
+    /// Does the engine keep remembered answers in SQL (the embedded engine with settlement)?
+    pub fn keeps_answers_in_sql(&self) -> bool {
+        matches!(&self.backend, Backend::Embedded(engine) if engine.outbox().is_some())
     }
 
     /// Does the engine's store answer? (Always, for the embedded engine.)

@@ -1,14 +1,21 @@
 //! What operations answer. A business refusal is a [`Decline`] inside an `Ok`, with the figures a
 //! caller needs; `Err` is for bad input and unknown things only.
+//!
+//! An [`Answer`] and what it carries derive serde: the embedded engine keeps remembered answers
+//! in SQL in that JSON form, a durable format pinned by the golden tests in `durable`. Renaming a
+//! field here changes it.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::command::Plan;
 use super::cycle::Cycle;
 use super::types::{AccountId, LotKind, Millis, ReservationId, ReservationState};
 
 /// Done, or declined for a business reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Decision<T> {
     Done(T),
     Declined(Decline),
@@ -30,7 +37,8 @@ impl<T> Decision<T> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeclineReason {
     InsufficientCredit,
     UserLimitReached,
@@ -58,7 +66,7 @@ impl DeclineReason {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decline {
     pub reason: DeclineReason,
     pub requested: i64,
@@ -94,7 +102,7 @@ impl Decline {
 }
 
 /// Where an account's credits stand: granted = available + held + spent + expired.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub granted: i64,
     pub available: i64,
@@ -103,7 +111,7 @@ pub struct Totals {
     pub expired: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationView {
     pub id: ReservationId,
     pub user: String,
@@ -130,7 +138,7 @@ pub struct LotView {
     pub expires_ms: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {
     pub user: String,
     pub limit: Option<i64>,
@@ -139,7 +147,7 @@ pub struct UserView {
     pub remaining: Option<i64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reserved {
     pub reservation: ReservationId,
     pub amount: i64,
@@ -147,7 +155,7 @@ pub struct Reserved {
     pub available: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub charged: i64,
     pub already_charged: bool,
@@ -156,7 +164,7 @@ pub struct Committed {
     pub reservation: ReservationView,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extended {
     pub added: i64,
     pub held: i64,
@@ -164,13 +172,13 @@ pub struct Extended {
     pub reservation: ReservationView,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
     pub returned: i64,
     pub reservation: ReservationView,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charged {
     /// None when the business key was already charged and nothing happened.
     pub reservation: Option<ReservationId>,
@@ -206,13 +214,13 @@ impl Quoted {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanSet {
     pub cycle: Cycle,
     pub totals: Totals,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Granted {
     pub lot: u64,
     pub expires_ms: Millis,
@@ -240,7 +248,8 @@ pub struct AccountView {
 }
 
 /// A remembered answer, replayed on a retry with the same request id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     Reserve(Decision<Reserved>),
     Commit(Decision<Committed>),

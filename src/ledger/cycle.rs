@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike, Months, Utc};
 use super::types::{Millis, Period};
 
 /// A billing cycle, `[start_ms, end_ms)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Cycle {
     pub start_ms: Millis,
     pub end_ms: Millis,

@@ -10,6 +10,8 @@
 //! - [`event`]: the record of every state change (the outbox the settler writes to SQL);
 //!   [`wire`]: its JSON form, shared by the Redis outbox, the embedded outbox and SQL.
 //! - [`answer`]: what operations return: results, and declines with their figures.
+//! - [`durable`]: what the embedded engine keeps in SQL beside the events (remembered answers,
+//!   account snapshots), in versioned JSON forms; [`snapshot`]: an account's plain copy.
 //! - [`clock`]: injectable time.
 //!
 //! No tonic, redis or sqlx here: callers (engines, the API) depend on this module, never the
@@ -21,6 +23,7 @@ mod check;
 pub mod clock;
 pub mod command;
 pub mod cycle;
+pub mod durable;
 pub mod event;
 pub mod model;
 pub mod replay;

@@ -15,6 +15,8 @@ use super::command::{
     Charge, Commit, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use super::cycle::cycle_containing;
+use super::durable::{DurableState, RememberedAnswer};
+use super::replay::ReplayError;
 use super::event::{Draw, Event, EventKind};
 use super::types::{AccountId, BALANCE_MAX, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId};
 
@@ -30,6 +32,9 @@ pub struct Ledger {
     retention_ms: Millis,
     accounts: HashMap<AccountId, Account>,
     outbox: Vec<Event>,
+    /// Answers remembered since the last drain, when journaling (the embedded engine keeps them
+    /// in SQL so that they survive a restart).
+    answers: Option<Vec<RememberedAnswer>>,
 }
 
 /// Whether an operation may create the account it names.
@@ -71,7 +76,13 @@ struct Call<'a, T> {
 impl Ledger {
     /// `retention_ms`: how long request ids and closed reservations are remembered.
     pub fn new(retention_ms: Millis) -> Self {
-        Self { retention_ms, accounts: HashMap::new(), outbox: Vec::new() }
+        Self { retention_ms, accounts: HashMap::new(), outbox: Vec::new(), answers: None }
+    }
+
+    /// Journals every answer remembered under a request id, for [`Ledger::drain_answers`].
+    pub fn journal_answers(mut self) -> Self {
+        self.answers = Some(Vec::new());
+        self
     }
 
     /// A ledger rebuilt from the durable record (each account's events in sequence order), with
@@ -85,7 +96,68 @@ impl Ledger {
         for account in accounts.values_mut() {
             account.purge(now, retention_ms);
         }
-        Ok(Self { retention_ms, accounts, outbox: Vec::new() })
+        Ok(Self { retention_ms, accounts, outbox: Vec::new(), answers: None })
+    }
+
+    /// The embedded engine's ledger as it kept it: each account from its snapshot, the events
+    /// after it replayed on top, and its remembered answers. Nothing is forgotten here: sweep
+    /// after it, as at any time.
+    pub fn restore_durable(retention_ms: Millis, state: DurableState) -> Result<Self, ReplayError> {
+        let mut accounts = HashMap::with_capacity(state.snapshots.len());
+        for snapshot in state.snapshots {
+            let (name, seq) = (snapshot.account.clone(), snapshot.last_event);
+            let account = snapshot.into_account().map_err(|reason| ReplayError {
+                account: name,
+                seq,
+                reason: format!("snapshot: {reason}"),
+            })?;
+            accounts.insert(account.id.clone(), account);
+        }
+        super::replay::onto(&mut accounts, state.events)?;
+        for memo in state.answers {
+            let Some(account) = accounts.get_mut(&memo.account) else { continue };
+            let remembered = Remembered {
+                fingerprint: Fingerprint(memo.fingerprint),
+                answer: memo.answer,
+                keep_until_ms: memo.keep_until_ms,
+            };
+            match memo.reservation {
+                Some(seq) => {
+                    if let Some(reservation) = account.reservations.get_mut(&seq) {
+                        reservation.requests.insert(memo.request, remembered);
+                    }
+                }
+                None => {
+                    account.requests.insert(memo.request, remembered);
+                }
+            }
+        }
+        Ok(Self { retention_ms, accounts, outbox: Vec::new(), answers: Some(Vec::new()) })
+    }
+
+    /// Answers remembered since the last call, in order (empty unless journaling).
+    pub fn drain_answers(&mut self) -> Vec<RememberedAnswer> {
+        self.answers.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Records a remembered answer in the journal, when journaling.
+    fn journal(&mut self, account: &AccountId, reservation: Option<u64>, request: &RequestId) {
+        let Some(journal) = self.answers.as_mut() else { return };
+        let Some(state) = self.accounts.get(account) else { return };
+        let remembered = match reservation {
+            Some(seq) => state.reservations.get(&seq).and_then(|r| r.requests.get(request)),
+            None => state.requests.get(request),
+        };
+        if let Some(remembered) = remembered {
+            journal.push(RememberedAnswer {
+                account: account.clone(),
+                reservation,
+                request: request.clone(),
+                fingerprint: remembered.fingerprint.0.clone(),
+                keep_until_ms: remembered.keep_until_ms,
+                answer: remembered.answer.clone(),
+            });
+        }
     }
 
     /// Events emitted since the last call, in order.
@@ -137,6 +209,7 @@ impl Ledger {
         };
         let answer = (call.memo.wrap)(decision.clone());
         let fingerprint = call.fingerprint;
+        let scope = call.reservation.filter(|seq| account.reservations.contains_key(seq));
         match call.reservation.and_then(|seq| account.reservations.get_mut(&seq)) {
             // Reservation-scoped: lives as long as the reservation does.
             Some(reservation) => {
@@ -152,6 +225,7 @@ impl Ledger {
                 account.requests.insert(call.request.clone(), Remembered { fingerprint, answer, keep_until_ms });
             }
         }
+        self.journal(call.account, scope, call.request);
         Ok(decision)
     }
 
@@ -268,6 +342,7 @@ impl Ledger {
         let Some(opened_by) = account.reservations.get(&id.seq).and_then(|r| r.opened_by.clone()) else { return };
         if let Some(remembered) = account.requests.get_mut(&opened_by) {
             remembered.keep_until_ms = remembered.keep_until_ms.max(deadline_ms.saturating_add(self.retention_ms));
+            self.journal(&id.account, None, &opened_by);
         }
     }
 

@@ -15,7 +15,8 @@ use super::types::{AccountId, Category, Labels, LotKind, RequestId, ReservationS
 #[derive(Debug, thiserror::Error)]
 #[error("event {account}/{seq} cannot be replayed: {reason}")]
 pub struct ReplayError {
-    pub account: AccountId,
+    /// The account as recorded (it may be the invalid part).
+    pub account: String,
     pub seq: u64,
     pub reason: String,
 }
@@ -24,11 +25,21 @@ pub struct ReplayError {
 /// without gaps; accounts may interleave.
 pub(super) fn accounts(events: impl IntoIterator<Item = Event>) -> Result<HashMap<AccountId, Account>, ReplayError> {
     let mut accounts: HashMap<AccountId, Account> = HashMap::new();
+    onto(&mut accounts, events)?;
+    Ok(accounts)
+}
+
+/// Applies events to `accounts` (e.g. restored from snapshots), each account's next event
+/// following its last one; an account not there starts fresh.
+pub(super) fn onto(
+    accounts: &mut HashMap<AccountId, Account>,
+    events: impl IntoIterator<Item = Event>,
+) -> Result<(), ReplayError> {
     let mut discard = Vec::new();
     for event in events {
         let account =
             accounts.entry(event.account.clone()).or_insert_with(|| Account::new(event.account.clone(), event.at_ms));
-        let fail = |reason: String| ReplayError { account: event.account.clone(), seq: event.seq, reason };
+        let fail = |reason: String| ReplayError { account: event.account.to_string(), seq: event.seq, reason };
         if event.seq != account.last_event + 1 {
             return Err(fail(format!("expected seq {}", account.last_event + 1)));
         }
@@ -36,7 +47,7 @@ pub(super) fn accounts(events: impl IntoIterator<Item = Event>) -> Result<HashMa
         account.last_event = event.seq;
         discard.clear();
     }
-    Ok(accounts)
+    Ok(())
 }
 
 fn take_from_lots(account: &mut Account, draws: &[Draw]) -> Result<(), String> {

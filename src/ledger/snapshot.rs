@@ -1,15 +1,24 @@
-//! A plain, complete copy of one account's state, for writing it into another engine: `rebuild`
-//! restores an account's Redis state from the SQL ledger by replaying its events into the model
-//! and writing the snapshot with `restore.lua`. Field names are the Redis scripts' own.
+//! A plain, complete copy of one account's state (all but its remembered answers), for writing
+//! it into another engine or keeping it: `rebuild` restores an account's Redis state from the SQL
+//! ledger by replaying its events into the model and writing the snapshot with the `restore`
+//! function; the embedded engine keeps one per account in SQL (`engine_snapshots`) so that a
+//! restart replays only the events after it. Field names are the Redis functions' own. Both uses
+//! make the JSON form a durable format: the golden test in `durable` pins it.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::account::Account;
-use super::wire::{lot_kind_name, state_name};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+use super::account::{Account, Lot, Reservation, UserState};
+use super::command::Plan;
+use super::cycle::Cycle;
+use super::event::Draw;
+use super::types::{AccountId, BusinessKey, Category, Labels, RequestId, ReservationState, UserId};
+use super::wire::{lot_kind, lot_kind_name, period, state, state_name};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanSnapshot {
     pub period: u32,
     pub anchor: i64,
@@ -17,10 +26,10 @@ pub struct PlanSnapshot {
     pub addon: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LotSnapshot {
     pub id: u64,
-    pub kind: &'static str,
+    pub kind: String,
     pub granted: i64,
     pub remaining: i64,
     pub granted_ms: i64,
@@ -28,12 +37,12 @@ pub struct LotSnapshot {
     pub from_plan: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationSnapshot {
     pub seq: u64,
     pub user: String,
     pub category: String,
-    pub state: &'static str,
+    pub state: String,
     pub reserved: i64,
     pub committed: i64,
     /// What it still holds, per lot: [lot, amount].
@@ -42,26 +51,26 @@ pub struct ReservationSnapshot {
     pub commits: i64,
     pub created: i64,
     pub deadline: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<i64>,
     pub labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<String>,
     pub ugen: u64,
     pub ucnt: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSnapshot {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
     pub used: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountSnapshot {
     pub account: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanSnapshot>,
     pub cs: i64,
     pub ce: i64,
@@ -107,7 +116,7 @@ impl AccountSnapshot {
                 .iter()
                 .map(|(id, lot)| LotSnapshot {
                     id: *id,
-                    kind: lot_kind_name(lot.kind),
+                    kind: lot_kind_name(lot.kind).to_owned(),
                     granted: lot.granted,
                     remaining: lot.remaining,
                     granted_ms: lot.granted_ms,
@@ -130,7 +139,7 @@ impl AccountSnapshot {
                     seq: *seq,
                     user: r.user.as_str().to_owned(),
                     category: r.category.as_str().to_owned(),
-                    state: state_name(r.state),
+                    state: state_name(r.state).to_owned(),
                     reserved: r.reserved,
                     committed: r.committed,
                     draws: r.draws.iter().map(|draw| (draw.lot, draw.amount)).collect(),
@@ -152,5 +161,91 @@ impl AccountSnapshot {
                 .collect(),
             keys,
         }
+    }
+}
+
+impl AccountSnapshot {
+    /// The account this snapshot copies, with no remembered answers (they are kept apart).
+    /// Refuses a snapshot the model could not have made: unknown names, invalid ids.
+    pub(super) fn into_account(self) -> Result<Account, String> {
+        let id = AccountId::parse(&self.account).map_err(|error| error.to_string())?;
+        let mut account = Account::new(id, self.cs);
+        account.plan = self.plan.map(PlanSnapshot::into_plan).transpose()?;
+        account.cycle = Cycle { start_ms: self.cs, end_ms: self.ce };
+        account.cycle_generation = self.generation;
+        account.cycle_plan_granted = self.pg;
+        account.cycle_addon_granted = self.ag;
+        for lot in self.lots {
+            let kind = lot_kind(&lot.kind).ok_or_else(|| format!("lot {}: unknown kind {:?}", lot.id, lot.kind))?;
+            let restored = Lot {
+                kind,
+                granted: lot.granted,
+                remaining: lot.remaining,
+                granted_ms: lot.granted_ms,
+                expires_ms: lot.expires,
+                from_plan: lot.from_plan,
+            };
+            account.lots.insert(lot.id, restored);
+        }
+        account.last_lot = self.last_lot;
+        account.last_reservation = self.last_res;
+        account.last_event = self.last_event;
+        account.trial_used = self.trial;
+        account.granted = self.granted;
+        account.held = self.held;
+        account.spent = self.spent;
+        account.expired = self.expired;
+        let mut deadlines = BTreeSet::new();
+        for reservation in self.reservations {
+            let seq = reservation.seq;
+            let restored = reservation.into_reservation().map_err(|reason| format!("reservation {seq}: {reason}"))?;
+            if restored.state.is_open() {
+                deadlines.insert((restored.deadline_ms, seq));
+            }
+            account.reservations.insert(seq, restored);
+        }
+        account.deadlines = deadlines;
+        for (user, state) in self.users {
+            let user = UserId::parse(&user).map_err(|error| error.to_string())?;
+            account.users.insert(user, UserState { limit: state.limit, used: state.used });
+        }
+        let mut keys = HashSet::with_capacity(self.keys.len());
+        for key in self.keys {
+            keys.extend(BusinessKey::parse_optional(&key).map_err(|error| error.to_string())?);
+        }
+        account.charged_keys = keys;
+        Ok(account)
+    }
+}
+
+impl PlanSnapshot {
+    fn into_plan(self) -> Result<Plan, String> {
+        let period = period(self.period).ok_or_else(|| format!("plan: no period of {} months", self.period))?;
+        Ok(Plan { period, anchor_ms: self.anchor, plan_credits: self.plan, addon_credits: self.addon })
+    }
+}
+
+impl ReservationSnapshot {
+    fn into_reservation(self) -> Result<Reservation, String> {
+        let state: ReservationState = state(&self.state).ok_or_else(|| format!("unknown state {:?}", self.state))?;
+        let opened_by = self.opened_by.as_deref().map(RequestId::parse).transpose().map_err(|e| e.to_string())?;
+        Ok(Reservation {
+            user: UserId::parse(&self.user).map_err(|error| error.to_string())?,
+            category: Category(self.category),
+            state,
+            reserved: self.reserved,
+            committed: self.committed,
+            draws: self.draws.into_iter().map(|(lot, amount)| Draw { lot, amount }).collect(),
+            returned: self.returned,
+            commit_count: self.commits,
+            created_ms: self.created,
+            deadline_ms: self.deadline,
+            closed_ms: self.closed,
+            labels: Labels::parse(self.labels).map_err(|error| error.to_string())?,
+            opened_by,
+            requests: HashMap::new(),
+            usage_generation: self.ugen,
+            usage_counted: self.ucnt,
+        })
     }
 }

@@ -4,13 +4,19 @@
 //!
 //! - the Redis engine: one stream per shard, read through a consumer group shared by every
 //!   replica (src/engine/redis/outbox.rs);
-//! - the embedded engine: [`MemoryOutbox`], a bounded in-process queue.
+//! - the embedded engine: [`MemoryOutbox`], a bounded in-process queue whose callers wait until
+//!   their operation is settled (group commit).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use tokio::sync::{Notify, watch};
+
+use crate::ledger::durable::RememberedAnswer;
 use crate::ledger::event::Event;
+use crate::ledger::snapshot::AccountSnapshot;
 
 /// How far settlement is behind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,8 +27,23 @@ pub struct Backlog {
     pub oldest_ms: i64,
 }
 
+/// What one batch carries into SQL: events and, from the embedded engine, the state it must find
+/// again after a restart (see `crate::ledger::durable`).
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pub events: Vec<Event>,
+    pub answers: Vec<RememberedAnswer>,
+    pub snapshots: Vec<AccountSnapshot>,
+}
+
+impl Records {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.answers.is_empty() && self.snapshots.is_empty()
+    }
+}
+
 /// A batch read from an outbox, with what acknowledging it takes.
-pub type Batch<T> = Option<(Vec<Event>, T)>;
+pub type Batch<T> = Option<(Records, T)>;
 
 pub trait Outbox: Send + Sync + 'static {
     /// What `ack` needs to forget a batch.
@@ -36,70 +57,143 @@ pub trait Outbox: Send + Sync + 'static {
     fn ack(&self, token: Self::Token) -> impl Future<Output = Result<(), String>> + Send;
 
     fn backlog(&self) -> impl Future<Output = Result<Backlog, String>> + Send;
+
+    /// Waits after a batch that was not full, until there may be more to read: `interval` by
+    /// default, so light traffic still makes batches of some size.
+    fn idle(&self, interval: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(interval)
+    }
 }
 
-/// The embedded engine's outbox: events wait here, in order, until settled. Bounded: when it is
-/// full the engine refuses state changes (fail closed) rather than lose their record.
+/// One operation's records: settled together, in order, never split across batches (a hold and
+/// the answer that named it land in one transaction).
+#[derive(Debug)]
+struct Unit {
+    at_ms: i64,
+    records: Records,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    units: VecDeque<Unit>,
+    /// Events in `units`.
+    events: usize,
+    /// Units ever pushed.
+    pushed: u64,
+}
+
+/// The embedded engine's outbox: each operation's records wait here, in order, until settled,
+/// and the operation's caller waits for that (see [`MemoryOutbox::durable`]): group commit, as
+/// every batch the settler takes holds the operations that arrived during the previous one.
+/// Bounded: when it is full the engine refuses state changes (fail closed).
 pub struct MemoryOutbox {
-    queue: Mutex<VecDeque<(i64, Event)>>,
+    queue: Mutex<Queue>,
     capacity: usize,
+    /// Wakes the settler when something arrives.
+    arrived: Notify,
+    /// Units settled so far (a prefix of those pushed).
+    settled: watch::Sender<u64>,
     clock: fn() -> i64,
 }
 
 impl MemoryOutbox {
     pub fn new(capacity: usize) -> Self {
-        Self { queue: Mutex::new(VecDeque::new()), capacity, clock: || chrono::Utc::now().timestamp_millis() }
+        Self {
+            queue: Mutex::default(),
+            capacity,
+            arrived: Notify::new(),
+            settled: watch::Sender::new(0),
+            clock: || chrono::Utc::now().timestamp_millis(),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(i64, Event)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Room for more events?
     pub fn has_room(&self) -> bool {
-        self.lock().len() < self.capacity
+        self.lock().events < self.capacity
     }
 
-    pub fn push(&self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
+    /// Queues one operation's records; returns the ticket to wait for with [`Self::durable`].
+    /// Nothing to record still gets a ticket: the one of everything queued before, which the
+    /// operation may have seen.
+    pub fn push(&self, records: Records) -> u64 {
+        let mut queue = self.lock();
+        if records.is_empty() {
+            return queue.pushed;
         }
-        let now = (self.clock)();
-        self.lock().extend(events.into_iter().map(|event| (now, event)));
+        queue.events += records.events.len();
+        queue.pushed += 1;
+        queue.units.push_back(Unit { at_ms: (self.clock)(), records });
+        let ticket = queue.pushed;
+        drop(queue);
+        self.arrived.notify_one();
+        ticket
     }
 
+    /// Resolves once everything up to `ticket` is in SQL. Waits as long as that takes: the
+    /// caller bounds it (a call's deadline).
+    pub async fn durable(&self, ticket: u64) {
+        let mut settled = self.settled.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail while we borrow it.
+        let _ = settled.wait_for(|settled| *settled >= ticket).await;
+    }
+
+    /// Events waiting.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().events
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().units.is_empty()
     }
 }
 
 impl Outbox for MemoryOutbox {
-    /// How many events, from the front, the batch took.
+    /// How many units, from the front, the batch took.
     type Token = usize;
 
+    /// Whole units from the front, up to `max` events (at least one unit).
     async fn read(&self, max: usize) -> Result<Batch<usize>, String> {
         let queue = self.lock();
-        if queue.is_empty() {
-            return Ok(None);
+        let mut batch = Records::default();
+        let mut taken = 0;
+        for unit in &queue.units {
+            if taken > 0 && batch.events.len() + unit.records.events.len() > max {
+                break;
+            }
+            batch.events.extend(unit.records.events.iter().cloned());
+            batch.answers.extend(unit.records.answers.iter().cloned());
+            batch.snapshots.extend(unit.records.snapshots.iter().cloned());
+            taken += 1;
         }
-        let batch: Vec<Event> = queue.iter().take(max).map(|(_, event)| event.clone()).collect();
-        let taken = batch.len();
-        Ok(Some((batch, taken)))
+        Ok((taken > 0).then_some((batch, taken)))
     }
 
     async fn ack(&self, taken: usize) -> Result<(), String> {
-        // Only the settler removes events, and it acknowledges batches in the order it read them.
-        self.lock().drain(..taken);
+        // Only the settler removes units, and it acknowledges batches in the order it read them.
+        let mut queue = self.lock();
+        let gone: usize = queue.units.drain(..taken).map(|unit| unit.records.events.len()).sum();
+        queue.events -= gone;
+        let settled = queue.pushed - queue.units.len() as u64;
+        drop(queue);
+        self.settled.send_replace(settled);
         Ok(())
     }
 
     async fn backlog(&self) -> Result<Backlog, String> {
         let queue = self.lock();
-        let oldest_ms = queue.front().map_or(0, |(at, _)| ((self.clock)() - at).max(0));
-        Ok(Backlog { events: queue.len() as u64, oldest_ms })
+        let oldest_ms = queue.units.front().map_or(0, |unit| ((self.clock)() - unit.at_ms).max(0));
+        Ok(Backlog { events: queue.events as u64, oldest_ms })
+    }
+
+    /// Returns at once when something waits: the next batch is whatever arrived meanwhile.
+    async fn idle(&self, interval: Duration) {
+        if !self.is_empty() {
+            return;
+        }
+        let _ = tokio::time::timeout(interval, self.arrived.notified()).await;
     }
 }

@@ -26,7 +26,8 @@ pub const SETTLE_BATCH_MAX_DEFAULT: usize = 5_000;
 pub struct SettleOptions {
     /// Most events per batch (one SQL transaction).
     pub batch_max: usize,
-    /// How long to wait when the outbox is empty before reading again.
+    /// How long to wait when the outbox is empty before reading again (an outbox that can tell
+    /// when something arrives wakes the settler sooner).
     pub idle_interval: Duration,
     /// Longest pause between retries of a failed write.
     pub retry_max: Duration,
@@ -96,8 +97,8 @@ impl<O: Outbox> Settler<O> {
         true
     }
 
-    /// Settles batch after batch; pauses `idle_interval` after a batch that was not full, so
-    /// light traffic still makes batches of some size.
+    /// Settles batch after batch; after a batch that was not full, waits for the outbox to have
+    /// more (see [`Outbox::idle`]).
     async fn settle_until(&self, mut stopped: watch::Receiver<()>) {
         loop {
             match self.settle_batch(&mut stopped).await {
@@ -105,8 +106,9 @@ impl<O: Outbox> Settler<O> {
                 Some(_) => {}
                 None => return,
             }
-            if !self.pause(&mut stopped, self.options.idle_interval).await {
-                return;
+            tokio::select! {
+                _ = self.outbox.idle(self.options.idle_interval) => {}
+                _ = stopped.changed() => return,
             }
         }
     }
@@ -142,7 +144,7 @@ impl<O: Outbox> Settler<O> {
     /// Reads one batch, writes it (retrying until it lands or `stopped` fires), acknowledges it.
     /// Returns None when stopped.
     async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<Batch> {
-        let (events, token) = match self.outbox.read(self.options.batch_max).await {
+        let (records, token) = match self.outbox.read(self.options.batch_max).await {
             Ok(Some(batch)) => batch,
             Ok(None) => return Some(Batch::Empty),
             Err(error) => {
@@ -155,7 +157,7 @@ impl<O: Outbox> Settler<O> {
         let mut pause = Duration::from_millis(20);
         loop {
             let now = chrono::Utc::now().timestamp_millis();
-            match self.store.write(&events, now).await {
+            match self.store.settle(&records, now).await {
                 Ok(new) => {
                     self.stats.settled.fetch_add(new as u64, Ordering::Relaxed);
                     metrics::counter!(telemetry::SETTLED).increment(new as u64);
@@ -164,7 +166,7 @@ impl<O: Outbox> Settler<O> {
                 Err(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
-                    tracing::warn!(%error, events = events.len(), "settling a batch failed; retrying");
+                    tracing::warn!(%error, events = records.events.len(), "settling a batch failed; retrying");
                     if !self.pause(stopped, pause).await {
                         return None;
                     }
@@ -176,8 +178,8 @@ impl<O: Outbox> Settler<O> {
             // The batch is in SQL; unacknowledged, it will be delivered again and change nothing.
             tracing::warn!(%error, "acknowledging a settled batch failed");
         }
-        self.stats.acknowledged.fetch_add(events.len() as u64, Ordering::Relaxed);
-        Some(Batch::Settled(events.len()))
+        self.stats.acknowledged.fetch_add(records.events.len() as u64, Ordering::Relaxed);
+        Some(Batch::Settled(records.events.len()))
     }
 
     /// Waits `pause`, or less if stopped; false when stopped.

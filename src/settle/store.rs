@@ -18,8 +18,13 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+use super::outbox::Records;
+use crate::ledger::durable::RememberedAnswer;
 use crate::ledger::event::{Event, EventKind, draws_total};
+use crate::ledger::snapshot::AccountSnapshot;
 use crate::ledger::{AccountId, wire};
+
+mod durable;
 
 /// Rows per multi-row statement (well under both databases' bind-parameter limits).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -168,6 +173,40 @@ impl Store {
     /// Settles `events` in one transaction; returns how many were new. Writing the same events
     /// again changes nothing.
     pub async fn write(&self, events: &[Event], settled_ms: i64) -> Result<usize> {
+        self.write_parts(events, &[], &[], settled_ms).await
+    }
+
+    /// Settles a batch from an outbox in one transaction: its events (see [`Store::write`]) and
+    /// the embedded engine's remembered answers and snapshots. Returns how many events were new.
+    pub async fn settle(&self, records: &Records, settled_ms: i64) -> Result<usize> {
+        self.write_parts(&records.events, &records.answers, &records.snapshots, settled_ms).await
+    }
+
+    async fn write_parts(
+        &self,
+        events: &[Event],
+        answers: &[RememberedAnswer],
+        snapshots: &[AccountSnapshot],
+        settled_ms: i64,
+    ) -> Result<usize> {
+        if events.is_empty() && answers.is_empty() && snapshots.is_empty() {
+            return Ok(0);
+        }
+        let mut transaction = self.pool.begin().await?;
+        let new = self.insert_events(&mut transaction, events, settled_ms).await?;
+        durable::upsert_answers(&mut transaction, answers, self.backend).await?;
+        durable::upsert_snapshots(&mut transaction, snapshots, settled_ms, self.backend).await?;
+        transaction.commit().await?;
+        Ok(new)
+    }
+
+    /// Inserts the events not settled yet and folds those into the derived tables.
+    async fn insert_events(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+        events: &[Event],
+        settled_ms: i64,
+    ) -> Result<usize> {
         if events.is_empty() {
             return Ok(0);
         }
@@ -177,7 +216,6 @@ impl Store {
         let mut unique: Vec<&Event> = events.iter().collect();
         unique.sort_by(|a, b| (&a.account, a.seq).cmp(&(&b.account, b.seq)));
         unique.dedup_by(|later, first| later.account == first.account && later.seq == first.seq);
-        let mut transaction = self.pool.begin().await?;
         let mut inserted: Vec<(String, i64)> = Vec::new();
         for chunk in unique.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
@@ -199,7 +237,7 @@ impl Store {
                     .bind(data)
                     .bind(settled_ms);
             }
-            for row in query.fetch_all(&mut *transaction).await? {
+            for row in query.fetch_all(&mut **transaction).await? {
                 inserted.push((row.try_get(0)?, row.try_get(1)?));
             }
         }
@@ -209,11 +247,10 @@ impl Store {
             if new.contains(&(event.account.as_str().to_owned(), event.seq as i64)) {
                 fold.add(event);
             } else {
-                keep_if_conflicting(&mut transaction, event, settled_ms).await?;
+                keep_if_conflicting(transaction, event, settled_ms).await?;
             }
         }
-        fold.write(&mut transaction, self.backend).await?;
-        transaction.commit().await?;
+        fold.write(transaction, self.backend).await?;
         Ok(new.len())
     }
 

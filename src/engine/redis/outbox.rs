@@ -25,7 +25,7 @@ use redis::{Cmd, FromRedisValue, Value};
 
 use super::{Connection, RedisEngine, events};
 use crate::engine::Error;
-use crate::settle::outbox::{Backlog, Batch, Outbox};
+use crate::settle::outbox::{Backlog, Batch, Outbox, Records};
 
 pub const GROUP: &str = "settlers";
 
@@ -396,7 +396,7 @@ impl Outbox for RedisOutbox {
                 _ => token.push((shard, vec![entry.id])),
             }
         }
-        Ok((!events.is_empty()).then_some((events, token)))
+        Ok((!events.is_empty()).then_some((Records { events, ..Records::default() }, token)))
     }
 
     /// Acknowledges and deletes the batch's entries on every shard at once. A shard that failed
