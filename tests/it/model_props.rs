@@ -64,6 +64,7 @@ use credit_sidecar::ledger::command::{
     Charge, Commit, Extend, Grant, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::cycle::{Cycle, cycle_containing};
+use credit_sidecar::ledger::durable::{self, DurableState, RememberedAnswer};
 use credit_sidecar::ledger::event::{Draw, Event, EventKind, draws_total};
 use credit_sidecar::ledger::{
     AMOUNT_MAX, AccountId, Answer, BALANCE_MAX, Balance, BusinessKey, Decision, Decline, DeclineReason, Error, Labels,
@@ -230,6 +231,13 @@ enum Op {
         pick: usize,
         offset_ms: Millis,
     },
+    /// The embedded engine keeps a snapshot of every account (as it does every
+    /// `SNAPSHOT_INTERVAL_EVENTS` of an account's events).
+    Snapshot,
+    /// The embedded engine restarts: the ledger is rebuilt from what it kept in SQL (the latest
+    /// snapshots, the events after them, every remembered answer, all through their stored JSON)
+    /// and swept, and everything goes on against the restored ledger.
+    Restart,
 }
 
 /// Which request is sent again as is.
@@ -368,6 +376,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, which)| Op::Retry { pick, which }),
         3 => (any::<usize>(), prop_oneof![Just(Reuse::Field), Just(Reuse::Operation), Just(Reuse::Elsewhere)])
             .prop_map(|(pick, how)| Op::Reuse { pick, how }),
+        1 => Just(Op::Snapshot),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -935,13 +945,17 @@ struct Harness {
     trials: BTreeSet<AccountId>,
     /// Every event so far, for the restore check.
     history: Vec<Event>,
+    /// What the embedded engine would have kept in SQL: each account's latest snapshot (its last
+    /// event, its JSON) and each remembered answer by key (the answer, its JSON).
+    kept_snapshots: HashMap<AccountId, (u64, String)>,
+    kept_answers: HashMap<(AccountId, u64, RequestId), (RememberedAnswer, String)>,
     checks: u64,
 }
 
 impl Harness {
     fn new() -> Self {
         Self {
-            ledger: Ledger::new(RETENTION_MS),
+            ledger: Ledger::new(RETENTION_MS).journal_answers(),
             rules: Rules::default(),
             now: start_ms(),
             last_sweep_ms: None,
@@ -952,6 +966,8 @@ impl Harness {
             sent: Vec::new(),
             trials: BTreeSet::new(),
             history: Vec::new(),
+            kept_snapshots: HashMap::new(),
+            kept_answers: HashMap::new(),
             checks: 0,
         }
     }
@@ -974,6 +990,11 @@ impl Harness {
             Op::Quote { account, user, amount, unit } => self.quote(*account, *user, *amount, *unit)?,
             Op::Retry { pick, which } => self.retry(*pick, *which)?,
             Op::Reuse { pick, how } => self.reuse(*pick, *how)?,
+            Op::Snapshot => {
+                self.keep_snapshots();
+                return self.check_quiet();
+            }
+            Op::Restart => self.restart()?,
             Op::GrantBurst { account, count } => {
                 for _ in 0..*count {
                     let grant = Op::Grant {
@@ -1730,6 +1751,43 @@ impl Harness {
             self.check_restore()?;
         }
         Ok(())
+    }
+
+    /// Keeps the answers remembered since the last call, as the settler writes them: one row per
+    /// key, the latest winning.
+    fn keep_answers(&mut self) {
+        for memo in self.ledger.drain_answers() {
+            let key = (memo.account.clone(), memo.reservation.unwrap_or(0), memo.request.clone());
+            let text = durable::encode_answer(&memo.answer);
+            self.kept_answers.insert(key, (memo, text));
+        }
+    }
+
+    fn keep_snapshots(&mut self) {
+        for id in self.ledger.account_ids() {
+            let snapshot = self.ledger.snapshot(&id).expect("a listed account");
+            self.kept_snapshots.insert(id, (snapshot.last_event, durable::encode_snapshot(&snapshot)));
+        }
+    }
+
+    /// Replaces the ledger with one restored from what was kept, as the embedded engine's start
+    /// does, then sweeps (as it does too). Every later step checks the restored ledger.
+    fn restart(&mut self) -> Result<(), String> {
+        self.keep_answers();
+        let mut kept = DurableState::default();
+        for (last_event, text) in self.kept_snapshots.values() {
+            let snapshot = durable::decode_snapshot(durable::SNAPSHOT_FORMAT, text)?;
+            ensure!(snapshot.last_event == *last_event, "snapshot JSON changed its last event");
+            kept.snapshots.push(snapshot);
+        }
+        let after = |event: &Event| self.kept_snapshots.get(&event.account).is_none_or(|(last, _)| event.seq > *last);
+        kept.events = self.history.iter().filter(|event| after(event)).cloned().collect();
+        for (memo, text) in self.kept_answers.values() {
+            let answer = durable::decode_answer(durable::ANSWER_FORMAT, text)?;
+            kept.answers.push(RememberedAnswer { answer, ..memo.clone() });
+        }
+        self.ledger = Ledger::restore_durable(RETENTION_MS, kept).map_err(|error| error.to_string())?;
+        self.sweep()
     }
 
     /// The ledger rebuilt from every event so far (what the embedded engine does on start, and

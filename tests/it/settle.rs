@@ -286,7 +286,7 @@ async fn a_replica_dying_mid_batch_leaves_its_events_to_another() {
     let settled = store.event_count().await.unwrap();
     eprintln!(
         "dead replica: it held {} events; {settled} settled once by the survivor; lost 0, doubled 0",
-        taken.len()
+        taken.events.len()
     );
 }
 
