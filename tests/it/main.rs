@@ -2,6 +2,7 @@
 //! real server on a free loopback port and talks to it through the real tonic clients.
 
 mod cluster;
+mod crash;
 mod differential;
 mod flows;
 mod harness;

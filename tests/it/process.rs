@@ -45,20 +45,20 @@ const RETENTION_MS: i64 = 86_400_000;
 // ---------------------------------------------------------------------------------------------
 
 /// A tempdir for one test's database and files, and the command line around it.
-struct Workdir {
+pub(crate) struct Workdir {
     dir: tempfile::TempDir,
 }
 
 impl Workdir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { dir: tempfile::tempdir().unwrap() }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn database_url(&self) -> String {
+    pub(crate) fn database_url(&self) -> String {
         format!("sqlite://{}?mode=rwc", self.path().join("ledger.db").display())
     }
 
@@ -70,7 +70,7 @@ impl Workdir {
 
     /// The binary with none of this environment's settings leaking in, working in the tempdir,
     /// its database there: no listen, metrics or log flags yet.
-    fn bare_command(&self) -> Command {
+    pub(crate) fn bare_command(&self) -> Command {
         let mut command = Command::new(BINARY);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
@@ -83,7 +83,7 @@ impl Workdir {
     }
 
     /// The usual run: JSON logs, both listeners on ports the kernel picks.
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut command = self.bare_command();
         command.args(["--log-format", "json", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
         command
@@ -91,7 +91,7 @@ impl Workdir {
 }
 
 /// A running (or exited) sidecar. Dropping it kills the process.
-struct Sidecar {
+pub(crate) struct Sidecar {
     child: Child,
     /// stdout, line by line, as read; closed at the process's end of stdout.
     lines: mpsc::UnboundedReceiver<String>,
@@ -101,7 +101,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn spawn(mut command: Command) -> Self {
+    pub(crate) fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -142,7 +142,7 @@ impl Sidecar {
         Self { child, lines, stdout, stderr }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -155,7 +155,7 @@ impl Sidecar {
     }
 
     /// What the process said, for failure messages.
-    fn transcript(&self) -> String {
+    pub(crate) fn transcript(&self) -> String {
         format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout().join("\n"), self.stderr())
     }
 
@@ -187,7 +187,7 @@ impl Sidecar {
     }
 
     /// Waits for the `serving` line and returns the real gRPC and metrics addresses.
-    async fn serving(&mut self) -> Serving {
+    pub(crate) async fn serving(&mut self) -> Serving {
         let line = self.wait_for_line("`serving` line", START_TIMEOUT, |line| message(line) == Some("serving")).await;
         let fields = &line["fields"];
         let grpc = fields["grpc"].as_str().unwrap_or_else(|| panic!("serving line without grpc: {line}"));
@@ -200,8 +200,15 @@ impl Sidecar {
         }
     }
 
+    /// SIGKILL: the process dies at once, mid-call, with nothing flushed.
+    pub(crate) async fn kill(&mut self) {
+        let status = Command::new("kill").args(["-KILL", &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -KILL {} failed", self.pid());
+        self.exit_status().await;
+    }
+
     /// SIGTERM, as a container runtime sends it.
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
         assert!(status.success(), "kill -TERM {} failed", self.pid());
     }
@@ -220,7 +227,7 @@ impl Sidecar {
         }
     }
 
-    async fn exit_status(&mut self) -> ExitStatus {
+    pub(crate) async fn exit_status(&mut self) -> ExitStatus {
         match self.wait_exit(EXIT_TIMEOUT).await {
             Ok(status) => status,
             Err(()) => panic!("still running {EXIT_TIMEOUT:?} later\n{}", self.transcript()),
@@ -249,14 +256,14 @@ impl Drop for Sidecar {
     }
 }
 
-struct Serving {
-    grpc: SocketAddr,
+pub(crate) struct Serving {
+    pub(crate) grpc: SocketAddr,
     metrics: Option<SocketAddr>,
-    engine: String,
+    pub(crate) engine: String,
 }
 
 impl Serving {
-    async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
             .timeout(Duration::from_secs(15))
@@ -265,13 +272,13 @@ impl Serving {
             .unwrap()
     }
 
-    fn metrics(&self) -> SocketAddr {
+    pub(crate) fn metrics(&self) -> SocketAddr {
         self.metrics.expect("metrics are on")
     }
 }
 
 /// A log line's message.
-fn message(line: &Value) -> Option<&str> {
+pub(crate) fn message(line: &Value) -> Option<&str> {
     line["fields"]["message"].as_str()
 }
 
@@ -438,18 +445,18 @@ async fn scrape_until(address: SocketAddr, what: &str, ready: impl Fn(&Metrics) 
 // Calls
 // ---------------------------------------------------------------------------------------------
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// A monthly plan of `credits` anchored a day ago (the binary runs on the real clock).
-async fn set_plan(admin: &mut CreditAdminClient<Channel>, account: &str, credits: i64) {
+pub(crate) async fn set_plan(admin: &mut CreditAdminClient<Channel>, account: &str, credits: i64) {
     let request = plan_request(account, credits, now_ms() - 86_400_000, format!("plan-{account}"));
     let response = admin.set_plan(request).await.unwrap().into_inner();
     assert_eq!(response.outcome(), pb::Outcome::Ok, "{response:?}");
 }
 
-fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id: String) -> pb::CommitRequest {
+pub(crate) fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id: String) -> pb::CommitRequest {
     pb::CommitRequest {
         reservation_id: reservation.into(),
         cost: Some(amount_cost(amount)),
@@ -460,7 +467,7 @@ fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id
     }
 }
 
-async fn balance(auth: &mut CreditAuthorizerClient<Channel>, account: &str) -> pb::Totals {
+pub(crate) async fn balance(auth: &mut CreditAuthorizerClient<Channel>, account: &str) -> pb::Totals {
     let request = pb::GetBalanceRequest { account_id: account.into(), user_id: String::new() };
     auth.get_balance(request).await.unwrap().into_inner().totals.unwrap()
 }
@@ -805,7 +812,7 @@ const ACCOUNT: &str = "loadco";
 
 /// Did the stop refuse the call (the server answering UNAVAILABLE, or the connection refused,
 /// closed or torn down before an answer) rather than a call failing on its own?
-fn refused_by_the_stop(status: &tonic::Status) -> bool {
+pub(crate) fn refused_by_the_stop(status: &tonic::Status) -> bool {
     // A status the server sent carries the response's headers; one made up by the client
     // because the transport failed carries none.
     let from_transport = status.metadata().get("content-type").is_none();
