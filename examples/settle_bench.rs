@@ -181,10 +181,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let drain = Instant::now();
     loop {
         let t = Instant::now();
-        let Some((events, token)) = outbox.read(args.batch).await? else { break };
+        let Some((records, token)) = outbox.read(args.batch).await? else { break };
         read_time += t.elapsed();
         let t = Instant::now();
-        settled += store.write(&events, chrono::Utc::now().timestamp_millis()).await?;
+        settled += store.settle(&records, chrono::Utc::now().timestamp_millis()).await?;
         write_time += t.elapsed();
         let t = Instant::now();
         outbox.ack(token).await?;
@@ -323,8 +323,11 @@ mod embedded {
                 let tick = Duration::from_millis(10);
                 let per_tick = (rate / WORKERS / 100).max(1);
                 let mut ticker = tokio::time::interval(tick);
+                // Open loop: each call waits until its records are durable, so each is a task.
+                let mut calls = tokio::task::JoinSet::new();
                 while started.elapsed() < Duration::from_secs(seconds) {
                     ticker.tick().await;
+                    while calls.try_join_next().is_some() {}
                     for _ in 0..per_tick {
                         let n = counter.fetch_add(1, Ordering::Relaxed) as usize;
                         let reserve = Reserve {
@@ -336,14 +339,18 @@ mod embedded {
                             request: RequestId::parse(&format!("r{n}")).unwrap(),
                             labels: Labels::default(),
                         };
-                        match engine.reserve(&reserve).await {
-                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(Error::Unavailable(_)) => refused.fetch_add(1, Ordering::Relaxed),
-                            Err(error) => panic!("{error}"),
-                        };
+                        let (engine, ok, refused) = (engine.clone(), ok.clone(), refused.clone());
+                        calls.spawn(async move {
+                            match engine.reserve(&reserve).await {
+                                Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                                Err(Error::Unavailable(_)) => refused.fetch_add(1, Ordering::Relaxed),
+                                Err(error) => panic!("{error}"),
+                            };
+                        });
                     }
                     backlog_max.fetch_max(outbox.len() as u64, Ordering::Relaxed);
                 }
+                while calls.join_next().await.is_some() {}
             }));
         }
         for worker in workers {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX};
 use crate::ledger::Rules;
+pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::LogFormat;
 
 /// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
@@ -101,6 +102,10 @@ pub struct Settings {
     /// The embedded engine's outbox bound; beyond it state changes are refused [default: 100000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_OUTBOX_MEMORY_MAX")]
     pub outbox_memory_max: Option<usize>,
+    /// SQLite's `synchronous` setting: `normal` survives a crash of the sidecar, `full` also a
+    /// power loss [default: normal].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SQLITE_SYNCHRONOUS", value_name = "normal|full")]
+    pub sqlite_synchronous: Option<String>,
     /// How often overdue holds are expired and ended cycles renewed [default: 1000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
@@ -179,6 +184,8 @@ pub struct SettleConfig {
     pub claim_idle_ms: u64,
     /// The embedded engine's outbox bound: beyond it, state changes are refused.
     pub outbox_memory_max: usize,
+    /// How SQLite commits reach the disk (PostgreSQL ignores it).
+    pub sqlite_synchronous: SqliteSynchronous,
 }
 
 /// Who may call.
@@ -468,6 +475,13 @@ fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
         )?,
         claim_idle_ms: in_range("settle_claim_idle_ms", file.settle_claim_idle_ms, 30_000, 100..=3_600_000)?,
         outbox_memory_max: in_range("outbox_memory_max", file.outbox_memory_max, 100_000, 1_000..=10_000_000)?,
+        sqlite_synchronous: match file.sqlite_synchronous.as_deref().unwrap_or("normal") {
+            "normal" => SqliteSynchronous::Normal,
+            "full" => SqliteSynchronous::Full,
+            other => {
+                return Err(ConfigError::new("sqlite_synchronous", format!("must be normal or full, got {other:?}")));
+            }
+        },
     })
 }
 
@@ -528,6 +542,7 @@ mod tests {
             ("settle_batch_max = 0", "settle_batch_max: "),
             ("metrics_listen = \"somewhere\"", "metrics_listen: "),
             ("log_format = \"xml\"", "log_format: "),
+            ("sqlite_synchronous = \"off\"", "sqlite_synchronous: "),
             ("log_level = \"[[[\"", "log_level: "),
             ("call_timeout_max_ms = 0", "call_timeout_max_ms: "),
             ("concurrency_max = 0", "concurrency_max: "),

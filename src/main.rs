@@ -101,7 +101,7 @@ async fn upgrade_layout(config: &Config) -> Result<(), Box<dyn std::error::Error
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::connect(&config.settle.database_url).await?;
+    let store = Store::connect_with(&config.settle.database_url, config.settle.sqlite_synchronous).await?;
     tracing::info!(database = ?store.backend(), "settling events into the database");
     let engine = match &config.engine {
         EngineConfig::Embedded => {

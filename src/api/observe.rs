@@ -100,7 +100,7 @@ where
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout(deadline.budget(), handler(request)).await {
                 Ok(result) => result,
-                Err(_) => Err(Status::unavailable("store: no answer before the call's deadline; nothing was decided")),
+                Err(_) => Err(Status::unavailable("store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)")),
             },
             None => handler(request).await,
         };

@@ -63,7 +63,10 @@ impl EmbeddedEngine {
         Ok(result?)
     }
 
-    fn apply<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<(Result<T, Error>, u64)> {
+    fn apply<T>(
+        &self,
+        op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>,
+    ) -> super::Result<(Result<T, Error>, u64)> {
         if let Some(outbox) = &self.outbox
             && !outbox.has_room()
         {

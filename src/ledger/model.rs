@@ -16,8 +16,8 @@ use super::command::{
 };
 use super::cycle::cycle_containing;
 use super::durable::{DurableState, RememberedAnswer};
-use super::replay::ReplayError;
 use super::event::{Draw, Event, EventKind};
+use super::replay::ReplayError;
 use super::types::{AccountId, BALANCE_MAX, LotKind, Millis, RequestId, ReservationId, ReservationState, UserId};
 
 /// The page size of `list_reservations` when none is given, and its maximum.

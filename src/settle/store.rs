@@ -55,6 +55,18 @@ pub enum Backend {
     Sqlite,
 }
 
+/// How SQLite makes a commit durable (its `synchronous` pragma; the journal is always WAL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    /// A commit is in the WAL file when it returns; the WAL is synced at checkpoints. A crash
+    /// of the process loses nothing; a power loss or OS crash may lose the latest commits.
+    #[default]
+    Normal,
+    /// The WAL is synced at every commit: a power loss loses nothing either, for an fsync per
+    /// settled batch.
+    Full,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -120,6 +132,15 @@ pub struct SettledReservation {
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, SqliteSynchronous::default()).await
+    }
+
+    /// [`Store::connect`], choosing how SQLite commits reach the disk.
+    pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> Result<Self> {
+        let synchronous = match synchronous {
+            SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+            SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+        };
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let options = match backend {
@@ -132,11 +153,11 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
-                    .after_connect(|connection, _| {
+                    .after_connect(move |connection, _| {
                         Box::pin(async move {
                             sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
                             sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
-                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *connection).await?;
+                            sqlx::query(synchronous).execute(&mut *connection).await?;
                             // The indexes' hot pages stay in memory (the default is 2 MiB).
                             let cache = format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}");
                             let checkpoint = format!("PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}");

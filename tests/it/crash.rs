@@ -121,7 +121,12 @@ async fn load(serving: &Serving, phase: &'static str, pairs: u64, sidecar: &mut 
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress.load(Ordering::SeqCst) < pairs {
-        assert!(Instant::now() < deadline, "only {} pairs in 60 s\n{}", progress.load(Ordering::SeqCst), sidecar.transcript());
+        assert!(
+            Instant::now() < deadline,
+            "only {} pairs in 60 s\n{}",
+            progress.load(Ordering::SeqCst),
+            sidecar.transcript()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if kill {
@@ -146,7 +151,12 @@ fn start(work: &Workdir, redis: Option<&RedisServer>) -> Sidecar {
     Sidecar::spawn(command)
 }
 
-async fn reserve(auth: &mut CreditAuthorizerClient<Channel>, account: &str, amount: i64, request: &str) -> pb::ReserveResponse {
+async fn reserve(
+    auth: &mut CreditAuthorizerClient<Channel>,
+    account: &str,
+    amount: i64,
+    request: &str,
+) -> pb::ReserveResponse {
     auth.reserve(reserve_request(account, amount, request)).await.unwrap().into_inner()
 }
 
@@ -168,7 +178,6 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
         amount: 1_000,
         expires_unix_ms: 0,
         request_id: "tight-grant".into(),
-        ..Default::default()
     };
     admin.grant(grant).await.unwrap();
 
@@ -185,11 +194,16 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
     for told in &before {
         for (request, reservation) in told.reserves.iter().step_by(25) {
             let answer = reserve(&mut auth, ACCOUNT, HOLD, request).await;
-            assert_eq!((answer.outcome(), &answer.reservation_id), (pb::Outcome::Ok, reservation), "retry of {request}");
+            assert_eq!(
+                (answer.outcome(), &answer.reservation_id),
+                (pb::Outcome::Ok, reservation),
+                "retry of {request}"
+            );
             retried += 1;
         }
         for (request, reservation, amount) in told.commits.iter().step_by(25) {
-            let answer = auth.commit(commit_request(reservation, *amount, true, request.clone())).await.unwrap().into_inner();
+            let answer =
+                auth.commit(commit_request(reservation, *amount, true, request.clone())).await.unwrap().into_inner();
             assert_eq!((answer.outcome(), answer.charged), (pb::Outcome::Ok, *amount), "retry of {request}");
             retried += 1;
         }

@@ -456,7 +456,12 @@ pub(crate) async fn set_plan(admin: &mut CreditAdminClient<Channel>, account: &s
     assert_eq!(response.outcome(), pb::Outcome::Ok, "{response:?}");
 }
 
-pub(crate) fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id: String) -> pb::CommitRequest {
+pub(crate) fn commit_request(
+    reservation: &str,
+    amount: i64,
+    final_commit: bool,
+    request_id: String,
+) -> pb::CommitRequest {
     pb::CommitRequest {
         reservation_id: reservation.into(),
         cost: Some(amount_cost(amount)),

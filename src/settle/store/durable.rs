@@ -72,7 +72,8 @@ pub(super) async fn upsert_snapshots(
         }
     }
     for snapshot in newest.into_values() {
-        let mut sql = String::from("INSERT INTO engine_snapshots (account_id, last_seq, format, data, taken_ms) VALUES ");
+        let mut sql =
+            String::from("INSERT INTO engine_snapshots (account_id, last_seq, format, data, taken_ms) VALUES ");
         push_tuples(&mut sql, 1, 5, backend);
         sql.push_str(
             " ON CONFLICT (account_id) DO UPDATE SET last_seq = excluded.last_seq, format = excluded.format, \
