@@ -22,7 +22,7 @@ use crate::settle::outbox::MemoryOutbox;
 use crate::settle::settler::{SettleOptions, SettleStats, Settler};
 use crate::settle::store::Store;
 
-pub use embedded::EmbeddedEngine;
+pub use embedded::{EmbeddedEngine, SNAPSHOT_INTERVAL_EVENTS};
 
 /// Why an engine could not answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,10 +1,12 @@
 //! Rebuilding state from the durable record: applies events, in each account's sequence order,
-//! to fresh accounts. The embedded engine restores itself from SQLite this way, and `rebuild`
-//! re-creates an account's Redis state from the SQL ledger with it.
+//! to accounts — fresh ones, or ones restored from snapshots. `verify` and `rebuild` replay an
+//! account's whole history this way; the embedded engine replays the events after each
+//! account's snapshot (`Ledger::restore_durable`).
 //!
 //! Replay re-applies the recorded effects (the lots each hold drew, what each close returned);
-//! it never re-decides. Remembered answers to request ids are not in the record, so they are
-//! not restored: a retry of a request made before a loss is executed afresh.
+//! it never re-decides. Remembered answers to request ids are not in the events: the embedded
+//! engine keeps them apart (`durable`); `rebuild` does not restore them, so a retry of a request
+//! made before a Redis loss is executed afresh.
 
 use std::collections::HashMap;
 

@@ -17,6 +17,9 @@
 //!   without business key), Quote (with and without user);
 //! - time: jumps of 1 s–10 min, 1–12 h, 1–40 days, and jumps to within ±1 ms of a cycle end, a
 //!   hold's deadline or a lot's expiry; Sweep (at once, or after a jump);
+//! - the embedded engine's snapshots of every account, and restarts: the ledger is replaced by one
+//!   restored from the kept snapshots, the events after them and every remembered answer (all
+//!   through their stored JSON), then swept, and the sequence goes on against it;
 //! - request ids sent again: retries of remembered ones, of forgotten ones (a new request then,
 //!   or ReservationNotFound once the reservation is purged), of the Reserve that opened a hold;
 //!   a sweep within ±1 ms of the instant a recent request may be forgotten, then a retry of it;

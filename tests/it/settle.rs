@@ -191,6 +191,93 @@ async fn embedded_events_settle_and_a_restart_restores_them() {
     assert_eq!(settled[0].reservation_id, ids[ids.len() - 1], "newest first");
 }
 
+/// A busy account is kept as a snapshot every `SNAPSHOT_INTERVAL_EVENTS` events, so a restart
+/// replays only the events after its latest one — and finds the same account and the same
+/// remembered answers as a restart from the whole history would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
+    use credit_sidecar::engine::SNAPSHOT_INTERVAL_EVENTS;
+    use credit_sidecar::ledger::command::{Plan, Reserve, SetPlan};
+    use credit_sidecar::ledger::{Labels, Period, RequestId, UserId};
+
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let rules = Rules::default();
+    let outbox = Arc::new(MemoryOutbox::new(100_000));
+    let engine =
+        Engine::embedded_with(rules.clone(), Arc::new(clock.clone()), Ledger::new(RETENTION), Some(outbox.clone()));
+    let (stop, stopped) = watch::channel(());
+    let options = SettleOptions { idle_interval: Duration::from_millis(5), ..SettleOptions::default() };
+    let (settling, _stats) = engine
+        .spawn_settler(store.clone(), options, String::new(), Duration::from_secs(30), stopped, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let account = AccountId::parse("busy").unwrap();
+    let plan = Plan { period: Period::Monthly, anchor_ms: t0(), plan_credits: 1_000_000, addon_credits: 0 };
+    let request = RequestId::parse("plan").unwrap();
+    engine.set_plan(&SetPlan { account: account.clone(), plan, request }).await.unwrap();
+    // One event per Reserve; 64 in flight, as a busy caller would have.
+    let reserves = SNAPSHOT_INTERVAL_EVENTS + 500;
+    let reserve = |n: u64| Reserve {
+        account: account.clone(),
+        user: UserId::parse("ann").unwrap(),
+        category: rules.category("enrichment").unwrap(),
+        amount: 1,
+        ttl_ms: 3_600_000,
+        request: RequestId::parse(&format!("r{n}")).unwrap(),
+        labels: Labels::default(),
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..reserves {
+        let (engine, command, permit) = (engine.clone(), reserve(n), permits.clone().acquire_owned().await.unwrap());
+        calls.spawn(async move {
+            let decision = engine.reserve(&command).await.unwrap();
+            drop(permit);
+            (n, decision.done().expect("credit for every hold").reservation)
+        });
+    }
+    let mut opened = HashMap::new();
+    while let Some(call) = calls.join_next().await {
+        let (n, reservation) = call.unwrap();
+        opened.insert(n, reservation);
+    }
+    let live = engine.account(&account).await.unwrap();
+    drop(stop);
+    assert!(settling.await.unwrap(), "the settler flushed");
+
+    let kept = store.durable_state().await.unwrap();
+    let snapshot = kept.snapshots.iter().find(|snapshot| snapshot.account == "busy").expect("a snapshot of busy");
+    let tail = kept.events.iter().filter(|event| event.account == account).count() as u64;
+    let last_seq = store.totals(&account).await.unwrap().unwrap().last_seq as u64;
+    assert!(snapshot.last_event >= SNAPSHOT_INTERVAL_EVENTS, "snapshot at event {}", snapshot.last_event);
+    assert_eq!(snapshot.last_event + tail, last_seq, "the events after the snapshot, and only those, are replayed");
+    assert!(tail < SNAPSHOT_INTERVAL_EVENTS, "{tail} events to replay");
+    assert_eq!(kept.answers.len() as u64, reserves + 1, "one remembered answer per request");
+
+    let restored = Ledger::restore_durable(RETENTION, kept).unwrap();
+    let engine = Engine::embedded_with(
+        rules.clone(),
+        Arc::new(clock.clone()),
+        restored,
+        Some(Arc::new(MemoryOutbox::new(1_000))),
+    );
+    let (stop, stopped) = watch::channel(());
+    let (settling, _) = engine
+        .spawn_settler(store.clone(), options, String::new(), Duration::from_secs(30), stopped, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(engine.account(&account).await.unwrap(), live, "the account after the restart");
+    // Every Reserve is remembered: a retry gets its hold, whether before or after the snapshot.
+    for n in [0, reserves / 2, reserves - 1] {
+        let again = engine.reserve(&reserve(n)).await.unwrap().done().unwrap().reservation;
+        assert_eq!(again, opened[&n], "retry of r{n}");
+    }
+    assert_eq!(engine.account(&account).await.unwrap(), live, "retries changed nothing");
+    drop(stop);
+    assert!(settling.await.unwrap());
+}
+
 async fn assert_settled_after_stop(h: Harness, store: &Store, outbox: &MemoryOutbox) {
     let totals = (h.totals("acme").await, h.totals("globex").await);
     let check = Harness::serve(h.clock.clone(), h.engine.clone(), None, Duration::from_secs(3600)).await;
