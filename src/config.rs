@@ -89,6 +89,10 @@ pub struct Settings {
     /// Prepended to every Redis key [default: none].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
     pub redis_key_prefix: Option<String>,
+    /// When Redis lost its state: `off` refuses calls until an operator runs `rebuild`;
+    /// `rebuild` restores every account from the ledger automatically, once [default: off].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_STATE_RECOVERY", value_name = "off|rebuild")]
+    pub redis_state_recovery: Option<String>,
     /// Where events settle: `postgres://…` or `sqlite:…` [default: sqlite://credit-sidecar.db?mode=rwc].
     /// Also read from DATABASE_URL.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
@@ -241,6 +245,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// How often Redis and the database are checked for health.
     pub health_interval: Duration,
+    /// Restore Redis from the ledger by itself when it lost its state (see the README).
+    pub redis_state_recovery: bool,
     /// How long to keep serving, NOT_SERVING, after a shutdown signal.
     pub shutdown_drain: Duration,
     /// How long a shutdown may take to finish calls and flush settlement (after the drain).
@@ -394,6 +400,13 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         auth,
         tls,
         health_interval,
+        redis_state_recovery: match file.redis_state_recovery.as_deref().unwrap_or("off") {
+            "off" => false,
+            "rebuild" => true,
+            other => {
+                return Err(ConfigError::new("redis_state_recovery", format!("must be off or rebuild, got {other:?}")));
+            }
+        },
         shutdown_drain,
         shutdown_grace,
         sweep_interval,
@@ -548,6 +561,7 @@ mod tests {
             ("concurrency_max = 0", "concurrency_max: "),
             ("request_bytes_max = 10", "request_bytes_max: "),
             ("health_interval_ms = 0", "health_interval_ms: "),
+            ("redis_state_recovery = \"yes\"", "redis_state_recovery: "),
             ("shutdown_drain_ms = 600001", "shutdown_drain_ms: "),
         ];
         for (text, expected) in table {

@@ -66,7 +66,7 @@ async fn maintain(
     let account = account.map(|id| AccountId::parse(&id)).transpose()?;
     let store = Store::connect(&config.settle.database_url).await?;
     let retention = config.rules.request_id_retention_ms;
-    let redis = RedisEngine::connect(settings, retention).await?;
+    let redis = RedisEngine::connect_for_maintenance(settings, retention).await?;
     match what {
         Maintenance::Verify => {
             let drift = maintenance::verify(&store, &redis, retention, account.as_ref()).await?;
@@ -117,7 +117,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             engine
         }
         EngineConfig::Redis(settings) => {
-            let redis = RedisEngine::connect(settings, config.rules.request_id_retention_ms).await?;
+            let retention = config.rules.request_id_retention_ms;
+            let redis = RedisEngine::connect_guarded(settings, retention, store.clone()).await?;
             Engine::redis(config.rules.clone(), redis)
         }
     };
@@ -144,6 +145,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         auth,
         tls: config.tls.clone(),
         health_interval: config.health_interval,
+        redis_state_recovery: config.redis_state_recovery,
         shutdown_drain: config.shutdown_drain,
         shutdown_grace: config.shutdown_grace,
     };

@@ -123,15 +123,52 @@ pub async fn rebuild(
     account: Option<&AccountId>,
 ) -> Result<usize, MaintenanceError> {
     let mut written = 0;
-    for account in accounts(store, account).await? {
+    for one in accounts(store, account).await? {
         let now = redis.now().await?;
-        let ledger = replayed(store, &account, retention_ms, now).await?;
-        if let Some(snapshot) = ledger.snapshot(&account) {
+        let ledger = replayed(store, &one, retention_ms, now).await?;
+        if let Some(snapshot) = ledger.snapshot(&one) {
             redis.restore_account(&snapshot).await?;
             written += 1;
         }
     }
+    if account.is_none() {
+        // Every account is back: a loss of Redis's state noticed before this is over.
+        redis.mark_restored().await?;
+    }
     Ok(written)
+}
+
+/// How long the automatic recovery's lock lives, should its holder die mid-way.
+const RECOVERY_LOCK_TTL_MS: u64 = 600_000;
+
+/// What one attempt of the automatic recovery did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Every account was restored; this many were written.
+    Restored(usize),
+    /// Another replica holds the lock.
+    Elsewhere,
+    /// Redis's outbox holds events the ledger has not settled yet: try again once it has.
+    Unsettled(usize),
+}
+
+/// The opt-in automatic recovery (`redis_state_recovery = "rebuild"`): restores every account
+/// from the ledger under a lock, so one replica does it once while all refuse calls.
+pub async fn recover(store: &Store, redis: &RedisEngine, retention_ms: Millis) -> Result<Recovery, MaintenanceError> {
+    let token = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    if !redis.lock_recovery(&token, RECOVERY_LOCK_TTL_MS).await? {
+        return Ok(Recovery::Elsewhere);
+    }
+    let result = async {
+        let unsettled = unsettled_events(store, redis).await?;
+        if unsettled > 0 {
+            return Ok(Recovery::Unsettled(unsettled));
+        }
+        Ok(Recovery::Restored(rebuild(store, redis, retention_ms, None).await?))
+    }
+    .await;
+    redis.unlock_recovery(&token).await?;
+    result
 }
 
 /// What the layout upgrade did.

@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsConfig>,
     /// How often Redis and the database are checked for health.
     pub health_interval: Duration,
+    /// When Redis lost its state, restore it from the ledger automatically (Redis engine).
+    pub redis_state_recovery: bool,
     /// After the shutdown future resolves, keep serving this long while NOT_SERVING.
     pub shutdown_drain: Duration,
     /// Bounds finishing calls and flushing settlement at shutdown (after the drain).
@@ -56,6 +58,7 @@ impl ServeOptions {
             auth: None,
             tls: None,
             health_interval: Duration::from_secs(1),
+            redis_state_recovery: false,
             shutdown_drain: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -147,6 +150,11 @@ pub async fn serve(
         health.clone(),
         tasks_stopped.clone(),
     )));
+    if let (Some(store), Some(redis), true) = (&store, engine.redis_engine(), options.redis_state_recovery) {
+        let retention_ms = engine.rules().request_id_retention_ms;
+        let (store, interval) = (store.clone(), options.health_interval);
+        tasks.push(tokio::spawn(recovery_loop(store, redis, retention_ms, interval, tasks_stopped.clone())));
+    }
     if let (Some(store), true) = (&store, engine.keeps_answers_in_sql()) {
         let retention_ms = engine.rules().request_id_retention_ms;
         tasks.push(tokio::spawn(forget_loop(store.clone(), retention_ms, tasks_stopped.clone())));
@@ -262,6 +270,36 @@ async fn start_settler(
     let store = setup.store.clone();
     let consumer = setup.consumer.clone();
     Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, grace).await?)
+}
+
+/// The opt-in automatic recovery: every `interval`, if Redis lost its state, restores it from
+/// the ledger (one replica, under a lock; the others wait for its stamp), until `stopped` closes.
+async fn recovery_loop(
+    store: Store,
+    redis: Arc<crate::engine::redis::RedisEngine>,
+    retention_ms: i64,
+    interval: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
+    use crate::maintenance::{Recovery, recover};
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let Some(cause) = redis.state_lost() else { continue };
+        tracing::warn!(cause, "restoring Redis from the ledger (redis_state_recovery = rebuild)");
+        match recover(&store, &redis, retention_ms).await {
+            Ok(Recovery::Restored(accounts)) => tracing::warn!(accounts, "Redis restored from the ledger"),
+            Ok(Recovery::Elsewhere) => tracing::info!("another replica is restoring Redis"),
+            Ok(Recovery::Unsettled(events)) => {
+                tracing::warn!(events, "Redis's outbox holds unsettled events; restoring once they settle")
+            }
+            Err(error) => tracing::error!(%error, "restoring Redis from the ledger failed; will retry"),
+        }
+    }
 }
 
 /// How often the embedded engine's remembered answers past retention are deleted from SQL.

@@ -33,6 +33,7 @@ pub const CALLS_IN_FLIGHT: &str = "credit_sidecar_calls_in_flight";
 pub const OPEN_HOLDS: &str = "credit_sidecar_open_holds";
 pub const HELD_CREDITS: &str = "credit_sidecar_held_credits";
 pub const REDIS_ERRORS: &str = "credit_sidecar_redis_errors_total";
+pub const REDIS_STATE_LOST: &str = "credit_sidecar_redis_state_lost";
 pub const DEPENDENCY_UP: &str = "credit_sidecar_dependency_up";
 pub const SETTLE_BACKLOG: &str = "credit_sidecar_settle_backlog_events";
 pub const SETTLE_LAG: &str = "credit_sidecar_settle_lag_seconds";
@@ -72,6 +73,7 @@ fn describe() {
     describe_gauge!(OPEN_HOLDS, "Open reservations in the settled ledger.");
     describe_gauge!(HELD_CREDITS, "Credits held by open reservations in the settled ledger.");
     describe_counter!(REDIS_ERRORS, "Redis round trips that failed or timed out.");
+    describe_gauge!(REDIS_STATE_LOST, "1 while Redis is known to have lost state the ledger holds (calls refused).");
     describe_gauge!(DEPENDENCY_UP, "1 while the dependency answers its health check, else 0.");
     describe_gauge!(SETTLE_BACKLOG, "Events in the outbox not yet settled into SQL.");
     describe_gauge!(SETTLE_LAG, Unit::Seconds, "Age of the oldest unsettled event.");

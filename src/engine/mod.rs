@@ -206,6 +206,14 @@ impl Engine {
         }
     }
 
+    /// The Redis engine, when this is one.
+    pub fn redis_engine(&self) -> Option<Arc<redis::RedisEngine>> {
+        match &self.backend {
+            Backend::Redis(engine) => Some(engine.clone()),
+            Backend::Embedded(_) => None,
+        }
+    }
+
     /// Does the engine keep remembered answers in SQL (the embedded engine with settlement)?
     pub fn keeps_answers_in_sql(&self) -> bool {
         matches!(&self.backend, Backend::Embedded(engine) if engine.outbox().is_some())

@@ -288,6 +288,25 @@ impl Store {
         rows.iter().map(event_of).collect()
     }
 
+    /// Has the ledger settled anything of `account`?
+    pub async fn knows_account(&self, account: &AccountId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM account_totals WHERE account_id = $1")
+            .bind(account.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Does the ledger hold this reservation as open (held)? An open hold is never forgotten.
+    pub async fn knows_open_reservation(&self, id: &crate::ledger::ReservationId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM reservations WHERE account_id = $1 AND seq = $2 AND state = 'held'")
+            .bind(id.account.as_str().to_owned())
+            .bind(id.seq as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn accounts(&self) -> Result<Vec<AccountId>> {
         let rows =
             sqlx::query("SELECT account_id FROM account_totals ORDER BY account_id").fetch_all(&self.pool).await?;

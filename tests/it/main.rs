@@ -15,4 +15,5 @@ mod rules;
 mod servers;
 mod settle;
 mod settle_faults;
+mod state_loss;
 mod store;

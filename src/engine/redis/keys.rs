@@ -24,7 +24,10 @@
 //! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
 //! cs:{sN}:wake          zset    account -> when the sweep next has work for it
 //! cs:{sN}:events        stream  the outbox of shard N
-//! cs:layout             string  "<layout version> <shard count>", written at first start
+//! cs:layout             string  "<layout version> <shard count>", written at first start; its
+//!                               absence while the ledger holds events means Redis lost its state
+//! cs:recovered          string  when the state was last restored from the ledger (Unix ms)
+//! cs:recovery           string  the automatic recovery's lock (held by one replica, with a TTL)
 //! cs:shards             string  layout 1's marker (its shard count); its presence means layout 1
 //! ```
 
@@ -40,6 +43,10 @@ pub const RESERVATIONS_PER_HASH: u64 = 64;
 /// README, "Upgrading the Redis layout").
 pub const LAYOUT_VERSION: u32 = 2;
 pub const LAYOUT_KEY: &str = "cs:layout";
+/// See [`Layout::recovered_key`].
+pub const RECOVERED_KEY: &str = "cs:recovered";
+/// See [`Layout::recovery_lock_key`].
+pub const RECOVERY_LOCK_KEY: &str = "cs:recovery";
 /// Where layout 1 recorded its shard count: its presence marks a Redis laid out by version 1.
 pub const LAYOUT_1_KEY: &str = "cs:shards";
 /// The default shard count. More shards spread a Redis Cluster's load over more slots; the
@@ -100,6 +107,16 @@ impl Layout {
 
     pub fn layout_key(&self) -> String {
         format!("{}{LAYOUT_KEY}", self.prefix)
+    }
+
+    /// When Redis's state was last restored from the ledger (ms): ends a loss noticed before.
+    pub fn recovered_key(&self) -> String {
+        format!("{}{RECOVERED_KEY}", self.prefix)
+    }
+
+    /// Held while one replica restores Redis from the ledger (the automatic recovery).
+    pub fn recovery_lock_key(&self) -> String {
+        format!("{}{RECOVERY_LOCK_KEY}", self.prefix)
     }
 
     pub fn layout_1_key(&self) -> String {

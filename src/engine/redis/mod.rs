@@ -13,6 +13,7 @@
 //! timeout is [`Error::Unavailable`]: nothing is granted that could not be recorded.
 
 pub mod events;
+mod guard;
 mod keys;
 pub mod library;
 pub mod outbox;
@@ -39,7 +40,11 @@ use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Millis, PlanSet, Quoted,
     Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
 };
+use crate::settle::store::Store;
 use reply::{Context, Fields, Reply};
+
+/// The functions that create the account they name when it does not exist.
+const CREATING: [&str; 3] = ["set_plan", "grant", "start_trial"];
 
 /// The most accounts one sweep pass catches up per shard; the rest wait for the next pass.
 pub const SWEEP_BATCH_MAX: usize = 512;
@@ -110,6 +115,8 @@ pub struct RedisEngine {
     retention_ms: Millis,
     /// Tests only: the time scripts use instead of Redis `TIME`.
     test_clock: Option<Arc<dyn Clock>>,
+    /// Notices when Redis lost its state, and then refuses calls (see [`guard`]).
+    guard: guard::Guard,
 }
 
 fn unavailable(error: redis::RedisError) -> Error {
@@ -121,7 +128,29 @@ impl RedisEngine {
     /// nothing yet: then records them), and loads the function library.
     pub async fn connect(settings: &RedisSettings, retention_ms: Millis) -> Result<Self> {
         let engine = Self::connect_unchecked(settings, retention_ms).await?;
-        engine.check_layout().await?;
+        engine.check_layout(Some(0)).await?;
+        engine.load_library().await?;
+        Ok(engine)
+    }
+
+    /// For `verify` and `rebuild`: checks the layout version and shards but writes nothing
+    /// into an empty Redis (`rebuild` records the layout once every account is back).
+    pub async fn connect_for_maintenance(settings: &RedisSettings, retention_ms: Millis) -> Result<Self> {
+        let engine = Self::connect_unchecked(settings, retention_ms).await?;
+        engine.check_layout(None).await?;
+        engine.load_library().await?;
+        Ok(engine)
+    }
+
+    /// [`RedisEngine::connect`] for serving: what Redis holds is checked against `ledger` (see
+    /// [`guard`]). A Redis without this deployment's layout marker while the ledger holds events
+    /// lost its state: the engine starts refusing calls instead of starting afresh.
+    pub async fn connect_guarded(settings: &RedisSettings, retention_ms: Millis, ledger: Store) -> Result<Self> {
+        let mut engine = Self::connect_unchecked(settings, retention_ms).await?;
+        let events = ledger.event_count().await.map_err(|error| Error::Unavailable(format!("database: {error}")))?;
+        engine.guard = guard::Guard::with_ledger(Some(ledger));
+        metrics::gauge!(crate::telemetry::REDIS_STATE_LOST).set(0.0);
+        engine.check_layout(Some(events)).await?;
         engine.load_library().await?;
         Ok(engine)
     }
@@ -137,6 +166,7 @@ impl RedisEngine {
             timeout: settings.timeout,
             retention_ms,
             test_clock: None,
+            guard: guard::Guard::default(),
         })
     }
 
@@ -153,10 +183,19 @@ impl RedisEngine {
         Ok(engine)
     }
 
+    /// For tests that move time: the engine uses `clock` instead of Redis `TIME` from now on.
+    #[doc(hidden)]
+    pub fn set_test_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.test_clock = Some(clock);
+    }
+
     /// Refuses a Redis laid out by another version or over another shard count; records this
-    /// layout in an empty one. Layout 1 kept its shard count under `cs:shards`; this layout writes
-    /// a non-number there, so a layout-1 sidecar started against it refuses to start too.
-    async fn check_layout(&self) -> Result<()> {
+    /// layout in an empty one — unless the ledger already holds `ledger_events` events: then the
+    /// empty Redis lost its state, and the guard refuses calls until it is restored (None:
+    /// leaves an empty Redis as it is, for maintenance). Layout 1
+    /// kept its shard count under `cs:shards`; this layout writes a non-number there, so a
+    /// layout-1 sidecar started against it refuses to start too.
+    async fn check_layout(&self, ledger_events: Option<i64>) -> Result<()> {
         let mut connection = self.connection.clone();
         let (key, old_key, value) = (self.layout.layout_key(), self.layout.layout_1_key(), self.layout.layout_value());
         let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
@@ -178,7 +217,29 @@ impl RedisEngine {
                  --upgrade-layout` (README, \"Upgrading the Redis layout\")"
             )));
         }
-        self.write_layout().await
+        match ledger_events {
+            None => Ok(()),
+            Some(0) => self.write_layout().await,
+            Some(events) => {
+                self.flag_lost(format!("Redis holds no layout marker while the ledger holds {events} events")).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// After every account was restored from the ledger: records the layout (if it was lost)
+    /// and stamps the recovery, which ends a loss noticed before it in every replica.
+    pub async fn mark_restored(&self) -> Result<()> {
+        let now = self.now().await?;
+        let mut connection = self.connection.clone();
+        let key = self.layout.layout_key();
+        self.bounded(
+            redis::cmd("SET").arg(&key).arg(self.layout.layout_value()).arg("NX").query_async::<()>(&mut connection),
+        )
+        .await?;
+        self.bounded(redis::cmd("SET").arg(self.layout.recovered_key()).arg(now).query_async::<()>(&mut connection))
+            .await?;
+        self.check_state().await
     }
 
     /// Records this layout (version and shards), unless another start recorded one first.
@@ -226,10 +287,11 @@ impl RedisEngine {
         connect(&self.settings).await
     }
 
-    /// Does Redis answer (within the timeout)?
+    /// Does Redis answer (within the timeout), holding its state (see [`guard`])?
     pub async fn ping(&self) -> Result<()> {
         let mut connection = self.connection.clone();
-        self.bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await
+        self.bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await?;
+        self.check_state().await
     }
 
     /// The engine's now: the test clock, or Redis `TIME`.
@@ -294,6 +356,12 @@ impl RedisEngine {
         keys: &[String],
         args: &[Arg<'_>],
     ) -> Result<Value> {
+        if name != "restore" {
+            self.admit().await?;
+        }
+        if CREATING.contains(&name) {
+            self.guard_creation(account).await?;
+        }
         let now = self.now_arg();
         let mut all = vec![Arg::Text(account.as_str()), Arg::Text(&now), Arg::Int(self.retention_ms)];
         all.extend_from_slice(args);
@@ -311,7 +379,7 @@ impl RedisEngine {
         let keys = self.keys(context.account, context.reservation);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let value = self.account_call(name, false, context.account, &keys, args).await?;
-            match reply::parse(value, context)? {
+            match self.checked(reply::parse(value, context)).await? {
                 Reply::Ok(mut fields) => return Ok(Decision::Done(convert(&mut fields, context.account)?)),
                 Reply::Declined(decline) => return Ok(Decision::Declined(decline)),
                 Reply::Due => continue,
@@ -331,13 +399,21 @@ impl RedisEngine {
         let keys = self.keys(context.account, None);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let value = self.account_call(name, true, context.account, &keys, args).await?;
-            match reply::parse(value, context)? {
+            match self.checked(reply::parse(value, context)).await? {
                 Reply::Ok(mut fields) => return convert(&mut fields, context.account),
                 Reply::Declined(_) => return Err(Error::Internal("a Redis read answered with a decline".into())),
                 Reply::Due => self.catch_up(context).await?,
             }
         }
         Err(catch_up_unfinished(context.account))
+    }
+
+    /// A reply, with a NOT_FOUND checked against the ledger (see [`guard`]).
+    async fn checked(&self, reply: Result<Reply>) -> Result<Reply> {
+        match reply {
+            Err(error @ Error::Ledger(_)) => Err(self.guard_not_found(error).await),
+            other => other,
+        }
     }
 
     /// Brings an account up to now (bounded calls, until done).
@@ -523,6 +599,9 @@ impl RedisEngine {
     /// batches. Safe with many replicas sweeping at once: catching up is idempotent. Returns how
     /// many holds expired.
     pub async fn sweep(&self) -> Result<usize> {
+        if let Some(cause) = self.state_lost() {
+            return Err(Error::Unavailable(format!("no sweep while Redis's state is lost ({cause})")));
+        }
         let mut expired = 0;
         for shard in 0..self.layout.shards {
             let keys = [self.layout.wake_key(shard)];
