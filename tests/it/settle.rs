@@ -547,13 +547,21 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(server.cli(&["flushall"]), "OK"); // Redis loses everything, consumer group included
-    h.clock.advance(MINUTE);
-    h.account("acme", 50).await; // a new history: seqs 1, 2, 3 again, with other content
+    // A sidecar that knows no ledger (so no state-loss guard) starts on the empty Redis and
+    // writes a new history: seqs 1, 2, 3 again, with other content.
+    h.stop().await;
+    let blind =
+        Harness::serve(clock.clone(), redis_engine(&rules, &settings, &clock).await, None, Duration::from_secs(3600))
+            .await;
+    blind.clock.advance(MINUTE);
+    blind.account("acme", 50).await;
+    blind.hold("acme", "ann", 5).await;
     drop(stop);
     settling.await.unwrap();
     assert!(stats.settled.load(Ordering::Relaxed) > 0);
     assert_eq!(store.totals(&acme).await.unwrap().unwrap().spent, 4, "the settled history is intact");
-    assert!(store.conflicts(&acme).await.unwrap() >= 3, "reused identities must be kept, not dropped");
+    let conflicts = store.conflicts(&acme).await.unwrap();
+    assert!(conflicts >= 3, "reused identities must be kept, not dropped: {conflicts}");
     let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
     let drift = maintenance::verify(&store, &redis, RETENTION, Some(&acme)).await.unwrap();
     assert!(drift.iter().any(|line| line.what.contains("ledger_conflicts")), "{drift:?}");
