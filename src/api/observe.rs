@@ -11,6 +11,7 @@ use tracing::Instrument;
 use super::pb;
 use crate::auth::Caller;
 use crate::gate::Deadline;
+use crate::ledger::echo;
 use crate::telemetry;
 
 /// The account a request touches (for the caller's account list and the logs).
@@ -91,8 +92,9 @@ where
         if let Some(caller) = caller.filter(|caller| !caller.may_touch(&account)) {
             metrics::counter!(telemetry::REFUSALS, "reason" => "permission_denied").increment(1);
             let status = Status::permission_denied(format!(
-                "account_id: token {:?} may not touch account {:?}",
-                caller.name, account
+                "account_id: token {:?} may not touch account {}",
+                caller.name,
+                echo(&account)
             ));
             record(rpc, "permission_denied", started);
             return Err(status);

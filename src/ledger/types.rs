@@ -28,6 +28,35 @@ pub const INSTANT_MAX_MS: i64 = 253_402_300_799_999;
 /// Unix milliseconds, UTC.
 pub type Millis = i64;
 
+/// The most bytes of a caller's value an error message quotes. A message travels back in the
+/// `grpc-message` trailer: quoting a value whole would let a caller's 16 KiB push that trailer
+/// past the client's header limit, and the caller would see RESOURCE_EXHAUSTED instead of the
+/// INVALID_ARGUMENT that names the field.
+pub const ECHO_LEN_MAX: usize = 64;
+
+/// A caller's value as an error message quotes it: in Rust string syntax, cut to its first
+/// [`ECHO_LEN_MAX`] bytes (then `…` and the value's length). Every error that names a value the
+/// caller sent goes through [`echo`], so no message grows with the input.
+pub struct Echo<'a>(&'a str);
+
+/// Quotes `value` for an error message; see [`Echo`].
+pub fn echo(value: &str) -> Echo<'_> {
+    Echo(value)
+}
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() <= ECHO_LEN_MAX {
+            return write!(f, "{:?}", self.0);
+        }
+        let mut end = ECHO_LEN_MAX;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{:?}… ({} bytes)", &self.0[..end], self.0.len())
+    }
+}
+
 fn check_id(field: &str, value: &str, len_max: usize, extra_forbidden: &[char]) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
@@ -283,6 +312,17 @@ mod tests {
             let error = ReservationId::parse(bad).unwrap_err();
             assert!(error.to_string().starts_with("reservation_id: "), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn echoed_values_are_cut_to_a_prefix() {
+        assert_eq!(echo("email").to_string(), "\"email\"");
+        let exact = "a".repeat(ECHO_LEN_MAX);
+        assert_eq!(echo(&exact).to_string(), format!("{exact:?}"));
+        let long = format!("{}{}", "é", "b".repeat(16 * 1024));
+        let echoed = echo(&long).to_string();
+        assert!(echoed.len() < ECHO_LEN_MAX + 32, "{echoed}");
+        assert!(echoed.ends_with(&format!("… ({} bytes)", long.len())), "{echoed}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod differential;
+mod edges;
 mod flows;
 mod harness;
 mod layout;
