@@ -125,11 +125,16 @@ impl ReservationId {
             return Err(Error::invalid(FIELD, "must look like <account_id>/<number>"));
         };
         let account = AccountId::parse(account).map_err(|_| Error::invalid(FIELD, "has an invalid account part"))?;
-        let seq = seq
-            .parse::<u64>()
-            .ok()
+        // Canonical only: the digits the server wrote, so one reservation has one id (`acme/7`,
+        // never `acme/07` or `acme/+7`) wherever ids are compared, logged or checked.
+        let canonical = !seq.is_empty() && seq.bytes().all(|byte| byte.is_ascii_digit()) && !seq.starts_with('0');
+        let seq = Some(seq)
+            .filter(|_| canonical)
+            .and_then(|seq| seq.parse::<u64>().ok())
             .filter(|seq| (1..=SEQ_MAX).contains(seq))
-            .ok_or_else(|| Error::invalid(FIELD, format!("must end in a number in 1..={SEQ_MAX}")))?;
+            .ok_or_else(|| {
+                Error::invalid(FIELD, format!("must end in a number in 1..={SEQ_MAX}, without sign or leading zeros"))
+            })?;
         Ok(Self { account, seq })
     }
 }
@@ -308,7 +313,23 @@ mod tests {
         assert_eq!(id.account.as_str(), "acme");
         assert_eq!(id.seq, 17);
         assert_eq!(id.to_string(), "acme/17");
-        for bad in ["acme", "acme/", "acme/x", "acme/0", "/3", "a b/3", "acme/-1", "acme/9007199254740992"] {
+        let bad_ids = [
+            "acme",
+            "acme/",
+            "acme/x",
+            "acme/0",
+            "/3",
+            "a b/3",
+            "acme/-1",
+            "acme/9007199254740992",
+            "acme/01",
+            "acme/001",
+            "acme/+1",
+            "acme/00",
+            "acme/1 ",
+            "acme/١",
+        ];
+        for bad in bad_ids {
             let error = ReservationId::parse(bad).unwrap_err();
             assert!(error.to_string().starts_with("reservation_id: "), "{bad}: {error}");
         }

@@ -1,11 +1,11 @@
 //! Hardened edges: what hostile or sloppy input meets at the boundary. Values echoed in errors
-//! stay short.
+//! stay short, and reservation ids are canonical.
 
 use std::collections::HashMap;
 
 use credit_sidecar::api::pb;
 
-use crate::harness::{EngineKind, Harness, amount_cost, sku_cost};
+use crate::harness::{EngineKind, Harness, MINUTE, amount_cost, sku_cost};
 
 /// A 16 KiB category or SKU is refused INVALID_ARGUMENT naming the field, with a short message:
 /// quoted whole, the value would push the `grpc-message` trailer past the client's header limit
@@ -48,3 +48,36 @@ async fn huge_values_are_refused_by_field_with_a_short_message() {
     assert!(error.message().starts_with("category: "), "{}", error.message());
     assert_eq!(h.totals("acme").await.available, 100, "nothing changed");
 }
+
+/// A reservation id is `<account>/<n>` with n as the server wrote it: no sign, no leading zeros.
+/// Every call that takes one refuses the other spellings, naming the field, changing nothing.
+async fn reservation_ids_are_canonical(h: Harness) {
+    h.account("acme", 100).await;
+    let id = h.hold("acme", "ann", 10).await;
+    assert_eq!(id, "acme/1");
+    for bad in ["acme/01", "acme/001", "acme/+1", "acme/1 ", "acme/00"] {
+        let expect_refused = |result: Result<_, tonic::Status>, rpc: &str| {
+            let error = result.err().unwrap_or_else(|| panic!("{rpc} {bad:?} was accepted"));
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{rpc} {bad:?}: {}", error.message());
+            assert!(error.message().starts_with("reservation_id: "), "{rpc} {bad:?}: {}", error.message());
+        };
+        let commit = pb::CommitRequest {
+            reservation_id: bad.into(),
+            cost: Some(amount_cost(1)),
+            request_id: h.rid(),
+            ..Default::default()
+        };
+        expect_refused(h.auth.clone().commit(commit).await.map(|_| ()), "Commit");
+        let extend = pb::ExtendRequest { reservation_id: bad.into(), cost: None, ttl_ms: MINUTE, request_id: h.rid() };
+        expect_refused(h.auth.clone().extend(extend).await.map(|_| ()), "Extend");
+        let release = pb::ReleaseRequest { reservation_id: bad.into(), request_id: h.rid() };
+        expect_refused(h.auth.clone().release(release).await.map(|_| ()), "Release");
+        let get = pb::GetReservationRequest { reservation_id: bad.into() };
+        expect_refused(h.auth.clone().get_reservation(get).await.map(|_| ()), "GetReservation");
+    }
+    let reservation = h.reservation(&id).await;
+    assert_eq!((reservation.held, reservation.committed, reservation.commit_count), (10, 0, 0), "nothing changed");
+    assert_eq!(h.totals("acme").await.held, 10);
+}
+
+crate::engine_tests!(reservation_ids_are_canonical);
