@@ -32,11 +32,19 @@ pub struct Ledger {
     outbox: Vec<Event>,
 }
 
-/// Whether an operation may create the account it names.
+/// Whether an operation may create the account it names. SetPlan always may; Grant and
+/// StartTrial only when the request asks (`create_account`), so a mistyped account id gets
+/// NOT_FOUND instead of credits.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Create {
     Yes,
     No,
+}
+
+impl Create {
+    fn asked(create_account: bool) -> Self {
+        if create_account { Self::Yes } else { Self::No }
+    }
 }
 
 /// How a kind of answer is remembered and recognised on replay.
@@ -374,7 +382,7 @@ impl Ledger {
             account: &cmd.account,
             request: &cmd.request,
             fingerprint: cmd.fingerprint(),
-            create: Create::Yes,
+            create: Create::asked(cmd.create_account),
             reservation: None,
             memo: memo!(Grant),
         };
@@ -394,7 +402,7 @@ impl Ledger {
             account: &cmd.account,
             request: &cmd.request,
             fingerprint: cmd.fingerprint(),
-            create: Create::Yes,
+            create: Create::asked(cmd.create_account),
             reservation: None,
             memo: memo!(StartTrial),
         };

@@ -1,5 +1,6 @@
 //! Hardened edges: what hostile or sloppy input meets at the boundary. Values echoed in errors
-//! stay short, and reservation ids are canonical.
+//! stay short, reservation ids are canonical, and Grant and StartTrial create no account unless
+//! asked.
 
 use std::collections::HashMap;
 
@@ -80,4 +81,44 @@ async fn reservation_ids_are_canonical(h: Harness) {
     assert_eq!(h.totals("acme").await.held, 10);
 }
 
-crate::engine_tests!(reservation_ids_are_canonical);
+/// Grant and StartTrial on an unknown account answer NOT_FOUND and create nothing, unless the
+/// request sets `create_account`. The flag is not part of the request's fingerprint: a retry
+/// with the same id gets the first answer whatever the flag says.
+async fn grant_and_trial_create_accounts_only_when_asked(h: Harness) {
+    let grant = |account: &str, request_id: &str, create_account: bool| pb::GrantRequest {
+        account_id: account.into(),
+        kind: pb::LotKind::Promo as i32,
+        amount: 50,
+        expires_unix_ms: 0,
+        request_id: request_id.into(),
+        create_account,
+    };
+    let trial = |account: &str, request_id: &str, create_account: bool| pb::StartTrialRequest {
+        account_id: account.into(),
+        request_id: request_id.into(),
+        create_account,
+        ..Default::default()
+    };
+    let mut admin = h.admin.clone();
+    let error = admin.grant(grant("typo", "g1", false)).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound, "{}", error.message());
+    assert_eq!(error.message(), "account_id: no account typo");
+    let error = admin.start_trial(trial("typo", "t1", false)).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound, "{}", error.message());
+    let account = pb::GetAccountRequest { account_id: "typo".into() };
+    assert_eq!(admin.get_account(account).await.unwrap_err().code(), tonic::Code::NotFound, "nothing was created");
+
+    let granted = admin.grant(grant("newco", "g2", true)).await.unwrap().into_inner();
+    assert_eq!((granted.outcome(), granted.totals.unwrap().available), (pb::Outcome::Ok, 50));
+    let retried = admin.grant(grant("newco", "g2", false)).await.unwrap().into_inner();
+    assert_eq!(retried, granted, "a retry without the flag gets the first answer");
+    let trial_ok = admin.start_trial(trial("trialco", "t2", true)).await.unwrap().into_inner();
+    assert_eq!((trial_ok.outcome(), trial_ok.totals.unwrap().available), (pb::Outcome::Ok, 100));
+    // On an account that exists the flag changes nothing.
+    let more = admin.grant(grant("newco", "g3", false)).await.unwrap().into_inner();
+    assert_eq!(more.totals.unwrap().available, 100);
+    let second = admin.start_trial(trial("trialco", "t3", false)).await.unwrap().into_inner();
+    assert_eq!(second.outcome(), pb::Outcome::TrialAlreadyUsed);
+}
+
+crate::engine_tests!(reservation_ids_are_canonical, grant_and_trial_create_accounts_only_when_asked);

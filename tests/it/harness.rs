@@ -275,6 +275,7 @@ impl Harness {
             amount,
             expires_unix_ms: expires,
             request_id: self.rid(),
+            create_account: false,
         };
         self.admin.clone().grant(request).await.unwrap().into_inner()
     }

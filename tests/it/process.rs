@@ -504,6 +504,7 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
         amount: 500,
         expires_unix_ms: 0,
         request_id: "promo-1".into(),
+        create_account: false,
     };
     assert_eq!(admin.grant(grant).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
     let held = auth.reserve(reserve_request("acme", 100, "r-ok")).await.unwrap().into_inner();

@@ -442,6 +442,7 @@ impl RedisEngine {
             Arg::Text(crate::ledger::wire::lot_kind_name(cmd.kind)),
             Arg::Int(cmd.amount),
             Arg::Owned(expires),
+            Arg::Text(create_flag(cmd.create_account)),
         ];
         self.change("grant", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
@@ -453,6 +454,7 @@ impl RedisEngine {
             Arg::Text(stored_fingerprint(&fingerprint.0)),
             Arg::Int(cmd.credits),
             Arg::Int(cmd.duration_ms),
+            Arg::Text(create_flag(cmd.create_account)),
         ];
         self.change("start_trial", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
@@ -644,6 +646,11 @@ enum Arg<'a> {
     Text(&'a str),
     Int(i64),
     Owned(String),
+}
+
+/// The `create_account` argument of grant and start_trial.
+fn create_flag(create_account: bool) -> &'static str {
+    if create_account { "1" } else { "0" }
 }
 
 /// Request ids are kept in Redis with the first 16 hex digits of their fingerprint (64 bits):
