@@ -217,6 +217,7 @@ fn decline(decline: &Decline) -> pb::Decline {
         held: decline.held,
         reservation_state: decline.reservation_state.map_or(0, |state| self::state(state) as i32),
         message: decline.message(),
+        scope_id: decline.scope_id(),
     }
 }
 

@@ -244,8 +244,10 @@ impl Ledger {
             }
             let user = account.reservations[&seq].user.clone();
             if cmd.amount > 0
-                && let Err(decline) = account.admit(&user, cmd.amount)
+                && let Err(mut decline) = account.admit(&user, cmd.amount)
             {
+                // Declined by the account or the user, but about this hold: show it as it stands.
+                decline.reservation = Some(Box::new(account.reservation_view(seq)));
                 return Ok(Decision::Declined(decline));
             }
             let draws = if cmd.amount > 0 { account.draw(cmd.amount) } else { Vec::new() };
@@ -415,6 +417,9 @@ impl Ledger {
                     user_remaining: None,
                     held: 0,
                     reservation_state: None,
+                    account: account.id.clone(),
+                    user: None,
+                    reservation: None,
                 }));
             }
             check_balance(account, cmd.credits, "credits")?;

@@ -1,6 +1,6 @@
 //! Hardened edges: what hostile or sloppy input meets at the boundary. Values echoed in errors
-//! stay short, reservation ids are canonical, and Grant and StartTrial create no account unless
-//! asked.
+//! stay short, reservation ids are canonical, Grant and StartTrial create no account unless
+//! asked, and declines on a reservation carry its state.
 
 use std::collections::HashMap;
 
@@ -121,4 +121,81 @@ async fn grant_and_trial_create_accounts_only_when_asked(h: Harness) {
     assert_eq!(second.outcome(), pb::Outcome::TrialAlreadyUsed);
 }
 
-crate::engine_tests!(reservation_ids_are_canonical, grant_and_trial_create_accounts_only_when_asked);
+/// A decline on a reservation carries the reservation as it stands (held, committed, deadline,
+/// state), and every decline names the scope that refused by its id.
+async fn declines_carry_the_reservation_and_name_the_scope(h: Harness) {
+    h.account("acme", 100).await;
+    h.set_user_limit("acme", "ann", Some(70)).await;
+    let reserved = h.reserve("acme", "ann", 60, 10 * MINUTE).await;
+    let (id, deadline) = (reserved.reservation_id, reserved.deadline_unix_ms);
+    assert_eq!(h.commit(&id, 5, false).await.outcome(), pb::Outcome::Ok);
+
+    // Extend declined by the user's limit: the hold is unchanged, and shown.
+    let extend = h.extend(&id, 20, 0).await;
+    assert_eq!(extend.outcome(), pb::Outcome::UserLimitReached);
+    assert_eq!((extend.held, extend.deadline_unix_ms), (55, deadline), "{extend:?}");
+    let view = extend.reservation.clone().expect("a declined Extend shows the reservation");
+    assert_eq!((view.reservation_id.as_str(), view.held, view.committed), (id.as_str(), 55, 5));
+    assert_eq!((view.state(), view.deadline_unix_ms), (pb::ReservationState::Held, deadline));
+    let decline = extend.decline.unwrap();
+    assert_eq!((decline.scope(), decline.scope_id.as_str()), (pb::Scope::User, "ann"));
+    assert!(decline.message.starts_with("user ann of account acme reached their limit"), "{}", decline.message);
+
+    // Extend declined by the account's credit.
+    h.set_user_limit("acme", "ann", None).await;
+    let extend = h.extend(&id, 50, 0).await;
+    assert_eq!(extend.outcome(), pb::Outcome::InsufficientCredit);
+    assert_eq!((extend.held, extend.deadline_unix_ms), (55, deadline));
+    assert_eq!(extend.reservation.as_ref().map(|view| view.held), Some(55));
+    let decline = extend.decline.unwrap();
+    assert_eq!((decline.scope(), decline.scope_id.as_str()), (pb::Scope::Account, "acme"));
+    assert!(decline.message.starts_with("account acme has 40 credits available"), "{}", decline.message);
+
+    // A commit above the hold.
+    let over = h.commit(&id, 56, false).await;
+    assert_eq!(over.outcome(), pb::Outcome::ExceedsHold);
+    assert_eq!((over.held, over.reservation.as_ref().map(|view| view.committed)), (55, Some(5)));
+    let decline = over.decline.unwrap();
+    assert_eq!((decline.scope(), decline.scope_id.as_str()), (pb::Scope::Reservation, id.as_str()));
+    assert!(decline.message.contains(&format!("reservation {id} ")), "{}", decline.message);
+
+    // Closed, then expired: Commit, Extend and Release declines show the closed reservation.
+    assert_eq!(h.release(&id).await.outcome(), pb::Outcome::Ok);
+    let commit = h.commit(&id, 1, false).await;
+    assert_eq!(commit.outcome(), pb::Outcome::ReservationClosed);
+    let view = commit.reservation.expect("a declined Commit shows the reservation");
+    assert_eq!((view.state(), view.held, view.committed, view.returned), (pb::ReservationState::Released, 0, 5, 55));
+    assert_eq!(commit.decline.unwrap().scope_id, id);
+    let release = h.release(&id).await;
+    assert_eq!(release.outcome(), pb::Outcome::ReservationClosed);
+    assert_eq!(release.reservation.map(|view| view.state()), Some(pb::ReservationState::Released));
+
+    let expiring = h.reserve("acme", "ann", 10, 2 * MINUTE).await.reservation_id;
+    assert_eq!(h.commit(&expiring, 4, false).await.outcome(), pb::Outcome::Ok);
+    h.advance(3 * MINUTE).await;
+    let request = pb::CommitRequest {
+        reservation_id: expiring.clone(),
+        cost: Some(amount_cost(1)),
+        request_id: "late".into(),
+        ..Default::default()
+    };
+    let late = h.auth.clone().commit(request.clone()).await.unwrap().into_inner();
+    assert_eq!(late.outcome(), pb::Outcome::ReservationExpired);
+    let view = late.reservation.clone().expect("an expired reservation is shown");
+    assert_eq!((view.state(), view.held, view.committed, view.returned), (pb::ReservationState::Expired, 0, 4, 6));
+    let decline = late.decline.clone().unwrap();
+    assert_eq!(decline.scope_id, expiring);
+    assert!(decline.message.starts_with(&format!("reservation {expiring} expired")), "{}", decline.message);
+    let extend = h.extend(&expiring, 0, MINUTE).await;
+    assert_eq!(extend.outcome(), pb::Outcome::ReservationExpired);
+    assert_eq!(extend.reservation.map(|view| view.state()), Some(pb::ReservationState::Expired));
+    // A retry gets the remembered decline, reservation included.
+    let retried = h.auth.clone().commit(request).await.unwrap().into_inner();
+    assert_eq!(retried, late);
+}
+
+crate::engine_tests!(
+    reservation_ids_are_canonical,
+    grant_and_trial_create_accounts_only_when_asked,
+    declines_carry_the_reservation_and_name_the_scope
+);

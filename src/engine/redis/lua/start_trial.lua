@@ -11,7 +11,7 @@ register('start_trial', function(keys, args)
   local credits, duration, create = int(args[6]), int(args[7]), args[8] == '1'
   return run({ request = args[4], fingerprint = args[5], create = create }, function(a, now)
     cold(a)
-    if a.trial == 1 then return decline('trial_already_used', credits, a.avail, nil, 0, nil) end
+    if a.trial == 1 then return decline('trial_already_used', credits, a.avail, nil, 0, nil, nil) end
     if not check_balance(a, credits) then return nil, 'balance:credits' end
     a.trial = 1
     local lot = grant(a, 'trial', credits, now, now + duration, false)
