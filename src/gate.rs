@@ -27,6 +27,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::api::{Observed, record_unobserved};
 use crate::auth::{Refusal, Scope, Tokens};
 use crate::config::Limits;
 use crate::telemetry;
@@ -243,14 +244,29 @@ where
             }
         }
         request.extensions_mut().insert(Deadline(deadline));
+        let observed = Observed::default();
+        request.extensions_mut().insert(observed.clone());
+        let path = request.uri().path().to_owned();
         Box::pin(async move {
             let _permit = permit;
             let _in_flight = InFlight::start();
+            let started = Instant::now();
             let result = tokio::time::timeout_at(deadline, inner.call(request)).await;
             match result {
                 Ok(Ok(response)) => {
-                    if response.headers().get("grpc-status").is_some_and(|code| code == "11") {
-                        // tonic's answer to a message over request_bytes_max (OUT_OF_RANGE).
+                    // A status in the headers is a trailers-only answer: a refusal. One tonic
+                    // made before the handler ran (the message did not decode, or was too
+                    // large) is counted here; the handler's own answers are counted by the API.
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|code| code.to_str().ok()?.parse::<i32>().ok())
+                        .map(tonic::Code::from_i32);
+                    if let Some(code) = code.filter(|code| *code != tonic::Code::Ok && !observed.was_observed()) {
+                        record_unobserved(&path, code, started);
+                    }
+                    if code == Some(tonic::Code::OutOfRange) {
+                        // tonic's answer to a message over request_bytes_max.
                         metrics::counter!(telemetry::REFUSALS, "reason" => "request_too_large").increment(1);
                     }
                     Ok(response)
