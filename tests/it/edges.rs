@@ -1,12 +1,30 @@
 //! Hardened edges: what hostile or sloppy input meets at the boundary. Values echoed in errors
 //! stay short, reservation ids are canonical, Grant and StartTrial create no account unless
-//! asked, and declines on a reservation carry its state.
+//! asked, declines on a reservation carry its state, idle connections are closed, and request
+//! bodies that trickle in hold no permit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use credit_sidecar::api::pb;
+use credit_sidecar::config::Limits;
+use credit_sidecar::engine::Engine;
+use credit_sidecar::ledger::{ManualClock, Rules};
+use credit_sidecar::server::ServeOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
 
-use crate::harness::{EngineKind, Harness, MINUTE, amount_cost, sku_cost};
+use crate::harness::{EngineKind, Harness, MINUTE, RawCodec, amount_cost, sku_cost, t0};
+
+/// An embedded-engine server with these limits.
+async fn serve_with(limits: Limits) -> Harness {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::embedded(Rules::default(), Arc::new(clock.clone()));
+    let mut options = ServeOptions::new(Duration::from_secs(3600));
+    options.limits = limits;
+    Harness::serve_settled(clock, engine, None, options).await
+}
 
 /// A 16 KiB category or SKU is refused INVALID_ARGUMENT naming the field, with a short message:
 /// quoted whole, the value would push the `grpc-message` trailer past the client's header limit
@@ -48,6 +66,67 @@ async fn huge_values_are_refused_by_field_with_a_short_message() {
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{}", error.message());
     assert!(error.message().starts_with("category: "), "{}", error.message());
     assert_eq!(h.totals("acme").await.available, 100, "nothing changed");
+}
+
+/// A peer that opens a connection and then does nothing has it closed after
+/// `connection_idle_max_ms`; a caller whose connection was closed that way simply reconnects.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let limits = Limits { connection_idle_max: Duration::from_millis(300), ..Limits::default() };
+    let h = serve_with(limits).await;
+    h.account("acme", 100).await;
+    let mut socket = tokio::net::TcpStream::connect(h.address).await.unwrap();
+    // The HTTP/2 client preface and an empty SETTINGS frame: a well-behaved, idle peer.
+    socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let closed = async {
+        let mut buffer = [0; 1024];
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    // The bound is far above the limit: it only keeps a broken build from hanging.
+    tokio::time::timeout(Duration::from_secs(20), closed).await.expect("the idle connection was held open");
+    // The harness's own connection went idle too; its next call connects again.
+    assert_eq!(h.totals("acme").await.available, 100);
+}
+
+/// Peers that send a call's headers and then trickle (here: never finish) its body are refused
+/// after `request_body_timeout_ms` without ever taking one of `concurrency_max`: honest calls
+/// made meanwhile all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_do_not_block_honest_calls() {
+    let limits = Limits { concurrency_max: 4, request_body_timeout: Duration::from_millis(500), ..Limits::default() };
+    let h = serve_with(limits).await;
+    h.account("acme", 100).await;
+    let channel = Channel::from_shared(format!("http://{}", h.address)).unwrap().connect().await.unwrap();
+    let tricklers: Vec<_> = (0..8)
+        .map(|_| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.unwrap();
+                let path = http::uri::PathAndQuery::from_static("/credits.v1.CreditAuthorizer/Reserve");
+                let body = tokio_stream::pending::<bytes::Bytes>();
+                grpc.client_streaming(tonic::Request::new(body), path, RawCodec).await.unwrap_err()
+            })
+        })
+        .collect();
+    let quote = pb::QuoteRequest { account_id: "acme".into(), cost: Some(amount_cost(1)), ..Default::default() };
+    let mut honest = 0;
+    while tricklers.iter().any(|trickler| !trickler.is_finished()) {
+        let answer = h.auth.clone().quote(quote.clone()).await;
+        assert!(answer.is_ok(), "honest call {honest} refused while bodies trickled: {answer:?}");
+        honest += 1;
+        assert!(honest < 1_000_000, "the trickling calls never ended");
+    }
+    for trickler in tricklers {
+        let status = trickler.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().starts_with("request_body_timeout_ms: "), "{status:?}");
+    }
 }
 
 /// A reservation id is `<account>/<n>` with n as the server wrote it: no sign, no leading zeros.

@@ -68,6 +68,8 @@ pub struct Harness {
     pub admin: CreditAdminClient<Channel>,
     /// The private Redis of a Redis-engine harness.
     pub redis: Option<RedisServer>,
+    /// Where the server listens.
+    pub address: std::net::SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     requests: AtomicU64,
@@ -141,6 +143,7 @@ impl Harness {
             auth: CreditAuthorizerClient::new(channel.clone()),
             admin: CreditAdminClient::new(channel),
             redis,
+            address,
             shutdown: Some(shutdown),
             server: Some(server),
             requests: AtomicU64::new(0),
