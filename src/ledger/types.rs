@@ -197,7 +197,7 @@ impl Labels {
             if value.len() > LABEL_VALUE_LEN_MAX {
                 return Err(Error::invalid(
                     "labels",
-                    format!("value of {key:?} must be at most {LABEL_VALUE_LEN_MAX} bytes"),
+                    format!("value of {} must be at most {LABEL_VALUE_LEN_MAX} bytes", echo(key)),
                 ));
             }
         }
