@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(protos, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("credits_v1_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Requests that do not decode are the caller's bad input: see src/api/codec.rs.
+    tonic_prost_build::configure().codec_path("crate::api::codec::StrictCodec").compile_fds(descriptors)?;
     Ok(())
 }

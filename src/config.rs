@@ -125,6 +125,22 @@ pub struct Settings {
     /// The largest request message in bytes [default: 65536].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
+    /// The longest a request's body may take to arrive, before the call counts against
+    /// concurrency_max [default: 2000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_BODY_TIMEOUT_MS")]
+    pub request_body_timeout_ms: Option<u64>,
+    /// A connection with no call in flight for this long is closed [default: 60000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_CONNECTION_IDLE_MAX_MS")]
+    pub connection_idle_max_ms: Option<u64>,
+    /// How often an HTTP/2 PING checks that a connection's peer is alive [default: 20000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_HTTP2_KEEPALIVE_INTERVAL_MS")]
+    pub http2_keepalive_interval_ms: Option<u64>,
+    /// A connection whose peer does not answer a PING within this long is closed [default: 10000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_HTTP2_KEEPALIVE_TIMEOUT_MS")]
+    pub http2_keepalive_timeout_ms: Option<u64>,
+    /// Idle time before the kernel's TCP keepalive probes start [default: 60000].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_TCP_KEEPALIVE_MS")]
+    pub tcp_keepalive_ms: Option<u64>,
     /// A TOML file of bearer tokens and their scopes; re-read when it changes.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_TOKENS_FILE", value_name = "FILE")]
     pub auth_tokens_file: Option<PathBuf>,
@@ -219,14 +235,30 @@ pub struct Limits {
     pub concurrency_max: usize,
     /// The largest request message.
     pub request_bytes_max: usize,
+    /// The longest a request's body may take to arrive; it is awaited before the call takes one
+    /// of `concurrency_max`, so a peer that trickles its body holds no permit.
+    pub request_body_timeout: Duration,
+    /// A connection with no call in flight for this long is closed.
+    pub connection_idle_max: Duration,
+    /// HTTP/2 PINGs this often; a peer that does not answer within the timeout is dropped.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive probes after this long without traffic (dead peers behind NATs).
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let ms = Duration::from_millis;
         Self {
-            call_timeout_max: Duration::from_millis(CALL_TIMEOUT_MAX_DEFAULT_MS),
+            call_timeout_max: ms(CALL_TIMEOUT_MAX_DEFAULT_MS),
             concurrency_max: CONCURRENCY_MAX_DEFAULT,
             request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
+            request_body_timeout: ms(REQUEST_BODY_TIMEOUT_DEFAULT_MS),
+            connection_idle_max: ms(CONNECTION_IDLE_MAX_DEFAULT_MS),
+            http2_keepalive_interval: ms(HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS),
+            http2_keepalive_timeout: ms(HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS),
+            tcp_keepalive: ms(TCP_KEEPALIVE_DEFAULT_MS),
         }
     }
 }
@@ -264,6 +296,17 @@ pub const DATABASE_URL_DEFAULT: &str = "sqlite://credit-sidecar.db?mode=rwc";
 pub const CALL_TIMEOUT_MAX_DEFAULT_MS: u64 = 5_000;
 pub const CONCURRENCY_MAX_DEFAULT: usize = 1_024;
 pub const REQUEST_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// A request of at most `request_bytes_max` arrives in far less on any working link; a peer
+/// slower than this is more likely holding the server than calling it.
+pub const REQUEST_BODY_TIMEOUT_DEFAULT_MS: u64 = 2_000;
+/// Long enough that a caller between bursts keeps its connection, short enough that idle
+/// connections (of a crashed pool, or a hostile peer) do not pile up.
+pub const CONNECTION_IDLE_MAX_DEFAULT_MS: u64 = 60_000;
+/// Finds a peer that vanished without closing (a killed pod, a dropped NAT entry) within half a
+/// minute.
+pub const HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS: u64 = 20_000;
+pub const HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+pub const TCP_KEEPALIVE_DEFAULT_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -367,6 +410,36 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
             REQUEST_BYTES_MAX_DEFAULT,
             1_024..=16 * 1024 * 1024,
         )?,
+        request_body_timeout: Duration::from_millis(in_range(
+            "request_body_timeout_ms",
+            file.request_body_timeout_ms,
+            REQUEST_BODY_TIMEOUT_DEFAULT_MS,
+            10..=600_000,
+        )?),
+        connection_idle_max: Duration::from_millis(in_range(
+            "connection_idle_max_ms",
+            file.connection_idle_max_ms,
+            CONNECTION_IDLE_MAX_DEFAULT_MS,
+            100..=86_400_000,
+        )?),
+        http2_keepalive_interval: Duration::from_millis(in_range(
+            "http2_keepalive_interval_ms",
+            file.http2_keepalive_interval_ms,
+            HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS,
+            100..=3_600_000,
+        )?),
+        http2_keepalive_timeout: Duration::from_millis(in_range(
+            "http2_keepalive_timeout_ms",
+            file.http2_keepalive_timeout_ms,
+            HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS,
+            100..=600_000,
+        )?),
+        tcp_keepalive: Duration::from_millis(in_range(
+            "tcp_keepalive_ms",
+            file.tcp_keepalive_ms,
+            TCP_KEEPALIVE_DEFAULT_MS,
+            1_000..=7_200_000,
+        )?),
     };
     let auth = auth(&file, listen)?;
     let tls = tls(&file)?;
@@ -560,6 +633,11 @@ mod tests {
             ("call_timeout_max_ms = 0", "call_timeout_max_ms: "),
             ("concurrency_max = 0", "concurrency_max: "),
             ("request_bytes_max = 10", "request_bytes_max: "),
+            ("request_body_timeout_ms = 0", "request_body_timeout_ms: "),
+            ("connection_idle_max_ms = 1", "connection_idle_max_ms: "),
+            ("http2_keepalive_interval_ms = 0", "http2_keepalive_interval_ms: "),
+            ("http2_keepalive_timeout_ms = 600001", "http2_keepalive_timeout_ms: "),
+            ("tcp_keepalive_ms = 10", "tcp_keepalive_ms: "),
             ("health_interval_ms = 0", "health_interval_ms: "),
             ("redis_state_recovery = \"yes\"", "redis_state_recovery: "),
             ("shutdown_drain_ms = 600001", "shutdown_drain_ms: "),

@@ -3,12 +3,19 @@
 //! 1. **Deadline**: the client's `grpc-timeout`, capped by `call_timeout_max_ms`, becomes a
 //!    [`Deadline`] in the request's extensions; the API answers `UNAVAILABLE` before it when the
 //!    store is slow, and the gate answers `DEADLINE_EXCEEDED` when it passes regardless.
-//! 2. **Admission**: at most `concurrency_max` calls in flight; one more is refused at once with
+//! 2. **Arrival**: the whole request body must arrive within `request_body_timeout_ms` (and the
+//!    deadline), else `DEADLINE_EXCEEDED`; only then does the call count against
+//!    `concurrency_max`, so peers that trickle their bodies cannot take the permits of honest
+//!    calls.
+//! 3. **Admission**: at most `concurrency_max` calls in flight; one more is refused at once with
 //!    `RESOURCE_EXHAUSTED`. Nothing queues, so overload costs callers one round trip.
-//! 3. **Authentication**: with tokens configured, `authorization: Bearer <token>` must name a token
+//! 4. **Authentication**: with tokens configured, `authorization: Bearer <token>` must name a token
 //!    with the service's scope (`authorize` for CreditAuthorizer, `admin` for CreditAdmin), else
 //!    `UNAUTHENTICATED` / `PERMISSION_DENIED`. The caller goes into the extensions, where the API
 //!    checks the accounts it may touch.
+//!
+//! Every call, health checks included, counts as activity on its connection (see
+//! [`crate::connection`]) until its response body ends.
 //!
 //! Health checks pass untouched: probes must work under overload, and `Health/Watch` streams
 //! must not be cut by a deadline (shutdown ends them). Reflection needs no token and is not
@@ -21,14 +28,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use http_body::Body as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::api::{Observed, record_unobserved};
 use crate::auth::{Refusal, Scope, Tokens};
 use crate::config::Limits;
+use crate::connection::{CallGuard, ConnectionInfo};
 use crate::telemetry;
 
 /// When a call must be answered by.
@@ -162,12 +172,11 @@ fn refuse(status: Status, reason: &'static str) -> http::Response<Body> {
     status.into_http()
 }
 
-impl<S, B> Service<http::Request<B>> for Gate<S>
+impl<S> Service<http::Request<Body>> for Gate<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -177,7 +186,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // The clone that was made ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -188,12 +197,19 @@ where
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?))
             .map_or(limits.call_timeout_max, |client| client.min(limits.call_timeout_max));
         let deadline = Instant::now() + timeout;
+        // The call keeps its connection from counting as idle until its response body ends.
+        let on_connection = ConnectionInfo::activity_of(request.extensions()).map(|activity| activity.call_started());
         let scope = match route(request.uri().path()) {
-            Route::Open => return Box::pin(inner.call(request)),
+            Route::Open => {
+                return Box::pin(async move { Ok(tracked(inner.call(request).await?, on_connection)) });
+            }
             Route::Bounded => {
                 return Box::pin(async move {
                     match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                        Ok(Ok(response)) => Ok(response.map(|body| Body::new(UntilDeadline::new(body, deadline)))),
+                        Ok(Ok(response)) => {
+                            let response = response.map(|body| Body::new(UntilDeadline::new(body, deadline)));
+                            Ok(tracked(response, on_connection))
+                        }
                         Ok(Err(error)) => Err(error),
                         Err(_) => Ok(Status::deadline_exceeded("call_timeout_max_ms reached").into_http()),
                     }
@@ -201,67 +217,219 @@ where
             }
             Route::Guarded(scope) => scope,
         };
-        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
-            let status = Status::resource_exhausted(format!(
-                "overloaded: {} calls in flight (concurrency_max); retry with backoff",
-                limits.concurrency_max
-            ));
-            return Box::pin(std::future::ready(Ok(refuse(status, "overloaded"))));
-        };
-        if let Some(tokens) = &self.layer.tokens {
-            let presented = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token);
-            let verdict = match presented {
-                None => Err(refuse(
-                    Status::unauthenticated("authorization: expected the metadata `authorization: Bearer <token>`"),
-                    "unauthenticated",
-                )),
-                Some(token) => match tokens.current().authenticate(token.trim(), scope) {
-                    Ok(caller) => Ok(caller),
-                    Err(Refusal::Unknown) => {
-                        Err(refuse(Status::unauthenticated("authorization: unknown bearer token"), "unauthenticated"))
-                    }
-                    Err(Refusal::MissingScope { caller, scope }) => Err(refuse(
-                        Status::permission_denied(format!(
-                            "authorization: token {caller:?} lacks the scope {}",
-                            scope_name(scope)
-                        )),
-                        "permission_denied",
-                    )),
-                },
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let request = match arrive(request, limits, deadline, timeout).await {
+                Ok(request) => request,
+                Err(refused) => return Ok(refused),
             };
-            match verdict {
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
+            let response = match admit(&layer, scope, request) {
+                Ok((request, permit)) => serve(inner, request, permit, deadline, timeout).await?,
+                Err(refused) => *refused,
+            };
+            Ok(tracked(response, on_connection))
+        })
+    }
+}
+
+/// Waits (until `request_body_timeout_ms`, and the call's deadline) for the whole request body
+/// before the call may take a permit: a peer that trickles its body holds no permit while it
+/// does. The body is buffered up to `request_bytes_max` (and a frame header); a larger one goes
+/// on unread, for tonic to refuse.
+async fn arrive(
+    request: http::Request<Body>,
+    limits: Limits,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<http::Request<Body>, http::Response<Body>> {
+    let body_deadline = deadline.min(Instant::now() + limits.request_body_timeout);
+    let (parts, mut body) = request.into_parts();
+    let bytes_max = limits.request_bytes_max + GRPC_FRAME_HEADER_LEN;
+    let buffer = async {
+        let mut frames = std::collections::VecDeque::new();
+        let mut bytes = 0;
+        while bytes <= bytes_max {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => return Ok(Replay { frames, rest: None }),
+                Some(Err(status)) => return Err(status),
+                Some(Ok(frame)) => {
+                    bytes += frame.data_ref().map_or(0, bytes::Bytes::len);
+                    frames.push_back(frame);
                 }
-                Err(response) => return Box::pin(std::future::ready(Ok(response))),
             }
         }
-        request.extensions_mut().insert(Deadline(deadline));
-        Box::pin(async move {
-            let _permit = permit;
-            let _in_flight = InFlight::start();
-            let result = tokio::time::timeout_at(deadline, inner.call(request)).await;
-            match result {
-                Ok(Ok(response)) => {
-                    if response.headers().get("grpc-status").is_some_and(|code| code == "11") {
-                        // tonic's answer to a message over request_bytes_max (OUT_OF_RANGE).
-                        metrics::counter!(telemetry::REFUSALS, "reason" => "request_too_large").increment(1);
-                    }
-                    Ok(response)
+        Ok(Replay { frames, rest: Some(body) })
+    };
+    match tokio::time::timeout_at(body_deadline, buffer).await {
+        Ok(Ok(body)) => Ok(http::Request::from_parts(parts, Body::new(body))),
+        Ok(Err(status)) => Err(refuse(Status::cancelled(format!("request: {}", status.message())), "request_broken")),
+        Err(_) if body_deadline < deadline => Err(refuse(
+            Status::deadline_exceeded(format!(
+                "request_body_timeout_ms: the request did not arrive within {} ms",
+                limits.request_body_timeout.as_millis()
+            )),
+            "request_body_timeout",
+        )),
+        Err(_) => Err(refuse(
+            Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
+            "deadline_exceeded",
+        )),
+    }
+}
+
+/// The length of a gRPC message's frame header (flag and length).
+const GRPC_FRAME_HEADER_LEN: usize = 5;
+
+/// Admission, then authentication: a permit of `concurrency_max` (none left: refused at once),
+/// and with tokens configured, the caller in the request's extensions.
+fn admit(
+    layer: &GateLayer,
+    scope: Scope,
+    mut request: http::Request<Body>,
+) -> Result<(http::Request<Body>, OwnedSemaphorePermit), Box<http::Response<Body>>> {
+    let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
+        let status = Status::resource_exhausted(format!(
+            "overloaded: {} calls in flight (concurrency_max); retry with backoff",
+            layer.limits.concurrency_max
+        ));
+        return Err(Box::new(refuse(status, "overloaded")));
+    };
+    if let Some(tokens) = &layer.tokens {
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
+        let caller = match presented {
+            None => Err(refuse(
+                Status::unauthenticated("authorization: expected the metadata `authorization: Bearer <token>`"),
+                "unauthenticated",
+            )),
+            Some(token) => match tokens.current().authenticate(token.trim(), scope) {
+                Ok(caller) => Ok(caller),
+                Err(Refusal::Unknown) => {
+                    Err(refuse(Status::unauthenticated("authorization: unknown bearer token"), "unauthenticated"))
                 }
-                Ok(Err(error)) => Err(error),
-                Err(_) => Ok(refuse(
-                    Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
-                    "deadline_exceeded",
+                Err(Refusal::MissingScope { caller, scope }) => Err(refuse(
+                    Status::permission_denied(format!(
+                        "authorization: token {caller:?} lacks the scope {}",
+                        scope_name(scope)
+                    )),
+                    "permission_denied",
                 )),
+            },
+        }
+        .map_err(Box::new)?;
+        request.extensions_mut().insert(caller);
+    }
+    Ok((request, permit))
+}
+
+/// Runs an admitted call within its deadline, and counts what tonic refused before a handler ran.
+async fn serve<S>(
+    mut inner: S,
+    mut request: http::Request<Body>,
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<http::Response<Body>, S::Error>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+{
+    request.extensions_mut().insert(Deadline(deadline));
+    let observed = Observed::default();
+    request.extensions_mut().insert(observed.clone());
+    let path = request.uri().path().to_owned();
+    let _permit = permit;
+    let _in_flight = InFlight::start();
+    let started = Instant::now();
+    match tokio::time::timeout_at(deadline, inner.call(request)).await {
+        Ok(Ok(response)) => {
+            // A status in the headers is a trailers-only answer: a refusal. One tonic made before
+            // the handler ran (the message did not decode, or was too large) is counted here;
+            // the handler's own answers are counted by the API.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|code| code.to_str().ok()?.parse::<i32>().ok())
+                .map(tonic::Code::from_i32);
+            if let Some(code) = code.filter(|code| *code != tonic::Code::Ok && !observed.was_observed()) {
+                record_unobserved(&path, code, started);
             }
-        })
+            if code == Some(tonic::Code::OutOfRange) {
+                // tonic's answer to a message over request_bytes_max.
+                metrics::counter!(telemetry::REFUSALS, "reason" => "request_too_large").increment(1);
+            }
+            Ok(response)
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Ok(refuse(
+            Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
+            "deadline_exceeded",
+        )),
+    }
+}
+
+/// A request body already read (its frames replayed in order), then whatever was left unread.
+struct Replay {
+    frames: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
+    rest: Option<Body>,
+}
+
+impl http_body::Body for Replay {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+}
+
+/// A response body that keeps its call counted on its connection until it ends.
+struct Tracked {
+    body: Body,
+    _call: CallGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn tracked(response: http::Response<Body>, call: Option<CallGuard>) -> http::Response<Body> {
+    match call {
+        Some(call) => response.map(|body| Body::new(Tracked { body, _call: call })),
+        None => response,
     }
 }
 

@@ -6,8 +6,9 @@
 //! - [`maintenance`]: the `verify` and `rebuild` commands (Redis against the SQL ledger).
 //! - [`server`]: wiring — the gRPC services, health, reflection, the background tasks, shutdown.
 //! - [`health`]: `grpc.health.v1` and `/readyz`, following Redis and the database.
-//! - [`gate`]: the tower layer before every call: deadline, admission (load shedding), bearer
-//!   tokens.
+//! - [`gate`]: the tower layer before every call: deadline, the request's arrival, admission
+//!   (load shedding), bearer tokens.
+//! - [`connection`]: accepted connections, closed when idle.
 //! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod engine;
 pub mod gate;
 pub mod health;

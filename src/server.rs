@@ -22,6 +22,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
 use crate::auth::{Tokens, watch_tokens};
 use crate::config::{Limits, TlsConfig};
+use crate::connection::Watched;
 use crate::engine::Engine;
 use crate::gate::GateLayer;
 use crate::health::{Health, watch_dependencies};
@@ -129,7 +130,12 @@ pub async fn serve(
     let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
     let admin = AdminService::new(engine.clone(), store.clone()).into_server().max_decoding_message_size(bytes_max);
     let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
-    let mut builder = tonic::transport::Server::builder();
+    let limits = options.limits;
+    // Keepalive finds peers that vanished (HTTP/2 PINGs unanswered; TCP probes below);
+    // `connection` closes live ones that stay idle.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
     if let Some(tls) = &options.tls {
         builder = builder.tls_config(tls_config(tls))?;
     }
@@ -194,9 +200,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(authorizer)
         .add_service(admin)
-        // TCP_NODELAY: a response's frames go out at once instead of waiting on Nagle's algorithm
-        // for the client's ACK of the previous segment.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), draining);
+        .serve_with_incoming_shutdown(incoming(listener, limits), draining);
     tokio::pin!(server);
     // Serve until the shutdown starts; from then on the rest must finish within the grace period.
     let mut started = started;
@@ -235,6 +239,17 @@ pub async fn serve(
     }
     result?;
     if in_time { Ok(served) } else { Err(ServeError::GraceExceeded(grace)) }
+}
+
+/// The accepted connections, each closed once idle for `connection_idle_max`.
+fn incoming(listener: TcpListener, limits: Limits) -> impl futures_util::Stream<Item = std::io::Result<Watched>> {
+    use futures_util::StreamExt;
+    // TCP_NODELAY: a response's frames go out at once instead of waiting on Nagle's algorithm
+    // for the client's ACK of the previous segment.
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.tcp_keepalive))
+        .map(move |accepted| accepted.map(|socket| Watched::new(socket, limits.connection_idle_max)))
 }
 
 /// Waits for a stopping task until `deadline`, then aborts it; None when it failed or was cut.

@@ -148,6 +148,7 @@ impl ScriptBench {
                     amount: 1_000,
                     expires_ms: None,
                     request: self.request(),
+                    create_account: true,
                 };
                 engine.grant(&grant).await.expect("Grant").done().expect("Grant is not declined");
             })
@@ -305,6 +306,7 @@ impl ScriptBench {
                 amount: 1_000_000,
                 expires_ms: Some(now + 600_000 + index as Millis * 60_000),
                 request: self.request(),
+                create_account: false,
             };
             self.engine.grant(&grant).await.expect("Grant").done().expect("Grant is not declined");
         }

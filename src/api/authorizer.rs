@@ -62,7 +62,10 @@ impl CreditAuthorizer for AuthorizerService {
                     response.returned = committed.returned;
                     response.reservation = Some(convert::reservation(committed.reservation));
                 }
-                Decision::Declined(decline) => response.held = decline.held,
+                Decision::Declined(decline) => {
+                    response.held = decline.held;
+                    response.reservation = decline.reservation.map(|view| convert::reservation(*view));
+                }
             }
             Ok(Response::new(response))
         })
@@ -82,7 +85,14 @@ impl CreditAuthorizer for AuthorizerService {
                     response.deadline_unix_ms = extended.deadline_ms;
                     response.reservation = Some(convert::reservation(extended.reservation));
                 }
-                Decision::Declined(decline) => response.held = decline.held,
+                // The hold as it stands: a declined Extend leaves it unchanged, not empty.
+                Decision::Declined(decline) => {
+                    if let Some(view) = decline.reservation {
+                        response.held = view.held;
+                        response.deadline_unix_ms = view.deadline_ms;
+                        response.reservation = Some(convert::reservation(*view));
+                    }
+                }
             }
             Ok(Response::new(response))
         })
@@ -95,9 +105,14 @@ impl CreditAuthorizer for AuthorizerService {
             let decision = self.engine.release(&cmd).await?;
             let (outcome, decline) = convert::outcome(&decision);
             let mut response = pb::ReleaseResponse { outcome, decline, ..Default::default() };
-            if let Decision::Done(released) = decision {
-                response.returned = released.returned;
-                response.reservation = Some(convert::reservation(released.reservation));
+            match decision {
+                Decision::Done(released) => {
+                    response.returned = released.returned;
+                    response.reservation = Some(convert::reservation(released.reservation));
+                }
+                Decision::Declined(decline) => {
+                    response.reservation = decline.reservation.map(|view| convert::reservation(*view))
+                }
             }
             Ok(Response::new(response))
         })

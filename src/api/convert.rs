@@ -140,13 +140,21 @@ pub fn grant(request: pb::GrantRequest) -> Result<command::Grant> {
         amount: check_amount("amount", request.amount, false)?,
         expires_ms,
         request: RequestId::parse(&request.request_id)?,
+        create_account: request.create_account,
     })
 }
 
 pub fn start_trial(request: pb::StartTrialRequest, rules: &Rules) -> Result<command::StartTrial> {
     let account = AccountId::parse(&request.account_id)?;
     let (credits, duration_ms) = rules.trial(request.credits, request.duration_ms)?;
-    Ok(command::StartTrial { account, credits, duration_ms, request: RequestId::parse(&request.request_id)? })
+    let request_id = RequestId::parse(&request.request_id)?;
+    Ok(command::StartTrial {
+        account,
+        credits,
+        duration_ms,
+        request: request_id,
+        create_account: request.create_account,
+    })
 }
 
 pub fn set_user_limit(request: pb::SetUserLimitRequest) -> Result<command::SetUserLimit> {
@@ -209,6 +217,7 @@ fn decline(decline: &Decline) -> pb::Decline {
         held: decline.held,
         reservation_state: decline.reservation_state.map_or(0, |state| self::state(state) as i32),
         message: decline.message(),
+        scope_id: decline.scope_id(),
     }
 }
 

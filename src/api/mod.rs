@@ -1,15 +1,18 @@
 //! gRPC: the only code that names generated protobuf types. Requests are converted to validated
 //! ledger commands (`convert`), executed by the engine, and answers converted back; every error
-//! becomes a status in one place (`status`).
+//! becomes a status in one place (`status`). A message that does not decode is the caller's bad
+//! input (`codec`); every call is counted once (`observe`).
 
 mod admin;
 mod authorizer;
+pub mod codec;
 mod convert;
 mod observe;
 mod status;
 
 pub use admin::AdminService;
 pub use authorizer::AuthorizerService;
+pub use observe::{Observed, record_unobserved};
 
 /// Generated messages and service stubs of `credits.v1`.
 pub mod pb {

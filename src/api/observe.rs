@@ -3,6 +3,8 @@
 //! deadline, and the call metrics (by RPC and outcome, declines by reason).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
@@ -11,6 +13,7 @@ use tracing::Instrument;
 use super::pb;
 use crate::auth::Caller;
 use crate::gate::Deadline;
+use crate::ledger::echo;
 use crate::telemetry;
 
 /// The account a request touches (for the caller's account list and the logs).
@@ -70,6 +73,49 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
     pb::ListReservationsResponse, pb::GetUsageResponse);
 
+/// Every RPC of `credits.v1`, as the call metrics name them.
+const RPCS: [&str; 15] = [
+    "Reserve",
+    "Commit",
+    "Extend",
+    "Release",
+    "Charge",
+    "Quote",
+    "GetBalance",
+    "GetReservation",
+    "SetPlan",
+    "Grant",
+    "StartTrial",
+    "SetUserLimit",
+    "GetAccount",
+    "ListReservations",
+    "GetUsage",
+];
+
+/// Put in a request's extensions by the gate, set when the call reaches [`observe`] (which
+/// counts it). A call tonic refuses before any handler runs — a message that does not decode,
+/// one over `request_bytes_max` — never gets here, and the gate counts it with
+/// [`record_unobserved`], so every call answered shows in the call metrics exactly once.
+#[derive(Clone, Default)]
+pub struct Observed(Arc<AtomicBool>);
+
+impl Observed {
+    pub fn was_observed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a call refused before it reached a handler: `path` is its gRPC path, `code` the
+/// status it was answered with.
+pub fn record_unobserved(path: &str, code: Code, started: Instant) {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    // Only known names become labels: a caller must not mint new time series by calling paths
+    // that do not exist.
+    let rpc = RPCS.into_iter().find(|rpc| *rpc == method).unwrap_or("unknown");
+    record(rpc, code_label(code), started);
+    tracing::debug!(rpc, code = code_label(code), "call refused before its handler");
+}
+
 /// Runs `handler` on `request` as RPC `rpc`, as described in the module docs.
 pub async fn observe<Req, Resp, Fut>(
     rpc: &'static str,
@@ -84,6 +130,9 @@ where
     let started = Instant::now();
     let caller = request.extensions().get::<Caller>().cloned();
     let deadline = request.extensions().get::<Deadline>().copied();
+    if let Some(observed) = request.extensions().get::<Observed>() {
+        observed.0.store(true, Ordering::Relaxed);
+    }
     let message = request.get_ref();
     let account = message.account().to_owned();
     let span = tracing::info_span!("call", rpc, account, request_id = message.request_id());
@@ -91,8 +140,9 @@ where
         if let Some(caller) = caller.filter(|caller| !caller.may_touch(&account)) {
             metrics::counter!(telemetry::REFUSALS, "reason" => "permission_denied").increment(1);
             let status = Status::permission_denied(format!(
-                "account_id: token {:?} may not touch account {:?}",
-                caller.name, account
+                "account_id: token {:?} may not touch account {}",
+                caller.name,
+                echo(&account)
             ));
             record(rpc, "permission_denied", started);
             return Err(status);

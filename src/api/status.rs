@@ -1,4 +1,7 @@
 //! The one mapping from errors to gRPC statuses. Declines never come here: they are answers.
+//! Values a caller sent are quoted in messages only through [`crate::ledger::echo`] (a short
+//! prefix); the cap on the whole message below is a backstop, so that no message can outgrow the
+//! `grpc-message` trailer whatever a refusal quotes.
 
 use tonic::{Code, Status};
 
@@ -15,7 +18,23 @@ pub fn to_status(error: Error) -> Status {
         Error::Internal(_) => Code::Internal,
         Error::NotConfigured(_) => Code::FailedPrecondition,
     };
-    Status::new(code, error.to_string())
+    Status::new(code, bounded(error.to_string()))
+}
+
+/// The longest message a status carries, in bytes: far below the 8 KiB a client accepts in its
+/// trailers, with room for percent-encoding.
+pub const MESSAGE_LEN_MAX: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MESSAGE_LEN_MAX {
+        let mut end = MESSAGE_LEN_MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 impl From<Error> for Status {

@@ -175,8 +175,17 @@ impl Account {
     pub fn admit(&self, user: &UserId, amount: i64) -> Result<(), Decline> {
         let available = self.available();
         let user_remaining = self.user_remaining(user);
-        let decline =
-            |reason| Decline { reason, requested: amount, available, user_remaining, held: 0, reservation_state: None };
+        let decline = |reason| Decline {
+            reason,
+            requested: amount,
+            available,
+            user_remaining,
+            held: 0,
+            reservation_state: None,
+            account: self.id.clone(),
+            user: Some(user.as_str().to_owned()),
+            reservation: None,
+        };
         if available < amount {
             return Err(decline(DeclineReason::InsufficientCredit));
         }
@@ -196,6 +205,9 @@ impl Account {
             user_remaining: self.user_remaining(&reservation.user),
             held: reservation.held(),
             reservation_state: Some(reservation.state),
+            account: self.id.clone(),
+            user: Some(reservation.user.as_str().to_owned()),
+            reservation: Some(Box::new(self.reservation_view(seq))),
         }
     }
 

@@ -77,26 +77,48 @@ pub struct Decline {
     /// What the reservation held (reservation declines).
     pub held: i64,
     pub reservation_state: Option<ReservationState>,
+    /// The account decided on.
+    pub account: AccountId,
+    /// The user whose limit was checked: the caller's (Reserve, Charge) or the hold's (Commit,
+    /// Extend, Release); None for a trial.
+    pub user: Option<String>,
+    /// The reservation the call acted on, as it stands after the call (Commit, Extend and
+    /// Release declines, whatever their reason), so a caller sees what it still holds, until
+    /// when, and in what state, without a second call.
+    pub reservation: Option<Box<ReservationView>>,
 }
 
 impl Decline {
-    /// One sentence for logs and people.
+    /// The id of the scope that refused: the account's, the user's or the reservation's.
+    pub fn scope_id(&self) -> String {
+        match self.reason.scope() {
+            Scope::Account => self.account.to_string(),
+            Scope::User => self.user.clone().unwrap_or_default(),
+            Scope::Reservation => self.reservation.as_ref().map(|view| view.id.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// One sentence for logs and people, naming the scope that refused.
     pub fn message(&self) -> String {
+        let (account, scope) = (&self.account, self.scope_id());
         match self.reason {
             DeclineReason::InsufficientCredit => {
-                format!("{} credits available, {} requested", self.available, self.requested)
+                format!("account {account} has {} credits available, {} requested", self.available, self.requested)
             }
             DeclineReason::UserLimitReached => format!(
-                "user limit reached: {} remaining this cycle, {} requested",
+                "user {scope} of account {account} reached their limit: {} remaining this cycle, {} requested",
                 self.user_remaining.unwrap_or(0),
                 self.requested
             ),
-            DeclineReason::ReservationExpired => "reservation expired; its uncommitted part was returned".into(),
-            DeclineReason::ReservationClosed => "reservation already closed".into(),
-            DeclineReason::ExceedsHold => {
-                format!("commit of {} exceeds the {} still held; extend first", self.requested, self.held)
+            DeclineReason::ReservationExpired => {
+                format!("reservation {scope} expired; its uncommitted part was returned")
             }
-            DeclineReason::TrialAlreadyUsed => "this account already had its trial".into(),
+            DeclineReason::ReservationClosed => format!("reservation {scope} is already closed"),
+            DeclineReason::ExceedsHold => format!(
+                "commit of {} exceeds the {} reservation {scope} still holds; extend first",
+                self.requested, self.held
+            ),
+            DeclineReason::TrialAlreadyUsed => format!("account {account} already had its trial"),
         }
     }
 }

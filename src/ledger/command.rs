@@ -93,6 +93,8 @@ pub struct Grant {
     /// None: the end of the current cycle.
     pub expires_ms: Option<Millis>,
     pub request: RequestId,
+    /// Create the account if it does not exist; otherwise an unknown account is refused.
+    pub create_account: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +103,8 @@ pub struct StartTrial {
     pub credits: i64,
     pub duration_ms: Millis,
     pub request: RequestId,
+    /// Create the account if it does not exist; otherwise an unknown account is refused.
+    pub create_account: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +228,10 @@ impl SetPlan {
     }
 }
 
+// `create_account` is left out of the Grant and StartTrial fingerprints: it decides whether the
+// call may run at all, not what it changes, and the account exists after the first success, so a
+// retry with either value gets the same answer. Fingerprints kept in Redis and in memory from
+// before the flag existed stay valid.
 impl Grant {
     pub fn fingerprint(&self) -> Fingerprint {
         Digester::new("grant")
@@ -270,6 +278,33 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), release(2).fingerprint());
         assert_eq!(a.fingerprint().0.len(), 32);
+    }
+
+    /// Fingerprints are durable (remembered request ids outlive a deploy): these are pinned.
+    #[test]
+    fn fingerprints_are_pinned() {
+        let account = AccountId::parse("acme").unwrap();
+        let request = RequestId::parse("r1").unwrap();
+        assert_eq!(release(1).fingerprint().0, "e80227a8e911e5e7b25ab4a5bbcfbbd2");
+        for create_account in [false, true] {
+            let grant = Grant {
+                account: account.clone(),
+                kind: LotKind::Addon,
+                amount: 500,
+                expires_ms: None,
+                request: request.clone(),
+                create_account,
+            };
+            assert_eq!(grant.fingerprint().0, "648bfe5e0d8c9de5d45fdfa021dab8a5", "create_account {create_account}");
+            let trial = StartTrial {
+                account: account.clone(),
+                credits: 100,
+                duration_ms: 1_209_600_000,
+                request: request.clone(),
+                create_account,
+            };
+            assert_eq!(trial.fingerprint().0, "e442552cd2bde535937dc176faa37616", "create_account {create_account}");
+        }
     }
 
     #[test]

@@ -120,7 +120,7 @@ mod tests {
                 r#"{"commit":{"done":{"charged":15,"already_charged":false,"held":0,"returned":25,"reservation":{"id":"acme/1","user":"u-1","category":"email","state":"committed","reserved":40,"committed":15,"held":0,"returned":25,"commit_count":1,"created_ms":1768435200000,"deadline_ms":1768435260000,"closed_ms":1768435201000,"labels":{"job":"j-9"}}}}}"#,
             ]
         );
-        let decline = r#"{"reserve":{"declined":{"reason":"insufficient_credit","requested":900,"available":485,"user_remaining":null,"held":0,"reservation_state":null}}}"#;
+        let decline = r#"{"reserve":{"declined":{"reason":"insufficient_credit","requested":900,"available":485,"user_remaining":null,"held":0,"reservation_state":null,"account":"acme","user":"u-1","reservation":null}}}"#;
         let decoded = decode_answer(ANSWER_FORMAT, decline).unwrap();
         assert_eq!(encode_answer(&decoded), decline);
         assert!(decode_answer(ANSWER_FORMAT + 1, decline).unwrap_err().contains("newer sidecar"));

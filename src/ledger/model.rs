@@ -37,11 +37,19 @@ pub struct Ledger {
     answers: Option<Vec<RememberedAnswer>>,
 }
 
-/// Whether an operation may create the account it names.
+/// Whether an operation may create the account it names. SetPlan always may; Grant and
+/// StartTrial only when the request asks (`create_account`), so a mistyped account id gets
+/// NOT_FOUND instead of credits.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Create {
     Yes,
     No,
+}
+
+impl Create {
+    fn asked(create_account: bool) -> Self {
+        if create_account { Self::Yes } else { Self::No }
+    }
 }
 
 /// How a kind of answer is remembered and recognised on replay.
@@ -310,8 +318,10 @@ impl Ledger {
             }
             let user = account.reservations[&seq].user.clone();
             if cmd.amount > 0
-                && let Err(decline) = account.admit(&user, cmd.amount)
+                && let Err(mut decline) = account.admit(&user, cmd.amount)
             {
+                // Declined by the account or the user, but about this hold: show it as it stands.
+                decline.reservation = Some(Box::new(account.reservation_view(seq)));
                 return Ok(Decision::Declined(decline));
             }
             let draws = if cmd.amount > 0 { account.draw(cmd.amount) } else { Vec::new() };
@@ -449,7 +459,7 @@ impl Ledger {
             account: &cmd.account,
             request: &cmd.request,
             fingerprint: cmd.fingerprint(),
-            create: Create::Yes,
+            create: Create::asked(cmd.create_account),
             reservation: None,
             memo: memo!(Grant),
         };
@@ -469,7 +479,7 @@ impl Ledger {
             account: &cmd.account,
             request: &cmd.request,
             fingerprint: cmd.fingerprint(),
-            create: Create::Yes,
+            create: Create::asked(cmd.create_account),
             reservation: None,
             memo: memo!(StartTrial),
         };
@@ -482,6 +492,9 @@ impl Ledger {
                     user_remaining: None,
                     held: 0,
                     reservation_state: None,
+                    account: account.id.clone(),
+                    user: None,
+                    reservation: None,
                 }));
             }
             check_balance(account, cmd.credits, "credits")?;

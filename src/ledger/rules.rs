@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Error;
-use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, check_amount};
+use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, check_amount, echo};
 
 const DAY_MS: Millis = 86_400_000;
 
@@ -109,7 +109,7 @@ impl Rules {
             return Ok(Category(name.to_owned()));
         }
         let known: Vec<&str> = self.categories.iter().map(String::as_str).collect();
-        Err(Error::invalid("category", format!("unknown category {name:?}; known: {}", known.join(", "))))
+        Err(Error::invalid("category", format!("unknown category {}; known: {}", echo(name), known.join(", "))))
     }
 
     /// Prices a cost. `zero_allowed` admits a raw amount of 0 (commits).
@@ -124,7 +124,7 @@ impl Rules {
                 let unit = *self
                     .price_book
                     .get(sku)
-                    .ok_or_else(|| Error::invalid("cost.sku.sku", format!("unknown SKU {sku:?}")))?;
+                    .ok_or_else(|| Error::invalid("cost.sku.sku", format!("unknown SKU {}", echo(sku))))?;
                 if !(1..=QUANTITY_MAX).contains(quantity) {
                     return Err(Error::invalid(
                         "cost.sku.quantity",

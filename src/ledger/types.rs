@@ -28,6 +28,35 @@ pub const INSTANT_MAX_MS: i64 = 253_402_300_799_999;
 /// Unix milliseconds, UTC.
 pub type Millis = i64;
 
+/// The most bytes of a caller's value an error message quotes. A message travels back in the
+/// `grpc-message` trailer: quoting a value whole would let a caller's 16 KiB push that trailer
+/// past the client's header limit, and the caller would see RESOURCE_EXHAUSTED instead of the
+/// INVALID_ARGUMENT that names the field.
+pub const ECHO_LEN_MAX: usize = 64;
+
+/// A caller's value as an error message quotes it: in Rust string syntax, cut to its first
+/// [`ECHO_LEN_MAX`] bytes (then `…` and the value's length). Every error that names a value the
+/// caller sent goes through [`echo`], so no message grows with the input.
+pub struct Echo<'a>(&'a str);
+
+/// Quotes `value` for an error message; see [`Echo`].
+pub fn echo(value: &str) -> Echo<'_> {
+    Echo(value)
+}
+
+impl fmt::Display for Echo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() <= ECHO_LEN_MAX {
+            return write!(f, "{:?}", self.0);
+        }
+        let mut end = ECHO_LEN_MAX;
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(f, "{:?}… ({} bytes)", &self.0[..end], self.0.len())
+    }
+}
+
 fn check_id(field: &str, value: &str, len_max: usize, extra_forbidden: &[char]) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
@@ -65,6 +94,20 @@ macro_rules! id_type {
                 f.write_str(&self.0)
             }
         }
+
+        /// Stored (in remembered answers) as its text; read back through [`Self::parse`].
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -96,11 +139,16 @@ impl ReservationId {
             return Err(Error::invalid(FIELD, "must look like <account_id>/<number>"));
         };
         let account = AccountId::parse(account).map_err(|_| Error::invalid(FIELD, "has an invalid account part"))?;
-        let seq = seq
-            .parse::<u64>()
-            .ok()
+        // Canonical only: the digits the server wrote, so one reservation has one id (`acme/7`,
+        // never `acme/07` or `acme/+7`) wherever ids are compared, logged or checked.
+        let canonical = !seq.is_empty() && seq.bytes().all(|byte| byte.is_ascii_digit()) && !seq.starts_with('0');
+        let seq = Some(seq)
+            .filter(|_| canonical)
+            .and_then(|seq| seq.parse::<u64>().ok())
             .filter(|seq| (1..=SEQ_MAX).contains(seq))
-            .ok_or_else(|| Error::invalid(FIELD, format!("must end in a number in 1..={SEQ_MAX}")))?;
+            .ok_or_else(|| {
+                Error::invalid(FIELD, format!("must end in a number in 1..={SEQ_MAX}, without sign or leading zeros"))
+            })?;
         Ok(Self { account, seq })
     }
 }
@@ -177,7 +225,7 @@ impl Labels {
             if value.len() > LABEL_VALUE_LEN_MAX {
                 return Err(Error::invalid(
                     "labels",
-                    format!("value of {key:?} must be at most {LABEL_VALUE_LEN_MAX} bytes"),
+                    format!("value of {} must be at most {LABEL_VALUE_LEN_MAX} bytes", echo(key)),
                 ));
             }
         }
@@ -294,10 +342,37 @@ mod tests {
         assert_eq!(id.account.as_str(), "acme");
         assert_eq!(id.seq, 17);
         assert_eq!(id.to_string(), "acme/17");
-        for bad in ["acme", "acme/", "acme/x", "acme/0", "/3", "a b/3", "acme/-1", "acme/9007199254740992"] {
+        let bad_ids = [
+            "acme",
+            "acme/",
+            "acme/x",
+            "acme/0",
+            "/3",
+            "a b/3",
+            "acme/-1",
+            "acme/9007199254740992",
+            "acme/01",
+            "acme/001",
+            "acme/+1",
+            "acme/00",
+            "acme/1 ",
+            "acme/١",
+        ];
+        for bad in bad_ids {
             let error = ReservationId::parse(bad).unwrap_err();
             assert!(error.to_string().starts_with("reservation_id: "), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn echoed_values_are_cut_to_a_prefix() {
+        assert_eq!(echo("email").to_string(), "\"email\"");
+        let exact = "a".repeat(ECHO_LEN_MAX);
+        assert_eq!(echo(&exact).to_string(), format!("{exact:?}"));
+        let long = format!("{}{}", "é", "b".repeat(16 * 1024));
+        let echoed = echo(&long).to_string();
+        assert!(echoed.len() < ECHO_LEN_MAX + 32, "{echoed}");
+        assert!(echoed.ends_with(&format!("… ({} bytes)", long.len())), "{echoed}");
     }
 
     #[test]

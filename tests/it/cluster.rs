@@ -1,21 +1,21 @@
-//! The engine suite, unchanged, on a Redis Cluster of three masters on loopback. One cluster
+//! The engine suite (rules, flows, edges), unchanged, on a Redis Cluster of three masters on loopback. One cluster
 //! serves every test body in turn (forming a cluster takes seconds); each body gets its own key
 //! prefix, so none sees another's accounts.
 
 use crate::servers::RedisCluster;
-use crate::{flows, harness::Harness, rules};
+use crate::{edges, flows, harness::Harness, rules};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_suite_passes_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
-    let suite = rules::SUITE.iter().chain(flows::SUITE);
+    let suite = rules::SUITE.iter().chain(flows::SUITE).chain(edges::SUITE);
     let mut ran = 0;
     for (index, (name, body)) in suite.enumerate() {
         eprintln!("cluster: {name}");
         body(Harness::on_cluster(&cluster, &format!("t{index}")).await).await;
         ran += 1;
     }
-    assert_eq!(ran, rules::SUITE.len() + flows::SUITE.len());
+    assert_eq!(ran, rules::SUITE.len() + flows::SUITE.len() + edges::SUITE.len());
     // The accounts were spread over the masters, not piled on one.
     let counts = cluster.key_counts();
     assert!(counts.iter().filter(|count| **count > 0).count() >= 2, "keys per master: {counts:?}");

@@ -178,6 +178,7 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
         amount: 1_000,
         expires_unix_ms: 0,
         request_id: "tight-grant".into(),
+        create_account: false,
     };
     admin.grant(grant).await.unwrap();
 

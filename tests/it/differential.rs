@@ -4,9 +4,9 @@
 //! the same account views and reservation views; at the end of each sequence, the same event
 //! log, event for event (what the settler will write to SQL).
 //!
-//! Coverage: every state-changing operation (SetPlan, Grant, StartTrial, SetUserLimit, Reserve,
-//! Commit with and without business keys and `final`, Extend by amount and/or TTL, Release,
-//! Charge), Quote, retries of earlier requests (same id, same parameters) and reuses of their
+//! Coverage: every state-changing operation (SetPlan, Grant and StartTrial with and without
+//! `create_account`, SetUserLimit, Reserve, Commit with and without business keys and `final`,
+//! Extend by amount and/or TTL, Release, Charge), Quote, retries of earlier requests (same id, same parameters) and reuses of their
 //! ids with other parameters, time jumps from a second to 40 days (crossing deadlines, lot
 //! expiries, cycle boundaries and the 24 h retention), and sweeps. Two accounts, three users,
 //! small amounts so declines are common; jumps to exactly a lot expiry, cycle end or deadline
@@ -88,11 +88,13 @@ enum Op {
         kind: usize,
         amount: i64,
         expires_in: Option<i64>,
+        create: bool,
     },
     Trial {
         account: usize,
         credits: i64,
         duration: i64,
+        create: bool,
     },
     Limit {
         account: usize,
@@ -167,10 +169,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(account, lots, expires_step)| Op::GrantMany { account, lots, expires_step }),
         1 => (account.clone(), prop::option::of(0..4usize), 1..6usize, prop::option::of(1..12u64))
             .prop_map(|(account, state, size, before)| Op::List { account, state, size, before }),
-        2 => (account.clone(), 0..3usize, 1..200i64, prop::option::of(HOUR..40 * DAY))
-            .prop_map(|(account, kind, amount, expires_in)| Op::Grant { account, kind, amount, expires_in }),
-        1 => (account.clone(), 0..150i64, prop_oneof![Just(0), HOUR..20 * DAY])
-            .prop_map(|(account, credits, duration)| Op::Trial { account, credits, duration }),
+        2 => (account.clone(), 0..3usize, 1..200i64, prop::option::of(HOUR..40 * DAY), any::<bool>())
+            .prop_map(|(account, kind, amount, expires_in, create)| Op::Grant { account, kind, amount, expires_in, create }),
+        1 => (account.clone(), 0..150i64, prop_oneof![Just(0), HOUR..20 * DAY], any::<bool>())
+            .prop_map(|(account, credits, duration, create)| Op::Trial { account, credits, duration, create }),
         1 => (account.clone(), user.clone(), prop::option::of(0..150i64))
             .prop_map(|(account, user, limit)| Op::Limit { account, user, limit }),
         6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY], prop::bool::weighted(0.1))
@@ -327,6 +329,7 @@ impl Pair<'_> {
                         amount: 1 + lot as i64 % 4,
                         expires_ms,
                         request: self.request(),
+                        create_account: true,
                     };
                     self.send(Sent::Grant(grant), step).await?;
                 }
@@ -345,16 +348,18 @@ impl Pair<'_> {
                 let redis = self.redis.list_reservations(&account(a), state, size, before).await;
                 return check(step, model, redis);
             }
-            Op::Grant { account: a, kind, amount, expires_in } => Sent::Grant(Grant {
+            Op::Grant { account: a, kind, amount, expires_in, create } => Sent::Grant(Grant {
                 account: account(a),
                 kind: [LotKind::Addon, LotKind::Promo, LotKind::Adjustment][kind],
                 amount,
                 expires_ms: expires_in.map(|ms| self.now() + ms),
                 request: self.request(),
+                create_account: create,
             }),
-            Op::Trial { account: a, credits, duration } => {
+            Op::Trial { account: a, credits, duration, create } => {
                 let (credits, duration_ms) = rules.trial(credits, duration).unwrap();
-                Sent::Trial(StartTrial { account: account(a), credits, duration_ms, request: self.request() })
+                let request = self.request();
+                Sent::Trial(StartTrial { account: account(a), credits, duration_ms, request, create_account: create })
             }
             Op::Limit { account: a, user: u, limit } => {
                 Sent::Limit(SetUserLimit { account: account(a), user: user(u), limit, request: self.request() })

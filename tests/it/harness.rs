@@ -68,6 +68,8 @@ pub struct Harness {
     pub admin: CreditAdminClient<Channel>,
     /// The private Redis of a Redis-engine harness.
     pub redis: Option<RedisServer>,
+    /// Where the server listens.
+    pub address: std::net::SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     requests: AtomicU64,
@@ -141,6 +143,7 @@ impl Harness {
             auth: CreditAuthorizerClient::new(channel.clone()),
             admin: CreditAdminClient::new(channel),
             redis,
+            address,
             shutdown: Some(shutdown),
             server: Some(server),
             requests: AtomicU64::new(0),
@@ -275,6 +278,7 @@ impl Harness {
             amount,
             expires_unix_ms: expires,
             request_id: self.rid(),
+            create_account: false,
         };
         self.admin.clone().grant(request).await.unwrap().into_inner()
     }
@@ -391,3 +395,55 @@ macro_rules! engine_tests {
         }
     };
 }
+
+/// Bytes in, bytes out: a codec for requests no generated client would send.
+#[derive(Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: bytes::Bytes, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let length = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, length)))
+    }
+}
+
+/// Sends `message` as the raw body of one unary call to `path` (e.g.
+/// `/credits.v1.CreditAuthorizer/Commit`), in a well-formed gRPC frame.
+pub async fn raw_unary(channel: &Channel, path: &'static str, message: &[u8]) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let request = tonic::Request::new(bytes::Bytes::copy_from_slice(message));
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+}
+
+/// Bytes that are not a protobuf message: a field key whose varint never ends.
+pub const NOT_PROTOBUF: &[u8] = &[0xff; 11];

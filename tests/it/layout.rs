@@ -178,8 +178,14 @@ async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
         let now = clock.now_ms();
         if n % 2 == 0 {
             let expires_ms = Some(now + 3_600_000 + n as i64);
-            let grant =
-                Grant { account: acme.clone(), kind: LotKind::Promo, amount: 2, expires_ms, request: request(n) };
+            let grant = Grant {
+                account: acme.clone(),
+                kind: LotKind::Promo,
+                amount: 2,
+                expires_ms,
+                request: request(n),
+                create_account: false,
+            };
             assert_eq!(redis.grant(&grant).await.unwrap(), model.grant(now, &grant).unwrap());
         } else {
             let reserve = Reserve {

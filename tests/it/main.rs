@@ -4,6 +4,7 @@
 mod cluster;
 mod crash;
 mod differential;
+mod edges;
 mod flows;
 mod harness;
 mod layout;

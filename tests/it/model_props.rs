@@ -483,9 +483,14 @@ impl Cmd {
         if other_operation {
             let account = self.account().clone();
             return match self {
-                Cmd::SetUserLimit(_) => {
-                    Cmd::Grant(Grant { account, kind: LotKind::Promo, amount: 1, expires_ms: None, request })
-                }
+                Cmd::SetUserLimit(_) => Cmd::Grant(Grant {
+                    account,
+                    kind: LotKind::Promo,
+                    amount: 1,
+                    expires_ms: None,
+                    request,
+                    create_account: true,
+                }),
                 Cmd::Commit(Commit { reservation, .. }) | Cmd::Extend(Extend { reservation, .. }) => {
                     Cmd::Release(Release { reservation: reservation.clone(), request })
                 }
@@ -1064,10 +1069,17 @@ impl Harness {
                 amount,
                 expires_ms: expires_in_ms.map(|offset| self.now + offset),
                 request,
+                create_account: true,
             }),
             Op::StartTrial { account, credits, duration_ms } => {
                 let (credits, duration_ms) = self.rules.trial(credits, duration_ms).unwrap();
-                Cmd::StartTrial(StartTrial { account: account_id(account), credits, duration_ms, request })
+                Cmd::StartTrial(StartTrial {
+                    account: account_id(account),
+                    credits,
+                    duration_ms,
+                    request,
+                    create_account: true,
+                })
             }
             Op::SetUserLimit { account, user, limit } => {
                 Cmd::SetUserLimit(SetUserLimit { account: account_id(account), user: user_id(user), limit, request })
@@ -2031,6 +2043,7 @@ fn grant(account: &str, kind: LotKind, amount: i64, expires_ms: Option<Millis>, 
         amount,
         expires_ms,
         request: RequestId::parse(request).unwrap(),
+        create_account: true,
     }
 }
 

@@ -26,7 +26,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::harness::{amount_cost, health_watch, plan_request, reserve_request, wait_for_health};
+use crate::harness::{
+    NOT_PROTOBUF, amount_cost, health_watch, plan_request, raw_unary, reserve_request, wait_for_health,
+};
 use crate::servers::{RedisServer, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_credit-sidecar");
@@ -516,6 +518,7 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
         amount: 500,
         expires_unix_ms: 0,
         request_id: "promo-1".into(),
+        create_account: false,
     };
     assert_eq!(admin.grant(grant).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
     let held = auth.reserve(reserve_request("acme", 100, "r-ok")).await.unwrap().into_inner();
@@ -531,6 +534,11 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     oversized.labels.insert("note".into(), "x".repeat(4_096));
     let refused = auth.reserve(oversized).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    // Bytes that are not a protobuf message: the caller's bad input, refused before any handler
+    // runs, and counted like every other answer.
+    let garbage = raw_unary(&channel, "/credits.v1.CreditAuthorizer/Commit", NOT_PROTOBUF).await.unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+    assert!(garbage.message().starts_with("CommitRequest: not a valid protobuf message"), "{garbage:?}");
 
     // Figures that follow the health check and the settler are waited for; the call counters
     // are final the moment the calls have answered.
@@ -549,6 +557,8 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     assert_eq!(calls("Reserve", "invalid_argument"), Some(1.0), "{}", metrics.text);
     let refusals = |reason: &str| metrics.get("credit_sidecar_refusals_total", &[("reason", reason)]);
     assert_eq!(refusals("request_too_large"), Some(1.0), "{}", metrics.text);
+    assert_eq!(calls("Reserve", "out_of_range"), Some(1.0), "{}", metrics.text);
+    assert_eq!(calls("Commit", "invalid_argument"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("SetPlan", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Grant", "ok"), Some(1.0), "{}", metrics.text);

@@ -189,6 +189,32 @@ async fn function_flush_mid_run_fails_no_call() {
     workload.assert_nothing_lost().await;
 }
 
+/// A library Redis lost is loaded again by the server's own health check, before any call needs
+/// it: no caller pays for the load inside its deadline, and no call meets "Function not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_library_is_loaded_again_before_a_call_needs_it() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(t0());
+    let engine = redis_engine(&Rules::default(), &redis_settings(vec![server.url()], false), &clock).await;
+    let mut options = credit_sidecar::server::ServeOptions::new(Duration::from_secs(3600));
+    options.health_interval = Duration::from_millis(50);
+    let h = Harness::serve_settled(clock, engine, Some(server), options).await;
+    h.account("acme", 100).await;
+    let server = h.redis.as_ref().unwrap();
+    let name = &credit_sidecar::engine::redis::library::LIBRARY.name;
+    assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
+    // No call is made meanwhile: only the server's checks can bring the library back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.cli(&["FUNCTION", "LIST"]).contains(name.as_str()) {
+        assert!(Instant::now() < deadline, "the library was not loaded again without a call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.hold("acme", "ann", 10).await;
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let fcall = stats.lines().find(|line| line.starts_with("cmdstat_fcall:")).expect("FCALL was called");
+    assert!(fcall.contains("failed_calls=0"), "a call met the lost library: {fcall}");
+}
+
 /// Two replicas sweep the same Redis at once while late commits race them at the deadline:
 /// every hold closes exactly once and is refunded exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

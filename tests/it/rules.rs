@@ -413,12 +413,26 @@ async fn changing_the_schedule_restarts_the_cycle(h: Harness) {
 }
 
 async fn trial_is_granted_once(h: Harness) {
-    let request = pb::StartTrialRequest { account_id: "newco".into(), credits: 0, duration_ms: 0, request_id: h.rid() };
+    // Without create_account, an unknown account gets NOT_FOUND and nothing is created.
+    let unknown = pb::StartTrialRequest { account_id: "newco".into(), request_id: h.rid(), ..Default::default() };
+    assert_eq!(h.admin.clone().start_trial(unknown).await.unwrap_err().code(), tonic::Code::NotFound);
+    let request = pb::StartTrialRequest {
+        account_id: "newco".into(),
+        credits: 0,
+        duration_ms: 0,
+        request_id: h.rid(),
+        create_account: true,
+    };
     let trial = h.admin.clone().start_trial(request).await.unwrap().into_inner();
     assert_eq!(trial.outcome(), pb::Outcome::Ok);
     assert_eq!((trial.expires_unix_ms, trial.totals.unwrap().available), (t0() + 14 * DAY, 100));
-    let again =
-        pb::StartTrialRequest { account_id: "newco".into(), credits: 500, duration_ms: DAY, request_id: h.rid() };
+    let again = pb::StartTrialRequest {
+        account_id: "newco".into(),
+        credits: 500,
+        duration_ms: DAY,
+        request_id: h.rid(),
+        create_account: true,
+    };
     let again = h.admin.clone().start_trial(again).await.unwrap().into_inner();
     assert_eq!(again.outcome(), pb::Outcome::TrialAlreadyUsed);
     assert_eq!(again.decline.unwrap().scope(), pb::Scope::Account);
@@ -443,6 +457,7 @@ async fn amounts_near_the_bound_stay_exact(h: Harness) {
         amount: 1,
         expires_unix_ms: 0,
         request_id: h.rid(),
+        create_account: false,
     };
     let error = h.admin.clone().grant(over).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
@@ -637,14 +652,19 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         amount: 5,
         expires_unix_ms: 0,
         request_id: "g".into(),
+        create_account: false,
     };
     assert!(admin.grant(grant.clone()).await.unwrap_err().message().starts_with("kind: "));
     let past = pb::GrantRequest { kind: pb::LotKind::Promo as i32, expires_unix_ms: t0() - 1, ..grant.clone() };
     assert!(admin.grant(past).await.unwrap_err().message().starts_with("expires_unix_ms: must be in the future"));
     let zero = pb::GrantRequest { kind: pb::LotKind::Promo as i32, amount: 0, ..grant };
     assert!(admin.grant(zero).await.unwrap_err().message().starts_with("amount: "));
-    let trial =
-        pb::StartTrialRequest { account_id: "acme".into(), credits: 0, duration_ms: 400 * DAY, request_id: "t".into() };
+    let trial = pb::StartTrialRequest {
+        account_id: "acme".into(),
+        duration_ms: 400 * DAY,
+        request_id: "t".into(),
+        ..Default::default()
+    };
     assert!(admin.start_trial(trial).await.unwrap_err().message().starts_with("duration_ms: "));
     let limit = pb::SetUserLimitRequest {
         account_id: "acme".into(),

@@ -191,12 +191,14 @@ impl Script {
     }
 
     fn grant(&mut self, name: &str, kind: LotKind, amount: i64, expires_ms: Option<Millis>) {
-        let command = Grant { account: account(name), kind, amount, expires_ms, request: self.request() };
+        let request = self.request();
+        let command = Grant { account: account(name), kind, amount, expires_ms, request, create_account: true };
         done(self.ledger.grant(self.now, &command), "grant");
     }
 
     fn start_trial(&mut self, name: &str, credits: i64, duration_ms: Millis) {
-        let command = StartTrial { account: account(name), credits, duration_ms, request: self.request() };
+        let request = self.request();
+        let command = StartTrial { account: account(name), credits, duration_ms, request, create_account: true };
         done(self.ledger.start_trial(self.now, &command), "start_trial");
     }
 

@@ -43,9 +43,10 @@ const FILES: [&str; 15] = [
     include_str!("lua/maintenance.lua"),
 ];
 
-/// The library's source and the prefix of its functions' names.
+/// The library's source, its name, and the prefix of its functions' names.
 pub struct Library {
     pub source: String,
+    pub name: String,
     pub prefix: String,
 }
 
@@ -72,8 +73,9 @@ fn build() -> Library {
     let digest = Sha256::digest(body.as_bytes());
     let digest: String = digest[..6].iter().map(|byte| format!("{byte:02x}")).collect();
     let prefix = format!("cs{LAYOUT_VERSION}_{digest}_");
-    let source = format!("#!lua name=credit_sidecar_{LAYOUT_VERSION}_{digest}\nlocal FN_PREFIX = '{prefix}'\n{body}");
-    Library { source, prefix }
+    let name = format!("credit_sidecar_{LAYOUT_VERSION}_{digest}");
+    let source = format!("#!lua name={name}\nlocal FN_PREFIX = '{prefix}'\n{body}");
+    Library { source, name, prefix }
 }
 
 #[cfg(test)]

@@ -4,8 +4,12 @@
 //! the key layout ([`keys`]), passes validated commands as positional arguments, and decodes the
 //! positional replies into the model's own types ([`reply`]).
 //!
-//! The library is loaded at connect (and again, transparently, if Redis lost it: a restart
-//! without persistence, `FUNCTION FLUSH`); functions are called by name with `FCALL`, reads with
+//! The library is loaded at connect, before the server serves. If Redis loses it (a restart
+//! without persistence, `FUNCTION FLUSH`, a failover to a replica without it), the periodic
+//! health check ([`RedisEngine::ping`]) finds it missing and loads it again, outside any caller's
+//! deadline; a call that meets "Function not found" first starts the same load in a task of its
+//! own (one at a time per engine, never cut short by a caller giving up), waits for it within its
+//! own budget, and tries once more. Functions are called by name with `FCALL`, reads with
 //! `FCALL_RO` (they are registered `no-writes`). A call that finds its account needs more
 //! catching up than one call does (see [`library::CATCHUP_STEPS_MAX`]) is answered "due" and made
 //! again. Time comes from Redis `TIME`, so every replica agrees on expiry and renewal; only tests
@@ -117,6 +121,9 @@ pub struct RedisEngine {
     test_clock: Option<Arc<dyn Clock>>,
     /// Notices when Redis lost its state, and then refuses calls (see [`guard`]).
     guard: guard::Guard,
+    /// Held while the library is being loaded: one load at a time, however many calls found it
+    /// missing.
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn unavailable(error: redis::RedisError) -> Error {
@@ -167,6 +174,7 @@ impl RedisEngine {
             retention_ms,
             test_clock: None,
             guard: guard::Guard::default(),
+            loading: Arc::default(),
         })
     }
 
@@ -259,15 +267,32 @@ impl RedisEngine {
 
     /// Loads the function library (a no-op when this version is there already).
     async fn load_library(&self) -> Result<()> {
+        load_library(self.connection.clone(), self.timeout).await
+    }
+
+    /// Loads the library again after Redis lost it, in a task of its own: a caller that gives up
+    /// (its deadline) does not cut the load short, and concurrent callers wait for one load.
+    async fn reload_library(&self) -> Result<()> {
+        let (loading, connection, timeout) = (Arc::clone(&self.loading), self.connection.clone(), self.timeout);
+        let load = tokio::spawn(async move {
+            let _one_at_a_time = loading.lock().await;
+            load_library(connection, timeout).await
+        });
+        load.await.map_err(|error| Error::Internal(format!("loading the function library: {error}")))?
+    }
+
+    /// Is this version's library in Redis? Single Redis only: on a Cluster, `FUNCTION LIST`
+    /// reaches one node of many, so there a lost library is found by the call that needs it.
+    async fn library_missing(&self) -> Result<bool> {
+        if matches!(self.connection, Connection::Cluster(_)) {
+            return Ok(false);
+        }
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("FUNCTION");
-        command.arg("LOAD").arg(&LIBRARY.source);
-        match tokio::time::timeout(self.timeout * 4, command.query_async::<String>(&mut connection)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) if error.to_string().contains("already exists") => Ok(()),
-            Ok(Err(error)) => Err(unavailable(error)),
-            Err(_) => Err(Error::Unavailable("redis: no answer loading the function library".into())),
-        }
+        command.arg("LIST").arg("LIBRARYNAME").arg(&LIBRARY.name);
+        let libraries: Vec<Value> = self.bounded(command.query_async(&mut connection)).await?;
+        // LIBRARYNAME is a pattern; the name has no pattern characters, so it matches itself only.
+        Ok(libraries.is_empty())
     }
 
     /// Runs a Redis round trip within the timeout.
@@ -287,10 +312,17 @@ impl RedisEngine {
         connect(&self.settings).await
     }
 
-    /// Does Redis answer (within the timeout), holding its state (see [`guard`])?
+    /// Does Redis answer (within the timeout), holding its state (see [`guard`]) and this
+    /// version's library? The health check calls this every `health_interval_ms`: a library
+    /// Redis lost (a restart without persistence, `FUNCTION FLUSH`) is loaded again here, before
+    /// a call needs it.
     pub async fn ping(&self) -> Result<()> {
         let mut connection = self.connection.clone();
         self.bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await?;
+        if self.library_missing().await? {
+            tracing::warn!("Redis lost the function library; loading it again");
+            self.reload_library().await?;
+        }
         self.check_state().await
     }
 
@@ -324,7 +356,7 @@ impl RedisEngine {
         match tokio::time::timeout(self.timeout, command.query_async::<Value>(&mut connection)).await {
             Ok(Err(error)) if error.to_string().contains("Function not found") => {
                 tracing::warn!("Redis lost the function library; loading it again");
-                self.load_library().await?;
+                self.reload_library().await?;
                 self.bounded(command.query_async(&mut connection)).await
             }
             Ok(result) => result.map_err(|error| {
@@ -518,6 +550,7 @@ impl RedisEngine {
             Arg::Text(crate::ledger::wire::lot_kind_name(cmd.kind)),
             Arg::Int(cmd.amount),
             Arg::Owned(expires),
+            Arg::Text(create_flag(cmd.create_account)),
         ];
         self.change("grant", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
@@ -529,6 +562,7 @@ impl RedisEngine {
             Arg::Text(stored_fingerprint(&fingerprint.0)),
             Arg::Int(cmd.credits),
             Arg::Int(cmd.duration_ms),
+            Arg::Text(create_flag(cmd.create_account)),
         ];
         self.change("start_trial", &account_context(&cmd.account, &cmd.request), &args, reply::granted).await
     }
@@ -717,12 +751,30 @@ impl RedisEngine {
     }
 }
 
+/// Loads the function library with `FUNCTION LOAD` (a no-op when this version is there).
+async fn load_library(mut connection: Connection, timeout: Duration) -> Result<()> {
+    let mut command = redis::cmd("FUNCTION");
+    command.arg("LOAD").arg(&LIBRARY.source);
+    // Compiling the library takes Redis longer than an ordinary call.
+    match tokio::time::timeout(timeout * 4, command.query_async::<String>(&mut connection)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.to_string().contains("already exists") => Ok(()),
+        Ok(Err(error)) => Err(unavailable(error)),
+        Err(_) => Err(Error::Unavailable("redis: no answer loading the function library".into())),
+    }
+}
+
 /// One positional argument of a function call.
 #[derive(Clone)]
 enum Arg<'a> {
     Text(&'a str),
     Int(i64),
     Owned(String),
+}
+
+/// The `create_account` argument of grant and start_trial.
+fn create_flag(create_account: bool) -> &'static str {
+    if create_account { "1" } else { "0" }
 }
 
 /// Request ids are kept in Redis with the first 16 hex digits of their fingerprint (64 bits):

@@ -130,14 +130,17 @@ pub fn parse(value: Value, context: &Context<'_>) -> Result<Reply, Error> {
     let mut fields = Fields { items: items.into_iter() };
     match fields.text()?.as_str() {
         "ok" => Ok(Reply::Ok(fields)),
-        "no" => Ok(Reply::Declined(decline(&mut fields)?)),
+        "no" => Ok(Reply::Declined(decline(&mut fields, context.account)?)),
         "err" => Err(error_of(&fields.text()?, context)),
         "due" => Ok(Reply::Due),
         other => Err(corrupt(format!("reply status {other:?}"))),
     }
 }
 
-fn decline(fields: &mut Fields) -> Result<Decline, Error> {
+/// A decline: reason, requested, available, user remaining, held, state, then (absent from
+/// declines remembered before they carried them) the user and, on a call on a reservation, the
+/// reservation's view.
+fn decline(fields: &mut Fields, account: &AccountId) -> Result<Decline, Error> {
     let reason = match fields.text()?.as_str() {
         "insufficient_credit" => DeclineReason::InsufficientCredit,
         "user_limit_reached" => DeclineReason::UserLimitReached,
@@ -147,16 +150,23 @@ fn decline(fields: &mut Fields) -> Result<Decline, Error> {
         "trial_already_used" => DeclineReason::TrialAlreadyUsed,
         other => return Err(corrupt(format!("decline reason {other:?}"))),
     };
+    let (requested, available, user_remaining, held) = (fields.int()?, fields.int()?, fields.opt_int()?, fields.int()?);
+    let reservation_state = match fields.opt_text()? {
+        Some(text) => Some(state(&text)?),
+        None => None,
+    };
+    let user = if fields.is_empty() { None } else { fields.opt_text()? };
+    let reservation = if fields.is_empty() { None } else { Some(Box::new(reservation(fields, account)?)) };
     Ok(Decline {
         reason,
-        requested: fields.int()?,
-        available: fields.int()?,
-        user_remaining: fields.opt_int()?,
-        held: fields.int()?,
-        reservation_state: match fields.opt_text()? {
-            Some(text) => Some(state(&text)?),
-            None => None,
-        },
+        requested,
+        available,
+        user_remaining,
+        held,
+        reservation_state,
+        account: account.clone(),
+        user,
+        reservation,
     })
 }
 

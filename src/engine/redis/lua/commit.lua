@@ -4,7 +4,8 @@
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 final ("1" | "0"),
 --       9 business key ("" for none), 10 labels (a JSON object)
 -- Reply: {"ok", charged, already (1|0), held, returned, <reservation view>}, a decline
---        ("exceeds_hold" | "reservation_expired" | "reservation_closed"), {"err",
+--        ("exceeds_hold" | "reservation_expired" | "reservation_closed", with the reservation's
+--        view), {"err",
 --        "account_not_found" | "reservation_not_found" | "request_id_reused"} or {"due"}.
 -- Example: reservation 7 holds 50; a commit of 3 with a key not charged this cycle ->
 -- {"ok", 3, 0, 47, 0, 7, "held", 50, 3, 47, 0, 1, <deadline>, nil, "ann", "email", <created>, "{}"}

@@ -2,7 +2,8 @@
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline)
 -- Reply: {"ok", added, held, deadline, <reservation view>}, a decline ("insufficient_credit" |
---        "user_limit_reached" | "reservation_expired" | "reservation_closed"), {"err",
+--        "user_limit_reached" | "reservation_expired" | "reservation_closed", with the
+--        reservation's view), {"err",
 --        "account_not_found" | "reservation_not_found" | "request_id_reused"} or {"due"}.
 -- Example: a dialer's hold of 6 grows by 2 under Reserve's checks and its deadline moves to
 -- max(deadline, now + ttl); an "extended" event is appended.
@@ -15,7 +16,7 @@ register('extend', function(keys, args)
     local u = nil
     if amount > 0 then
       declined, u = admit(a, r.user, amount)
-      if declined then return declined end
+      if declined then return with_view(declined, r) end
     end
     -- After this point the extension happens.
     local draws = {}

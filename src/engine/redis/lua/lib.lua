@@ -33,7 +33,8 @@
 --   3 retention ms   4.. the operation's own arguments (each file's header).
 --
 -- Replies are flat arrays (no JSON): {"ok", ...} a result, {"no", reason, requested, available,
--- user_remaining|nil, held, state|nil} a decline, {"err", code} an error, {"due"} "catch-up not
+-- user_remaining|nil, held, state|nil, user|nil[, <reservation view>]} a decline (the view on
+-- declines of Commit, Extend and Release: the reservation as it stands), {"err", code} an error, {"due"} "catch-up not
 -- finished, call again" (each call does at most CATCHUP_STEPS_MAX steps of catching up). Numbers
 -- are integers below 2^53: exact in Lua's doubles and in Redis's integer replies; redis.call
 -- formats number arguments with %.17g, exactly. `false` in a reply is a nil bulk: "none".
@@ -546,8 +547,19 @@ local function err(code)
   return { 'err', code }
 end
 
-local function decline(reason, requested, available, remaining, held, state)
-  return { 'no', reason, requested, available, remaining or false, held or 0, state or false }
+-- A decline; `user`: whose limit was checked (nil for a trial).
+local function decline(reason, requested, available, remaining, held, state, user)
+  return { 'no', reason, requested, available, remaining or false, held or 0, state or false, user or false }
+end
+
+-- The length of a decline that carries a reservation view (without its facts): 'no', 7 fields,
+-- 9 view fields. Declines remembered before declines carried a view are shorter.
+local DECLINE_WITH_VIEW = 17
+
+-- Adds reservation `r`, as it stands, to a decline of a call on it.
+local function with_view(declined, r)
+  view_fields(declined, r)
+  return declined
 end
 
 -- The checks every new hold passes, in order: the account's credit, then the user's limit.
@@ -555,15 +567,16 @@ end
 local function admit(a, user, amount)
   local u = get_user(a, user)
   local remaining = remaining_of(u)
-  if a.avail < amount then return decline('insufficient_credit', amount, a.avail, remaining), u end
+  if a.avail < amount then return decline('insufficient_credit', amount, a.avail, remaining, 0, nil, user), u end
   if remaining ~= nil and remaining < amount then
-    return decline('user_limit_reached', amount, a.avail, remaining), u
+    return decline('user_limit_reached', amount, a.avail, remaining, 0, nil, user), u
   end
   return nil, u
 end
 
 local function reservation_decline(a, r, reason, requested)
-  return decline(reason, requested, a.avail, remaining_of(get_user(a, r.user)), held_of(r), r.state)
+  local declined = decline(reason, requested, a.avail, remaining_of(get_user(a, r.user)), held_of(r), r.state, r.user)
+  return with_view(declined, r)
 end
 
 -- Declines a call on a reservation that is no longer open.
@@ -606,6 +619,11 @@ local function unpack_answer(text)
   end
 end
 
+-- Whether a reply about a reservation ends with its view (then its facts are added back).
+local function has_view(reply)
+  return reply[1] == 'ok' or (reply[1] == 'no' and #reply >= DECLINE_WITH_VIEW)
+end
+
 -- Brings the account up to now; false when the caller must call again (catch-up not finished).
 local function current(a, now)
   if a.due > now then return true end
@@ -646,7 +664,7 @@ local function run(opts, body)
       return err('request_id_reused')
     end
     local reply = unpack_answer(string.sub(remembered, #opts.fingerprint + 2))
-    if opts.seq and reply[1] == 'ok' then view_facts(reply, r) end
+    if opts.seq and has_view(reply) then view_facts(reply, r) end
     return reply
   end
   REQUEST = opts.request
@@ -657,7 +675,7 @@ local function run(opts, body)
   end
   redis.call('HSET', qkey, opts.request, pack_answer(opts.fingerprint, reply))
   if opts.seq then
-    if reply[1] == 'ok' then view_facts(reply, r) end
+    if has_view(reply) then view_facts(reply, r) end
   else
     local keep = (opts.keep and opts.keep(reply, now) or now) + RETENTION
     redis.call('ZADD', K_P, keep, 'q' .. opts.request)

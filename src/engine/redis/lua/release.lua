@@ -2,7 +2,7 @@
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq
 -- Reply: {"ok", returned, <reservation view>}, a decline ("reservation_expired" |
---        "reservation_closed"), {"err", "account_not_found" | "reservation_not_found" |
+--        "reservation_closed", with the reservation's view), {"err", "account_not_found" | "reservation_not_found" |
 --        "request_id_reused"} or {"due"}.
 -- Example: reservation 7 holds 47 after commits of 3: the 47 go back to the lots they came from
 -- (to expired for lots already gone), and a "closed" event is appended.
