@@ -142,6 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shards: 16,
         key_prefix: format!("{run}:"),
         timeout: Duration::from_secs(5),
+        wait: None,
     };
     let redis = Arc::new(RedisEngine::connect(&settings, 86_400_000).await?);
     let store = Store::connect(&args.database).await?;

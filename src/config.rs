@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
-use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX};
+use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX, WaitReplicas};
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::LogFormat;
@@ -89,6 +89,14 @@ pub struct Settings {
     /// Prepended to every Redis key [default: none].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
     pub redis_key_prefix: Option<String>,
+    /// Replicas every state change must reach (Redis `WAIT`) before it is answered; 0 for none
+    /// [default: 0].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+    /// How long a state change waits for those replicas before answering UNAVAILABLE
+    /// [default: 500].
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_TIMEOUT_MS")]
+    pub redis_wait_timeout_ms: Option<u64>,
     /// When Redis lost its state: `off` refuses calls until an operator runs `rebuild`;
     /// `rebuild` restores every account from the ledger automatically, once [default: off].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_STATE_RECOVERY", value_name = "off|rebuild")]
@@ -292,6 +300,7 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
 pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
 pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 500;
+pub const REDIS_WAIT_TIMEOUT_DEFAULT_MS: u64 = 500;
 pub const DATABASE_URL_DEFAULT: &str = "sqlite://credit-sidecar.db?mode=rwc";
 pub const CALL_TIMEOUT_MAX_DEFAULT_MS: u64 = 5_000;
 pub const CONCURRENCY_MAX_DEFAULT: usize = 1_024;
@@ -591,7 +600,17 @@ fn engine(file: &Settings) -> Result<EngineConfig, ConfigError> {
         return Err(ConfigError::new("redis_key_prefix", "at most 64 bytes, without braces"));
     }
     let timeout = Duration::from_millis(timeout_ms);
-    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout }))
+    let replicas = in_range("redis_wait_replicas", file.redis_wait_replicas, 0, 0..=16)?;
+    let wait_ms =
+        in_range("redis_wait_timeout_ms", file.redis_wait_timeout_ms, REDIS_WAIT_TIMEOUT_DEFAULT_MS, 1..=60_000)?;
+    if replicas > 0 && cluster {
+        return Err(ConfigError::new(
+            "redis_wait_replicas",
+            "is supported on a single Redis primary, not with redis_cluster",
+        ));
+    }
+    let wait = (replicas > 0).then(|| WaitReplicas { replicas, timeout: Duration::from_millis(wait_ms) });
+    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout, wait }))
 }
 #[cfg(test)]
 mod tests {
@@ -640,6 +659,11 @@ mod tests {
             ("tcp_keepalive_ms = 10", "tcp_keepalive_ms: "),
             ("health_interval_ms = 0", "health_interval_ms: "),
             ("redis_state_recovery = \"yes\"", "redis_state_recovery: "),
+            ("redis_url = \"redis://a:1\"\nredis_wait_replicas = 17", "redis_wait_replicas: "),
+            (
+                "redis_url = \"redis://a:1,redis://b:1\"\nredis_cluster = true\nredis_wait_replicas = 1",
+                "redis_wait_replicas: ",
+            ),
             ("shutdown_drain_ms = 600001", "shutdown_drain_ms: "),
         ];
         for (text, expected) in table {

@@ -63,6 +63,7 @@ impl ScriptBench {
             shards: 16,
             key_prefix: prefix.clone(),
             timeout: Duration::from_secs(10),
+            wait: None,
         };
         let engine = RedisEngine::connect(&settings, DAY_MS).await.expect("connect the Redis engine");
         Self {

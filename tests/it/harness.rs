@@ -50,7 +50,7 @@ pub enum EngineKind {
 
 /// Settings for a test's own Redis: short timeouts, the default shard count.
 pub fn redis_settings(urls: Vec<String>, cluster: bool) -> RedisSettings {
-    RedisSettings { urls, cluster, shards: 16, key_prefix: String::new(), timeout: Duration::from_secs(2) }
+    RedisSettings { urls, cluster, shards: 16, key_prefix: String::new(), timeout: Duration::from_secs(2), wait: None }
 }
 
 /// A Redis engine on `server`, driven by `clock`.

@@ -12,6 +12,7 @@ mod model_props;
 mod operations;
 mod process;
 mod redis_faults;
+mod replication;
 mod rules;
 mod servers;
 mod settle;

@@ -64,6 +64,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// SIGKILL: no shutdown, no final save.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -65,6 +65,16 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// The longest a call waits for Redis before answering UNAVAILABLE.
     pub timeout: Duration,
+    /// Synchronous replication: every state change waits for this many replicas (`WAIT`)
+    /// before it is answered. None: answered once the primary has it.
+    pub wait: Option<WaitReplicas>,
+}
+
+/// How many replicas must have a state change before it is answered, and how long to wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitReplicas {
+    pub replicas: u32,
+    pub timeout: Duration,
 }
 
 /// The most times one operation is made again because its account needed more catching up
@@ -297,9 +307,14 @@ impl RedisEngine {
 
     /// Runs a Redis round trip within the timeout.
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        let result = match tokio::time::timeout(self.timeout, call).await {
+        self.bounded_for(self.timeout, call).await
+    }
+
+    /// Runs a Redis round trip within `timeout`.
+    async fn bounded_for<T>(&self, timeout: Duration, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => Err(Error::Unavailable(format!("redis: no answer within {} ms", timeout.as_millis()))),
         };
         if result.is_err() {
             metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
@@ -411,11 +426,14 @@ impl RedisEngine {
         let keys = self.keys(context.account, context.reservation);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let value = self.account_call(name, false, context.account, &keys, args).await?;
-            match self.checked(reply::parse(value, context)).await? {
-                Reply::Ok(mut fields) => return Ok(Decision::Done(convert(&mut fields, context.account)?)),
-                Reply::Declined(decline) => return Ok(Decision::Declined(decline)),
+            let decision = match self.checked(reply::parse(value, context)).await? {
+                Reply::Ok(mut fields) => Decision::Done(convert(&mut fields, context.account)?),
+                Reply::Declined(decline) => Decision::Declined(decline),
                 Reply::Due => continue,
-            }
+            };
+            // A decline is remembered under its request id too: it waits like a change.
+            self.replicated().await?;
+            return Ok(decision);
         }
         Err(catch_up_unfinished(context.account))
     }
@@ -438,6 +456,29 @@ impl RedisEngine {
             }
         }
         Err(catch_up_unfinished(context.account))
+    }
+
+    /// With synchronous replication on, waits until the configured replicas have every write this
+    /// connection made so far (`WAIT`, on the same connection as the call, so it covers it).
+    /// Fewer in time: UNAVAILABLE — the change is on the primary and may or may not survive a
+    /// failover, so the caller retries with the same request id.
+    async fn replicated(&self) -> Result<()> {
+        let Some(wait) = self.settings.wait else { return Ok(()) };
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("WAIT");
+        command.arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
+        let acknowledged: u32 =
+            self.bounded_for(wait.timeout + self.timeout, command.query_async(&mut connection)).await?;
+        if acknowledged < wait.replicas {
+            metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
+            return Err(Error::Unavailable(format!(
+                "redis: the change reached {acknowledged} of the {} replicas redis_wait_replicas asks for within {} \
+                 ms; it may not survive a failover: retry with the same request_id",
+                wait.replicas,
+                wait.timeout.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// A reply, with a NOT_FOUND checked against the ledger (see [`guard`]).
