@@ -110,8 +110,10 @@ pub async fn watch_dependencies(
             Ok(()) => Ok(()),
             Err(error) => Err(error.to_string()),
         };
-        if engine.name() == "redis" {
+        if let Some(engine) = engine.redis_engine() {
             metrics::gauge!(telemetry::DEPENDENCY_UP, "dependency" => "redis").set(f64::from(u8::from(redis.is_ok())));
+            let lost = engine.state_lost().is_some();
+            metrics::gauge!(telemetry::REDIS_STATE_LOST).set(f64::from(u8::from(lost)));
         }
         let database = match &store {
             Some(store) => match tokio::time::timeout(bound, store.ping()).await {

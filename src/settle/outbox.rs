@@ -58,6 +58,12 @@ pub trait Outbox: Send + Sync + 'static {
 
     fn backlog(&self) -> impl Future<Output = Result<Backlog, String>> + Send;
 
+    /// A settled batch held events that reuse settled identities with other content: the
+    /// engine's store lost acknowledged writes. Nothing to do by default.
+    fn conflicts_found(&self, _count: usize) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Waits after a batch that was not full, until there may be more to read: `interval` by
     /// default, so light traffic still makes batches of some size.
     fn idle(&self, interval: Duration) -> impl Future<Output = ()> + Send {
@@ -111,9 +117,11 @@ impl MemoryOutbox {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Room for more events?
+    /// Room for more? Counts events, and operations too (a decline remembered under a request
+    /// id records no event, but waits here all the same).
     pub fn has_room(&self) -> bool {
-        self.lock().events < self.capacity
+        let queue = self.lock();
+        queue.events < self.capacity && queue.units.len() < self.capacity
     }
 
     /// Queues one operation's records; returns the ticket to wait for with [`Self::durable`].

@@ -158,9 +158,12 @@ impl<O: Outbox> Settler<O> {
         loop {
             let now = chrono::Utc::now().timestamp_millis();
             match self.store.settle(&records, now).await {
-                Ok(new) => {
-                    self.stats.settled.fetch_add(new as u64, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SETTLED).increment(new as u64);
+                Ok(settled) => {
+                    self.stats.settled.fetch_add(settled.new as u64, Ordering::Relaxed);
+                    metrics::counter!(telemetry::SETTLED).increment(settled.new as u64);
+                    if settled.conflicts > 0 {
+                        self.outbox.conflicts_found(settled.conflicts).await;
+                    }
                     break;
                 }
                 Err(error) => {

@@ -67,6 +67,16 @@ pub enum SqliteSynchronous {
     Full,
 }
 
+/// What settling a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Events written for the first time.
+    pub new: usize,
+    /// Events whose identity was settled before with other content: kept in
+    /// `ledger_conflicts`. Proof that Redis lost acknowledged writes.
+    pub conflicts: usize,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -194,12 +204,12 @@ impl Store {
     /// Settles `events` in one transaction; returns how many were new. Writing the same events
     /// again changes nothing.
     pub async fn write(&self, events: &[Event], settled_ms: i64) -> Result<usize> {
-        self.write_parts(events, &[], &[], settled_ms).await
+        Ok(self.write_parts(events, &[], &[], settled_ms).await?.new)
     }
 
     /// Settles a batch from an outbox in one transaction: its events (see [`Store::write`]) and
-    /// the embedded engine's remembered answers and snapshots. Returns how many events were new.
-    pub async fn settle(&self, records: &Records, settled_ms: i64) -> Result<usize> {
+    /// the embedded engine's remembered answers and snapshots.
+    pub async fn settle(&self, records: &Records, settled_ms: i64) -> Result<Settled> {
         self.write_parts(&records.events, &records.answers, &records.snapshots, settled_ms).await
     }
 
@@ -209,16 +219,16 @@ impl Store {
         answers: &[RememberedAnswer],
         snapshots: &[AccountSnapshot],
         settled_ms: i64,
-    ) -> Result<usize> {
+    ) -> Result<Settled> {
         if events.is_empty() && answers.is_empty() && snapshots.is_empty() {
-            return Ok(0);
+            return Ok(Settled::default());
         }
         let mut transaction = self.pool.begin().await?;
-        let new = self.insert_events(&mut transaction, events, settled_ms).await?;
+        let settled = self.insert_events(&mut transaction, events, settled_ms).await?;
         durable::upsert_answers(&mut transaction, answers, self.backend).await?;
         durable::upsert_snapshots(&mut transaction, snapshots, settled_ms, self.backend).await?;
         transaction.commit().await?;
-        Ok(new)
+        Ok(settled)
     }
 
     /// Inserts the events not settled yet and folds those into the derived tables.
@@ -227,9 +237,9 @@ impl Store {
         transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
         events: &[Event],
         settled_ms: i64,
-    ) -> Result<usize> {
+    ) -> Result<Settled> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(Settled::default());
         }
         // One row per identity: a batch may name an event twice (a redelivery within one read),
         // and folding both copies would count it twice; the first copy is kept. Inserting in
@@ -264,15 +274,16 @@ impl Store {
         }
         let new: HashSet<(String, i64)> = inserted.into_iter().collect();
         let mut fold = Fold::default();
+        let mut conflicts = 0;
         for event in unique {
             if new.contains(&(event.account.as_str().to_owned(), event.seq as i64)) {
                 fold.add(event);
-            } else {
-                keep_if_conflicting(transaction, event, settled_ms).await?;
+            } else if keep_if_conflicting(transaction, event, settled_ms).await? {
+                conflicts += 1;
             }
         }
         fold.write(transaction, self.backend).await?;
-        Ok(new.len())
+        Ok(Settled { new: new.len(), conflicts })
     }
 
     /// Every settled event, per account in sequence order (all accounts, or one).
@@ -484,7 +495,7 @@ async fn keep_if_conflicting(
     transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
     event: &Event,
     seen_ms: i64,
-) -> Result<()> {
+) -> Result<bool> {
     let (kind, data) = wire::encode(&event.kind);
     let settled =
         sqlx::query("SELECT kind, data, at_ms, request_id FROM ledger_events WHERE account_id = $1 AND seq = $2")
@@ -497,7 +508,7 @@ async fn keep_if_conflicting(
         && settled.try_get::<i64, _>(2)? == event.at_ms
         && settled.try_get::<Option<String>, _>(3)? == event.request_id;
     if same {
-        return Ok(());
+        return Ok(false);
     }
     tracing::error!(
         account = %event.account,
@@ -519,7 +530,7 @@ async fn keep_if_conflicting(
     .bind(seen_ms)
     .execute(&mut **transaction)
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 fn event_of(row: &sqlx::any::AnyRow) -> Result<Event> {

@@ -1010,3 +1010,31 @@ async fn sigterm_under_load(redis: Option<&RedisServer>) {
         assert!(stdout.contains("0 drift(s)"), "verify: {stdout}");
     }
 }
+
+/// A Redis restarted empty under the real binary: the metric and the ERROR log line an operator
+/// alerts on, and readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_state_shows_in_the_metric_and_an_error_log() {
+    let mut redis = RedisServer::start();
+    let work = Workdir::new();
+    let mut command = work.command();
+    command.args(["--redis-url", &redis.url(), "--health-interval-ms", "50"]);
+    let mut sidecar = Sidecar::spawn(command);
+    let serving = sidecar.serving().await;
+    let channel = serving.channel().await;
+    set_plan(&mut CreditAdminClient::new(channel.clone()), "lossco", 100).await;
+    let metrics = serving.metrics();
+    scrape_until(metrics, "the account settled", |m| m.value("credit_sidecar_settled_events_total", &[]) >= 3.0).await;
+    assert_eq!(Metrics::scrape(metrics).await.value("credit_sidecar_redis_state_lost", &[]), 0.0);
+
+    redis.restart(); // no persistence: empty
+    scrape_until(metrics, "redis_state_lost 1", |m| m.value("credit_sidecar_redis_state_lost", &[]) == 1.0).await;
+    let (status, _) = http_get(metrics, "/readyz").await;
+    assert_eq!(status, 503, "readiness while Redis's state is lost");
+    let error = sidecar
+        .wait_for_line("the ERROR line", START_TIMEOUT, |line| {
+            line["level"] == "ERROR" && message(line).is_some_and(|text| text.starts_with("Redis lost its state"))
+        })
+        .await;
+    assert!(error["fields"]["cause"].as_str().is_some_and(|cause| cause.contains("cs:layout")), "{error}");
+}

@@ -9,14 +9,19 @@
 //!   start against the ledger (no marker but settled events: lost), and by every health check;
 //! - a call finds no account (or no open reservation) that the ledger knows: checked whenever
 //!   Redis answers NOT_FOUND, and before a call that may create an account (SetPlan, Grant,
-//!   StartTrial) finds none in Redis.
+//!   StartTrial) finds none in Redis;
+//! - the settler finds new events reusing settled sequence numbers with other content: Redis
+//!   lost acknowledged writes to an account it still holds (a failover to a replica that lacked
+//!   them). Found after the fact — the first such changes were made — but it stops the rest.
+//!
+//! A loss found by evidence (the last two) deletes the layout marker, so every replica notices
+//! it at its next health check.
 //!
 //! Once lost: readiness turns NOT_SERVING, every call answers UNAVAILABLE naming the cause and
 //! the remedy, `credit_sidecar_redis_state_lost` reads 1 and an ERROR is logged. It ends when
 //! the state is restored from the ledger (`rebuild` of every account, by hand or by the opt-in
-//! automatic recovery, which stamps `cs:recovered`). Not detected: a failover that lost writes to
-//! accounts it still holds (their later events then conflict in `ledger_conflicts`, and `verify`
-//! reports them) — `redis_wait_replicas` prevents that loss.
+//! automatic recovery, which stamps `cs:recovered`). A failover loss shows only once an account
+//! writes again; `redis_wait_replicas` prevents it in the first place.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +90,19 @@ impl RedisEngine {
         refusal(&cause)
     }
 
+    /// Records a loss found by evidence (not by the missing marker) and deletes the layout
+    /// marker, so that every replica's next health check, and any sidecar that starts, notices
+    /// it too — until a `rebuild` records the layout again.
+    pub async fn report_lost(&self, cause: String) -> Error {
+        let error = self.flag_lost(cause).await;
+        let mut connection = self.connection.clone();
+        let key = self.layout.layout_key();
+        if let Err(error) = self.bounded(redis::cmd("DEL").arg(&key).query_async::<()>(&mut connection)).await {
+            tracing::warn!(%error, "could not delete the layout marker to tell the other replicas");
+        }
+        error
+    }
+
     /// Looks at Redis: the layout marker must be there; a loss ends once a recovery stamped after
     /// it. Err while lost.
     pub async fn check_state(&self) -> Result<()> {
@@ -132,7 +150,7 @@ impl RedisEngine {
         }
         match ledger.knows_account(account).await {
             Ok(false) => Ok(()),
-            Ok(true) => Err(self.flag_lost(format!("account {account} is in the ledger but not in Redis")).await),
+            Ok(true) => Err(self.report_lost(format!("account {account} is in the ledger but not in Redis")).await),
             Err(error) => Err(Error::Unavailable(format!("database: {error}"))),
         }
     }
@@ -147,7 +165,7 @@ impl RedisEngine {
         };
         match known {
             Ok(false) => error,
-            Ok(true) => self.flag_lost(format!("{} is in the ledger but not in Redis", what(&error))).await,
+            Ok(true) => self.report_lost(format!("{} is in the ledger but not in Redis", what(&error))).await,
             Err(database) => Error::Unavailable(format!("database: {database}")),
         }
     }

@@ -166,7 +166,6 @@ impl RedisEngine {
         let mut engine = Self::connect_unchecked(settings, retention_ms).await?;
         let events = ledger.event_count().await.map_err(|error| Error::Unavailable(format!("database: {error}")))?;
         engine.guard = guard::Guard::with_ledger(Some(ledger));
-        metrics::gauge!(crate::telemetry::REDIS_STATE_LOST).set(0.0);
         engine.check_layout(Some(events)).await?;
         engine.load_library().await?;
         Ok(engine)

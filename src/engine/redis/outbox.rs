@@ -379,6 +379,16 @@ impl RedisOutbox {
 impl Outbox for RedisOutbox {
     type Token = Token;
 
+    /// Redis reused settled sequence numbers: it lost acknowledged writes (a failover to a
+    /// replica that lacked them). The guard refuses calls until Redis is restored.
+    async fn conflicts_found(&self, count: usize) {
+        let cause = format!(
+            "{count} new events reuse settled sequence numbers with other content (kept in ledger_conflicts): \
+             Redis lost acknowledged writes, e.g. in a failover to a replica that lacked them"
+        );
+        self.engine.report_lost(cause).await;
+    }
+
     async fn read(&self, max: usize) -> Result<Batch<Token>, String> {
         let entries = self.read_entries(max).await.map_err(text)?;
         let mut events = Vec::with_capacity(entries.len());
