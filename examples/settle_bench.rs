@@ -185,7 +185,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some((records, token)) = outbox.read(args.batch).await? else { break };
         read_time += t.elapsed();
         let t = Instant::now();
-        settled += store.settle(&records, chrono::Utc::now().timestamp_millis()).await?;
+        settled += store.settle(&records, chrono::Utc::now().timestamp_millis()).await?.new;
         write_time += t.elapsed();
         let t = Instant::now();
         outbox.ack(token).await?;
