@@ -250,4 +250,11 @@ async fn a_redis_that_went_back_in_time_is_refused_once_its_reused_sequences_set
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(redis.cli(&["get", "cs:layout"]), "", "the marker is gone, so every replica notices");
     assert!(store.conflicts(&AccountId::parse("acme").unwrap()).await.unwrap() > 0);
+    // Another replica starting now is refused the same way (not taken for an old layout).
+    let another = Guarded::start(&redis, &store, false).await;
+    assert!(
+        another.engine.state_lost().is_some_and(|cause| cause.contains("no layout marker")),
+        "{:?}",
+        another.engine.state_lost()
+    );
 }
