@@ -93,6 +93,40 @@ async fn idle_connections_are_closed() {
     assert_eq!(h.totals("acme").await.available, 100);
 }
 
+/// A peer that holds its connection open but answers no HTTP/2 PING (a dead host behind a
+/// live NAT, a frozen process) is dropped after `http2_keepalive_interval_ms` +
+/// `http2_keepalive_timeout_ms`, long before the idle limit would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_answer_no_keepalive_ping_are_dropped() {
+    let limits = Limits {
+        connection_idle_max: Duration::from_secs(3600),
+        http2_keepalive_interval: Duration::from_millis(200),
+        http2_keepalive_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let h = serve_with(limits).await;
+    let mut socket = tokio::net::TcpStream::connect(h.address).await.unwrap();
+    // The preface, an empty SETTINGS and an ACK of the server's: then nothing, PINGs included.
+    let ack = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00";
+    socket.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    socket.write_all(ack).await.unwrap();
+    let mut pings = 0;
+    let closed = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                // A PING frame: type 6, not an ACK.
+                Ok(n) => {
+                    pings += buffer[..n].windows(5).filter(|w| w[..3] == [0, 0, 8] && w[3] == 6 && w[4] == 0).count()
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), closed).await.expect("a peer ignoring PINGs was held open");
+    assert!(pings >= 1, "the server never sent a keepalive PING");
+}
+
 /// Peers that send a call's headers and then trickle (here: never finish) its body are refused
 /// after `request_body_timeout_ms` without ever taking one of `concurrency_max`: honest calls
 /// made meanwhile all succeed.
