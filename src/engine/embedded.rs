@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ledger::{AccountId, Clock, Error, Ledger, Millis};
-use crate::settle::outbox::{MemoryOutbox, Records};
+use crate::settle::outbox::{MemoryOutbox, Records, Ticket};
 
 /// Events of an account between two snapshots of it: a restart replays at most this many per
 /// account. A snapshot copies the whole account, so a smaller number costs more SQL writes on
@@ -57,8 +57,8 @@ impl EmbeddedEngine {
     /// a retry with the same request id gets its answer.
     pub async fn run<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<T> {
         let (result, ticket) = self.apply(op)?;
-        if let Some(outbox) = &self.outbox {
-            outbox.durable(ticket).await;
+        if !MemoryOutbox::durable(ticket).await {
+            return Err(super::Error::Unavailable("the outbox closed before the change was settled".into()));
         }
         Ok(result?)
     }
@@ -66,7 +66,7 @@ impl EmbeddedEngine {
     fn apply<T>(
         &self,
         op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>,
-    ) -> super::Result<(Result<T, Error>, u64)> {
+    ) -> super::Result<(Result<T, Error>, Ticket)> {
         if let Some(outbox) = &self.outbox
             && !outbox.has_room()
         {
@@ -94,10 +94,10 @@ impl EmbeddedEngine {
     /// Moves the ledger's new records to the outbox, under the ledger's lock so they keep their
     /// order, with a snapshot of each account they advanced past [`SNAPSHOT_INTERVAL_EVENTS`]
     /// since its last one. Returns the ticket to wait for.
-    fn record(&self, state: &mut State) -> u64 {
+    fn record(&self, state: &mut State) -> Ticket {
         let events = state.ledger.drain_events();
         let answers = state.ledger.drain_answers();
-        let Some(outbox) = &self.outbox else { return 0 };
+        let Some(outbox) = &self.outbox else { return Ticket::none() };
         let mut snapshots = Vec::new();
         if let Some(last) = events.last() {
             let taken = state.snapshotted.get(&last.account).copied().unwrap_or(0);

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot};
 
 use crate::ledger::durable::RememberedAnswer;
 use crate::ledger::event::Event;
@@ -77,6 +77,8 @@ pub trait Outbox: Send + Sync + 'static {
 struct Unit {
     at_ms: i64,
     records: Records,
+    /// Told once the unit is settled: its operation, and reads that may have seen it.
+    waiters: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -84,8 +86,19 @@ struct Queue {
     units: VecDeque<Unit>,
     /// Events in `units`.
     events: usize,
-    /// Units ever pushed.
-    pushed: u64,
+}
+
+/// What an operation waits for after pushing its records: resolved once they (and everything
+/// queued before) are in SQL. Each waiter is told on its own, so a settled batch wakes the calls
+/// it settled and no others.
+#[derive(Debug)]
+pub struct Ticket(Option<oneshot::Receiver<()>>);
+
+impl Ticket {
+    /// Nothing to wait for.
+    pub fn none() -> Self {
+        Self(None)
+    }
 }
 
 /// The embedded engine's outbox: each operation's records wait here, in order, until settled,
@@ -97,8 +110,6 @@ pub struct MemoryOutbox {
     capacity: usize,
     /// Wakes the settler when something arrives.
     arrived: Notify,
-    /// Units settled so far (a prefix of those pushed).
-    settled: watch::Sender<u64>,
     clock: fn() -> i64,
 }
 
@@ -108,7 +119,6 @@ impl MemoryOutbox {
             queue: Mutex::default(),
             capacity,
             arrived: Notify::new(),
-            settled: watch::Sender::new(0),
             clock: || chrono::Utc::now().timestamp_millis(),
         }
     }
@@ -125,28 +135,35 @@ impl MemoryOutbox {
     }
 
     /// Queues one operation's records; returns the ticket to wait for with [`Self::durable`].
-    /// Nothing to record still gets a ticket: the one of everything queued before, which the
+    /// Nothing to record still gets a ticket: for everything queued before, which the
     /// operation may have seen.
-    pub fn push(&self, records: Records) -> u64 {
+    pub fn push(&self, records: Records) -> Ticket {
+        let (told, ticket) = oneshot::channel();
         let mut queue = self.lock();
         if records.is_empty() {
-            return queue.pushed;
+            return match queue.units.back_mut() {
+                Some(last) => {
+                    last.waiters.push(told);
+                    Ticket(Some(ticket))
+                }
+                None => Ticket(None),
+            };
         }
         queue.events += records.events.len();
-        queue.pushed += 1;
-        queue.units.push_back(Unit { at_ms: (self.clock)(), records });
-        let ticket = queue.pushed;
+        queue.units.push_back(Unit { at_ms: (self.clock)(), records, waiters: vec![told] });
         drop(queue);
         self.arrived.notify_one();
-        ticket
+        Ticket(Some(ticket))
     }
 
-    /// Resolves once everything up to `ticket` is in SQL. Waits as long as that takes: the
-    /// caller bounds it (a call's deadline).
-    pub async fn durable(&self, ticket: u64) {
-        let mut settled = self.settled.subscribe();
-        // The sender lives as long as `self`, so the wait cannot fail while we borrow it.
-        let _ = settled.wait_for(|settled| *settled >= ticket).await;
+    /// Resolves once everything the ticket covers is in SQL; false if that can no longer happen
+    /// (the outbox was dropped unsettled). Waits as long as that takes: the caller bounds it (a
+    /// call's deadline).
+    pub async fn durable(ticket: Ticket) -> bool {
+        match ticket.0 {
+            Some(told) => told.await.is_ok(),
+            None => true,
+        }
     }
 
     /// Events waiting.
@@ -183,11 +200,13 @@ impl Outbox for MemoryOutbox {
     async fn ack(&self, taken: usize) -> Result<(), String> {
         // Only the settler removes units, and it acknowledges batches in the order it read them.
         let mut queue = self.lock();
-        let gone: usize = queue.units.drain(..taken).map(|unit| unit.records.events.len()).sum();
-        queue.events -= gone;
-        let settled = queue.pushed - queue.units.len() as u64;
+        let settled: Vec<Unit> = queue.units.drain(..taken).collect();
+        queue.events -= settled.iter().map(|unit| unit.records.events.len()).sum::<usize>();
         drop(queue);
-        self.settled.send_replace(settled);
+        for waiter in settled.into_iter().flat_map(|unit| unit.waiters) {
+            // A waiter gone (its call cut by its deadline) needs no word.
+            let _ = waiter.send(());
+        }
         Ok(())
     }
 
