@@ -163,6 +163,10 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
+                    // A local file's connection does not go stale; the ping before each acquire
+                    // was a round trip to sqlx's worker thread (~100 µs here) on every batch,
+                    // which the embedded engine's callers wait for.
+                    .test_before_acquire(false)
                     .after_connect(move |connection, _| {
                         Box::pin(async move {
                             sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
