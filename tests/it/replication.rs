@@ -26,7 +26,8 @@ async fn with_wait_replicas_a_failover_loses_no_acknowledged_change() {
     let mut primary = RedisServer::start();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
     wait_for_link(&replica);
-    let wait = WaitReplicas { replicas: 1, timeout: Duration::from_millis(300) };
+    // Generous for a loaded machine: only the stopped replica below may run it out.
+    let wait = WaitReplicas { replicas: 1, timeout: Duration::from_secs(2) };
     let settings =
         credit_sidecar::engine::redis::RedisSettings { wait: Some(wait), ..redis_settings(vec![primary.url()], false) };
     let clock = credit_sidecar::ledger::ManualClock::new(crate::harness::t0());
