@@ -873,9 +873,11 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
     let url = settings.urls.first().ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
     let info = url.as_str().into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
     let client = redis::Client::open(info).map_err(unavailable)?;
+    // A `WAIT` (synchronous replication) may take its own timeout on top of a round trip.
+    let response_timeout = timeout + settings.wait.map_or(Duration::ZERO, |wait| wait.timeout);
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     let manager = tokio::time::timeout(timeout * 4, ConnectionManager::new_with_config(client, config))
