@@ -589,3 +589,56 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream() {
     assert_eq!(server.cli(&["xlen", &format!("{stream}:dead")]), "1");
     assert_settled(&store, &h, "acme").await;
 }
+
+/// The embedded engine's remembered answers leave SQL once no restart needs them: account-scoped
+/// ones past their keep-until instant, reservation-scoped ones once their reservation closed
+/// before the cutoff; the rest stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_answers_past_retention_are_forgotten_in_sql() {
+    use credit_sidecar::ledger::command::{Commit, Plan, Reserve, SetPlan};
+    use credit_sidecar::ledger::{Labels, Period, RequestId, ReservationId, UserId};
+    use credit_sidecar::settle::outbox::Records;
+
+    let (store, _dir) = sqlite_store().await;
+    let rules = Rules::default();
+    let mut ledger = Ledger::new(RETENTION).journal_answers();
+    let account = AccountId::parse("acme").unwrap();
+    let now = t0();
+    let plan = Plan { period: Period::Monthly, anchor_ms: now, plan_credits: 1_000, addon_credits: 0 };
+    let request = |id: &str| RequestId::parse(id).unwrap();
+    ledger.set_plan(now, &SetPlan { account: account.clone(), plan, request: request("plan") }).unwrap();
+    let reserve = |id: &str| Reserve {
+        account: account.clone(),
+        user: UserId::parse("ann").unwrap(),
+        category: rules.category("enrichment").unwrap(),
+        amount: 10,
+        ttl_ms: 60_000,
+        request: request(id),
+        labels: Labels::default(),
+    };
+    let closed = ledger.reserve(now, &reserve("r-closed")).unwrap().done().unwrap().reservation;
+    let open = ledger.reserve(now, &reserve("r-open")).unwrap().done().unwrap().reservation;
+    let commit = |id: &ReservationId, request_id: &str, final_commit: bool| Commit {
+        reservation: id.clone(),
+        amount: 1,
+        final_commit,
+        request: request(request_id),
+        business_key: None,
+        labels: Labels::default(),
+    };
+    ledger.commit(now, &commit(&closed, "c-closed", true)).unwrap();
+    ledger.commit(now, &commit(&open, "c-open", false)).unwrap();
+    let records = Records { events: ledger.drain_events(), answers: ledger.drain_answers(), snapshots: Vec::new() };
+    store.settle(&records, now).await.unwrap();
+    assert_eq!(store.durable_state().await.unwrap().answers.len(), 5);
+
+    // Nothing is past its keep-until yet, and no reservation closed before the cutoff.
+    assert_eq!(store.forget_answers(now, now - RETENTION).await.unwrap(), 0);
+    // Later: every account-scoped answer is past its keep-until (call or deadline + retention),
+    // and the closed reservation's answers are past its close + retention; the open one's stay.
+    let later = now + 60_000 + RETENTION + 1;
+    assert_eq!(store.forget_answers(later, later - RETENTION).await.unwrap(), 4);
+    let left = store.durable_state().await.unwrap().answers;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((left[0].request.as_str(), left[0].reservation), ("c-open", Some(open.seq)));
+}

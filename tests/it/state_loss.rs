@@ -173,7 +173,7 @@ async fn a_sidecar_starting_on_an_empty_redis_beside_a_settled_ledger_refuses_ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_recovery_restores_a_redis_restarted_empty_once() {
+async fn automatic_recovery_restores_a_redis_restarted_empty() {
     let mut redis = RedisServer::start();
     let (store, _dir) = sqlite_store().await;
     let sidecar = Guarded::start(&redis, &store, true).await;
