@@ -16,10 +16,10 @@ fn malformed(what: impl std::fmt::Display) -> Error {
     Error::Internal(format!("malformed outbox entry: {what}"))
 }
 
-fn text(fields: &HashMap<String, Value>, name: &str) -> Result<String, Error> {
+fn text<'a>(fields: &'a HashMap<String, Value>, name: &str) -> Result<&'a str, Error> {
     match fields.get(name) {
-        Some(Value::BulkString(bytes)) => String::from_utf8(bytes.clone()).map_err(malformed),
-        Some(Value::SimpleString(text)) => Ok(text.clone()),
+        Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).map_err(malformed),
+        Some(Value::SimpleString(text)) => Ok(text),
         _ => Err(malformed(format!("field {name} missing"))),
     }
 }
@@ -30,14 +30,14 @@ fn number<T: std::str::FromStr>(fields: &HashMap<String, Value>, name: &str) -> 
 
 /// Decodes one outbox entry.
 pub fn decode(fields: &HashMap<String, Value>) -> Result<Event, Error> {
-    let account = AccountId::parse(&text(fields, "account")?).map_err(malformed)?;
+    let account = AccountId::parse(text(fields, "account")?).map_err(malformed)?;
     let request = text(fields, "request")?;
-    let kind = wire::decode(&text(fields, "kind")?, &text(fields, "data")?).map_err(malformed)?;
+    let kind = wire::decode(text(fields, "kind")?, text(fields, "data")?).map_err(malformed)?;
     Ok(Event {
         account,
         seq: number(fields, "seq")?,
         at_ms: number(fields, "at")?,
-        request_id: (!request.is_empty()).then_some(request),
+        request_id: (!request.is_empty()).then(|| request.to_owned()),
         kind,
     })
 }

@@ -359,7 +359,22 @@ impl RedisEngine {
     /// Calls function `name` (FCALL_RO when `read_only`); loads the library again and retries
     /// once if Redis lost it.
     async fn fcall(&self, name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
-        let mut command = redis::cmd(if read_only { "FCALL_RO" } else { "FCALL" });
+        // Sized up front: growing the buffer argument by argument was a tenth of the call's
+        // CPU on the engine side.
+        let bytes = keys.iter().map(String::len).sum::<usize>()
+            + args
+                .iter()
+                .map(|arg| match arg {
+                    Arg::Text(text) => text.len(),
+                    Arg::Owned(text) => text.len(),
+                    Arg::Int(_) => 20,
+                })
+                .sum::<usize>()
+            + LIBRARY.prefix.len()
+            + name.len()
+            + 16;
+        let mut command = redis::Cmd::with_capacity(3 + keys.len() + args.len(), bytes);
+        command.arg(if read_only { "FCALL_RO" } else { "FCALL" });
         command.arg(format!("{}{name}", LIBRARY.prefix)).arg(keys.len()).arg(keys);
         for arg in args {
             match arg {
@@ -388,7 +403,7 @@ impl RedisEngine {
 
     /// The keys of an account function (and, for calls on a reservation, its answer hash).
     fn keys(&self, account: &AccountId, reservation: Option<u64>) -> Vec<String> {
-        let mut keys = self.layout.account_keys(account).to_vec();
+        let mut keys = Vec::from(self.layout.account_keys(account));
         if let Some(seq) = reservation {
             keys.push(self.layout.answers_key(account, seq));
         }

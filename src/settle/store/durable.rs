@@ -133,7 +133,7 @@ impl Store {
     /// keep-until instant, and those of reservations closed before `closed_before_ms`. Returns
     /// how many went.
     pub async fn forget_answers(&self, now_ms: i64, closed_before_ms: i64) -> Result<u64> {
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.writer.begin().await?;
         let expired = sqlx::query("DELETE FROM request_answers WHERE reservation_seq = 0 AND keep_until_ms <= $1")
             .bind(now_ms)
             .execute(&mut *transaction)
