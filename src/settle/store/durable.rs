@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{Backend, Result, Store, StoreError, audited, event_of, push_tuples};
+use super::{Result, Store, StoreError, Upserts, event_of, push_tuples};
 use crate::ledger::durable::{
     ANSWER_FORMAT, DurableState, RememberedAnswer, SNAPSHOT_FORMAT, decode_answer, decode_snapshot, encode_answer,
     encode_snapshot,
@@ -19,11 +19,7 @@ const ROWS_PER_UPSERT: usize = 500;
 
 /// Writes remembered answers; a later answer under the same request replaces an earlier one
 /// (its keep-until moved, or the id was forgotten and used again).
-pub(super) async fn upsert_answers(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
-    answers: &[RememberedAnswer],
-    backend: Backend,
-) -> Result<()> {
+pub(super) fn upsert_answers(upserts: &mut Upserts, answers: &[RememberedAnswer]) {
     // One row per key per statement (PostgreSQL refuses to update a row twice in one): the last.
     let mut last: HashMap<(&AccountId, u64, &RequestId), &RememberedAnswer> = HashMap::new();
     for memo in answers {
@@ -35,15 +31,15 @@ pub(super) async fn upsert_answers(
             "INSERT INTO request_answers \
              (account_id, reservation_seq, request_id, fingerprint, keep_until_ms, format, data) VALUES ",
         );
-        push_tuples(&mut sql, chunk.len(), 7, backend);
+        push_tuples(&mut sql, chunk.len(), 7, upserts.backend);
         sql.push_str(
             " ON CONFLICT (account_id, reservation_seq, request_id) DO UPDATE SET \
              fingerprint = excluded.fingerprint, keep_until_ms = excluded.keep_until_ms, \
              format = excluded.format, data = excluded.data",
         );
-        let mut query = sqlx::query(audited(&sql));
+        let mut query = upserts.statement(sql);
         for memo in chunk {
-            query = query
+            query
                 .bind(memo.account.as_str().to_owned())
                 .bind(memo.reservation.unwrap_or(0) as i64)
                 .bind(memo.request.as_str().to_owned())
@@ -52,18 +48,11 @@ pub(super) async fn upsert_answers(
                 .bind(ANSWER_FORMAT)
                 .bind(encode_answer(&memo.answer));
         }
-        query.execute(&mut **transaction).await?;
     }
-    Ok(())
 }
 
 /// Writes account snapshots, each replacing an older one of its account.
-pub(super) async fn upsert_snapshots(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
-    snapshots: &[AccountSnapshot],
-    taken_ms: i64,
-    backend: Backend,
-) -> Result<()> {
+pub(super) fn upsert_snapshots(upserts: &mut Upserts, snapshots: &[AccountSnapshot], taken_ms: i64) {
     let mut newest: HashMap<&str, &AccountSnapshot> = HashMap::new();
     for snapshot in snapshots {
         let kept = newest.entry(&snapshot.account).or_insert(snapshot);
@@ -74,21 +63,19 @@ pub(super) async fn upsert_snapshots(
     for snapshot in newest.into_values() {
         let mut sql =
             String::from("INSERT INTO engine_snapshots (account_id, last_seq, format, data, taken_ms) VALUES ");
-        push_tuples(&mut sql, 1, 5, backend);
+        push_tuples(&mut sql, 1, 5, upserts.backend);
         sql.push_str(
             " ON CONFLICT (account_id) DO UPDATE SET last_seq = excluded.last_seq, format = excluded.format, \
              data = excluded.data, taken_ms = excluded.taken_ms WHERE excluded.last_seq > engine_snapshots.last_seq",
         );
-        sqlx::query(audited(&sql))
+        upserts
+            .statement(sql)
             .bind(snapshot.account.clone())
             .bind(snapshot.last_event as i64)
             .bind(SNAPSHOT_FORMAT)
             .bind(encode_snapshot(snapshot))
-            .bind(taken_ms)
-            .execute(&mut **transaction)
-            .await?;
+            .bind(taken_ms);
     }
-    Ok(())
 }
 
 impl Store {
