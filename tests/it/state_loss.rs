@@ -258,3 +258,49 @@ async fn a_redis_that_went_back_in_time_is_refused_once_its_reused_sequences_set
         another.engine.state_lost()
     );
 }
+
+/// The automatic recovery's two ways of not restoring yet: while Redis's outbox holds events the
+/// ledger lacks (restoring then would drop them), and while another replica holds the lock. Each
+/// leaves Redis as it was, and the lock as it found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_recovery_waits_for_unsettled_events_and_for_another_replicas_lock() {
+    use credit_sidecar::ledger::command::{Plan, SetPlan};
+    use credit_sidecar::ledger::{Period, RequestId};
+    use credit_sidecar::maintenance::Recovery;
+
+    let redis = RedisServer::start();
+    let (store, _dir) = sqlite_store().await;
+    let settings = redis_settings(vec![redis.url()], false);
+    let mut engine = RedisEngine::connect_guarded(&settings, RETENTION, store.clone()).await.unwrap();
+    engine.set_test_clock(Arc::new(ManualClock::new(t0())));
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 100, addon_credits: 0 };
+    let account = AccountId::parse("acme").unwrap();
+    let set_plan = SetPlan { account: account.clone(), plan, request: RequestId::parse("plan").unwrap() };
+    engine.set_plan(&set_plan).await.unwrap();
+    let account_key = redis.cli(&["--scan", "--pattern", "cs:*:a:acme"]);
+    assert_ne!(account_key, "");
+
+    // Nothing settled yet: every outbox event is missing from the ledger.
+    let unsettled = engine.outbox().await.unwrap();
+    assert!(!unsettled.is_empty());
+    let recovery = maintenance::recover(&store, &engine, RETENTION).await.unwrap();
+    assert_eq!(recovery, Recovery::Unsettled(unsettled.len()));
+    assert_eq!(redis.cli(&["get", "cs:recovery"]), "", "the lock is released");
+    assert_eq!(redis.cli(&["get", "cs:recovered"]), "", "nothing was restored");
+
+    // Settled, but another replica holds the lock: this one leaves it and Redis alone.
+    store.write(&unsettled, t0()).await.unwrap();
+    assert!(engine.lock_recovery("another-replica", 60_000).await.unwrap());
+    let recovery = maintenance::recover(&store, &engine, RETENTION).await.unwrap();
+    assert_eq!(recovery, Recovery::Elsewhere);
+    assert_eq!(redis.cli(&["get", "cs:recovery"]), "another-replica", "the other replica's lock is kept");
+    assert_eq!(redis.cli(&["get", "cs:recovered"]), "", "nothing was restored");
+
+    // Once the lock is free, the recovery restores the account from the ledger and stamps it.
+    engine.unlock_recovery("another-replica").await.unwrap();
+    let recovery = maintenance::recover(&store, &engine, RETENTION).await.unwrap();
+    assert_eq!(recovery, Recovery::Restored(1));
+    assert_ne!(redis.cli(&["get", "cs:recovered"]), "", "the recovery is stamped");
+    assert_eq!(redis.cli(&["get", "cs:recovery"]), "", "and its lock released");
+    assert_eq!(redis.cli(&["--scan", "--pattern", "cs:*:a:acme"]), account_key);
+}
