@@ -18,6 +18,7 @@ use credit_sidecar::settle::store::Store;
 use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{anchor, health_watch, plan_request, redis_settings, reserve_request, t0, wait_for_health};
@@ -63,6 +64,29 @@ impl Guarded {
 impl Drop for Guarded {
     fn drop(&mut self) {
         self.shutdown.take().map(|tx| tx.send(()));
+    }
+}
+
+/// What most tests here start from: a private Redis, a SQLite ledger, and a guarded sidecar on
+/// them that has answered SERVING.
+struct Scene {
+    redis: RedisServer,
+    store: Store,
+    _dir: tempfile::TempDir,
+    sidecar: Guarded,
+    channel: Channel,
+    health: tonic::Streaming<HealthCheckResponse>,
+}
+
+impl Scene {
+    async fn serving(recovery: bool) -> Self {
+        let redis = RedisServer::start();
+        let (store, dir) = sqlite_store().await;
+        let sidecar = Guarded::start(&redis, &store, recovery).await;
+        let channel = sidecar.channel().await;
+        let mut health = health_watch(&channel, "").await;
+        wait_for_health(&mut health, ServingStatus::Serving).await;
+        Self { redis, store, _dir: dir, sidecar, channel, health }
     }
 }
 
@@ -123,12 +147,7 @@ async fn assert_refused(channel: &Channel, redis: &RedisServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_is_refused_reported_and_restored_by_rebuild() {
-    let mut redis = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let sidecar = Guarded::start(&redis, &store, false).await;
-    let channel = sidecar.channel().await;
-    let mut health = health_watch(&channel, "").await;
-    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let Scene { mut redis, store, _dir, sidecar, channel, mut health } = Scene::serving(false).await;
     let before = fund_and_settle(&channel, &store).await;
 
     redis.restart(); // no persistence: it comes back empty
@@ -174,12 +193,7 @@ async fn a_sidecar_starting_on_an_empty_redis_beside_a_settled_ledger_refuses_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_recovery_restores_a_redis_restarted_empty() {
-    let mut redis = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let sidecar = Guarded::start(&redis, &store, true).await;
-    let channel = sidecar.channel().await;
-    let mut health = health_watch(&channel, "").await;
-    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let Scene { mut redis, store, _dir, sidecar: _sidecar, channel, mut health } = Scene::serving(true).await;
     let before = fund_and_settle(&channel, &store).await;
 
     redis.restart();
@@ -193,12 +207,7 @@ async fn automatic_recovery_restores_a_redis_restarted_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_the_ledger_knows_but_redis_lost_is_never_answered_not_found() {
-    let redis = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let sidecar = Guarded::start(&redis, &store, false).await;
-    let channel = sidecar.channel().await;
-    let mut health = health_watch(&channel, "").await;
-    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let Scene { redis, store, _dir, sidecar, channel, mut health } = Scene::serving(false).await;
     fund_and_settle(&channel, &store).await;
     // Redis keeps its layout marker but loses one account (a partial loss).
     let lose = "for _, key in ipairs(redis.call('KEYS', 'cs:*:acme*')) do redis.call('DEL', key) end return 1";
@@ -215,12 +224,7 @@ async fn an_account_the_ledger_knows_but_redis_lost_is_never_answered_not_found(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_went_back_in_time_is_refused_once_its_reused_sequences_settle() {
-    let mut redis = RedisServer::start();
-    let (store, _dir) = sqlite_store().await;
-    let sidecar = Guarded::start(&redis, &store, false).await;
-    let channel = sidecar.channel().await;
-    let mut health = health_watch(&channel, "").await;
-    wait_for_health(&mut health, ServingStatus::Serving).await;
+    let Scene { mut redis, store, _dir, sidecar, channel, mut health } = Scene::serving(false).await;
     let mut admin = CreditAdminClient::new(channel.clone());
     admin.set_plan(plan_request("acme", 100, anchor(), "plan")).await.unwrap();
     // Redis as a lagging replica would have it: before the hold below.
