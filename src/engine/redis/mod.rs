@@ -356,9 +356,8 @@ impl RedisEngine {
         self.test_clock.as_ref().map(|clock| clock.now_ms().to_string()).unwrap_or_default()
     }
 
-    /// Calls function `name` (FCALL_RO when `read_only`); loads the library again and retries
-    /// once if Redis lost it.
-    async fn fcall(&self, name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
+    /// The FCALL (FCALL_RO when `read_only`) of function `name`.
+    fn fcall_command(name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> redis::Cmd {
         // Sized up front: growing the buffer argument by argument was a tenth of the call's
         // CPU on the engine side.
         let bytes = keys.iter().map(String::len).sum::<usize>()
@@ -383,12 +382,50 @@ impl RedisEngine {
                 Arg::Owned(text) => command.arg(text.as_str()),
             };
         }
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, command.query_async::<Value>(&mut connection)).await {
+        command
+    }
+
+    /// Calls function `name` (FCALL_RO when `read_only`); loads the library again and retries
+    /// once if Redis lost it.
+    async fn fcall(&self, name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
+        let command = Self::fcall_command(name, read_only, keys, args);
+        self.send_reloading(self.timeout, |mut connection| {
+            let command = &command;
+            async move { command.query_async::<Value>(&mut connection).await }
+        })
+        .await
+    }
+
+    /// A state-changing FCALL and, with `redis_wait_replicas` set, a `WAIT` right behind it in
+    /// one pipeline: both on one connection, so the WAIT covers the change even if the
+    /// connection is replaced meanwhile (a WAIT sent alone after a reconnect would count only
+    /// the new connection's writes: none). Returns the reply and how many replicas confirmed.
+    async fn fcall_replicated(&self, name: &str, keys: &[String], args: &[Arg<'_>]) -> Result<(Value, Option<u32>)> {
+        let Some(wait) = self.settings.wait else { return Ok((self.fcall(name, false, keys, args).await?, None)) };
+        let mut pipeline = redis::pipe();
+        pipeline.add_command(Self::fcall_command(name, false, keys, args));
+        pipeline.cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
+        let (value, acknowledged) = self
+            .send_reloading(wait.timeout + self.timeout, |mut connection| {
+                let pipeline = &pipeline;
+                async move { pipeline.query_async::<(Value, u32)>(&mut connection).await }
+            })
+            .await?;
+        Ok((value, Some(acknowledged)))
+    }
+
+    /// Sends a request within `timeout`; when Redis lost the function library, loads it again
+    /// and sends the request once more.
+    async fn send_reloading<T, F, Fut>(&self, timeout: Duration, request: F) -> Result<T>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(timeout, request(self.connection.clone())).await {
             Ok(Err(error)) if error.to_string().contains("Function not found") => {
                 tracing::warn!("Redis lost the function library; loading it again");
                 self.reload_library().await?;
-                self.bounded(command.query_async(&mut connection)).await
+                self.bounded_for(timeout, request(self.connection.clone())).await
             }
             Ok(result) => result.map_err(|error| {
                 metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
@@ -396,7 +433,7 @@ impl RedisEngine {
             }),
             Err(_) => {
                 metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
-                Err(Error::Unavailable(format!("redis: no answer within {} ms", self.timeout.as_millis())))
+                Err(Error::Unavailable(format!("redis: no answer within {} ms", timeout.as_millis())))
             }
         }
     }
@@ -419,16 +456,22 @@ impl RedisEngine {
         keys: &[String],
         args: &[Arg<'_>],
     ) -> Result<Value> {
+        let all = self.account_args(name, account, args).await?;
+        self.fcall(name, read_only, keys, &all).await
+    }
+
+    /// An account function's arguments (account, now, retention, then the operation's), once the
+    /// guard admits the call.
+    async fn account_args<'a>(&self, name: &str, account: &'a AccountId, args: &[Arg<'a>]) -> Result<Vec<Arg<'a>>> {
         if name != "restore" {
             self.admit().await?;
         }
         if CREATING.contains(&name) {
             self.guard_creation(account).await?;
         }
-        let now = self.now_arg();
-        let mut all = vec![Arg::Text(account.as_str()), Arg::Text(&now), Arg::Int(self.retention_ms)];
+        let mut all = vec![Arg::Text(account.as_str()), Arg::Owned(self.now_arg()), Arg::Int(self.retention_ms)];
         all.extend_from_slice(args);
-        self.fcall(name, read_only, keys, &all).await
+        Ok(all)
     }
 
     /// A state-changing operation: made again while its account needs more catching up.
@@ -441,14 +484,15 @@ impl RedisEngine {
     ) -> Result<Decision<T>> {
         let keys = self.keys(context.account, context.reservation);
         for _ in 0..CATCHUP_ROUNDS_MAX {
-            let value = self.account_call(name, false, context.account, &keys, args).await?;
+            let all = self.account_args(name, context.account, args).await?;
+            let (value, acknowledged) = self.fcall_replicated(name, &keys, &all).await?;
             let decision = match self.checked(reply::parse(value, context)).await? {
                 Reply::Ok(mut fields) => Decision::Done(convert(&mut fields, context.account)?),
                 Reply::Declined(decline) => Decision::Declined(decline),
                 Reply::Due => continue,
             };
             // A decline is remembered under its request id too: it waits like a change.
-            self.replicated().await?;
+            self.replicated(acknowledged)?;
             return Ok(decision);
         }
         Err(catch_up_unfinished(context.account))
@@ -474,17 +518,13 @@ impl RedisEngine {
         Err(catch_up_unfinished(context.account))
     }
 
-    /// With synchronous replication on, waits until the configured replicas have every write this
-    /// connection made so far (`WAIT`, on the same connection as the call, so it covers it).
-    /// Fewer in time: UNAVAILABLE — the change is on the primary and may or may not survive a
-    /// failover, so the caller retries with the same request id.
-    async fn replicated(&self) -> Result<()> {
-        let Some(wait) = self.settings.wait else { return Ok(()) };
-        let mut connection = self.connection.clone();
-        let mut command = redis::cmd("WAIT");
-        command.arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
-        let acknowledged: u32 =
-            self.bounded_for(wait.timeout + self.timeout, command.query_async(&mut connection)).await?;
+    /// With synchronous replication on, the answer to a change waits until the configured
+    /// replicas have it: `acknowledged` is what the WAIT behind its FCALL counted (see
+    /// [`RedisEngine::fcall_replicated`]). Fewer in time: UNAVAILABLE — the change is on the
+    /// primary and may or may not survive a failover, so the caller retries with the same
+    /// request id.
+    fn replicated(&self, acknowledged: Option<u32>) -> Result<()> {
+        let (Some(wait), Some(acknowledged)) = (self.settings.wait, acknowledged) else { return Ok(()) };
         if acknowledged < wait.replicas {
             metrics::counter!(crate::telemetry::REDIS_ERRORS).increment(1);
             return Err(Error::Unavailable(format!(
