@@ -1,11 +1,13 @@
-//! A fixed amount of work against a running sidecar: puts `accounts` accounts on a plan, then
-//! makes `calls` Reserves with `in_flight` calls at a time, and prints calls/s.
+//! A fixed amount of work against a running sidecar, in two steps: with CALLS = 0 it puts
+//! `accounts` accounts on a plan (the set-up); with CALLS > 0 it makes that many Reserves on
+//! them, `in_flight` at a time, and prints calls/s — nothing else, so a profiler counting during
+//! that run counts Reserves only.
 //!
 //! ```text
 //! cargo run --release --example load -- [ADDRESS] [CALLS] [IN_FLIGHT] [ACCOUNTS] [TAG]
 //! ```
-//! Defaults: `http://127.0.0.1:50051 20000 64 1000 load`. Runs with the same TAG reuse the same
-//! accounts (their SetPlans are replays) and, with the same CALLS, the same request ids.
+//! Defaults: `http://127.0.0.1:50051 20000 64 1000 load`. Run the set-up once per sidecar
+//! (`load ADDRESS 0`); runs with the same CALLS and TAG reuse the same request ids.
 //!
 //! It exists for the repeatable measure the benchmark cannot give on a shared machine: the
 //! instructions a sidecar spends per call, counted by `valgrind --tool=callgrind` (README,
@@ -28,20 +30,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tag = args.next().unwrap_or_else(|| "load".into());
     let channel = tonic::transport::Endpoint::from_shared(address)?.connect().await?;
 
-    let mut admin = CreditAdminClient::new(channel.clone());
-    for account in 0..accounts {
-        let plan = pb::SetPlanRequest {
-            account_id: format!("{tag}-{account}"),
-            period: pb::Period::Monthly as i32,
-            anchor_unix_ms: 0,
-            plan_credits: 1_000_000_000,
-            addon_credits: 0,
-            request_id: format!("{tag}-plan-{account}"),
-        };
-        admin.set_plan(plan).await?;
+    if calls == 0 {
+        let mut admin = CreditAdminClient::new(channel);
+        for account in 0..accounts {
+            let plan = pb::SetPlanRequest {
+                account_id: format!("{tag}-{account}"),
+                period: pb::Period::Monthly as i32,
+                anchor_unix_ms: 0,
+                plan_credits: 1_000_000_000,
+                addon_credits: 0,
+                request_id: format!("{tag}-plan-{account}"),
+            };
+            admin.set_plan(plan).await?;
+        }
+        println!("{accounts} accounts on a plan");
+        return Ok(());
     }
-    // The measured part starts here: a profiler is zeroed when this line appears.
-    eprintln!("{accounts} accounts on a plan; reserving");
 
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -59,8 +63,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     request_id: format!("{tag}-{call}"),
                     labels: HashMap::new(),
                 };
-                let answer =
-                    authorizer.reserve(reserve).await.map_err(|status| format!("call {call}: {status}"))?.into_inner();
+                let answer = authorizer.reserve(reserve).await.map_err(|status| match status.code() {
+                    tonic::Code::NotFound => format!("call {call}: {status} (set the accounts up first: CALLS = 0)"),
+                    _ => format!("call {call}: {status}"),
+                })?;
+                let answer = answer.into_inner();
                 if answer.outcome() != pb::Outcome::Ok {
                     return Err(format!("call {call} declined: {answer:?}"));
                 }

@@ -640,9 +640,9 @@ impl Upserts {
 
     /// Adds a statement; bind its values, in order, through the binder returned.
     pub(super) fn statement(&mut self, sql: String) -> Binder<'_> {
+        debug_assert!(self.backend == Backend::Postgres || !sql.contains('$'), "numbered parameters: {sql}");
         match (self.backend, self.statements.last_mut()) {
             (Backend::Sqlite, Some((text, _))) => {
-                debug_assert!(!text.contains('$') && !sql.contains('$'), "numbered parameters: {sql}");
                 text.push_str(";\n");
                 text.push_str(&sql);
             }

@@ -69,9 +69,22 @@ impl Layout {
 
     /// The twelve keys every account function takes, in the order lib.lua expects.
     pub fn account_keys(&self, account: &AccountId) -> [String; 12] {
+        self.account_keys_in(self.shard(account), account)
+    }
+
+    /// A call's keys: the account's twelve and, for a call on reservation `seq`, its answers
+    /// hash — the shard hashed once for all of them.
+    pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Vec<String> {
+        let shard = self.shard(account);
+        let mut keys = Vec::with_capacity(13);
+        keys.extend(self.account_keys_in(shard, account));
+        keys.extend(reservation.map(|seq| self.answers_key_in(shard, account, seq)));
+        keys
+    }
+
+    fn account_keys_in(&self, shard: u32, account: &AccountId) -> [String; 12] {
         // Built by pushing pieces rather than with `format!`: this runs on every call, and
         // twelve `format!`s cost more CPU than the rest of the engine's side of a Reserve.
-        let shard = self.shard(account);
         let tag = self.shard_tag(shard);
         let own = |kind: &str| {
             let mut key = String::with_capacity(tag.len() + kind.len() + 1 + account.as_str().len());
@@ -109,11 +122,25 @@ impl Layout {
 
     /// Where answers to calls on one reservation are remembered (deleted with it).
     pub fn answers_key(&self, account: &AccountId, seq: u64) -> String {
-        format!("{}{seq}", self.answers_prefix(account))
+        self.answers_key_in(self.shard(account), account, seq)
+    }
+
+    fn answers_key_in(&self, shard: u32, account: &AccountId, seq: u64) -> String {
+        let mut key = self.answers_prefix_in(shard, account);
+        key.push_str(itoa::Buffer::new().format(seq));
+        key
     }
 
     pub fn answers_prefix(&self, account: &AccountId) -> String {
-        format!("{}x:{account}:", self.shard_tag(self.shard(account)))
+        self.answers_prefix_in(self.shard(account), account)
+    }
+
+    fn answers_prefix_in(&self, shard: u32, account: &AccountId) -> String {
+        let mut key = self.shard_tag(shard);
+        key.push_str("x:");
+        key.push_str(account.as_str());
+        key.push(':');
+        key
     }
 
     pub fn wake_key(&self, shard: u32) -> String {
@@ -158,7 +185,11 @@ mod tests {
         let account = AccountId::parse("acme").unwrap();
         let shard = layout.shard(&account);
         let tag = format!("{{s{shard}}}");
-        for key in layout.account_keys(&account).into_iter().chain([layout.answers_key(&account, 7)]) {
+        let keys: Vec<String> =
+            layout.account_keys(&account).into_iter().chain([layout.answers_key(&account, 7)]).collect();
+        assert_eq!(layout.call_keys(&account, Some(7)), keys, "a call's keys are the account's and its answers hash");
+        assert_eq!(layout.call_keys(&account, None), keys[..12]);
+        for key in keys {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");
         }

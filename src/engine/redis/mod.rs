@@ -438,15 +438,6 @@ impl RedisEngine {
         }
     }
 
-    /// The keys of an account function (and, for calls on a reservation, its answer hash).
-    fn keys(&self, account: &AccountId, reservation: Option<u64>) -> Vec<String> {
-        let mut keys = Vec::from(self.layout.account_keys(account));
-        if let Some(seq) = reservation {
-            keys.push(self.layout.answers_key(account, seq));
-        }
-        keys
-    }
-
     /// Calls an account function: account, now, retention, then the operation's arguments.
     async fn account_call(
         &self,
@@ -482,7 +473,7 @@ impl RedisEngine {
         args: &[Arg<'_>],
         convert: impl Fn(&mut Fields, &AccountId) -> Result<T>,
     ) -> Result<Decision<T>> {
-        let keys = self.keys(context.account, context.reservation);
+        let keys = self.layout.call_keys(context.account, context.reservation);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let all = self.account_args(name, context.account, args).await?;
             let (value, acknowledged) = self.fcall_replicated(name, &keys, &all).await?;
@@ -506,7 +497,7 @@ impl RedisEngine {
         args: &[Arg<'_>],
         convert: impl Fn(&mut Fields, &AccountId) -> Result<T>,
     ) -> Result<T> {
-        let keys = self.keys(context.account, None);
+        let keys = self.layout.call_keys(context.account, None);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let value = self.account_call(name, true, context.account, &keys, args).await?;
             match self.checked(reply::parse(value, context)).await? {
@@ -547,7 +538,7 @@ impl RedisEngine {
 
     /// Brings an account up to now (bounded calls, until done).
     async fn catch_up(&self, context: &Context<'_>) -> Result<()> {
-        let keys = self.keys(context.account, None);
+        let keys = self.layout.call_keys(context.account, None);
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let value = self.account_call("catch_up", false, context.account, &keys, &[]).await?;
             let Reply::Ok(mut fields) = reply::parse(value, context)? else {
@@ -758,7 +749,7 @@ impl RedisEngine {
     /// Sweeps one account, in bounded calls until it is done (or the rounds run out: the next
     /// pass goes on). Returns how many holds expired.
     async fn sweep_account(&self, account: &AccountId) -> Result<usize> {
-        let keys = self.keys(account, None);
+        let keys = self.layout.call_keys(account, None);
         let prefix = self.layout.answers_prefix(account);
         let mut expired = 0;
         for _ in 0..CATCHUP_ROUNDS_MAX {
@@ -808,7 +799,7 @@ impl RedisEngine {
     /// Replaces an account's state with `snapshot` (the `rebuild` command).
     pub async fn restore_account(&self, snapshot: &crate::ledger::snapshot::AccountSnapshot) -> Result<()> {
         let account = AccountId::parse(&snapshot.account)?;
-        let keys = self.keys(&account, None);
+        let keys = self.layout.call_keys(&account, None);
         let snapshot = serde_json::to_string(snapshot).expect("snapshot serialises");
         self.account_call("restore", false, &account, &keys, &[Arg::Owned(snapshot)]).await?;
         Ok(())
