@@ -12,9 +12,10 @@
 //!
 //! Rows:
 //! 1. **anchors** written for the benchmark: a lean reserve Lua script through EVALSHA
-//!    (`redis-benchmark`, 50 connections and 1), a PostgreSQL row-lock hold (`pgbench`, 16
-//!    clients, 1000 accounts and one hot account), and a gRPC no-op (Health/Check against the
-//!    sidecar).
+//!    (`redis-benchmark`, 50 connections and 1), the commands a Reserve issues with no logic
+//!    around them (the floor under the Reserve function's cost), a PostgreSQL row-lock hold
+//!    (`pgbench`, 16 clients, 1000 accounts and one hot account), and a gRPC no-op (Health/Check
+//!    against the sidecar).
 //! 2. **scripts**: each Redis-engine operation driven in-process through `RedisEngine`, one call
 //!    at a time: µs inside Redis per script call and inner commands per call (`INFO
 //!    commandstats`, reset before each run); Reserve on accounts with 1/10/100 lots, 10 000 open
@@ -110,6 +111,8 @@ impl Sizes {
 struct Baselines {
     /// In-Redis µs per call of the lean script, one connection.
     lean_us: f64,
+    /// In-Redis µs per call of Reserve's commands with no logic around them.
+    reserve_commands_us: f64,
     /// PostgreSQL row-lock tps over 1000 accounts, and on the hot account.
     pg_spread: f64,
     pg_hot: f64,
@@ -183,6 +186,13 @@ impl Bench {
             let name = format!("lean reserve Lua, EVALSHA, {clients} conn, 1000 accts");
             self.rows.push(lean.row("anchor", &name));
         }
+        eprintln!("anchors: Reserve's commands alone (redis-benchmark)");
+        let sha = anchors::prepare_reserve_commands(&self.probe, &prefix).await;
+        let alone = anchors::reserve_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
+        self.baselines.reserve_commands_us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
+        let mut row = alone.row("anchor", "Reserve's commands alone, no logic, EVALSHA, 1 conn");
+        row.ratio = Some(format!("{:.1}× lean", ratio(self.baselines.reserve_commands_us, self.baselines.lean_us)));
+        self.rows.push(row);
         eprintln!("anchors: PostgreSQL row-lock hold (pgbench)");
         anchors::prepare_row_lock(&self.database_url).await;
         for hot in [false, true] {
@@ -211,7 +221,9 @@ impl Bench {
                 None => format!("{vs_lean:.1}× lean"),
             });
             if cost.name == "Reserve" {
-                row.ratio = Some(format!("{vs_lean:.1}× lean; latency = engine direct"));
+                let vs_alone = ratio(cost.stats.usec_per_call(), self.baselines.reserve_commands_us);
+                row.ratio =
+                    Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone; latency = engine direct"));
             }
             if cost.note.is_some() {
                 // One timed sweep, not a series of calls: no rate or percentiles.

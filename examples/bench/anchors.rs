@@ -1,5 +1,5 @@
 //! Anchors written for the benchmark, to put the project's figures in proportion: a lean
-//! reserve Lua script driven by `redis-benchmark`, and a PostgreSQL row-lock hold driven by
+//! reserve Lua script and Reserve's commands alone, driven by `redis-benchmark`, and a PostgreSQL row-lock hold driven by
 //! `pgbench`. (The third anchor, a gRPC no-op, runs against the sidecar: see `sidecar`.)
 
 use std::path::Path;
@@ -17,6 +17,36 @@ if available < amount then return 0 end
 redis.call('HINCRBY', KEYS[1], 'available', -amount)
 redis.call('HSET', KEYS[2], 'amount', amount, 'state', 'held')
 return 1";
+
+/// The commands a Reserve issues inside Redis on its common path (an account with nothing due, a
+/// new request id, one lot drawn and not drained), in reserve.lua's order, with no logic around
+/// them: what the semantics cost before any Lua decides anything. It mirrors the script by hand
+/// (the benchmark's Reserve row counts the real script's inner commands beside it). KEYS: account,
+/// users, request ids, burn order, lots, reservations (prefix), deadlines, outbox, purge
+/// schedule; ARGV[1] a fresh number (request id and reservation seq).
+const RESERVE_COMMANDS: &str = "\
+local n = ARGV[1]
+local request = 'r-' .. n
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HGET', KEYS[2], 'ann')
+redis.call('HGET', KEYS[3], request)
+redis.call('ZRANGE', KEYS[4], 0, 3)
+redis.call('HMGET', KEYS[5], 'r1')
+redis.call('HSET', KEYS[5], 'r1', 1000000000000)
+redis.call('HSET', KEYS[6] .. '/' .. math.floor(tonumber(n) / 64), 'm' .. n, 'held,1,0,0,1700000300000,0,,1,1,1:1',
+  'i' .. n, 'ann\\031email\\0311700000000000\\031' .. request .. '\\031{}')
+redis.call('ZADD', KEYS[7], 1700000300000, n)
+redis.call('XADD', KEYS[8], '*', 'account', 'acct', 'seq', n, 'at', 1700000000000, 'request', request, 'kind',
+  'reserved', 'data', '{\"res\":' .. n .. ',\"user\":\"ann\",\"category\":\"email\",\"amount\":1,\"draws\":[[1,1]],' ..
+  '\"deadline\":1700000300000,\"labels\":{}}')
+redis.call('HSET', KEYS[2], 'ann', ',1,1')
+redis.call('HSET', KEYS[3], request, 'fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
+redis.call('ZADD', KEYS[9], 1700000300000, 'q' .. request)
+redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n)
+return 1";
+
+/// The keys of [`RESERVE_COMMANDS`], under `prefix`.
+const RESERVE_COMMANDS_KEYS: [&str; 9] = ["a", "u", "q", "b", "l", "r", "d", "s", "p"];
 
 /// redis-benchmark picks `__rand_int__` in 0..ACCOUNTS, written as 12 zero-padded digits.
 const ACCOUNTS: usize = 1000;
@@ -62,22 +92,66 @@ pub async fn lean_reserve(
     clients: usize,
     seconds: f64,
 ) -> Anchor {
-    let calibration = redis_benchmark(url, prefix, sha, clients, 2_000);
+    let keys = [format!("{prefix}lean:bal:__rand_int__"), format!("{prefix}lean:hold:__rand_int__")];
+    let script = Evalsha { sha, keys: &keys, args: &["1".to_owned()], spread: ACCOUNTS };
+    measure(probe, url, &script, clients, seconds).await
+}
+
+/// Loads [`RESERVE_COMMANDS`], gives its account a lot to draw from, and returns its SHA.
+pub async fn prepare_reserve_commands(probe: &RedisProbe, prefix: &str) -> String {
+    let mut connection = probe.connection();
+    let sha: String =
+        redis::cmd("SCRIPT").arg("LOAD").arg(RESERVE_COMMANDS).query_async(&mut connection).await.expect("SCRIPT LOAD");
+    let key = |name: &str| format!("{prefix}rc:{{x}}:{name}");
+    redis::pipe()
+        .cmd("HSET")
+        .arg(key("l"))
+        .arg("r1")
+        .arg(1_000_000_000_000_i64)
+        .cmd("ZADD")
+        .arg(key("b"))
+        .arg(1_700_000_300_000_i64)
+        .arg("00000000000000001")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("give the commands-alone anchor a lot");
+    sha
+}
+
+/// [`RESERVE_COMMANDS`] through EVALSHA on one account, one connection: the floor under the
+/// Reserve function's cost inside Redis.
+pub async fn reserve_commands(probe: &RedisProbe, url: &str, prefix: &str, sha: &str, seconds: f64) -> Anchor {
+    let keys: Vec<String> = RESERVE_COMMANDS_KEYS.iter().map(|name| format!("{prefix}rc:{{x}}:{name}")).collect();
+    // A fresh request id and reservation per call, as a Reserve makes (collisions are rare).
+    let script = Evalsha { sha, keys: &keys, args: &["__rand_int__".to_owned()], spread: 1_000_000_000 };
+    measure(probe, url, &script, 1, seconds).await
+}
+
+/// One EVALSHA call as `redis-benchmark` sends it: `__rand_int__` in a key or argument becomes a
+/// random 12-digit number below `spread`.
+struct Evalsha<'a> {
+    sha: &'a str,
+    keys: &'a [String],
+    args: &'a [String],
+    spread: usize,
+}
+
+async fn measure(probe: &RedisProbe, url: &str, script: &Evalsha<'_>, clients: usize, seconds: f64) -> Anchor {
+    let calibration = redis_benchmark(url, script, clients, 2_000);
     let requests = ((calibration.0 * seconds) as usize).max(2_000);
     probe.reset_stats().await;
-    let (rate, latency) = redis_benchmark(url, prefix, sha, clients, requests);
+    let (rate, latency) = redis_benchmark(url, script, clients, requests);
     Anchor { rate, latency, in_redis: Some(probe.script_stats().await) }
 }
 
 /// Runs redis-benchmark; returns (calls/s, percentiles in µs; redis-benchmark has no p999, so
 /// its max stands in).
-fn redis_benchmark(url: &str, prefix: &str, sha: &str, clients: usize, requests: usize) -> (f64, Percentiles) {
+fn redis_benchmark(url: &str, script: &Evalsha<'_>, clients: usize, requests: usize) -> (f64, Percentiles) {
     let output = Command::new("redis-benchmark")
         .args(["-u", url, "-c", &clients.to_string(), "-n", &requests.to_string()])
-        .args(["-r", &ACCOUNTS.to_string(), "--csv", "EVALSHA", sha, "2"])
-        .arg(format!("{prefix}lean:bal:__rand_int__"))
-        .arg(format!("{prefix}lean:hold:__rand_int__"))
-        .arg("1")
+        .args(["-r", &script.spread.to_string(), "--csv", "EVALSHA", script.sha, &script.keys.len().to_string()])
+        .args(script.keys)
+        .args(script.args)
         .output()
         .expect("redis-benchmark must be installed (Debian: redis-tools)");
     let stdout = String::from_utf8_lossy(&output.stdout);
