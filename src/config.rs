@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX, WaitReplicas};
+use crate::gate::Limits;
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::LogFormat;
@@ -234,27 +235,7 @@ pub struct TlsConfig {
     pub client_ca_pem: Option<Vec<u8>>,
 }
 
-/// Bounds on every call.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// The longest a call may take; a shorter client `grpc-timeout` wins.
-    pub call_timeout_max: Duration,
-    /// Calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED.
-    pub concurrency_max: usize,
-    /// The largest request message.
-    pub request_bytes_max: usize,
-    /// The longest a request's body may take to arrive; it is awaited before the call takes one
-    /// of `concurrency_max`, so a peer that trickles its body holds no permit.
-    pub request_body_timeout: Duration,
-    /// A connection with no call in flight for this long is closed.
-    pub connection_idle_max: Duration,
-    /// HTTP/2 PINGs this often; a peer that does not answer within the timeout is dropped.
-    pub http2_keepalive_interval: Duration,
-    pub http2_keepalive_timeout: Duration,
-    /// TCP keepalive probes after this long without traffic (dead peers behind NATs).
-    pub tcp_keepalive: Duration,
-}
-
+// `Limits` belongs to the gate; its defaults live here, with every other setting's.
 impl Default for Limits {
     fn default() -> Self {
         let ms = Duration::from_millis;
@@ -405,51 +386,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     };
     let log_level = file.log_level.clone().unwrap_or_else(|| "info".to_owned());
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|error| ConfigError::new("log_level", error))?;
-    let limits = Limits {
-        call_timeout_max: Duration::from_millis(in_range(
-            "call_timeout_max_ms",
-            file.call_timeout_max_ms,
-            CALL_TIMEOUT_MAX_DEFAULT_MS,
-            10..=600_000,
-        )?),
-        concurrency_max: in_range("concurrency_max", file.concurrency_max, CONCURRENCY_MAX_DEFAULT, 1..=1_000_000)?,
-        request_bytes_max: in_range(
-            "request_bytes_max",
-            file.request_bytes_max,
-            REQUEST_BYTES_MAX_DEFAULT,
-            1_024..=16 * 1024 * 1024,
-        )?,
-        request_body_timeout: Duration::from_millis(in_range(
-            "request_body_timeout_ms",
-            file.request_body_timeout_ms,
-            REQUEST_BODY_TIMEOUT_DEFAULT_MS,
-            10..=600_000,
-        )?),
-        connection_idle_max: Duration::from_millis(in_range(
-            "connection_idle_max_ms",
-            file.connection_idle_max_ms,
-            CONNECTION_IDLE_MAX_DEFAULT_MS,
-            100..=86_400_000,
-        )?),
-        http2_keepalive_interval: Duration::from_millis(in_range(
-            "http2_keepalive_interval_ms",
-            file.http2_keepalive_interval_ms,
-            HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS,
-            100..=3_600_000,
-        )?),
-        http2_keepalive_timeout: Duration::from_millis(in_range(
-            "http2_keepalive_timeout_ms",
-            file.http2_keepalive_timeout_ms,
-            HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS,
-            100..=600_000,
-        )?),
-        tcp_keepalive: Duration::from_millis(in_range(
-            "tcp_keepalive_ms",
-            file.tcp_keepalive_ms,
-            TCP_KEEPALIVE_DEFAULT_MS,
-            1_000..=7_200_000,
-        )?),
-    };
+    let limits = limits(&file)?;
     let auth = auth(&file, listen)?;
     let tls = tls(&file)?;
     let ms = Duration::from_millis;
@@ -493,6 +430,55 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         shutdown_grace,
         sweep_interval,
         rules,
+    })
+}
+
+/// The bounds on every call and connection (see [`Limits`]).
+fn limits(file: &Settings) -> Result<Limits, ConfigError> {
+    Ok(Limits {
+        call_timeout_max: Duration::from_millis(in_range(
+            "call_timeout_max_ms",
+            file.call_timeout_max_ms,
+            CALL_TIMEOUT_MAX_DEFAULT_MS,
+            10..=600_000,
+        )?),
+        concurrency_max: in_range("concurrency_max", file.concurrency_max, CONCURRENCY_MAX_DEFAULT, 1..=1_000_000)?,
+        request_bytes_max: in_range(
+            "request_bytes_max",
+            file.request_bytes_max,
+            REQUEST_BYTES_MAX_DEFAULT,
+            1_024..=16 * 1024 * 1024,
+        )?,
+        request_body_timeout: Duration::from_millis(in_range(
+            "request_body_timeout_ms",
+            file.request_body_timeout_ms,
+            REQUEST_BODY_TIMEOUT_DEFAULT_MS,
+            10..=600_000,
+        )?),
+        connection_idle_max: Duration::from_millis(in_range(
+            "connection_idle_max_ms",
+            file.connection_idle_max_ms,
+            CONNECTION_IDLE_MAX_DEFAULT_MS,
+            100..=86_400_000,
+        )?),
+        http2_keepalive_interval: Duration::from_millis(in_range(
+            "http2_keepalive_interval_ms",
+            file.http2_keepalive_interval_ms,
+            HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS,
+            100..=3_600_000,
+        )?),
+        http2_keepalive_timeout: Duration::from_millis(in_range(
+            "http2_keepalive_timeout_ms",
+            file.http2_keepalive_timeout_ms,
+            HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS,
+            100..=600_000,
+        )?),
+        tcp_keepalive: Duration::from_millis(in_range(
+            "tcp_keepalive_ms",
+            file.tcp_keepalive_ms,
+            TCP_KEEPALIVE_DEFAULT_MS,
+            1_000..=7_200_000,
+        )?),
     })
 }
 

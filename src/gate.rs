@@ -35,23 +35,30 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::api::{Observed, record_unobserved};
+use crate::api::{Deadline, Observed, record_unobserved};
 use crate::auth::{Refusal, Scope, Tokens};
-use crate::config::Limits;
 use crate::connection::{CallGuard, ConnectionInfo};
 use crate::telemetry;
 
-/// When a call must be answered by.
+/// Bounds on every call and connection (defaults: `config`).
 #[derive(Clone, Copy, Debug)]
-pub struct Deadline(pub Instant);
-
-impl Deadline {
-    /// Time left, less a margin to carry the answer back: the API stops waiting for its store
-    /// at this point and answers UNAVAILABLE.
-    pub fn budget(&self) -> Duration {
-        let left = self.0.saturating_duration_since(Instant::now());
-        left.saturating_sub((left / 10).max(Duration::from_millis(1)))
-    }
+pub struct Limits {
+    /// The longest a call may take; a shorter client `grpc-timeout` wins.
+    pub call_timeout_max: Duration,
+    /// Calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED.
+    pub concurrency_max: usize,
+    /// The largest request message.
+    pub request_bytes_max: usize,
+    /// The longest a request's body may take to arrive; it is awaited before the call takes one
+    /// of `concurrency_max`, so a peer that trickles its body holds no permit.
+    pub request_body_timeout: Duration,
+    /// A connection with no call in flight for this long is closed.
+    pub connection_idle_max: Duration,
+    /// HTTP/2 PINGs this often; a peer that does not answer within the timeout is dropped.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive probes after this long without traffic (dead peers behind NATs).
+    pub tcp_keepalive: Duration,
 }
 
 #[derive(Clone)]

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::pb;
 use crate::engine::Engine;
 use crate::settle::store::Store;
 use crate::telemetry;
@@ -20,11 +19,7 @@ use crate::telemetry;
 pub const LIVENESS: &str = "liveness";
 
 /// The services whose status follows the dependencies.
-const SERVICES: [&str; 3] = [
-    "",
-    <pb::credit_authorizer_server::CreditAuthorizerServer<crate::api::AuthorizerService> as tonic::server::NamedService>::NAME,
-    <pb::credit_admin_server::CreditAdminServer<crate::api::AdminService> as tonic::server::NamedService>::NAME,
-];
+const SERVICES: [&str; 3] = ["", crate::api::SERVICE_NAMES[0], crate::api::SERVICE_NAMES[1]];
 
 /// Sets every status at once; shared by the dependency watch and shutdown.
 #[derive(Clone)]

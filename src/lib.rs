@@ -1,17 +1,18 @@
 //! credit-sidecar: decides whether work may spend a team's credits, and records every credit
 //! held, spent, returned and expired.
 //!
-//! Codemap (dependencies point down this list, never up):
-//! - [`config`]: the one place that reads flags and files; typed and validated.
-//! - [`maintenance`]: the `verify` and `rebuild` commands (Redis against the SQL ledger).
+//! Codemap (ARCHITECTURE.md has the whole picture, the data flow of a call and the allowed
+//! dependencies between these modules, which `tests/it/architecture.rs` enforces):
 //! - [`server`]: wiring — the gRPC services, health, reflection, the background tasks, shutdown.
+//! - [`config`]: the one place that reads flags, environment and files; typed and validated.
+//! - [`maintenance`]: the `verify` and `rebuild` commands (Redis against the SQL ledger).
 //! - [`health`]: `grpc.health.v1` and `/readyz`, following Redis and the database.
 //! - [`gate`]: the tower layer before every call: deadline, the request's arrival, admission
 //!   (load shedding), bearer tokens.
 //! - [`connection`]: accepted connections, closed when idle.
-//! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
+//! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
 //!   and the Redis engine (one Redis Function call per operation, from a Lua library).
 //! - [`settle`]: outbox → SQL (PostgreSQL or SQLite): the settler and the store.

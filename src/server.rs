@@ -21,10 +21,10 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
 use crate::auth::{Tokens, watch_tokens};
-use crate::config::{Limits, TlsConfig};
+use crate::config::TlsConfig;
 use crate::connection::Watched;
 use crate::engine::Engine;
-use crate::gate::GateLayer;
+use crate::gate::{GateLayer, Limits};
 use crate::health::{Health, watch_dependencies};
 use crate::settle::settler::{SettleOptions, SettleStats};
 use crate::settle::store::Store;
@@ -118,14 +118,12 @@ pub async fn serve(
 ) -> Result<Served, ServeError> {
     // Everything that can fail comes before any other task is started.
     let store = options.settle.as_ref().map(|setup| setup.store.clone());
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let bytes_max = options.limits.request_bytes_max;
     let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
     let admin = AdminService::new(engine.clone(), store.clone()).into_server().max_decoding_message_size(bytes_max);
@@ -147,27 +145,7 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
     let (stop_tasks, tasks_stopped) = watch::channel(());
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, tasks_stopped.clone())));
-    tasks.push(tokio::spawn(watch_dependencies(
-        engine.clone(),
-        store.clone(),
-        options.health_interval,
-        health.clone(),
-        tasks_stopped.clone(),
-    )));
-    if let (Some(store), Some(redis), true) = (&store, engine.redis_engine(), options.redis_state_recovery) {
-        let retention_ms = engine.rules().request_id_retention_ms;
-        let (store, interval) = (store.clone(), options.health_interval);
-        tasks.push(tokio::spawn(recovery_loop(store, redis, retention_ms, interval, tasks_stopped.clone())));
-    }
-    if let (Some(store), true) = (&store, engine.keeps_answers_in_sql()) {
-        let retention_ms = engine.rules().request_id_retention_ms;
-        tasks.push(tokio::spawn(forget_loop(store.clone(), retention_ms, tasks_stopped.clone())));
-    }
-    if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
-        tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, tasks_stopped.clone())));
-    }
+    let tasks = background_tasks(&engine, store.as_ref(), &options, &health, &tasks_stopped);
     let (stop_http, http_stopped) = watch::channel(());
     let http_task = http.map(|setup| {
         tokio::spawn(crate::telemetry::serve_http(setup.listener, setup.metrics, health.serving(), http_stopped))
@@ -201,26 +179,8 @@ pub async fn serve(
         .add_service(authorizer)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming(listener, limits), draining);
-    tokio::pin!(server);
     // Serve until the shutdown starts; from then on the rest must finish within the grace period.
-    let mut started = started;
-    let result = tokio::select! {
-        result = &mut server => Some(result),
-        _ = started.wait_for(|started| *started) => None,
-    };
-    let deadline = tokio::time::Instant::now() + grace;
-    let mut in_time = true;
-    let result = match result {
-        Some(result) => result,
-        None => match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("calls in flight did not finish within the grace period; cutting them off");
-                in_time = false;
-                Ok(())
-            }
-        },
-    };
+    let (result, deadline, mut in_time) = serve_until_drained(server, started, grace).await;
     drop(stop_tasks);
     for task in tasks {
         in_time &= finish(task, deadline, "background task").await.is_some();
@@ -239,6 +199,64 @@ pub async fn serve(
     }
     result?;
     if in_time { Ok(served) } else { Err(ServeError::GraceExceeded(grace)) }
+}
+
+/// Serves until the shutdown starts, then waits for the calls in flight until `grace` has passed
+/// (cutting off the rest). Returns the server's result, the shutdown's deadline, and whether the
+/// calls finished in time.
+async fn serve_until_drained(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    mut started: watch::Receiver<bool>,
+    grace: Duration,
+) -> (Result<(), tonic::transport::Error>, tokio::time::Instant, bool) {
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => Some(result),
+        _ = started.wait_for(|started| *started) => None,
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    match result {
+        Some(result) => (result, deadline, true),
+        None => match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => (result, deadline, true),
+            Err(_) => {
+                tracing::warn!("calls in flight did not finish within the grace period; cutting them off");
+                (Ok(()), deadline, false)
+            }
+        },
+    }
+}
+
+/// The tasks that run while the server serves: the sweep, the dependency watch, and (as
+/// configured) the automatic recovery, forgetting remembered answers, reloading tokens.
+fn background_tasks(
+    engine: &Engine,
+    store: Option<&Store>,
+    options: &ServeOptions,
+    health: &Health,
+    stopped: &watch::Receiver<()>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, stopped.clone())));
+    tasks.push(tokio::spawn(watch_dependencies(
+        engine.clone(),
+        store.cloned(),
+        options.health_interval,
+        health.clone(),
+        stopped.clone(),
+    )));
+    let retention_ms = engine.rules().request_id_retention_ms;
+    if let (Some(store), Some(redis), true) = (store, engine.redis_engine(), options.redis_state_recovery) {
+        let (store, interval) = (store.clone(), options.health_interval);
+        tasks.push(tokio::spawn(recovery_loop(store, redis, retention_ms, interval, stopped.clone())));
+    }
+    if let (Some(store), true) = (store, engine.keeps_answers_in_sql()) {
+        tasks.push(tokio::spawn(forget_loop(store.clone(), retention_ms, stopped.clone())));
+    }
+    if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
+        tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, stopped.clone())));
+    }
+    tasks
 }
 
 /// The accepted connections, each closed once idle for `connection_idle_max`.

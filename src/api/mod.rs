@@ -12,12 +12,19 @@ mod status;
 
 pub use admin::AdminService;
 pub use authorizer::AuthorizerService;
-pub use observe::{Observed, record_unobserved};
+pub use observe::{Deadline, Observed, record_unobserved};
 
 /// Generated messages and service stubs of `credits.v1`.
+#[allow(clippy::too_many_lines)] // generated: the line budget is for code written here
 pub mod pb {
     tonic::include_proto!("credits.v1");
 }
+
+/// The full names of the services of `credits.v1`, as health checks and reflection name them.
+pub const SERVICE_NAMES: [&str; 2] = [
+    <pb::credit_authorizer_server::CreditAuthorizerServer<AuthorizerService> as tonic::server::NamedService>::NAME,
+    <pb::credit_admin_server::CreditAdminServer<AdminService> as tonic::server::NamedService>::NAME,
+];
 
 /// The encoded descriptors of `credits.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("credits_v1_descriptor");

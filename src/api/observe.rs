@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
@@ -12,9 +13,21 @@ use tracing::Instrument;
 
 use super::pb;
 use crate::auth::Caller;
-use crate::gate::Deadline;
 use crate::ledger::echo;
 use crate::telemetry;
+
+/// When a call must be answered by: set by the gate from `grpc-timeout`, read here.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// Time left, less a margin to carry the answer back: the API stops waiting for its store
+    /// at this point and answers UNAVAILABLE.
+    pub fn budget(&self) -> Duration {
+        let left = self.0.saturating_duration_since(Instant::now());
+        left.saturating_sub((left / 10).max(Duration::from_millis(1)))
+    }
+}
 
 /// The account a request touches (for the caller's account list and the logs).
 pub trait Scoped {

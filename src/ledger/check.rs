@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md §3, checked from first principles on one account: recomputed from
+//! The invariants of docs/rules.md#invariants, checked from first principles on one account: recomputed from
 //! lots and reservations, never read from the counters they are meant to verify.
 //! 1. granted = available + held + spent + expired;
 //! 2. no lot and no user usage below zero; no reservation spends more than it held;

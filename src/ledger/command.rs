@@ -243,10 +243,22 @@ impl Grant {
     pub fn fingerprint(&self) -> Fingerprint {
         Digester::new("grant")
             .text(self.account.as_str())
-            .text(&format!("{:?}", self.kind))
+            .text(fingerprint_name(self.kind))
             .int(self.amount)
             .opt_int(self.expires_ms)
             .finish()
+    }
+}
+
+/// A lot kind's name in fingerprints: the names the first version hashed (Rust's `Debug` names
+/// of the variants, then), written out so that renaming a variant cannot change a fingerprint.
+fn fingerprint_name(kind: LotKind) -> &'static str {
+    match kind {
+        LotKind::Trial => "Trial",
+        LotKind::Promo => "Promo",
+        LotKind::Plan => "Plan",
+        LotKind::Addon => "Addon",
+        LotKind::Adjustment => "Adjustment",
     }
 }
 

@@ -598,7 +598,7 @@ impl Ledger {
         expired
     }
 
-    /// Checks invariants 1–3 of DESIGN.md §3 on every account, from first principles.
+    /// Checks invariants 1–3 of docs/rules.md#invariants on every account, from first principles.
     /// Returns the first violation found.
     pub fn check_invariants(&self) -> Result<(), String> {
         for account in self.accounts.values() {

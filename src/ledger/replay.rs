@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use super::account::{Account, Reservation, Sink};
 use super::event::{Draw, Event, EventKind, draws_total};
-use super::types::{AccountId, Category, Labels, LotKind, RequestId, ReservationState, UserId};
+use super::types::{AccountId, Category, Labels, LotKind, Millis, RequestId, ReservationState, UserId};
 
 #[derive(Debug, thiserror::Error)]
 #[error("event {account}/{seq} cannot be replayed: {reason}")]
@@ -137,43 +137,68 @@ fn apply(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<()
             account.count_usage(*reservation, *amount);
         }
         EventKind::Committed { reservation, amount, draws, business_key, already_charged, .. } => {
-            let held = account.reservations.get_mut(reservation).ok_or("commit on an unknown reservation")?;
-            for draw in draws {
-                let part =
-                    held.draws.iter_mut().find(|part| part.lot == draw.lot).ok_or("commit from a lot not held")?;
-                part.amount -= draw.amount;
-            }
-            held.draws.retain(|part| part.amount > 0);
-            held.committed += amount;
-            held.commit_count += 1;
-            account.held -= amount;
-            account.spent += amount;
-            if let Some(key) = business_key
-                && !already_charged
-            {
-                let key = super::types::BusinessKey::parse_optional(key).map_err(|e| e.to_string())?;
-                account.charged_keys.extend(key);
-            }
+            let key = if *already_charged { None } else { business_key.as_deref() };
+            commit(account, *reservation, *amount, draws, key)?;
         }
         EventKind::Closed { reservation, state, returned, expired } => {
-            let held = account.reservations.get_mut(reservation).ok_or("close of an unknown reservation")?;
-            let total = draws_total(&std::mem::take(&mut held.draws));
-            if total != draws_total(returned) + expired {
-                return Err(format!("close releases {total}, record says {}", draws_total(returned) + expired));
-            }
-            held.state = *state;
-            held.returned = total;
-            held.closed_ms = Some(event.at_ms);
-            let deadline = held.deadline_ms;
-            account.deadlines.remove(&(deadline, *reservation));
-            for draw in returned {
-                let lot = account.lots.get_mut(&draw.lot).ok_or("return to an unknown lot")?;
-                lot.remaining += draw.amount;
-            }
-            account.held -= total;
-            account.expired += expired;
-            account.uncount_usage(*reservation, total);
+            close(account, *reservation, *state, returned, *expired, event.at_ms)?;
         }
     }
+    Ok(())
+}
+
+/// A commit of `amount` from the reservation's `draws`; `charged_key`: the business key it
+/// charged (None when it had none, or the key was already charged).
+fn commit(
+    account: &mut Account,
+    reservation: u64,
+    amount: i64,
+    draws: &[Draw],
+    charged_key: Option<&str>,
+) -> Result<(), String> {
+    let held = account.reservations.get_mut(&reservation).ok_or("commit on an unknown reservation")?;
+    for draw in draws {
+        let part = held.draws.iter_mut().find(|part| part.lot == draw.lot).ok_or("commit from a lot not held")?;
+        part.amount -= draw.amount;
+    }
+    held.draws.retain(|part| part.amount > 0);
+    held.committed += amount;
+    held.commit_count += 1;
+    account.held -= amount;
+    account.spent += amount;
+    if let Some(key) = charged_key {
+        let key = super::types::BusinessKey::parse_optional(key).map_err(|e| e.to_string())?;
+        account.charged_keys.extend(key);
+    }
+    Ok(())
+}
+
+/// The reservation closed at `at_ms` in `state`: `returned` went back to its lots, `expired`
+/// counts as expired.
+fn close(
+    account: &mut Account,
+    reservation: u64,
+    state: ReservationState,
+    returned: &[Draw],
+    expired: i64,
+    at_ms: Millis,
+) -> Result<(), String> {
+    let held = account.reservations.get_mut(&reservation).ok_or("close of an unknown reservation")?;
+    let total = draws_total(&std::mem::take(&mut held.draws));
+    if total != draws_total(returned) + expired {
+        return Err(format!("close releases {total}, record says {}", draws_total(returned) + expired));
+    }
+    held.state = state;
+    held.returned = total;
+    held.closed_ms = Some(at_ms);
+    let deadline = held.deadline_ms;
+    account.deadlines.remove(&(deadline, reservation));
+    for draw in returned {
+        let lot = account.lots.get_mut(&draw.lot).ok_or("return to an unknown lot")?;
+        lot.remaining += draw.amount;
+    }
+    account.held -= total;
+    account.expired += expired;
+    account.uncount_usage(reservation, total);
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! - [`settler`]: the background task: read a batch, write it in one transaction, acknowledge.
 //! - [`store`]: PostgreSQL or SQLite through one sqlx path; the schema and its migrations.
 //!
-//! Depends on `ledger` only; engines implement [`outbox::Outbox`].
+//! Depends on `ledger` (events, their JSON) and `telemetry` (metric names) only; engines
+//! implement [`outbox::Outbox`].
 
 pub mod outbox;
 pub mod settler;

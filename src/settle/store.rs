@@ -784,61 +784,29 @@ impl Fold {
     }
 
     fn write(self, upserts: &mut Upserts) {
-        let reservations: Vec<_> = self.reservations.into_iter().collect();
-        for chunk in reservations.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO reservations (account_id, seq, user_id, category, state, reserved, committed, \
-                 returned, commit_count, created_ms, deadline_ms, closed_ms, labels) VALUES ",
-            );
-            push_tuples(&mut sql, chunk.len(), 13, upserts.backend);
-            sql.push_str(
-                " ON CONFLICT (account_id, seq) DO UPDATE SET \
-                 user_id = CASE WHEN excluded.user_id <> '' THEN excluded.user_id ELSE reservations.user_id END, \
-                 category = CASE WHEN excluded.category <> '' THEN excluded.category ELSE reservations.category END, \
-                 state = CASE WHEN excluded.state <> 'held' THEN excluded.state ELSE reservations.state END, \
-                 reserved = reservations.reserved + excluded.reserved, \
-                 committed = reservations.committed + excluded.committed, \
-                 returned = reservations.returned + excluded.returned, \
-                 commit_count = reservations.commit_count + excluded.commit_count, \
-                 created_ms = CASE WHEN excluded.created_ms <> 0 THEN excluded.created_ms \
-                     ELSE reservations.created_ms END, \
-                 deadline_ms = CASE WHEN excluded.deadline_ms > reservations.deadline_ms THEN excluded.deadline_ms \
-                     ELSE reservations.deadline_ms END, \
-                 closed_ms = COALESCE(excluded.closed_ms, reservations.closed_ms), \
-                 labels = CASE WHEN excluded.labels <> '{}' THEN excluded.labels ELSE reservations.labels END",
-            );
-            let mut query = upserts.statement(sql);
-            for ((account, seq), row) in chunk {
-                let state = if row.state.is_empty() { "held".to_owned() } else { row.state.clone() };
-                let labels = if row.labels.is_empty() { "{}".to_owned() } else { row.labels.clone() };
-                query
-                    .bind(account.clone())
-                    .bind(*seq)
-                    .bind(row.user.clone())
-                    .bind(row.category.clone())
-                    .bind(state)
-                    .bind(row.reserved)
-                    .bind(row.committed)
-                    .bind(row.returned)
-                    .bind(row.commit_count)
-                    .bind(row.created_ms)
-                    .bind(row.deadline_ms)
-                    .bind(row.closed_ms)
-                    .bind(labels);
-            }
-        }
-        let usage: Vec<_> = self.usage.into_iter().collect();
-        for chunk in usage.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO usage_totals (account_id, cycle_start_ms, user_id, category, spent, commits) VALUES ",
-            );
-            push_tuples(&mut sql, chunk.len(), 6, upserts.backend);
-            sql.push_str(
-                " ON CONFLICT (account_id, cycle_start_ms, user_id, category) DO UPDATE SET \
-                 spent = usage_totals.spent + excluded.spent, commits = usage_totals.commits + excluded.commits",
-            );
-            let mut query = upserts.statement(sql);
-            for ((account, cycle, user, category), (spent, commits)) in chunk {
+        upsert_rows(upserts, &RESERVATIONS_UPSERT, self.reservations, |query, ((account, seq), row)| {
+            let state = if row.state.is_empty() { "held" } else { &row.state };
+            let labels = if row.labels.is_empty() { "{}" } else { &row.labels };
+            query
+                .bind(account.clone())
+                .bind(*seq)
+                .bind(row.user.clone())
+                .bind(row.category.clone())
+                .bind(state.to_owned())
+                .bind(row.reserved)
+                .bind(row.committed)
+                .bind(row.returned)
+                .bind(row.commit_count)
+                .bind(row.created_ms)
+                .bind(row.deadline_ms)
+                .bind(row.closed_ms)
+                .bind(labels.to_owned());
+        });
+        upsert_rows(
+            upserts,
+            &USAGE_UPSERT,
+            self.usage,
+            |query, ((account, cycle, user, category), (spent, commits))| {
                 query
                     .bind(account.clone())
                     .bind(*cycle)
@@ -846,64 +814,113 @@ impl Fold {
                     .bind(category.clone())
                     .bind(*spent)
                     .bind(*commits);
-            }
-        }
-        let lots: Vec<_> = self.lots.into_iter().collect();
-        for chunk in lots.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO lots (account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, \
-                 expires_ms, expired_ms) VALUES ",
-            );
-            push_tuples(&mut sql, chunk.len(), 10, upserts.backend);
-            sql.push_str(
-                " ON CONFLICT (account_id, lot_id) DO UPDATE SET \
-                 kind = CASE WHEN excluded.kind <> '' THEN excluded.kind ELSE lots.kind END, \
-                 granted = lots.granted + excluded.granted, drawn = lots.drawn + excluded.drawn, \
-                 returned = lots.returned + excluded.returned, expired = lots.expired + excluded.expired, \
-                 granted_ms = CASE WHEN excluded.granted_ms <> 0 THEN excluded.granted_ms ELSE lots.granted_ms END, \
-                 expires_ms = CASE WHEN excluded.expires_ms <> 0 THEN excluded.expires_ms ELSE lots.expires_ms END, \
-                 expired_ms = COALESCE(excluded.expired_ms, lots.expired_ms)",
-            );
-            let mut query = upserts.statement(sql);
-            for ((account, lot), row) in chunk {
-                query
-                    .bind(account.clone())
-                    .bind(*lot)
-                    .bind(row.kind.clone())
-                    .bind(row.granted)
-                    .bind(row.drawn)
-                    .bind(row.returned)
-                    .bind(row.expired)
-                    .bind(row.granted_ms)
-                    .bind(row.expires_ms)
-                    .bind(row.expired_ms);
-            }
-        }
-        let totals: Vec<_> = self.totals.into_iter().collect();
-        for chunk in totals.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO account_totals (account_id, granted, held, spent, expired, events, last_seq) VALUES ",
-            );
-            push_tuples(&mut sql, chunk.len(), 7, upserts.backend);
-            sql.push_str(
-                " ON CONFLICT (account_id) DO UPDATE SET \
-                 granted = account_totals.granted + excluded.granted, held = account_totals.held + excluded.held, \
-                 spent = account_totals.spent + excluded.spent, expired = account_totals.expired + excluded.expired, \
-                 events = account_totals.events + excluded.events, \
-                 last_seq = CASE WHEN excluded.last_seq > account_totals.last_seq THEN excluded.last_seq \
-                     ELSE account_totals.last_seq END",
-            );
-            let mut query = upserts.statement(sql);
-            for (account, row) in chunk {
-                query
-                    .bind(account.clone())
-                    .bind(row.granted)
-                    .bind(row.held)
-                    .bind(row.spent)
-                    .bind(row.expired)
-                    .bind(row.events)
-                    .bind(row.last_seq);
-            }
+            },
+        );
+        upsert_rows(upserts, &LOTS_UPSERT, self.lots, |query, ((account, lot), row)| {
+            query
+                .bind(account.clone())
+                .bind(*lot)
+                .bind(row.kind.clone())
+                .bind(row.granted)
+                .bind(row.drawn)
+                .bind(row.returned)
+                .bind(row.expired)
+                .bind(row.granted_ms)
+                .bind(row.expires_ms)
+                .bind(row.expired_ms);
+        });
+        upsert_rows(upserts, &TOTALS_UPSERT, self.totals, |query, (account, row)| {
+            query
+                .bind(account.clone())
+                .bind(row.granted)
+                .bind(row.held)
+                .bind(row.spent)
+                .bind(row.expired)
+                .bind(row.events)
+                .bind(row.last_seq);
+        });
+    }
+}
+
+/// A multi-row upsert: `insert` up to `VALUES`, a tuple of `columns` placeholders per row, then
+/// `conflict` (the `ON CONFLICT` clause that folds a row into the one already there).
+struct UpsertSql {
+    insert: &'static str,
+    columns: usize,
+    conflict: &'static str,
+}
+
+/// `reservations`: one row per reservation, its figures summed, its facts kept once known.
+const RESERVATIONS_UPSERT: UpsertSql = UpsertSql {
+    insert: "INSERT INTO reservations (account_id, seq, user_id, category, state, reserved, committed, \
+         returned, commit_count, created_ms, deadline_ms, closed_ms, labels) VALUES ",
+    columns: 13,
+    conflict: " ON CONFLICT (account_id, seq) DO UPDATE SET \
+         user_id = CASE WHEN excluded.user_id <> '' THEN excluded.user_id ELSE reservations.user_id END, \
+         category = CASE WHEN excluded.category <> '' THEN excluded.category ELSE reservations.category END, \
+         state = CASE WHEN excluded.state <> 'held' THEN excluded.state ELSE reservations.state END, \
+         reserved = reservations.reserved + excluded.reserved, \
+         committed = reservations.committed + excluded.committed, \
+         returned = reservations.returned + excluded.returned, \
+         commit_count = reservations.commit_count + excluded.commit_count, \
+         created_ms = CASE WHEN excluded.created_ms <> 0 THEN excluded.created_ms \
+             ELSE reservations.created_ms END, \
+         deadline_ms = CASE WHEN excluded.deadline_ms > reservations.deadline_ms THEN excluded.deadline_ms \
+             ELSE reservations.deadline_ms END, \
+         closed_ms = COALESCE(excluded.closed_ms, reservations.closed_ms), \
+         labels = CASE WHEN excluded.labels <> '{}' THEN excluded.labels ELSE reservations.labels END",
+};
+
+/// `usage_totals`: spent and commits per account, cycle, user and category.
+const USAGE_UPSERT: UpsertSql = UpsertSql {
+    insert: "INSERT INTO usage_totals (account_id, cycle_start_ms, user_id, category, spent, commits) VALUES ",
+    columns: 6,
+    conflict: " ON CONFLICT (account_id, cycle_start_ms, user_id, category) DO UPDATE SET \
+         spent = usage_totals.spent + excluded.spent, commits = usage_totals.commits + excluded.commits",
+};
+
+/// `lots`: one row per lot, its figures summed.
+const LOTS_UPSERT: UpsertSql = UpsertSql {
+    insert: "INSERT INTO lots (account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, \
+         expires_ms, expired_ms) VALUES ",
+    columns: 10,
+    conflict: " ON CONFLICT (account_id, lot_id) DO UPDATE SET \
+         kind = CASE WHEN excluded.kind <> '' THEN excluded.kind ELSE lots.kind END, \
+         granted = lots.granted + excluded.granted, drawn = lots.drawn + excluded.drawn, \
+         returned = lots.returned + excluded.returned, expired = lots.expired + excluded.expired, \
+         granted_ms = CASE WHEN excluded.granted_ms <> 0 THEN excluded.granted_ms ELSE lots.granted_ms END, \
+         expires_ms = CASE WHEN excluded.expires_ms <> 0 THEN excluded.expires_ms ELSE lots.expires_ms END, \
+         expired_ms = COALESCE(excluded.expired_ms, lots.expired_ms)",
+};
+
+/// `account_totals`: the account's figures summed, its last event's sequence kept.
+const TOTALS_UPSERT: UpsertSql = UpsertSql {
+    insert: "INSERT INTO account_totals (account_id, granted, held, spent, expired, events, last_seq) VALUES ",
+    columns: 7,
+    conflict: " ON CONFLICT (account_id) DO UPDATE SET \
+         granted = account_totals.granted + excluded.granted, held = account_totals.held + excluded.held, \
+         spent = account_totals.spent + excluded.spent, expired = account_totals.expired + excluded.expired, \
+         events = account_totals.events + excluded.events, \
+         last_seq = CASE WHEN excluded.last_seq > account_totals.last_seq THEN excluded.last_seq \
+             ELSE account_totals.last_seq END",
+};
+
+/// One table's rows (in key order) as upserts of at most [`ROWS_PER_STATEMENT`] rows each;
+/// `bind` adds one row's values in column order.
+fn upsert_rows<K, V>(
+    upserts: &mut Upserts,
+    sql: &UpsertSql,
+    rows: BTreeMap<K, V>,
+    bind: impl Fn(&mut Binder<'_>, &(K, V)),
+) {
+    let rows: Vec<(K, V)> = rows.into_iter().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut text = String::from(sql.insert);
+        push_tuples(&mut text, chunk.len(), sql.columns, upserts.backend);
+        text.push_str(sql.conflict);
+        let mut query = upserts.statement(text);
+        for row in chunk {
+            bind(&mut query, row);
         }
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credit_sidecar::api::pb;
-use credit_sidecar::config::Limits;
 use credit_sidecar::engine::Engine;
+use credit_sidecar::gate::Limits;
 use credit_sidecar::ledger::{ManualClock, Rules};
 use credit_sidecar::server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

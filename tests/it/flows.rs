@@ -1,4 +1,4 @@
-//! The callers' flows of DESIGN.md §1, end to end through gRPC.
+//! The callers' flows of docs/rules.md#callers, end to end through gRPC.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -337,6 +337,16 @@ pub async fn health_watch(channel: &Channel, service: &str) -> tonic::Streaming<
 }
 
 /// Reads a health watch until it reports `status` (bounded); returns every status read.
+/// Polls `condition` every 10 ms until it holds, failing with `what` after `within`: for states
+/// the code reaches in the background (settlement, health checks), never for timing.
+pub async fn eventually(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn wait_for_health(
     stream: &mut tonic::Streaming<HealthCheckResponse>,
     status: ServingStatus,

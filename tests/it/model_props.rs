@@ -2208,7 +2208,7 @@ fn a_plan_change_that_restarts_the_same_cycle_keeps_user_usage_consistent() {
     ledger.check_invariants().unwrap();
 }
 
-/// DESIGN.md §3: request ids are remembered "at least as long as the reservation lives". A hold
+/// docs/rules.md#lifecycle: request ids are remembered "at least as long as the reservation lives". A hold
 /// extended past its first deadline lives on: a late retry of its Reserve must not hold again,
 /// and one of a commit made before the extension must not spend again.
 #[test]

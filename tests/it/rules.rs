@@ -1,4 +1,4 @@
-//! Every rule of DESIGN.md §2–§3 and every decline, through the real gRPC client.
+//! Every rule of docs/rules.md (credit model, lifecycle) and every decline, through the real gRPC client.
 
 use std::collections::HashMap;
 

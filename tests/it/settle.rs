@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credit_sidecar::api::pb;
 use credit_sidecar::engine::Engine;
@@ -358,15 +358,11 @@ async fn a_replica_dying_mid_batch_leaves_its_events_to_another() {
     let outbox =
         Arc::new(RedisOutbox::join(Arc::new(survivor), "survives".into(), Duration::from_millis(200)).await.unwrap());
     let settler = Settler::new(outbox.clone(), store.clone(), SettleOptions::default());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the dead replica's events are claimed and settled", Duration::from_secs(20), async || {
         settler.flush().await;
-        if outbox.backlog().await.unwrap().events == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dead replica's events were never claimed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        outbox.backlog().await.unwrap().events == 0
+    })
+    .await;
     assert!(!taken.is_empty());
     assert_settled(&store, &h, "acme").await;
     assert_settled(&store, &h, "globex").await;
@@ -449,11 +445,10 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
     traffic(50).await.unwrap();
     postgres.stop();
     let during = traffic(200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stats.failures.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "the settler never noticed the database was down");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the settler notices the database is down", Duration::from_secs(20), async || {
+        stats.failures.load(Ordering::Relaxed) > 0
+    })
+    .await;
     during.await.unwrap();
     let waiting = RedisOutbox::join(
         Arc::new(RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap()),
@@ -541,11 +536,10 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
     let id = h.hold("acme", "ann", 10).await;
     h.commit(&id, 4, true).await;
     let acme = AccountId::parse("acme").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.totals(&acme).await.unwrap().is_none_or(|totals| totals.spent != 4) {
-        assert!(Instant::now() < deadline, "the first events never settled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the first events settle", Duration::from_secs(20), async || {
+        store.totals(&acme).await.unwrap().is_some_and(|totals| totals.spent == 4)
+    })
+    .await;
     assert_eq!(server.cli(&["flushall"]), "OK"); // Redis loses everything, consumer group included
     // A sidecar that knows no ledger (so no state-loss guard) starts on the empty Redis and
     // writes a new history: seqs 1, 2, 3 again, with other content.

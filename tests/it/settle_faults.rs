@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::redis::outbox::RedisOutbox;
@@ -49,15 +49,6 @@ fn pending(server: &RedisServer) -> u64 {
     server.cli(&["eval", script, "0"]).parse().unwrap_or(0)
 }
 
-/// Polls `condition` until it holds, failing with `what` at the deadline.
-async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Redis stops answering while the settler reads: the read fails (timeout) after Redis has been
 /// sent — and, once it resumes, has executed — the XREADGROUPs that deliver the entries to this
 /// consumer. The next read takes them back at once; none waits for `claim_idle`.
@@ -74,7 +65,7 @@ async fn entries_a_failed_read_delivered_settle_without_waiting_for_claim_idle()
     let failed = outbox.read(1000).await;
     server.resume();
     assert!(failed.is_err(), "a read from a stopped Redis must fail");
-    eventually("the failed read delivered the entries to the consumer", async || pending(&server) > 0).await;
+    eventually("the failed read delivered the entries to the consumer", DEADLINE, async || pending(&server) > 0).await;
     let delivered = pending(&server);
 
     let settler = Settler::new(outbox.clone(), store.clone(), SettleOptions::default());
@@ -106,13 +97,16 @@ async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     }
     server.pause();
     let failures = stats.failures.load(Ordering::Relaxed);
-    eventually("the settler noticed Redis stopped", async || stats.failures.load(Ordering::Relaxed) > failures).await;
+    eventually("the settler noticed Redis stopped", DEADLINE, async || {
+        stats.failures.load(Ordering::Relaxed) > failures
+    })
+    .await;
     server.resume();
     for _ in 0..100 {
         h.hold("acme", "ann", 1).await;
     }
     let observer = outbox_on(&settings, "observer").await;
-    eventually("everything settled", async || observer.backlog().await.is_ok_and(|b| b.events == 0)).await;
+    eventually("everything settled", DEADLINE, async || observer.backlog().await.is_ok_and(|b| b.events == 0)).await;
     drop(stop);
     settling.await.unwrap();
     assert_settled(&store, &h, "acme").await;
@@ -136,20 +130,24 @@ async fn backlog_and_lag_keep_moving_while_the_database_is_down() {
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     h.account("acme", 1_000).await;
     let acme = credit_sidecar::ledger::AccountId::parse("acme").unwrap();
-    eventually("the first events settled", async || store.totals(&acme).await.is_ok_and(|t| t.is_some())).await;
+    eventually("the first events settled", DEADLINE, async || store.totals(&acme).await.is_ok_and(|t| t.is_some()))
+        .await;
 
     postgres.stop();
     let holds = 30;
     for _ in 0..holds {
         h.hold("acme", "ann", 1).await;
     }
-    eventually("the backlog shows the events waiting", async || stats.backlog.load(Ordering::Relaxed) >= holds).await;
+    eventually("the backlog shows the events waiting", DEADLINE, async || {
+        stats.backlog.load(Ordering::Relaxed) >= holds
+    })
+    .await;
     let lag = stats.lag_ms.load(Ordering::Relaxed);
-    eventually("the lag keeps rising", async || stats.lag_ms.load(Ordering::Relaxed) > lag + 100).await;
+    eventually("the lag keeps rising", DEADLINE, async || stats.lag_ms.load(Ordering::Relaxed) > lag + 100).await;
     let (backlog, lag) = measured(&stats);
 
     postgres.start_again();
-    eventually("the backlog drained", async || measured(&stats) == (0, 0)).await;
+    eventually("the backlog drained", DEADLINE, async || measured(&stats) == (0, 0)).await;
     drop(stop);
     settling.await.unwrap();
     assert_settled(&store, &h, "acme").await;
@@ -171,7 +169,7 @@ async fn the_backlog_reads_zero_after_an_aof_reload() {
     let settler = Settler::new(outbox_on(&settings, "a").await, store.clone(), SettleOptions::default());
     settler.flush().await;
     server.restart();
-    eventually("the engine reconnected", async || h.engine.ping().await.is_ok()).await;
+    eventually("the engine reconnected", DEADLINE, async || h.engine.ping().await.is_ok()).await;
     h.hold("acme", "ann", 1).await; // entries after the reload too
     let outbox = outbox_on(&settings, "b").await;
     Settler::new(outbox.clone(), store.clone(), SettleOptions::default()).flush().await;
@@ -197,7 +195,7 @@ async fn settlement_works_on_a_three_master_cluster() {
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     workload(&h).await;
     let observer = outbox_on(&settings, "observer").await;
-    eventually("everything settled", async || observer.backlog().await.is_ok_and(|b| b.events == 0)).await;
+    eventually("everything settled", DEADLINE, async || observer.backlog().await.is_ok_and(|b| b.events == 0)).await;
     drop(stop);
     settling.await.unwrap();
     assert_settled(&store, &h, "acme").await;

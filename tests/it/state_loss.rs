@@ -21,7 +21,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{anchor, health_watch, plan_request, redis_settings, reserve_request, t0, wait_for_health};
+use crate::harness::{
+    anchor, eventually, health_watch, plan_request, redis_settings, reserve_request, t0, wait_for_health,
+};
 use crate::servers::RedisServer;
 use crate::settle::{settle_setup, sqlite_store};
 
@@ -92,14 +94,8 @@ impl Scene {
 
 /// The cause, once the guard noticed the loss (the health check after Redis answers again).
 async fn noticed(engine: &RedisEngine) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(cause) = engine.state_lost() {
-            return cause;
-        }
-        assert!(Instant::now() < deadline, "the loss was never noticed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the guard notices the loss", Duration::from_secs(20), async || engine.state_lost().is_some()).await;
+    engine.state_lost().expect("a loss, once noticed, stays until recovery")
 }
 
 /// Funds acme, opens a hold of 10 and waits until both are settled; returns acme's totals.
@@ -115,11 +111,10 @@ async fn fund_and_settle_hold(channel: &Channel, store: &Store) -> pb::Totals {
     let reserved = auth.reserve(reserve_request("acme", 10, "r1")).await.unwrap().into_inner();
     assert_eq!(reserved.outcome(), pb::Outcome::Ok, "{reserved:?}");
     let acme = AccountId::parse("acme").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.totals(&acme).await.unwrap().is_none_or(|totals| totals.held != 10) {
-        assert!(Instant::now() < deadline, "the hold never settled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the hold settles", Duration::from_secs(20), async || {
+        store.totals(&acme).await.unwrap().is_some_and(|totals| totals.held == 10)
+    })
+    .await;
     totals(channel).await
 }
 
