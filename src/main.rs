@@ -4,9 +4,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use credit_sidecar::auth::Tokens;
-use credit_sidecar::config::{Args, AuthConfig, Command, Config, EngineConfig};
+use credit_sidecar::config::{AuthConfig, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::ledger::{AccountId, Ledger, SystemClock};
@@ -19,7 +18,19 @@ use credit_sidecar::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = credit_sidecar::config::parse_args();
+    if let Some(Command::CheckConfig) = args.command {
+        return match Config::check(&args) {
+            Ok(()) => {
+                println!("configuration: ok");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // Nothing is bound and nothing logged before the whole configuration is valid.
     let config = match Config::load(&args) {
         Ok(config) => config,
@@ -36,6 +47,7 @@ async fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(error) => Err(error),
         },
+        Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         Command::Rebuild { upgrade_layout: true, .. } => upgrade_layout(&config).await,
         Command::Rebuild { account, .. } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
     };

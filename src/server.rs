@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
 use crate::auth::{Tokens, watch_tokens};
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, settings};
 use crate::connection::Watched;
 use crate::engine::Engine;
 use crate::gate::{GateLayer, Limits};
@@ -58,12 +58,16 @@ impl ServeOptions {
             limits: Limits::default(),
             auth: None,
             tls: None,
-            health_interval: Duration::from_secs(1),
+            health_interval: default_ms(&settings::HEALTH_INTERVAL_MS),
             redis_state_recovery: false,
-            shutdown_drain: Duration::ZERO,
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_drain: default_ms(&settings::SHUTDOWN_DRAIN_MS),
+            shutdown_grace: default_ms(&settings::SHUTDOWN_GRACE_MS),
         }
     }
+}
+
+fn default_ms(setting: &settings::Setting) -> Duration {
+    Duration::from_millis(setting.default_number() as u64)
 }
 
 #[derive(Clone)]

@@ -9,6 +9,15 @@ use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, check_amount, ech
 
 const DAY_MS: Millis = 86_400_000;
 
+/// The defaults of the rules that are numbers (the configuration's table shows them).
+pub const RESERVATION_TTL_DEFAULT_MS: Millis = 5 * 60_000;
+pub const RESERVATION_TTL_MIN_MS: Millis = 1_000;
+pub const RESERVATION_TTL_MAX_MS: Millis = 7 * DAY_MS;
+pub const TRIAL_CREDITS_DEFAULT: i64 = 100;
+pub const TRIAL_DURATION_DEFAULT_MS: Millis = 14 * DAY_MS;
+/// Also the least retention allowed: a retry a day late still gets its first answer.
+pub const REQUEST_ID_RETENTION_MS: Millis = DAY_MS;
+
 /// What a caller asks to spend: credits, or units of a priced SKU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CostInput {
@@ -63,13 +72,13 @@ impl Default for Rules {
         Self {
             categories: categories.iter().map(|c| (*c).to_owned()).collect(),
             price_book: prices.iter().map(|(sku, price)| ((*sku).to_owned(), *price)).collect(),
-            reservation_ttl_default_ms: 5 * 60_000,
-            reservation_ttl_min_ms: 1_000,
-            reservation_ttl_max_ms: 7 * DAY_MS,
-            trial_credits_default: 100,
-            trial_duration_default_ms: 14 * DAY_MS,
+            reservation_ttl_default_ms: RESERVATION_TTL_DEFAULT_MS,
+            reservation_ttl_min_ms: RESERVATION_TTL_MIN_MS,
+            reservation_ttl_max_ms: RESERVATION_TTL_MAX_MS,
+            trial_credits_default: TRIAL_CREDITS_DEFAULT,
+            trial_duration_default_ms: TRIAL_DURATION_DEFAULT_MS,
             trial_duration_max_ms: 365 * DAY_MS,
-            request_id_retention_ms: DAY_MS,
+            request_id_retention_ms: REQUEST_ID_RETENTION_MS,
         }
     }
 }

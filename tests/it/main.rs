@@ -20,6 +20,7 @@ mod redis_faults;
 mod replication;
 mod rules;
 mod servers;
+mod settings;
 mod settle;
 mod settle_faults;
 mod state_loss;

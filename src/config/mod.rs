@@ -2,7 +2,10 @@
 //! first: the TOML file (`--config`), the environment (`CREDIT_SIDECAR_FOO_BAR`; also the usual
 //! `REDIS_URL` / `DATABASE_URL`), and the flag `--foo-bar`. All of it is parsed into one typed
 //! [`Config`] and validated before any port is bound; every error names the setting. Tests build
-//! a [`Config`] from a TOML string.
+//! a [`Config`] from a TOML string. Every setting's default, range, unit and meaning is in
+//! [`settings`].
+
+pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -15,11 +18,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
-use crate::engine::redis::{RedisSettings, SHARDS_DEFAULT, SHARDS_MAX, WaitReplicas};
+use crate::engine::redis::{RedisSettings, WaitReplicas};
 use crate::gate::Limits;
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::LogFormat;
+use settings::Setting;
 
 /// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
 #[derive(Debug, Parser)]
@@ -44,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Check the configuration (file, environment, flags) and exit: 0 when valid, 2 with the
+    /// setting and the reason when not. Files it names (tokens, TLS) are not read.
+    CheckConfig,
     /// Re-create Redis state from the SQL ledger (after a Redis loss, or to repair drift).
     Rebuild {
         /// One account (default: every account in the ledger).
@@ -58,128 +65,85 @@ pub enum Command {
 }
 
 /// Every setting, as written in the file, the environment or a flag; all optional (defaults are
-/// applied by [`Config`]), unknown file keys refused. Lists and maps are file-only.
+/// applied by [`Config`]), unknown file keys refused. Lists and maps are file-only. What each
+/// means, its default and range: [`settings::SETTINGS`] (which also writes the flags' help).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Address of the HTTP endpoint for /metrics, /livez and /readyz, or `off` [default: 127.0.0.1:9464].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// `text` or `json` [default: text].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// A tracing filter such as `info` or `credit_sidecar=debug,info` [default: info].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// Redis URL (`redis://host:6379/`); with redis_cluster, comma-separated seed nodes. Without
-    /// one the embedded engine runs. Also read from REDIS_URL.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
-    /// Treat redis_url as the seed nodes of a Redis Cluster.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: Option<bool>,
-    /// Shards accounts are spread over; fixed at first deployment [default: 16].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_SHARDS")]
     pub redis_shards: Option<u32>,
-    /// Longest wait for one Redis round trip before answering UNAVAILABLE [default: 500].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
-    /// Prepended to every Redis key [default: none].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
     pub redis_key_prefix: Option<String>,
-    /// Replicas every state change must reach (Redis `WAIT`) before it is answered; 0 for none
-    /// [default: 0].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_REPLICAS")]
     pub redis_wait_replicas: Option<u32>,
-    /// How long a state change waits for those replicas before answering UNAVAILABLE
-    /// [default: 500].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_TIMEOUT_MS")]
     pub redis_wait_timeout_ms: Option<u64>,
-    /// When Redis lost its state: `off` refuses calls until an operator runs `rebuild`;
-    /// `rebuild` restores every account from the ledger automatically, once [default: off].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_STATE_RECOVERY", value_name = "off|rebuild")]
     pub redis_state_recovery: Option<String>,
-    /// Where events settle: `postgres://…` or `sqlite:…` [default: sqlite://credit-sidecar.db?mode=rwc].
-    /// Also read from DATABASE_URL.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// Most events per SQL transaction [default: 5000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
     pub settle_batch_max: Option<usize>,
-    /// Events another replica left unacknowledged this long are taken over [default: 30000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_CLAIM_IDLE_MS")]
     pub settle_claim_idle_ms: Option<u64>,
-    /// The embedded engine's outbox bound; beyond it state changes are refused [default: 100000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_OUTBOX_MEMORY_MAX")]
     pub outbox_memory_max: Option<usize>,
-    /// SQLite's `synchronous` setting: `normal` survives a crash of the sidecar, `full` also a
-    /// power loss [default: normal].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SQLITE_SYNCHRONOUS", value_name = "normal|full")]
     pub sqlite_synchronous: Option<String>,
-    /// How often overdue holds are expired and ended cycles renewed [default: 1000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
-    /// How often Redis and the database are checked for health [default: 1000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
-    /// The longest any call may take; a client's grpc-timeout may shorten it [default: 5000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_CALL_TIMEOUT_MAX_MS")]
     pub call_timeout_max_ms: Option<u64>,
-    /// Calls in flight at most; beyond it calls are refused at once [default: 1024].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_CONCURRENCY_MAX")]
     pub concurrency_max: Option<usize>,
-    /// The largest request message in bytes [default: 65536].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
-    /// The longest a request's body may take to arrive, before the call counts against
-    /// concurrency_max [default: 2000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_BODY_TIMEOUT_MS")]
     pub request_body_timeout_ms: Option<u64>,
-    /// A connection with no call in flight for this long is closed [default: 60000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_CONNECTION_IDLE_MAX_MS")]
     pub connection_idle_max_ms: Option<u64>,
-    /// How often an HTTP/2 PING checks that a connection's peer is alive [default: 20000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_HTTP2_KEEPALIVE_INTERVAL_MS")]
     pub http2_keepalive_interval_ms: Option<u64>,
-    /// A connection whose peer does not answer a PING within this long is closed [default: 10000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_HTTP2_KEEPALIVE_TIMEOUT_MS")]
     pub http2_keepalive_timeout_ms: Option<u64>,
-    /// Idle time before the kernel's TCP keepalive probes start [default: 60000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TCP_KEEPALIVE_MS")]
     pub tcp_keepalive_ms: Option<u64>,
-    /// A TOML file of bearer tokens and their scopes; re-read when it changes.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_TOKENS_FILE", value_name = "FILE")]
     pub auth_tokens_file: Option<PathBuf>,
-    /// How often the tokens file is checked for changes [default: 1000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_RELOAD_INTERVAL_MS")]
     pub auth_reload_interval_ms: Option<u64>,
-    /// Serve without authentication on a non-loopback address.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_DISABLED", num_args = 0..=1, default_missing_value = "true")]
     pub auth_disabled: Option<bool>,
-    /// PEM certificate chain; with tls_key_file, serve TLS.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_CERT_FILE", value_name = "FILE")]
     pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of tls_cert_file.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_KEY_FILE", value_name = "FILE")]
     pub tls_key_file: Option<PathBuf>,
-    /// PEM CA certificates; clients must present a certificate signed by one (mTLS).
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TLS_CLIENT_CA_FILE", value_name = "FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
-    /// After SIGTERM, keep serving this long while health says NOT_SERVING, so balancers stop
-    /// routing here before the listener closes [default: 0].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SHUTDOWN_DRAIN_MS")]
     pub shutdown_drain_ms: Option<u64>,
-    /// The longest a shutdown may take to finish calls and flush settlement [default: 10000].
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
     #[arg(skip)]
     pub categories: Option<BTreeSet<String>>,
     #[arg(skip)]
     pub price_book: Option<BTreeMap<String, i64>>,
-    /// TTL of a hold when the caller gives none.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_RESERVATION_TTL_DEFAULT_MS")]
     pub reservation_ttl_default_ms: Option<i64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_RESERVATION_TTL_MIN_MS")]
@@ -190,7 +154,6 @@ pub struct Settings {
     pub trial_credits_default: Option<i64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_TRIAL_DURATION_DEFAULT_MS")]
     pub trial_duration_default_ms: Option<i64>,
-    /// How long request ids and closed reservations are remembered.
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REQUEST_ID_RETENTION_MS")]
     pub request_id_retention_ms: Option<i64>,
 }
@@ -238,16 +201,16 @@ pub struct TlsConfig {
 // `Limits` belongs to the gate; its defaults live here, with every other setting's.
 impl Default for Limits {
     fn default() -> Self {
-        let ms = Duration::from_millis;
+        let ms = |setting: &Setting| Duration::from_millis(setting.default_number() as u64);
         Self {
-            call_timeout_max: ms(CALL_TIMEOUT_MAX_DEFAULT_MS),
-            concurrency_max: CONCURRENCY_MAX_DEFAULT,
-            request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
-            request_body_timeout: ms(REQUEST_BODY_TIMEOUT_DEFAULT_MS),
-            connection_idle_max: ms(CONNECTION_IDLE_MAX_DEFAULT_MS),
-            http2_keepalive_interval: ms(HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS),
-            http2_keepalive_timeout: ms(HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS),
-            tcp_keepalive: ms(TCP_KEEPALIVE_DEFAULT_MS),
+            call_timeout_max: ms(&settings::CALL_TIMEOUT_MAX_MS),
+            concurrency_max: settings::CONCURRENCY_MAX.default_number() as usize,
+            request_bytes_max: settings::REQUEST_BYTES_MAX.default_number() as usize,
+            request_body_timeout: ms(&settings::REQUEST_BODY_TIMEOUT_MS),
+            connection_idle_max: ms(&settings::CONNECTION_IDLE_MAX_MS),
+            http2_keepalive_interval: ms(&settings::HTTP2_KEEPALIVE_INTERVAL_MS),
+            http2_keepalive_timeout: ms(&settings::HTTP2_KEEPALIVE_TIMEOUT_MS),
+            tcp_keepalive: ms(&settings::TCP_KEEPALIVE_MS),
         }
     }
 }
@@ -277,27 +240,6 @@ pub struct Config {
     pub rules: Rules,
 }
 
-pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
-pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
-pub const SWEEP_INTERVAL_DEFAULT_MS: u64 = 1_000;
-pub const REDIS_TIMEOUT_DEFAULT_MS: u64 = 500;
-pub const REDIS_WAIT_TIMEOUT_DEFAULT_MS: u64 = 500;
-pub const DATABASE_URL_DEFAULT: &str = "sqlite://credit-sidecar.db?mode=rwc";
-pub const CALL_TIMEOUT_MAX_DEFAULT_MS: u64 = 5_000;
-pub const CONCURRENCY_MAX_DEFAULT: usize = 1_024;
-pub const REQUEST_BYTES_MAX_DEFAULT: usize = 64 * 1024;
-/// A request of at most `request_bytes_max` arrives in far less on any working link; a peer
-/// slower than this is more likely holding the server than calling it.
-pub const REQUEST_BODY_TIMEOUT_DEFAULT_MS: u64 = 2_000;
-/// Long enough that a caller between bursts keeps its connection, short enough that idle
-/// connections (of a crashed pool, or a hostile peer) do not pile up.
-pub const CONNECTION_IDLE_MAX_DEFAULT_MS: u64 = 60_000;
-/// Finds a peer that vanished without closing (a killed pod, a dropped NAT entry) within half a
-/// minute.
-pub const HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS: u64 = 20_000;
-pub const HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS: u64 = 10_000;
-pub const TCP_KEEPALIVE_DEFAULT_MS: u64 = 60_000;
-
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(String);
@@ -308,31 +250,81 @@ impl ConfigError {
     }
 }
 
+/// The command line: [`Args`], with each setting's help written from [`settings::SETTINGS`].
+pub fn command() -> clap::Command {
+    let mut command = <Args as clap::CommandFactory>::command();
+    for setting in &settings::SETTINGS {
+        if command.get_arguments().any(|arg| arg.get_id() == setting.name) {
+            command = command.mut_arg(setting.name, |arg| arg.help(setting.help()));
+        }
+    }
+    command
+}
+
+/// Parses the process's arguments (and `CREDIT_SIDECAR_*` variables); exits on bad ones.
+pub fn parse_args() -> Args {
+    let matches = command().get_matches();
+    <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
 impl Config {
     /// Flags over the environment over the file over defaults.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|error| ConfigError::new("config", format!("cannot read {}: {error}", path.display())))?;
-                parse_file(&text)?
-            }
-            None => Settings::default(),
-        };
-        let mut overlay = args.settings.clone();
-        // The conventional variables, below their CREDIT_SIDECAR_ forms (which clap has read).
-        for (name, slot) in [("REDIS_URL", &mut overlay.redis_url), ("DATABASE_URL", &mut overlay.database_url)] {
-            if slot.is_none() {
-                *slot = std::env::var(name).ok().filter(|value| !value.is_empty());
-            }
+        build(merged(args)?)
+    }
+
+    /// Checks the configuration as [`Config::load`] would, without reading the files it names
+    /// (tokens, TLS): they belong to the machine it will run on, so a configuration rendered
+    /// elsewhere (a Helm chart's) can be checked. Their settings are checked in every other way.
+    pub fn check(args: &Args) -> Result<(), ConfigError> {
+        let mut settings = merged(args)?;
+        if let (Some(path), Some(true)) = (&settings.auth_tokens_file, settings.auth_disabled) {
+            return Err(ConfigError::new(
+                "auth_disabled",
+                format!("contradicts auth_tokens_file = {}; set one of them", path.display()),
+            ));
         }
-        build(overlay_settings(file, overlay)?)
+        if settings.auth_tokens_file.take().is_some() {
+            settings.auth_disabled = Some(true);
+        }
+        match (&settings.tls_cert_file, &settings.tls_key_file, &settings.tls_client_ca_file) {
+            (Some(_), None, _) => return Err(ConfigError::new("tls_key_file", "is required with tls_cert_file")),
+            (None, Some(_), _) => return Err(ConfigError::new("tls_cert_file", "is required with tls_key_file")),
+            (None, None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls_client_ca_file",
+                    "needs tls_cert_file and tls_key_file (mTLS is TLS first)",
+                ));
+            }
+            _ => (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) = (None, None, None),
+        }
+        build(settings).map(|_| ())
     }
 
     /// A configuration from TOML text alone (defaults for what it leaves out).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         build(parse_file(text)?)
     }
+}
+
+/// The file's settings under the environment's and the flags'.
+fn merged(args: &Args) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| ConfigError::new("config", format!("cannot read {}: {error}", path.display())))?;
+            parse_file(&text)?
+        }
+        None => Settings::default(),
+    };
+    let mut overlay = args.settings.clone();
+    // The conventional variables, below their CREDIT_SIDECAR_ forms (which clap has read).
+    for (name, slot) in [("REDIS_URL", &mut overlay.redis_url), ("DATABASE_URL", &mut overlay.database_url)] {
+        if slot.is_none() {
+            *slot = std::env::var(name).ok().filter(|value| !value.is_empty());
+        }
+    }
+    overlay_settings(file, overlay)
 }
 
 fn parse_file(text: &str) -> Result<Settings, ConfigError> {
@@ -354,19 +346,6 @@ fn overlay_settings(under: Settings, over: Settings) -> Result<Settings, ConfigE
     serde_json::from_value(serde_json::Value::Object(merged)).map_err(|error| ConfigError::new("config", error))
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
-    setting: &str,
-    value: Option<T>,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, ConfigError> {
-    let value = value.unwrap_or(default);
-    if !range.contains(&value) {
-        return Err(ConfigError::new(setting, format!("must be in {}..={}, got {value}", range.start(), range.end())));
-    }
-    Ok(value)
-}
-
 fn address(setting: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse().map_err(|_| ConfigError::new(setting, format!("{text:?} is not an address like 127.0.0.1:50051")))
 }
@@ -374,27 +353,26 @@ fn address(setting: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 fn build(file: Settings) -> Result<Config, ConfigError> {
     let engine = engine(&file)?;
     let settle = settle(&file)?;
-    let listen = address("listen", file.listen.as_deref().unwrap_or(LISTEN_DEFAULT))?;
-    let metrics_listen = match file.metrics_listen.as_deref().unwrap_or(METRICS_LISTEN_DEFAULT) {
+    let listen = address("listen", settings::LISTEN.text(file.listen.as_deref()))?;
+    let metrics_listen = match settings::METRICS_LISTEN.text(file.metrics_listen.as_deref()) {
         "off" => None,
         text => Some(address("metrics_listen", text)?),
     };
-    let log_format = match file.log_format.as_deref().unwrap_or("text") {
+    let log_format = match settings::LOG_FORMAT.text(file.log_format.as_deref()) {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => return Err(ConfigError::new("log_format", format!("must be text or json, got {other:?}"))),
     };
-    let log_level = file.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    let log_level = settings::LOG_LEVEL.text(file.log_level.as_deref()).to_owned();
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|error| ConfigError::new("log_level", error))?;
     let limits = limits(&file)?;
     let auth = auth(&file, listen)?;
     let tls = tls(&file)?;
     let ms = Duration::from_millis;
-    let health_interval = ms(in_range("health_interval_ms", file.health_interval_ms, 1_000, 10..=60_000)?);
-    let shutdown_drain = ms(in_range("shutdown_drain_ms", file.shutdown_drain_ms, 0, 0..=600_000)?);
-    let shutdown_grace = ms(in_range("shutdown_grace_ms", file.shutdown_grace_ms, 10_000, 100..=600_000)?);
-    let sweep_interval =
-        ms(in_range("sweep_interval_ms", file.sweep_interval_ms, SWEEP_INTERVAL_DEFAULT_MS, 10..=60_000)?);
+    let health_interval = ms(settings::HEALTH_INTERVAL_MS.number(file.health_interval_ms)?);
+    let shutdown_drain = ms(settings::SHUTDOWN_DRAIN_MS.number(file.shutdown_drain_ms)?);
+    let shutdown_grace = ms(settings::SHUTDOWN_GRACE_MS.number(file.shutdown_grace_ms)?);
+    let sweep_interval = ms(settings::SWEEP_INTERVAL_MS.number(file.sweep_interval_ms)?);
     let defaults = Rules::default();
     let rules = Rules {
         categories: file.categories.unwrap_or(defaults.categories),
@@ -419,7 +397,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         auth,
         tls,
         health_interval,
-        redis_state_recovery: match file.redis_state_recovery.as_deref().unwrap_or("off") {
+        redis_state_recovery: match settings::REDIS_STATE_RECOVERY.text(file.redis_state_recovery.as_deref()) {
             "off" => false,
             "rebuild" => true,
             other => {
@@ -435,56 +413,22 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
 
 /// The bounds on every call and connection (see [`Limits`]).
 fn limits(file: &Settings) -> Result<Limits, ConfigError> {
+    let ms = |setting: &Setting, given| setting.number(given).map(Duration::from_millis);
     Ok(Limits {
-        call_timeout_max: Duration::from_millis(in_range(
-            "call_timeout_max_ms",
-            file.call_timeout_max_ms,
-            CALL_TIMEOUT_MAX_DEFAULT_MS,
-            10..=600_000,
-        )?),
-        concurrency_max: in_range("concurrency_max", file.concurrency_max, CONCURRENCY_MAX_DEFAULT, 1..=1_000_000)?,
-        request_bytes_max: in_range(
-            "request_bytes_max",
-            file.request_bytes_max,
-            REQUEST_BYTES_MAX_DEFAULT,
-            1_024..=16 * 1024 * 1024,
-        )?,
-        request_body_timeout: Duration::from_millis(in_range(
-            "request_body_timeout_ms",
-            file.request_body_timeout_ms,
-            REQUEST_BODY_TIMEOUT_DEFAULT_MS,
-            10..=600_000,
-        )?),
-        connection_idle_max: Duration::from_millis(in_range(
-            "connection_idle_max_ms",
-            file.connection_idle_max_ms,
-            CONNECTION_IDLE_MAX_DEFAULT_MS,
-            100..=86_400_000,
-        )?),
-        http2_keepalive_interval: Duration::from_millis(in_range(
-            "http2_keepalive_interval_ms",
-            file.http2_keepalive_interval_ms,
-            HTTP2_KEEPALIVE_INTERVAL_DEFAULT_MS,
-            100..=3_600_000,
-        )?),
-        http2_keepalive_timeout: Duration::from_millis(in_range(
-            "http2_keepalive_timeout_ms",
-            file.http2_keepalive_timeout_ms,
-            HTTP2_KEEPALIVE_TIMEOUT_DEFAULT_MS,
-            100..=600_000,
-        )?),
-        tcp_keepalive: Duration::from_millis(in_range(
-            "tcp_keepalive_ms",
-            file.tcp_keepalive_ms,
-            TCP_KEEPALIVE_DEFAULT_MS,
-            1_000..=7_200_000,
-        )?),
+        call_timeout_max: ms(&settings::CALL_TIMEOUT_MAX_MS, file.call_timeout_max_ms)?,
+        concurrency_max: settings::CONCURRENCY_MAX.number(file.concurrency_max)?,
+        request_bytes_max: settings::REQUEST_BYTES_MAX.number(file.request_bytes_max)?,
+        request_body_timeout: ms(&settings::REQUEST_BODY_TIMEOUT_MS, file.request_body_timeout_ms)?,
+        connection_idle_max: ms(&settings::CONNECTION_IDLE_MAX_MS, file.connection_idle_max_ms)?,
+        http2_keepalive_interval: ms(&settings::HTTP2_KEEPALIVE_INTERVAL_MS, file.http2_keepalive_interval_ms)?,
+        http2_keepalive_timeout: ms(&settings::HTTP2_KEEPALIVE_TIMEOUT_MS, file.http2_keepalive_timeout_ms)?,
+        tcp_keepalive: ms(&settings::TCP_KEEPALIVE_MS, file.tcp_keepalive_ms)?,
     })
 }
 
 /// Tokens when a file is given; otherwise off, but only on loopback or when asked for.
 fn auth(file: &Settings, listen: SocketAddr) -> Result<AuthConfig, ConfigError> {
-    let reload_ms = in_range("auth_reload_interval_ms", file.auth_reload_interval_ms, 1_000, 10..=3_600_000)?;
+    let reload_ms = settings::AUTH_RELOAD_INTERVAL_MS.number(file.auth_reload_interval_ms)?;
     let disabled = file.auth_disabled.unwrap_or(false);
     match &file.auth_tokens_file {
         Some(path) if disabled => Err(ConfigError::new(
@@ -542,21 +486,16 @@ fn tls(file: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
 }
 
 fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
-    let database_url = file.database_url.clone().unwrap_or_else(|| DATABASE_URL_DEFAULT.to_owned());
+    let database_url = settings::DATABASE_URL.text(file.database_url.as_deref()).to_owned();
     if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| database_url.starts_with(scheme)) {
         return Err(ConfigError::new("database_url", "must start with postgres://, postgresql:// or sqlite:"));
     }
     Ok(SettleConfig {
         database_url,
-        batch_max: in_range(
-            "settle_batch_max",
-            file.settle_batch_max,
-            crate::settle::settler::SETTLE_BATCH_MAX_DEFAULT,
-            1..=10_000,
-        )?,
-        claim_idle_ms: in_range("settle_claim_idle_ms", file.settle_claim_idle_ms, 30_000, 100..=3_600_000)?,
-        outbox_memory_max: in_range("outbox_memory_max", file.outbox_memory_max, 100_000, 1_000..=10_000_000)?,
-        sqlite_synchronous: match file.sqlite_synchronous.as_deref().unwrap_or("normal") {
+        batch_max: settings::SETTLE_BATCH_MAX.number(file.settle_batch_max)?,
+        claim_idle_ms: settings::SETTLE_CLAIM_IDLE_MS.number(file.settle_claim_idle_ms)?,
+        outbox_memory_max: settings::OUTBOX_MEMORY_MAX.number(file.outbox_memory_max)?,
+        sqlite_synchronous: match settings::SQLITE_SYNCHRONOUS.text(file.sqlite_synchronous.as_deref()) {
             "normal" => SqliteSynchronous::Normal,
             "full" => SqliteSynchronous::Full,
             other => {
@@ -579,16 +518,15 @@ fn engine(file: &Settings) -> Result<EngineConfig, ConfigError> {
         redis::parse_redis_url(url)
             .ok_or_else(|| ConfigError::new("redis_url", format!("{url:?} is not a redis:// or rediss:// URL")))?;
     }
-    let shards = in_range("redis_shards", file.redis_shards, SHARDS_DEFAULT, 1..=SHARDS_MAX)?;
-    let timeout_ms = in_range("redis_timeout_ms", file.redis_timeout_ms, REDIS_TIMEOUT_DEFAULT_MS, 10..=60_000)?;
+    let shards = settings::REDIS_SHARDS.number(file.redis_shards)?;
+    let timeout_ms = settings::REDIS_TIMEOUT_MS.number(file.redis_timeout_ms)?;
     let key_prefix = file.redis_key_prefix.clone().unwrap_or_default();
     if key_prefix.len() > 64 || key_prefix.contains(['{', '}']) {
         return Err(ConfigError::new("redis_key_prefix", "at most 64 bytes, without braces"));
     }
     let timeout = Duration::from_millis(timeout_ms);
-    let replicas = in_range("redis_wait_replicas", file.redis_wait_replicas, 0, 0..=16)?;
-    let wait_ms =
-        in_range("redis_wait_timeout_ms", file.redis_wait_timeout_ms, REDIS_WAIT_TIMEOUT_DEFAULT_MS, 1..=60_000)?;
+    let replicas = settings::REDIS_WAIT_REPLICAS.number(file.redis_wait_replicas)?;
+    let wait_ms = settings::REDIS_WAIT_TIMEOUT_MS.number(file.redis_wait_timeout_ms)?;
     if replicas > 0 && cluster {
         return Err(ConfigError::new(
             "redis_wait_replicas",
@@ -605,7 +543,7 @@ mod tests {
     #[test]
     fn defaults_serve_on_loopback() {
         let config = Config::from_toml("").unwrap();
-        assert_eq!(config.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(config.listen.to_string(), settings::LISTEN.text(None));
         assert_eq!(config.rules, Rules::default());
     }
 
@@ -718,7 +656,10 @@ mod tests {
         assert!(matches!(Config::from_toml("").unwrap().engine, EngineConfig::Embedded));
         let config = Config::from_toml("redis_url = \"redis://127.0.0.1:6379/\"").unwrap();
         let EngineConfig::Redis(settings) = config.engine else { panic!("expected redis") };
-        assert_eq!((settings.shards, settings.cluster, settings.urls.len()), (SHARDS_DEFAULT, false, 1));
+        assert_eq!(
+            (settings.shards, settings.cluster, settings.urls.len()),
+            (crate::engine::redis::SHARDS_DEFAULT, false, 1)
+        );
         let cluster = "redis_url = \"redis://a:1, redis://b:2\"\nredis_cluster = true";
         let EngineConfig::Redis(settings) = Config::from_toml(cluster).unwrap().engine else { panic!() };
         assert_eq!(settings.urls, vec!["redis://a:1".to_owned(), "redis://b:2".to_owned()]);
