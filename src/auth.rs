@@ -65,9 +65,9 @@ pub struct TokenSet {
     source: [u8; 32],
 }
 
-/// Why a presented token was refused.
+/// Why a presented token was not accepted (the gate answers with `api::Refusal`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Rejected {
     /// No token, or one that is not in the file: UNAUTHENTICATED.
     Unknown,
     /// A known token without the scope the service needs: PERMISSION_DENIED.
@@ -142,7 +142,7 @@ impl TokenSet {
     }
 
     /// The caller a presented bearer token belongs to, if it has `scope`.
-    pub fn authenticate(&self, presented: &str, scope: Scope) -> Result<Caller, Refusal> {
+    pub fn authenticate(&self, presented: &str, scope: Scope) -> Result<Caller, Rejected> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for token in &self.tokens {
@@ -150,9 +150,9 @@ impl TokenSet {
                 found = Some(token);
             }
         }
-        let token = found.ok_or(Refusal::Unknown)?;
+        let token = found.ok_or(Rejected::Unknown)?;
         if !token.scopes.contains(&scope) {
-            return Err(Refusal::MissingScope { caller: token.caller.name.clone(), scope });
+            return Err(Rejected::MissingScope { caller: token.caller.name.clone(), scope });
         }
         Ok(token.caller.clone())
     }
@@ -273,12 +273,12 @@ mod tests {
         assert!(dialer.may_touch("acme") && !dialer.may_touch("globex"));
         assert_eq!(
             set.authenticate("dialer-token-0123456789", Scope::Admin),
-            Err(Refusal::MissingScope { caller: "dialer".into(), scope: Scope::Admin })
+            Err(Rejected::MissingScope { caller: "dialer".into(), scope: Scope::Admin })
         );
         let ops = set.authenticate("ops-token-0123456789", Scope::Admin).unwrap();
         assert!(ops.may_touch("globex"));
-        assert_eq!(set.authenticate("nobody-0123456789", Scope::Authorize), Err(Refusal::Unknown));
-        assert_eq!(set.authenticate("", Scope::Authorize), Err(Refusal::Unknown));
+        assert_eq!(set.authenticate("nobody-0123456789", Scope::Authorize), Err(Rejected::Unknown));
+        assert_eq!(set.authenticate("", Scope::Authorize), Err(Rejected::Unknown));
     }
 
     #[test]

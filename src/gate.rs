@@ -35,8 +35,8 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::api::{Deadline, Observed, record_unobserved};
-use crate::auth::{Refusal, Scope, Tokens};
+use crate::api::{Deadline, Observed, Refusal, record_unobserved};
+use crate::auth::{Rejected, Scope, Tokens};
 use crate::connection::{CallGuard, ConnectionInfo};
 use crate::telemetry;
 
@@ -173,10 +173,9 @@ impl Drop for InFlight {
     }
 }
 
-fn refuse(status: Status, reason: &'static str) -> http::Response<Body> {
-    metrics::counter!(telemetry::REFUSALS, "reason" => reason).increment(1);
-    tracing::debug!(reason, message = status.message(), "call refused");
-    status.into_http()
+/// Counts the refusal and answers it.
+fn refuse(refusal: Refusal) -> http::Response<Body> {
+    refusal.status().into_http()
 }
 
 impl<S> Service<http::Request<Body>> for Gate<S>
@@ -269,18 +268,11 @@ async fn arrive(
     };
     match tokio::time::timeout_at(body_deadline, buffer).await {
         Ok(Ok(body)) => Ok(http::Request::from_parts(parts, Body::new(body))),
-        Ok(Err(status)) => Err(refuse(Status::cancelled(format!("request: {}", status.message())), "request_broken")),
-        Err(_) if body_deadline < deadline => Err(refuse(
-            Status::deadline_exceeded(format!(
-                "request_body_timeout_ms: the request did not arrive within {} ms",
-                limits.request_body_timeout.as_millis()
-            )),
-            "request_body_timeout",
-        )),
-        Err(_) => Err(refuse(
-            Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
-            "deadline_exceeded",
-        )),
+        Ok(Err(status)) => Err(refuse(Refusal::RequestBroken(status.message().to_owned()))),
+        Err(_) if body_deadline < deadline => {
+            Err(refuse(Refusal::RequestTooSlow { timeout: limits.request_body_timeout }))
+        }
+        Err(_) => Err(refuse(Refusal::DeadlineExceeded { timeout })),
     }
 }
 
@@ -295,11 +287,7 @@ fn admit(
     mut request: http::Request<Body>,
 ) -> Result<(http::Request<Body>, OwnedSemaphorePermit), Box<http::Response<Body>>> {
     let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
-        let status = Status::resource_exhausted(format!(
-            "overloaded: {} calls in flight (concurrency_max); retry with backoff",
-            layer.limits.concurrency_max
-        ));
-        return Err(Box::new(refuse(status, "overloaded")));
+        return Err(Box::new(refuse(Refusal::Overloaded { concurrency_max: layer.limits.concurrency_max })));
     };
     if let Some(tokens) = &layer.tokens {
         let presented = request
@@ -310,25 +298,13 @@ fn admit(
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token);
         let caller = match presented {
-            None => Err(refuse(
-                Status::unauthenticated("authorization: expected the metadata `authorization: Bearer <token>`"),
-                "unauthenticated",
-            )),
-            Some(token) => match tokens.current().authenticate(token.trim(), scope) {
-                Ok(caller) => Ok(caller),
-                Err(Refusal::Unknown) => {
-                    Err(refuse(Status::unauthenticated("authorization: unknown bearer token"), "unauthenticated"))
-                }
-                Err(Refusal::MissingScope { caller, scope }) => Err(refuse(
-                    Status::permission_denied(format!(
-                        "authorization: token {caller:?} lacks the scope {}",
-                        scope_name(scope)
-                    )),
-                    "permission_denied",
-                )),
-            },
+            None => Err(Refusal::NoToken),
+            Some(token) => tokens.current().authenticate(token.trim(), scope).map_err(|rejected| match rejected {
+                Rejected::Unknown => Refusal::UnknownToken,
+                Rejected::MissingScope { caller, scope } => Refusal::MissingScope { caller, scope: scope_name(scope) },
+            }),
         }
-        .map_err(Box::new)?;
+        .map_err(|refusal| Box::new(refuse(refusal)))?;
         request.extensions_mut().insert(caller);
     }
     Ok((request, permit))
@@ -367,15 +343,12 @@ where
             }
             if code == Some(tonic::Code::OutOfRange) {
                 // tonic's answer to a message over request_bytes_max.
-                metrics::counter!(telemetry::REFUSALS, "reason" => "request_too_large").increment(1);
+                Refusal::RequestTooLarge.count();
             }
             Ok(response)
         }
         Ok(Err(error)) => Err(error),
-        Err(_) => Ok(refuse(
-            Status::deadline_exceeded(format!("no answer within {} ms", timeout.as_millis())),
-            "deadline_exceeded",
-        )),
+        Err(_) => Ok(refuse(Refusal::DeadlineExceeded { timeout })),
     }
 }
 

@@ -8,11 +8,13 @@ mod authorizer;
 pub mod codec;
 mod convert;
 mod observe;
+mod refusal;
 mod status;
 
 pub use admin::AdminService;
 pub use authorizer::AuthorizerService;
 pub use observe::{Deadline, Observed, record_unobserved};
+pub use refusal::Refusal;
 
 /// Generated messages and service stubs of `credits.v1`.
 #[allow(clippy::too_many_lines)] // generated: the line budget is for code written here

@@ -12,8 +12,8 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use super::pb;
+use super::refusal::Refusal;
 use crate::auth::Caller;
-use crate::ledger::echo;
 use crate::telemetry;
 
 /// When a call must be answered by: set by the gate from `grpc-timeout`, read here.
@@ -151,14 +151,9 @@ where
     let span = tracing::info_span!("call", rpc, account, request_id = message.request_id());
     async move {
         if let Some(caller) = caller.filter(|caller| !caller.may_touch(&account)) {
-            metrics::counter!(telemetry::REFUSALS, "reason" => "permission_denied").increment(1);
-            let status = Status::permission_denied(format!(
-                "account_id: token {:?} may not touch account {}",
-                caller.name,
-                echo(&account)
-            ));
-            record(rpc, "permission_denied", started);
-            return Err(status);
+            let refusal = Refusal::AccountNotAllowed { caller: caller.name.clone(), account };
+            record(rpc, code_label(refusal.code()), started);
+            return Err(refusal.status());
         }
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout(deadline.budget(), handler(request)).await {

@@ -6,14 +6,14 @@
 use tonic::{Code, Status};
 
 use crate::engine::Error;
-use crate::ledger::Error as Refusal;
+use crate::ledger::Error as LedgerError;
 
 pub fn to_status(error: Error) -> Status {
     let code = match &error {
-        Error::Ledger(Refusal::InvalidArgument { .. }) => Code::InvalidArgument,
-        Error::Ledger(Refusal::AccountNotFound(_)) => Code::NotFound,
-        Error::Ledger(Refusal::ReservationNotFound(_)) => Code::NotFound,
-        Error::Ledger(Refusal::RequestIdReused(_)) => Code::AlreadyExists,
+        Error::Ledger(LedgerError::InvalidArgument { .. }) => Code::InvalidArgument,
+        Error::Ledger(LedgerError::AccountNotFound(_)) => Code::NotFound,
+        Error::Ledger(LedgerError::ReservationNotFound(_)) => Code::NotFound,
+        Error::Ledger(LedgerError::RequestIdReused(_)) => Code::AlreadyExists,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
         Error::NotConfigured(_) => Code::FailedPrecondition,
@@ -44,6 +44,6 @@ impl From<Error> for Status {
 }
 
 /// Input refused during conversion, before any engine call.
-pub fn invalid(error: Refusal) -> Status {
+pub fn invalid(error: LedgerError) -> Status {
     to_status(Error::Ledger(error))
 }

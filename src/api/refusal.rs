@@ -1,0 +1,121 @@
+//! Every call the server refuses before the engine decides anything — at the gate (arrival,
+//! deadline, admission, tokens) or at the API's account check — as one type that owns the
+//! refusal's gRPC code, the reason it is counted under (`credit_sidecar_refusals_total{reason}`)
+//! and its message. The engine's own errors become statuses in `status.rs`; declines are answers.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::ledger::echo;
+use crate::telemetry;
+
+/// Why a call was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request body failed while arriving (the peer reset the stream, say).
+    RequestBroken(String),
+    /// The body did not arrive within `request_body_timeout_ms`.
+    RequestTooSlow {
+        timeout: Duration,
+    },
+    /// A message over `request_bytes_max`: tonic refuses it (OUT_OF_RANGE); counted here.
+    RequestTooLarge,
+    /// No answer within the call's deadline.
+    DeadlineExceeded {
+        timeout: Duration,
+    },
+    /// `concurrency_max` calls are in flight.
+    Overloaded {
+        concurrency_max: usize,
+    },
+    /// Tokens are configured and the call carries no bearer token.
+    NoToken,
+    UnknownToken,
+    /// The token lacks the service's scope.
+    MissingScope {
+        caller: String,
+        scope: &'static str,
+    },
+    /// The token may not touch the account the call names.
+    AccountNotAllowed {
+        caller: String,
+        account: String,
+    },
+}
+
+impl Refusal {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::RequestBroken(_) => Code::Cancelled,
+            Self::RequestTooSlow { .. } | Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::RequestTooLarge => Code::OutOfRange,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::NoToken | Self::UnknownToken => Code::Unauthenticated,
+            Self::MissingScope { .. } | Self::AccountNotAllowed { .. } => Code::PermissionDenied,
+        }
+    }
+
+    /// The `reason` label of the refusals metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RequestBroken(_) => "request_broken",
+            Self::RequestTooSlow { .. } => "request_body_timeout",
+            Self::RequestTooLarge => "request_too_large",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
+            Self::Overloaded { .. } => "overloaded",
+            Self::NoToken | Self::UnknownToken => "unauthenticated",
+            Self::MissingScope { .. } | Self::AccountNotAllowed { .. } => "permission_denied",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::RequestBroken(why) => format!("request: {why}"),
+            Self::RequestTooSlow { timeout } => {
+                format!("request_body_timeout_ms: the request did not arrive within {} ms", timeout.as_millis())
+            }
+            Self::RequestTooLarge => "request_bytes_max: the request message is too large".to_owned(),
+            Self::DeadlineExceeded { timeout } => format!("no answer within {} ms", timeout.as_millis()),
+            Self::Overloaded { concurrency_max } => {
+                format!("overloaded: {concurrency_max} calls in flight (concurrency_max); retry with backoff")
+            }
+            Self::NoToken => "authorization: expected the metadata `authorization: Bearer <token>`".to_owned(),
+            Self::UnknownToken => "authorization: unknown bearer token".to_owned(),
+            Self::MissingScope { caller, scope } => format!("authorization: token {caller:?} lacks the scope {scope}"),
+            Self::AccountNotAllowed { caller, account } => {
+                format!("account_id: token {caller:?} may not touch account {}", echo(account))
+            }
+        }
+    }
+
+    /// Counts the refusal (metric and debug log) without answering: for refusals another layer
+    /// answers (tonic, for a message that is too large).
+    pub fn count(&self) {
+        metrics::counter!(telemetry::REFUSALS, "reason" => self.reason()).increment(1);
+        tracing::debug!(reason = self.reason(), message = self.message(), "call refused");
+    }
+
+    /// Counts the refusal and makes its status.
+    pub fn status(self) -> Status {
+        self.count();
+        Status::new(self.code(), self.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_names_its_setting_or_scope() {
+        let slow = Refusal::RequestTooSlow { timeout: Duration::from_millis(500) };
+        assert_eq!((slow.code(), slow.reason()), (Code::DeadlineExceeded, "request_body_timeout"));
+        assert!(slow.message().starts_with("request_body_timeout_ms: "));
+        let overloaded = Refusal::Overloaded { concurrency_max: 4 };
+        assert_eq!(overloaded.code(), Code::ResourceExhausted);
+        assert!(overloaded.message().contains("4 calls in flight (concurrency_max)"));
+        let account = Refusal::AccountNotAllowed { caller: "ci".into(), account: "x".repeat(10_000) };
+        assert!(account.message().len() < 200, "a caller's value is echoed as a short prefix");
+    }
+}
