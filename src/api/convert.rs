@@ -1,15 +1,14 @@
-//! Protobuf ⇄ ledger. Requests become validated commands (bad input is refused here, naming
-//! the field, before any engine sees it); answers become responses.
+//! Protobuf → ledger: requests become validated commands (bad input is refused here, naming the
+//! field, before any engine sees it). The way back is `respond`.
 
 use std::collections::HashMap;
 
 use super::pb;
 use crate::ledger::command::{self, Plan};
-use crate::ledger::cycle::Cycle;
+use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{
-    AccountId, BusinessKey, CostInput, Decision, Decline, DeclineReason, Error, Labels, LotKind, LotView, Period,
-    RequestId, ReservationId, ReservationState, ReservationView, Rules, Scope, Totals, UserId, UserView, check_amount,
-    check_instant,
+    AccountId, BusinessKey, CostInput, Error, Labels, LotKind, Period, RequestId, ReservationId, ReservationState,
+    Rules, UserId, check_amount, check_instant,
 };
 
 type Result<T> = std::result::Result<T, Error>;
@@ -178,176 +177,62 @@ pub fn state_filter(value: i32) -> Result<Option<ReservationState>> {
     }
 }
 
-// ---- answers -------------------------------------------------------------------------------
-
-fn outcome_of(reason: DeclineReason) -> pb::Outcome {
-    match reason {
-        DeclineReason::InsufficientCredit => pb::Outcome::InsufficientCredit,
-        DeclineReason::UserLimitReached => pb::Outcome::UserLimitReached,
-        DeclineReason::ReservationExpired => pb::Outcome::ReservationExpired,
-        DeclineReason::ReservationClosed => pb::Outcome::ReservationClosed,
-        DeclineReason::ExceedsHold => pb::Outcome::ExceedsHold,
-        DeclineReason::TrialAlreadyUsed => pb::Outcome::TrialAlreadyUsed,
-    }
+/// What a ListReservations request asks for, validated.
+pub struct ListQuery {
+    pub account: AccountId,
+    pub state: Option<ReservationState>,
+    pub page_size: usize,
+    /// The page starts below this reservation (from the previous page's token).
+    pub before: Option<u64>,
+    /// From the durable ledger rather than the engine.
+    pub settled: bool,
 }
 
-/// The outcome of a decision and, for a decline, its figures.
-pub fn outcome<T>(decision: &Decision<T>) -> (i32, Option<pb::Decline>) {
-    match decision {
-        Decision::Done(_) => (pb::Outcome::Ok as i32, None),
-        Decision::Declined(decline) => (outcome_of(decline.reason) as i32, Some(self::decline(decline))),
-    }
-}
-
-pub fn quote_outcome(reason: Option<DeclineReason>) -> i32 {
-    reason.map_or(pb::Outcome::Ok, outcome_of) as i32
-}
-
-fn decline(decline: &Decline) -> pb::Decline {
-    let scope = match decline.reason.scope() {
-        Scope::Account => pb::Scope::Account,
-        Scope::User => pb::Scope::User,
-        Scope::Reservation => pb::Scope::Reservation,
+pub fn list_query(request: pb::ListReservationsRequest) -> Result<ListQuery> {
+    let page_size = match request.page_size as usize {
+        0 => LIST_PAGE_DEFAULT,
+        size if size <= LIST_PAGE_MAX => size,
+        _ => return Err(Error::invalid("page_size", format!("must be at most {LIST_PAGE_MAX}"))),
     };
-    pb::Decline {
-        scope: scope as i32,
-        requested: decline.requested,
-        available: decline.available,
-        user_remaining: decline.user_remaining,
-        held: decline.held,
-        reservation_state: decline.reservation_state.map_or(0, |state| self::state(state) as i32),
-        message: decline.message(),
-        scope_id: decline.scope_id(),
-    }
-}
-
-pub fn state(state: ReservationState) -> pb::ReservationState {
-    match state {
-        ReservationState::Held => pb::ReservationState::Held,
-        ReservationState::Committed => pb::ReservationState::Committed,
-        ReservationState::Released => pb::ReservationState::Released,
-        ReservationState::Expired => pb::ReservationState::Expired,
-    }
-}
-
-pub fn reservation(view: ReservationView) -> pb::Reservation {
-    pb::Reservation {
-        reservation_id: view.id.to_string(),
-        account_id: view.id.account.to_string(),
-        user_id: view.user,
-        category: view.category,
-        state: state(view.state) as i32,
-        reserved: view.reserved,
-        committed: view.committed,
-        held: view.held,
-        returned: view.returned,
-        commit_count: view.commit_count,
-        created_unix_ms: view.created_ms,
-        deadline_unix_ms: view.deadline_ms,
-        closed_unix_ms: view.closed_ms.unwrap_or(0),
-        labels: view.labels.into_iter().collect(),
-    }
-}
-
-pub fn totals(totals: Totals) -> pb::Totals {
-    pb::Totals {
-        granted: totals.granted,
-        available: totals.available,
-        held: totals.held,
-        spent: totals.spent,
-        expired: totals.expired,
-    }
-}
-
-pub fn cycle(cycle: Cycle) -> pb::Cycle {
-    pb::Cycle { start_unix_ms: cycle.start_ms, end_unix_ms: cycle.end_ms }
-}
-
-pub fn lot(lot: LotView) -> pb::Lot {
-    let kind = match lot.kind {
-        LotKind::Plan => pb::LotKind::Plan,
-        LotKind::Addon => pb::LotKind::Addon,
-        LotKind::Trial => pb::LotKind::Trial,
-        LotKind::Promo => pb::LotKind::Promo,
-        LotKind::Adjustment => pb::LotKind::Adjustment,
+    let before = match request.page_token.as_str() {
+        "" => None,
+        token => {
+            Some(token.parse::<u64>().map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?)
+        }
     };
-    pb::Lot {
-        lot_id: lot.id,
-        kind: kind as i32,
-        granted: lot.granted,
-        remaining: lot.remaining,
-        granted_unix_ms: lot.granted_ms,
-        expires_unix_ms: lot.expires_ms,
-    }
+    Ok(ListQuery {
+        account: AccountId::parse(&request.account_id)?,
+        state: state_filter(request.state)?,
+        page_size,
+        before,
+        settled: request.settled,
+    })
 }
 
-pub fn user_limit(view: UserView) -> pb::UserLimit {
-    pb::UserLimit { user_id: view.user, limit: view.limit, used: view.used, remaining: view.remaining }
+/// What a GetUsage request asks for, validated.
+pub struct UsageQuery {
+    pub account: AccountId,
+    /// One cycle (by its start), or every cycle.
+    pub cycle: Option<i64>,
+    /// A reservation of the account whose line items to list.
+    pub reservation: Option<ReservationId>,
 }
 
-pub fn plan(plan: Plan) -> pb::Plan {
-    let period = match plan.period {
-        Period::Monthly => pb::Period::Monthly,
-        Period::Quarterly => pb::Period::Quarterly,
-        Period::Semiannual => pb::Period::Semiannual,
-        Period::Annual => pb::Period::Annual,
+pub fn usage_query(request: pb::GetUsageRequest) -> Result<UsageQuery> {
+    let account = AccountId::parse(&request.account_id)?;
+    let cycle = match request.cycle_start_unix_ms {
+        0 => None,
+        at => Some(check_instant("cycle_start_unix_ms", at)?),
     };
-    pb::Plan {
-        period: period as i32,
-        anchor_unix_ms: plan.anchor_ms,
-        plan_credits: plan.plan_credits,
-        addon_credits: plan.addon_credits,
-    }
-}
-
-pub fn settled_reservation(account: &AccountId, row: crate::settle::store::SettledReservation) -> pb::Reservation {
-    let state = crate::ledger::wire::state(&row.state).map_or(pb::ReservationState::Unspecified, state);
-    let held = if row.closed_ms.is_some() { 0 } else { row.reserved - row.committed - row.returned };
-    pb::Reservation {
-        reservation_id: ReservationId { account: account.clone(), seq: row.seq }.to_string(),
-        account_id: account.to_string(),
-        user_id: row.user,
-        category: row.category,
-        state: state as i32,
-        reserved: row.reserved,
-        committed: row.committed,
-        held,
-        returned: row.returned,
-        commit_count: row.commit_count,
-        created_unix_ms: row.created_ms,
-        deadline_unix_ms: row.deadline_ms,
-        closed_unix_ms: row.closed_ms.unwrap_or(0),
-        labels: row.labels.into_iter().collect(),
-    }
-}
-
-pub fn usage(
-    rows: Vec<crate::settle::store::UsageRow>,
-    line_items: Vec<crate::settle::store::LineItem>,
-) -> pb::GetUsageResponse {
-    let mut response = pb::GetUsageResponse::default();
-    for row in rows {
-        response.spent += row.spent;
-        *response.spent_by_category.entry(row.category.clone()).or_default() += row.spent;
-        *response.spent_by_user.entry(row.user.clone()).or_default() += row.spent;
-        response.totals.push(pb::UsageTotal {
-            cycle_start_unix_ms: row.cycle_start_ms,
-            user_id: row.user,
-            category: row.category,
-            spent: row.spent,
-            commits: row.commits,
-        });
-    }
-    response.line_items = line_items
-        .into_iter()
-        .map(|item| pb::LineItem {
-            at_unix_ms: item.at_ms,
-            amount: item.amount,
-            business_key: item.business_key.unwrap_or_default(),
-            already_charged: item.already_charged,
-            labels: item.labels.into_iter().collect(),
-            request_id: item.request_id.unwrap_or_default(),
-        })
-        .collect();
-    response
+    let reservation = match request.reservation_id.as_str() {
+        "" => None,
+        id => {
+            let id = ReservationId::parse(id)?;
+            if id.account != account {
+                return Err(Error::invalid("reservation_id", "belongs to another account"));
+            }
+            Some(id)
+        }
+    };
+    Ok(UsageQuery { account, cycle, reservation })
 }

@@ -1,6 +1,7 @@
-//! gRPC: the only code that names generated protobuf types. Requests are converted to validated
-//! ledger commands (`convert`), executed by the engine, and answers converted back; every error
-//! becomes a status in one place (`status`). A message that does not decode is the caller's bad
+//! gRPC: the only code that names generated protobuf types. Each handler is three steps: the
+//! request becomes a validated ledger command (`convert`), the engine executes it, and its answer
+//! becomes the response (`respond`). Engine errors become statuses in one place (`status`), every
+//! refusal before the engine is a [`Refusal`]; a message that does not decode is the caller's bad
 //! input (`codec`); every call is counted once (`observe`).
 
 mod admin;
@@ -9,6 +10,7 @@ pub mod codec;
 mod convert;
 mod observe;
 mod refusal;
+mod respond;
 mod status;
 
 pub use admin::AdminService;
