@@ -282,10 +282,11 @@ mod embedded {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
+    use credit_sidecar::engine::MemoryOutbox;
     use credit_sidecar::engine::{Engine, Error};
     use credit_sidecar::ledger::command::{Plan, Reserve, SetPlan};
     use credit_sidecar::ledger::{AccountId, Labels, Ledger, Period, RequestId, Rules, SystemClock, UserId};
-    use credit_sidecar::settle::outbox::MemoryOutbox;
+    use credit_sidecar::server::{SettleSetup, spawn_settler};
     use credit_sidecar::settle::settler::SettleOptions;
     use credit_sidecar::settle::store::Store;
     use tokio::sync::watch;
@@ -305,8 +306,13 @@ mod embedded {
         let options = SettleOptions { batch_max: batch, ..SettleOptions::default() };
         let (stop, stopped) = watch::channel(());
         let grace = Duration::from_secs(60);
-        let (settling, stats) =
-            engine.spawn_settler(store.clone(), options, String::new(), grace, stopped, grace).await?;
+        let (settling, stats) = spawn_settler(
+            &engine,
+            &SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: grace },
+            stopped,
+            grace,
+        )
+        .await?;
         let counter = Arc::new(AtomicU64::new(0));
         for index in 0..ACCOUNTS {
             let plan =

@@ -8,10 +8,9 @@ use credit_sidecar::auth::Tokens;
 use credit_sidecar::config::{AuthConfig, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
-use credit_sidecar::ledger::{AccountId, Ledger, SystemClock};
+use credit_sidecar::ledger::{AccountId, SystemClock};
 use credit_sidecar::maintenance;
 use credit_sidecar::server::{AuthSetup, HttpSetup, ServeOptions, SettleSetup, serve};
-use credit_sidecar::settle::outbox::MemoryOutbox;
 use credit_sidecar::settle::settler::SettleOptions;
 use credit_sidecar::settle::store::Store;
 use credit_sidecar::telemetry;
@@ -117,16 +116,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(database = ?store.backend(), "settling events into the database");
     let engine = match &config.engine {
         EngineConfig::Embedded => {
-            // The embedded engine's state is what it kept in SQL: restore it before serving.
-            let kept = store.durable_state().await?;
-            let (snapshots, events, answers) = (kept.snapshots.len(), kept.events.len(), kept.answers.len());
-            let ledger = Ledger::restore_durable(config.rules.request_id_retention_ms, kept)?;
-            tracing::info!(snapshots, events, answers, "embedded engine restored from the database");
-            let outbox = Arc::new(MemoryOutbox::new(config.settle.outbox_memory_max));
-            let engine = Engine::embedded_with(config.rules.clone(), Arc::new(SystemClock), ledger, Some(outbox));
-            // What passed while it was down: holds past their deadline, cycles that ended.
-            engine.sweep().await?;
-            engine
+            let (rules, outbox_max) = (config.rules.clone(), config.settle.outbox_memory_max);
+            Engine::restore_embedded(rules, Arc::new(SystemClock), &store, outbox_max).await?
         }
         EngineConfig::Redis(settings) => {
             let retention = config.rules.request_id_retention_ms;

@@ -24,9 +24,11 @@ use crate::auth::{Tokens, watch_tokens};
 use crate::config::{TlsConfig, settings};
 use crate::connection::Watched;
 use crate::engine::Engine;
+use crate::engine::redis::outbox::RedisOutbox;
 use crate::gate::{GateLayer, Limits};
 use crate::health::{Health, watch_dependencies};
-use crate::settle::settler::{SettleOptions, SettleStats};
+use crate::settle::outbox::Outbox;
+use crate::settle::settler::{SettleOptions, SettleStats, Settler};
 use crate::settle::store::Store;
 
 #[derive(Clone)]
@@ -143,7 +145,7 @@ pub async fn serve(
     }
     let (stop_settler, settler_stopped) = watch::channel(());
     let settler = match &options.settle {
-        Some(setup) => Some(start_settler(&engine, setup, settler_stopped, options.shutdown_grace).await?),
+        Some(setup) => Some(spawn_settler(&engine, setup, settler_stopped, options.shutdown_grace).await?),
         None => None,
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -298,15 +300,33 @@ fn tls_config(tls: &TlsConfig) -> ServerTlsConfig {
     config
 }
 
-async fn start_settler(
+/// Starts settling `engine`'s outbox into `setup.store` until `stopped` fires, then flushes
+/// (bounded by `grace`); the task returns whether the flush emptied the outbox in time. On Redis
+/// the settler joins the consumer group as `setup.consumer`.
+pub async fn spawn_settler(
     engine: &Engine,
     setup: &SettleSetup,
     stopped: watch::Receiver<()>,
     grace: Duration,
-) -> Result<(tokio::task::JoinHandle<bool>, Arc<SettleStats>), ServeError> {
-    let store = setup.store.clone();
-    let consumer = setup.consumer.clone();
-    Ok(engine.spawn_settler(store, setup.options, consumer, setup.claim_idle, stopped, grace).await?)
+) -> Result<(tokio::task::JoinHandle<bool>, Arc<SettleStats>), crate::engine::Error> {
+    fn start<O: Outbox>(
+        outbox: Arc<O>,
+        setup: &SettleSetup,
+        stopped: watch::Receiver<()>,
+        grace: Duration,
+    ) -> (tokio::task::JoinHandle<bool>, Arc<SettleStats>) {
+        let settler = Settler::new(outbox, setup.store.clone(), setup.options);
+        let stats = settler.stats();
+        (tokio::spawn(settler.run(stopped, grace)), stats)
+    }
+    if let Some(redis) = engine.redis_engine() {
+        let outbox = RedisOutbox::join(redis, setup.consumer.clone(), setup.claim_idle).await?;
+        return Ok(start(Arc::new(outbox), setup, stopped, grace));
+    }
+    match engine.memory_outbox() {
+        Some(outbox) => Ok(start(outbox, setup, stopped, grace)),
+        None => Err(crate::engine::Error::Unavailable("this embedded engine keeps no outbox".into())),
+    }
 }
 
 /// The opt-in automatic recovery: every `interval`, if Redis lost its state, restores it from

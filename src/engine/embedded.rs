@@ -12,8 +12,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use super::memory_outbox::MemoryOutbox;
+use super::memory_outbox::Ticket;
 use crate::ledger::{AccountId, Clock, Error, Ledger, Millis};
-use crate::settle::outbox::{MemoryOutbox, Records, Ticket};
+use crate::settle::outbox::Records;
 
 /// Events of an account between two snapshots of it: a restart replays at most this many per
 /// account. A snapshot copies the whole account, so a smaller number costs more SQL writes on

@@ -6,6 +6,7 @@
 //! returns the same answers; a backend failure is [`Error::Unavailable`], never a guess.
 
 mod embedded;
+mod memory_outbox;
 pub mod redis;
 
 use std::sync::Arc;
@@ -18,11 +19,9 @@ use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Ledger, PlanSet, Quoted,
     Released, ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
 };
-use crate::settle::outbox::MemoryOutbox;
-use crate::settle::settler::{SettleOptions, SettleStats, Settler};
 use crate::settle::store::Store;
 
-pub use embedded::{EmbeddedEngine, SNAPSHOT_INTERVAL_EVENTS};
+pub use embedded::{EmbeddedEngine, MemoryOutbox, SNAPSHOT_INTERVAL_EVENTS};
 
 /// Why an engine could not answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,8 +69,27 @@ impl Engine {
         Self::embedded_with(rules, clock, ledger, None)
     }
 
-    /// The embedded engine starting from `ledger` (e.g. restored from SQL), its events queued in
-    /// `outbox` for the settler.
+    /// The embedded engine as it stood when it stopped: its state is what it kept in `store`
+    /// (snapshots, the events after them, remembered answers); then what passed while it was down
+    /// (holds past their deadline, cycles that ended) is caught up. Its events queue in a
+    /// [`MemoryOutbox`] of `outbox_max` events for the settler.
+    pub async fn restore_embedded(
+        rules: Rules,
+        clock: Arc<dyn Clock>,
+        store: &Store,
+        outbox_max: usize,
+    ) -> Result<Self> {
+        let kept = store.durable_state().await.map_err(|error| Error::Unavailable(error.to_string()))?;
+        let (snapshots, events, answers) = (kept.snapshots.len(), kept.events.len(), kept.answers.len());
+        let ledger = Ledger::restore_durable(rules.request_id_retention_ms, kept)
+            .map_err(|error| Error::Internal(format!("restoring the embedded engine: {error}")))?;
+        tracing::info!(snapshots, events, answers, "embedded engine restored from the database");
+        let engine = Self::embedded_with(rules, clock, ledger, Some(Arc::new(MemoryOutbox::new(outbox_max))));
+        engine.sweep().await?;
+        Ok(engine)
+    }
+
+    /// The embedded engine starting from `ledger`, its events queued in `outbox` for the settler.
     pub fn embedded_with(
         rules: Rules,
         clock: Arc<dyn Clock>,
@@ -239,40 +257,11 @@ impl Engine {
         Ok(expired)
     }
 
-    /// Starts settling this engine's outbox into `store` until `stopped` fires; then flushes
-    /// (bounded by `grace`); the task returns whether the flush emptied the outbox in time. `consumer` names this replica in the Redis consumer group; entries
-    /// another replica left unacknowledged for `claim_idle` are taken over.
-    pub async fn spawn_settler(
-        &self,
-        store: Store,
-        options: SettleOptions,
-        consumer: String,
-        claim_idle: std::time::Duration,
-        stopped: tokio::sync::watch::Receiver<()>,
-        grace: std::time::Duration,
-    ) -> Result<(tokio::task::JoinHandle<bool>, Arc<SettleStats>)> {
-        fn start<O: crate::settle::outbox::Outbox>(
-            outbox: Arc<O>,
-            store: Store,
-            options: SettleOptions,
-            stopped: tokio::sync::watch::Receiver<()>,
-            grace: std::time::Duration,
-        ) -> (tokio::task::JoinHandle<bool>, Arc<SettleStats>) {
-            let settler = Settler::new(outbox, store, options);
-            let stats = settler.stats();
-            (tokio::spawn(settler.run(stopped, grace)), stats)
-        }
+    /// The embedded engine's outbox, when this is one that settles.
+    pub fn memory_outbox(&self) -> Option<Arc<MemoryOutbox>> {
         match &self.backend {
-            Backend::Embedded(engine) => {
-                let Some(outbox) = engine.outbox() else {
-                    return Err(Error::Unavailable("this embedded engine keeps no outbox".into()));
-                };
-                Ok(start(outbox, store, options, stopped, grace))
-            }
-            Backend::Redis(engine) => {
-                let outbox = redis::outbox::RedisOutbox::join(engine.clone(), consumer, claim_idle).await?;
-                Ok(start(Arc::new(outbox), store, options, stopped, grace))
-            }
+            Backend::Embedded(engine) => engine.outbox(),
+            Backend::Redis(_) => None,
         }
     }
 

@@ -345,7 +345,7 @@ async fn health_follows_the_database_and_turns_not_serving_at_shutdown() {
         Rules::default(),
         Arc::new(ManualClock::new(t0())),
         credit_sidecar::ledger::Ledger::new(Rules::default().request_id_retention_ms),
-        Some(Arc::new(credit_sidecar::settle::outbox::MemoryOutbox::new(10_000))),
+        Some(Arc::new(credit_sidecar::engine::MemoryOutbox::new(10_000))),
     );
     let options = ServeOptions {
         settle: Some(crate::settle::settle_setup(&store, "test")),

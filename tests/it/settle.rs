@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use credit_sidecar::api::pb;
 use credit_sidecar::engine::Engine;
+use credit_sidecar::engine::MemoryOutbox;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::redis::outbox::RedisOutbox;
 use credit_sidecar::ledger::{AccountId, Clock, Ledger, ManualClock, Rules};
 use credit_sidecar::maintenance;
-use credit_sidecar::server::{ServeOptions, SettleSetup};
-use credit_sidecar::settle::outbox::{MemoryOutbox, Outbox};
+use credit_sidecar::server::{ServeOptions, SettleSetup, spawn_settler};
+use credit_sidecar::settle::outbox::Outbox;
 use credit_sidecar::settle::settler::{SettleOptions, Settler};
 use credit_sidecar::settle::store::Store;
 use tokio::sync::watch;
@@ -208,10 +209,19 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
         Engine::embedded_with(rules.clone(), Arc::new(clock.clone()), Ledger::new(RETENTION), Some(outbox.clone()));
     let (stop, stopped) = watch::channel(());
     let options = SettleOptions { idle_interval: Duration::from_millis(5), ..SettleOptions::default() };
-    let (settling, _stats) = engine
-        .spawn_settler(store.clone(), options, String::new(), Duration::from_secs(30), stopped, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (settling, _stats) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options,
+            consumer: String::new(),
+            claim_idle: Duration::from_secs(30),
+        },
+        stopped,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let account = AccountId::parse("busy").unwrap();
     let plan = Plan { period: Period::Monthly, anchor_ms: t0(), plan_credits: 1_000_000, addon_credits: 0 };
     let request = RequestId::parse("plan").unwrap();
@@ -255,18 +265,21 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
     assert!(tail < SNAPSHOT_INTERVAL_EVENTS, "{tail} events to replay");
     assert_eq!(kept.answers.len() as u64, reserves + 1, "one remembered answer per request");
 
-    let restored = Ledger::restore_durable(RETENTION, kept).unwrap();
-    let engine = Engine::embedded_with(
-        rules.clone(),
-        Arc::new(clock.clone()),
-        restored,
-        Some(Arc::new(MemoryOutbox::new(1_000))),
-    );
+    let engine = Engine::restore_embedded(rules.clone(), Arc::new(clock.clone()), &store, 1_000).await.unwrap();
     let (stop, stopped) = watch::channel(());
-    let (settling, _) = engine
-        .spawn_settler(store.clone(), options, String::new(), Duration::from_secs(30), stopped, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (settling, _) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options,
+            consumer: String::new(),
+            claim_idle: Duration::from_secs(30),
+        },
+        stopped,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     assert_eq!(engine.account(&account).await.unwrap(), live, "the account after the restart");
     // Every Reserve is remembered: a retry gets its hold, whether before or after the snapshot.
     for n in [0, reserves / 2, reserves - 1] {
@@ -303,7 +316,14 @@ async fn two_replicas_settling_at_once_write_each_event_once() {
         let grace = Duration::from_secs(20);
         let claim = Duration::from_secs(30);
         replicas.push(
-            engine.spawn_settler(store.clone(), options, name.into(), claim, stopped.clone(), grace).await.unwrap(),
+            spawn_settler(
+                &engine,
+                &SettleSetup { store: store.clone(), options, consumer: name.into(), claim_idle: claim },
+                stopped.clone(),
+                grace,
+            )
+            .await
+            .unwrap(),
         );
     }
     let h =
@@ -426,10 +446,14 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
         ..SettleOptions::default()
     };
     let claim = Duration::from_secs(30);
-    let (settling, stats) = engine
-        .spawn_settler(store.clone(), options, "a".into(), claim, stopped, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let (settling, stats) = spawn_settler(
+        &engine,
+        &SettleSetup { store: store.clone(), options, consumer: "a".into(), claim_idle: claim },
+        stopped,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let h = Arc::new(Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await);
     h.account("acme", 1_000_000).await;
     let traffic = |rounds: usize| {
@@ -527,10 +551,19 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
     let (stop, stopped) = watch::channel(());
     let engine = redis_engine(&rules, &settings, &clock).await;
     let options = settle_setup(&store, "a").options;
-    let (settling, stats) = engine
-        .spawn_settler(store.clone(), options, "a".into(), Duration::from_secs(30), stopped, Duration::from_secs(20))
-        .await
-        .unwrap();
+    let (settling, stats) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options,
+            consumer: "a".into(),
+            claim_idle: Duration::from_secs(30),
+        },
+        stopped,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 10).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::redis::outbox::RedisOutbox;
 use credit_sidecar::ledger::{ManualClock, Rules};
+use credit_sidecar::server::{SettleSetup, spawn_settler};
 use credit_sidecar::settle::outbox::Outbox;
 use credit_sidecar::settle::settler::{SettleOptions, SettleStats, Settler};
 use credit_sidecar::settle::store::Store;
@@ -86,10 +87,19 @@ async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = engine
-        .spawn_settler(store.clone(), quick_options(), "a".into(), CLAIM_IDLE_NEVER, stopped, DEADLINE)
-        .await
-        .unwrap();
+    let (settling, stats) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options: quick_options(),
+            consumer: "a".into(),
+            claim_idle: CLAIM_IDLE_NEVER,
+        },
+        stopped,
+        DEADLINE,
+    )
+    .await
+    .unwrap();
     let h = Arc::new(Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await);
     h.account("acme", 1_000_000).await;
     for _ in 0..100 {
@@ -123,10 +133,19 @@ async fn backlog_and_lag_keep_moving_while_the_database_is_down() {
     let settings = redis_settings(vec![server.url()], false);
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = engine
-        .spawn_settler(store.clone(), quick_options(), "a".into(), CLAIM_IDLE_NEVER, stopped, DEADLINE)
-        .await
-        .unwrap();
+    let (settling, stats) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options: quick_options(),
+            consumer: "a".into(),
+            claim_idle: CLAIM_IDLE_NEVER,
+        },
+        stopped,
+        DEADLINE,
+    )
+    .await
+    .unwrap();
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     h.account("acme", 1_000).await;
     let acme = credit_sidecar::ledger::AccountId::parse("acme").unwrap();
@@ -188,10 +207,19 @@ async fn settlement_works_on_a_three_master_cluster() {
     settings.key_prefix = "settle:".into();
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = engine
-        .spawn_settler(store.clone(), quick_options(), "a".into(), CLAIM_IDLE_NEVER, stopped, DEADLINE)
-        .await
-        .unwrap();
+    let (settling, stats) = spawn_settler(
+        &engine,
+        &SettleSetup {
+            store: store.clone(),
+            options: quick_options(),
+            consumer: "a".into(),
+            claim_idle: CLAIM_IDLE_NEVER,
+        },
+        stopped,
+        DEADLINE,
+    )
+    .await
+    .unwrap();
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     workload(&h).await;
     let observer = outbox_on(&settings, "observer").await;
