@@ -8,7 +8,7 @@ use crate::ledger::command::{self, Plan};
 use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{
     AccountId, BusinessKey, CostInput, Error, Labels, LotKind, Period, RequestId, ReservationId, ReservationState,
-    Rules, UserId, check_amount, check_instant,
+    Rules, UserId, Zero, check_amount, check_instant,
 };
 
 type Result<T> = std::result::Result<T, Error>;
@@ -35,7 +35,7 @@ pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<command::Re
         account: AccountId::parse(&request.account_id)?,
         user: UserId::parse(&request.user_id)?,
         category: rules.category(&request.category)?,
-        amount: rules.price(&cost(request.cost), false)?.amount,
+        amount: rules.price(&cost(request.cost), Zero::Refused)?.amount,
         ttl_ms: rules.ttl(request.ttl_ms)?,
         request: RequestId::parse(&request.request_id)?,
         labels: labels(request.labels)?,
@@ -45,7 +45,7 @@ pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<command::Re
 pub fn commit(request: pb::CommitRequest, rules: &Rules) -> Result<command::Commit> {
     Ok(command::Commit {
         reservation: ReservationId::parse(&request.reservation_id)?,
-        amount: rules.price(&cost(request.cost), true)?.amount,
+        amount: rules.price(&cost(request.cost), Zero::Allowed)?.amount,
         final_commit: request.r#final,
         request: RequestId::parse(&request.request_id)?,
         business_key: BusinessKey::parse_optional(&request.business_key)?,
@@ -57,7 +57,7 @@ pub fn extend(request: pb::ExtendRequest, rules: &Rules) -> Result<command::Exte
     let reservation = ReservationId::parse(&request.reservation_id)?;
     let amount = match request.cost {
         None => 0,
-        some => rules.price(&cost(some), false)?.amount,
+        some => rules.price(&cost(some), Zero::Refused)?.amount,
     };
     let ttl_ms = rules.extend_ttl(request.ttl_ms)?;
     if amount == 0 && ttl_ms.is_none() {
@@ -78,7 +78,7 @@ pub fn charge(request: pb::ChargeRequest, rules: &Rules) -> Result<command::Char
         account: AccountId::parse(&request.account_id)?,
         user: UserId::parse(&request.user_id)?,
         category: rules.category(&request.category)?,
-        amount: rules.price(&cost(request.cost), false)?.amount,
+        amount: rules.price(&cost(request.cost), Zero::Refused)?.amount,
         request: RequestId::parse(&request.request_id)?,
         business_key: BusinessKey::parse_optional(&request.business_key)?,
         labels: labels(request.labels)?,
@@ -91,7 +91,7 @@ pub fn quote(request: pb::QuoteRequest, rules: &Rules) -> Result<command::Quote>
     if !request.category.is_empty() {
         rules.category(&request.category)?;
     }
-    let priced = rules.price(&cost(request.cost), false)?;
+    let priced = rules.price(&cost(request.cost), Zero::Refused)?;
     Ok(command::Quote { account, user, amount: priced.amount, unit: priced.unit })
 }
 
@@ -113,8 +113,8 @@ pub fn set_plan(request: pb::SetPlanRequest) -> Result<command::SetPlan> {
         plan: Plan {
             period: period(request.period)?,
             anchor_ms: check_instant("anchor_unix_ms", request.anchor_unix_ms)?,
-            plan_credits: check_amount("plan_credits", request.plan_credits, true)?,
-            addon_credits: check_amount("addon_credits", request.addon_credits, true)?,
+            plan_credits: check_amount("plan_credits", request.plan_credits, Zero::Allowed)?,
+            addon_credits: check_amount("addon_credits", request.addon_credits, Zero::Allowed)?,
         },
         request: RequestId::parse(&request.request_id)?,
     })
@@ -136,7 +136,7 @@ pub fn grant(request: pb::GrantRequest) -> Result<command::Grant> {
     Ok(command::Grant {
         account: AccountId::parse(&request.account_id)?,
         kind,
-        amount: check_amount("amount", request.amount, false)?,
+        amount: check_amount("amount", request.amount, Zero::Refused)?,
         expires_ms,
         request: RequestId::parse(&request.request_id)?,
         create_account: request.create_account,
@@ -160,7 +160,7 @@ pub fn set_user_limit(request: pb::SetUserLimitRequest) -> Result<command::SetUs
     Ok(command::SetUserLimit {
         account: AccountId::parse(&request.account_id)?,
         user: UserId::parse(&request.user_id)?,
-        limit: request.limit.map(|limit| check_amount("limit", limit, true)).transpose()?,
+        limit: request.limit.map(|limit| check_amount("limit", limit, Zero::Allowed)).transpose()?,
         request: RequestId::parse(&request.request_id)?,
     })
 }

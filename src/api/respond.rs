@@ -5,9 +5,9 @@ use super::pb;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Committed, Decision, Decline, DeclineReason, Extended, Granted, LotKind,
-    LotView, Period, PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Scope,
-    Totals, UserView,
+    AccountId, AccountView, Balance, Charged, Committed, Decision, Decline, DeclineReason, DeclineScope, Extended,
+    Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView,
+    Reserved, Totals, UserView,
 };
 use crate::settle::store::{LineItem, SettledReservation, UsageRow};
 
@@ -195,9 +195,9 @@ fn outcome<T>(decision: &Decision<T>) -> (i32, Option<pb::Decline>) {
 
 fn decline(decline: &Decline) -> pb::Decline {
     let scope = match decline.reason.scope() {
-        Scope::Account => pb::Scope::Account,
-        Scope::User => pb::Scope::User,
-        Scope::Reservation => pb::Scope::Reservation,
+        DeclineScope::Account => pb::Scope::Account,
+        DeclineScope::User => pb::Scope::User,
+        DeclineScope::Reservation => pb::Scope::Reservation,
     };
     pb::Decline {
         scope: scope as i32,

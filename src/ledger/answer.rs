@@ -50,18 +50,18 @@ pub enum DeclineReason {
 
 /// Which limit refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub enum DeclineScope {
     Account,
     User,
     Reservation,
 }
 
 impl DeclineReason {
-    pub fn scope(self) -> Scope {
+    pub fn scope(self) -> DeclineScope {
         match self {
-            Self::InsufficientCredit | Self::TrialAlreadyUsed => Scope::Account,
-            Self::UserLimitReached => Scope::User,
-            Self::ReservationExpired | Self::ReservationClosed | Self::ExceedsHold => Scope::Reservation,
+            Self::InsufficientCredit | Self::TrialAlreadyUsed => DeclineScope::Account,
+            Self::UserLimitReached => DeclineScope::User,
+            Self::ReservationExpired | Self::ReservationClosed | Self::ExceedsHold => DeclineScope::Reservation,
         }
     }
 }
@@ -92,9 +92,9 @@ impl Decline {
     /// The id of the scope that refused: the account's, the user's or the reservation's.
     pub fn scope_id(&self) -> String {
         match self.reason.scope() {
-            Scope::Account => self.account.to_string(),
-            Scope::User => self.user.clone().unwrap_or_default(),
-            Scope::Reservation => self.reservation.as_ref().map(|view| view.id.to_string()).unwrap_or_default(),
+            DeclineScope::Account => self.account.to_string(),
+            DeclineScope::User => self.user.clone().unwrap_or_default(),
+            DeclineScope::Reservation => self.reservation.as_ref().map(|view| view.id.to_string()).unwrap_or_default(),
         }
     }
 

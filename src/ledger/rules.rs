@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Error;
-use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, check_amount, echo};
+use super::types::{AMOUNT_MAX, Category, Millis, QUANTITY_MAX, Zero, check_amount, echo};
 
 const DAY_MS: Millis = 86_400_000;
 
@@ -121,12 +121,12 @@ impl Rules {
         Err(Error::invalid("category", format!("unknown category {}; known: {}", echo(name), known.join(", "))))
     }
 
-    /// Prices a cost. `zero_allowed` admits a raw amount of 0 (commits).
-    pub fn price(&self, cost: &CostInput, zero_allowed: bool) -> Result<Priced, Error> {
+    /// Prices a cost; `zero`: whether a raw amount of 0 is allowed (commits).
+    pub fn price(&self, cost: &CostInput, zero: Zero) -> Result<Priced, Error> {
         match cost {
             CostInput::Missing => Err(Error::invalid("cost", "an amount or a SKU with a quantity is required")),
             CostInput::Amount(amount) => {
-                let amount = check_amount("cost.amount", *amount, zero_allowed)?;
+                let amount = check_amount("cost.amount", *amount, zero)?;
                 Ok(Priced { amount, unit: amount.max(1) })
             }
             CostInput::Sku { sku, quantity } => {
@@ -168,7 +168,7 @@ impl Rules {
     pub fn trial(&self, credits: i64, duration_ms: Millis) -> Result<(i64, Millis), Error> {
         let credits = match credits {
             0 => self.trial_credits_default,
-            credits => check_amount("credits", credits, false)?,
+            credits => check_amount("credits", credits, Zero::Refused)?,
         };
         let max = self.trial_duration_max_ms;
         let duration = match duration_ms {
@@ -219,19 +219,19 @@ mod tests {
         let mut rules = Rules::default();
         rules.price_book.insert("whale".into(), AMOUNT_MAX / 2);
         let sku = |sku: &str, quantity| CostInput::Sku { sku: sku.into(), quantity };
-        assert_eq!(rules.price(&sku("dialer.minute.de", 3), false).unwrap(), Priced { amount: 6, unit: 2 });
-        assert_eq!(rules.price(&CostInput::Amount(7), false).unwrap(), Priced { amount: 7, unit: 7 });
-        assert_eq!(rules.price(&CostInput::Amount(0), true).unwrap().amount, 0);
-        let table: &[(CostInput, bool, &str)] = &[
-            (CostInput::Missing, false, "cost: "),
-            (CostInput::Amount(0), false, "cost.amount: "),
-            (CostInput::Amount(-5), true, "cost.amount: "),
-            (sku("nope", 1), false, "cost.sku.sku: unknown SKU"),
-            (sku("email.verified", 0), false, "cost.sku.quantity: "),
-            (sku("whale", 3), false, "cost.sku.quantity: prices out above"),
+        assert_eq!(rules.price(&sku("dialer.minute.de", 3), Zero::Refused).unwrap(), Priced { amount: 6, unit: 2 });
+        assert_eq!(rules.price(&CostInput::Amount(7), Zero::Refused).unwrap(), Priced { amount: 7, unit: 7 });
+        assert_eq!(rules.price(&CostInput::Amount(0), Zero::Allowed).unwrap().amount, 0);
+        let table: &[(CostInput, Zero, &str)] = &[
+            (CostInput::Missing, Zero::Refused, "cost: "),
+            (CostInput::Amount(0), Zero::Refused, "cost.amount: "),
+            (CostInput::Amount(-5), Zero::Allowed, "cost.amount: "),
+            (sku("nope", 1), Zero::Refused, "cost.sku.sku: unknown SKU"),
+            (sku("email.verified", 0), Zero::Refused, "cost.sku.quantity: "),
+            (sku("whale", 3), Zero::Refused, "cost.sku.quantity: prices out above"),
         ];
-        for (cost, zero_allowed, expected) in table {
-            let error = rules.price(cost, *zero_allowed).unwrap_err().to_string();
+        for (cost, zero, expected) in table {
+            let error = rules.price(cost, *zero).unwrap_err().to_string();
             assert!(error.starts_with(expected), "{cost:?}: {error}");
         }
     }

@@ -2,8 +2,9 @@
 //! it into another engine or keeping it: `rebuild` restores an account's Redis state from the SQL
 //! ledger by replaying its events into the model and writing the snapshot with the `restore`
 //! function; the embedded engine keeps one per account in SQL (`engine_snapshots`) so that a
-//! restart replays only the events after it. Field names are the Redis functions' own. Both uses
-//! make the JSON form a durable format: the golden test in `durable` pins it.
+//! restart replays only the events after it. The JSON's field names are the Redis functions'
+//! own (short where the Rust names are whole words, by `serde(rename)`). Both uses make the JSON
+//! form a durable format: the golden test in `durable` pins it.
 
 use std::collections::BTreeMap;
 
@@ -56,8 +57,11 @@ pub struct ReservationSnapshot {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<String>,
-    pub ugen: u64,
-    pub ucnt: i64,
+    /// The cycle generation its user's usage was counted in, and how much it counted there.
+    #[serde(rename = "ugen")]
+    pub usage_generation: u64,
+    #[serde(rename = "ucnt")]
+    pub usage_counted: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,16 +76,22 @@ pub struct AccountSnapshot {
     pub account: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanSnapshot>,
-    pub cs: i64,
-    pub ce: i64,
+    #[serde(rename = "cs")]
+    pub cycle_start_ms: i64,
+    #[serde(rename = "ce")]
+    pub cycle_end_ms: i64,
     /// The cycle generation (`gen` in the scripts).
     #[serde(rename = "gen")]
     pub generation: u64,
-    pub pg: i64,
-    pub ag: i64,
+    /// Plan and add-on credits granted this cycle.
+    #[serde(rename = "pg")]
+    pub cycle_plan_granted: i64,
+    #[serde(rename = "ag")]
+    pub cycle_addon_granted: i64,
     pub lots: Vec<LotSnapshot>,
     pub last_lot: u64,
-    pub last_res: u64,
+    #[serde(rename = "last_res")]
+    pub last_reservation: u64,
     pub last_event: u64,
     pub trial: bool,
     pub granted: i64,
@@ -106,11 +116,11 @@ impl AccountSnapshot {
                 plan: plan.plan_credits,
                 addon: plan.addon_credits,
             }),
-            cs: account.cycle.start_ms,
-            ce: account.cycle.end_ms,
+            cycle_start_ms: account.cycle.start_ms,
+            cycle_end_ms: account.cycle.end_ms,
             generation: account.cycle_generation,
-            pg: account.cycle_plan_granted,
-            ag: account.cycle_addon_granted,
+            cycle_plan_granted: account.cycle_plan_granted,
+            cycle_addon_granted: account.cycle_addon_granted,
             lots: account
                 .lots
                 .iter()
@@ -125,7 +135,7 @@ impl AccountSnapshot {
                 })
                 .collect(),
             last_lot: account.last_lot,
-            last_res: account.last_reservation,
+            last_reservation: account.last_reservation,
             last_event: account.last_event,
             trial: account.trial_used,
             granted: account.granted,
@@ -150,8 +160,8 @@ impl AccountSnapshot {
                     closed: r.closed_ms,
                     labels: r.labels.to_map(),
                     opened_by: r.opened_by.as_ref().map(|request| request.as_str().to_owned()),
-                    ugen: r.usage_generation,
-                    ucnt: r.usage_counted,
+                    usage_generation: r.usage_generation,
+                    usage_counted: r.usage_counted,
                 })
                 .collect(),
             users: account
@@ -169,12 +179,12 @@ impl AccountSnapshot {
     /// Refuses a snapshot the model could not have made: unknown names, invalid ids.
     pub(super) fn into_account(self) -> Result<Account, String> {
         let id = AccountId::parse(&self.account).map_err(|error| error.to_string())?;
-        let mut account = Account::new(id, self.cs);
+        let mut account = Account::new(id, self.cycle_start_ms);
         account.plan = self.plan.map(PlanSnapshot::into_plan).transpose()?;
-        account.cycle = Cycle { start_ms: self.cs, end_ms: self.ce };
+        account.cycle = Cycle { start_ms: self.cycle_start_ms, end_ms: self.cycle_end_ms };
         account.cycle_generation = self.generation;
-        account.cycle_plan_granted = self.pg;
-        account.cycle_addon_granted = self.ag;
+        account.cycle_plan_granted = self.cycle_plan_granted;
+        account.cycle_addon_granted = self.cycle_addon_granted;
         for lot in self.lots {
             let kind = lot_kind(&lot.kind).ok_or_else(|| format!("lot {}: unknown kind {:?}", lot.id, lot.kind))?;
             let restored = Lot {
@@ -188,7 +198,7 @@ impl AccountSnapshot {
             account.lots.insert(lot.id, restored);
         }
         account.last_lot = self.last_lot;
-        account.last_reservation = self.last_res;
+        account.last_reservation = self.last_reservation;
         account.last_event = self.last_event;
         account.trial_used = self.trial;
         account.granted = self.granted;
@@ -244,8 +254,8 @@ impl ReservationSnapshot {
             labels: Labels::parse(self.labels).map_err(|error| error.to_string())?,
             opened_by,
             requests: HashMap::new(),
-            usage_generation: self.ugen,
-            usage_counted: self.ucnt,
+            usage_generation: self.usage_generation,
+            usage_counted: self.usage_counted,
         })
     }
 }

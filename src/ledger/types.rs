@@ -292,9 +292,16 @@ impl ReservationState {
     }
 }
 
+/// Whether an amount of 0 means something (a commit of nothing) or is a mistake (a hold of nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zero {
+    Allowed,
+    Refused,
+}
+
 /// Checks an amount a caller names: `1..=AMOUNT_MAX`, or `0..=AMOUNT_MAX` where zero is allowed.
-pub fn check_amount(field: &str, amount: i64, zero_allowed: bool) -> Result<i64, Error> {
-    let min = if zero_allowed { 0 } else { 1 };
+pub fn check_amount(field: &str, amount: i64, zero: Zero) -> Result<i64, Error> {
+    let min = if zero == Zero::Allowed { 0 } else { 1 };
     if amount < min || amount > AMOUNT_MAX {
         return Err(Error::invalid(field, format!("must be in {min}..={AMOUNT_MAX}, got {amount}")));
     }
@@ -377,11 +384,11 @@ mod tests {
 
     #[test]
     fn amounts_are_bounded_and_name_their_field() {
-        assert_eq!(check_amount("cost.amount", 1, false).unwrap(), 1);
-        assert_eq!(check_amount("cost.amount", AMOUNT_MAX, false).unwrap(), AMOUNT_MAX);
-        assert_eq!(check_amount("cost.amount", 0, true).unwrap(), 0);
+        assert_eq!(check_amount("cost.amount", 1, Zero::Refused).unwrap(), 1);
+        assert_eq!(check_amount("cost.amount", AMOUNT_MAX, Zero::Refused).unwrap(), AMOUNT_MAX);
+        assert_eq!(check_amount("cost.amount", 0, Zero::Allowed).unwrap(), 0);
         for bad in [0, -1, AMOUNT_MAX + 1, i64::MIN, i64::MAX] {
-            let error = check_amount("cost.amount", bad, false).unwrap_err();
+            let error = check_amount("cost.amount", bad, Zero::Refused).unwrap_err();
             assert!(error.to_string().starts_with("cost.amount: must be in 1..="), "{error}");
         }
     }

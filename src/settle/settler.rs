@@ -61,8 +61,8 @@ pub struct SettleStats {
     pub lag_ms: AtomicI64,
 }
 
-/// What one read of the outbox came to.
-enum Batch {
+/// What one round of the settler (read a batch, write it, acknowledge it) came to.
+enum Round {
     /// This many events settled and acknowledged.
     Settled(usize),
     Empty,
@@ -102,7 +102,7 @@ impl<O: Outbox> Settler<O> {
     async fn settle_until(&self, mut stopped: watch::Receiver<()>) {
         loop {
             match self.settle_batch(&mut stopped).await {
-                Some(Batch::Settled(count)) if count == self.options.batch_max => continue,
+                Some(Round::Settled(count)) if count == self.options.batch_max => continue,
                 Some(_) => {}
                 None => return,
             }
@@ -132,9 +132,9 @@ impl<O: Outbox> Settler<O> {
         let mut total = 0;
         loop {
             match self.settle_batch(&mut never).await {
-                Some(Batch::Settled(count)) => total += count as u64,
-                Some(Batch::ReadFailed) => {}
-                Some(Batch::Empty) | None => break,
+                Some(Round::Settled(count)) => total += count as u64,
+                Some(Round::ReadFailed) => {}
+                Some(Round::Empty) | None => break,
             }
         }
         self.measure().await;
@@ -143,15 +143,15 @@ impl<O: Outbox> Settler<O> {
 
     /// Reads one batch, writes it (retrying until it lands or `stopped` fires), acknowledges it.
     /// Returns None when stopped.
-    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<Batch> {
+    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<Round> {
         let (records, token) = match self.outbox.read(self.options.batch_max).await {
             Ok(Some(batch)) => batch,
-            Ok(None) => return Some(Batch::Empty),
+            Ok(None) => return Some(Round::Empty),
             Err(error) => {
                 tracing::warn!(%error, "reading the outbox failed; will retry");
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
-                return self.pause(stopped, self.options.retry_max).await.then_some(Batch::ReadFailed);
+                return self.pause(stopped, self.options.retry_max).await.then_some(Round::ReadFailed);
             }
         };
         let mut pause = Duration::from_millis(20);
@@ -182,7 +182,7 @@ impl<O: Outbox> Settler<O> {
             tracing::warn!(%error, "acknowledging a settled batch failed");
         }
         self.stats.acknowledged.fetch_add(records.events.len() as u64, Ordering::Relaxed);
-        Some(Batch::Settled(records.events.len()))
+        Some(Round::Settled(records.events.len()))
     }
 
     /// Waits `pause`, or less if stopped; false when stopped.

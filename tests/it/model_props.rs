@@ -469,10 +469,10 @@ impl Cmd {
     }
 
     /// Where its request id is remembered: its reservation (Commit, Extend, Release) or its account.
-    fn scope(&self) -> Scope {
+    fn scope(&self) -> RequestScope {
         match self.reservation() {
-            Some(id) => Scope::Reservation(id.clone()),
-            None => Scope::Account(self.account().clone()),
+            Some(id) => RequestScope::Reservation(id.clone()),
+            None => RequestScope::Account(self.account().clone()),
         }
     }
 
@@ -528,7 +528,7 @@ impl Cmd {
 
 /// Where a request id is remembered, and so where reusing it conflicts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Scope {
+enum RequestScope {
     Account(AccountId),
     Reservation(ReservationId),
 }
@@ -926,7 +926,7 @@ impl Projection {
 struct Sent {
     cmd: Cmd,
     answer: Answer,
-    scope: Scope,
+    scope: RequestScope,
     /// Account scope: the first sweep at or after this instant forgets it (retention past the
     /// call, or past the deadline of the hold a Reserve opened, moved on by each Extend).
     /// Reservation scope: unused; it is remembered as long as the reservation is stored.
@@ -1580,8 +1580,8 @@ impl Harness {
     /// sweep at or after its keep-until instant; a reservation's while the reservation is stored.
     fn remembered(&self, sent: &Sent) -> bool {
         match &sent.scope {
-            Scope::Account(_) => self.last_sweep_ms.is_none_or(|sweep| sweep < sent.keep_until_ms),
-            Scope::Reservation(id) => self.stored(id),
+            RequestScope::Account(_) => self.last_sweep_ms.is_none_or(|sweep| sweep < sent.keep_until_ms),
+            RequestScope::Reservation(id) => self.stored(id),
         }
     }
 
@@ -1623,8 +1623,8 @@ impl Harness {
         }
         let sent = self.sent[self.sent.len() - 1 - pick % newest].clone();
         let instant = match &sent.scope {
-            Scope::Account(_) => Some(sent.keep_until_ms),
-            Scope::Reservation(id) => {
+            RequestScope::Account(_) => Some(sent.keep_until_ms),
+            RequestScope::Reservation(id) => {
                 self.hold(id).map(|hold| hold.closed_ms.unwrap_or(hold.deadline_ms) + RETENTION_MS)
             }
         };

@@ -211,12 +211,7 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
     let options = SettleOptions { idle_interval: Duration::from_millis(5), ..SettleOptions::default() };
     let (settling, _stats) = spawn_settler(
         &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options,
-            consumer: String::new(),
-            claim_idle: Duration::from_secs(30),
-        },
+        &SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: Duration::from_secs(30) },
         stopped,
         Duration::from_secs(30),
     )
@@ -269,12 +264,7 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
     let (stop, stopped) = watch::channel(());
     let (settling, _) = spawn_settler(
         &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options,
-            consumer: String::new(),
-            claim_idle: Duration::from_secs(30),
-        },
+        &SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: Duration::from_secs(30) },
         stopped,
         Duration::from_secs(30),
     )
@@ -553,12 +543,7 @@ async fn sequences_reused_after_redis_data_loss_are_kept_and_reported() {
     let options = settle_setup(&store, "a").options;
     let (settling, stats) = spawn_settler(
         &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options,
-            consumer: "a".into(),
-            claim_idle: Duration::from_secs(30),
-        },
+        &SettleSetup { store: store.clone(), options, consumer: "a".into(), claim_idle: Duration::from_secs(30) },
         stopped,
         Duration::from_secs(20),
     )

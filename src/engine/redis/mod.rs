@@ -140,6 +140,14 @@ fn unavailable(error: redis::RedisError) -> Error {
     Error::Unavailable(format!("redis: {error}"))
 }
 
+/// Whether a function call only reads (FCALL_RO: registered `no-writes`, allowed on replicas)
+/// or may write (FCALL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
 impl RedisEngine {
     /// Connects, checks that Redis holds this layout version with the same shard count (or
     /// nothing yet: then records them), and loads the function library.
@@ -356,8 +364,8 @@ impl RedisEngine {
         self.test_clock.as_ref().map(|clock| clock.now_ms().to_string()).unwrap_or_default()
     }
 
-    /// The FCALL (FCALL_RO when `read_only`) of function `name`.
-    fn fcall_command(name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> redis::Cmd {
+    /// The FCALL (FCALL_RO for reads) of function `name`.
+    fn fcall_command(name: &str, access: Access, keys: &[String], args: &[Arg<'_>]) -> redis::Cmd {
         // Sized up front: growing the buffer argument by argument was a tenth of the call's
         // CPU on the engine side.
         let bytes = keys.iter().map(String::len).sum::<usize>()
@@ -373,7 +381,10 @@ impl RedisEngine {
             + name.len()
             + 16;
         let mut command = redis::Cmd::with_capacity(3 + keys.len() + args.len(), bytes);
-        command.arg(if read_only { "FCALL_RO" } else { "FCALL" });
+        command.arg(match access {
+            Access::Read => "FCALL_RO",
+            Access::Write => "FCALL",
+        });
         command.arg(format!("{}{name}", LIBRARY.prefix)).arg(keys.len()).arg(keys);
         for arg in args {
             match arg {
@@ -385,10 +396,10 @@ impl RedisEngine {
         command
     }
 
-    /// Calls function `name` (FCALL_RO when `read_only`); loads the library again and retries
+    /// Calls function `name` (FCALL_RO for reads); loads the library again and retries
     /// once if Redis lost it.
-    async fn fcall(&self, name: &str, read_only: bool, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
-        let command = Self::fcall_command(name, read_only, keys, args);
+    async fn fcall(&self, name: &str, access: Access, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
+        let command = Self::fcall_command(name, access, keys, args);
         self.send_reloading(self.timeout, |mut connection| {
             let command = &command;
             async move { command.query_async::<Value>(&mut connection).await }
@@ -401,9 +412,11 @@ impl RedisEngine {
     /// connection is replaced meanwhile (a WAIT sent alone after a reconnect would count only
     /// the new connection's writes: none). Returns the reply and how many replicas confirmed.
     async fn fcall_replicated(&self, name: &str, keys: &[String], args: &[Arg<'_>]) -> Result<(Value, Option<u32>)> {
-        let Some(wait) = self.settings.wait else { return Ok((self.fcall(name, false, keys, args).await?, None)) };
+        let Some(wait) = self.settings.wait else {
+            return Ok((self.fcall(name, Access::Write, keys, args).await?, None));
+        };
         let mut pipeline = redis::pipe();
-        pipeline.add_command(Self::fcall_command(name, false, keys, args));
+        pipeline.add_command(Self::fcall_command(name, Access::Write, keys, args));
         pipeline.cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
         let (value, acknowledged) = self
             .send_reloading(wait.timeout + self.timeout, |mut connection| {
@@ -442,13 +455,13 @@ impl RedisEngine {
     async fn account_call(
         &self,
         name: &str,
-        read_only: bool,
+        access: Access,
         account: &AccountId,
         keys: &[String],
         args: &[Arg<'_>],
     ) -> Result<Value> {
         let all = self.account_args(name, account, args).await?;
-        self.fcall(name, read_only, keys, &all).await
+        self.fcall(name, access, keys, &all).await
     }
 
     /// An account function's arguments (account, now, retention, then the operation's), once the
@@ -499,7 +512,7 @@ impl RedisEngine {
     ) -> Result<T> {
         let keys = self.layout.call_keys(context.account, None);
         for _ in 0..CATCHUP_ROUNDS_MAX {
-            let value = self.account_call(name, true, context.account, &keys, args).await?;
+            let value = self.account_call(name, Access::Read, context.account, &keys, args).await?;
             match self.checked(reply::parse(value, context)).await? {
                 Reply::Ok(mut fields) => return convert(&mut fields, context.account),
                 Reply::Declined(_) => return Err(Error::Internal("a Redis read answered with a decline".into())),
@@ -540,7 +553,7 @@ impl RedisEngine {
     async fn catch_up(&self, context: &Context<'_>) -> Result<()> {
         let keys = self.layout.call_keys(context.account, None);
         for _ in 0..CATCHUP_ROUNDS_MAX {
-            let value = self.account_call("catch_up", false, context.account, &keys, &[]).await?;
+            let value = self.account_call("catch_up", Access::Write, context.account, &keys, &[]).await?;
             let Reply::Ok(mut fields) = reply::parse(value, context)? else {
                 return Err(Error::Internal("catch_up answered neither ok nor an error".into()));
             };
@@ -729,7 +742,7 @@ impl RedisEngine {
             let keys = [self.layout.wake_key(shard)];
             let now = self.now_arg();
             let args = [Arg::Text(&now), Arg::Int(SWEEP_BATCH_MAX as i64)];
-            let due: Vec<String> = redis::from_redis_value(self.fcall("due", true, &keys, &args).await?)
+            let due: Vec<String> = redis::from_redis_value(self.fcall("due", Access::Read, &keys, &args).await?)
                 .map_err(|error| Error::Internal(format!("due: {error}")))?;
             for account in due {
                 let Ok(account) = AccountId::parse(&account) else {
@@ -753,7 +766,8 @@ impl RedisEngine {
         let prefix = self.layout.answers_prefix(account);
         let mut expired = 0;
         for _ in 0..CATCHUP_ROUNDS_MAX {
-            let value = self.account_call("sweep_account", false, account, &keys, &[Arg::Text(&prefix)]).await?;
+            let value =
+                self.account_call("sweep_account", Access::Write, account, &keys, &[Arg::Text(&prefix)]).await?;
             let (count, done): (i64, i64) =
                 redis::from_redis_value(value).map_err(|error| Error::Internal(format!("sweep_account: {error}")))?;
             expired += usize::try_from(count).unwrap_or(0);
@@ -801,7 +815,7 @@ impl RedisEngine {
         let account = AccountId::parse(&snapshot.account)?;
         let keys = self.layout.call_keys(&account, None);
         let snapshot = serde_json::to_string(snapshot).expect("snapshot serialises");
-        self.account_call("restore", false, &account, &keys, &[Arg::Owned(snapshot)]).await?;
+        self.account_call("restore", Access::Write, &account, &keys, &[Arg::Owned(snapshot)]).await?;
         Ok(())
     }
 
