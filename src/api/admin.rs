@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::observe::observe;
+use super::frame::frame;
 use super::pb::{self, credit_admin_server::CreditAdmin};
 use super::status::invalid;
 use super::{convert, respond};
@@ -36,7 +36,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl CreditAdmin for AdminService {
     async fn set_plan(&self, request: Request<pb::SetPlanRequest>) -> Result<Response<pb::SetPlanResponse>, Status> {
-        observe("SetPlan", request, |request| async move {
+        frame("SetPlan", request, |request| async move {
             let cmd = convert::set_plan(request.into_inner()).map_err(invalid)?;
             Ok(Response::new(respond::plan_set(self.engine.set_plan(&cmd).await?)))
         })
@@ -44,7 +44,7 @@ impl CreditAdmin for AdminService {
     }
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
-        observe("Grant", request, |request| async move {
+        frame("Grant", request, |request| async move {
             let cmd = convert::grant(request.into_inner()).map_err(invalid)?;
             Ok(Response::new(respond::granted(self.engine.grant(&cmd).await?)))
         })
@@ -55,7 +55,7 @@ impl CreditAdmin for AdminService {
         &self,
         request: Request<pb::StartTrialRequest>,
     ) -> Result<Response<pb::StartTrialResponse>, Status> {
-        observe("StartTrial", request, |request| async move {
+        frame("StartTrial", request, |request| async move {
             let cmd = convert::start_trial(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::trial_started(self.engine.start_trial(&cmd).await?)))
         })
@@ -66,7 +66,7 @@ impl CreditAdmin for AdminService {
         &self,
         request: Request<pb::SetUserLimitRequest>,
     ) -> Result<Response<pb::SetUserLimitResponse>, Status> {
-        observe("SetUserLimit", request, |request| async move {
+        frame("SetUserLimit", request, |request| async move {
             let cmd = convert::set_user_limit(request.into_inner()).map_err(invalid)?;
             Ok(Response::new(respond::user_limit_set(self.engine.set_user_limit(&cmd).await?)))
         })
@@ -77,7 +77,7 @@ impl CreditAdmin for AdminService {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
-        observe("GetAccount", request, |request| async move {
+        frame("GetAccount", request, |request| async move {
             let id = AccountId::parse(&request.into_inner().account_id).map_err(invalid)?;
             Ok(Response::new(respond::account(self.engine.account(&id).await?)))
         })
@@ -88,7 +88,7 @@ impl CreditAdmin for AdminService {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        observe("ListReservations", request, |request| async move {
+        frame("ListReservations", request, |request| async move {
             let query = convert::list_query(request.into_inner()).map_err(invalid)?;
             let (account, state, size, before) = (&query.account, query.state, query.page_size, query.before);
             if query.settled {
@@ -103,7 +103,7 @@ impl CreditAdmin for AdminService {
     }
 
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
-        observe("GetUsage", request, |request| async move {
+        frame("GetUsage", request, |request| async move {
             let query = convert::usage_query(request.into_inner()).map_err(invalid)?;
             let store = self.store()?;
             let rows = store.usage(&query.account, query.cycle).await.map_err(unavailable)?;

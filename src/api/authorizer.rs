@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::observe::observe;
+use super::frame::frame;
 use super::pb::{self, credit_authorizer_server::CreditAuthorizer};
 use super::status::invalid;
 use super::{convert, respond};
@@ -26,7 +26,7 @@ impl AuthorizerService {
 #[tonic::async_trait]
 impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
-        observe("Reserve", request, |request| async move {
+        frame("Reserve", request, |request| async move {
             let cmd = convert::reserve(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::reserved(self.engine.reserve(&cmd).await?)))
         })
@@ -34,7 +34,7 @@ impl CreditAuthorizer for AuthorizerService {
     }
 
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
-        observe("Commit", request, |request| async move {
+        frame("Commit", request, |request| async move {
             let cmd = convert::commit(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::committed(self.engine.commit(&cmd).await?)))
         })
@@ -42,7 +42,7 @@ impl CreditAuthorizer for AuthorizerService {
     }
 
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
-        observe("Extend", request, |request| async move {
+        frame("Extend", request, |request| async move {
             let cmd = convert::extend(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::extended(self.engine.extend(&cmd).await?)))
         })
@@ -50,7 +50,7 @@ impl CreditAuthorizer for AuthorizerService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        observe("Release", request, |request| async move {
+        frame("Release", request, |request| async move {
             let cmd = convert::release(request.into_inner()).map_err(invalid)?;
             Ok(Response::new(respond::released(self.engine.release(&cmd).await?)))
         })
@@ -58,7 +58,7 @@ impl CreditAuthorizer for AuthorizerService {
     }
 
     async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
-        observe("Charge", request, |request| async move {
+        frame("Charge", request, |request| async move {
             let cmd = convert::charge(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::charged(self.engine.charge(&cmd).await?)))
         })
@@ -66,7 +66,7 @@ impl CreditAuthorizer for AuthorizerService {
     }
 
     async fn quote(&self, request: Request<pb::QuoteRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
-        observe("Quote", request, |request| async move {
+        frame("Quote", request, |request| async move {
             let cmd = convert::quote(request.into_inner(), self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::quoted(self.engine.quote(&cmd).await?)))
         })
@@ -77,7 +77,7 @@ impl CreditAuthorizer for AuthorizerService {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
-        observe("GetBalance", request, |request| async move {
+        frame("GetBalance", request, |request| async move {
             let request = request.into_inner();
             let account = AccountId::parse(&request.account_id).map_err(invalid)?;
             let user = convert::optional_user(&request.user_id).map_err(invalid)?;
@@ -90,7 +90,7 @@ impl CreditAuthorizer for AuthorizerService {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
-        observe("GetReservation", request, |request| async move {
+        frame("GetReservation", request, |request| async move {
             let id = ReservationId::parse(&request.into_inner().reservation_id).map_err(invalid)?;
             let view = self.engine.reservation(&id).await?;
             Ok(Response::new(pb::GetReservationResponse { reservation: Some(respond::reservation(view)) }))

@@ -2,20 +2,20 @@
 //! request becomes a validated ledger command (`convert`), the engine executes it, and its answer
 //! becomes the response (`respond`). Engine errors become statuses in one place (`status`), every
 //! refusal before the engine is a [`Refusal`]; a message that does not decode is the caller's bad
-//! input (`codec`); every call is counted once (`observe`).
+//! input (`codec`); every call runs in one frame: account check, span, store budget, metrics (`frame`).
 
 mod admin;
 mod authorizer;
 pub mod codec;
 mod convert;
-mod observe;
+mod frame;
 mod refusal;
 mod respond;
 mod status;
 
 pub use admin::AdminService;
 pub use authorizer::AuthorizerService;
-pub use observe::{Deadline, Observed, record_unobserved};
+pub use frame::{Deadline, Observed, record_unobserved};
 pub use refusal::Refusal;
 
 /// Generated messages and service stubs of `credits.v1`.

@@ -1,6 +1,8 @@
-//! What every call goes through inside the services: the accounts check of an authenticated
-//! caller, the `call` span (`rpc`, `account`, `request_id`), the store budget before the call's
-//! deadline, and the call metrics (by RPC and outcome, declines by reason).
+//! The frame around every call inside the services, in this order: the accounts check of an
+//! authenticated caller (its token may name the accounts it touches), the `call` span (`rpc`,
+//! `account`, `request_id`), the store budget (the handler is cut off before the call's
+//! deadline, answering UNAVAILABLE), and the call metrics (by RPC and outcome, declines by
+//! reason). Each step is a function of its own below; [`frame`] runs them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,7 +107,7 @@ const RPCS: [&str; 15] = [
     "GetUsage",
 ];
 
-/// Put in a request's extensions by the gate, set when the call reaches [`observe`] (which
+/// Put in a request's extensions by the gate, set when the call reaches [`frame`] (which
 /// counts it). A call tonic refuses before any handler runs — a message that does not decode,
 /// one over `request_bytes_max` — never gets here, and the gate counts it with
 /// [`record_unobserved`], so every call answered shows in the call metrics exactly once.
@@ -129,8 +131,8 @@ pub fn record_unobserved(path: &str, code: Code, started: Instant) {
     tracing::debug!(rpc, code = code_label(code), "call refused before its handler");
 }
 
-/// Runs `handler` on `request` as RPC `rpc`, as described in the module docs.
-pub async fn observe<Req, Resp, Fut>(
+/// Runs `handler` on `request` as RPC `rpc`, in the frame the module docs describe.
+pub async fn frame<Req, Resp, Fut>(
     rpc: &'static str,
     request: Request<Req>,
     handler: impl FnOnce(Request<Req>) -> Fut,
@@ -150,43 +152,65 @@ where
     let account = message.account().to_owned();
     let span = tracing::info_span!("call", rpc, account, request_id = message.request_id());
     async move {
-        if let Some(caller) = caller.filter(|caller| !caller.may_touch(&account)) {
-            let refusal = Refusal::AccountNotAllowed { caller: caller.name.clone(), account };
+        if let Err(refusal) = check_account(caller.as_ref(), &account) {
             record(rpc, code_label(refusal.code()), started);
             return Err(refusal.status());
         }
-        let result = match deadline {
-            Some(deadline) => match tokio::time::timeout(deadline.budget(), handler(request)).await {
-                Ok(result) => result,
-                Err(_) => Err(Status::unavailable("store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)")),
-            },
-            None => handler(request).await,
-        };
-        match &result {
-            Ok(response) => {
-                let outcome = response.get_ref().outcome_of().unwrap_or(pb::Outcome::Ok);
-                let label = outcome_label(outcome);
-                if outcome != pb::Outcome::Ok && rpc != "Quote" {
-                    metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
-                }
-                record(rpc, label, started);
-                tracing::debug!(outcome = label, "answered");
-            }
-            Err(status) => {
-                let label = code_label(status.code());
-                record(rpc, label, started);
-                match status.code() {
-                    Code::Unavailable | Code::Internal | Code::Unknown => {
-                        tracing::warn!(code = label, message = status.message(), "call failed")
-                    }
-                    _ => tracing::debug!(code = label, message = status.message(), "call refused"),
-                }
-            }
-        }
+        let result = within_budget(deadline, handler(request)).await;
+        count(rpc, &result, started);
         result
     }
     .instrument(span)
     .await
+}
+
+/// A caller whose token names accounts may touch only those.
+fn check_account(caller: Option<&Caller>, account: &str) -> Result<(), Refusal> {
+    match caller {
+        Some(caller) if !caller.may_touch(account) => {
+            Err(Refusal::AccountNotAllowed { caller: caller.name.clone(), account: account.to_owned() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs the handler until the call's store budget (its deadline less the margin to answer) is
+/// spent; then answers UNAVAILABLE: the store did not answer, so the outcome is unknown.
+async fn within_budget<Resp>(
+    deadline: Option<Deadline>,
+    handling: impl Future<Output = Result<Response<Resp>, Status>>,
+) -> Result<Response<Resp>, Status> {
+    let Some(deadline) = deadline else { return handling.await };
+    tokio::time::timeout(deadline.budget(), handling).await.unwrap_or_else(|_| {
+        Err(Status::unavailable(
+            "store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)",
+        ))
+    })
+}
+
+/// The call metrics and log line of an answered call: its outcome (declines by reason) or status.
+fn count<Resp: Answered>(rpc: &'static str, result: &Result<Response<Resp>, Status>, started: Instant) {
+    match result {
+        Ok(response) => {
+            let outcome = response.get_ref().outcome_of().unwrap_or(pb::Outcome::Ok);
+            let label = outcome_label(outcome);
+            if outcome != pb::Outcome::Ok && rpc != "Quote" {
+                metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
+            }
+            record(rpc, label, started);
+            tracing::debug!(outcome = label, "answered");
+        }
+        Err(status) => {
+            let label = code_label(status.code());
+            record(rpc, label, started);
+            match status.code() {
+                Code::Unavailable | Code::Internal | Code::Unknown => {
+                    tracing::warn!(code = label, message = status.message(), "call failed")
+                }
+                _ => tracing::debug!(code = label, message = status.message(), "call refused"),
+            }
+        }
+    }
 }
 
 fn record(rpc: &'static str, outcome: &'static str, started: Instant) {
