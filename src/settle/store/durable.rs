@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, Upserts, event_of, push_tuples};
+use super::read::event_of;
+use super::write::Upserts;
+use super::{Result, Store, StoreError, push_tuples};
 use crate::ledger::durable::{
     ANSWER_FORMAT, DurableState, RememberedAnswer, SNAPSHOT_FORMAT, decode_answer, decode_snapshot, encode_answer,
     encode_snapshot,
