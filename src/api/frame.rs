@@ -181,11 +181,7 @@ async fn within_budget<Resp>(
     handling: impl Future<Output = Result<Response<Resp>, Status>>,
 ) -> Result<Response<Resp>, Status> {
     let Some(deadline) = deadline else { return handling.await };
-    tokio::time::timeout(deadline.budget(), handling).await.unwrap_or_else(|_| {
-        Err(Status::unavailable(
-            "store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)",
-        ))
-    })
+    tokio::time::timeout(deadline.budget(), handling).await.unwrap_or_else(|_| Err(super::status::store_timeout()))
 }
 
 /// The call metrics and log line of an answered call: its outcome (declines by reason) or status.

@@ -1,4 +1,5 @@
-//! The one mapping from errors to gRPC statuses. Declines never come here: they are answers.
+//! The one mapping from errors to gRPC statuses (refusals before the engine are `Refusal`s).
+//! Declines never come here: they are answers.
 //! Values a caller sent are quoted in messages only through [`crate::ledger::echo`] (a short
 //! prefix); the cap on the whole message below is a backstop, so that no message can outgrow the
 //! `grpc-message` trailer whatever a refusal quotes.
@@ -41,6 +42,13 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         to_status(error)
     }
+}
+
+/// The store gave no answer within the call's budget: the change may or may not have happened.
+pub fn store_timeout() -> Status {
+    Status::unavailable(
+        "store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)",
+    )
 }
 
 /// Input refused during conversion, before any engine call.

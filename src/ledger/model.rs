@@ -81,6 +81,13 @@ struct Call<'a, T> {
     memo: Memo<T>,
 }
 
+impl<'a, T> Call<'a, T> {
+    /// A call on reservation `id`: its account must exist.
+    fn on_reservation(id: &'a ReservationId, request: &'a RequestId, fingerprint: Fingerprint, memo: Memo<T>) -> Self {
+        Call { account: &id.account, request, fingerprint, create: Create::No, reservation: Some(id.seq), memo }
+    }
+}
+
 impl Ledger {
     /// `retention_ms`: how long request ids and closed reservations are remembered.
     pub fn new(retention_ms: Millis) -> Self {
@@ -271,14 +278,7 @@ impl Ledger {
 
     pub fn commit(&mut self, now: Millis, cmd: &Commit) -> Result<Decision<Committed>, Error> {
         let seq = cmd.reservation.seq;
-        let call = Call {
-            account: &cmd.reservation.account,
-            request: &cmd.request,
-            fingerprint: cmd.fingerprint(),
-            create: Create::No,
-            reservation: Some(seq),
-            memo: memo!(Commit),
-        };
+        let call = Call::on_reservation(&cmd.reservation, &cmd.request, cmd.fingerprint(), memo!(Commit));
         self.run(now, call, |account, sink| {
             if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
                 return Ok(Decision::Declined(decline));
@@ -304,14 +304,7 @@ impl Ledger {
 
     pub fn extend(&mut self, now: Millis, cmd: &Extend) -> Result<Decision<Extended>, Error> {
         let seq = cmd.reservation.seq;
-        let call = Call {
-            account: &cmd.reservation.account,
-            request: &cmd.request,
-            fingerprint: cmd.fingerprint(),
-            create: Create::No,
-            reservation: Some(seq),
-            memo: memo!(Extend),
-        };
+        let call = Call::on_reservation(&cmd.reservation, &cmd.request, cmd.fingerprint(), memo!(Extend));
         let decision = self.run(now, call, |account, sink| {
             if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
                 return Ok(Decision::Declined(decline));
@@ -358,14 +351,7 @@ impl Ledger {
 
     pub fn release(&mut self, now: Millis, cmd: &Release) -> Result<Decision<Released>, Error> {
         let seq = cmd.reservation.seq;
-        let call = Call {
-            account: &cmd.reservation.account,
-            request: &cmd.request,
-            fingerprint: cmd.fingerprint(),
-            create: Create::No,
-            reservation: Some(seq),
-            memo: memo!(Release),
-        };
+        let call = Call::on_reservation(&cmd.reservation, &cmd.request, cmd.fingerprint(), memo!(Release));
         self.run(now, call, |account, sink| {
             if let Some(decline) = closed_decline(account, &cmd.reservation, 0)? {
                 return Ok(Decision::Declined(decline));
