@@ -2,12 +2,15 @@
 //! message that does not decode is INVALID_ARGUMENT — the caller sent bad input, nothing was
 //! decided — where tonic-prost answers INTERNAL, which reads as the server's fault and would be
 //! retried. The generated clients share the codec, so a client that cannot decode a response
-//! reports the same code; the message says which message did not decode.
+//! reports the same code; the message says which message did not decode. Each one is counted as
+//! a `malformed` refusal.
 
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use super::refusal::Refusal;
 
 #[derive(Debug, Clone)]
 pub struct StrictCodec<T, U>(ProstCodec<T, U>);
@@ -47,7 +50,7 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|status| {
             let name = std::any::type_name::<U>().rsplit("::").next().unwrap_or("message");
-            Status::invalid_argument(format!("{name}: not a valid protobuf message ({})", status.message()))
+            Refusal::Malformed { message_type: name.to_owned(), why: status.message().to_owned() }.status()
         })
     }
 

@@ -21,6 +21,11 @@ pub enum Refusal {
     },
     /// A message over `request_bytes_max`: tonic refuses it (OUT_OF_RANGE); counted here.
     RequestTooLarge,
+    /// A message that is not valid protobuf for its type (named).
+    Malformed {
+        message_type: String,
+        why: String,
+    },
     /// No answer within the call's deadline.
     DeadlineExceeded {
         timeout: Duration,
@@ -50,6 +55,7 @@ impl Refusal {
             Self::RequestBroken(_) => Code::Cancelled,
             Self::RequestTooSlow { .. } | Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::RequestTooLarge => Code::OutOfRange,
+            Self::Malformed { .. } => Code::InvalidArgument,
             Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::NoToken | Self::UnknownToken => Code::Unauthenticated,
             Self::MissingScope { .. } | Self::AccountNotAllowed { .. } => Code::PermissionDenied,
@@ -62,6 +68,7 @@ impl Refusal {
             Self::RequestBroken(_) => "request_broken",
             Self::RequestTooSlow { .. } => "request_body_timeout",
             Self::RequestTooLarge => "request_too_large",
+            Self::Malformed { .. } => "malformed",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
             Self::Overloaded { .. } => "overloaded",
             Self::NoToken | Self::UnknownToken => "unauthenticated",
@@ -76,6 +83,7 @@ impl Refusal {
                 format!("request_body_timeout_ms: the request did not arrive within {} ms", timeout.as_millis())
             }
             Self::RequestTooLarge => "request_bytes_max: the request message is too large".to_owned(),
+            Self::Malformed { message_type, why } => format!("{message_type}: not a valid protobuf message ({why})"),
             Self::DeadlineExceeded { timeout } => format!("no answer within {} ms", timeout.as_millis()),
             Self::Overloaded { concurrency_max } => {
                 format!("overloaded: {concurrency_max} calls in flight (concurrency_max); retry with backoff")

@@ -557,6 +557,7 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     assert_eq!(calls("Reserve", "invalid_argument"), Some(1.0), "{}", metrics.text);
     let refusals = |reason: &str| metrics.get("credit_sidecar_refusals_total", &[("reason", reason)]);
     assert_eq!(refusals("request_too_large"), Some(1.0), "{}", metrics.text);
+    assert_eq!(refusals("malformed"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Reserve", "out_of_range"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "invalid_argument"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "ok"), Some(1.0), "{}", metrics.text);
