@@ -13,7 +13,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -92,7 +91,7 @@ pub struct SettleSetup {
 /// The operator's HTTP endpoint: `/metrics` (when a recorder is installed), `/livez`, `/readyz`.
 pub struct HttpSetup {
     pub listener: TcpListener,
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<crate::telemetry::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]

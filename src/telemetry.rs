@@ -41,6 +41,42 @@ pub const SETTLED: &str = "credit_sidecar_settled_events_total";
 pub const SETTLE_FAILURES: &str = "credit_sidecar_settle_failures_total";
 pub const SWEPT_HOLDS: &str = "credit_sidecar_swept_holds_total";
 pub const AUTH_RELOADS: &str = "credit_sidecar_auth_reloads_total";
+pub const BUILD_INFO: &str = "credit_sidecar_build_info";
+
+/// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
+/// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
+pub const EXPORTED: [&str; 17] = [
+    CALLS,
+    CALL_DURATION,
+    DECLINES,
+    REFUSALS,
+    CALLS_IN_FLIGHT,
+    OPEN_HOLDS,
+    HELD_CREDITS,
+    REDIS_ERRORS,
+    REDIS_STATE_LOST,
+    DEPENDENCY_UP,
+    SETTLE_BACKLOG,
+    SETTLE_LAG,
+    SETTLED,
+    SETTLE_FAILURES,
+    SWEPT_HOLDS,
+    AUTH_RELOADS,
+    BUILD_INFO,
+];
+
+/// The process metrics (`metrics-process`, as Prometheus's Go client names them), collected at
+/// each scrape.
+pub const PROCESS_METRICS: [&str; 8] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
 
 /// Call latency buckets, in seconds: 50 µs to 5 s.
 const LATENCY_BUCKETS: [f64; 16] =
@@ -56,11 +92,29 @@ pub fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Installs the global Prometheus recorder; the handle renders the scrape page.
-pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+/// The scrape page's source: the global Prometheus recorder, and the process metrics collected
+/// at each scrape.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Metrics {
+    fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+}
+
+/// Installs the global Prometheus recorder; the build info (`version`) is set once.
+pub fn install_metrics() -> Result<Metrics, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS)?.install_recorder()?;
     describe();
-    Ok(handle)
+    let process = metrics_process::Collector::default();
+    process.describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(Metrics { handle, process })
 }
 
 fn describe() {
@@ -81,6 +135,7 @@ fn describe() {
     describe_counter!(SETTLE_FAILURES, "Settlement reads or writes that failed and were retried.");
     describe_counter!(SWEPT_HOLDS, "Holds expired by the background sweep.");
     describe_counter!(AUTH_RELOADS, "Reloads of the bearer tokens file, by result.");
+    describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
     for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {
         metrics::counter!(counter).absolute(0);
@@ -89,7 +144,7 @@ fn describe() {
 
 #[derive(Clone)]
 struct Endpoint {
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Metrics>,
     serving: watch::Receiver<bool>,
 }
 
@@ -97,11 +152,11 @@ struct Endpoint {
 /// recorder handle `/metrics` answers 404.
 pub async fn serve_http(
     listener: TcpListener,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Metrics>,
     serving: watch::Receiver<bool>,
     mut stopped: watch::Receiver<()>,
 ) {
-    if let Some(handle) = metrics.clone() {
+    if let Some(handle) = metrics.as_ref().map(|metrics| metrics.handle.clone()) {
         let mut upkeep_stopped = stopped.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(5));
@@ -130,7 +185,7 @@ pub async fn serve_http(
 
 async fn scrape(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
     match &endpoint.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
+        Some(metrics) => (StatusCode::OK, metrics.render()),
         None => (StatusCode::NOT_FOUND, "metrics are not recorded in this process\n".into()),
     }
 }

@@ -14,6 +14,7 @@ mod golden;
 mod harness;
 mod layout;
 mod model_props;
+mod monitoring;
 mod operations;
 mod process;
 mod redis_faults;

@@ -558,6 +558,13 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     let refusals = |reason: &str| metrics.get("credit_sidecar_refusals_total", &[("reason", reason)]);
     assert_eq!(refusals("request_too_large"), Some(1.0), "{}", metrics.text);
     assert_eq!(refusals("malformed"), Some(1.0), "{}", metrics.text);
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(metrics.get("credit_sidecar_build_info", &version), Some(1.0), "{}", metrics.text);
+    // (CPU seconds count whole seconds: present, but 0 in a process this young.)
+    assert!(metrics.get("process_cpu_seconds_total", &[]).is_some(), "{}", metrics.text);
+    for process in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+        assert!(metrics.get(process, &[]).is_some_and(|value| value > 0.0), "{process}: {}", metrics.text);
+    }
     assert_eq!(calls("Reserve", "out_of_range"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "invalid_argument"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "ok"), Some(1.0), "{}", metrics.text);
