@@ -39,6 +39,9 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format, &config.log_level);
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => run(config).await,
         Command::Verify { account } => match maintain(&config, account, Maintenance::Verify).await {
@@ -52,9 +55,9 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, in the log (on stdout, where everything else this process said went).
         Err(error) => {
             tracing::error!(%error, "exiting");
-            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }
@@ -153,11 +156,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: config.shutdown_grace,
     };
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("listen {}: cannot bind: {error}", config.listen))?;
     let grpc = listener.local_addr()?;
     let http = match config.metrics_listen {
         Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address).await?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("metrics_listen {address}: cannot bind: {error}"))?;
             Some(HttpSetup { listener, metrics: Some(telemetry::install_metrics()?) })
         }
         None => None,

@@ -7,6 +7,7 @@
 //! - HTTP (`metrics_listen`): `GET /metrics`, `GET /livez` (200 while the process runs) and
 //!   `GET /readyz` (200 while serving, 503 otherwise), for probes that cannot speak gRPC.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use axum::Router;
@@ -85,7 +86,8 @@ const LATENCY_BUCKETS: [f64; 16] =
 /// Installs the global log subscriber. `level` was validated by the configuration.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal, never into files and pipes.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),

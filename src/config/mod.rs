@@ -36,6 +36,10 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub settings: Settings,
+    /// Where each setting given by a flag or a variable came from (for error messages): the
+    /// setting's name → `--flag` or `CREDIT_SIDECAR_VARIABLE`. Filled by [`parse_args`].
+    #[arg(skip)]
+    pub sources: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,16 +242,39 @@ pub struct Config {
     /// How often the background sweep expires overdue holds and renews cycles.
     pub sweep_interval: Duration,
     pub rules: Rules,
+    /// What the operator should hear about once logging is up (a misspelt variable, say).
+    pub warnings: Vec<String>,
 }
 
+/// A setting that cannot be used, and why; `source`: where its value came from, when known.
 #[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(String);
+#[error("configuration: {setting}: {reason}{}", origin.as_ref().map_or(String::new(), |origin| format!(" (from {origin})")))]
+pub struct ConfigError {
+    setting: String,
+    reason: String,
+    origin: Option<String>,
+}
 
 impl ConfigError {
     fn new(setting: &str, reason: impl std::fmt::Display) -> Self {
-        Self(format!("{setting}: {reason}"))
+        Self { setting: setting.to_owned(), reason: reason.to_string(), origin: None }
     }
+
+    /// Names where the setting's value came from, when `sources` knows.
+    fn sourced(mut self, sources: &BTreeMap<String, String>) -> Self {
+        self.origin = sources.get(&self.setting).cloned();
+        self
+    }
+}
+
+/// The environment variable of a setting.
+fn variable(setting: &str) -> String {
+    format!("CREDIT_SIDECAR_{}", setting.to_ascii_uppercase())
+}
+
+/// The flag of a setting.
+fn flag(setting: &str) -> String {
+    format!("--{}", setting.replace('_', "-"))
 }
 
 /// The command line: [`Args`], with each setting's help written from [`settings::SETTINGS`].
@@ -261,23 +288,73 @@ pub fn command() -> clap::Command {
     command
 }
 
-/// Parses the process's arguments (and `CREDIT_SIDECAR_*` variables); exits on bad ones.
+/// Parses the process's arguments (and `CREDIT_SIDECAR_*` variables); exits on bad ones. A value
+/// clap cannot parse is reported under the variable it came from when no flag gave it (clap
+/// itself would name the flag).
 pub fn parse_args() -> Args {
-    let matches = command().get_matches();
-    <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    let matches = command().try_get_matches().unwrap_or_else(|error| exit_naming_the_variable(error));
+    let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    for id in matches.ids() {
+        let name = id.as_str();
+        let source = match matches.value_source(name) {
+            Some(clap::parser::ValueSource::EnvVariable) => variable(name),
+            Some(clap::parser::ValueSource::CommandLine) => flag(name),
+            _ => continue,
+        };
+        args.sources.insert(name.to_owned(), source);
+    }
+    args
+}
+
+fn exit_naming_the_variable(error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+        && let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg)
+        && let Some(setting) = settings::SETTINGS.iter().find(|setting| arg.starts_with(&flag(setting.name)))
+        && !std::env::args()
+            .any(|given| given == flag(setting.name) || given.starts_with(&format!("{}=", flag(setting.name))))
+        && let Ok(value) = std::env::var(variable(setting.name))
+    {
+        let reason = match error.get(ContextKind::InvalidValue) {
+            Some(ContextValue::String(_)) | None => format!("{value:?} is not a valid value"),
+            Some(other) => format!("{value:?} is not a valid value ({other})"),
+        };
+        let error = ConfigError { setting: setting.name.to_owned(), reason, origin: Some(variable(setting.name)) };
+        eprintln!("error: {error}");
+        std::process::exit(2);
+    }
+    error.exit()
+}
+
+/// `CREDIT_SIDECAR_*` variables that name no setting: most likely misspelt, so ignored silently
+/// they would leave a setting at its default.
+fn unknown_variables() -> Vec<String> {
+    let known: Vec<String> = settings::SETTINGS.iter().map(|setting| variable(setting.name)).collect();
+    let mut unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("CREDIT_SIDECAR_") && name != "CREDIT_SIDECAR_CONFIG" && !known.contains(name))
+        .collect();
+    unknown.sort();
+    unknown
 }
 
 impl Config {
     /// Flags over the environment over the file over defaults.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
-        build(merged(args)?)
+        let (settings, sources) = merged(args)?;
+        let mut config = build(settings).map_err(|error| error.sourced(&sources))?;
+        config.warnings = unknown_variables()
+            .into_iter()
+            .map(|name| format!("{name} names no setting and is ignored (misspelt? see --help)"))
+            .collect();
+        Ok(config)
     }
 
     /// Checks the configuration as [`Config::load`] would, without reading the files it names
     /// (tokens, TLS): they belong to the machine it will run on, so a configuration rendered
     /// elsewhere (a Helm chart's) can be checked. Their settings are checked in every other way.
     pub fn check(args: &Args) -> Result<(), ConfigError> {
-        let mut settings = merged(args)?;
+        let (mut settings, sources) = merged(args)?;
         if let (Some(path), Some(true)) = (&settings.auth_tokens_file, settings.auth_disabled) {
             return Err(ConfigError::new(
                 "auth_disabled",
@@ -298,7 +375,7 @@ impl Config {
             }
             _ => (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) = (None, None, None),
         }
-        build(settings).map(|_| ())
+        build(settings).map(|_| ()).map_err(|error| error.sourced(&sources))
     }
 
     /// A configuration from TOML text alone (defaults for what it leaves out).
@@ -307,24 +384,46 @@ impl Config {
     }
 }
 
-/// The file's settings under the environment's and the flags'.
-fn merged(args: &Args) -> Result<Settings, ConfigError> {
+/// The file's settings under the environment's and the flags', and where each came from.
+fn merged(args: &Args) -> Result<(Settings, BTreeMap<String, String>), ConfigError> {
+    let mut sources = BTreeMap::new();
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| ConfigError::new("config", format!("cannot read {}: {error}", path.display())))?;
-            parse_file(&text)?
+            let file = parse_file(&text)?;
+            for name in given(&file)? {
+                sources.insert(name, format!("the config file {}", path.display()));
+            }
+            file
         }
         None => Settings::default(),
     };
+    sources.extend(args.sources.clone());
     let mut overlay = args.settings.clone();
     // The conventional variables, below their CREDIT_SIDECAR_ forms (which clap has read).
-    for (name, slot) in [("REDIS_URL", &mut overlay.redis_url), ("DATABASE_URL", &mut overlay.database_url)] {
+    for (name, setting, slot) in [
+        ("REDIS_URL", "redis_url", &mut overlay.redis_url),
+        ("DATABASE_URL", "database_url", &mut overlay.database_url),
+    ] {
         if slot.is_none() {
             *slot = std::env::var(name).ok().filter(|value| !value.is_empty());
+            if slot.is_some() {
+                sources.insert(setting.to_owned(), name.to_owned());
+            }
         }
     }
-    overlay_settings(file, overlay)
+    Ok((overlay_settings(file, overlay)?, sources))
+}
+
+/// The settings `settings` gives a value.
+fn given(settings: &Settings) -> Result<Vec<String>, ConfigError> {
+    match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => {
+            Ok(map.into_iter().filter(|(_, value)| !value.is_null()).map(|(key, _)| key).collect())
+        }
+        other => Err(ConfigError::new("config", format!("cannot read settings back: {other:?}"))),
+    }
 }
 
 fn parse_file(text: &str) -> Result<Settings, ConfigError> {
@@ -385,7 +484,10 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         trial_duration_max_ms: defaults.trial_duration_max_ms,
         request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
     };
-    rules.validate().map_err(ConfigError)?;
+    rules.validate().map_err(|message| match message.split_once(": ") {
+        Some((setting, reason)) => ConfigError::new(setting, reason),
+        None => ConfigError::new("rules", message),
+    })?;
     Ok(Config {
         listen,
         metrics_listen,
@@ -408,6 +510,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         shutdown_grace,
         sweep_interval,
         rules,
+        warnings: Vec::new(),
     })
 }
 

@@ -188,6 +188,17 @@ impl Sidecar {
         }
     }
 
+    /// Reads stdout (any format) until a line contains `word`; returns every line read so far.
+    async fn lines_until(&mut self, word: &str) -> Vec<String> {
+        loop {
+            match tokio::time::timeout(START_TIMEOUT, self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(word) => return self.stdout(),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("no line with {word:?}\n{}", self.transcript()),
+            }
+        }
+    }
+
     /// Waits for the `serving` line and returns the real gRPC and metrics addresses.
     pub(crate) async fn serving(&mut self) -> Serving {
         let line = self.wait_for_line("`serving` line", START_TIMEOUT, |line| message(line) == Some("serving")).await;
@@ -690,10 +701,21 @@ async fn an_invalid_configuration_is_refused_before_any_port_is_bound() {
         command
     };
     let loopback = format!("127.0.0.1:{grpc_port}");
-    let mut cases: Vec<(&str, Command)> = Vec::new();
+    // (setting, command, where the error must say the value came from)
+    let mut cases: Vec<(&str, Command, Option<&str>)> = Vec::new();
     let mut zero_concurrency = base(loopback.clone());
     zero_concurrency.args(["--concurrency-max", "0"]);
-    cases.push(("concurrency_max", zero_concurrency));
+    cases.push(("concurrency_max", zero_concurrency, Some("(from --concurrency-max)")));
+    let mut zero_from_env = base(loopback.clone());
+    zero_from_env.env("CREDIT_SIDECAR_CONCURRENCY_MAX", "0");
+    cases.push(("concurrency_max", zero_from_env, Some("(from CREDIT_SIDECAR_CONCURRENCY_MAX)")));
+    // A value clap cannot parse, from a variable: named by the variable, not by the flag.
+    let mut words_from_env = base(loopback.clone());
+    words_from_env.env("CREDIT_SIDECAR_REDIS_SHARDS", "many");
+    cases.push(("redis_shards", words_from_env, Some("\"many\" is not a valid value")));
+    let mut from_file = base(loopback.clone());
+    from_file.arg("--config").arg(work.write("bad-sweep.toml", "sweep_interval_ms = 5\n"));
+    cases.push(("sweep_interval_ms", from_file, Some("(from the config file ")));
     let mut xml_logs = work.bare_command();
     xml_logs.env("CREDIT_SIDECAR_LOG_FORMAT", "xml").args([
         "--listen",
@@ -701,14 +723,14 @@ async fn an_invalid_configuration_is_refused_before_any_port_is_bound() {
         "--metrics-listen",
         &metrics_address,
     ]);
-    cases.push(("log_format", xml_logs));
+    cases.push(("log_format", xml_logs, Some("(from CREDIT_SIDECAR_LOG_FORMAT)")));
     let mut unknown = base(loopback.clone());
     unknown.arg("--config").arg(&unknown_key);
-    cases.push(("no_such_setting", unknown));
+    cases.push(("no_such_setting", unknown, None));
     // Every interface, so not loopback; the port is still the held one.
-    cases.push(("auth_tokens_file", base(format!("0.0.0.0:{grpc_port}"))));
+    cases.push(("auth_tokens_file", base(format!("0.0.0.0:{grpc_port}")), None));
 
-    for (setting, command) in cases {
+    for (setting, command, origin) in cases {
         let mut sidecar = Sidecar::spawn(command);
         let status = sidecar.exit_status().await;
         let stderr = sidecar.stderr();
@@ -720,6 +742,10 @@ async fn an_invalid_configuration_is_refused_before_any_port_is_bound() {
             stderr.starts_with(&format!("error: configuration: {setting}: "))
         };
         assert!(named, "{setting}: stderr is not `error: configuration:` naming {setting}:\n{stderr}");
+        if let Some(origin) = origin {
+            assert!(stderr.contains(origin), "{setting}: stderr does not say `{origin}`:\n{stderr}");
+        }
+        assert_eq!(stderr.matches("error: ").count(), 1, "{setting}: the error is said once:\n{stderr}");
         let lines = sidecar.all_json_lines().await;
         assert!(!lines.iter().any(|line| message(line) == Some("serving")), "{setting}: it served");
     }
@@ -764,6 +790,56 @@ async fn a_default_loopback_run_warns_that_authentication_is_off() {
     guarded.exit_status().await;
     let lines = guarded.all_json_lines().await;
     assert!(!warned(&lines), "warned with a tokens file:\n{}", guarded.transcript());
+}
+
+/// A `CREDIT_SIDECAR_*` variable that names no setting (a typo would leave the setting at its
+/// default) is warned about once logging is up; text logs into a pipe carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_variable_is_warned_about_and_piped_logs_have_no_colour() {
+    let work = Workdir::new();
+    let mut command = work.command();
+    command.env("CREDIT_SIDECAR_CONCURENCY_MAX", "8");
+    let mut sidecar = Sidecar::spawn(command);
+    sidecar.serving().await;
+    sidecar.terminate();
+    sidecar.exit_status().await;
+    let lines = sidecar.all_json_lines().await;
+    let warned = lines.iter().any(|line| {
+        line["level"].as_str() == Some("WARN")
+            && message(line).is_some_and(|text| text.contains("CREDIT_SIDECAR_CONCURENCY_MAX names no setting"))
+    });
+    assert!(warned, "no warning about the misspelt variable:\n{}", sidecar.transcript());
+
+    let mut text = work.bare_command();
+    text.args(["--log-format", "text", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "check-config"]);
+    let mut checked = Sidecar::spawn(text);
+    assert_eq!(checked.exit_status().await.code(), Some(0), "{}", checked.transcript());
+    let mut text = work.bare_command();
+    text.args(["--log-format", "text", "--listen", "127.0.0.1:0", "--metrics-listen", "off"]);
+    let mut plain = Sidecar::spawn(text);
+    let lines = plain.lines_until("serving").await;
+    plain.terminate();
+    plain.exit_status().await;
+    assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "colour codes in a pipe:\n{}", plain.transcript());
+}
+
+/// A listener that cannot bind is named in the error, which is said once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_names_its_listener() {
+    let work = Workdir::new();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap().to_string();
+    let mut command = work.bare_command();
+    command.args(["--log-format", "json", "--listen", "127.0.0.1:0", "--metrics-listen", &address]);
+    let mut sidecar = Sidecar::spawn(command);
+    let status = sidecar.exit_status().await;
+    assert_eq!(status.code(), Some(1), "{}", sidecar.transcript());
+    let lines = sidecar.all_json_lines().await;
+    let errors: Vec<&Value> = lines.iter().filter(|line| line["level"].as_str() == Some("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{}", sidecar.transcript());
+    let error = errors[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with(&format!("metrics_listen {address}: cannot bind")), "{error}");
+    assert!(sidecar.stderr().is_empty(), "said again on stderr:\n{}", sidecar.transcript());
 }
 
 /// A SIGTERM the moment the binary says `serving` is a graceful stop like any other: exit 0,
