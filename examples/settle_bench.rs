@@ -146,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key_prefix: format!("{run}:"),
         timeout: Duration::from_secs(5),
         wait: None,
+        tls: Default::default(),
     };
     let redis = Arc::new(RedisEngine::connect(&settings, 86_400_000).await?);
     let store = Store::connect(&args.database).await?;

@@ -64,6 +64,7 @@ impl ScriptBench {
             key_prefix: prefix.clone(),
             timeout: Duration::from_secs(10),
             wait: None,
+            tls: Default::default(),
         };
         let engine = RedisEngine::connect(&settings, DAY_MS).await.expect("connect the Redis engine");
         Self {

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
-use crate::engine::redis::{RedisSettings, WaitReplicas};
+use crate::engine::redis::{RedisSettings, RedisTls, WaitReplicas};
 use crate::gate::Limits;
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
@@ -92,6 +92,12 @@ pub struct Settings {
     pub redis_timeout_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
     pub redis_key_prefix: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CA_FILE", value_name = "FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLIENT_CERT_FILE", value_name = "FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLIENT_KEY_FILE", value_name = "FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_REPLICAS")]
     pub redis_wait_replicas: Option<u32>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_WAIT_TIMEOUT_MS")]
@@ -100,6 +106,8 @@ pub struct Settings {
     pub redis_state_recovery: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_CA_FILE", value_name = "FILE")]
+    pub database_ca_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
     pub settle_batch_max: Option<usize>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_CLAIM_IDLE_MS")]
@@ -375,6 +383,11 @@ impl Config {
             }
             _ => (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) = (None, None, None),
         }
+        if let Some(url) = settings.redis_url.as_deref().filter(|url| !url.is_empty()) {
+            let urls: Vec<String> = url.split(',').map(|part| part.trim().to_owned()).collect();
+            check_redis_tls(&settings, &urls).map_err(|error| error.sourced(&sources))?;
+        }
+        (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
         build(settings).map(|_| ()).map_err(|error| error.sourced(&sources))
     }
 
@@ -414,6 +427,24 @@ fn merged(args: &Args) -> Result<(Settings, BTreeMap<String, String>), ConfigErr
         }
     }
     Ok((overlay_settings(file, overlay)?, sources))
+}
+
+/// `database_ca_file` as the PostgreSQL URL's `sslrootcert` (and `sslmode=verify-full` unless
+/// the URL names a mode): the standard parameters, so the URL alone says how it connects.
+fn with_root_certificate(url: &str, ca: &std::path::Path) -> Result<String, ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::new("database_ca_file", "is for PostgreSQL URLs (postgres://)"));
+    }
+    if url.contains("sslrootcert=") {
+        return Err(ConfigError::new("database_ca_file", "contradicts the URL's own sslrootcert; set one of them"));
+    }
+    let ca = ca
+        .to_str()
+        .filter(|path| !path.contains(['&', '#', '?', ' ']))
+        .ok_or_else(|| ConfigError::new("database_ca_file", "must be a plain path (no spaces, &, # or ?)"))?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let mode = if url.contains("sslmode=") { String::new() } else { "&sslmode=verify-full".to_owned() };
+    Ok(format!("{url}{separator}sslrootcert={ca}{mode}"))
 }
 
 /// The settings `settings` gives a value.
@@ -589,7 +620,10 @@ fn tls(file: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
 }
 
 fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
-    let database_url = settings::DATABASE_URL.text(file.database_url.as_deref()).to_owned();
+    let mut database_url = settings::DATABASE_URL.text(file.database_url.as_deref()).to_owned();
+    if let Some(ca) = &file.database_ca_file {
+        database_url = with_root_certificate(&database_url, ca)?;
+    }
     if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| database_url.starts_with(scheme)) {
         return Err(ConfigError::new("database_url", "must start with postgres://, postgresql:// or sqlite:"));
     }
@@ -637,7 +671,36 @@ fn engine(file: &Settings) -> Result<EngineConfig, ConfigError> {
         ));
     }
     let wait = (replicas > 0).then(|| WaitReplicas { replicas, timeout: Duration::from_millis(wait_ms) });
-    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout, wait }))
+    let tls = redis_tls(file, &urls)?;
+    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout, wait, tls }))
+}
+
+/// The TLS material of `rediss://` connections, read from the files the settings name.
+fn redis_tls(file: &Settings, urls: &[String]) -> Result<RedisTls, ConfigError> {
+    let read = |setting: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
+    };
+    check_redis_tls(file, urls)?;
+    let ca_pem = file.redis_ca_file.as_ref().map(|path| read("redis_ca_file", path)).transpose()?;
+    let client_pem = match (&file.redis_client_cert_file, &file.redis_client_key_file) {
+        (Some(cert), Some(key)) => Some((read("redis_client_cert_file", cert)?, read("redis_client_key_file", key)?)),
+        _ => None,
+    };
+    Ok(RedisTls { ca_pem, client_pem })
+}
+
+/// The Redis TLS settings make sense together (without reading their files).
+fn check_redis_tls(file: &Settings, urls: &[String]) -> Result<(), ConfigError> {
+    let any_tls = file.redis_ca_file.is_some() || file.redis_client_cert_file.is_some();
+    if any_tls && !urls.iter().all(|url| url.starts_with("rediss://")) {
+        return Err(ConfigError::new("redis_url", "TLS files are set: the URL must be rediss://"));
+    }
+    match (&file.redis_client_cert_file, &file.redis_client_key_file) {
+        (Some(_), None) => Err(ConfigError::new("redis_client_key_file", "is required with redis_client_cert_file")),
+        (None, Some(_)) => Err(ConfigError::new("redis_client_cert_file", "is required with redis_client_key_file")),
+        _ => Ok(()),
+    }
 }
 #[cfg(test)]
 mod tests {

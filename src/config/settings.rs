@@ -174,6 +174,18 @@ pub const REDIS_KEY_PREFIX: Setting = text(
     Default::Text(""),
     "prepended to every key, so deployments can share a Redis (at most 64 bytes, no braces)",
 );
+pub const REDIS_CA_FILE: Setting = text(
+    "redis_ca_file",
+    Default::Nothing("none: the system's roots"),
+    "PEM CA bundle that signs the Redis server's certificate (`rediss://` URLs; Redis Cluster too)",
+);
+pub const REDIS_CLIENT_CERT_FILE: Setting = text(
+    "redis_client_cert_file",
+    Default::Nothing("none"),
+    "PEM client certificate for Redis's `tls-auth-clients`; with `redis_client_key_file`",
+);
+pub const REDIS_CLIENT_KEY_FILE: Setting =
+    text("redis_client_key_file", Default::Nothing("none"), "PEM private key of `redis_client_cert_file`");
 pub const REDIS_WAIT_REPLICAS: Setting = number(
     "redis_wait_replicas",
     0,
@@ -201,6 +213,12 @@ pub const DATABASE_URL: Setting = text(
     "database_url",
     Default::Text("sqlite://credit-sidecar.db?mode=rwc"),
     "where events settle: `postgres://…` or `sqlite:…`; also read from `DATABASE_URL`",
+);
+pub const DATABASE_CA_FILE: Setting = text(
+    "database_ca_file",
+    Default::Nothing("none"),
+    "PEM CA that signs the PostgreSQL server's certificate: the URL's `sslrootcert`, with `sslmode=verify-full` \
+     unless the URL names a mode",
 );
 pub const SETTLE_BATCH_MAX: Setting = number(
     "settle_batch_max",
@@ -381,7 +399,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 43] = [
+pub const SETTINGS: [Setting; 47] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -391,10 +409,14 @@ pub const SETTINGS: [Setting; 43] = [
     REDIS_SHARDS,
     REDIS_TIMEOUT_MS,
     REDIS_KEY_PREFIX,
+    REDIS_CA_FILE,
+    REDIS_CLIENT_CERT_FILE,
+    REDIS_CLIENT_KEY_FILE,
     REDIS_WAIT_REPLICAS,
     REDIS_WAIT_TIMEOUT_MS,
     REDIS_STATE_RECOVERY,
     DATABASE_URL,
+    DATABASE_CA_FILE,
     SETTLE_BATCH_MAX,
     SETTLE_CLAIM_IDLE_MS,
     OUTBOX_MEMORY_MAX,

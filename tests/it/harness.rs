@@ -50,7 +50,15 @@ pub enum EngineKind {
 
 /// Settings for a test's own Redis: short timeouts, the default shard count.
 pub fn redis_settings(urls: Vec<String>, cluster: bool) -> RedisSettings {
-    RedisSettings { urls, cluster, shards: 16, key_prefix: String::new(), timeout: Duration::from_secs(2), wait: None }
+    RedisSettings {
+        urls,
+        cluster,
+        shards: 16,
+        key_prefix: String::new(),
+        timeout: Duration::from_secs(2),
+        wait: None,
+        tls: Default::default(),
+    }
 }
 
 /// A Redis engine on `server`, driven by `clock`.
@@ -457,3 +465,34 @@ pub async fn raw_unary(channel: &Channel, path: &'static str, message: &[u8]) ->
 
 /// Bytes that are not a protobuf message: a field key whose varint never ends.
 pub const NOT_PROTOBUF: &[u8] = &[0xff; 11];
+
+/// A CA, a server certificate for `localhost` (and 127.0.0.1) and a client certificate, all signed
+/// by the CA, made for one test.
+pub struct Pki {
+    pub ca: String,
+    /// Certificate and key (PEM) for `localhost` and 127.0.0.1.
+    pub server: (String, String),
+    /// Certificate and key (PEM) of a client named `worker`.
+    pub client: (String, String),
+}
+
+pub fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    // Distinct subject names: OpenSSL (redis-server, PostgreSQL) takes a certificate whose
+    // subject equals its issuer for a self-signed one, and rejects it as an unknown CA.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "credit-sidecar test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: &[&str]| {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names[0].as_str());
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki { ca: ca.pem(), server: leaf(&["localhost", "127.0.0.1"]), client: leaf(&["worker"]) }
+}

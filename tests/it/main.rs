@@ -26,3 +26,4 @@ mod settle;
 mod settle_faults;
 mod state_loss;
 mod store;
+mod store_tls;

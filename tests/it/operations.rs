@@ -26,8 +26,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::{
-    HEALTH_TRANSITION_MAX, anchor, health_watch, plan_request, redis_engine, redis_settings, reserve_request, t0,
-    wait_for_health,
+    HEALTH_TRANSITION_MAX, Pki, anchor, health_watch, pki, plan_request, redis_engine, redis_settings, reserve_request,
+    t0, wait_for_health,
 };
 use crate::servers::{PostgresServer, RedisServer};
 
@@ -491,28 +491,6 @@ async fn calls_still_running_when_the_grace_period_ends_make_shutdown_report_it(
     assert!(matches!(result, Err(ServeError::GraceExceeded(_))), "{result:?}");
     server.resume();
     let _ = stuck.await;
-}
-
-/// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki { ca: ca.pem(), server: leaf("localhost"), client: leaf("worker") }
 }
 
 async fn tls_channel(address: SocketAddr, pki: &Pki, client_cert: bool) -> Result<Channel, tonic::transport::Error> {

@@ -211,9 +211,19 @@ fn unique_name(prefix: &str) -> String {
 
 impl PostgresServer {
     pub fn start() -> Self {
-        let Some(bin) = postgres_bin_dir() else {
-            return Self::fallback();
-        };
+        match postgres_bin_dir() {
+            Some(bin) => Self::start_private(bin, None),
+            None => Self::fallback(),
+        }
+    }
+
+    /// A private server that also accepts TLS (`ssl = on`) with this certificate and key (PEM).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Self {
+        let bin = postgres_bin_dir().expect("a TLS server needs PostgreSQL's programs (see .ci/run)");
+        Self::start_private(bin, Some((cert_pem, key_pem)))
+    }
+
+    fn start_private(bin: PathBuf, tls: Option<(&str, &str)>) -> Self {
         let mut cluster = Cluster {
             bin,
             owner: postgres_owner(),
@@ -222,6 +232,9 @@ impl PostgresServer {
             postmaster: None,
         };
         cluster.init();
+        if let Some((cert, key)) = tls {
+            cluster.enable_tls(cert, key);
+        }
         cluster.spawn();
         let server = (format!("postgres://postgres@127.0.0.1:{}", cluster.port), String::new());
         let this = Self { server, database: "credits".into(), cluster: Some(cluster) };
@@ -345,6 +358,22 @@ impl Cluster {
         );
         let mut conf = OpenOptions::new().append(true).open(self.data().join("postgresql.conf")).unwrap();
         conf.write_all(settings.as_bytes()).unwrap();
+    }
+
+    /// `ssl = on` with `cert` and `key` in the data directory (the key readable by the server's
+    /// user alone, as PostgreSQL demands).
+    fn enable_tls(&self, cert: &str, key: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+            let path = self.data().join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let mut conf = OpenOptions::new().append(true).open(self.data().join("postgresql.conf")).unwrap();
+        conf.write_all(b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n").unwrap();
     }
 
     fn log_path(&self) -> PathBuf {

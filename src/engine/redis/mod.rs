@@ -68,6 +68,33 @@ pub struct RedisSettings {
     /// Synchronous replication: every state change waits for this many replicas (`WAIT`)
     /// before it is answered. None: answered once the primary has it.
     pub wait: Option<WaitReplicas>,
+    /// For `rediss://` URLs: the CA that signs the server's certificate (None: the system's
+    /// roots) and a client certificate for Redis's `tls-auth-clients`.
+    pub tls: RedisTls,
+}
+
+/// TLS material for `rediss://` connections, in PEM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Certificate chain and private key.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    /// The certificates to connect with, when any is given (otherwise the client's defaults).
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca_pem.is_none() && self.client_pem.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client_pem
+                .clone()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert, client_key: key }),
+            root_cert: self.ca_pem.clone(),
+        })
+    }
 }
 
 /// How many replicas must have a state change before it is answered, and how long to wait.
@@ -917,7 +944,11 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 async fn connect(settings: &RedisSettings) -> Result<Connection> {
     let timeout = settings.timeout;
     if settings.cluster {
-        let client = redis::cluster::ClusterClient::builder(settings.urls.clone())
+        let mut builder = redis::cluster::ClusterClient::builder(settings.urls.clone());
+        if let Some(certificates) = settings.tls.certificates() {
+            builder = builder.certs(certificates);
+        }
+        let client = builder
             .tcp_settings(tcp_settings())
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -932,7 +963,10 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
     }
     let url = settings.urls.first().ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
     let info = url.as_str().into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
-    let client = redis::Client::open(info).map_err(unavailable)?;
+    let client = match settings.tls.certificates() {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates).map_err(unavailable)?,
+        None => redis::Client::open(info).map_err(unavailable)?,
+    };
     // A `WAIT` (synchronous replication) may take its own timeout on top of a round trip.
     let response_timeout = timeout + settings.wait.map_or(Duration::ZERO, |wait| wait.timeout);
     let config = ConnectionManagerConfig::new()
