@@ -147,6 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         timeout: Duration::from_secs(5),
         wait: None,
         tls: Default::default(),
+        password: None,
     };
     let redis = Arc::new(RedisEngine::connect(&settings, 86_400_000).await?);
     let store = Store::connect(&args.database).await?;

@@ -65,6 +65,7 @@ impl ScriptBench {
             timeout: Duration::from_secs(10),
             wait: None,
             tls: Default::default(),
+            password: None,
         };
         let engine = RedisEngine::connect(&settings, DAY_MS).await.expect("connect the Redis engine");
         Self {

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenSet;
-use crate::engine::redis::{RedisSettings, RedisTls, WaitReplicas};
+use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
 use crate::gate::Limits;
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
@@ -92,6 +92,8 @@ pub struct Settings {
     pub redis_timeout_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_KEY_PREFIX")]
     pub redis_key_prefix: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_PASSWORD_FILE", value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CA_FILE", value_name = "FILE")]
     pub redis_ca_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLIENT_CERT_FILE", value_name = "FILE")]
@@ -106,6 +108,8 @@ pub struct Settings {
     pub redis_state_recovery: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_PASSWORD_FILE", value_name = "FILE")]
+    pub database_password_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_CA_FILE", value_name = "FILE")]
     pub database_ca_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
@@ -388,6 +392,7 @@ impl Config {
             check_redis_tls(&settings, &urls).map_err(|error| error.sourced(&sources))?;
         }
         (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
+        (settings.redis_password_file, settings.database_password_file) = (None, None);
         build(settings).map(|_| ()).map_err(|error| error.sourced(&sources))
     }
 
@@ -427,6 +432,20 @@ fn merged(args: &Args) -> Result<(Settings, BTreeMap<String, String>), ConfigErr
         }
     }
     Ok((overlay_settings(file, overlay)?, sources))
+}
+
+/// The PostgreSQL URL with `password` (percent-encoded by the `url` crate) in its user info.
+fn with_password(database_url: &str, password: &Secret) -> Result<String, ConfigError> {
+    let refuse = |reason: &str| ConfigError::new("database_password_file", reason);
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(refuse("is for PostgreSQL URLs (postgres://)"));
+    }
+    let mut url = url::Url::parse(database_url).map_err(|_| refuse("the database_url does not parse as a URL"))?;
+    if url.password().is_some() {
+        return Err(refuse("contradicts the password in database_url; set one of them"));
+    }
+    url.set_password(Some(&password.0)).map_err(|()| refuse("the database_url has no host to log in to"))?;
+    Ok(url.into())
 }
 
 /// `database_ca_file` as the PostgreSQL URL's `sslrootcert` (and `sslmode=verify-full` unless
@@ -624,6 +643,9 @@ fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
     if let Some(ca) = &file.database_ca_file {
         database_url = with_root_certificate(&database_url, ca)?;
     }
+    if let Some(path) = &file.database_password_file {
+        database_url = with_password(&database_url, &password("database_password_file", path)?)?;
+    }
     if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| database_url.starts_with(scheme)) {
         return Err(ConfigError::new("database_url", "must start with postgres://, postgresql:// or sqlite:"));
     }
@@ -672,7 +694,19 @@ fn engine(file: &Settings) -> Result<EngineConfig, ConfigError> {
     }
     let wait = (replicas > 0).then(|| WaitReplicas { replicas, timeout: Duration::from_millis(wait_ms) });
     let tls = redis_tls(file, &urls)?;
-    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout, wait, tls }))
+    let password = file.redis_password_file.as_ref().map(|path| password("redis_password_file", path)).transpose()?;
+    Ok(EngineConfig::Redis(RedisSettings { urls, cluster, shards, key_prefix, timeout, wait, tls, password }))
+}
+
+/// A password kept in a file (a Kubernetes Secret's key): its first line.
+fn password(setting: &str, path: &PathBuf) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))?;
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(ConfigError::new(setting, format!("{} is empty", path.display())));
+    }
+    Ok(Secret(password.to_owned()))
 }
 
 /// The TLS material of `rediss://` connections, read from the files the settings name.

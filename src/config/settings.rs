@@ -174,6 +174,12 @@ pub const REDIS_KEY_PREFIX: Setting = text(
     Default::Text(""),
     "prepended to every key, so deployments can share a Redis (at most 64 bytes, no braces)",
 );
+pub const REDIS_PASSWORD_FILE: Setting = text(
+    "redis_password_file",
+    Default::Nothing("none: the URL's"),
+    "a file whose first line is the Redis password (of the URL's user, or `default`): a mounted Secret, so the \
+     password is on no command line",
+);
 pub const REDIS_CA_FILE: Setting = text(
     "redis_ca_file",
     Default::Nothing("none: the system's roots"),
@@ -213,6 +219,11 @@ pub const DATABASE_URL: Setting = text(
     "database_url",
     Default::Text("sqlite://credit-sidecar.db?mode=rwc"),
     "where events settle: `postgres://…` or `sqlite:…`; also read from `DATABASE_URL`",
+);
+pub const DATABASE_PASSWORD_FILE: Setting = text(
+    "database_password_file",
+    Default::Nothing("none: the URL's"),
+    "a file whose first line is the PostgreSQL password of the URL's user (a mounted Secret)",
 );
 pub const DATABASE_CA_FILE: Setting = text(
     "database_ca_file",
@@ -399,7 +410,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 47] = [
+pub const SETTINGS: [Setting; 49] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -409,6 +420,7 @@ pub const SETTINGS: [Setting; 47] = [
     REDIS_SHARDS,
     REDIS_TIMEOUT_MS,
     REDIS_KEY_PREFIX,
+    REDIS_PASSWORD_FILE,
     REDIS_CA_FILE,
     REDIS_CLIENT_CERT_FILE,
     REDIS_CLIENT_KEY_FILE,
@@ -416,6 +428,7 @@ pub const SETTINGS: [Setting; 47] = [
     REDIS_WAIT_TIMEOUT_MS,
     REDIS_STATE_RECOVERY,
     DATABASE_URL,
+    DATABASE_PASSWORD_FILE,
     DATABASE_CA_FILE,
     SETTLE_BATCH_MAX,
     SETTLE_CLAIM_IDLE_MS,

@@ -58,6 +58,7 @@ pub fn redis_settings(urls: Vec<String>, cluster: bool) -> RedisSettings {
         timeout: Duration::from_secs(2),
         wait: None,
         tls: Default::default(),
+        password: None,
     }
 }
 

@@ -284,6 +284,17 @@ impl PostgresServer {
         self.url_of(&self.database, Some(&schema))
     }
 
+    /// From now on `user` (created with `password`) must log in with it over TCP; everyone else
+    /// is still trusted.
+    pub fn require_password(&self, user: &str, password: &str) {
+        let cluster = self.cluster.as_ref().expect("a private server");
+        admin_sql(&self.url(), &format!("CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{password}'")).unwrap();
+        let hba = cluster.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+        admin_sql(&self.url(), "SELECT pg_reload_conf()").unwrap();
+    }
+
     fn cluster(&mut self) -> &mut Cluster {
         self.cluster.as_mut().expect("a server from DATABASE_URL cannot be stopped, killed or restarted")
     }

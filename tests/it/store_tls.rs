@@ -1,4 +1,4 @@
-//! TLS to the stores: a private redis-server on a TLS port (`tls-auth-clients yes`) and a private
+//! TLS and credentials to the stores: a private redis-server on a TLS port (`tls-auth-clients yes`) and a private
 //! PostgreSQL with `ssl = on`, both with certificates made for the test. Each admits the
 //! sidecar only with the right CA (and, for Redis, a client certificate), and refuses it
 //! otherwise — through the same settings an operator writes.
@@ -103,4 +103,44 @@ async fn postgres_over_tls_verifies_the_server_with_the_configured_ca() {
     std::fs::write(&stranger, crate::harness::pki().ca).unwrap();
     let untrusted = format!("{}?sslmode=verify-full&sslrootcert={}", server.url(), stranger.display());
     assert!(Store::connect(&untrusted).await.is_err(), "a CA that did not sign the server is refused");
+}
+
+/// Passwords from files (a mounted Secret), never on a command line: Redis with `requirepass`,
+/// PostgreSQL with a role that must log in with its password (one with `@`, `/` and a space,
+/// which the URL must carry percent-encoded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+
+    let redis = RedisServer::start();
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"]), "OK");
+    let config = |password_file: Option<&str>| {
+        let mut text = format!("redis_url = \"{}\"\n", redis.url());
+        if let Some(path) = password_file {
+            text.push_str(&format!("redis_password_file = \"{path}\"\n"));
+        }
+        let EngineConfig::Redis(settings) = Config::from_toml(&text).unwrap().engine else { panic!("Redis") };
+        RedisSettings { timeout: Duration::from_secs(2), ..settings }
+    };
+    let with = config(Some(&write("redis-password", "s3cret-pass\n")));
+    assert!(!format!("{with:?}").contains("s3cret-pass"), "the password stays out of Debug output");
+    RedisEngine::connect(&with, RETENTION).await.expect("the password from the file logs in").ping().await.unwrap();
+    assert!(RedisEngine::connect(&config(None), RETENTION).await.is_err(), "without it: NOAUTH");
+
+    let postgres = PostgresServer::start();
+    let password = "p@ss w/rd";
+    postgres.require_password("worker", password);
+    let url = postgres.url().replacen("postgres://postgres@", "postgres://worker@", 1);
+    let text = format!(
+        "database_url = \"{url}\"\ndatabase_password_file = \"{}\"\n",
+        write("database-password", &format!("{password}\n"))
+    );
+    let with = Config::from_toml(&text).unwrap().settle.database_url;
+    Store::connect(&with).await.expect("the password from the file logs in").ping().await.unwrap();
+    assert!(Store::connect(&url).await.is_err(), "without it: refused");
 }

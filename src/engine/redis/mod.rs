@@ -71,6 +71,18 @@ pub struct RedisSettings {
     /// For `rediss://` URLs: the CA that signs the server's certificate (None: the system's
     /// roots) and a client certificate for Redis's `tls-auth-clients`.
     pub tls: RedisTls,
+    /// The password (of the URL's user, or `default`), read from a file; None: the URL's own.
+    pub password: Option<Secret>,
+}
+
+/// A secret: kept out of `Debug` output (settings are logged in tests and errors).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("<redacted>")
+    }
 }
 
 /// TLS material for `rediss://` connections, in PEM.
@@ -948,6 +960,9 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
         if let Some(certificates) = settings.tls.certificates() {
             builder = builder.certs(certificates);
         }
+        if let Some(password) = &settings.password {
+            builder = builder.password(&password.0);
+        }
         let client = builder
             .tcp_settings(tcp_settings())
             .connection_timeout(timeout)
@@ -962,7 +977,11 @@ async fn connect(settings: &RedisSettings) -> Result<Connection> {
         return Ok(Connection::Cluster(connection));
     }
     let url = settings.urls.first().ok_or_else(|| Error::Unavailable("redis: no URL".into()))?;
-    let info = url.as_str().into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
+    let mut info = url.as_str().into_connection_info().map_err(unavailable)?.set_tcp_settings(tcp_settings());
+    if let Some(password) = &settings.password {
+        let redis = info.redis_settings().clone().set_password(&password.0);
+        info = info.set_redis_settings(redis);
+    }
     let client = match settings.tls.certificates() {
         Some(certificates) => redis::Client::build_with_tls(info, certificates).map_err(unavailable)?,
         None => redis::Client::open(info).map_err(unavailable)?,
