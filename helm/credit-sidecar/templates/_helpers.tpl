@@ -206,6 +206,9 @@ chart gets them too). Takes a context with .mode.
 {{- if and $v.tls.clientAuth (not $v.tls.enabled) }}
 {{- fail "credit-sidecar: tls.clientAuth (mTLS) needs tls.enabled" }}
 {{- end }}
+{{- if and $v.redis.url (or $v.redis.tls.secretName) (not (hasPrefix "rediss://" $v.redis.url)) }}
+{{- fail "credit-sidecar: redis.tls.secretName is set, so redis.url must be rediss:// (TLS)" }}
+{{- end }}
 {{- if and $v.redis.url $v.redis.existingSecret }}
 {{- fail "credit-sidecar: set redis.url or redis.existingSecret, not both" }}
 {{- end }}
@@ -299,6 +302,28 @@ The container, one list item. Takes a context with .mode; parents use credit-sid
           name: {{ $v.database.existingSecret | default (include "credit-sidecar.connectionsSecretName" .) }}
           key: {{ if $v.database.existingSecret }}{{ $v.database.existingSecretKey }}{{ else }}database-url{{ end }}
     {{- end }}
+    {{- if $v.redis.tls.secretName }}
+    - name: CREDIT_SIDECAR_REDIS_CA_FILE
+      value: /etc/credit-sidecar/redis-tls/ca.crt
+    {{- if $v.redis.tls.clientCertificate }}
+    - name: CREDIT_SIDECAR_REDIS_CLIENT_CERT_FILE
+      value: /etc/credit-sidecar/redis-tls/tls.crt
+    - name: CREDIT_SIDECAR_REDIS_CLIENT_KEY_FILE
+      value: /etc/credit-sidecar/redis-tls/tls.key
+    {{- end }}
+    {{- end }}
+    {{- if $v.redis.passwordSecret.name }}
+    - name: CREDIT_SIDECAR_REDIS_PASSWORD_FILE
+      value: /etc/credit-sidecar/redis-password/password
+    {{- end }}
+    {{- if $v.database.tls.caSecretName }}
+    - name: CREDIT_SIDECAR_DATABASE_CA_FILE
+      value: /etc/credit-sidecar/database-tls/ca.crt
+    {{- end }}
+    {{- if $v.database.passwordSecret.name }}
+    - name: CREDIT_SIDECAR_DATABASE_PASSWORD_FILE
+      value: /etc/credit-sidecar/database-password/password
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -346,6 +371,37 @@ The container, one list item. Takes a context with .mode; parents use credit-sid
       mountPath: /etc/credit-sidecar/tls
       readOnly: true
     {{- end }}
+    {{- range $volume := include "credit-sidecar.storeSecrets" . | fromYamlArray }}
+    - name: {{ $volume.name }}
+      mountPath: {{ $volume.path }}
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{/*
+The Secrets with the stores' TLS material and passwords, as a YAML list of {name, path, secret,
+items: [{key, path}]}: one place for the container's mounts and the pod's volumes.
+*/}}
+{{- define "credit-sidecar.storeSecrets" -}}
+{{- $v := .Values }}
+{{- $list := list }}
+{{- if $v.redis.tls.secretName }}
+{{- $items := list (dict "key" "ca.crt" "path" "ca.crt") }}
+{{- if $v.redis.tls.clientCertificate }}
+{{- $items = concat $items (list (dict "key" "tls.crt" "path" "tls.crt") (dict "key" "tls.key" "path" "tls.key")) }}
+{{- end }}
+{{- $list = append $list (dict "name" "credit-sidecar-redis-tls" "path" "/etc/credit-sidecar/redis-tls" "secret" $v.redis.tls.secretName "items" $items) }}
+{{- end }}
+{{- if $v.redis.passwordSecret.name }}
+{{- $list = append $list (dict "name" "credit-sidecar-redis-password" "path" "/etc/credit-sidecar/redis-password" "secret" $v.redis.passwordSecret.name "items" (list (dict "key" $v.redis.passwordSecret.key "path" "password"))) }}
+{{- end }}
+{{- if $v.database.tls.caSecretName }}
+{{- $list = append $list (dict "name" "credit-sidecar-database-tls" "path" "/etc/credit-sidecar/database-tls" "secret" $v.database.tls.caSecretName "items" (list (dict "key" "ca.crt" "path" "ca.crt"))) }}
+{{- end }}
+{{- if $v.database.passwordSecret.name }}
+{{- $list = append $list (dict "name" "credit-sidecar-database-password" "path" "/etc/credit-sidecar/database-password" "secret" $v.database.passwordSecret.name "items" (list (dict "key" $v.database.passwordSecret.key "path" "password"))) }}
+{{- end }}
+{{- toYaml $list }}
 {{- end }}
 
 {{/* The volumes of credit-sidecar.containerFor, list items. Takes a context with .mode. */}}
@@ -386,6 +442,13 @@ The container, one list item. Takes a context with .mode; parents use credit-sid
       - key: ca.crt
         path: ca.crt
       {{- end }}
+{{- end }}
+{{- range $volume := include "credit-sidecar.storeSecrets" . | fromYamlArray }}
+- name: {{ $volume.name }}
+  secret:
+    secretName: {{ $volume.secret }}
+    items:
+      {{- toYaml $volume.items | nindent 6 }}
 {{- end }}
 {{- end }}
 
