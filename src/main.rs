@@ -154,6 +154,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         redis_state_recovery: config.redis_state_recovery,
         shutdown_drain: config.shutdown_drain,
         shutdown_grace: config.shutdown_grace,
+        rules_reload: config.rules_reload.clone(),
     };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

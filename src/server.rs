@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub shutdown_drain: Duration,
     /// Bounds finishing calls and flushing settlement at shutdown (after the drain).
     pub shutdown_grace: Duration,
+    /// Re-read this config file this often for a new price book and categories.
+    pub rules_reload: Option<(std::path::PathBuf, Duration)>,
 }
 
 impl ServeOptions {
@@ -63,6 +65,7 @@ impl ServeOptions {
             redis_state_recovery: false,
             shutdown_drain: default_ms(&settings::SHUTDOWN_DRAIN_MS),
             shutdown_grace: default_ms(&settings::SHUTDOWN_GRACE_MS),
+            rules_reload: None,
         }
     }
 }
@@ -261,7 +264,42 @@ fn background_tasks(
     if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
         tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, stopped.clone())));
     }
+    if let Some((file, interval)) = &options.rules_reload {
+        tasks.push(tokio::spawn(watch_rules(engine.clone(), file.clone(), *interval, stopped.clone())));
+    }
     tasks
+}
+
+/// Re-reads the config file every `interval` and, when its text changed, puts its price book
+/// and categories in force (the rest of the file needs a restart). A file that does not parse or
+/// check is logged once and the rules in force stay.
+async fn watch_rules(engine: Engine, path: std::path::PathBuf, interval: Duration, mut stopped: watch::Receiver<()>) {
+    let mut seen = tokio::fs::read_to_string(&path).await.ok();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let Ok(text) = tokio::fs::read_to_string(&path).await else { continue };
+        if seen.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        match crate::config::reload_rules(&text, &engine.rules()) {
+            Ok(rules) => {
+                let (categories, skus) = (rules.categories.len(), rules.price_book.len());
+                engine.replace_rules(rules);
+                tracing::info!(categories, skus, file = %path.display(), "price book and categories reloaded");
+                metrics::counter!(crate::telemetry::RULES_RELOADS, "result" => "ok").increment(1);
+            }
+            Err(error) => {
+                tracing::error!(%error, file = %path.display(), "config file is invalid; keeping the price book and categories");
+                metrics::counter!(crate::telemetry::RULES_RELOADS, "result" => "error").increment(1);
+            }
+        }
+        seen = Some(text);
+    }
 }
 
 /// The accepted connections, each closed once idle for `connection_idle_max`.

@@ -43,10 +43,11 @@ pub const SETTLE_FAILURES: &str = "credit_sidecar_settle_failures_total";
 pub const SWEPT_HOLDS: &str = "credit_sidecar_swept_holds_total";
 pub const AUTH_RELOADS: &str = "credit_sidecar_auth_reloads_total";
 pub const BUILD_INFO: &str = "credit_sidecar_build_info";
+pub const RULES_RELOADS: &str = "credit_sidecar_rules_reloads_total";
 
 /// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
 /// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
-pub const EXPORTED: [&str; 17] = [
+pub const EXPORTED: [&str; 18] = [
     CALLS,
     CALL_DURATION,
     DECLINES,
@@ -64,6 +65,7 @@ pub const EXPORTED: [&str; 17] = [
     SWEPT_HOLDS,
     AUTH_RELOADS,
     BUILD_INFO,
+    RULES_RELOADS,
 ];
 
 /// The process metrics (`metrics-process`, as Prometheus's Go client names them), collected at
@@ -137,6 +139,7 @@ fn describe() {
     describe_counter!(SETTLE_FAILURES, "Settlement reads or writes that failed and were retried.");
     describe_counter!(SWEPT_HOLDS, "Holds expired by the background sweep.");
     describe_counter!(AUTH_RELOADS, "Reloads of the bearer tokens file, by result.");
+    describe_counter!(RULES_RELOADS, "Reloads of the price book and categories from the config file, by result.");
     describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
     for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {

@@ -56,7 +56,7 @@ impl CreditAdmin for AdminService {
         request: Request<pb::StartTrialRequest>,
     ) -> Result<Response<pb::StartTrialResponse>, Status> {
         frame("StartTrial", request, |request| async move {
-            let cmd = convert::start_trial(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::start_trial(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::trial_started(self.engine.start_trial(&cmd).await?)))
         })
         .await

@@ -27,7 +27,7 @@ impl AuthorizerService {
 impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         frame("Reserve", request, |request| async move {
-            let cmd = convert::reserve(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::reserved(self.engine.reserve(&cmd).await?)))
         })
         .await
@@ -35,7 +35,7 @@ impl CreditAuthorizer for AuthorizerService {
 
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         frame("Commit", request, |request| async move {
-            let cmd = convert::commit(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::commit(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::committed(self.engine.commit(&cmd).await?)))
         })
         .await
@@ -43,7 +43,7 @@ impl CreditAuthorizer for AuthorizerService {
 
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         frame("Extend", request, |request| async move {
-            let cmd = convert::extend(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::extended(self.engine.extend(&cmd).await?)))
         })
         .await
@@ -59,7 +59,7 @@ impl CreditAuthorizer for AuthorizerService {
 
     async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
         frame("Charge", request, |request| async move {
-            let cmd = convert::charge(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::charge(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::charged(self.engine.charge(&cmd).await?)))
         })
         .await
@@ -67,7 +67,7 @@ impl CreditAuthorizer for AuthorizerService {
 
     async fn quote(&self, request: Request<pb::QuoteRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         frame("Quote", request, |request| async move {
-            let cmd = convert::quote(request.into_inner(), self.engine.rules()).map_err(invalid)?;
+            let cmd = convert::quote(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             Ok(Response::new(respond::quoted(self.engine.quote(&cmd).await?)))
         })
         .await

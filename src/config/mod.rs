@@ -142,6 +142,8 @@ pub struct Settings {
     pub tcp_keepalive_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_TOKENS_FILE", value_name = "FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_RULES_RELOAD_INTERVAL_MS")]
+    pub rules_reload_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_RELOAD_INTERVAL_MS")]
     pub auth_reload_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_AUTH_DISABLED", num_args = 0..=1, default_missing_value = "true")]
@@ -256,6 +258,8 @@ pub struct Config {
     pub rules: Rules,
     /// What the operator should hear about once logging is up (a misspelt variable, say).
     pub warnings: Vec<String>,
+    /// The config file, re-read this often for a new price book and categories.
+    pub rules_reload: Option<(PathBuf, Duration)>,
 }
 
 /// A setting that cannot be used, and why; `source`: where its value came from, when known.
@@ -354,7 +358,10 @@ impl Config {
     /// Flags over the environment over the file over defaults.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let (settings, sources) = merged(args)?;
+        let reload_ms = settings::RULES_RELOAD_INTERVAL_MS.number(settings.rules_reload_interval_ms);
         let mut config = build(settings).map_err(|error| error.sourced(&sources))?;
+        let reload = Duration::from_millis(reload_ms.map_err(|error| error.sourced(&sources))?);
+        config.rules_reload = args.config.clone().map(|path| (path, reload));
         config.warnings = unknown_variables()
             .into_iter()
             .map(|name| format!("{name} names no setting and is ignored (misspelt? see --help)"))
@@ -522,22 +529,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     let shutdown_drain = ms(settings::SHUTDOWN_DRAIN_MS.number(file.shutdown_drain_ms)?);
     let shutdown_grace = ms(settings::SHUTDOWN_GRACE_MS.number(file.shutdown_grace_ms)?);
     let sweep_interval = ms(settings::SWEEP_INTERVAL_MS.number(file.sweep_interval_ms)?);
-    let defaults = Rules::default();
-    let rules = Rules {
-        categories: file.categories.unwrap_or(defaults.categories),
-        price_book: file.price_book.unwrap_or(defaults.price_book),
-        reservation_ttl_default_ms: file.reservation_ttl_default_ms.unwrap_or(defaults.reservation_ttl_default_ms),
-        reservation_ttl_min_ms: file.reservation_ttl_min_ms.unwrap_or(defaults.reservation_ttl_min_ms),
-        reservation_ttl_max_ms: file.reservation_ttl_max_ms.unwrap_or(defaults.reservation_ttl_max_ms),
-        trial_credits_default: file.trial_credits_default.unwrap_or(defaults.trial_credits_default),
-        trial_duration_default_ms: file.trial_duration_default_ms.unwrap_or(defaults.trial_duration_default_ms),
-        trial_duration_max_ms: defaults.trial_duration_max_ms,
-        request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
-    };
-    rules.validate().map_err(|message| match message.split_once(": ") {
-        Some((setting, reason)) => ConfigError::new(setting, reason),
-        None => ConfigError::new("rules", message),
-    })?;
+    let rules = rules(&file)?;
     Ok(Config {
         listen,
         metrics_listen,
@@ -561,7 +553,48 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         sweep_interval,
         rules,
         warnings: Vec::new(),
+        rules_reload: None,
     })
+}
+
+/// The business rules: the file's categories and price book, the TTL, trial and retention
+/// settings, each over its default; checked against each other.
+fn rules(file: &Settings) -> Result<Rules, ConfigError> {
+    let defaults = Rules::default();
+    let rules = Rules {
+        categories: file.categories.clone().unwrap_or(defaults.categories),
+        price_book: file.price_book.clone().unwrap_or(defaults.price_book),
+        reservation_ttl_default_ms: file.reservation_ttl_default_ms.unwrap_or(defaults.reservation_ttl_default_ms),
+        reservation_ttl_min_ms: file.reservation_ttl_min_ms.unwrap_or(defaults.reservation_ttl_min_ms),
+        reservation_ttl_max_ms: file.reservation_ttl_max_ms.unwrap_or(defaults.reservation_ttl_max_ms),
+        trial_credits_default: file.trial_credits_default.unwrap_or(defaults.trial_credits_default),
+        trial_duration_default_ms: file.trial_duration_default_ms.unwrap_or(defaults.trial_duration_default_ms),
+        trial_duration_max_ms: defaults.trial_duration_max_ms,
+        request_id_retention_ms: file.request_id_retention_ms.unwrap_or(defaults.request_id_retention_ms),
+    };
+    checked(rules)
+}
+
+/// The rules after the config file changed to `text`: its categories and price book (the
+/// file-only rules) over `current`; the rest stays as started (changing it needs a restart).
+pub fn reload_rules(text: &str, current: &Rules) -> Result<Rules, ConfigError> {
+    let file = parse_file(text)?;
+    let defaults = Rules::default();
+    let rules = Rules {
+        categories: file.categories.unwrap_or(defaults.categories),
+        price_book: file.price_book.unwrap_or(defaults.price_book),
+        ..current.clone()
+    };
+    checked(rules)
+}
+
+/// `rules`, if they are consistent; otherwise the error names the setting.
+fn checked(rules: Rules) -> Result<Rules, ConfigError> {
+    rules.validate().map_err(|message| match message.split_once(": ") {
+        Some((setting, reason)) => ConfigError::new(setting, reason),
+        None => ConfigError::new("rules", message),
+    })?;
+    Ok(rules)
 }
 
 /// The bounds on every call and connection (see [`Limits`]).

@@ -343,6 +343,14 @@ pub const AUTH_TOKENS_FILE: Setting = text(
 );
 pub const AUTH_RELOAD_INTERVAL_MS: Setting =
     number("auth_reload_interval_ms", 1_000, 10, 3_600_000, "ms", "how often the tokens file is checked for changes");
+pub const RULES_RELOAD_INTERVAL_MS: Setting = number(
+    "rules_reload_interval_ms",
+    1_000,
+    10,
+    3_600_000,
+    "ms",
+    "how often the config file is checked for a new price book and categories (applied without a restart)",
+);
 pub const AUTH_DISABLED: Setting =
     text("auth_disabled", Default::Text("false"), "serve a non-loopback `listen` without authentication");
 pub const TLS_CERT_FILE: Setting = text(
@@ -410,7 +418,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 49] = [
+pub const SETTINGS: [Setting; 50] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -446,6 +454,7 @@ pub const SETTINGS: [Setting; 49] = [
     TCP_KEEPALIVE_MS,
     AUTH_TOKENS_FILE,
     AUTH_RELOAD_INTERVAL_MS,
+    RULES_RELOAD_INTERVAL_MS,
     AUTH_DISABLED,
     TLS_CERT_FILE,
     TLS_KEY_FILE,

@@ -50,7 +50,8 @@ pub type ReservationPage = (Vec<ReservationView>, Option<u64>);
 /// The engine the server runs, with the rules it validates requests against.
 #[derive(Clone)]
 pub struct Engine {
-    rules: Arc<Rules>,
+    /// Swapped whole when the price book or categories are reloaded; each call reads one version.
+    rules: Arc<arc_swap::ArcSwap<Rules>>,
     backend: Backend,
     /// Holds expired by the background sweep (not by a call that found them overdue).
     swept_holds: Arc<AtomicU64>,
@@ -97,18 +98,28 @@ impl Engine {
         outbox: Option<Arc<MemoryOutbox>>,
     ) -> Self {
         Self {
-            rules: Arc::new(rules),
+            rules: Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
             backend: Backend::Embedded(Arc::new(EmbeddedEngine::new(clock, ledger, outbox))),
             swept_holds: Arc::default(),
         }
     }
 
     pub fn redis(rules: Rules, engine: redis::RedisEngine) -> Self {
-        Self { rules: Arc::new(rules), backend: Backend::Redis(Arc::new(engine)), swept_holds: Arc::default() }
+        Self {
+            rules: Arc::new(arc_swap::ArcSwap::from_pointee(rules)),
+            backend: Backend::Redis(Arc::new(engine)),
+            swept_holds: Arc::default(),
+        }
     }
 
-    pub fn rules(&self) -> &Rules {
-        &self.rules
+    /// The rules in force now (validation, prices, TTL bounds).
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    /// From now on, new calls are checked and priced by `rules`.
+    pub fn replace_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
     }
 
     pub fn name(&self) -> &'static str {

@@ -27,7 +27,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::{
-    NOT_PROTOBUF, amount_cost, health_watch, plan_request, raw_unary, reserve_request, wait_for_health,
+    NOT_PROTOBUF, amount_cost, eventually, health_watch, plan_request, raw_unary, reserve_request, wait_for_health,
 };
 use crate::servers::{RedisServer, free_port};
 
@@ -821,6 +821,41 @@ async fn a_misspelt_variable_is_warned_about_and_piped_logs_have_no_colour() {
     plain.terminate();
     plain.exit_status().await;
     assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "colour codes in a pipe:\n{}", plain.transcript());
+}
+
+/// The price book and categories reload from the config file while serving: a new SKU prices at
+/// once; a file that does not check keeps the rules in force and is counted as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_price_book_reloads_from_the_config_file() {
+    let work = Workdir::new();
+    let config = work.write("config.toml", "[price_book]\n\"email.verified\" = 1\n");
+    let mut command = work.command();
+    command.arg("--config").arg(&config).args(["--rules-reload-interval-ms", "20"]);
+    let mut sidecar = Sidecar::spawn(command);
+    let serving = sidecar.serving().await;
+    let channel = serving.channel().await;
+    set_plan(&mut CreditAdminClient::new(channel.clone()), "acme", 100).await;
+    let quote = |sku: &'static str| {
+        let mut client = CreditAuthorizerClient::new(channel.clone());
+        async move {
+            let cost = pb::Cost { cost: Some(pb::cost::Cost::Sku(pb::SkuQuantity { sku: sku.into(), quantity: 2 })) };
+            let request = pb::QuoteRequest { account_id: "acme".into(), cost: Some(cost), ..Default::default() };
+            client.quote(request).await.map(|response| response.into_inner().amount)
+        }
+    };
+    let unknown = quote("fax.page").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
+
+    std::fs::write(&config, "[price_book]\n\"email.verified\" = 1\n\"fax.page\" = 3\n").unwrap();
+    eventually("the new SKU prices", Duration::from_secs(20), async || quote("fax.page").await.ok() == Some(6)).await;
+
+    std::fs::write(&config, "categories = []\n").unwrap();
+    let metrics = scrape_until(serving.metrics(), "a rejected reload", |m| {
+        m.get("credit_sidecar_rules_reloads_total", &[("result", "error")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(metrics.get("credit_sidecar_rules_reloads_total", &[("result", "ok")]), Some(1.0), "{}", metrics.text);
+    assert_eq!(quote("fax.page").await.ok(), Some(6), "the rules in force stay");
 }
 
 /// A listener that cannot bind is named in the error, which is said once.
