@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::redis::outbox::RedisOutbox;
 use credit_sidecar::ledger::{ManualClock, Rules};
@@ -28,6 +29,22 @@ const CLAIM_IDLE_NEVER: Duration = Duration::from_secs(60);
 const DEADLINE: Duration = Duration::from_secs(20);
 
 const RETENTION: i64 = 86_400_000;
+
+/// A settler (consumer "a") on `engine`'s outbox with quick batches and retries, stopped by
+/// `stopped`.
+async fn settle_quickly(
+    engine: &Engine,
+    store: &Store,
+    stopped: watch::Receiver<()>,
+) -> (tokio::task::JoinHandle<bool>, Arc<SettleStats>) {
+    let setup = SettleSetup {
+        store: store.clone(),
+        options: quick_options(),
+        consumer: "a".into(),
+        claim_idle: CLAIM_IDLE_NEVER,
+    };
+    spawn_settler(engine, &setup, stopped, DEADLINE).await.unwrap()
+}
 
 fn quick_options() -> SettleOptions {
     SettleOptions {
@@ -87,19 +104,7 @@ async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = spawn_settler(
-        &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options: quick_options(),
-            consumer: "a".into(),
-            claim_idle: CLAIM_IDLE_NEVER,
-        },
-        stopped,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
+    let (settling, stats) = settle_quickly(&engine, &store, stopped).await;
     let h = Arc::new(Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await);
     h.account("acme", 1_000_000).await;
     for _ in 0..100 {
@@ -133,19 +138,7 @@ async fn backlog_and_lag_keep_moving_while_the_database_is_down() {
     let settings = redis_settings(vec![server.url()], false);
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = spawn_settler(
-        &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options: quick_options(),
-            consumer: "a".into(),
-            claim_idle: CLAIM_IDLE_NEVER,
-        },
-        stopped,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
+    let (settling, stats) = settle_quickly(&engine, &store, stopped).await;
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     h.account("acme", 1_000).await;
     let acme = credit_sidecar::ledger::AccountId::parse("acme").unwrap();
@@ -207,19 +200,7 @@ async fn settlement_works_on_a_three_master_cluster() {
     settings.key_prefix = "settle:".into();
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let (stop, stopped) = watch::channel(());
-    let (settling, stats) = spawn_settler(
-        &engine,
-        &SettleSetup {
-            store: store.clone(),
-            options: quick_options(),
-            consumer: "a".into(),
-            claim_idle: CLAIM_IDLE_NEVER,
-        },
-        stopped,
-        DEADLINE,
-    )
-    .await
-    .unwrap();
+    let (settling, stats) = settle_quickly(&engine, &store, stopped).await;
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
     workload(&h).await;
     let observer = outbox_on(&settings, "observer").await;
