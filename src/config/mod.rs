@@ -258,7 +258,9 @@ pub struct Config {
     pub rules: Rules,
     /// What the operator should hear about once logging is up (a misspelt variable, say).
     pub warnings: Vec<String>,
-    /// The config file, re-read this often for a new price book and categories.
+    /// How often the config file is re-read for a new price book and categories.
+    pub rules_reload_interval: Duration,
+    /// The config file and that interval, when a file was given.
     pub rules_reload: Option<(PathBuf, Duration)>,
 }
 
@@ -358,10 +360,8 @@ impl Config {
     /// Flags over the environment over the file over defaults.
     pub fn load(args: &Args) -> Result<Self, ConfigError> {
         let (settings, sources) = merged(args)?;
-        let reload_ms = settings::RULES_RELOAD_INTERVAL_MS.number(settings.rules_reload_interval_ms);
         let mut config = build(settings).map_err(|error| error.sourced(&sources))?;
-        let reload = Duration::from_millis(reload_ms.map_err(|error| error.sourced(&sources))?);
-        config.rules_reload = args.config.clone().map(|path| (path, reload));
+        config.rules_reload = args.config.clone().map(|path| (path, config.rules_reload_interval));
         config.warnings = unknown_variables()
             .into_iter()
             .map(|name| format!("{name} names no setting and is ignored (misspelt? see --help)"))
@@ -553,6 +553,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         sweep_interval,
         rules,
         warnings: Vec::new(),
+        rules_reload_interval: ms(settings::RULES_RELOAD_INTERVAL_MS.number(file.rules_reload_interval_ms)?),
         rules_reload: None,
     })
 }
@@ -815,6 +816,7 @@ mod tests {
             ("http2_keepalive_timeout_ms = 600001", "http2_keepalive_timeout_ms: "),
             ("tcp_keepalive_ms = 10", "tcp_keepalive_ms: "),
             ("health_interval_ms = 0", "health_interval_ms: "),
+            ("rules_reload_interval_ms = 1", "rules_reload_interval_ms: must be in 10..=3600000 ms"),
             ("redis_state_recovery = \"yes\"", "redis_state_recovery: "),
             ("redis_url = \"redis://a:1\"\nredis_wait_replicas = 17", "redis_wait_replicas: "),
             (
