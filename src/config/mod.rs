@@ -775,6 +775,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn database_ca_and_password_files_refuse_what_they_cannot_mean() {
+        let dir = std::env::temp_dir().join(format!("credit-sidecar-db-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "p@ss\n").unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "").unwrap();
+        let error = |text: String| Config::from_toml(&text).unwrap_err().to_string();
+        let pg = "postgres://worker@db:5432/credits";
+        let cases = [
+            (
+                "database_url = \"sqlite://x.db\"\ndatabase_ca_file = \"/ca.pem\"".to_owned(),
+                "database_ca_file: is for PostgreSQL",
+            ),
+            (
+                format!("database_url = \"{pg}?sslrootcert=/a.pem\"\ndatabase_ca_file = \"/ca.pem\""),
+                "database_ca_file: contradicts",
+            ),
+            (
+                format!("database_url = \"{pg}\"\ndatabase_ca_file = \"/my ca.pem\""),
+                "database_ca_file: must be a plain path",
+            ),
+            (
+                format!("database_url = \"sqlite://x.db\"\ndatabase_password_file = \"{}\"", password.display()),
+                "database_password_file: is for PostgreSQL",
+            ),
+            (
+                format!("database_url = \"postgres://w:pw@db/c\"\ndatabase_password_file = \"{}\"", password.display()),
+                "database_password_file: contradicts",
+            ),
+            (
+                format!("database_url = \"{pg}\"\ndatabase_password_file = \"{}\"", empty.display()),
+                "database_password_file: ",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error(text.clone());
+            assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
+        }
+        // A mode the URL names is kept; the password is percent-encoded.
+        let text = format!(
+            "database_url = \"{pg}?sslmode=verify-ca\"\ndatabase_ca_file = \"/ca.pem\"\ndatabase_password_file = \"{}\"",
+            password.display()
+        );
+        let url = Config::from_toml(&text).unwrap().settle.database_url;
+        assert_eq!(url, "postgres://worker:p%40ss@db:5432/credits?sslmode=verify-ca&sslrootcert=/ca.pem");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn defaults_serve_on_loopback() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.listen.to_string(), settings::LISTEN.text(None));

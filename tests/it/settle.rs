@@ -209,14 +209,9 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
         Engine::embedded_with(rules.clone(), Arc::new(clock.clone()), Ledger::new(RETENTION), Some(outbox.clone()));
     let (stop, stopped) = watch::channel(());
     let options = SettleOptions { idle_interval: Duration::from_millis(5), ..SettleOptions::default() };
-    let (settling, _stats) = spawn_settler(
-        &engine,
-        &SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: Duration::from_secs(30) },
-        stopped,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let setup =
+        SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: Duration::from_secs(30) };
+    let (settling, _stats) = spawn_settler(&engine, &setup, stopped, Duration::from_secs(30)).await.unwrap();
     let account = AccountId::parse("busy").unwrap();
     let plan = Plan { period: Period::Monthly, anchor_ms: t0(), plan_credits: 1_000_000, addon_credits: 0 };
     let request = RequestId::parse("plan").unwrap();
@@ -262,14 +257,7 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
 
     let engine = Engine::restore_embedded(rules.clone(), Arc::new(clock.clone()), &store, 1_000).await.unwrap();
     let (stop, stopped) = watch::channel(());
-    let (settling, _) = spawn_settler(
-        &engine,
-        &SettleSetup { store: store.clone(), options, consumer: String::new(), claim_idle: Duration::from_secs(30) },
-        stopped,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let (settling, _) = spawn_settler(&engine, &setup, stopped, Duration::from_secs(30)).await.unwrap();
     assert_eq!(engine.account(&account).await.unwrap(), live, "the account after the restart");
     // Every Reserve is remembered: a retry gets its hold, whether before or after the snapshot.
     for n in [0, reserves / 2, reserves - 1] {
