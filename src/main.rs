@@ -38,7 +38,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.log_format, &config.log_level);
+    let traces = match telemetry::init(config.log_format, &config.log_level, config.traces.as_ref()) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
@@ -53,14 +59,19 @@ async fn main() -> ExitCode {
         Command::Rebuild { upgrade_layout: true, .. } => upgrade_layout(&config).await,
         Command::Rebuild { account, .. } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         // Once, in the log (on stdout, where everything else this process said went).
         Err(error) => {
             tracing::error!(%error, "exiting");
             ExitCode::FAILURE
         }
+    };
+    if let Some(traces) = traces {
+        // Blocks until the exporter sent the last batch (or gave up): off the runtime's threads.
+        tokio::task::spawn_blocking(move || traces.shutdown()).await.ok();
     }
+    code
 }
 
 enum Maintenance {

@@ -88,23 +88,24 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
     pb::ListReservationsResponse, pb::GetUsageResponse);
 
-/// Every RPC of `credits.v1`, as the call metrics name them.
-const RPCS: [&str; 15] = [
-    "Reserve",
-    "Commit",
-    "Extend",
-    "Release",
-    "Charge",
-    "Quote",
-    "GetBalance",
-    "GetReservation",
-    "SetPlan",
-    "Grant",
-    "StartTrial",
-    "SetUserLimit",
-    "GetAccount",
-    "ListReservations",
-    "GetUsage",
+/// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
+/// span's name).
+const RPCS: [(&str, &str); 15] = [
+    ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
+    ("Commit", "credits.v1.CreditAuthorizer/Commit"),
+    ("Extend", "credits.v1.CreditAuthorizer/Extend"),
+    ("Release", "credits.v1.CreditAuthorizer/Release"),
+    ("Charge", "credits.v1.CreditAuthorizer/Charge"),
+    ("Quote", "credits.v1.CreditAuthorizer/Quote"),
+    ("GetBalance", "credits.v1.CreditAuthorizer/GetBalance"),
+    ("GetReservation", "credits.v1.CreditAuthorizer/GetReservation"),
+    ("SetPlan", "credits.v1.CreditAdmin/SetPlan"),
+    ("Grant", "credits.v1.CreditAdmin/Grant"),
+    ("StartTrial", "credits.v1.CreditAdmin/StartTrial"),
+    ("SetUserLimit", "credits.v1.CreditAdmin/SetUserLimit"),
+    ("GetAccount", "credits.v1.CreditAdmin/GetAccount"),
+    ("ListReservations", "credits.v1.CreditAdmin/ListReservations"),
+    ("GetUsage", "credits.v1.CreditAdmin/GetUsage"),
 ];
 
 /// Put in a request's extensions by the gate, set when the call reaches [`frame`] (which
@@ -126,7 +127,7 @@ pub fn record_unobserved(path: &str, code: Code, started: Instant) {
     let method = path.rsplit('/').next().unwrap_or_default();
     // Only known names become labels: a caller must not mint new time series by calling paths
     // that do not exist.
-    let rpc = RPCS.into_iter().find(|rpc| *rpc == method).unwrap_or("unknown");
+    let rpc = RPCS.into_iter().find(|(rpc, _)| *rpc == method).map_or("unknown", |(rpc, _)| rpc);
     record(rpc, code_label(code), started);
     tracing::debug!(rpc, code = code_label(code), "call refused before its handler");
 }
@@ -150,11 +151,14 @@ where
     }
     let message = request.get_ref();
     let account = message.account().to_owned();
-    let span = tracing::info_span!("call", rpc, account, request_id = message.request_id());
+    let span = call_span(rpc, &account, message.request_id());
+    telemetry::traces::adopt_caller_span(&span, request.metadata());
     async move {
         if let Err(refusal) = check_account(caller.as_ref(), &account) {
-            record(rpc, code_label(refusal.code()), started);
-            return Err(refusal.status());
+            let status = refusal.status();
+            record(rpc, code_label(status.code()), started);
+            traced(&status);
+            return Err(status);
         }
         let result = within_budget(deadline, handler(request)).await;
         count(rpc, &result, started);
@@ -162,6 +166,47 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// The `call` span. Exported as a trace, it also carries OpenTelemetry's name, kind and RPC
+/// attributes (which the logs do not need); its `outcome` is recorded when the call is answered.
+fn call_span(rpc: &'static str, account: &str, request_id: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    if !telemetry::traces::exporting() {
+        return tracing::info_span!("call", rpc, account, request_id, outcome = Empty);
+    }
+    let name = RPCS.into_iter().find(|(method, _)| *method == rpc).map_or(rpc, |(_, name)| name);
+    tracing::info_span!(
+        "call",
+        otel.name = name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc,
+        account,
+        request_id,
+        outcome = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// Marks the current `call` span failed when the status is a server-side failure (as
+/// OpenTelemetry's gRPC conventions have it: a caller's mistake is not the server's error).
+fn traced(status: &Status) {
+    let span = tracing::Span::current();
+    span.record("outcome", code_label(status.code()));
+    if matches!(
+        status.code(),
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    ) {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", status.message());
+    }
 }
 
 /// A caller whose token names accounts may touch only those.
@@ -194,11 +239,13 @@ fn count<Resp: Answered>(rpc: &'static str, result: &Result<Response<Resp>, Stat
                 metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
             }
             record(rpc, label, started);
+            tracing::Span::current().record("outcome", label);
             tracing::debug!(outcome = label, "answered");
         }
         Err(status) => {
             let label = code_label(status.code());
             record(rpc, label, started);
+            traced(status);
             match status.code() {
                 Code::Unavailable | Code::Internal | Code::Unknown => {
                     tracing::warn!(code = label, message = status.message(), "call failed")

@@ -22,7 +22,7 @@ use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
 use crate::gate::Limits;
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
-pub use crate::telemetry::LogFormat;
+pub use crate::telemetry::{LogFormat, TraceConfig};
 use settings::Setting;
 
 /// Credit-authorization sidecar: holds, commits and releases a team's credits over gRPC.
@@ -82,6 +82,14 @@ pub struct Settings {
     pub log_format: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_OTEL_ENDPOINT", value_name = "URL")]
+    pub otel_endpoint: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_OTEL_SAMPLE_RATIO", value_name = "RATIO")]
+    pub otel_sample_ratio: Option<f64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_OTEL_CA_FILE", value_name = "FILE")]
+    pub otel_ca_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
@@ -240,6 +248,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// None: no traces exported.
+    pub traces: Option<TraceConfig>,
     pub engine: EngineConfig,
     pub settle: SettleConfig,
     pub limits: Limits,
@@ -400,6 +410,9 @@ impl Config {
         }
         (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
         (settings.redis_password_file, settings.database_password_file) = (None, None);
+        if settings.otel_ca_file.take().is_some() && !settings.otel_endpoint.as_deref().is_some_and(is_https) {
+            return Err(ConfigError::new("otel_ca_file", OTEL_CA_NEEDS_HTTPS).sourced(&sources));
+        }
         build(settings).map(|_| ()).map_err(|error| error.sourced(&sources))
     }
 
@@ -521,6 +534,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     };
     let log_level = settings::LOG_LEVEL.text(file.log_level.as_deref()).to_owned();
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|error| ConfigError::new("log_level", error))?;
+    let traces = traces(&file)?;
     let limits = limits(&file)?;
     let auth = auth(&file, listen)?;
     let tls = tls(&file)?;
@@ -535,6 +549,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         metrics_listen,
         log_format,
         log_level,
+        traces,
         engine,
         settle,
         limits,
@@ -556,6 +571,49 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         rules_reload_interval: ms(settings::RULES_RELOAD_INTERVAL_MS.number(file.rules_reload_interval_ms)?),
         rules_reload: None,
     })
+}
+
+/// Trace export: on with `otel_endpoint`; its other settings are refused without it (they would
+/// do nothing, silently).
+fn traces(file: &Settings) -> Result<Option<TraceConfig>, ConfigError> {
+    let endpoint = settings::OTEL_ENDPOINT.text(file.otel_endpoint.as_deref());
+    if endpoint.is_empty() {
+        let given = [
+            ("otel_service_name", file.otel_service_name.is_some()),
+            ("otel_sample_ratio", file.otel_sample_ratio.is_some()),
+            ("otel_ca_file", file.otel_ca_file.is_some()),
+        ];
+        return match given.into_iter().find(|(_, given)| *given) {
+            Some((name, _)) => Err(ConfigError::new(name, "does nothing without otel_endpoint; set both or neither")),
+            None => Ok(None),
+        };
+    }
+    if !matches!(endpoint.split_once("://"), Some(("http" | "https", rest)) if !rest.is_empty()) {
+        return Err(ConfigError::new(
+            "otel_endpoint",
+            format!("{endpoint:?} is not an OTLP/gRPC endpoint like http://otel-collector:4317"),
+        ));
+    }
+    let service_name = settings::OTEL_SERVICE_NAME.text(file.otel_service_name.as_deref());
+    if service_name.trim().is_empty() {
+        return Err(ConfigError::new("otel_service_name", "must not be empty"));
+    }
+    let sample_ratio = file.otel_sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ConfigError::new("otel_sample_ratio", format!("must be in 0.0..=1.0, got {sample_ratio}")));
+    }
+    let ca_pem = match &file.otel_ca_file {
+        Some(_) if !is_https(endpoint) => return Err(ConfigError::new("otel_ca_file", OTEL_CA_NEEDS_HTTPS)),
+        Some(path) => Some(certificates("otel_ca_file", read("otel_ca_file", path)?)?),
+        None => None,
+    };
+    Ok(Some(TraceConfig { endpoint: endpoint.to_owned(), service_name: service_name.to_owned(), sample_ratio, ca_pem }))
+}
+
+const OTEL_CA_NEEDS_HTTPS: &str = "needs an https:// otel_endpoint";
+
+fn is_https(endpoint: &str) -> bool {
+    endpoint.starts_with("https://")
 }
 
 /// The business rules: the file's categories and price book, the TTL, trial and retention
@@ -637,19 +695,22 @@ fn auth(file: &Settings, listen: SocketAddr) -> Result<AuthConfig, ConfigError> 
     }
 }
 
+/// The bytes of the file a setting names.
+fn read(setting: &str, path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
+}
+
+/// `pem`, when it holds at least one PEM certificate and nothing unreadable.
+fn certificates(setting: &str, pem: Vec<u8>) -> Result<Vec<u8>, ConfigError> {
+    let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match parsed {
+        Ok(certificates) if !certificates.is_empty() => Ok(pem),
+        Ok(_) => Err(ConfigError::new(setting, "holds no PEM certificate")),
+        Err(error) => Err(ConfigError::new(setting, format!("not a PEM certificate chain: {error}"))),
+    }
+}
+
 fn tls(file: &Settings) -> Result<Option<TlsConfig>, ConfigError> {
-    let read = |setting: &str, path: &PathBuf| {
-        std::fs::read(path)
-            .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
-    };
-    let certificates = |setting: &str, pem: Vec<u8>| {
-        let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
-        match parsed {
-            Ok(certificates) if !certificates.is_empty() => Ok(pem),
-            Ok(_) => Err(ConfigError::new(setting, "holds no PEM certificate")),
-            Err(error) => Err(ConfigError::new(setting, format!("not a PEM certificate chain: {error}"))),
-        }
-    };
     let client_ca_pem = file
         .tls_client_ca_file
         .as_ref()
@@ -745,10 +806,6 @@ fn password(setting: &str, path: &PathBuf) -> Result<Secret, ConfigError> {
 
 /// The TLS material of `rediss://` connections, read from the files the settings name.
 fn redis_tls(file: &Settings, urls: &[String]) -> Result<RedisTls, ConfigError> {
-    let read = |setting: &str, path: &PathBuf| {
-        std::fs::read(path)
-            .map_err(|error| ConfigError::new(setting, format!("cannot read {}: {error}", path.display())))
-    };
     check_redis_tls(file, urls)?;
     let ca_pem = file.redis_ca_file.as_ref().map(|path| read("redis_ca_file", path)).transpose()?;
     let client_pem = match (&file.redis_client_cert_file, &file.redis_client_key_file) {
@@ -822,6 +879,33 @@ mod tests {
         let url = Config::from_toml(&text).unwrap().settle.database_url;
         assert_eq!(url, "postgres://worker:p%40ss@db:5432/credits?sslmode=verify-ca&sslrootcert=/ca.pem");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_their_settings_are_checked() {
+        assert_eq!(Config::from_toml("").unwrap().traces, None);
+        let config = Config::from_toml("otel_endpoint = \"http://collector:4317\"\notel_sample_ratio = 0.25").unwrap();
+        let expected = TraceConfig {
+            endpoint: "http://collector:4317".into(),
+            service_name: "credit-sidecar".into(),
+            sample_ratio: 0.25,
+            ca_pem: None,
+        };
+        assert_eq!(config.traces, Some(expected));
+        let table = [
+            ("otel_endpoint = \"collector:4317\"", "otel_endpoint: \"collector:4317\" is not an OTLP/gRPC endpoint"),
+            ("otel_endpoint = \"ftp://collector\"", "otel_endpoint: "),
+            ("otel_sample_ratio = 0.5", "otel_sample_ratio: does nothing without otel_endpoint"),
+            ("otel_service_name = \"x\"", "otel_service_name: does nothing without otel_endpoint"),
+            ("otel_endpoint = \"http://c:4317\"\notel_sample_ratio = 1.5", "otel_sample_ratio: must be in 0.0..=1.0"),
+            ("otel_endpoint = \"http://c:4317\"\notel_service_name = \" \"", "otel_service_name: must not be empty"),
+            ("otel_endpoint = \"http://c:4317\"\notel_ca_file = \"/ca.pem\"", "otel_ca_file: needs an https://"),
+            ("otel_endpoint = \"https://c:4317\"\notel_ca_file = \"/no/such/ca.pem\"", "otel_ca_file: cannot read"),
+        ];
+        for (text, expected) in table {
+            let message = Config::from_toml(text).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
+        }
     }
 
     #[test]

@@ -146,6 +146,23 @@ pub const LOG_FORMAT: Setting =
     text("log_format", Default::Text("text"), "`text`, or `json` (one object per line on stdout)");
 pub const LOG_LEVEL: Setting =
     text("log_level", Default::Text("info"), "a `tracing` filter: `info`, `credit_sidecar=debug,info`, …");
+pub const OTEL_ENDPOINT: Setting = text(
+    "otel_endpoint",
+    Default::Nothing("none: no traces"),
+    "OTLP/gRPC collector to export traces to, `http://otel-collector:4317` or `https://…` (README \"Traces\")",
+);
+pub const OTEL_SERVICE_NAME: Setting =
+    text("otel_service_name", Default::Text("credit-sidecar"), "the traces' `service.name`");
+pub const OTEL_SAMPLE_RATIO: Setting = text(
+    "otel_sample_ratio",
+    Default::Text("1.0"),
+    "share of new traces kept, 0.0–1.0; a call in a caller's trace follows the caller's sampling decision",
+);
+pub const OTEL_CA_FILE: Setting = text(
+    "otel_ca_file",
+    Default::Nothing("none: the system's roots"),
+    "PEM CA bundle that signs an `https://` collector's certificate",
+);
 pub const REDIS_URL: Setting = text(
     "redis_url",
     Default::Nothing("none: embedded engine"),
@@ -418,11 +435,15 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 50] = [
+pub const SETTINGS: [Setting; 54] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
     LOG_LEVEL,
+    OTEL_ENDPOINT,
+    OTEL_SERVICE_NAME,
+    OTEL_SAMPLE_RATIO,
+    OTEL_CA_FILE,
     REDIS_URL,
     REDIS_CLUSTER,
     REDIS_SHARDS,

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tracing::Instrument;
+
 pub use super::memory_outbox::MemoryOutbox;
 use super::memory_outbox::Ticket;
 use crate::ledger::{AccountId, Clock, Error, Ledger, Millis};
@@ -59,7 +61,9 @@ impl EmbeddedEngine {
     /// a retry with the same request id gets its answer.
     pub async fn run<T>(&self, op: impl FnOnce(&mut Ledger, Millis) -> Result<T, Error>) -> super::Result<T> {
         let (result, ticket) = self.apply(op)?;
-        if !MemoryOutbox::durable(ticket).await {
+        // The trace span of the wait (a child of the call's; off unless traces are exported).
+        let durable = MemoryOutbox::durable(ticket).instrument(tracing::debug_span!("durable write"));
+        if !durable.await {
             return Err(super::Error::Unavailable("the outbox closed before the change was settled".into()));
         }
         Ok(result?)

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
+use tracing::field::Empty;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Records};
 use super::store::Store;
 use crate::telemetry;
 
@@ -154,11 +156,19 @@ impl<O: Outbox> Settler<O> {
                 return self.pause(stopped, self.options.retry_max).await.then_some(Round::ReadFailed);
             }
         };
+        let span = tracing::info_span!("settle batch", events = records.events.len(), new = Empty, attempts = Empty);
+        self.land(&records, token, stopped).instrument(span).await
+    }
+
+    /// Writes a batch read from the outbox (retrying until it lands or `stopped` fires) and
+    /// acknowledges it. Returns None when stopped.
+    async fn land(&self, records: &Records, token: O::Token, stopped: &mut watch::Receiver<()>) -> Option<Round> {
         let mut pause = Duration::from_millis(20);
-        loop {
+        for attempt in 1u32.. {
             let now = chrono::Utc::now().timestamp_millis();
-            match self.store.settle(&records, now).await {
+            match self.store.settle(records, now).await {
                 Ok(settled) => {
+                    tracing::Span::current().record("new", settled.new).record("attempts", attempt);
                     self.stats.settled.fetch_add(settled.new as u64, Ordering::Relaxed);
                     metrics::counter!(telemetry::SETTLED).increment(settled.new as u64);
                     if settled.conflicts > 0 {

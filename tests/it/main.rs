@@ -27,3 +27,4 @@ mod settle_faults;
 mod state_loss;
 mod store;
 mod store_tls;
+mod traces;

@@ -76,7 +76,10 @@ impl Workdir {
         let mut command = Command::new(BINARY);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if name.starts_with("CREDIT_SIDECAR_") || ["REDIS_URL", "DATABASE_URL", "RUST_LOG"].contains(&&*name) {
+            if name.starts_with("CREDIT_SIDECAR_")
+                || name.starts_with("OTEL_")
+                || ["REDIS_URL", "DATABASE_URL", "RUST_LOG"].contains(&&*name)
+            {
                 command.env_remove(&*name);
             }
         }

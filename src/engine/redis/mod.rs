@@ -30,6 +30,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamRangeReply;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use tracing::Instrument;
 
 pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
 use library::LIBRARY;
@@ -185,6 +186,19 @@ fn unavailable(error: redis::RedisError) -> Error {
 enum Access {
     Read,
     Write,
+}
+
+/// The trace span of one Redis function call (a child of the call's span; off unless traces are
+/// exported, see `telemetry::traces`).
+fn redis_span(function: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "redis",
+        otel.name = %format_args!("FCALL {function}"),
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation = "FCALL",
+        function,
+    )
 }
 
 impl RedisEngine {
@@ -443,6 +457,7 @@ impl RedisEngine {
             let command = &command;
             async move { command.query_async::<Value>(&mut connection).await }
         })
+        .instrument(redis_span(name))
         .await
     }
 
@@ -462,6 +477,7 @@ impl RedisEngine {
                 let pipeline = &pipeline;
                 async move { pipeline.query_async::<(Value, u32)>(&mut connection).await }
             })
+            .instrument(redis_span(name))
             .await?;
         Ok((value, Some(acknowledged)))
     }

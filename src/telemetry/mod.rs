@@ -4,6 +4,7 @@
 //!   `rpc`, `account` and `request_id`.
 //! - Metrics: the `metrics` facade, rendered by the Prometheus exporter. The names are the
 //!   constants below; README "Metrics" says what each means.
+//! - Traces: OpenTelemetry over OTLP/gRPC when `otel_endpoint` is set ([`traces`]).
 //! - HTTP (`metrics_listen`): `GET /metrics`, `GET /livez` (200 while the process runs) and
 //!   `GET /readyz` (200 while serving, 503 otherwise), for probes that cannot speak gRPC.
 
@@ -17,6 +18,10 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub mod traces;
+
+pub use traces::{TraceConfig, Traces};
 
 /// How logs are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,15 +90,32 @@ pub const PROCESS_METRICS: [&str; 8] = [
 const LATENCY_BUCKETS: [f64; 16] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-/// Installs the global log subscriber. `level` was validated by the configuration.
-pub fn init_logging(format: LogFormat, level: &str) {
+/// Installs the global log subscriber (and, with `traces`, the OpenTelemetry layer beside it).
+/// `level` was validated by the configuration; it filters the logs only, so traces keep their
+/// spans when the logs are quieter. Returns the trace exporter to shut down at the end.
+pub fn init(format: LogFormat, level: &str, traces: Option<&TraceConfig>) -> Result<Option<Traces>, String> {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, Registry};
+
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     // Colour codes only for a person at a terminal, never into files and pipes.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal());
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).with_filter(filter).boxed(),
+    };
+    let (traces, layer) = match traces {
+        Some(config) => {
+            let (traces, tracer) = Traces::start(config)?;
+            let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter_fn(traces::exported));
+            (Some(traces), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(layer).try_init().map_err(|error| error.to_string())?;
+    Ok(traces)
 }
 
 /// The scrape page's source: the global Prometheus recorder, and the process metrics collected
