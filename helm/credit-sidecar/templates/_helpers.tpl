@@ -1,13 +1,16 @@
 {{/*
 Helpers of the credit-sidecar chart.
 
-Most helpers take a "context": anything with .Values (this chart's values) and .Release. Inside
-this chart that is the root context `.`; a parent chart passes
-  (dict "Values" (index .Values "credit-sidecar") "Release" .Release)
+Most helpers take a "context": anything with .Values (this chart's values), .Release and
+.Capabilities. Inside this chart that is the root context `.`; a parent chart passes
+  (dict "Values" (index .Values "credit-sidecar") "Release" .Release "Capabilities" .Capabilities)
 because its own .Values holds this chart's values (defaults included) under the dependency's
-name. Helpers that parents call never touch .Chart, .Capabilities or .Template, which would be
-the parent's. The public ones, for parent charts, are:
+name. .Capabilities (the cluster's Kubernetes version) is the same for the parent and this
+chart; helpers that parents call never touch .Chart or .Template, which would be the parent's.
+The public ones, for parent charts, are:
 
+  credit-sidecar.native          "true" when the container goes into initContainers as a native
+                                 sidecar (sidecar.native, or auto: Kubernetes >= 1.29), else ""
   credit-sidecar.container       the sidecar container, one list item
   credit-sidecar.volumes         the volumes it mounts, list items
   credit-sidecar.podAnnotations  checksums that roll the pod when the sidecar's config changes
@@ -67,6 +70,39 @@ is written here as well; .ci/chart checks it equals appVersion in Chart.yaml.
 0.1.0
 {{- end }}
 
+{{/*
+"true" when the cluster's Kubernetes version is at least .version ("1.29"), else "". Takes
+(dict "ctx" <context> "version" "1.29"). The "-0" lets provider builds such as 1.29.3-eks-1a2b
+(pre-releases to semver) count as 1.29.3.
+*/}}
+{{- define "credit-sidecar.kubeAtLeast" -}}
+{{- $capabilities := get .ctx "Capabilities" }}
+{{- if not $capabilities }}
+{{- fail "credit-sidecar: the context passed to the chart's helpers has no Capabilities (the cluster's Kubernetes version); a parent chart builds it as (dict \"Values\" (index .Values \"credit-sidecar\") \"Release\" .Release \"Capabilities\" .Capabilities)" }}
+{{- end }}
+{{- if semverCompare (printf ">=%s-0" .version) $capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether an injected sidecar is a native one (initContainers with restartPolicy: Always):
+sidecar.native true or false, or auto: from Kubernetes 1.29, where the SidecarContainers feature
+is on by default (beta; GA in 1.33). On 1.28 the field exists behind an alpha feature gate that
+is off by default; an API server with the gate off drops restartPolicy, and the sidecar becomes
+an init container that never exits, so the pod never starts. true is refused before 1.28, which
+has no such field at all.
+*/}}
+{{- define "credit-sidecar.native" -}}
+{{- $native := .Values.sidecar.native }}
+{{- if eq (toString $native) "auto" }}
+{{- include "credit-sidecar.kubeAtLeast" (dict "ctx" . "version" "1.29") }}
+{{- else if $native }}
+{{- if not (include "credit-sidecar.kubeAtLeast" (dict "ctx" . "version" "1.28")) }}
+{{- fail (printf "credit-sidecar: sidecar.native is true, but Kubernetes %s has no native sidecars (init containers got restartPolicy in 1.28, on by default from 1.29): set sidecar.native to auto or false" .Capabilities.KubeVersion.Version) }}
+{{- end -}}
+true
+{{- end }}
+{{- end }}
+
 {{- define "credit-sidecar.image" -}}
 {{- $tag := .Values.image.tag | default (include "credit-sidecar.appVersion" .) }}
 {{- if .Values.image.digest }}
@@ -121,11 +157,47 @@ Takes a context with .mode ("standalone" or "sidecar").
 {{- end }}
 
 {{/*
-The sqlite URL used when no database is configured: a file on the data emptyDir (the root
-filesystem is read-only).
+The sqlite URL used when no database is configured: a file on the data volume at
+/var/lib/credit-sidecar (the root filesystem is read-only).
 */}}
 {{- define "credit-sidecar.sqliteUrl" -}}
 sqlite:///var/lib/credit-sidecar/credit-sidecar.db?mode=rwc
+{{- end }}
+
+{{/*
+"true" when the ledger is a SQLite file in the pod: no database configured (the default file
+above), or a sqlite: database.url. A database.existingSecret is taken to hold a PostgreSQL URL.
+*/}}
+{{- define "credit-sidecar.sqliteLedger" -}}
+{{- $db := .Values.database }}
+{{- if or (not (or $db.url $db.existingSecret)) (hasPrefix "sqlite:" $db.url) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the standalone release must never run two pods at once, and so runs as a StatefulSet
+of at most one replica: the embedded engine (credit state inside one process) or a SQLite ledger
+(one file on one volume).
+*/}}
+{{- define "credit-sidecar.singleton" -}}
+{{- if or (not (or .Values.redis.url .Values.redis.existingSecret)) (include "credit-sidecar.sqliteLedger" .) }}true{{ end }}
+{{- end }}
+
+{{/*
+The PersistentVolumeClaim mounted at /var/lib/credit-sidecar, or "" for an emptyDir. Only a SQLite
+ledger needs one (PostgreSQL holds the ledger elsewhere, and the embedded engine restores its
+state from the ledger at start). Standalone: persistence.existingClaim or the chart's own claim
+(templates/persistentvolumeclaim.yaml). Injected as a sidecar: only persistence.existingClaim
+(the chart cannot give each of a parent's pods a volume). Takes a context with .mode.
+*/}}
+{{- define "credit-sidecar.dataClaim" -}}
+{{- $p := .Values.persistence }}
+{{- if and (include "credit-sidecar.sqliteLedger" .) $p.enabled }}
+{{- if $p.existingClaim }}
+{{- $p.existingClaim }}
+{{- else if eq .mode "standalone" }}
+{{- printf "%s-data" (include "credit-sidecar.fullname" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -191,6 +263,26 @@ chart gets them too). Takes a context with .mode.
 {{- $v := .Values }}
 {{- $listen := include "credit-sidecar.listen" . }}
 {{- $authSource := include "credit-sidecar.authSource" . }}
+{{- range $hook := list "preStop" "postStart" }}
+{{- $handler := get $v.lifecycle $hook }}
+{{- /* Nested: Helm before 3.8 (Go < 1.18) evaluates every argument of `and`. */}}
+{{- if kindIs "map" $handler }}
+{{- if and (hasKey $handler "sleep") (not (include "credit-sidecar.kubeAtLeast" (dict "ctx" $ "version" "1.30"))) }}
+{{- fail (printf "credit-sidecar: lifecycle.%s.sleep needs Kubernetes >= 1.30 (the sleep action), and this cluster is %s; the image has no shell for an exec sleep. Remove it: after SIGTERM the sidecar keeps taking calls for config.shutdown_drain_ms while its health says NOT_SERVING, which gives clients the same time to move away" $hook $.Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $sqlite := include "credit-sidecar.sqliteLedger" . }}
+{{- if and (hasPrefix "sqlite:" $v.database.url) (not (regexMatch "^sqlite:(//)?/var/lib/credit-sidecar/[^/?]" $v.database.url)) }}
+{{- fail "credit-sidecar: database.url names a SQLite file outside /var/lib/credit-sidecar/, the one directory on the ledger's volume (the root filesystem is read-only and /tmp is an emptyDir): use sqlite:///var/lib/credit-sidecar/<file>.db?mode=rwc, or PostgreSQL" }}
+{{- end }}
+{{- if and $sqlite (not (include "credit-sidecar.dataClaim" .)) (not $v.persistence.acknowledgeStateLoss) }}
+{{- if eq .mode "standalone" }}
+{{- fail "credit-sidecar: persistence.enabled is false, so the SQLite ledger (every credit, hold and charge) would live on an emptyDir and be lost whenever the pod is deleted, rescheduled or upgraded. Set persistence.enabled=true (a PersistentVolumeClaim), or keep the ledger in PostgreSQL (database.existingSecret, with redis.existingSecret for the Redis engine), or set persistence.acknowledgeStateLoss=true to accept losing it" }}
+{{- else }}
+{{- fail "credit-sidecar: the injected sidecar's SQLite ledger (every credit, hold and charge) would live on an emptyDir of the parent's pod and be lost whenever that pod is deleted, rescheduled or upgraded. Use Redis and PostgreSQL (redis.existingSecret, database.existingSecret), or mount a claim with persistence.existingClaim (for a single pod), or set persistence.acknowledgeStateLoss=true to accept losing it" }}
+{{- end }}
+{{- end }}
 {{- if and $v.auth.tokens $v.auth.existingSecret }}
 {{- fail "credit-sidecar: set auth.tokens or auth.existingSecret, not both" }}
 {{- end }}
@@ -219,7 +311,10 @@ chart gets them too). Takes a context with .mode.
 {{- $redis := or $v.redis.url $v.redis.existingSecret }}
 {{- $sharedDatabase := or $v.database.existingSecret (and $v.database.url (not (hasPrefix "sqlite:" $v.database.url))) }}
 {{- if and (gt (int $v.replicaCount) 1) (not (and $redis $sharedDatabase)) }}
-{{- fail (printf "credit-sidecar: replicaCount is %d, but several replicas need the Redis engine (redis.url or redis.existingSecret) and a shared PostgreSQL database (database.url or database.existingSecret): the embedded engine keeps credit state inside one process and SQLite inside one pod" (int $v.replicaCount)) }}
+{{- fail (printf "credit-sidecar: replicaCount is %d, but several replicas need the Redis engine (redis.url or redis.existingSecret) and a shared PostgreSQL database (database.url or database.existingSecret): the embedded engine keeps credit state inside one process, and a SQLite ledger is one file on one ReadWriteOnce volume, so either runs as a StatefulSet of one pod" (int $v.replicaCount)) }}
+{{- end }}
+{{- if and $v.updateStrategy (include "credit-sidecar.singleton" .) }}
+{{- fail "credit-sidecar: updateStrategy is for the Deployment of the Redis engine with PostgreSQL; the embedded engine and a SQLite ledger run as a StatefulSet of one pod, which starts a new pod only after the old one has stopped: leave updateStrategy empty" }}
 {{- end }}
 {{- $graceMs := add (int64 (default 10000 (get $v.config "shutdown_grace_ms"))) (int64 (default 0 (get $v.config "shutdown_drain_ms"))) }}
 {{- if le (mul (int64 $v.terminationGracePeriodSeconds) 1000) $graceMs }}
@@ -229,12 +324,16 @@ chart gets them too). Takes a context with .mode.
 {{- end }}
 
 {{/*
-A probe handler. .kind: "live" (startup and liveness) or "ready". gRPC probes reach the pod IP,
-so they only work in standalone mode without TLS; otherwise HTTP on the metrics port.
+A probe handler. .kind: "live" (startup and liveness) or "ready". auto: gRPC probes reach the pod
+IP, so they only work in standalone mode without TLS, and only from Kubernetes 1.27, where they
+are GA (beta from 1.24, behind the GRPCContainerProbe feature gate, which a cluster may have
+turned off); otherwise HTTP on the metrics port, which answers the same two questions
+(/livez = the `liveness` service, /readyz = the server "") on every version. The image has no
+shell and no grpc_health_probe, so there is no exec fallback.
 */}}
 {{- define "credit-sidecar.probeHandler" -}}
 {{- $v := .ctx.Values }}
-{{- $http := or (eq .ctx.mode "sidecar") $v.tls.enabled }}
+{{- $http := or (eq .ctx.mode "sidecar") $v.tls.enabled (not (include "credit-sidecar.kubeAtLeast" (dict "ctx" .ctx "version" "1.27"))) }}
 {{- if eq $v.probes.handler "http" }}{{ $http = true }}{{ end }}
 {{- if eq $v.probes.handler "grpc" }}{{ $http = false }}{{ end }}
 {{- if $http -}}
@@ -259,8 +358,10 @@ The container, one list item. Takes a context with .mode; parents use credit-sid
 - name: {{ if $sidecar }}{{ $v.sidecar.containerName }}{{ else }}credit-sidecar{{ end }}
   image: {{ include "credit-sidecar.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
-  {{- if and $sidecar $v.sidecar.native }}
+  {{- if $sidecar }}
+  {{- if include "credit-sidecar.native" . }}
   restartPolicy: Always
+  {{- end }}
   {{- end }}
   args:
     - serve
@@ -412,7 +513,11 @@ items: [{key, path}]}: one place for the container's mounts and the pod's volume
   configMap:
     name: {{ include "credit-sidecar.configMapName" . }}
 - name: credit-sidecar-data
-  {{- if $v.dataVolume.sizeLimit }}
+  {{- $claim := include "credit-sidecar.dataClaim" . }}
+  {{- if $claim }}
+  persistentVolumeClaim:
+    claimName: {{ $claim }}
+  {{- else if $v.dataVolume.sizeLimit }}
   emptyDir:
     sizeLimit: {{ $v.dataVolume.sizeLimit }}
   {{- else }}
@@ -463,18 +568,18 @@ checksum/credit-sidecar-connections: {{ printf "%s|%s" .Values.redis.url .Values
 {{- end }}
 {{- end }}
 
-{{/* ---- For parent charts: context (dict "Values" (index .Values "credit-sidecar") "Release" .Release) ---- */}}
+{{/* ---- For parent charts: context (dict "Values" (index .Values "credit-sidecar") "Release" .Release "Capabilities" .Capabilities) ---- */}}
 
 {{- define "credit-sidecar.container" -}}
-{{- include "credit-sidecar.containerFor" (dict "Values" .Values "Release" .Release "mode" "sidecar") }}
+{{- include "credit-sidecar.containerFor" (dict "Values" .Values "Release" .Release "Capabilities" (get . "Capabilities") "mode" "sidecar") }}
 {{- end }}
 
 {{- define "credit-sidecar.volumes" -}}
-{{- include "credit-sidecar.volumesFor" (dict "Values" .Values "Release" .Release "mode" "sidecar") }}
+{{- include "credit-sidecar.volumesFor" (dict "Values" .Values "Release" .Release "Capabilities" (get . "Capabilities") "mode" "sidecar") }}
 {{- end }}
 
 {{- define "credit-sidecar.podAnnotations" -}}
-{{- include "credit-sidecar.podAnnotationsFor" (dict "Values" .Values "Release" .Release "mode" "sidecar") }}
+{{- include "credit-sidecar.podAnnotationsFor" (dict "Values" .Values "Release" .Release "Capabilities" (get . "Capabilities") "mode" "sidecar") }}
 {{- end }}
 
 {{/* An IntOrString from its string form: "1" → 1, "50%" → "50%". */}}
