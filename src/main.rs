@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use credit_sidecar::api::cli;
 use credit_sidecar::auth::Tokens;
-use credit_sidecar::config::{AuthConfig, Command, Config, EngineConfig};
+use credit_sidecar::config::{self, Args, AuthConfig, Command, Config, EngineConfig};
 use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::ledger::{AccountId, SystemClock};
@@ -17,18 +18,19 @@ use credit_sidecar::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = credit_sidecar::config::parse_args();
-    if let Some(Command::CheckConfig) = args.command {
-        return match Config::check(&args) {
-            Ok(()) => {
-                println!("configuration: ok");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::from(2)
-            }
-        };
+    let mut args = credit_sidecar::config::parse_args();
+    match args.command.take() {
+        Some(Command::CheckConfig) => return check_config(&args),
+        Some(Command::Operator(operation)) => {
+            return match config::connection(&args, operation.target()) {
+                Ok(connection) => cli::run(operation, connection).await,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(cli::exit::USAGE)
+                }
+            };
+        }
+        command => args.command = command,
     }
     // Nothing is bound and nothing logged before the whole configuration is valid.
     let config = match Config::load(&args) {
@@ -38,7 +40,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let traces = match telemetry::init(config.log_format, &config.log_level, config.traces.as_ref()) {
+    let command = args.command.unwrap_or(Command::Serve);
+    // A report on stdout stays alone there: `verify` and `rebuild` log on stderr.
+    let logs_to_stderr = !matches!(command, Command::Serve);
+    let traces = match telemetry::init(config.log_format, &config.log_level, config.traces.as_ref(), logs_to_stderr) {
         Ok(traces) => traces,
         Err(error) => {
             eprintln!("error: {error}");
@@ -48,20 +53,16 @@ async fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("configuration: {warning}");
     }
-    let result = match args.command.unwrap_or(Command::Serve) {
-        Command::Serve => run(config).await,
-        Command::Verify { account } => match maintain(&config, account, Maintenance::Verify).await {
-            Ok(0) => Ok(()),
-            Ok(_) => return ExitCode::FAILURE,
-            Err(error) => Err(error),
-        },
-        Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
-        Command::Rebuild { upgrade_layout: true, .. } => upgrade_layout(&config).await,
-        Command::Rebuild { account, .. } => maintain(&config, account, Maintenance::Rebuild).await.map(|_| ()),
+    let result = match command {
+        Command::Serve => run(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Verify { account, json } => maintain(&config, account, Maintenance::Verify, json).await,
+        Command::Rebuild { upgrade_layout: true, json, .. } => upgrade_layout(&config, json).await,
+        Command::Rebuild { account, json, .. } => maintain(&config, account, Maintenance::Rebuild, json).await,
+        Command::CheckConfig | Command::Operator(_) => unreachable!("answered before the configuration is loaded"),
     };
     let code = match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // Once, in the log (on stdout, where everything else this process said went).
+        Ok(code) => code,
+        // Once, in the log (where everything else this process said went).
         Err(error) => {
             tracing::error!(%error, "exiting");
             ExitCode::FAILURE
@@ -74,55 +75,98 @@ async fn main() -> ExitCode {
     code
 }
 
+/// `check-config`: 0 and `configuration: ok`, or 2 and the error.
+fn check_config(args: &Args) -> ExitCode {
+    match Config::check(args) {
+        Ok(()) => {
+            println!("configuration: ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 enum Maintenance {
     Verify,
     Rebuild,
 }
 
-/// Runs `verify` (returns the number of drifts) or `rebuild` against the configured Redis.
+/// Runs `verify` (exit 1 when there is drift) or `rebuild` against the configured Redis and
+/// the ledger as it is: no migration runs (the serving sidecar owns the schema).
 async fn maintain(
     config: &Config,
     account: Option<String>,
     what: Maintenance,
-) -> Result<usize, Box<dyn std::error::Error>> {
+    json: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let EngineConfig::Redis(settings) = &config.engine else {
         return Err("verify and rebuild compare Redis with the ledger: set redis_url / REDIS_URL".into());
     };
     let account = account.map(|id| AccountId::parse(&id)).transpose()?;
-    let store = Store::connect(&config.settle.database_url).await?;
+    let store = Store::open_existing(&config.settle.database_url).await?;
     let retention = config.rules.request_id_retention_ms;
     let redis = RedisEngine::connect_for_maintenance(settings, retention).await?;
     match what {
         Maintenance::Verify => {
             let drift = maintenance::verify(&store, &redis, retention, account.as_ref()).await?;
-            for line in &drift {
-                println!("{line}");
+            if json {
+                let drifts: Vec<serde_json::Value> = drift
+                    .iter()
+                    .map(|drift| {
+                        serde_json::json!({
+                            "account": drift.account.as_str(),
+                            "what": drift.what,
+                            "ledger": drift.ledger,
+                            "redis": drift.redis,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "drifts": drifts, "count": drift.len() }));
+            } else {
+                for line in &drift {
+                    println!("{line}");
+                }
+                println!("{} drift(s)", drift.len());
             }
-            println!("{} drift(s)", drift.len());
-            Ok(drift.len())
+            Ok(if drift.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Maintenance::Rebuild => {
             let written = maintenance::rebuild(&store, &redis, retention, account.as_ref()).await?;
-            println!("rebuilt {written} account(s) from the ledger");
-            Ok(0)
+            if json {
+                println!("{}", serde_json::json!({ "rebuilt_accounts": written }));
+            } else {
+                println!("rebuilt {written} account(s) from the ledger");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// `rebuild --upgrade-layout`: an older layout's Redis moved to this one, from the ledger.
-async fn upgrade_layout(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn upgrade_layout(config: &Config, json: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let EngineConfig::Redis(settings) = &config.engine else {
         return Err("rebuild --upgrade-layout works on Redis: set redis_url / REDIS_URL".into());
     };
-    let store = Store::connect(&config.settle.database_url).await?;
+    let store = Store::open_existing(&config.settle.database_url).await?;
     let upgraded = maintenance::upgrade_layout(&store, settings, config.rules.request_id_retention_ms).await?;
-    println!(
-        "deleted {} key(s) of the old layout; rebuilt {} account(s) from the ledger in layout {}",
-        upgraded.keys_deleted,
-        upgraded.accounts_rebuilt,
-        credit_sidecar::engine::redis::LAYOUT_VERSION
-    );
-    Ok(())
+    let layout = credit_sidecar::engine::redis::LAYOUT_VERSION;
+    if json {
+        let report = serde_json::json!({
+            "keys_deleted": upgraded.keys_deleted,
+            "rebuilt_accounts": upgraded.accounts_rebuilt,
+            "layout": layout,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "deleted {} key(s) of the old layout; rebuilt {} account(s) from the ledger in layout {layout}",
+            upgraded.keys_deleted, upgraded.accounts_rebuilt,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -120,7 +120,7 @@ impl CreditAdmin for AdminService {
 /// The durable store could not answer (the caller may retry), or holds what we cannot read.
 fn unavailable(error: StoreError) -> Status {
     let error = match error {
-        StoreError::Corrupt { .. } => crate::engine::Error::Internal(error.to_string()),
+        StoreError::Corrupt { .. } | StoreError::Schema(_) => crate::engine::Error::Internal(error.to_string()),
         StoreError::Database(_) | StoreError::Migrate(_) => crate::engine::Error::Unavailable(error.to_string()),
     };
     super::status::to_status(error)

@@ -6,6 +6,7 @@
 
 mod admin;
 mod authorizer;
+pub mod cli;
 pub mod codec;
 mod convert;
 mod frame;
@@ -22,6 +23,7 @@ pub use refusal::Refusal;
 #[allow(clippy::too_many_lines)] // generated: the line budget is for code written here
 pub mod pb {
     tonic::include_proto!("credits.v1");
+    include!(concat!(env!("OUT_DIR"), "/credits.v1.serde.rs"));
 }
 
 /// The full names of the services of `credits.v1`, as health checks and reflection name them.

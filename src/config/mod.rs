@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
+use crate::api::cli::{Connection, Operation, Target};
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
 use crate::gate::Limits;
@@ -51,6 +52,9 @@ pub enum Command {
         /// One account (default: every account in the ledger).
         #[arg(long)]
         account: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the configuration (file, environment, flags) and exit: 0 when valid, 2 with the
     /// setting and the reason when not. Files it names (tokens, TLS) are not read.
@@ -65,8 +69,48 @@ pub enum Command {
         /// "Upgrading the Redis layout").
         #[arg(long, conflicts_with = "account")]
         upgrade_layout: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
+    #[command(flatten)]
+    Operator(Operation),
 }
+
+/// The settings a subcommand uses: its `--help` shows only these (the others are still
+/// accepted, so one environment serves every command). None: every setting.
+fn settings_shown(subcommand: &str) -> Option<&'static [&'static str]> {
+    match subcommand {
+        "serve" | "check-config" => None,
+        "verify" | "rebuild" => Some(&MAINTENANCE_SETTINGS),
+        // The operator commands read `listen` and `tls_cert_file` only as the default address
+        // (from the file or the environment); their own flags say where to call.
+        _ => Some(&[]),
+    }
+}
+
+/// What `verify` and `rebuild` read: the stores, the logs, the retention.
+const MAINTENANCE_SETTINGS: [&str; 15] = [
+    "log_format",
+    "log_level",
+    "redis_url",
+    "redis_cluster",
+    "redis_shards",
+    "redis_timeout_ms",
+    "redis_key_prefix",
+    "redis_password_file",
+    "redis_ca_file",
+    "redis_client_cert_file",
+    "redis_client_key_file",
+    "database_url",
+    "database_password_file",
+    "database_ca_file",
+    "request_id_retention_ms",
+];
+
+/// The variables of the operator commands (beside every setting's).
+const OPERATOR_VARIABLES: [&str; 4] =
+    ["CREDIT_SIDECAR_ADDRESS", "CREDIT_SIDECAR_TOKEN", "CREDIT_SIDECAR_TOKEN_FILE", "CREDIT_SIDECAR_CA_FILE"];
 
 /// Every setting, as written in the file, the environment or a flag; all optional (defaults are
 /// applied by [`Config`]), unknown file keys refused. Lists and maps are file-only. What each
@@ -313,6 +357,20 @@ pub fn command() -> clap::Command {
             command = command.mut_arg(setting.name, |arg| arg.help(setting.help()));
         }
     }
+    // Each setting is a global flag, accepted by every subcommand; a subcommand that does not
+    // use it gets a hidden copy, which clap's propagation keeps (it copies a global flag only
+    // into subcommands that lack one of that name), and which its own subcommands inherit.
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| settings::SETTINGS.iter().any(|setting| arg.get_id() == setting.name))
+        .map(|arg| arg.clone().hide(true))
+        .collect();
+    let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    for name in names {
+        let Some(shown) = settings_shown(&name) else { continue };
+        let unused = hidden.iter().filter(|arg| !shown.contains(&arg.get_id().as_str())).cloned();
+        command = command.mut_subcommand(&name, |sub| sub.args(unused));
+    }
     command
 }
 
@@ -360,7 +418,8 @@ fn unknown_variables() -> Vec<String> {
     let known: Vec<String> = settings::SETTINGS.iter().map(|setting| variable(setting.name)).collect();
     let mut unknown: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| name.starts_with("CREDIT_SIDECAR_") && name != "CREDIT_SIDECAR_CONFIG" && !known.contains(name))
+        .filter(|name| name.starts_with("CREDIT_SIDECAR_") && name != "CREDIT_SIDECAR_CONFIG")
+        .filter(|name| !known.contains(name) && !OPERATOR_VARIABLES.contains(&name.as_str()))
         .collect();
     unknown.sort();
     unknown
@@ -420,6 +479,47 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         build(parse_file(text)?)
     }
+}
+
+/// Where an operator command calls, resolved: its flags, then `CREDIT_SIDECAR_ADDRESS`,
+/// `CREDIT_SIDECAR_TOKEN_FILE` / `CREDIT_SIDECAR_TOKEN`, `CREDIT_SIDECAR_CA_FILE`, then the
+/// configuration: its `listen` (a wildcard address becomes loopback), over TLS when it sets
+/// `tls_cert_file`. So in a sidecar's own container the commands need no flags at all.
+pub fn connection(args: &Args, target: &Target) -> Result<Connection, ConfigError> {
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let address = match target.address.clone().or_else(|| variable("CREDIT_SIDECAR_ADDRESS")) {
+        Some(address) if address.starts_with("http://") || address.starts_with("https://") => address,
+        Some(address) => format!("http://{address}"),
+        None => {
+            let (settings, sources) = merged(args)?;
+            let listen = address("listen", settings::LISTEN.text(settings.listen.as_deref()))
+                .map_err(|error| error.sourced(&sources))?;
+            let host = match listen.ip() {
+                std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            let scheme = if settings.tls_cert_file.is_some() { "https" } else { "http" };
+            format!("{scheme}://{host}:{}", listen.port())
+        }
+    };
+    let token_file = target.token_file.clone().or_else(|| variable("CREDIT_SIDECAR_TOKEN_FILE").map(PathBuf::from));
+    let token = match token_file {
+        Some(path) => {
+            let text = String::from_utf8(read("token_file", &path)?)
+                .map_err(|_| ConfigError::new("token_file", format!("{} is not UTF-8", path.display())))?;
+            let token = text.lines().next().unwrap_or_default().trim().to_owned();
+            if token.is_empty() {
+                return Err(ConfigError::new("token_file", format!("{} holds no token", path.display())));
+            }
+            Some(token)
+        }
+        None => variable("CREDIT_SIDECAR_TOKEN"),
+    };
+    let ca_file = target.ca_file.clone().or_else(|| variable("CREDIT_SIDECAR_CA_FILE").map(PathBuf::from));
+    let ca_pem = ca_file.map(|path| certificates("ca_file", read("ca_file", &path)?)).transpose()?;
+    Ok(Connection { address, token, ca_pem, json: target.json })
 }
 
 /// The file's settings under the environment's and the flags', and where each came from.

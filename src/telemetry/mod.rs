@@ -92,8 +92,14 @@ const LATENCY_BUCKETS: [f64; 16] =
 
 /// Installs the global log subscriber (and, with `traces`, the OpenTelemetry layer beside it).
 /// `level` was validated by the configuration; it filters the logs only, so traces keep their
-/// spans when the logs are quieter. Returns the trace exporter to shut down at the end.
-pub fn init(format: LogFormat, level: &str, traces: Option<&TraceConfig>) -> Result<Option<Traces>, String> {
+/// spans when the logs are quieter. Logs go to stdout, or to stderr with `to_stderr` (for
+/// commands whose report owns stdout). Returns the trace exporter to shut down at the end.
+pub fn init(
+    format: LogFormat,
+    level: &str,
+    traces: Option<&TraceConfig>,
+    to_stderr: bool,
+) -> Result<Option<Traces>, String> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -101,7 +107,11 @@ pub fn init(format: LogFormat, level: &str, traces: Option<&TraceConfig>) -> Res
 
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     // Colour codes only for a person at a terminal, never into files and pipes.
-    let logs = tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal());
+    let terminal = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+        if to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) }
+    });
+    let logs = tracing_subscriber::fmt::layer().with_ansi(terminal).with_writer(writer);
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => logs.with_filter(filter).boxed(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).with_filter(filter).boxed(),

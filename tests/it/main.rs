@@ -16,6 +16,7 @@ mod layout;
 mod model_props;
 mod monitoring;
 mod operations;
+mod operator;
 mod process;
 mod redis_faults;
 mod replication;

@@ -496,7 +496,7 @@ async fn verify_and_rebuild_commands_report_through_their_exit_codes() {
     h.stop().await;
     let run = |command: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_credit-sidecar"))
-            .arg(command)
+            .args(command.split_whitespace())
             .env("REDIS_URL", server.url())
             .env("DATABASE_URL", &database_url)
             .env("RUST_LOG", "warn")
@@ -505,15 +505,23 @@ async fn verify_and_rebuild_commands_report_through_their_exit_codes() {
     };
     let clean = run("verify");
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
-    assert!(String::from_utf8_lossy(&clean.stdout).contains("0 drift(s)"));
+    // The report alone on stdout (logs go to stderr).
+    assert_eq!(String::from_utf8_lossy(&clean.stdout), "0 drift(s)\n");
+    let clean = run("verify --json");
+    assert_eq!(String::from_utf8_lossy(&clean.stdout), "{\"count\":0,\"drifts\":[]}\n");
     server.cli(&["flushall"]);
+    let drifted = run("verify --json");
+    assert_eq!(drifted.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&drifted.stdout).unwrap();
+    assert!(report["count"].as_u64().is_some_and(|count| count > 0), "{report}");
+    assert_eq!(report["drifts"][0]["account"], "acme", "{report}");
     let drifted = run("verify");
     assert_eq!(drifted.status.code(), Some(1));
     let report = String::from_utf8_lossy(&drifted.stdout).to_string();
     assert!(report.contains("acme: account: ledger") && report.contains("redis missing"), "{report}");
     let rebuilt = run("rebuild");
     assert!(rebuilt.status.success());
-    assert!(String::from_utf8_lossy(&rebuilt.stdout).contains("rebuilt 1 account(s)"));
+    assert_eq!(String::from_utf8_lossy(&rebuilt.stdout), "rebuilt 1 account(s) from the ledger\n");
     assert!(run("verify").status.success());
 }
 

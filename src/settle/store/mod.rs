@@ -44,6 +44,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database schema: {0}")]
+    Schema(String),
     #[error("ledger row {account}/{seq}: {reason}")]
     Corrupt { account: String, seq: i64, reason: String },
 }
@@ -98,6 +100,38 @@ impl Store {
 
     /// [`Store::connect`], choosing how SQLite commits reach the disk.
     pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> Result<Self> {
+        let store = Self::open(url, synchronous, true).await?;
+        MIGRATOR.run(&store.writer).await?;
+        Ok(store)
+    }
+
+    /// Opens a ledger the sidecar created, as it is: no file is created and no migration runs
+    /// (the serving sidecar owns the schema, and an operator's command must not change it
+    /// under an older binary). Refused when the schema is not the one this binary knows.
+    pub async fn open_existing(url: &str) -> Result<Self> {
+        let store = Self::open(url, SqliteSynchronous::default(), false).await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&store.pool)
+                .await
+                .map_err(|error| {
+                    StoreError::Schema(format!("no ledger schema here ({error}): start the sidecar once"))
+                })?;
+        let known: Vec<i64> = MIGRATOR
+            .iter()
+            .filter(|migration| migration.migration_type.is_up_migration())
+            .map(|migration| migration.version)
+            .collect();
+        if applied != known {
+            return Err(StoreError::Schema(format!(
+                "the ledger has migrations {applied:?}, this binary knows {known:?}: run the sidecar of this version \
+                 once (it migrates at start), or use the binary that matches the ledger"
+            )));
+        }
+        Ok(store)
+    }
+
+    async fn open(url: &str, synchronous: SqliteSynchronous, create: bool) -> Result<Self> {
         let synchronous = match synchronous {
             SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
             SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
@@ -105,7 +139,8 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let options = match backend {
-            Backend::Sqlite => AnyConnectOptions::from_str(&sqlite_creating(url))?,
+            Backend::Sqlite if create => AnyConnectOptions::from_str(&sqlite_creating(url))?,
+            Backend::Sqlite => AnyConnectOptions::from_str(&sqlite_existing(url))?,
             Backend::Postgres => AnyConnectOptions::from_str(url)?,
         };
         let (pool, writer) = match backend {
@@ -145,7 +180,6 @@ impl Store {
                 (pool.clone(), pool)
             }
         };
-        MIGRATOR.run(&writer).await?;
         Ok(Self { pool, writer, backend })
     }
 
@@ -162,6 +196,14 @@ impl Store {
 
 /// SQLite opens an existing file only, unless told `mode=rwc`: asks for that when the URL names
 /// no mode of its own.
+/// A SQLite URL that opens the file only if it exists (`mode=rw`, whatever mode it named).
+fn sqlite_existing(url: &str) -> String {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut parameters: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("mode=")).collect();
+    parameters.push("mode=rw");
+    format!("{path}?{}", parameters.join("&"))
+}
+
 fn sqlite_creating(url: &str) -> String {
     if url.contains("mode=") {
         return url.to_owned();

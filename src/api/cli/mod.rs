@@ -1,0 +1,561 @@
+//! The operator's commands (`credit-sidecar account show …`): one gRPC call each to a running
+//! sidecar, through the generated client, answered as a table (or, with `--json`, as the
+//! response in the protobuf JSON mapping) on stdout. Errors go to stderr. The exit status says
+//! what happened, so a script can branch on it without parsing:
+//!
+//! | status | meaning |
+//! | --- | --- |
+//! | 0 | done |
+//! | 1 | declined: a normal answer that changed nothing (the trial was used, the hold is closed) |
+//! | 2 | the command line or the configuration is wrong (nothing was sent) |
+//! | 3 | the sidecar refused the request (invalid argument, not found, not allowed) |
+//! | 4 | the sidecar could not be reached or failed (unavailable, deadline, internal) |
+
+mod show;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use super::pb;
+use super::pb::credit_admin_client::CreditAdminClient;
+use super::pb::credit_authorizer_client::CreditAuthorizerClient;
+
+/// The exit statuses of the module docs' table.
+pub mod exit {
+    pub const DONE: u8 = 0;
+    pub const DECLINED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const FAILED: u8 = 4;
+}
+
+/// Where the sidecar is and how to reach it; every operator command takes these. Unset, each
+/// comes from its variable, then from the configuration (see README, "Operator commands").
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Target {
+    /// The sidecar's gRPC address, `http://127.0.0.1:50051` or `https://…` [variable:
+    /// CREDIT_SIDECAR_ADDRESS; default: the configuration's `listen`, over TLS when it serves TLS]
+    #[arg(long, value_name = "URL")]
+    pub address: Option<String>,
+    /// A file whose first line is the bearer token [variable: CREDIT_SIDECAR_TOKEN_FILE; or the
+    /// token itself in CREDIT_SIDECAR_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs an `https://` sidecar's certificate [variable:
+    /// CREDIT_SIDECAR_CA_FILE; default: the system's roots]
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print the response as JSON (the protobuf JSON mapping, proto field names) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// [`Target`], resolved by the configuration: what the call needs.
+#[derive(Clone)]
+pub struct Connection {
+    pub address: String,
+    pub token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub json: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Connection").field("address", &self.address).field("token", &token).finish_non_exhaustive()
+    }
+}
+
+/// Every operator command.
+#[derive(Debug, clap::Subcommand)]
+pub enum Operation {
+    /// An account: plan, cycle, totals, lots, user limits.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Set an account's plan (creates the account).
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Grant credits: an add-on, a promotion or an adjustment (a lot of its own).
+    Grant(GrantArgs),
+    /// Trials.
+    #[command(subcommand)]
+    Trial(TrialCommand),
+    /// Per-user spending limits.
+    #[command(subcommand)]
+    UserLimit(UserLimitCommand),
+    /// Credits spent, by cycle, user and category (from the settled ledger).
+    Usage(UsageArgs),
+    /// Reservations (holds).
+    #[command(subcommand)]
+    Reservations(ReservationsCommand),
+    /// Release what a reservation still holds.
+    Release(ReleaseArgs),
+}
+
+impl Operation {
+    /// The target every command carries.
+    pub fn target(&self) -> &Target {
+        match self {
+            Operation::Account(AccountCommand::Show { target, .. }) => target,
+            Operation::Plan(PlanCommand::Set(args)) => &args.target,
+            Operation::Grant(args) => &args.target,
+            Operation::Trial(TrialCommand::Start(args)) => &args.target,
+            Operation::UserLimit(UserLimitCommand::Set(args)) => &args.target,
+            Operation::Usage(args) => &args.target,
+            Operation::Reservations(ReservationsCommand::List(args)) => &args.target,
+            Operation::Reservations(ReservationsCommand::Show { target, .. }) => target,
+            Operation::Release(args) => &args.target,
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AccountCommand {
+    /// Show an account.
+    Show {
+        account: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PlanCommand {
+    /// Set the plan: its period, anchor and credits per cycle.
+    Set(PlanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    pub account: String,
+    /// Plan credits per cycle.
+    #[arg(long)]
+    pub credits: i64,
+    /// Add-on credits per cycle.
+    #[arg(long, default_value_t = 0)]
+    pub addon: i64,
+    /// monthly, quarterly, semiannual or annual.
+    #[arg(long, default_value = "monthly")]
+    pub period: String,
+    /// When cycles start: RFC 3339 (`2026-11-01T00:00:00Z`) or Unix milliseconds [default: now].
+    #[arg(long)]
+    pub anchor: Option<String>,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GrantArgs {
+    pub account: String,
+    /// Credits granted.
+    #[arg(long)]
+    pub credits: i64,
+    /// addon, promo or adjustment.
+    #[arg(long, default_value = "addon")]
+    pub kind: String,
+    /// When the lot expires: RFC 3339 or Unix milliseconds [default: never].
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Create the account if it does not exist.
+    #[arg(long)]
+    pub create_account: bool,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TrialCommand {
+    /// Start an account's trial (once per account).
+    Start(TrialArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrialArgs {
+    pub account: String,
+    /// Trial credits [default: the sidecar's trial_credits_default].
+    #[arg(long, default_value_t = 0)]
+    pub credits: i64,
+    /// Trial length in days [default: the sidecar's trial_duration_default_ms].
+    #[arg(long, default_value_t = 0)]
+    pub days: i64,
+    /// Create the account if it does not exist.
+    #[arg(long)]
+    pub create_account: bool,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum UserLimitCommand {
+    /// Set (or, with --none, lift) a user's limit per cycle.
+    Set(UserLimitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UserLimitArgs {
+    pub account: String,
+    pub user: String,
+    /// Credits the user may spend per cycle.
+    #[arg(long, required_unless_present = "none", conflicts_with = "none")]
+    pub limit: Option<i64>,
+    /// No limit.
+    #[arg(long)]
+    pub none: bool,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    pub account: String,
+    /// Only the cycle that starts then: RFC 3339 or Unix milliseconds [default: every cycle].
+    #[arg(long)]
+    pub cycle_start: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReservationsCommand {
+    /// An account's reservations, newest first.
+    List(ListArgs),
+    /// One reservation.
+    Show {
+        reservation: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    pub account: String,
+    /// held, committed, released, expired, or all.
+    #[arg(long, default_value = "held")]
+    pub state: String,
+    /// Most reservations shown.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// From the durable ledger (every reservation ever settled) instead of the engine.
+    #[arg(long)]
+    pub settled: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    pub reservation: String,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// The request id of a change.
+#[derive(Debug, clap::Args)]
+pub struct Idempotency {
+    /// The change's request id: run the command again with the same id and it is not applied
+    /// twice [default: a new one, printed]
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+impl Idempotency {
+    fn id(&self) -> String {
+        self.request_id.clone().unwrap_or_else(|| {
+            let now = chrono::Utc::now();
+            format!("cli-{}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"), std::process::id())
+        })
+    }
+}
+
+/// What went wrong, and the status to exit with.
+#[derive(Debug)]
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self { status: exit::USAGE, message: message.into() }
+    }
+
+    fn from_status(status: &tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown | Code::DataLoss => {
+                exit::FAILED
+            }
+            Code::Cancelled | Code::ResourceExhausted | Code::Unimplemented | Code::Aborted => exit::FAILED,
+            _ => exit::REFUSED,
+        };
+        Self { status: code, message: format!("{:?}: {}", status.code(), status.message()) }
+    }
+}
+
+/// Runs one command; the answer on stdout, an error on stderr; returns the exit status.
+pub async fn run(operation: Operation, connection: Connection) -> ExitCode {
+    let json = connection.json;
+    let result = match connect(&connection).await {
+        Ok(clients) => call(operation, clients).await,
+        Err(failure) => Err(failure),
+    };
+    match result {
+        Ok(answer) => {
+            println!("{}", if json { answer.json } else { answer.table });
+            ExitCode::from(if answer.declined { exit::DECLINED } else { exit::DONE })
+        }
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+type Authorized = InterceptedService<Channel, Bearer>;
+
+struct Clients {
+    admin: CreditAdminClient<Authorized>,
+    authorizer: CreditAuthorizerClient<Authorized>,
+}
+
+/// Adds `authorization: Bearer <token>` when there is a token.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(connection: &Connection) -> Result<Clients, Failure> {
+    let address = &connection.address;
+    let mut endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|error| Failure::usage(format!("address {address:?}: {error}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15));
+    if address.starts_with("https://") {
+        let tls = ClientTlsConfig::new();
+        let tls = match &connection.ca_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|error| Failure::usage(format!("TLS for {address}: {error}")))?;
+    }
+    let bearer = match &connection.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Failure::usage("the token holds characters a header cannot carry"))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint.connect().await.map_err(|error| Failure {
+        status: exit::FAILED,
+        message: format!("cannot reach the sidecar at {address}: {}", source_chain(&error)),
+    })?;
+    Ok(Clients {
+        admin: CreditAdminClient::with_interceptor(channel.clone(), Bearer(bearer.clone())),
+        authorizer: CreditAuthorizerClient::with_interceptor(channel, Bearer(bearer)),
+    })
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        let cause = error.to_string();
+        // Some errors repeat their source's text in their own.
+        if !text.contains(&cause) {
+            text.push_str(&format!(": {cause}"));
+        }
+        source = error.source();
+    }
+    text
+}
+
+/// A response, as both outputs, and whether it was a decline.
+struct Answer {
+    table: String,
+    json: String,
+    declined: bool,
+}
+
+impl Answer {
+    fn new<T: serde::Serialize>(response: &T, table: String, outcome: Option<pb::Outcome>) -> Self {
+        let json = serde_json::to_string_pretty(response).unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
+        Self { table, json, declined: outcome.is_some_and(|outcome| outcome != pb::Outcome::Ok) }
+    }
+}
+
+async fn call(operation: Operation, mut clients: Clients) -> Result<Answer, Failure> {
+    let grpc = |status: tonic::Status| Failure::from_status(&status);
+    match operation {
+        Operation::Account(AccountCommand::Show { account, .. }) => {
+            let request = pb::GetAccountRequest { account_id: account };
+            let response = clients.admin.get_account(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::account(&response), None))
+        }
+        Operation::Plan(PlanCommand::Set(args)) => {
+            let request = plan_request(&args)?;
+            let response = clients.admin.set_plan(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::plan_set(&response), Some(response.outcome())))
+        }
+        Operation::Grant(args) => {
+            let request = grant_request(&args)?;
+            let response = clients.admin.grant(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::granted(&response), Some(response.outcome())))
+        }
+        Operation::Trial(TrialCommand::Start(args)) => {
+            let request = pb::StartTrialRequest {
+                account_id: args.account,
+                credits: args.credits,
+                duration_ms: args.days.saturating_mul(86_400_000),
+                request_id: args.idempotency.id(),
+                create_account: args.create_account,
+            };
+            let response = clients.admin.start_trial(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::trial(&response), Some(response.outcome())))
+        }
+        Operation::UserLimit(UserLimitCommand::Set(args)) => {
+            let request = pb::SetUserLimitRequest {
+                account_id: args.account,
+                user_id: args.user,
+                limit: if args.none { None } else { args.limit },
+                request_id: args.idempotency.id(),
+            };
+            let response = clients.admin.set_user_limit(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::user_limit(&response), Some(response.outcome())))
+        }
+        other => read_or_release(other, clients).await,
+    }
+}
+
+/// The reads and Release (the rest of [`call`]).
+async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<Answer, Failure> {
+    let grpc = |status: tonic::Status| Failure::from_status(&status);
+    match operation {
+        Operation::Usage(args) => {
+            let cycle_start_unix_ms = args.cycle_start.as_deref().map(|at| time("--cycle-start", at)).transpose()?;
+            let request = pb::GetUsageRequest {
+                account_id: args.account,
+                cycle_start_unix_ms: cycle_start_unix_ms.unwrap_or(0),
+                reservation_id: String::new(),
+            };
+            let response = clients.admin.get_usage(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::usage(&response), None))
+        }
+        Operation::Reservations(ReservationsCommand::List(args)) => {
+            let request = pb::ListReservationsRequest {
+                account_id: args.account,
+                state: reservation_state(&args.state)? as i32,
+                page_size: args.limit,
+                page_token: String::new(),
+                settled: args.settled,
+            };
+            let response = clients.admin.list_reservations(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::reservations(&response.reservations), None))
+        }
+        Operation::Reservations(ReservationsCommand::Show { reservation, .. }) => {
+            let request = pb::GetReservationRequest { reservation_id: reservation };
+            let response = clients.authorizer.get_reservation(request).await.map_err(grpc)?.into_inner();
+            let table = response.reservation.as_ref().map(show::reservation).unwrap_or_default();
+            Ok(Answer::new(&response, table, None))
+        }
+        Operation::Release(args) => {
+            let request = pb::ReleaseRequest { reservation_id: args.reservation, request_id: args.idempotency.id() };
+            let response = clients.authorizer.release(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::released(&response), Some(response.outcome())))
+        }
+        Operation::Account(_)
+        | Operation::Plan(_)
+        | Operation::Grant(_)
+        | Operation::Trial(_)
+        | Operation::UserLimit(_) => {
+            unreachable!("changes are sent by `call`")
+        }
+    }
+}
+
+fn plan_request(args: &PlanArgs) -> Result<pb::SetPlanRequest, Failure> {
+    let period = match args.period.as_str() {
+        "monthly" => pb::Period::Monthly,
+        "quarterly" => pb::Period::Quarterly,
+        "semiannual" => pb::Period::Semiannual,
+        "annual" => pb::Period::Annual,
+        other => {
+            return Err(Failure::usage(format!("--period: {other:?} is not monthly, quarterly, semiannual or annual")));
+        }
+    };
+    let anchor = match &args.anchor {
+        Some(at) => time("--anchor", at)?,
+        None => chrono::Utc::now().timestamp_millis(),
+    };
+    Ok(pb::SetPlanRequest {
+        account_id: args.account.clone(),
+        period: period as i32,
+        anchor_unix_ms: anchor,
+        plan_credits: args.credits,
+        addon_credits: args.addon,
+        request_id: args.idempotency.id(),
+    })
+}
+
+fn grant_request(args: &GrantArgs) -> Result<pb::GrantRequest, Failure> {
+    let kind = match args.kind.as_str() {
+        "addon" => pb::LotKind::Addon,
+        "promo" => pb::LotKind::Promo,
+        "adjustment" => pb::LotKind::Adjustment,
+        other => return Err(Failure::usage(format!("--kind: {other:?} is not addon, promo or adjustment"))),
+    };
+    Ok(pb::GrantRequest {
+        account_id: args.account.clone(),
+        kind: kind as i32,
+        amount: args.credits,
+        expires_unix_ms: args.expires.as_deref().map(|at| time("--expires", at)).transpose()?.unwrap_or(0),
+        request_id: args.idempotency.id(),
+        create_account: args.create_account,
+    })
+}
+
+fn reservation_state(state: &str) -> Result<pb::ReservationState, Failure> {
+    Ok(match state {
+        "held" => pb::ReservationState::Held,
+        "committed" => pb::ReservationState::Committed,
+        "released" => pb::ReservationState::Released,
+        "expired" => pb::ReservationState::Expired,
+        "all" => pb::ReservationState::Unspecified,
+        other => {
+            return Err(Failure::usage(format!("--state: {other:?} is not held, committed, released, expired or all")));
+        }
+    })
+}
+
+/// RFC 3339 or Unix milliseconds, as Unix milliseconds.
+fn time(flag: &str, text: &str) -> Result<i64, Failure> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text).map(|at| at.timestamp_millis()).map_err(|error| {
+        Failure::usage(format!("{flag}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix ms: {error}"))
+    })
+}

@@ -1,0 +1,206 @@
+//! The operator commands as an operator runs them: the real binary calling a real sidecar over
+//! gRPC — tables by default, `--json` for scripts, exit statuses that tell a decline (1) from a
+//! bad command line (2), a refusal (3) and an unreachable sidecar (4); tokens from a file or the
+//! environment; the address from the configuration.
+
+use std::process::{Command, Output};
+
+use credit_sidecar::api::pb;
+use credit_sidecar::api::pb::credit_authorizer_client::CreditAuthorizerClient;
+use serde_json::Value;
+
+use crate::harness::{amount_cost, eventually, reserve_request};
+use crate::process::{Sidecar, Workdir};
+use crate::servers::free_port;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_credit-sidecar");
+
+/// `credit-sidecar <args>` with none of this environment's settings, calling `address`.
+fn operator(address: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(BINARY);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CREDIT_SIDECAR_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).args(["--address", address]).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Exit status `code`, with the output in the failure message.
+fn expect(output: &Output, code: i32) -> &Output {
+    assert_eq!(output.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", stdout(output), stderr(output));
+    output
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("not JSON ({error}):\n{}", stdout(output)))
+}
+
+/// An account's whole life through the commands: plan, grant, trial (twice: the second is a
+/// decline), a user limit, its holds listed, shown and released (twice: the second is a
+/// decline), its usage once settled; a refusal and a bad command line change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_an_account_from_the_command_line() {
+    let work = Workdir::new();
+    let mut sidecar = Sidecar::spawn(work.command());
+    let serving = sidecar.serving().await;
+    let address = format!("http://{}", serving.grpc);
+    let run = |args: &[&str]| operator(&address, args);
+
+    let plan = run(&["plan", "set", "acme", "--credits", "100", "--anchor", "2026-11-01T00:00:00Z"]);
+    let plan = stdout(expect(&plan, 0));
+    assert!(plan.lines().any(|line| line.split_whitespace().eq(["outcome", "ok"])), "{plan}");
+    assert!(plan.contains("granted 100  available 100"), "{plan}");
+
+    let grant = run(&["grant", "acme", "--credits", "50", "--kind", "promo", "--request-id", "promo-1", "--json"]);
+    let grant = json(expect(&grant, 0));
+    assert_eq!(grant["outcome"], "OUTCOME_OK", "{grant}");
+    assert_eq!(grant["totals"]["granted"], "150", "int64 as the protobuf JSON mapping writes it: {grant}");
+    // The same request id again: answered as before, not granted twice.
+    let again = run(&["grant", "acme", "--credits", "50", "--kind", "promo", "--request-id", "promo-1", "--json"]);
+    assert_eq!(json(expect(&again, 0))["totals"]["granted"], "150");
+
+    expect(&run(&["trial", "start", "acme", "--credits", "5"]), 0);
+    let second = run(&["trial", "start", "acme", "--credits", "5"]);
+    assert!(stdout(expect(&second, 1)).contains("trial_already_used"), "a decline is exit 1");
+
+    let limit = run(&["user-limit", "set", "acme", "ann", "--limit", "40", "--json"]);
+    assert_eq!(json(expect(&limit, 0))["limit"], "40");
+
+    let shown = stdout(expect(&run(&["account", "show", "acme"]), 0));
+    let header = shown.lines().find(|line| line.starts_with("LOT")).unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["LOT", "KIND", "GRANTED", "REMAINING", "GRANTED", "AT", "EXPIRES"]
+    );
+    assert!(shown.lines().any(|line| line.split_whitespace().take(4).eq(["2", "promo", "50", "50"])), "{shown}");
+    assert!(shown.lines().any(|line| line.split_whitespace().eq(["ann", "40", "0", "40"])), "{shown}");
+
+    let mut client = CreditAuthorizerClient::new(serving.channel().await);
+    let hold = client.reserve(reserve_request("acme", 30, "hold-1")).await.unwrap().into_inner();
+    let id = hold.reservation_id;
+    let listed = stdout(expect(&run(&["reservations", "list", "acme"]), 0));
+    let row = listed.lines().find(|line| line.starts_with(&id)).unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(
+        row.split_whitespace().take(6).collect::<Vec<_>>(),
+        [id.as_str(), "ann", "enrichment", "held", "30", "30"]
+    );
+    let one = json(expect(&run(&["reservations", "show", &id, "--json"]), 0));
+    assert_eq!(one["reservation"]["state"], "RESERVATION_STATE_HELD", "{one}");
+
+    client
+        .commit(pb::CommitRequest {
+            reservation_id: id.clone(),
+            cost: Some(amount_cost(12)),
+            request_id: "c-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let released = stdout(expect(&run(&["release", &id]), 0));
+    assert!(released.lines().any(|line| line.split_whitespace().eq(["returned", "18"])), "{released}");
+    let twice = stdout(expect(&run(&["release", &id]), 1));
+    assert!(twice.contains("reservation_closed"), "{twice}");
+
+    eventually("the commit settles into usage", std::time::Duration::from_secs(20), async || {
+        let usage = run(&["usage", "acme", "--json"]);
+        usage.status.success() && json(&usage)["spent"] == "12"
+    })
+    .await;
+    let usage = stdout(expect(&run(&["usage", "acme"]), 0));
+    assert!(usage.lines().any(|line| line.split_whitespace().skip(1).eq(["ann", "enrichment", "12", "1"])), "{usage}");
+
+    // Refused by the sidecar: exit 3, the reason on stderr, nothing on stdout.
+    let refused = run(&["account", "show", "no such account!"]);
+    assert!(stderr(expect(&refused, 3)).contains("InvalidArgument"), "{}", stderr(&refused));
+    assert!(stdout(&refused).is_empty());
+    let unknown = run(&["reservations", "show", "acme/999999"]);
+    assert!(stderr(expect(&unknown, 3)).contains("NotFound"), "{}", stderr(&unknown));
+    // A bad command line: exit 2, and nothing was sent (the plan is unchanged).
+    let bad = run(&["plan", "set", "acme", "--credits", "1", "--period", "weekly"]);
+    assert!(stderr(expect(&bad, 2)).contains("--period"), "{}", stderr(&bad));
+    let account = json(expect(&run(&["account", "show", "acme", "--json"]), 0));
+    assert_eq!(account["plan"]["plan_credits"], "100", "{account}");
+    // Nobody there: exit 4.
+    let nowhere = operator(&format!("http://127.0.0.1:{}", free_port()), &["account", "show", "acme"]);
+    assert!(stderr(expect(&nowhere, 4)).contains("cannot reach the sidecar"), "{}", stderr(&nowhere));
+}
+
+/// With tokens configured: the token from `--token-file` or `CREDIT_SIDECAR_TOKEN` is sent;
+/// without one the sidecar refuses (exit 3). With no `--address`, the commands call the
+/// configuration's `listen` (a wildcard address as loopback), read from the same config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_the_address_come_from_flags_the_environment_or_the_configuration() {
+    let work = Workdir::new();
+    let token = "an-operator-token-of-32-characters";
+    let tokens = work.path().join("tokens.toml");
+    let entry = format!("[[tokens]]\nname = \"ops\"\ntoken = \"{token}\"\nscopes = [\"authorize\", \"admin\"]\n");
+    std::fs::write(&tokens, entry).unwrap();
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = free_port();
+    let config = work.path().join("sidecar.toml");
+    std::fs::write(&config, format!("listen = \"0.0.0.0:{port}\"\nauth_tokens_file = \"{}\"\n", tokens.display()))
+        .unwrap();
+
+    let mut command = work.bare_command();
+    command.args(["--config", &config.to_string_lossy(), "--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
+    let mut sidecar = Sidecar::spawn(command);
+    sidecar.serving().await;
+
+    let plain = |extra: &[&str], variable: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CREDIT_SIDECAR_") {
+                command.env_remove(name);
+            }
+        }
+        if let Some(token) = variable {
+            command.env("CREDIT_SIDECAR_TOKEN", token);
+        }
+        command.args(["plan", "set", "acme", "--credits", "10", "--config", &config.to_string_lossy()]);
+        command.args(extra).output().unwrap()
+    };
+    let without = plain(&[], None);
+    assert!(stderr(expect(&without, 3)).contains("Unauthenticated"), "{}", stderr(&without));
+    expect(&plain(&["--token-file", &token_file.to_string_lossy()], None), 0);
+    expect(&plain(&[], Some(token)), 0);
+    let wrong = plain(&[], Some("not-the-token-but-32-characters-long"));
+    expect(&wrong, 3);
+}
+
+/// `verify` and `rebuild`: `--help` shows their own flags and the stores', not the server's;
+/// against a ledger that does not exist they refuse and create nothing (no migration).
+#[test]
+fn maintenance_commands_show_their_own_flags_and_never_migrate() {
+    let help = Command::new(BINARY).args(["verify", "--help"]).output().unwrap();
+    let help = stdout(expect(&help, 0));
+    for flag in ["--account", "--json", "--redis-url", "--database-url"] {
+        assert!(help.contains(flag), "verify --help shows {flag}:\n{help}");
+    }
+    for flag in ["--listen", "--concurrency-max", "--auth-tokens-file", "--otel-endpoint"] {
+        assert!(!help.contains(flag), "verify --help hides the server's {flag}:\n{help}");
+    }
+    let account_help = Command::new(BINARY).args(["account", "show", "--help"]).output().unwrap();
+    let account_help = stdout(expect(&account_help, 0));
+    assert!(account_help.contains("--address") && !account_help.contains("--redis-url"), "{account_help}");
+
+    let work = Workdir::new();
+    let missing = work.path().join("absent.db");
+    let output = Command::new(BINARY)
+        .args(["verify", "--redis-url", "redis://127.0.0.1:1/", "--database-url"])
+        .arg(format!("sqlite://{}?mode=rwc", missing.display()))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(!missing.exists(), "verify created the ledger file");
+    assert!(stdout(&output).is_empty(), "no report, and no logs on stdout: {}", stdout(&output));
+}
