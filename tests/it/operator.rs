@@ -204,3 +204,39 @@ fn maintenance_commands_show_their_own_flags_and_never_migrate() {
     assert!(!missing.exists(), "verify created the ledger file");
     assert!(stdout(&output).is_empty(), "no report, and no logs on stdout: {}", stdout(&output));
 }
+
+/// A sidecar serving TLS: the commands verify it against `--ca-file` (or
+/// `CREDIT_SIDECAR_CA_FILE`) and refuse one they cannot verify; with no address, the
+/// configuration's `tls_cert_file` makes the default address `https://`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_sidecar_is_verified_against_the_ca_file() {
+    let pki = crate::harness::pki();
+    let work = Workdir::new();
+    let write = |name: &str, text: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (ca, cert, key) = (write("ca.pem", &pki.ca), write("cert.pem", &pki.server.0), write("key.pem", &pki.server.1));
+    let port = free_port();
+    let config = write(
+        "sidecar.toml",
+        &format!("listen = \"127.0.0.1:{port}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n"),
+    );
+    let mut command = work.bare_command();
+    command.args(["--config", &config, "--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
+    let mut sidecar = Sidecar::spawn(command);
+    sidecar.serving().await;
+
+    let address = format!("https://localhost:{port}");
+    expect(&operator(&address, &["plan", "set", "acme", "--credits", "10", "--ca-file", &ca]), 0);
+    let unverified = operator(&address, &["account", "show", "acme"]);
+    assert!(stderr(expect(&unverified, 4)).contains("cannot reach the sidecar"), "{}", stderr(&unverified));
+
+    let from_config = Command::new(BINARY)
+        .args(["account", "show", "acme", "--json", "--config", &config])
+        .env("CREDIT_SIDECAR_CA_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(json(expect(&from_config, 0))["plan"]["plan_credits"], "10");
+}

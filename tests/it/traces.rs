@@ -99,14 +99,23 @@ impl TraceService for Collector {
 impl Collector {
     /// Serves OTLP/gRPC on a port the kernel picks.
     async fn start() -> (Self, SocketAddr) {
+        Self::start_with(tonic::transport::Server::builder()).await
+    }
+
+    /// Serves OTLP/gRPC over TLS with `identity` (certificate and key, PEM).
+    async fn start_tls(identity: &(String, String)) -> (Self, SocketAddr) {
+        let identity = tonic::transport::Identity::from_pem(&identity.0, &identity.1);
+        let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        Self::start_with(tonic::transport::Server::builder().tls_config(tls).unwrap()).await
+    }
+
+    async fn start_with(mut server: tonic::transport::Server) -> (Self, SocketAddr) {
         let collector = Self::default();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let service = TraceServiceServer::new(collector.clone());
         tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            server.add_service(service).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         (collector, address)
     }
@@ -278,4 +287,29 @@ async fn an_absent_collector_does_not_stop_the_calls() {
         .await
         .unwrap();
     assert_eq!(balance.into_inner().totals.unwrap().held, 20);
+}
+
+/// An `https://` collector signed by a private CA: verified against `otel_ca_file`, and sent
+/// the spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_is_verified_against_the_ca_file() {
+    let pki = crate::harness::pki();
+    let (collector, address) = Collector::start_tls(&pki.server).await;
+    let work = Workdir::new();
+    let ca = work.path().join("collector-ca.pem");
+    std::fs::write(&ca, &pki.ca).unwrap();
+    let mut command = work.command();
+    command
+        .env("CREDIT_SIDECAR_OTEL_ENDPOINT", format!("https://localhost:{}", address.port()))
+        .env("CREDIT_SIDECAR_OTEL_CA_FILE", &ca)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+    let mut sidecar = Sidecar::spawn(command);
+    let serving = sidecar.serving().await;
+    let (mut authorizer, _) = clients(serving.channel().await).await;
+    let quote = pb::QuoteRequest { account_id: "acct-tls".into(), ..Default::default() };
+    let _ = authorizer.quote(quote).await;
+    let span =
+        collector.span("the Quote's span over TLS", |span| span.name == "credits.v1.CreditAuthorizer/Quote").await;
+    assert_eq!(span.attribute("account").as_deref(), Some("acct-tls"));
+    assert_eq!(span.service, "credit-sidecar", "the default service.name");
 }
