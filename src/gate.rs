@@ -117,12 +117,14 @@ fn route(path: &str) -> Route {
 struct UntilDeadline {
     body: Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The call's time limit, for the refusal's message.
+    timeout: Duration,
     ended: bool,
 }
 
 impl UntilDeadline {
-    fn new(body: Body, deadline: Instant) -> Self {
-        Self { body, deadline: Box::pin(tokio::time::sleep_until(deadline)), ended: false }
+    fn new(body: Body, deadline: Instant, timeout: Duration) -> Self {
+        Self { body, deadline: Box::pin(tokio::time::sleep_until(deadline)), timeout, ended: false }
     }
 }
 
@@ -144,9 +146,11 @@ impl http_body::Body for UntilDeadline {
             return Poll::Pending;
         }
         self.ended = true;
+        let status = Refusal::DeadlineExceeded { timeout: self.timeout }.status();
         let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
-        trailers.insert("grpc-message", http::HeaderValue::from_static("call_timeout_max_ms reached"));
+        if let Err(status) = status.add_header(&mut trailers) {
+            return Poll::Ready(Some(Err(status)));
+        }
         Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 
@@ -213,11 +217,11 @@ where
                 return Box::pin(async move {
                     match tokio::time::timeout_at(deadline, inner.call(request)).await {
                         Ok(Ok(response)) => {
-                            let response = response.map(|body| Body::new(UntilDeadline::new(body, deadline)));
+                            let response = response.map(|body| Body::new(UntilDeadline::new(body, deadline, timeout)));
                             Ok(tracked(response, on_connection))
                         }
                         Ok(Err(error)) => Err(error),
-                        Err(_) => Ok(Status::deadline_exceeded("call_timeout_max_ms reached").into_http()),
+                        Err(_) => Ok(Refusal::DeadlineExceeded { timeout }.status().into_http()),
                     }
                 });
             }
@@ -341,9 +345,12 @@ where
             if let Some(code) = code.filter(|code| *code != tonic::Code::Ok && !observed.was_observed()) {
                 record_unobserved(&path, code, started);
             }
-            if code == Some(tonic::Code::OutOfRange) {
-                // tonic's answer to a message over request_bytes_max.
-                Refusal::RequestTooLarge.count();
+            if code == Some(tonic::Code::OutOfRange) && !observed.was_observed() {
+                // tonic's answer to a message over request_bytes_max, given before any handler
+                // ran (so nothing was sent yet): answered again as the refusal, with its details.
+                let why = Status::from_header_map(response.headers()).map(|status| status.message().to_owned());
+                // Counted already (just above) as an answer before the handler.
+                return Ok(refuse(Refusal::RequestTooLarge { why: why.unwrap_or_default() }));
             }
             Ok(response)
         }

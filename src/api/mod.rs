@@ -12,7 +12,7 @@ mod convert;
 mod frame;
 mod refusal;
 mod respond;
-mod status;
+pub mod status;
 
 pub use admin::AdminService;
 pub use authorizer::AuthorizerService;

@@ -6,11 +6,15 @@
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tonic_types::ErrorDetails;
 
 use crate::ledger::echo;
 use crate::telemetry;
 
 /// Why a call was refused.
+/// The retry delay suggested to an overloaded server's caller (with jitter on its side).
+pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The request body failed while arriving (the peer reset the stream, say).
@@ -20,7 +24,10 @@ pub enum Refusal {
         timeout: Duration,
     },
     /// A message over `request_bytes_max`: tonic refuses it (OUT_OF_RANGE); counted here.
-    RequestTooLarge,
+    /// Over `request_bytes_max`; `why` is the decoder's account (the sizes).
+    RequestTooLarge {
+        why: String,
+    },
     /// A message that is not valid protobuf for its type (named).
     Malformed {
         message_type: String,
@@ -54,7 +61,7 @@ impl Refusal {
         match self {
             Self::RequestBroken(_) => Code::Cancelled,
             Self::RequestTooSlow { .. } | Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::RequestTooLarge => Code::OutOfRange,
+            Self::RequestTooLarge { .. } => Code::OutOfRange,
             Self::Malformed { .. } => Code::InvalidArgument,
             Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::NoToken | Self::UnknownToken => Code::Unauthenticated,
@@ -67,7 +74,7 @@ impl Refusal {
         match self {
             Self::RequestBroken(_) => "request_broken",
             Self::RequestTooSlow { .. } => "request_body_timeout",
-            Self::RequestTooLarge => "request_too_large",
+            Self::RequestTooLarge { .. } => "request_too_large",
             Self::Malformed { .. } => "malformed",
             Self::DeadlineExceeded { .. } => "deadline_exceeded",
             Self::Overloaded { .. } => "overloaded",
@@ -82,7 +89,7 @@ impl Refusal {
             Self::RequestTooSlow { timeout } => {
                 format!("request_body_timeout_ms: the request did not arrive within {} ms", timeout.as_millis())
             }
-            Self::RequestTooLarge => "request_bytes_max: the request message is too large".to_owned(),
+            Self::RequestTooLarge { why } => format!("request_bytes_max: the request message is too large ({why})"),
             Self::Malformed { message_type, why } => format!("{message_type}: not a valid protobuf message ({why})"),
             Self::DeadlineExceeded { timeout } => format!("no answer within {} ms", timeout.as_millis()),
             Self::Overloaded { concurrency_max } => {
@@ -105,9 +112,41 @@ impl Refusal {
     }
 
     /// Counts the refusal and makes its status.
+    /// The stable code of the status's `google.rpc.ErrorInfo` (README, "Errors and declines").
+    pub fn error_reason(&self) -> &'static str {
+        match self {
+            Self::RequestBroken(_) => "REQUEST_BROKEN",
+            Self::RequestTooSlow { .. } => "REQUEST_BODY_TIMEOUT",
+            Self::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
+            Self::Malformed { .. } => "MALFORMED_MESSAGE",
+            Self::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::NoToken => "TOKEN_MISSING",
+            Self::UnknownToken => "TOKEN_UNKNOWN",
+            Self::MissingScope { .. } => "SCOPE_MISSING",
+            Self::AccountNotAllowed { .. } => "ACCOUNT_NOT_ALLOWED",
+        }
+    }
+
+    /// The status, with its `google.rpc` details: the `ErrorInfo`, and a `RetryInfo` for an
+    /// overload (retrying after a pause helps), a `BadRequest` for a malformed message or a
+    /// forbidden account.
     pub fn status(self) -> Status {
         self.count();
-        Status::new(self.code(), self.message())
+        let mut details = ErrorDetails::new();
+        match &self {
+            Self::Overloaded { .. } => {
+                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+            }
+            Self::Malformed { message_type, why } => {
+                details.add_bad_request_violation(message_type.clone(), why.clone());
+            }
+            Self::AccountNotAllowed { .. } => {
+                details.add_bad_request_violation("account_id", "not among the accounts the token may touch");
+            }
+            _ => {}
+        }
+        super::status::with_details(self.code(), self.message(), self.error_reason(), details)
     }
 }
 

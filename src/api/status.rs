@@ -4,22 +4,93 @@
 //! prefix); the cap on the whole message below is a backstop, so that no message can outgrow the
 //! `grpc-message` trailer whatever a refusal quotes.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::engine::Error;
 use crate::ledger::Error as LedgerError;
 
+/// The `domain` of every `google.rpc.ErrorInfo` this service sends.
+pub const ERROR_DOMAIN: &str = "credit-sidecar";
+
+/// Every `ErrorInfo.reason` this service sends, with the status code it comes with. The
+/// README's catalogue ("Errors and declines") lists exactly these (a test holds it to them).
+pub const REASONS: [(&str, Code); 19] = [
+    ("INVALID_FIELD", Code::InvalidArgument),
+    ("MALFORMED_MESSAGE", Code::InvalidArgument),
+    ("ACCOUNT_NOT_FOUND", Code::NotFound),
+    ("RESERVATION_NOT_FOUND", Code::NotFound),
+    ("REQUEST_ID_REUSED", Code::AlreadyExists),
+    ("STORE_UNAVAILABLE", Code::Unavailable),
+    ("STORE_TIMEOUT", Code::Unavailable),
+    ("STORE_STATE_LOST", Code::Unavailable),
+    ("OVERLOADED", Code::ResourceExhausted),
+    ("DEADLINE_EXCEEDED", Code::DeadlineExceeded),
+    ("REQUEST_BODY_TIMEOUT", Code::DeadlineExceeded),
+    ("REQUEST_TOO_LARGE", Code::OutOfRange),
+    ("REQUEST_BROKEN", Code::Cancelled),
+    ("TOKEN_MISSING", Code::Unauthenticated),
+    ("TOKEN_UNKNOWN", Code::Unauthenticated),
+    ("SCOPE_MISSING", Code::PermissionDenied),
+    ("ACCOUNT_NOT_ALLOWED", Code::PermissionDenied),
+    ("NOT_CONFIGURED", Code::FailedPrecondition),
+    ("INTERNAL", Code::Internal),
+];
+
+/// The retry delay suggested when a store did not answer: long enough for a failover or a
+/// reconnect to be under way, short enough to stay within a worker's deadline.
+pub const STORE_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// The retry delay suggested while Redis's state is lost: a restore from the ledger takes
+/// seconds at least.
+pub const STATE_LOST_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Every error status carries `google.rpc` details (`grpc-status-details-bin`): an `ErrorInfo`
+/// whose `reason` is a stable code (README, "Errors and declines"), and, by code, a `BadRequest`
+/// naming the field, a `ResourceInfo` naming what was not found, a `RetryInfo` when waiting
+/// and retrying (with the same request id) helps.
 pub fn to_status(error: Error) -> Status {
-    let code = match &error {
-        Error::Ledger(LedgerError::InvalidArgument { .. }) => Code::InvalidArgument,
-        Error::Ledger(LedgerError::AccountNotFound(_)) => Code::NotFound,
-        Error::Ledger(LedgerError::ReservationNotFound(_)) => Code::NotFound,
-        Error::Ledger(LedgerError::RequestIdReused(_)) => Code::AlreadyExists,
-        Error::Unavailable(_) => Code::Unavailable,
-        Error::Internal(_) => Code::Internal,
-        Error::NotConfigured(_) => Code::FailedPrecondition,
+    let message = bounded(error.to_string());
+    let mut details = ErrorDetails::new();
+    let (code, reason) = match &error {
+        Error::Ledger(LedgerError::InvalidArgument { field, reason }) => {
+            details.add_bad_request_violation(field, bounded(reason.clone()));
+            (Code::InvalidArgument, "INVALID_FIELD")
+        }
+        Error::Ledger(LedgerError::AccountNotFound(account)) => {
+            details.set_resource_info("account", account.as_str(), "", "no such account");
+            (Code::NotFound, "ACCOUNT_NOT_FOUND")
+        }
+        Error::Ledger(LedgerError::ReservationNotFound(reservation)) => {
+            details.set_resource_info("reservation", reservation.to_string(), "", "no such reservation");
+            (Code::NotFound, "RESERVATION_NOT_FOUND")
+        }
+        Error::Ledger(LedgerError::RequestIdReused(_)) => {
+            details.add_bad_request_violation("request_id", "already used with different parameters");
+            (Code::AlreadyExists, "REQUEST_ID_REUSED")
+        }
+        Error::Unavailable(_) => {
+            details.set_retry_info(Some(STORE_RETRY_DELAY));
+            (Code::Unavailable, "STORE_UNAVAILABLE")
+        }
+        Error::StateLost(_) => {
+            details.set_retry_info(Some(STATE_LOST_RETRY_DELAY));
+            (Code::Unavailable, "STORE_STATE_LOST")
+        }
+        Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        Error::NotConfigured(_) => (Code::FailedPrecondition, "NOT_CONFIGURED"),
     };
-    Status::new(code, bounded(error.to_string()))
+    with_details(code, message, reason, details)
+}
+
+/// A status with `details` and the `ErrorInfo` of `reason`.
+pub fn with_details(code: Code, message: String, reason: &'static str, mut details: ErrorDetails) -> Status {
+    debug_assert!(REASONS.contains(&(reason, code)), "{reason} with {code:?} is not in REASONS");
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
 }
 
 /// The longest message a status carries, in bytes: far below the 8 KiB a client accepts in its
@@ -46,8 +117,13 @@ impl From<Error> for Status {
 
 /// The store gave no answer within the call's budget: the change may or may not have happened.
 pub fn store_timeout() -> Status {
-    Status::unavailable(
-        "store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)",
+    let message =
+        "store: no answer before the call's deadline; the outcome is unknown (retry with the same request_id)";
+    with_details(
+        Code::Unavailable,
+        message.to_owned(),
+        "STORE_TIMEOUT",
+        ErrorDetails::with_retry_info(Some(STORE_RETRY_DELAY)),
     )
 }
 

@@ -33,6 +33,10 @@ pub enum Error {
     /// decided.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Redis lost its state: calls are refused until it is restored from the ledger (by an
+    /// operator's `rebuild`, or by itself with `redis_state_recovery = "rebuild"`).
+    #[error("store unavailable: {0}")]
+    StateLost(String),
     /// Something that cannot be mended by retrying: data the code cannot read (a bug, or
     /// corruption), or an operation this deployment does not offer.
     #[error("internal: {0}")]

@@ -15,7 +15,8 @@ use credit_sidecar::server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-use crate::harness::{EngineKind, Harness, MINUTE, RawCodec, amount_cost, sku_cost, t0};
+use crate::harness::{EngineKind, Harness, MINUTE, RawCodec, amount_cost, error_reason, sku_cost, t0};
+use tonic_types::StatusExt;
 
 /// An embedded-engine server with these limits.
 async fn serve_with(limits: Limits) -> Harness {
@@ -51,6 +52,10 @@ async fn huge_values_are_refused_by_field_with_a_short_message() {
         let error = h.auth.clone().reserve(request).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument, "{}", error.message());
         assert!(error.message().starts_with(expected), "{}", error.message());
+        assert_eq!(error_reason(&error), "INVALID_FIELD");
+        let details = error.get_error_details();
+        let violation = &details.bad_request().unwrap().field_violations[0];
+        assert_eq!(violation.field, expected.split(':').next().unwrap(), "the field, machine-readable");
         assert!(error.message().contains("… (16384 bytes)"), "{}", error.message());
         assert!(error.message().len() < 512, "{} bytes", error.message().len());
     }
@@ -172,6 +177,7 @@ async fn trickling_bodies_do_not_block_honest_calls() {
         let status = trickler.await.unwrap();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         assert!(status.message().starts_with("request_body_timeout_ms: "), "{status:?}");
+        assert_eq!(error_reason(&status), "REQUEST_BODY_TIMEOUT");
     }
 }
 
@@ -185,6 +191,7 @@ async fn reservation_ids_are_canonical(h: Harness) {
         let expect_refused = |result: Result<_, tonic::Status>, rpc: &str| {
             let error = result.err().unwrap_or_else(|| panic!("{rpc} {bad:?} was accepted"));
             assert_eq!(error.code(), tonic::Code::InvalidArgument, "{rpc} {bad:?}: {}", error.message());
+            assert_eq!(error_reason(&error), "INVALID_FIELD");
             assert!(error.message().starts_with("reservation_id: "), "{rpc} {bad:?}: {}", error.message());
         };
         let commit = pb::CommitRequest {
@@ -228,6 +235,9 @@ async fn grant_and_trial_create_accounts_only_when_asked(h: Harness) {
     let error = admin.grant(grant("typo", "g1", false)).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound, "{}", error.message());
     assert_eq!(error.message(), "account_id: no account typo");
+    assert_eq!(error_reason(&error), "ACCOUNT_NOT_FOUND");
+    let resource = error.get_error_details().resource_info().cloned().unwrap();
+    assert_eq!((resource.resource_type.as_str(), resource.resource_name.as_str()), ("account", "typo"));
     let error = admin.start_trial(trial("typo", "t1", false)).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound, "{}", error.message());
     let account = pb::GetAccountRequest { account_id: "typo".into() };

@@ -497,3 +497,40 @@ pub fn pki() -> Pki {
     };
     Pki { ca: ca.pem(), server: leaf(&["localhost", "127.0.0.1"]), client: leaf(&["worker"]) }
 }
+
+/// The `google.rpc` details every error status carries, checked: an `ErrorInfo` in the
+/// service's domain whose reason is one of `api::status::REASONS` for this code, and by code a
+/// `BadRequest` naming a field (INVALID_ARGUMENT), a `ResourceInfo` (NOT_FOUND), a `RetryInfo`
+/// with a delay (UNAVAILABLE, RESOURCE_EXHAUSTED). Returns the reason.
+pub fn error_reason(status: &tonic::Status) -> String {
+    use credit_sidecar::api::status::{ERROR_DOMAIN, REASONS};
+    use tonic_types::StatusExt;
+    let details =
+        status.check_error_details().unwrap_or_else(|error| panic!("undecodable details: {error}: {status:?}"));
+    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+    assert_eq!(info.domain, ERROR_DOMAIN, "{status:?}");
+    assert!(
+        REASONS.contains(&(info.reason.as_str(), status.code())),
+        "reason {} with {:?} is not in the catalogue",
+        info.reason,
+        status.code()
+    );
+    match status.code() {
+        tonic::Code::InvalidArgument => {
+            let bad = details.bad_request().unwrap_or_else(|| panic!("no BadRequest: {status:?}"));
+            assert!(bad.field_violations.iter().all(|v| !v.field.is_empty()), "{status:?}");
+            assert!(!bad.field_violations.is_empty(), "{status:?}");
+        }
+        tonic::Code::NotFound => {
+            let resource = details.resource_info().unwrap_or_else(|| panic!("no ResourceInfo: {status:?}"));
+            assert!(["account", "reservation"].contains(&resource.resource_type.as_str()), "{status:?}");
+            assert!(!resource.resource_name.is_empty(), "{status:?}");
+        }
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+            let retry = details.retry_info().unwrap_or_else(|| panic!("no RetryInfo: {status:?}"));
+            assert!(retry.retry_delay.is_some_and(|delay| !delay.is_zero()), "{status:?}");
+        }
+        _ => {}
+    }
+    info.reason.clone()
+}

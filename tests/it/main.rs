@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod differential;
 mod edges;
+mod errors;
 mod flows;
 mod golden;
 mod harness;

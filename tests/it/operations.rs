@@ -26,8 +26,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::harness::{
-    HEALTH_TRANSITION_MAX, Pki, anchor, health_watch, pki, plan_request, redis_engine, redis_settings, reserve_request,
-    t0, wait_for_health,
+    HEALTH_TRANSITION_MAX, Pki, anchor, error_reason, health_watch, pki, plan_request, redis_engine, redis_settings,
+    reserve_request, t0, wait_for_health,
 };
 use crate::servers::{PostgresServer, RedisServer};
 
@@ -124,16 +124,19 @@ async fn every_auth_refusal_has_its_code_and_changes_nothing() {
         let status = auth.reserve(request).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         assert!(status.message().starts_with("authorization: "), "{status:?}");
+        assert!(["TOKEN_MISSING", "TOKEN_UNKNOWN"].contains(&error_reason(&status).as_str()), "{status:?}");
     }
     // A worker token cannot administer, nor touch an account outside its list — whether the
     // account is named or hidden in a reservation id.
     let status = admin.grant(with_token(pb::GrantRequest::default(), AUTHORIZE_TOKEN)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("admin"), "{status:?}");
+    assert_eq!(error_reason(&status), "SCOPE_MISSING");
     admin.set_plan(with_token(plan_request("globex", 100, anchor(), "plan-globex"), ADMIN_TOKEN)).await.unwrap();
     let status = auth.reserve(with_token(reserve_request("globex", 10, "r2"), AUTHORIZE_TOKEN)).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().starts_with("account_id: "), "{status:?}");
+    assert_eq!(error_reason(&status), "ACCOUNT_NOT_ALLOWED");
     let held = auth.reserve(with_token(reserve_request("globex", 10, "r3"), ADMIN_TOKEN)).await.unwrap().into_inner();
     let release = pb::ReleaseRequest { reservation_id: held.reservation_id.clone(), request_id: "rel".into() };
     let status = auth.release(with_token(release, AUTHORIZE_TOKEN)).await.unwrap_err();
@@ -230,6 +233,7 @@ async fn overload_is_refused_at_once_with_resource_exhausted() {
             if call.is_finished() {
                 let status = (&mut *call).await.unwrap().unwrap_err();
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(error_reason(&status), "OVERLOADED");
                 *call = spawn_stuck(sent_stuck);
                 sent_stuck += 1;
             }
@@ -281,11 +285,13 @@ async fn a_hung_redis_answers_unavailable_within_the_callers_deadline() {
     let status = auth.reserve(with_timeout(reserve_request("acme", 10, "r1"), deadline)).await.unwrap_err();
     let client_elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_reason(&status), "STORE_TIMEOUT", "the deadline cut the wait for Redis");
     // No client deadline: the server's maximum applies.
     let sent = Instant::now();
     let status = auth.reserve(reserve_request("acme", 10, "r2")).await.unwrap_err();
     let server_elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_reason(&status), "STORE_TIMEOUT");
     eprintln!("hung redis: UNAVAILABLE after {client_elapsed:?} (deadline 250 ms), {server_elapsed:?} (max 400 ms)");
     // Generous bounds (a loaded machine), but far below Redis's own 30 s timeout: the deadlines
     // are what ended these calls.
@@ -323,6 +329,7 @@ async fn health_and_calls_follow_redis_through_an_outage() {
     let status = auth.reserve(with_timeout(reserve_request("acme", 10, "r1"), deadline)).await.unwrap_err();
     let elapsed = sent.elapsed();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(["STORE_UNAVAILABLE", "STORE_TIMEOUT"].contains(&error_reason(&status).as_str()), "{status:?}");
     eprintln!("redis killed: UNAVAILABLE after {elapsed:?} (deadline {deadline:?}): {}", status.message());
     let check = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: "liveness".into() }).await;
     assert_eq!(check.unwrap().into_inner().status(), ServingStatus::Serving, "liveness must not follow redis");
@@ -398,6 +405,7 @@ async fn oversized_requests_are_refused_before_the_ledger() {
     big.labels.insert("note".into(), "x".repeat(2_000));
     let status = auth.reserve(big).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(error_reason(&status), "REQUEST_TOO_LARGE");
     assert!(status.message().contains("1024"), "{status:?}");
     let balance = pb::GetBalanceRequest { account_id: "acme".into(), user_id: String::new() };
     let totals = auth.get_balance(balance).await.unwrap().into_inner().totals.unwrap();
@@ -458,6 +466,7 @@ async fn an_idle_reflection_stream_ends_at_the_deadline_and_cannot_hold_a_shutdo
     assert!(responses.message().await.unwrap().is_some());
     let status = responses.message().await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_reason(&status), "DEADLINE_EXCEEDED");
     drop(send);
     sidecar.stop().await.unwrap();
 }

@@ -553,6 +553,9 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     let garbage = raw_unary(&channel, "/credits.v1.CreditAuthorizer/Commit", NOT_PROTOBUF).await.unwrap_err();
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
     assert!(garbage.message().starts_with("CommitRequest: not a valid protobuf message"), "{garbage:?}");
+    assert_eq!(crate::harness::error_reason(&garbage), "MALFORMED_MESSAGE");
+    assert_eq!(crate::harness::error_reason(&refused), "REQUEST_TOO_LARGE");
+    assert_eq!(crate::harness::error_reason(&bad), "INVALID_FIELD");
 
     // Figures that follow the health check and the settler are waited for; the call counters
     // are final the moment the calls have answered.

@@ -250,6 +250,7 @@ async fn retries_get_the_same_answer(h: Harness) {
     let error = auth.commit(other).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::AlreadyExists);
     assert!(error.message().starts_with("request_id: "), "{}", error.message());
+    assert_eq!(error_reason(&error), "REQUEST_ID_REUSED");
     let mut reuse = ok.clone();
     reuse.cost = Some(amount_cost(21));
     assert_eq!(auth.reserve(reuse).await.unwrap_err().code(), tonic::Code::AlreadyExists);

@@ -184,6 +184,7 @@ async fn embedded_events_settle_and_a_restart_restores_them() {
     assert_eq!((item.amount, item.business_key.as_str(), item.labels["provider"].as_str()), (5, "contact:0", "p0"));
     let foreign = h.admin.clone().get_usage(usage(&ids[1])).await.unwrap_err();
     assert_eq!(foreign.code(), tonic::Code::InvalidArgument, "{foreign}");
+    assert_eq!(crate::harness::error_reason(&foreign), "INVALID_FIELD");
     // Every reservation ever made is listed from the ledger.
     let list =
         pb::ListReservationsRequest { account_id: "acme".into(), settled: true, page_size: 1000, ..Default::default() };

@@ -22,7 +22,7 @@ use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{
-    anchor, eventually, health_watch, plan_request, redis_settings, reserve_request, t0, wait_for_health,
+    anchor, error_reason, eventually, health_watch, plan_request, redis_settings, reserve_request, t0, wait_for_health,
 };
 use crate::servers::RedisServer;
 use crate::settle::{settle_setup, sqlite_store};
@@ -136,6 +136,7 @@ async fn assert_refused(channel: &Channel, redis: &RedisServer) {
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("redis lost its state"), "{}", status.message());
         assert!(status.message().contains("rebuild"), "the remedy: {}", status.message());
+        assert_eq!(error_reason(status), "STORE_STATE_LOST");
     }
     assert_eq!(redis.cli(&["--scan", "--pattern", "cs:*:a:acme"]), "", "an account created over the lost one");
 }

@@ -227,7 +227,7 @@ mod tests {
         let rows = vec![vec!["1".to_owned(), "addon".to_owned()], vec!["12".to_owned(), "promo".to_owned()]];
         assert_eq!(table(&["lot", "kind"], &rows), "LOT  KIND\n1    addon\n12   promo");
         assert_eq!(at(0), "never");
-        assert_eq!(at(1_793_491_200_000), "2026-10-31T00:00:00Z");
+        assert_eq!(at(1_793_491_200_000), "2026-11-01T00:00:00Z");
         assert_eq!(short("OUTCOME_TRIAL_ALREADY_USED", "OUTCOME_"), "trial_already_used");
     }
 }

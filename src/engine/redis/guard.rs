@@ -60,7 +60,7 @@ impl Guard {
 
 /// The answer every call gets while Redis's state is lost.
 fn refusal(cause: &str) -> Error {
-    Error::Unavailable(format!(
+    Error::StateLost(format!(
         "redis lost its state ({cause}); calls are refused until it is restored from the ledger: stop traffic, \
          let settlement finish, run `credit-sidecar rebuild` (README, \"When Redis loses its state\"), or set \
          redis_state_recovery = \"rebuild\""
