@@ -146,7 +146,7 @@ impl http_body::Body for UntilDeadline {
             return Poll::Pending;
         }
         self.ended = true;
-        let status = Refusal::DeadlineExceeded { timeout: self.timeout }.status();
+        let status = Refusal::DeadlineExceeded { timeout: self.timeout }.answer();
         let mut trailers = http::HeaderMap::new();
         if let Err(status) = status.add_header(&mut trailers) {
             return Poll::Ready(Some(Err(status)));
@@ -221,7 +221,7 @@ where
                             Ok(tracked(response, on_connection))
                         }
                         Ok(Err(error)) => Err(error),
-                        Err(_) => Ok(Refusal::DeadlineExceeded { timeout }.status().into_http()),
+                        Err(_) => Ok(Refusal::DeadlineExceeded { timeout }.answer().into_http()),
                     }
                 });
             }

@@ -37,7 +37,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(cli::exit::USAGE);
         }
     };
     let command = args.command.unwrap_or(Command::Serve);
@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
         Ok(traces) => traces,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            return ExitCode::from(cli::exit::USAGE);
         }
     };
     for warning in &config.warnings {
@@ -62,10 +62,11 @@ async fn main() -> ExitCode {
     };
     let code = match result {
         Ok(code) => code,
-        // Once, in the log (where everything else this process said went).
+        // Once, in the log (where everything else this process said went). `verify` exits 1
+        // for drift, so a run that could not compare at all exits otherwise.
         Err(error) => {
             tracing::error!(%error, "exiting");
-            ExitCode::FAILURE
+            ExitCode::from(if logs_to_stderr { cli::exit::FAILED } else { 1 })
         }
     };
     if let Some(traces) = traces {
@@ -84,7 +85,7 @@ fn check_config(args: &Args) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(2)
+            ExitCode::from(cli::exit::USAGE)
         }
     }
 }

@@ -153,7 +153,9 @@ where
     let account = message.account().to_owned();
     let span = call_span(rpc, &account, message.request_id());
     telemetry::traces::adopt_caller_span(&span, request.metadata());
+    let unanswered = Unanswered(Some(span.clone()));
     async move {
+        let _unanswered = unanswered;
         if let Err(refusal) = check_account(caller.as_ref(), &account) {
             let status = refusal.status();
             record(rpc, code_label(status.code()), started);
@@ -162,6 +164,8 @@ where
         }
         let result = within_budget(deadline, handler(request)).await;
         count(rpc, &result, started);
+        let mut unanswered = _unanswered;
+        unanswered.0 = None;
         result
     }
     .instrument(span)
@@ -206,6 +210,18 @@ fn traced(status: &Status) {
     ) {
         span.record("otel.status_code", "error");
         span.record("otel.status_description", status.message());
+    }
+}
+
+/// Records `outcome = cancelled` on the call's span when the call is dropped unanswered (the
+/// caller went away, or the gate's deadline cut it), so no span ends without an outcome.
+struct Unanswered(Option<tracing::Span>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.record("outcome", "cancelled");
+        }
     }
 }
 

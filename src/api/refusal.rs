@@ -11,10 +11,10 @@ use tonic_types::ErrorDetails;
 use crate::ledger::echo;
 use crate::telemetry;
 
-/// Why a call was refused.
 /// The retry delay suggested to an overloaded server's caller (with jitter on its side).
 pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
 
+/// Why a call was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The request body failed while arriving (the peer reset the stream, say).
@@ -23,8 +23,8 @@ pub enum Refusal {
     RequestTooSlow {
         timeout: Duration,
     },
-    /// A message over `request_bytes_max`: tonic refuses it (OUT_OF_RANGE); counted here.
-    /// Over `request_bytes_max`; `why` is the decoder's account (the sizes).
+    /// A message over `request_bytes_max`: tonic refuses it (OUT_OF_RANGE), and the gate
+    /// answers it again as this refusal; `why` is the decoder's account (the sizes).
     RequestTooLarge {
         why: String,
     },
@@ -133,6 +133,12 @@ impl Refusal {
     /// forbidden account.
     pub fn status(self) -> Status {
         self.count();
+        self.answer()
+    }
+
+    /// [`Refusal::status`] without counting it: for the end of a call that was admitted (a
+    /// stream cut at its deadline), which is not a refusal to alert on.
+    pub fn answer(self) -> Status {
         let mut details = ErrorDetails::new();
         match &self {
             Self::Overloaded { .. } => {

@@ -131,3 +131,55 @@ pub fn store_timeout() -> Status {
 pub fn invalid(error: LedgerError) -> Status {
     to_status(Error::Ledger(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+    use crate::api::Refusal;
+    use crate::ledger::{AccountId, RequestId, ReservationId};
+
+    /// Every error the service can answer with carries a reason of [`REASONS`], with its code.
+    #[test]
+    fn every_error_has_a_catalogued_reason() {
+        let account = AccountId::parse("acme").unwrap();
+        let engine_errors = [
+            Error::Ledger(LedgerError::invalid("cost.amount", "must be positive")),
+            Error::Ledger(LedgerError::AccountNotFound(account.clone())),
+            Error::Ledger(LedgerError::ReservationNotFound(ReservationId::parse("acme/1").unwrap())),
+            Error::Ledger(LedgerError::RequestIdReused(RequestId::parse("r-1").unwrap())),
+            Error::Unavailable("redis: down".into()),
+            Error::StateLost("flushed".into()),
+            Error::Internal("bug".into()),
+            Error::NotConfigured("no database".into()),
+        ];
+        let refusals = [
+            Refusal::RequestBroken("reset".into()),
+            Refusal::RequestTooSlow { timeout: Duration::from_secs(1) },
+            Refusal::RequestTooLarge { why: "2000 > 1024".into() },
+            Refusal::Malformed { message_type: "ReserveRequest".into(), why: "bad wire type".into() },
+            Refusal::DeadlineExceeded { timeout: Duration::from_secs(1) },
+            Refusal::Overloaded { concurrency_max: 1 },
+            Refusal::NoToken,
+            Refusal::UnknownToken,
+            Refusal::MissingScope { caller: "w".into(), scope: "admin" },
+            Refusal::AccountNotAllowed { caller: "w".into(), account: "acme".into() },
+        ];
+        let statuses: Vec<Status> = engine_errors
+            .into_iter()
+            .map(to_status)
+            .chain(refusals.into_iter().map(Refusal::answer))
+            .chain([store_timeout()])
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for status in statuses {
+            let details = status.check_error_details().unwrap();
+            let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+            assert!(REASONS.contains(&(info.reason.as_str(), status.code())), "{status:?}");
+            seen.insert(info.reason.clone());
+        }
+        let all: std::collections::BTreeSet<String> = REASONS.iter().map(|(reason, _)| reason.to_string()).collect();
+        assert_eq!(seen, all, "every catalogued reason is produced by some error");
+    }
+}

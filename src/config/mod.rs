@@ -89,10 +89,14 @@ fn settings_shown(subcommand: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// What `verify` and `rebuild` read: the stores, the logs, the retention.
-const MAINTENANCE_SETTINGS: [&str; 15] = [
+/// What `verify` and `rebuild` read: the stores, the logs and traces, the retention.
+const MAINTENANCE_SETTINGS: [&str; 19] = [
     "log_format",
     "log_level",
+    "otel_endpoint",
+    "otel_service_name",
+    "otel_sample_ratio",
+    "otel_ca_file",
     "redis_url",
     "redis_cluster",
     "redis_shards",
@@ -487,12 +491,15 @@ impl Config {
 /// `tls_cert_file`. So in a sidecar's own container the commands need no flags at all.
 pub fn connection(args: &Args, target: &Target) -> Result<Connection, ConfigError> {
     let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let ca_file = target.ca_file.clone().or_else(|| variable("CREDIT_SIDECAR_CA_FILE").map(PathBuf::from));
     let address = match target.address.clone().or_else(|| variable("CREDIT_SIDECAR_ADDRESS")) {
         Some(address) if address.starts_with("http://") || address.starts_with("https://") => address,
+        // A CA to verify the sidecar with means TLS.
+        Some(address) if ca_file.is_some() => format!("https://{address}"),
         Some(address) => format!("http://{address}"),
         None => {
             let (settings, sources) = merged(args)?;
-            let listen = address("listen", settings::LISTEN.text(settings.listen.as_deref()))
+            let listen = self::address("listen", settings::LISTEN.text(settings.listen.as_deref()))
                 .map_err(|error| error.sourced(&sources))?;
             let host = match listen.ip() {
                 std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
@@ -517,7 +524,6 @@ pub fn connection(args: &Args, target: &Target) -> Result<Connection, ConfigErro
         }
         None => variable("CREDIT_SIDECAR_TOKEN"),
     };
-    let ca_file = target.ca_file.clone().or_else(|| variable("CREDIT_SIDECAR_CA_FILE").map(PathBuf::from));
     let ca_pem = ca_file.map(|path| certificates("ca_file", read("ca_file", &path)?)).transpose()?;
     Ok(Connection { address, token, ca_pem, json: target.json })
 }

@@ -142,8 +142,11 @@ pub const METRICS_LISTEN: Setting = text(
     Default::Text("127.0.0.1:9464"),
     "HTTP address of `/metrics`, `/livez`, `/readyz`; `off` disables it",
 );
-pub const LOG_FORMAT: Setting =
-    text("log_format", Default::Text("text"), "`text`, or `json` (one object per line on stdout)");
+pub const LOG_FORMAT: Setting = text(
+    "log_format",
+    Default::Text("text"),
+    "`text`, or `json` (one object per line on stdout; stderr for `verify`, `rebuild`)",
+);
 pub const LOG_LEVEL: Setting =
     text("log_level", Default::Text("info"), "a `tracing` filter: `info`, `credit_sidecar=debug,info`, …");
 pub const OTEL_ENDPOINT: Setting = text(

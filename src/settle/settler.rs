@@ -165,10 +165,11 @@ impl<O: Outbox> Settler<O> {
     async fn land(&self, records: &Records, token: O::Token, stopped: &mut watch::Receiver<()>) -> Option<Round> {
         let mut pause = Duration::from_millis(20);
         for attempt in 1u32.. {
+            tracing::Span::current().record("attempts", attempt);
             let now = chrono::Utc::now().timestamp_millis();
             match self.store.settle(records, now).await {
                 Ok(settled) => {
-                    tracing::Span::current().record("new", settled.new).record("attempts", attempt);
+                    tracing::Span::current().record("new", settled.new);
                     self.stats.settled.fetch_add(settled.new as u64, Ordering::Relaxed);
                     metrics::counter!(telemetry::SETTLED).increment(settled.new as u64);
                     if settled.conflicts > 0 {

@@ -1,6 +1,6 @@
 //! Logs, metrics, and the operator's HTTP endpoint.
 //!
-//! - Logs: `tracing`, as text or JSON lines on stdout; every call runs in a `call` span carrying
+//! - Logs: `tracing`, as text or JSON lines on stdout (stderr for commands that print a report); every call runs in a `call` span carrying
 //!   `rpc`, `account` and `request_id`.
 //! - Metrics: the `metrics` facade, rendered by the Prometheus exporter. The names are the
 //!   constants below; README "Metrics" says what each means.

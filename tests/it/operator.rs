@@ -186,7 +186,7 @@ fn maintenance_commands_show_their_own_flags_and_never_migrate() {
     for flag in ["--account", "--json", "--redis-url", "--database-url"] {
         assert!(help.contains(flag), "verify --help shows {flag}:\n{help}");
     }
-    for flag in ["--listen", "--concurrency-max", "--auth-tokens-file", "--otel-endpoint"] {
+    for flag in ["--listen", "--concurrency-max", "--auth-tokens-file", "--metrics-listen"] {
         assert!(!help.contains(flag), "verify --help hides the server's {flag}:\n{help}");
     }
     let account_help = Command::new(BINARY).args(["account", "show", "--help"]).output().unwrap();
@@ -200,9 +200,34 @@ fn maintenance_commands_show_their_own_flags_and_never_migrate() {
         .arg(format!("sqlite://{}?mode=rwc", missing.display()))
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(4), "could not compare: {}", stderr(&output));
+    assert!(stderr(&output).contains("unable to open database file"), "{}", stderr(&output));
     assert!(!missing.exists(), "verify created the ledger file");
     assert!(stdout(&output).is_empty(), "no report, and no logs on stdout: {}", stdout(&output));
+}
+
+/// A ledger one migration behind this binary: `verify` refuses it (exit 4, naming the
+/// migrations) and leaves it behind — nothing migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_commands_refuse_a_ledger_of_another_version_and_leave_it() {
+    let work = Workdir::new();
+    let url = work.database_url();
+    drop(credit_sidecar::settle::store::Store::connect(&url).await.unwrap());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let count =
+        async || -> i64 { sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap() };
+    let all = count().await;
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let output = Command::new(BINARY)
+        .args(["verify", "--redis-url", "redis://127.0.0.1:1/", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("the ledger has migrations"), "{}", stderr(&output));
+    assert_eq!(count().await, all - 1, "verify migrated the ledger");
 }
 
 /// A sidecar serving TLS: the commands verify it against `--ca-file` (or

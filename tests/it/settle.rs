@@ -500,14 +500,15 @@ async fn verify_and_rebuild_commands_report_through_their_exit_codes() {
             .args(command.split_whitespace())
             .env("REDIS_URL", server.url())
             .env("DATABASE_URL", &database_url)
-            .env("RUST_LOG", "warn")
+            .env("CREDIT_SIDECAR_LOG_LEVEL", "debug")
             .output()
             .unwrap()
     };
     let clean = run("verify");
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
-    // The report alone on stdout (logs go to stderr).
+    // The report alone on stdout; the logs (at debug, there are some) on stderr.
     assert_eq!(String::from_utf8_lossy(&clean.stdout), "0 drift(s)\n");
+    assert!(String::from_utf8_lossy(&clean.stderr).contains("DEBUG"), "the logs went to stderr");
     let clean = run("verify --json");
     assert_eq!(String::from_utf8_lossy(&clean.stdout), "{\"count\":0,\"drifts\":[]}\n");
     server.cli(&["flushall"]);

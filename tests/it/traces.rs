@@ -238,6 +238,19 @@ async fn calls_continue_the_callers_trace_with_redis_and_settlement_spans() {
     );
     let hold_unsampled = spans.iter().any(|span| span.attribute("request_id").as_deref() == Some("hold-unsampled"));
     assert!(!hold_unsampled, "{spans:#?}");
+
+    // A failure that is the server's: the span is an error, with the status's message.
+    redis.pause();
+    let mut hung = tonic::Request::new(reserve_request("acct-traced", 1, "hold-hung"));
+    hung.set_timeout(Duration::from_millis(300));
+    let status = authorizer.reserve(hung).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    redis.resume();
+    let failed = collector
+        .span("the failed Reserve's span", |span| span.attribute("request_id").as_deref() == Some("hold-hung"))
+        .await;
+    assert_eq!(failed.attribute("outcome").as_deref(), Some("unavailable"));
+    assert_eq!(failed.status, StatusCode::Error as i32, "{failed:?}");
     drop(sidecar);
 }
 
@@ -279,7 +292,10 @@ async fn an_absent_collector_does_not_stop_the_calls() {
     let (mut authorizer, mut admin) = clients(serving.channel().await).await;
     admin.set_plan(plan_request("acct-alone", 50, now_ms() - 86_400_000, "plan-1")).await.unwrap();
     for n in 0..20 {
-        let reserved = authorizer.reserve(reserve_request("acct-alone", 1, format!("hold-{n}"))).await.unwrap();
+        // Each call within a deadline: the exporter's trouble must not hold it up.
+        let mut request = tonic::Request::new(reserve_request("acct-alone", 1, format!("hold-{n}")));
+        request.set_timeout(Duration::from_secs(2));
+        let reserved = authorizer.reserve(request).await.unwrap();
         assert_eq!(reserved.into_inner().outcome(), pb::Outcome::Ok);
     }
     let balance = authorizer

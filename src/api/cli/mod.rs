@@ -140,12 +140,11 @@ pub struct PlanArgs {
     /// Add-on credits per cycle.
     #[arg(long, default_value_t = 0)]
     pub addon: i64,
-    /// monthly, quarterly, semiannual or annual.
-    #[arg(long, default_value = "monthly")]
-    pub period: String,
+    #[arg(long, value_enum, default_value_t = Period::Monthly)]
+    pub period: Period,
     /// When cycles start: RFC 3339 (`2026-11-01T00:00:00Z`) or Unix milliseconds [default: now].
-    #[arg(long)]
-    pub anchor: Option<String>,
+    #[arg(long, value_parser = unix_ms)]
+    pub anchor: Option<i64>,
     #[command(flatten)]
     pub idempotency: Idempotency,
     #[command(flatten)]
@@ -158,12 +157,11 @@ pub struct GrantArgs {
     /// Credits granted.
     #[arg(long)]
     pub credits: i64,
-    /// addon, promo or adjustment.
-    #[arg(long, default_value = "addon")]
-    pub kind: String,
+    #[arg(long, value_enum, default_value_t = GrantKind::Addon)]
+    pub kind: GrantKind,
     /// When the lot expires: RFC 3339 or Unix milliseconds [default: never].
-    #[arg(long)]
-    pub expires: Option<String>,
+    #[arg(long, value_parser = unix_ms)]
+    pub expires: Option<i64>,
     /// Create the account if it does not exist.
     #[arg(long)]
     pub create_account: bool,
@@ -223,8 +221,8 @@ pub struct UserLimitArgs {
 pub struct UsageArgs {
     pub account: String,
     /// Only the cycle that starts then: RFC 3339 or Unix milliseconds [default: every cycle].
-    #[arg(long)]
-    pub cycle_start: Option<String>,
+    #[arg(long, value_parser = unix_ms)]
+    pub cycle_start: Option<i64>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -244,9 +242,8 @@ pub enum ReservationsCommand {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     pub account: String,
-    /// held, committed, released, expired, or all.
-    #[arg(long, default_value = "held")]
-    pub state: String,
+    #[arg(long, value_enum, default_value_t = StateFilter::Held)]
+    pub state: StateFilter,
     /// Most reservations shown.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
@@ -266,20 +263,62 @@ pub struct ReleaseArgs {
     pub target: Target,
 }
 
+/// A plan's period.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Period {
+    Monthly,
+    Quarterly,
+    Semiannual,
+    Annual,
+}
+
+/// The kinds of lot an operator grants (plan lots come with the plan, trial lots with a trial).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GrantKind {
+    Addon,
+    Promo,
+    Adjustment,
+}
+
+/// Which reservations a list shows.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum StateFilter {
+    Held,
+    Committed,
+    Released,
+    Expired,
+    All,
+}
+
+/// RFC 3339 or Unix milliseconds, as Unix milliseconds (checked by clap, before anything is
+/// sent).
+fn unix_ms(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.timestamp_millis())
+        .map_err(|error| format!("neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds: {error}"))
+}
+
 /// The request id of a change.
 #[derive(Debug, clap::Args)]
 pub struct Idempotency {
     /// The change's request id: run the command again with the same id and it is not applied
-    /// twice [default: a new one, printed]
+    /// twice [default: a new one, printed on stderr]
     #[arg(long)]
     pub request_id: Option<String>,
 }
 
 impl Idempotency {
+    /// The given id, or a new one — printed on stderr, so that a change whose answer was lost
+    /// can be sent again with `--request-id` and is not applied twice.
     fn id(&self) -> String {
         self.request_id.clone().unwrap_or_else(|| {
             let now = chrono::Utc::now();
-            format!("cli-{}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"), std::process::id())
+            let id = format!("cli-{}-{}", now.format("%Y%m%dT%H%M%S%.6fZ"), std::process::id());
+            eprintln!("request_id: {id}");
+            id
         })
     }
 }
@@ -296,15 +335,37 @@ impl Failure {
         Self { status: exit::USAGE, message: message.into() }
     }
 
+    /// Exit 4 when the sidecar could not do it (retrying may help), 3 when it will not.
     fn from_status(status: &tonic::Status) -> Self {
+        use tonic_types::StatusExt;
         let code = match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Unknown | Code::DataLoss => {
-                exit::FAILED
-            }
-            Code::Cancelled | Code::ResourceExhausted | Code::Unimplemented | Code::Aborted => exit::FAILED,
-            _ => exit::REFUSED,
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Unknown
+            | Code::DataLoss
+            | Code::Cancelled
+            | Code::ResourceExhausted
+            | Code::Aborted => exit::FAILED,
+            Code::Ok
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Unauthenticated => exit::REFUSED,
         };
-        Self { status: code, message: format!("{:?}: {}", status.code(), status.message()) }
+        let details = status.get_error_details();
+        let mut message = format!("{:?}: {}", status.code(), status.message());
+        if let Some(info) = details.error_info() {
+            message.push_str(&format!(" [{}]", info.reason));
+        }
+        if let Some(delay) = details.retry_info().and_then(|retry| retry.retry_delay) {
+            message.push_str(&format!(" (retry after {} ms with the same --request-id)", delay.as_millis()));
+        }
+        Self { status: code, message }
     }
 }
 
@@ -326,6 +387,12 @@ pub async fn run(operation: Operation, connection: Connection) -> ExitCode {
         }
     }
 }
+
+/// How long reaching the sidecar may take before the command gives up (exit 4).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline of the command's one call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 type Authorized = InterceptedService<Channel, Bearer>;
 
@@ -351,8 +418,8 @@ async fn connect(connection: &Connection) -> Result<Clients, Failure> {
     let address = &connection.address;
     let mut endpoint = Endpoint::from_shared(address.clone())
         .map_err(|error| Failure::usage(format!("address {address:?}: {error}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15));
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
     if address.starts_with("https://") {
         let tls = ClientTlsConfig::new();
         let tls = match &connection.ca_pem {
@@ -402,7 +469,8 @@ struct Answer {
 
 impl Answer {
     fn new<T: serde::Serialize>(response: &T, table: String, outcome: Option<pb::Outcome>) -> Self {
-        let json = serde_json::to_string_pretty(response).unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));
+        let json = serde_json::to_string_pretty(response)
+            .unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() }).to_string());
         Self { table, json, declined: outcome.is_some_and(|outcome| outcome != pb::Outcome::Ok) }
     }
 }
@@ -416,12 +484,12 @@ async fn call(operation: Operation, mut clients: Clients) -> Result<Answer, Fail
             Ok(Answer::new(&response, show::account(&response), None))
         }
         Operation::Plan(PlanCommand::Set(args)) => {
-            let request = plan_request(&args)?;
+            let request = plan_request(&args);
             let response = clients.admin.set_plan(request).await.map_err(grpc)?.into_inner();
             Ok(Answer::new(&response, show::plan_set(&response), Some(response.outcome())))
         }
         Operation::Grant(args) => {
-            let request = grant_request(&args)?;
+            let request = grant_request(&args);
             let response = clients.admin.grant(request).await.map_err(grpc)?.into_inner();
             Ok(Answer::new(&response, show::granted(&response), Some(response.outcome())))
         }
@@ -455,10 +523,9 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
     let grpc = |status: tonic::Status| Failure::from_status(&status);
     match operation {
         Operation::Usage(args) => {
-            let cycle_start_unix_ms = args.cycle_start.as_deref().map(|at| time("--cycle-start", at)).transpose()?;
             let request = pb::GetUsageRequest {
                 account_id: args.account,
-                cycle_start_unix_ms: cycle_start_unix_ms.unwrap_or(0),
+                cycle_start_unix_ms: args.cycle_start.unwrap_or(0),
                 reservation_id: String::new(),
             };
             let response = clients.admin.get_usage(request).await.map_err(grpc)?.into_inner();
@@ -467,7 +534,7 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
         Operation::Reservations(ReservationsCommand::List(args)) => {
             let request = pb::ListReservationsRequest {
                 account_id: args.account,
-                state: reservation_state(&args.state)? as i32,
+                state: reservation_state(args.state) as i32,
                 page_size: args.limit,
                 page_token: String::new(),
                 settled: args.settled,
@@ -496,66 +563,45 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
     }
 }
 
-fn plan_request(args: &PlanArgs) -> Result<pb::SetPlanRequest, Failure> {
-    let period = match args.period.as_str() {
-        "monthly" => pb::Period::Monthly,
-        "quarterly" => pb::Period::Quarterly,
-        "semiannual" => pb::Period::Semiannual,
-        "annual" => pb::Period::Annual,
-        other => {
-            return Err(Failure::usage(format!("--period: {other:?} is not monthly, quarterly, semiannual or annual")));
-        }
+fn plan_request(args: &PlanArgs) -> pb::SetPlanRequest {
+    let period = match args.period {
+        Period::Monthly => pb::Period::Monthly,
+        Period::Quarterly => pb::Period::Quarterly,
+        Period::Semiannual => pb::Period::Semiannual,
+        Period::Annual => pb::Period::Annual,
     };
-    let anchor = match &args.anchor {
-        Some(at) => time("--anchor", at)?,
-        None => chrono::Utc::now().timestamp_millis(),
-    };
-    Ok(pb::SetPlanRequest {
+    pb::SetPlanRequest {
         account_id: args.account.clone(),
         period: period as i32,
-        anchor_unix_ms: anchor,
+        anchor_unix_ms: args.anchor.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
         plan_credits: args.credits,
         addon_credits: args.addon,
         request_id: args.idempotency.id(),
-    })
+    }
 }
 
-fn grant_request(args: &GrantArgs) -> Result<pb::GrantRequest, Failure> {
-    let kind = match args.kind.as_str() {
-        "addon" => pb::LotKind::Addon,
-        "promo" => pb::LotKind::Promo,
-        "adjustment" => pb::LotKind::Adjustment,
-        other => return Err(Failure::usage(format!("--kind: {other:?} is not addon, promo or adjustment"))),
+fn grant_request(args: &GrantArgs) -> pb::GrantRequest {
+    let kind = match args.kind {
+        GrantKind::Addon => pb::LotKind::Addon,
+        GrantKind::Promo => pb::LotKind::Promo,
+        GrantKind::Adjustment => pb::LotKind::Adjustment,
     };
-    Ok(pb::GrantRequest {
+    pb::GrantRequest {
         account_id: args.account.clone(),
         kind: kind as i32,
         amount: args.credits,
-        expires_unix_ms: args.expires.as_deref().map(|at| time("--expires", at)).transpose()?.unwrap_or(0),
+        expires_unix_ms: args.expires.unwrap_or(0),
         request_id: args.idempotency.id(),
         create_account: args.create_account,
-    })
-}
-
-fn reservation_state(state: &str) -> Result<pb::ReservationState, Failure> {
-    Ok(match state {
-        "held" => pb::ReservationState::Held,
-        "committed" => pb::ReservationState::Committed,
-        "released" => pb::ReservationState::Released,
-        "expired" => pb::ReservationState::Expired,
-        "all" => pb::ReservationState::Unspecified,
-        other => {
-            return Err(Failure::usage(format!("--state: {other:?} is not held, committed, released, expired or all")));
-        }
-    })
-}
-
-/// RFC 3339 or Unix milliseconds, as Unix milliseconds.
-fn time(flag: &str, text: &str) -> Result<i64, Failure> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
     }
-    chrono::DateTime::parse_from_rfc3339(text).map(|at| at.timestamp_millis()).map_err(|error| {
-        Failure::usage(format!("{flag}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix ms: {error}"))
-    })
+}
+
+fn reservation_state(state: StateFilter) -> pb::ReservationState {
+    match state {
+        StateFilter::Held => pb::ReservationState::Held,
+        StateFilter::Committed => pb::ReservationState::Committed,
+        StateFilter::Released => pb::ReservationState::Released,
+        StateFilter::Expired => pb::ReservationState::Expired,
+        StateFilter::All => pb::ReservationState::Unspecified,
+    }
 }

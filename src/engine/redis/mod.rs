@@ -188,9 +188,13 @@ enum Access {
     Write,
 }
 
-/// The trace span of one Redis function call (a child of the call's span; off unless traces are
-/// exported, see `telemetry::traces`).
+/// The trace span of one Redis function call: a child of the call's span (off unless traces
+/// are exported, see `telemetry::traces`). None outside a call: the sweep's and the settler's
+/// Redis calls, every second per shard, would each make a trace of their own.
 fn redis_span(function: &str) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "redis",
         otel.name = %format_args!("FCALL {function}"),

@@ -110,22 +110,27 @@ impl Store {
     /// under an older binary). Refused when the schema is not the one this binary knows.
     pub async fn open_existing(url: &str) -> Result<Self> {
         let store = Self::open(url, SqliteSynchronous::default(), false).await?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&store.pool)
-                .await
-                .map_err(|error| {
-                    StoreError::Schema(format!("no ledger schema here ({error}): start the sidecar once"))
-                })?;
-        let known: Vec<i64> = MIGRATOR
+        let sql = "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version";
+        let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(sql).fetch_all(&store.pool).await {
+            Ok(applied) => applied,
+            // SQLite says "no such table", PostgreSQL answers 42P01 (undefined_table).
+            Err(error) if error.to_string().contains("no such table") || error.to_string().contains("42P01") => {
+                return Err(StoreError::Schema(format!("no ledger here ({error}): start the sidecar once")));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let known: Vec<(i64, Vec<u8>)> = MIGRATOR
             .iter()
             .filter(|migration| migration.migration_type.is_up_migration())
-            .map(|migration| migration.version)
+            .map(|migration| (migration.version, migration.checksum.to_vec()))
             .collect();
         if applied != known {
+            let versions = |migrations: &[(i64, Vec<u8>)]| migrations.iter().map(|(v, _)| *v).collect::<Vec<_>>();
             return Err(StoreError::Schema(format!(
-                "the ledger has migrations {applied:?}, this binary knows {known:?}: run the sidecar of this version \
-                 once (it migrates at start), or use the binary that matches the ledger"
+                "the ledger has migrations {:?}, this binary knows {:?} (or the same with other contents): run the \
+                 sidecar of this version once (it migrates at start), or use the binary that matches the ledger",
+                versions(&applied),
+                versions(&known)
             )));
         }
         Ok(store)
@@ -157,6 +162,11 @@ impl Store {
                         .after_connect(move |connection, _| {
                             Box::pin(async move {
                                 sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *connection).await?;
+                                if !create {
+                                    // Opened to read an existing ledger: its journal mode stays
+                                    // as the sidecar set it, and nothing else is written.
+                                    return Ok(());
+                                }
                                 sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
                                 sqlx::query(synchronous).execute(&mut *connection).await?;
                                 // The indexes' hot pages stay in memory (the default is 2 MiB).
@@ -194,16 +204,18 @@ impl Store {
     }
 }
 
-/// SQLite opens an existing file only, unless told `mode=rwc`: asks for that when the URL names
-/// no mode of its own.
-/// A SQLite URL that opens the file only if it exists (`mode=rw`, whatever mode it named).
+/// A SQLite URL that opens the file only if it exists: `mode=ro` when the URL asks for it (a
+/// read-only mount), else `mode=rw` whatever mode it named (`rwc` would create it).
 fn sqlite_existing(url: &str) -> String {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let read_only = query.split('&').any(|parameter| parameter == "mode=ro");
     let mut parameters: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("mode=")).collect();
-    parameters.push("mode=rw");
+    parameters.push(if read_only { "mode=ro" } else { "mode=rw" });
     format!("{path}?{}", parameters.join("&"))
 }
 
+/// SQLite opens an existing file only, unless told `mode=rwc`: asks for that when the URL names
+/// no mode of its own.
 fn sqlite_creating(url: &str) -> String {
     if url.contains("mode=") {
         return url.to_owned();
@@ -257,6 +269,14 @@ mod tests {
         assert_eq!(sqlite_creating("sqlite://a.db"), "sqlite://a.db?mode=rwc");
         assert_eq!(sqlite_creating("sqlite://a.db?cache=shared"), "sqlite://a.db?cache=shared&mode=rwc");
         assert_eq!(sqlite_creating("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
+    }
+
+    #[test]
+    fn an_existing_ledger_is_opened_never_created() {
+        assert_eq!(sqlite_existing("sqlite://a.db"), "sqlite://a.db?mode=rw");
+        assert_eq!(sqlite_existing("sqlite://a.db?mode=rwc"), "sqlite://a.db?mode=rw");
+        assert_eq!(sqlite_existing("sqlite:///d/a.db?cache=shared&mode=rwc"), "sqlite:///d/a.db?cache=shared&mode=rw");
+        assert_eq!(sqlite_existing("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
     }
 
     #[test]
