@@ -1,0 +1,164 @@
+"""From this package's values to protobuf messages and back."""
+
+from __future__ import annotations
+
+from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
+from .types import (
+    Balance,
+    Charged,
+    Committed,
+    Cost,
+    Declined,
+    Extended,
+    Outcome,
+    Quote,
+    Released,
+    Reservation,
+    ReservationState,
+    Reserved,
+    Scope,
+    Sku,
+    Totals,
+    TrialStarted,
+)
+
+def cost(value: Cost) -> types_pb2.Cost:
+    if isinstance(value, Sku):
+        return types_pb2.Cost(sku=types_pb2.SkuQuantity(sku=value.sku, quantity=value.quantity))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a cost is an int (credits) or a Sku, not {type(value).__name__}")
+    return types_pb2.Cost(amount=value)
+
+
+def reservation(message: types_pb2.Reservation) -> Reservation:
+    return Reservation(
+        reservation_id=message.reservation_id,
+        account_id=message.account_id,
+        user_id=message.user_id,
+        category=message.category,
+        state=ReservationState(message.state),
+        reserved=message.reserved,
+        committed=message.committed,
+        held=message.held,
+        returned=message.returned,
+        commit_count=message.commit_count,
+        created_unix_ms=message.created_unix_ms,
+        deadline_unix_ms=message.deadline_unix_ms,
+        closed_unix_ms=message.closed_unix_ms,
+        labels=dict(message.labels),
+    )
+
+
+def totals(message: types_pb2.Totals) -> Totals:
+    return Totals(message.granted, message.available, message.held, message.spent, message.expired)
+
+
+def _declined(
+    outcome: int, decline: types_pb2.Decline, request_id: str, held_reservation: Reservation | None = None
+) -> Declined:
+    return Declined(
+        outcome=Outcome(outcome),
+        scope=Scope(decline.scope),
+        scope_id=decline.scope_id,
+        requested=decline.requested,
+        available=decline.available,
+        user_remaining=decline.user_remaining if decline.HasField("user_remaining") else None,
+        held=decline.held,
+        reservation_state=ReservationState(decline.reservation_state),
+        message=decline.message,
+        request_id=request_id,
+        reservation=held_reservation,
+    )
+
+
+def _maybe_reservation(response: authorizer_pb2.CommitResponse | authorizer_pb2.ExtendResponse |
+                       authorizer_pb2.ReleaseResponse) -> Reservation | None:
+    return reservation(response.reservation) if response.HasField("reservation") else None
+
+
+def reserved(response: authorizer_pb2.ReserveResponse, request_id: str) -> Reserved | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id)
+    return Reserved(
+        reservation_id=response.reservation_id,
+        amount=response.amount,
+        deadline_unix_ms=response.deadline_unix_ms,
+        available=response.available,
+        request_id=request_id,
+    )
+
+
+def committed(response: authorizer_pb2.CommitResponse, request_id: str) -> Committed | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id, _maybe_reservation(response))
+    return Committed(
+        charged=response.charged,
+        already_charged=response.already_charged,
+        held=response.held,
+        returned=response.returned,
+        reservation=_maybe_reservation(response),
+        request_id=request_id,
+    )
+
+
+def extended(response: authorizer_pb2.ExtendResponse, request_id: str) -> Extended | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id, _maybe_reservation(response))
+    return Extended(
+        added=response.added,
+        held=response.held,
+        deadline_unix_ms=response.deadline_unix_ms,
+        reservation=_maybe_reservation(response),
+        request_id=request_id,
+    )
+
+
+def released(response: authorizer_pb2.ReleaseResponse, request_id: str) -> Released | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id, _maybe_reservation(response))
+    return Released(returned=response.returned, reservation=_maybe_reservation(response), request_id=request_id)
+
+
+def charged(response: authorizer_pb2.ChargeResponse, request_id: str) -> Charged | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id)
+    return Charged(
+        reservation_id=response.reservation_id,
+        charged=response.charged,
+        already_charged=response.already_charged,
+        available=response.available,
+        request_id=request_id,
+    )
+
+
+def quote(response: authorizer_pb2.QuoteResponse) -> Quote:
+    return Quote(
+        fits=response.fits,
+        outcome=Outcome(response.outcome),
+        amount=response.amount,
+        available=response.available,
+        user_remaining=response.user_remaining if response.HasField("user_remaining") else None,
+        units_that_fit=response.units_that_fit,
+    )
+
+
+def balance(response: authorizer_pb2.GetBalanceResponse) -> Balance:
+    return Balance(
+        totals=totals(response.totals),
+        cycle_start_unix_ms=response.cycle.start_unix_ms,
+        cycle_end_unix_ms=response.cycle.end_unix_ms,
+        user_limit=response.user_limit if response.HasField("user_limit") else None,
+        user_used=response.user_used,
+        user_remaining=response.user_remaining if response.HasField("user_remaining") else None,
+    )
+
+
+def trial_started(response: admin_pb2.StartTrialResponse, request_id: str) -> TrialStarted | Declined:
+    if Outcome(response.outcome) is not Outcome.OK:
+        return _declined(response.outcome, response.decline, request_id)
+    return TrialStarted(
+        lot_id=response.lot_id,
+        expires_unix_ms=response.expires_unix_ms,
+        totals=totals(response.totals),
+        request_id=request_id,
+    )

@@ -1,0 +1,309 @@
+"""The blocking client (``grpc`` channels); :mod:`credit_sidecar.aio` is its asyncio twin."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from . import _channel, _ops
+from ._channel import DEFAULT_ADDRESS, Token
+from .errors import from_rpc_error
+from .hold import Hold, KeepAlive
+from .pb.credits.v1 import admin_pb2, admin_pb2_grpc, authorizer_pb2_grpc
+from .retry import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryHook, RetryPolicy, log_retry
+from .types import (
+    Balance,
+    Charged,
+    Committed,
+    Cost,
+    Declined,
+    Extended,
+    GrantKind,
+    Period,
+    Quote,
+    Released,
+    Reservation,
+    ReservationState,
+    Reserved,
+    TrialStarted,
+)
+
+T = TypeVar("T")
+
+
+class CreditClient:
+    """A connection to one sidecar: the worker calls (Reserve, Commit, Extend, Release, Charge,
+    Quote, GetBalance, GetReservation), :meth:`hold` for the flows, and :attr:`admin`.
+
+    Every state-changing call takes an optional ``request_id``; without one a uuid4 is made.
+    Either way the id is fixed before the first attempt and every retry resends it, so a call
+    whose answer was lost is answered once and applied once. ``timeout`` (seconds) bounds each
+    attempt; ``retry`` bounds the attempts; both can be set per call where it matters.
+    Thread-safe: share one client between the threads of a worker.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: Token | None = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        on_retry: RetryHook | None = None,
+        wait_for_ready: bool = False,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        where = _channel.target(
+            address, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file, options=options
+        )
+        if where.credentials is None:
+            self._channel = grpc.insecure_channel(where.address, options=where.options)
+        else:
+            self._channel = grpc.secure_channel(where.address, where.credentials, options=where.options)
+        # The generated gRPC stubs carry no annotations; their methods are typed by _ops.Op.
+        self._stubs = {
+            "authorizer": authorizer_pb2_grpc.CreditAuthorizerStub(self._channel),  # type: ignore[no-untyped-call]
+            "admin": admin_pb2_grpc.CreditAdminStub(self._channel),  # type: ignore[no-untyped-call]
+        }
+        self._token = token
+        self.timeout = timeout
+        self.retry = retry
+        self._on_retry = on_retry
+        self._wait_for_ready = wait_for_ready
+        self.admin = Admin(self)
+
+    def _run(self, op: _ops.Op[T], timeout: float | None = None, stop: threading.Event | None = None) -> T:
+        """Sends ``op`` until it is answered or the retry policy gives up (then raises).
+
+        ``stop``, when set during a backoff, ends the retries early: the hold's background
+        extender passes one so that leaving the hold never waits out a backoff.
+        """
+        method = getattr(self._stubs[op.service], op.method)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = method(
+                    op.request,
+                    timeout=self.timeout if timeout is None else timeout,
+                    metadata=_channel.metadata(self._token),
+                    wait_for_ready=self._wait_for_ready,
+                )
+                return op.read(response)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error, op.request_id, attempt)
+            delay = self.retry.delay(error, attempt, time.monotonic() - started)
+            if delay is None:
+                raise error
+            log_retry(op.method, error, delay)
+            if self._on_retry is not None:
+                self._on_retry(error, attempt, delay)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise error
+
+    def reserve(
+        self,
+        account_id: str,
+        user_id: str,
+        category: str,
+        cost: Cost,
+        *,
+        ttl_ms: int = 0,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Reserved | Declined:
+        """Holds ``cost`` for ``ttl_ms`` (0: the sidecar's default, 5 min), all or nothing."""
+        return self._run(_ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id), timeout)
+
+    def commit(
+        self,
+        reservation_id: str,
+        cost: Cost,
+        *,
+        final: bool = False,
+        business_key: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Committed | Declined:
+        """Moves ``cost`` (0 allowed) from held to spent; ``final`` closes the reservation and
+        returns the rest. A ``business_key`` is charged at most once per account and cycle."""
+        return self._run(_ops.commit(reservation_id, cost, final, business_key, labels, request_id), timeout)
+
+    def extend(
+        self,
+        reservation_id: str,
+        cost: Cost | None = None,
+        *,
+        ttl_ms: int = 0,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Extended | Declined:
+        """Holds ``cost`` more and/or moves the deadline to at least now + ``ttl_ms``."""
+        return self._run(_ops.extend(reservation_id, cost, ttl_ms, request_id), timeout)
+
+    def release(
+        self, reservation_id: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> Released | Declined:
+        """Closes the reservation and returns what it still holds."""
+        return self._run(_ops.release(reservation_id, request_id), timeout)
+
+    def charge(
+        self,
+        account_id: str,
+        user_id: str,
+        category: str,
+        cost: Cost,
+        *,
+        business_key: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Charged | Declined:
+        """Reserve and final Commit in one step, for one-shot actions."""
+        return self._run(_ops.charge(account_id, user_id, category, cost, business_key, labels, request_id), timeout)
+
+    def quote(
+        self, account_id: str, cost: Cost, *, user_id: str = "", category: str = "", timeout: float | None = None
+    ) -> Quote:
+        """Would ``cost`` fit now, and how many units of its SKU fit? Changes nothing."""
+        return self._run(_ops.quote(account_id, cost, user_id, category), timeout)
+
+    def get_balance(self, account_id: str, *, user_id: str = "", timeout: float | None = None) -> Balance:
+        return self._run(_ops.get_balance(account_id, user_id), timeout)
+
+    def get_reservation(self, reservation_id: str, *, timeout: float | None = None) -> Reservation:
+        return self._run(_ops.get_reservation(reservation_id), timeout)
+
+    def hold(
+        self,
+        account_id: str,
+        user_id: str,
+        category: str,
+        cost: Cost,
+        *,
+        ttl_ms: int = 0,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        keep_alive: KeepAlive | None = None,
+    ) -> Hold:
+        """A context manager around one reservation: see :class:`credit_sidecar.hold.Hold`."""
+        reserve = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id)
+        return Hold(self, reserve, cost, keep_alive)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CreditClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Admin:
+    """CreditAdmin calls (a token with the ``admin`` scope): plans, grants, trials, limits, reads.
+
+    Answers are the protobuf responses, except :meth:`start_trial`, whose decline is a value.
+    """
+
+    def __init__(self, client: CreditClient) -> None:
+        self._client = client
+
+    def set_plan(
+        self,
+        account_id: str,
+        plan_credits: int,
+        *,
+        anchor_unix_ms: int,
+        period: Period = "monthly",
+        addon_credits: int = 0,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> admin_pb2.SetPlanResponse:
+        """Puts the account on a plan, creating it if needed. The anchor is required: a new
+        anchor restarts the cycle, so it must not change by accident from one call to the next."""
+        op = _ops.set_plan(account_id, plan_credits, period, anchor_unix_ms, addon_credits, request_id)
+        return self._client._run(op, timeout)
+
+    def grant(
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        kind: GrantKind = "addon",
+        expires_unix_ms: int = 0,
+        create_account: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> admin_pb2.GrantResponse:
+        op = _ops.grant(account_id, amount, kind, expires_unix_ms, create_account, request_id)
+        return self._client._run(op, timeout)
+
+    def start_trial(
+        self,
+        account_id: str,
+        *,
+        credits: int = 0,
+        duration_ms: int = 0,
+        create_account: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> TrialStarted | Declined:
+        op = _ops.start_trial(account_id, credits, duration_ms, create_account, request_id)
+        return self._client._run(op, timeout)
+
+    def set_user_limit(
+        self,
+        account_id: str,
+        user_id: str,
+        limit: int | None,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> admin_pb2.SetUserLimitResponse:
+        """Caps what ``user_id`` may hold or spend per cycle; ``None`` lifts the cap."""
+        return self._client._run(_ops.set_user_limit(account_id, user_id, limit, request_id), timeout)
+
+    def get_account(self, account_id: str, *, timeout: float | None = None) -> admin_pb2.GetAccountResponse:
+        return self._client._run(_ops.get_account(account_id), timeout)
+
+    def list_reservations(
+        self,
+        account_id: str,
+        *,
+        state: ReservationState | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        settled: bool = False,
+        timeout: float | None = None,
+    ) -> admin_pb2.ListReservationsResponse:
+        op = _ops.list_reservations(account_id, state, page_size, page_token, settled)
+        return self._client._run(op, timeout)
+
+    def get_usage(
+        self,
+        account_id: str,
+        *,
+        cycle_start_unix_ms: int = 0,
+        reservation_id: str = "",
+        timeout: float | None = None,
+    ) -> admin_pb2.GetUsageResponse:
+        return self._client._run(_ops.get_usage(account_id, cycle_start_unix_ms, reservation_id), timeout)
+

@@ -1,0 +1,275 @@
+from credit_sidecar.pb.credits.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERIOD_UNSPECIFIED: _ClassVar[Period]
+    PERIOD_MONTHLY: _ClassVar[Period]
+    PERIOD_QUARTERLY: _ClassVar[Period]
+    PERIOD_SEMIANNUAL: _ClassVar[Period]
+    PERIOD_ANNUAL: _ClassVar[Period]
+PERIOD_UNSPECIFIED: Period
+PERIOD_MONTHLY: Period
+PERIOD_QUARTERLY: Period
+PERIOD_SEMIANNUAL: Period
+PERIOD_ANNUAL: Period
+
+class SetPlanRequest(_message.Message):
+    __slots__ = ("account_id", "period", "anchor_unix_ms", "plan_credits", "addon_credits", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ADDON_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    period: Period
+    anchor_unix_ms: int
+    plan_credits: int
+    addon_credits: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., period: _Optional[_Union[Period, str]] = ..., anchor_unix_ms: _Optional[int] = ..., plan_credits: _Optional[int] = ..., addon_credits: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetPlanResponse(_message.Message):
+    __slots__ = ("outcome", "cycle", "totals")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    outcome: _types_pb2.Outcome
+    cycle: _types_pb2.Cycle
+    totals: _types_pb2.Totals
+    def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., cycle: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("account_id", "kind", "amount", "expires_unix_ms", "request_id", "create_account")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    kind: _types_pb2.LotKind
+    amount: int
+    expires_unix_ms: int
+    request_id: str
+    create_account: bool
+    def __init__(self, account_id: _Optional[str] = ..., kind: _Optional[_Union[_types_pb2.LotKind, str]] = ..., amount: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., create_account: _Optional[bool] = ...) -> None: ...
+
+class GrantResponse(_message.Message):
+    __slots__ = ("outcome", "lot_id", "expires_unix_ms", "totals")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    outcome: _types_pb2.Outcome
+    lot_id: int
+    expires_unix_ms: int
+    totals: _types_pb2.Totals
+    def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., lot_id: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ...) -> None: ...
+
+class StartTrialRequest(_message.Message):
+    __slots__ = ("account_id", "credits", "duration_ms", "request_id", "create_account")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    credits: int
+    duration_ms: int
+    request_id: str
+    create_account: bool
+    def __init__(self, account_id: _Optional[str] = ..., credits: _Optional[int] = ..., duration_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., create_account: _Optional[bool] = ...) -> None: ...
+
+class StartTrialResponse(_message.Message):
+    __slots__ = ("outcome", "lot_id", "expires_unix_ms", "totals", "decline")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_FIELD_NUMBER: _ClassVar[int]
+    outcome: _types_pb2.Outcome
+    lot_id: int
+    expires_unix_ms: int
+    totals: _types_pb2.Totals
+    decline: _types_pb2.Decline
+    def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., lot_id: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ..., decline: _Optional[_Union[_types_pb2.Decline, _Mapping]] = ...) -> None: ...
+
+class SetUserLimitRequest(_message.Message):
+    __slots__ = ("account_id", "user_id", "limit", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    user_id: str
+    limit: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., user_id: _Optional[str] = ..., limit: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetUserLimitResponse(_message.Message):
+    __slots__ = ("outcome", "limit", "used", "remaining")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    outcome: _types_pb2.Outcome
+    limit: int
+    used: int
+    remaining: int
+    def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+
+class GetAccountRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class Plan(_message.Message):
+    __slots__ = ("period", "anchor_unix_ms", "plan_credits", "addon_credits")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ADDON_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    period: Period
+    anchor_unix_ms: int
+    plan_credits: int
+    addon_credits: int
+    def __init__(self, period: _Optional[_Union[Period, str]] = ..., anchor_unix_ms: _Optional[int] = ..., plan_credits: _Optional[int] = ..., addon_credits: _Optional[int] = ...) -> None: ...
+
+class UserLimit(_message.Message):
+    __slots__ = ("user_id", "limit", "used", "remaining")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    limit: int
+    used: int
+    remaining: int
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+
+class GetAccountResponse(_message.Message):
+    __slots__ = ("account_id", "plan", "cycle", "totals", "lots", "trial_used", "user_limits", "open_reservations")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_USED_FIELD_NUMBER: _ClassVar[int]
+    USER_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    plan: Plan
+    cycle: _types_pb2.Cycle
+    totals: _types_pb2.Totals
+    lots: _containers.RepeatedCompositeFieldContainer[_types_pb2.Lot]
+    trial_used: bool
+    user_limits: _containers.RepeatedCompositeFieldContainer[UserLimit]
+    open_reservations: int
+    def __init__(self, account_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., cycle: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ..., lots: _Optional[_Iterable[_Union[_types_pb2.Lot, _Mapping]]] = ..., trial_used: _Optional[bool] = ..., user_limits: _Optional[_Iterable[_Union[UserLimit, _Mapping]]] = ..., open_reservations: _Optional[int] = ...) -> None: ...
+
+class ListReservationsRequest(_message.Message):
+    __slots__ = ("account_id", "state", "page_size", "page_token", "settled")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    state: _types_pb2.ReservationState
+    page_size: int
+    page_token: str
+    settled: bool
+    def __init__(self, account_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.ReservationState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., settled: _Optional[bool] = ...) -> None: ...
+
+class ListReservationsResponse(_message.Message):
+    __slots__ = ("reservations", "next_page_token")
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    reservations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Reservation]
+    next_page_token: str
+    def __init__(self, reservations: _Optional[_Iterable[_Union[_types_pb2.Reservation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("account_id", "cycle_start_unix_ms", "reservation_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    cycle_start_unix_ms: int
+    reservation_id: str
+    def __init__(self, account_id: _Optional[str] = ..., cycle_start_unix_ms: _Optional[int] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+
+class UsageTotal(_message.Message):
+    __slots__ = ("cycle_start_unix_ms", "user_id", "category", "spent", "commits")
+    CYCLE_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    cycle_start_unix_ms: int
+    user_id: str
+    category: str
+    spent: int
+    commits: int
+    def __init__(self, cycle_start_unix_ms: _Optional[int] = ..., user_id: _Optional[str] = ..., category: _Optional[str] = ..., spent: _Optional[int] = ..., commits: _Optional[int] = ...) -> None: ...
+
+class LineItem(_message.Message):
+    __slots__ = ("at_unix_ms", "amount", "business_key", "already_charged", "labels", "request_id")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    at_unix_ms: int
+    amount: int
+    business_key: str
+    already_charged: bool
+    labels: _containers.ScalarMap[str, str]
+    request_id: str
+    def __init__(self, at_unix_ms: _Optional[int] = ..., amount: _Optional[int] = ..., business_key: _Optional[str] = ..., already_charged: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("totals", "spent", "spent_by_category", "spent_by_user", "line_items")
+    class SpentByCategoryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SpentByUserEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_BY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SPENT_BY_USER_FIELD_NUMBER: _ClassVar[int]
+    LINE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    totals: _containers.RepeatedCompositeFieldContainer[UsageTotal]
+    spent: int
+    spent_by_category: _containers.ScalarMap[str, int]
+    spent_by_user: _containers.ScalarMap[str, int]
+    line_items: _containers.RepeatedCompositeFieldContainer[LineItem]
+    def __init__(self, totals: _Optional[_Iterable[_Union[UsageTotal, _Mapping]]] = ..., spent: _Optional[int] = ..., spent_by_category: _Optional[_Mapping[str, int]] = ..., spent_by_user: _Optional[_Mapping[str, int]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,211 @@
+"""The values the client hands back: costs, outcomes, and one result type per call.
+
+Declines are answers, not errors (docs/rules.md "Answers"), so every state-changing call returns
+either its success type or :class:`Declined`; callers branch with ``isinstance`` or ``match``.
+The fields keep the proto's names and units (credits as ``int``, instants as ``*_unix_ms``) so a
+figure reads the same here, in the proto and in the sidecar's logs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+
+@dataclass(frozen=True)
+class Sku:
+    """``quantity`` units of a price-book SKU, e.g. ``Sku("dialer.minute.de", 3)``."""
+
+    sku: str
+    quantity: int = 1
+
+
+Cost = int | Sku
+"""What a call costs: whole credits, or a SKU times a quantity priced by the sidecar."""
+
+
+class _OpenEnum(enum.IntEnum):
+    """An enum that keeps values a newer sidecar may send, as ``UNKNOWN_<n>`` members.
+
+    A client older than the server must still see "some decline" rather than crash on it.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> _OpenEnum | None:
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
+class Outcome(_OpenEnum):
+    """What a state-changing call decided (``credits.v1.Outcome``)."""
+
+    UNSPECIFIED = 0
+    OK = 1
+    INSUFFICIENT_CREDIT = 2
+    USER_LIMIT_REACHED = 3
+    RESERVATION_EXPIRED = 4
+    RESERVATION_CLOSED = 5
+    EXCEEDS_HOLD = 6
+    TRIAL_ALREADY_USED = 7
+
+
+class Scope(_OpenEnum):
+    """Which limit refused a request (``credits.v1.Scope``)."""
+
+    UNSPECIFIED = 0
+    ACCOUNT = 1
+    USER = 2
+    RESERVATION = 3
+
+
+class ReservationState(_OpenEnum):
+    """Where a reservation is in its life (``credits.v1.ReservationState``)."""
+
+    UNSPECIFIED = 0
+    HELD = 1
+    COMMITTED = 2
+    RELEASED = 3
+    EXPIRED = 4
+
+
+Period = Literal["monthly", "quarterly", "semiannual", "annual"]
+GrantKind = Literal["addon", "promo", "adjustment"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reservation as the engine holds it."""
+
+    reservation_id: str
+    account_id: str
+    user_id: str
+    category: str
+    state: ReservationState
+    reserved: int
+    committed: int
+    held: int
+    returned: int
+    commit_count: int
+    created_unix_ms: int
+    deadline_unix_ms: int
+    closed_unix_ms: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A business decline: the call was understood and refused, and nothing changed.
+
+    ``request_id`` is the id the decline is remembered under: retrying with it returns this same
+    decline, never a later success.
+    """
+
+    ok: ClassVar[bool] = False
+    outcome: Outcome
+    scope: Scope
+    scope_id: str
+    requested: int
+    available: int
+    user_remaining: int | None
+    held: int
+    reservation_state: ReservationState
+    message: str
+    request_id: str
+    reservation: Reservation | None = None
+    """Declined Commit, Extend and Release: the reservation as it stands."""
+
+
+@dataclass(frozen=True)
+class Reserved:
+    ok: ClassVar[bool] = True
+    reservation_id: str
+    amount: int
+    deadline_unix_ms: int
+    available: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    ok: ClassVar[bool] = True
+    charged: int
+    already_charged: bool
+    held: int
+    returned: int
+    reservation: Reservation | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Extended:
+    ok: ClassVar[bool] = True
+    added: int
+    held: int
+    deadline_unix_ms: int
+    reservation: Reservation | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Released:
+    ok: ClassVar[bool] = True
+    returned: int
+    reservation: Reservation | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Charged:
+    ok: ClassVar[bool] = True
+    reservation_id: str
+    charged: int
+    already_charged: bool
+    available: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Whether a cost fits right now; ``outcome`` is the decline a Reserve would get."""
+
+    fits: bool
+    outcome: Outcome
+    amount: int
+    available: int
+    user_remaining: int | None
+    units_that_fit: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Conservation holds: ``granted == available + held + spent + expired``."""
+
+    granted: int
+    available: int
+    held: int
+    spent: int
+    expired: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    totals: Totals
+    cycle_start_unix_ms: int
+    cycle_end_unix_ms: int
+    user_limit: int | None
+    user_used: int
+    user_remaining: int | None
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    ok: ClassVar[bool] = True
+    lot_id: int
+    expires_unix_ms: int
+    totals: Totals
+    request_id: str
