@@ -102,6 +102,22 @@ impl CreditAdmin for AdminService {
         .await
     }
 
+    async fn get_account_history(
+        &self,
+        request: Request<pb::GetAccountHistoryRequest>,
+    ) -> Result<Response<pb::GetAccountHistoryResponse>, Status> {
+        frame("GetAccountHistory", request, |request| async move {
+            let query = convert::history_query(request.into_inner()).map_err(invalid)?;
+            let store = self.store()?;
+            let events = store.history(&query.account, query.before, query.page_size).await.map_err(unavailable)?;
+            if events.is_empty() && !store.knows_account(&query.account).await.map_err(unavailable)? {
+                return Err(super::status::to_status(crate::ledger::Error::AccountNotFound(query.account).into()));
+            }
+            Ok(Response::new(super::history::page(events, query.page_size)))
+        })
+        .await
+    }
+
     async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
         frame("GetUsage", request, |request| async move {
             let query = convert::usage_query(request.into_inner()).map_err(invalid)?;

@@ -188,18 +188,25 @@ pub struct ListQuery {
     pub settled: bool,
 }
 
-pub fn list_query(request: pb::ListReservationsRequest) -> Result<ListQuery> {
-    let page_size = match request.page_size as usize {
+/// A page's size (0: the default) and where it starts (below the sequence number in the
+/// previous page's token), validated.
+fn page(page_size: u32, page_token: &str) -> Result<(usize, Option<u64>)> {
+    let size = match page_size as usize {
         0 => LIST_PAGE_DEFAULT,
         size if size <= LIST_PAGE_MAX => size,
         _ => return Err(Error::invalid("page_size", format!("must be at most {LIST_PAGE_MAX}"))),
     };
-    let before = match request.page_token.as_str() {
+    let before = match page_token {
         "" => None,
         token => {
             Some(token.parse::<u64>().map_err(|_| Error::invalid("page_token", "not a token from a previous page"))?)
         }
     };
+    Ok((size, before))
+}
+
+pub fn list_query(request: pb::ListReservationsRequest) -> Result<ListQuery> {
+    let (page_size, before) = page(request.page_size, &request.page_token)?;
     Ok(ListQuery {
         account: AccountId::parse(&request.account_id)?,
         state: state_filter(request.state)?,
@@ -207,6 +214,19 @@ pub fn list_query(request: pb::ListReservationsRequest) -> Result<ListQuery> {
         before,
         settled: request.settled,
     })
+}
+
+/// What a GetAccountHistory request asks for, validated.
+pub struct HistoryQuery {
+    pub account: AccountId,
+    pub page_size: usize,
+    /// The page starts below this sequence number (from the previous page's token).
+    pub before: Option<u64>,
+}
+
+pub fn history_query(request: pb::GetAccountHistoryRequest) -> Result<HistoryQuery> {
+    let (page_size, before) = page(request.page_size, &request.page_token)?;
+    Ok(HistoryQuery { account: AccountId::parse(&request.account_id)?, page_size, before })
 }
 
 /// What a GetUsage request asks for, validated.

@@ -64,7 +64,7 @@ macro_rules! scoped {
 }
 
 scoped!(account: pb::QuoteRequest, pb::GetBalanceRequest, pb::GetAccountRequest, pb::ListReservationsRequest,
-    pb::GetUsageRequest);
+    pb::GetUsageRequest, pb::GetAccountHistoryRequest);
 scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequest, pb::GrantRequest,
     pb::StartTrialRequest, pb::SetUserLimitRequest);
 scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
@@ -86,11 +86,11 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
     pb::SetUserLimitResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
-    pb::ListReservationsResponse, pb::GetUsageResponse);
+    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
-const RPCS: [(&str, &str); 15] = [
+const RPCS: [(&str, &str); 16] = [
     ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
     ("Commit", "credits.v1.CreditAuthorizer/Commit"),
     ("Extend", "credits.v1.CreditAuthorizer/Extend"),
@@ -106,6 +106,7 @@ const RPCS: [(&str, &str); 15] = [
     ("GetAccount", "credits.v1.CreditAdmin/GetAccount"),
     ("ListReservations", "credits.v1.CreditAdmin/ListReservations"),
     ("GetUsage", "credits.v1.CreditAdmin/GetUsage"),
+    ("GetAccountHistory", "credits.v1.CreditAdmin/GetAccountHistory"),
 ];
 
 /// Put in a request's extensions by the gate, set when the call reaches [`frame`] (which

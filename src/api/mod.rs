@@ -10,6 +10,7 @@ pub mod cli;
 pub mod codec;
 mod convert;
 mod frame;
+mod history;
 mod refusal;
 mod respond;
 pub mod status;

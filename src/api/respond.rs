@@ -253,17 +253,20 @@ pub fn cycle(cycle: Cycle) -> pb::Cycle {
     pb::Cycle { start_unix_ms: cycle.start_ms, end_unix_ms: cycle.end_ms }
 }
 
-pub fn lot(lot: LotView) -> pb::Lot {
-    let kind = match lot.kind {
+pub fn lot_kind(kind: LotKind) -> pb::LotKind {
+    match kind {
         LotKind::Plan => pb::LotKind::Plan,
         LotKind::Addon => pb::LotKind::Addon,
         LotKind::Trial => pb::LotKind::Trial,
         LotKind::Promo => pb::LotKind::Promo,
         LotKind::Adjustment => pb::LotKind::Adjustment,
-    };
+    }
+}
+
+pub fn lot(lot: LotView) -> pb::Lot {
     pb::Lot {
         lot_id: lot.id,
-        kind: kind as i32,
+        kind: lot_kind(lot.kind) as i32,
         granted: lot.granted,
         remaining: lot.remaining,
         granted_unix_ms: lot.granted_ms,

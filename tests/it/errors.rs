@@ -31,6 +31,9 @@ async fn not_found_and_not_configured_carry_their_details() {
         let status = h.admin.clone().get_usage(usage).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         assert_eq!(error_reason(&status), "NOT_CONFIGURED");
+        let history = pb::GetAccountHistoryRequest { account_id: "acme".into(), ..Default::default() };
+        let status = h.admin.clone().get_account_history(history).await.unwrap_err();
+        assert_eq!(error_reason(&status), "NOT_CONFIGURED", "history comes from the ledger too");
         h.stop().await;
     }
 }

@@ -118,6 +118,20 @@ async fn an_operator_runs_an_account_from_the_command_line() {
     let usage = stdout(expect(&run(&["usage", "acme"]), 0));
     assert!(usage.lines().any(|line| line.split_whitespace().skip(1).eq(["ann", "enrichment", "12", "1"])), "{usage}");
 
+    // The account's history, newest first, a page at a time: the release, the commit, the hold.
+    let history = stdout(expect(&run(&["history", "acme", "--limit", "3"]), 0));
+    // Columns are two or more spaces apart; a cell holds single spaces at most.
+    fn column(line: &str, n: usize) -> Option<&str> {
+        line.split("  ").map(str::trim).filter(|cell| !cell.is_empty()).nth(n)
+    }
+    let changes: Vec<&str> = history.lines().skip(1).take(3).filter_map(|line| column(line, 2)).collect();
+    assert_eq!(changes, ["closed", "spent", "held"], "{history}");
+    let older =
+        history.lines().find_map(|line| line.strip_prefix("older: --before ")).unwrap_or_else(|| panic!("{history}"));
+    let rest = json(expect(&run(&["history", "acme", "--before", older, "--json"]), 0));
+    let first_older = rest["entries"][0]["seq"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(first_older + 1, older.parse::<u64>().unwrap(), "the next page starts right below: {rest}");
+
     // Refused by the sidecar: exit 3, the reason on stderr, nothing on stdout.
     let refused = run(&["account", "show", "no such account!"]);
     assert!(stderr(expect(&refused, 3)).contains("InvalidArgument"), "{}", stderr(&refused));

@@ -11,6 +11,7 @@ use credit_sidecar::engine::Engine;
 use credit_sidecar::engine::MemoryOutbox;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::redis::outbox::RedisOutbox;
+use credit_sidecar::ledger::event::{EventKind, draws_total};
 use credit_sidecar::ledger::{AccountId, Clock, Ledger, ManualClock, Rules};
 use credit_sidecar::maintenance;
 use credit_sidecar::server::{ServeOptions, SettleSetup, spawn_settler};
@@ -651,4 +652,109 @@ async fn remembered_answers_past_retention_are_forgotten_in_sql() {
     let left = store.durable_state().await.unwrap().answers;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!((left[0].request.as_str(), left[0].reservation), ("c-open", Some(open.seq)));
+}
+
+/// GetAccountHistory pages through the settled ledger newest first: the pages together are
+/// every event of the account, in order, each entry carrying the event's figures; bad page
+/// arguments are refused by field, an unknown account is NOT_FOUND. On both engines (the
+/// history is the ledger's, whichever engine wrote it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_history_pages_through_every_settled_change() {
+    // Embedded: the engine settles through its outbox; a stop flushes it.
+    let (store, _dir) = sqlite_store().await;
+    let clock = ManualClock::new(t0());
+    let outbox = Arc::new(MemoryOutbox::new(100_000));
+    let engine =
+        Engine::embedded_with(Rules::default(), Arc::new(clock.clone()), Ledger::new(RETENTION), Some(outbox.clone()));
+    let h = Harness::serve_settled(clock.clone(), engine, None, settled_options(&store, "embedded")).await;
+    workload(&h).await;
+    h.stop().await;
+    let reader = history_reader(&store).await;
+    check_history(&reader, &store, "acme").await;
+    reader.stop().await;
+
+    // Redis: the settler drains Redis's outbox into the ledger.
+    let server = RedisServer::start();
+    let beside = redis_beside(vec![server.url()], false).await;
+    let engine = redis_engine(&Rules::default(), &beside.settings, &beside.clock).await;
+    let h = Harness::serve_settled(beside.clock.clone(), engine, None, settled_options(&beside.store, "a")).await;
+    workload(&h).await;
+    // The stop's final flush settles what the settler had not yet.
+    h.stop().await;
+    let reader = history_reader(&beside.store).await;
+    check_history(&reader, &beside.store, "globex").await;
+    reader.stop().await;
+}
+
+/// A server over `store` (its admin API reads history from the ledger; its own engine is empty).
+async fn history_reader(store: &Store) -> Harness {
+    let clock = ManualClock::new(t0());
+    let outbox = Some(Arc::new(MemoryOutbox::new(1_000)));
+    let engine = Engine::embedded_with(Rules::default(), Arc::new(clock.clone()), Ledger::new(RETENTION), outbox);
+    Harness::serve_settled(clock, engine, None, settled_options(store, "reader")).await
+}
+
+fn history_request(account: &str, page_size: u32, page_token: &str) -> pb::GetAccountHistoryRequest {
+    pb::GetAccountHistoryRequest { account_id: account.into(), page_size, page_token: page_token.into() }
+}
+
+/// Pages of 3 through `account`'s history against the ledger's events, then the refusals.
+async fn check_history(h: &Harness, store: &Store, account: &str) {
+    use pb::history_entry::Change;
+    let events = store.events(Some(&AccountId::parse(account).unwrap())).await.unwrap();
+    assert!(events.len() > 6, "a workload worth paging: {} events", events.len());
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = h.admin.clone().get_account_history(history_request(account, 3, &token)).await.unwrap().into_inner();
+        assert!(page.entries.len() <= 3);
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(entries.len(), events.len(), "every event, once");
+    for (entry, event) in entries.iter().zip(events.iter().rev()) {
+        assert_eq!((entry.seq, entry.at_unix_ms), (event.seq, event.at_ms), "newest first: {entry:?}");
+        assert_eq!(entry.request_id, event.request_id.clone().unwrap_or_default());
+        let change = entry.change.as_ref().unwrap_or_else(|| panic!("an entry without its change: {entry:?}"));
+        match (&event.kind, change) {
+            (EventKind::Reserved { reservation, amount, draws, .. }, Change::Reserved(hold)) => {
+                assert_eq!(hold.reservation_id, format!("{account}/{reservation}"));
+                assert_eq!(hold.amount, *amount);
+                assert_eq!(hold.lots.iter().map(|lot| lot.amount).sum::<i64>(), draws_total(draws));
+            }
+            (EventKind::Committed { amount, business_key, .. }, Change::Committed(commit)) => {
+                assert_eq!(commit.amount, *amount);
+                assert_eq!(commit.business_key, business_key.clone().unwrap_or_default());
+            }
+            (EventKind::Closed { returned, expired, .. }, Change::Closed(closed)) => {
+                assert_eq!(closed.returned.iter().map(|lot| lot.amount).sum::<i64>(), draws_total(returned));
+                assert_eq!(closed.expired, *expired);
+            }
+            (EventKind::LotGranted { lot, amount, .. }, Change::LotGranted(granted)) => {
+                assert_eq!((granted.lot_id, granted.amount), (*lot, *amount));
+            }
+            (EventKind::LotExpired { lot, amount }, Change::LotExpired(gone)) => {
+                assert_eq!((gone.lot_id, gone.amount), (*lot, *amount));
+            }
+            (EventKind::PlanSet { .. }, Change::PlanSet(_))
+            | (EventKind::CycleStarted { .. }, Change::CycleStarted(_))
+            | (EventKind::UserLimitSet { .. }, Change::UserLimitSet(_))
+            | (EventKind::Extended { .. }, Change::Extended(_)) => {}
+            (kind, change) => panic!("event {kind:?} became {change:?}"),
+        }
+    }
+    let kinds: std::collections::HashSet<_> = events.iter().map(|event| std::mem::discriminant(&event.kind)).collect();
+    assert!(kinds.len() >= 6, "the workload covers most of the 9 kinds: {}", kinds.len());
+
+    let mut admin = h.admin.clone();
+    let bad_token = admin.get_account_history(history_request(account, 3, "not-a-token")).await.unwrap_err();
+    assert_eq!(crate::harness::error_reason(&bad_token), "INVALID_FIELD");
+    assert!(bad_token.message().starts_with("page_token: "), "{bad_token:?}");
+    let too_big = admin.get_account_history(history_request(account, 5_000, "")).await.unwrap_err();
+    assert!(too_big.message().starts_with("page_size: "), "{too_big:?}");
+    let unknown = admin.get_account_history(history_request("nobody", 3, "")).await.unwrap_err();
+    assert_eq!(crate::harness::error_reason(&unknown), "ACCOUNT_NOT_FOUND");
 }

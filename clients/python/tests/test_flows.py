@@ -68,6 +68,10 @@ def test_waterfall_commits_per_provider_with_business_keys(client: CreditClient)
     assert (reservation.committed, reservation.commit_count, reservation.returned) == (2, 3, 2)
     usage = _settled_line_items(client, hold.reservation_id, 3)
     assert [(item.amount, item.labels["provider"]) for item in usage] == [(2, "b"), (0, "b"), (0, "own-key")]
+    # Support's view: the account's history names the commits with their business keys.
+    history = client.admin.get_account_history("acme", page_size=1000)
+    keys = [entry.committed.business_key for entry in history.entries if entry.WhichOneof("change") == "committed"]
+    assert {"contact:7:email", "contact:7:mobile"} <= set(keys)
 
 
 def _settled_line_items(client: CreditClient, reservation_id: str, count: int) -> list[admin_pb2.LineItem]:

@@ -91,6 +91,8 @@ pub enum Operation {
     UserLimit(UserLimitCommand),
     /// Credits spent, by cycle, user and category (from the settled ledger).
     Usage(UsageArgs),
+    /// Every change to an account, newest first (from the settled ledger).
+    History(HistoryArgs),
     /// Reservations (holds).
     #[command(subcommand)]
     Reservations(ReservationsCommand),
@@ -108,6 +110,7 @@ impl Operation {
             Operation::Trial(TrialCommand::Start(args)) => &args.target,
             Operation::UserLimit(UserLimitCommand::Set(args)) => &args.target,
             Operation::Usage(args) => &args.target,
+            Operation::History(args) => &args.target,
             Operation::Reservations(ReservationsCommand::List(args)) => &args.target,
             Operation::Reservations(ReservationsCommand::Show { target, .. }) => target,
             Operation::Release(args) => &args.target,
@@ -223,6 +226,19 @@ pub struct UsageArgs {
     /// Only the cycle that starts then: RFC 3339 or Unix milliseconds [default: every cycle].
     #[arg(long, value_parser = unix_ms)]
     pub cycle_start: Option<i64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    pub account: String,
+    /// Most entries shown (1..=1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only entries older than this sequence number (the `older:` line of a previous page).
+    #[arg(long)]
+    pub before: Option<u64>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -530,6 +546,15 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
             };
             let response = clients.admin.get_usage(request).await.map_err(grpc)?.into_inner();
             Ok(Answer::new(&response, show::usage(&response), None))
+        }
+        Operation::History(args) => {
+            let request = pb::GetAccountHistoryRequest {
+                account_id: args.account,
+                page_size: args.limit,
+                page_token: args.before.map(|seq| seq.to_string()).unwrap_or_default(),
+            };
+            let response = clients.admin.get_account_history(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::history(&response), None))
         }
         Operation::Reservations(ReservationsCommand::List(args)) => {
             let request = pb::ListReservationsRequest {

@@ -218,6 +218,75 @@ pub(super) fn released(response: &pb::ReleaseResponse) -> String {
     out
 }
 
+/// One line per change: what happened, in words, with its figures.
+pub(super) fn history(response: &pb::GetAccountHistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = response
+        .entries
+        .iter()
+        .map(|entry| {
+            let (change, details) = entry.change.as_ref().map(change).unwrap_or_default();
+            vec![entry.seq.to_string(), at(entry.at_unix_ms), change.to_owned(), details, entry.request_id.clone()]
+        })
+        .collect();
+    let mut out = table(&["seq", "at", "change", "details", "request"], &rows);
+    if !response.next_page_token.is_empty() {
+        let _ = write!(out, "\n\nolder: --before {}", response.next_page_token);
+    }
+    out
+}
+
+fn lots(lots: &[pb::LotAmount]) -> String {
+    lots.iter().map(|lot| format!("lot {}: {}", lot.lot_id, lot.amount)).collect::<Vec<_>>().join(", ")
+}
+
+fn change(change: &pb::history_entry::Change) -> (&'static str, String) {
+    use pb::history_entry::Change;
+    match change {
+        Change::PlanSet(set) => {
+            let plan = set.plan.unwrap_or_default();
+            ("plan set", format!("{} plan + {} add-on credits per cycle", plan.plan_credits, plan.addon_credits))
+        }
+        Change::CycleStarted(started) => ("cycle started", cycle(Some(started))),
+        Change::LotGranted(lot) => (
+            "granted",
+            format!(
+                "{} credits, lot {} ({}), expires {}",
+                lot.amount,
+                lot.lot_id,
+                short(lot.kind().as_str_name(), "LOT_KIND_"),
+                at(lot.expires_unix_ms)
+            ),
+        ),
+        Change::LotExpired(lot) => ("lot expired", format!("{} credits left in lot {}", lot.amount, lot.lot_id)),
+        Change::UserLimitSet(limit) => ("user limit", format!("{}: {}", limit.user_id, optional(limit.limit))),
+        Change::Reserved(hold) => (
+            "held",
+            format!(
+                "{} {} for {} in {} ({})",
+                hold.reservation_id,
+                hold.amount,
+                hold.user_id,
+                hold.category,
+                lots(&hold.lots)
+            ),
+        ),
+        Change::Extended(hold) => {
+            ("extended", format!("{} +{} until {}", hold.reservation_id, hold.amount, at(hold.deadline_unix_ms)))
+        }
+        Change::Committed(commit) => {
+            let key =
+                if commit.business_key.is_empty() { String::new() } else { format!(" key {}", commit.business_key) };
+            let again = if commit.already_charged { " (already charged)" } else { "" };
+            ("spent", format!("{} {}{key}{again} ({})", commit.reservation_id, commit.amount, lots(&commit.lots)))
+        }
+        Change::Closed(closed) => {
+            let returned: i64 = closed.returned.iter().map(|lot| lot.amount).sum();
+            let state = short(closed.state().as_str_name(), "RESERVATION_STATE_");
+            ("closed", format!("{} {state}, {returned} returned, {} expired", closed.reservation_id, closed.expired))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,19 @@ impl Store {
         rows.iter().map(event_of).collect()
     }
 
+    /// Up to `limit` of the account's events below sequence `before` (all when None), newest
+    /// first: a page of its history.
+    pub async fn history(&self, account: &AccountId, before: Option<u64>, limit: usize) -> Result<Vec<Event>> {
+        let sql = format!(
+            "SELECT account_id, seq, at_ms, kind, request_id, data FROM ledger_events \
+             WHERE account_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT {limit}"
+        );
+        let before = before.map_or(i64::MAX, |seq| seq as i64);
+        let rows =
+            sqlx::query(audited(&sql)).bind(account.as_str().to_owned()).bind(before).fetch_all(&self.pool).await?;
+        rows.iter().map(event_of).collect()
+    }
+
     /// Has the ledger settled anything of `account`?
     pub async fn knows_account(&self, account: &AccountId) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM account_totals WHERE account_id = $1")

@@ -242,6 +242,11 @@ def get_usage(account_id: str, cycle_start_unix_ms: int, reservation_id: str) ->
     return Op("admin", "GetUsage", request, None, _same)
 
 
+def get_account_history(account_id: str, page_size: int, page_token: str) -> Op[admin_pb2.GetAccountHistoryResponse]:
+    request = admin_pb2.GetAccountHistoryRequest(account_id=account_id, page_size=page_size, page_token=page_token)
+    return Op("admin", "GetAccountHistory", request, None, _same)
+
+
 def _same(response: T) -> T:
     """Admin answers are handed back as the protobuf messages (typed by the generated .pyi)."""
     return response

@@ -307,3 +307,10 @@ class Admin:
     ) -> admin_pb2.GetUsageResponse:
         return self._client._run(_ops.get_usage(account_id, cycle_start_unix_ms, reservation_id), timeout)
 
+    def get_account_history(
+        self, account_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> admin_pb2.GetAccountHistoryResponse:
+        """A page of the account's changes from the durable ledger, newest first; pass the
+        response's ``next_page_token`` for the next (older) page."""
+        return self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
+

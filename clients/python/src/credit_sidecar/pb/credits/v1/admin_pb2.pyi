@@ -273,3 +273,173 @@ class GetUsageResponse(_message.Message):
     spent_by_user: _containers.ScalarMap[str, int]
     line_items: _containers.RepeatedCompositeFieldContainer[LineItem]
     def __init__(self, totals: _Optional[_Iterable[_Union[UsageTotal, _Mapping]]] = ..., spent: _Optional[int] = ..., spent_by_category: _Optional[_Mapping[str, int]] = ..., spent_by_user: _Optional[_Mapping[str, int]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ...) -> None: ...
+
+class GetAccountHistoryRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LotAmount(_message.Message):
+    __slots__ = ("lot_id", "amount")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    lot_id: int
+    amount: int
+    def __init__(self, lot_id: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("seq", "at_unix_ms", "request_id", "plan_set", "cycle_started", "lot_granted", "lot_expired", "user_limit_set", "reserved", "extended", "committed", "closed")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SET_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_STARTED_FIELD_NUMBER: _ClassVar[int]
+    LOT_GRANTED_FIELD_NUMBER: _ClassVar[int]
+    LOT_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    USER_LIMIT_SET_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    EXTENDED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at_unix_ms: int
+    request_id: str
+    plan_set: PlanChanged
+    cycle_started: _types_pb2.Cycle
+    lot_granted: LotGranted
+    lot_expired: LotExpired
+    user_limit_set: UserLimitChanged
+    reserved: HoldPlaced
+    extended: HoldExtended
+    committed: CommitMade
+    closed: HoldClosed
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., plan_set: _Optional[_Union[PlanChanged, _Mapping]] = ..., cycle_started: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., lot_granted: _Optional[_Union[LotGranted, _Mapping]] = ..., lot_expired: _Optional[_Union[LotExpired, _Mapping]] = ..., user_limit_set: _Optional[_Union[UserLimitChanged, _Mapping]] = ..., reserved: _Optional[_Union[HoldPlaced, _Mapping]] = ..., extended: _Optional[_Union[HoldExtended, _Mapping]] = ..., committed: _Optional[_Union[CommitMade, _Mapping]] = ..., closed: _Optional[_Union[HoldClosed, _Mapping]] = ...) -> None: ...
+
+class PlanChanged(_message.Message):
+    __slots__ = ("plan", "cycle")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_FIELD_NUMBER: _ClassVar[int]
+    plan: Plan
+    cycle: _types_pb2.Cycle
+    def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ..., cycle: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ...) -> None: ...
+
+class LotGranted(_message.Message):
+    __slots__ = ("lot_id", "kind", "amount", "expires_unix_ms", "from_plan")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FROM_PLAN_FIELD_NUMBER: _ClassVar[int]
+    lot_id: int
+    kind: _types_pb2.LotKind
+    amount: int
+    expires_unix_ms: int
+    from_plan: bool
+    def __init__(self, lot_id: _Optional[int] = ..., kind: _Optional[_Union[_types_pb2.LotKind, str]] = ..., amount: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., from_plan: _Optional[bool] = ...) -> None: ...
+
+class LotExpired(_message.Message):
+    __slots__ = ("lot_id", "amount")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    lot_id: int
+    amount: int
+    def __init__(self, lot_id: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class UserLimitChanged(_message.Message):
+    __slots__ = ("user_id", "limit")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    limit: int
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class HoldPlaced(_message.Message):
+    __slots__ = ("reservation_id", "user_id", "category", "amount", "lots", "deadline_unix_ms", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    user_id: str
+    category: str
+    amount: int
+    lots: _containers.RepeatedCompositeFieldContainer[LotAmount]
+    deadline_unix_ms: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, reservation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., category: _Optional[str] = ..., amount: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[LotAmount, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class HoldExtended(_message.Message):
+    __slots__ = ("reservation_id", "amount", "lots", "deadline_unix_ms")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    amount: int
+    lots: _containers.RepeatedCompositeFieldContainer[LotAmount]
+    deadline_unix_ms: int
+    def __init__(self, reservation_id: _Optional[str] = ..., amount: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[LotAmount, _Mapping]]] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+
+class CommitMade(_message.Message):
+    __slots__ = ("reservation_id", "user_id", "category", "cycle_start_unix_ms", "amount", "lots", "business_key", "already_charged", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    user_id: str
+    category: str
+    cycle_start_unix_ms: int
+    amount: int
+    lots: _containers.RepeatedCompositeFieldContainer[LotAmount]
+    business_key: str
+    already_charged: bool
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, reservation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., category: _Optional[str] = ..., cycle_start_unix_ms: _Optional[int] = ..., amount: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[LotAmount, _Mapping]]] = ..., business_key: _Optional[str] = ..., already_charged: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class HoldClosed(_message.Message):
+    __slots__ = ("reservation_id", "state", "returned", "expired")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    state: _types_pb2.ReservationState
+    returned: _containers.RepeatedCompositeFieldContainer[LotAmount]
+    expired: int
+    def __init__(self, reservation_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.ReservationState, str]] = ..., returned: _Optional[_Iterable[_Union[LotAmount, _Mapping]]] = ..., expired: _Optional[int] = ...) -> None: ...
+
+class GetAccountHistoryResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

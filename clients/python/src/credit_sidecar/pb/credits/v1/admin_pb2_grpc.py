@@ -69,6 +69,11 @@ class CreditAdminStub:
                 request_serializer=credits_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetAccountHistory = channel.unary_unary(
+                '/credits.v1.CreditAdmin/GetAccountHistory',
+                request_serializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -129,6 +134,16 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAccountHistory(self, request, context):
+        """The account's history from the durable ledger, newest first: every plan change, cycle,
+        grant, expiry, limit, hold, extension, commit and close, with its figures, the lots drawn
+        and returned, labels and request id — what support needs to show why credits were spent or
+        look used. Lags live balances by the settlement lag, like GetUsage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +181,11 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=credits_dot_v1_dot_admin__pb2.GetUsageRequest.FromString,
                     response_serializer=credits_dot_v1_dot_admin__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetAccountHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountHistory,
+                    request_deserializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +377,33 @@ class CreditAdmin:
             '/credits.v1.CreditAdmin/GetUsage',
             credits_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
             credits_dot_v1_dot_admin__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditAdmin/GetAccountHistory',
+            credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.SerializeToString,
+            credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
