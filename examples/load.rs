@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ttl_ms: 600_000,
                     request_id: format!("{tag}-{call}"),
                     labels: HashMap::new(),
+                    min_quantity: 0,
                 };
                 let answer = authorizer.reserve(reserve).await.map_err(|status| match status.code() {
                     tonic::Code::NotFound => format!("call {call}: {status} (set the accounts up first: CALLS = 0)"),

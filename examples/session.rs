@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ttl_ms: 60_000,
             request_id: rid("reserve"),
             labels: HashMap::from([("file".into(), "leads.csv".into())]),
+            min_quantity: 0,
         })
         .await?
         .into_inner();

@@ -108,6 +108,7 @@ impl Bench {
             ttl_ms: 3_600_000,
             request: self.request(),
             labels: Labels::default(),
+            partial: None,
         };
         self.redis.reserve(&reserve).await.unwrap().done().expect("funded").reservation
     }
@@ -350,6 +351,7 @@ mod embedded {
                             ttl_ms: 3_600_000,
                             request: RequestId::parse(&format!("r{n}")).unwrap(),
                             labels: Labels::default(),
+                            partial: None,
                         };
                         let (engine, ok, refused) = (engine.clone(), ok.clone(), refused.clone());
                         calls.spawn(async move {
@@ -408,6 +410,7 @@ mod embedded {
                 ttl_ms: 3_600_000,
                 request: RequestId::parse(&format!("r{n}"))?,
                 labels: Labels::default(),
+                partial: None,
             };
             ledger.reserve(now, &reserve)?;
         }

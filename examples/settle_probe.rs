@@ -78,6 +78,7 @@ async fn run(case: &Case) -> Result<(usize, Duration), Box<dyn std::error::Error
                 ttl_ms: 3_600_000,
                 request: RequestId::parse(&format!("r{made}"))?,
                 labels: Labels::default(),
+                partial: None,
             };
             ledger.reserve(NOW, &reserve)?;
             made += 1;

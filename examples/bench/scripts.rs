@@ -105,6 +105,7 @@ impl ScriptBench {
             ttl_ms,
             request: self.request(),
             labels: Labels::default(),
+            partial: None,
         }
     }
 
@@ -176,8 +177,13 @@ impl ScriptBench {
         );
         costs.push(
             self.measure("Extend", n, async |i| {
-                let extend =
-                    Extend { reservation: holds[i].clone(), amount: 1, ttl_ms: Some(TTL_MS), request: self.request() };
+                let extend = Extend {
+                    reservation: holds[i].clone(),
+                    amount: 1,
+                    ttl_ms: Some(TTL_MS),
+                    request: self.request(),
+                    partial: None,
+                };
                 engine.extend(&extend).await.expect("Extend").done().expect("Extend is not declined");
             })
             .await,

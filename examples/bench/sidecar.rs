@@ -306,6 +306,7 @@ impl Plan {
             ttl_ms: TTL_MS,
             request_id: format!("{request_id}-r"),
             labels: HashMap::new(),
+            min_quantity: 0,
         };
         let answer = clients.authorizer.reserve(reserve).await.map(|answer| answer.into_inner());
         let reservation = answer.as_ref().ok().map(|answer| answer.reservation_id.clone());

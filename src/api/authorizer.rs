@@ -27,8 +27,8 @@ impl AuthorizerService {
 impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         frame("Reserve", request, |request| async move {
-            let cmd = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::reserved(self.engine.reserve(&cmd).await?)))
+            let (cmd, unit) = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            Ok(Response::new(respond::reserved(self.engine.reserve(&cmd).await?, unit)))
         })
         .await
     }
@@ -43,8 +43,8 @@ impl CreditAuthorizer for AuthorizerService {
 
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         frame("Extend", request, |request| async move {
-            let cmd = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::extended(self.engine.extend(&cmd).await?)))
+            let (cmd, unit) = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            Ok(Response::new(respond::extended(self.engine.extend(&cmd).await?, unit)))
         })
         .await
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::pb;
-use crate::ledger::command::{self, Plan};
+use crate::ledger::command::{self, Partial, Plan};
 use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{
     AccountId, BusinessKey, CostInput, Error, Labels, LotKind, Period, RequestId, ReservationId, ReservationState,
@@ -30,16 +30,43 @@ pub fn optional_user(user: &str) -> Result<Option<UserId>> {
     if user.is_empty() { Ok(None) } else { UserId::parse(user).map(Some) }
 }
 
-pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<command::Reserve> {
-    Ok(command::Reserve {
+/// A hold's cost priced out, and its unit: the SKU's price, or one credit for a raw amount
+/// (what `quantity` and `min_quantity` count).
+fn hold_cost(cost: CostInput, rules: &Rules) -> Result<(i64, i64)> {
+    let priced = rules.price(&cost, Zero::Refused)?;
+    let unit = if matches!(cost, CostInput::Sku { .. }) { priced.unit } else { 1 };
+    Ok((priced.amount, unit))
+}
+
+/// `min_quantity`: 0 for all or nothing, else a partial hold of at least that many units.
+fn partial(min_quantity: i64, amount: i64, unit: i64) -> Result<Option<Partial>> {
+    if min_quantity == 0 {
+        return Ok(None);
+    }
+    let most = amount / unit;
+    if !(1..=most).contains(&min_quantity) {
+        return Err(Error::invalid(
+            "min_quantity",
+            format!("must be 0 (all or nothing) or in 1..={most} (the quantity asked for), got {min_quantity}"),
+        ));
+    }
+    Ok(Some(Partial { unit, min_units: min_quantity }))
+}
+
+/// A Reserve, and the unit its answer's `quantity` counts.
+pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<(command::Reserve, i64)> {
+    let (amount, unit) = hold_cost(cost(request.cost), rules)?;
+    let reserve = command::Reserve {
         account: AccountId::parse(&request.account_id)?,
         user: UserId::parse(&request.user_id)?,
         category: rules.category(&request.category)?,
-        amount: rules.price(&cost(request.cost), Zero::Refused)?.amount,
+        amount,
         ttl_ms: rules.ttl(request.ttl_ms)?,
         request: RequestId::parse(&request.request_id)?,
         labels: labels(request.labels)?,
-    })
+        partial: partial(request.min_quantity, amount, unit)?,
+    };
+    Ok((reserve, unit))
 }
 
 pub fn commit(request: pb::CommitRequest, rules: &Rules) -> Result<command::Commit> {
@@ -53,17 +80,24 @@ pub fn commit(request: pb::CommitRequest, rules: &Rules) -> Result<command::Comm
     })
 }
 
-pub fn extend(request: pb::ExtendRequest, rules: &Rules) -> Result<command::Extend> {
+/// An Extend, and the unit its answer's `added_quantity` counts.
+pub fn extend(request: pb::ExtendRequest, rules: &Rules) -> Result<(command::Extend, i64)> {
     let reservation = ReservationId::parse(&request.reservation_id)?;
-    let amount = match request.cost {
-        None => 0,
-        some => rules.price(&cost(some), Zero::Refused)?.amount,
+    let (amount, unit) = match request.cost {
+        None => (0, 1),
+        some => hold_cost(cost(some), rules)?,
     };
     let ttl_ms = rules.extend_ttl(request.ttl_ms)?;
     if amount == 0 && ttl_ms.is_none() {
         return Err(Error::invalid("cost", "give extra credits (cost) or a new deadline (ttl_ms), or both"));
     }
-    Ok(command::Extend { reservation, amount, ttl_ms, request: RequestId::parse(&request.request_id)? })
+    if amount == 0 && request.min_quantity != 0 {
+        return Err(Error::invalid("min_quantity", "a partial extension needs a cost to take units of"));
+    }
+    let partial = partial(request.min_quantity, amount, unit)?;
+    let extend =
+        command::Extend { reservation, amount, ttl_ms, request: RequestId::parse(&request.request_id)?, partial };
+    Ok((extend, unit))
 }
 
 pub fn release(request: pb::ReleaseRequest) -> Result<command::Release> {

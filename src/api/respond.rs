@@ -11,13 +11,15 @@ use crate::ledger::{
 };
 use crate::settle::store::{LineItem, SettledReservation, UsageRow};
 
-pub fn reserved(decision: Decision<Reserved>) -> pb::ReserveResponse {
+/// `unit`: the credits of one unit of the hold's cost (the SKU's price, or 1), for `quantity`.
+pub fn reserved(decision: Decision<Reserved>, unit: i64) -> pb::ReserveResponse {
     let (outcome, decline) = outcome(&decision);
     let mut response = pb::ReserveResponse { outcome, decline, ..Default::default() };
     match decision {
         Decision::Done(reserved) => {
             response.reservation_id = reserved.reservation.to_string();
             response.amount = reserved.amount;
+            response.quantity = reserved.amount / unit;
             response.deadline_unix_ms = reserved.deadline_ms;
             response.available = reserved.available;
         }
@@ -48,12 +50,14 @@ pub fn committed(decision: Decision<Committed>) -> pb::CommitResponse {
     response
 }
 
-pub fn extended(decision: Decision<Extended>) -> pb::ExtendResponse {
+/// `unit`: as for [`reserved`], for `added_quantity`.
+pub fn extended(decision: Decision<Extended>, unit: i64) -> pb::ExtendResponse {
     let (outcome, decline) = outcome(&decision);
     let mut response = pb::ExtendResponse { outcome, decline, ..Default::default() };
     match decision {
         Decision::Done(extended) => {
             response.added = extended.added;
+            response.added_quantity = extended.added / unit;
             response.held = extended.held;
             response.deadline_unix_ms = extended.deadline_ms;
             response.reservation = Some(reservation(extended.reservation));

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::answer::{Answer, Decline, DeclineReason, LotView, ReservationView, Totals, UserView};
-use super::command::{Fingerprint, Plan};
+use super::command::{Fingerprint, Partial, Plan};
 use super::cycle::{Cycle, calendar_month, cycle_containing};
 use super::event::{Draw, Event, EventKind, draws_total};
 use super::types::{
@@ -169,6 +169,18 @@ impl Account {
 
     pub fn user_remaining(&self, user: &UserId) -> Option<i64> {
         self.users.get(user).and_then(UserState::remaining)
+    }
+
+    /// What a hold of `amount` for `user` asks for: the whole amount, or with `partial` as many
+    /// whole units as the available credit and the user's remaining limit leave room for.
+    pub fn hold_amount(&self, user: &UserId, amount: i64, partial: Option<Partial>) -> i64 {
+        match partial {
+            None => amount,
+            Some(partial) => {
+                let room = self.user_remaining(user).map_or(self.available(), |left| left.min(self.available()));
+                partial.amount(amount, room)
+            }
+        }
     }
 
     /// The checks every new hold passes, in order: the account's credit, then the user's limit.

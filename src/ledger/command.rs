@@ -24,10 +24,32 @@ pub struct Reserve {
     pub account: AccountId,
     pub user: UserId,
     pub category: Category,
+    /// The whole hold asked for; with `partial`, the most it may hold.
     pub amount: i64,
     pub ttl_ms: Millis,
     pub request: RequestId,
     pub labels: Labels,
+    /// None: all or nothing. Some: as many whole units as fit, at least the minimum.
+    pub partial: Option<Partial>,
+}
+
+/// A partial hold: as many whole `unit`s (credits each) as the account and the user's limit
+/// leave room for, up to the amount asked for and at least `min_units`. `unit` divides the
+/// amount; 1 <= min_units <= amount / unit (checked where the command is built).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partial {
+    pub unit: i64,
+    pub min_units: i64,
+}
+
+impl Partial {
+    /// The amount to hold given the `room` left (the available credit, or the user's remaining
+    /// limit when lower): the most whole units that fit, capped at `max_amount`; the minimum when
+    /// not even that fits (the checks then decline it, naming the scope that lacks room).
+    pub fn amount(self, max_amount: i64, room: i64) -> i64 {
+        let units = (room.max(0) / self.unit).min(max_amount / self.unit);
+        units.max(self.min_units) * self.unit
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -44,11 +66,13 @@ pub struct Commit {
 #[derive(Clone, Debug)]
 pub struct Extend {
     pub reservation: ReservationId,
-    /// Extra credits to hold; 0 for none.
+    /// Extra credits to hold; 0 for none. With `partial`, the most it may add.
     pub amount: i64,
     /// New deadline = max(deadline, now + ttl).
     pub ttl_ms: Option<Millis>,
     pub request: RequestId,
+    /// None: all or nothing. Some (only with an amount): as many whole units as fit.
+    pub partial: Option<Partial>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +171,15 @@ impl Digester {
         }
     }
 
+    /// Appended only when set, so the fingerprints of all-or-nothing requests (kept in Redis and
+    /// in the ledger from before partial holds existed) stay the same.
+    fn partial(&mut self, partial: Option<Partial>) -> &mut Self {
+        if let Some(partial) = partial {
+            self.text("partial").int(partial.unit).int(partial.min_units);
+        }
+        self
+    }
+
     fn labels(&mut self, labels: &Labels) -> &mut Self {
         self.int(labels.iter().count() as i64);
         for (key, value) in labels.iter() {
@@ -181,6 +214,7 @@ impl Reserve {
             .int(self.amount)
             .int(self.ttl_ms)
             .labels(&self.labels)
+            .partial(self.partial)
             .finish()
     }
 }
@@ -199,7 +233,12 @@ impl Commit {
 
 impl Extend {
     pub fn fingerprint(&self) -> Fingerprint {
-        Digester::new("extend").text(&self.reservation.to_string()).int(self.amount).opt_int(self.ttl_ms).finish()
+        Digester::new("extend")
+            .text(&self.reservation.to_string())
+            .int(self.amount)
+            .opt_int(self.ttl_ms)
+            .partial(self.partial)
+            .finish()
     }
 }
 

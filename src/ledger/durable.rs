@@ -93,6 +93,7 @@ mod tests {
             ttl_ms: 60_000,
             request: RequestId::parse("r-1").unwrap(),
             labels: Labels::parse([("job".to_owned(), "j-9".to_owned())]).unwrap(),
+            partial: None,
         };
         let reserved = ledger.reserve(1_768_435_200_000, &reserve).unwrap().done().unwrap();
         (ledger, reserved.reservation)

@@ -261,15 +261,16 @@ impl Ledger {
             memo: memo!(Reserve),
         };
         self.run(now, call, |account, sink| {
-            if let Err(decline) = account.admit(&cmd.user, cmd.amount) {
+            let amount = account.hold_amount(&cmd.user, cmd.amount, cmd.partial);
+            if let Err(decline) = account.admit(&cmd.user, amount) {
                 return Ok(Decision::Declined(decline));
             }
             let deadline_ms = now + cmd.ttl_ms;
             let seq =
-                open_reservation(account, sink, now, deadline_ms, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
+                open_reservation(account, sink, now, deadline_ms, amount, (&cmd.user, &cmd.category, &cmd.labels));
             Ok(Decision::Done(Reserved {
                 reservation: ReservationId { account: account.id.clone(), seq },
-                amount: cmd.amount,
+                amount,
                 deadline_ms,
                 available: account.available(),
             }))
@@ -310,27 +311,28 @@ impl Ledger {
                 return Ok(Decision::Declined(decline));
             }
             let user = account.reservations[&seq].user.clone();
-            if cmd.amount > 0
-                && let Err(mut decline) = account.admit(&user, cmd.amount)
+            let amount = if cmd.amount > 0 { account.hold_amount(&user, cmd.amount, cmd.partial) } else { 0 };
+            if amount > 0
+                && let Err(mut decline) = account.admit(&user, amount)
             {
                 // Declined by the account or the user, but about this hold: show it as it stands.
                 decline.reservation = Some(Box::new(account.reservation_view(seq)));
                 return Ok(Decision::Declined(decline));
             }
-            let draws = if cmd.amount > 0 { account.draw(cmd.amount) } else { Vec::new() };
+            let draws = if amount > 0 { account.draw(amount) } else { Vec::new() };
             let old_deadline = account.reservations[&seq].deadline_ms;
             let deadline_ms = cmd.ttl_ms.map_or(old_deadline, |ttl| old_deadline.max(now + ttl));
             account.deadlines.remove(&(old_deadline, seq));
             account.deadlines.insert((deadline_ms, seq));
             let reservation = account.reservations.get_mut(&seq).expect("checked above");
             reservation.deadline_ms = deadline_ms;
-            reservation.reserved += cmd.amount;
+            reservation.reserved += amount;
             merge_draws(&mut reservation.draws, &draws);
-            account.held += cmd.amount;
-            account.count_usage(seq, cmd.amount);
-            account.emit(sink, now, EventKind::Extended { reservation: seq, amount: cmd.amount, draws, deadline_ms });
+            account.held += amount;
+            account.count_usage(seq, amount);
+            account.emit(sink, now, EventKind::Extended { reservation: seq, amount, draws, deadline_ms });
             let reservation = account.reservation_view(seq);
-            Ok(Decision::Done(Extended { added: cmd.amount, held: reservation.held, deadline_ms, reservation }))
+            Ok(Decision::Done(Extended { added: amount, held: reservation.held, deadline_ms, reservation }))
         })?;
         if let Decision::Done(extended) = &decision {
             self.carry_opening_request(&cmd.reservation, extended.deadline_ms);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::{self, Error};
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::event::Event;
 use credit_sidecar::ledger::{
@@ -107,6 +107,8 @@ enum Op {
         amount: i64,
         ttl: i64,
         full_labels: bool,
+        /// A partial hold: (credits a unit, least units); `amount` is then the units asked for.
+        partial: Option<(i64, i64)>,
     },
     Commit {
         pick: usize,
@@ -118,6 +120,8 @@ enum Op {
         pick: usize,
         amount: i64,
         ttl: Option<i64>,
+        /// As for Reserve.
+        partial: Option<(i64, i64)>,
     },
     Release {
         pick: usize,
@@ -159,6 +163,17 @@ enum Op {
     Sweep,
 }
 
+/// Sometimes a partial hold: (credits a unit, least units), with units costly enough that the
+/// accounts' credit and the users' limits cut them short.
+fn partial() -> impl Strategy<Value = Option<(i64, i64)>> {
+    prop::option::weighted(0.3, (1..=25i64, 1..=5i64))
+}
+
+/// A partial hold of `units` asked for (its least units capped at them).
+fn partial_of(partial: Option<(i64, i64)>, units: i64) -> Option<Partial> {
+    partial.map(|(unit, min_units)| Partial { unit, min_units: min_units.min(units) })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let account = 0..ACCOUNTS.len();
     let user = 0..USERS.len();
@@ -175,12 +190,12 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(account, credits, duration, create)| Op::Trial { account, credits, duration, create }),
         1 => (account.clone(), user.clone(), prop::option::of(0..150i64))
             .prop_map(|(account, user, limit)| Op::Limit { account, user, limit }),
-        6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY], prop::bool::weighted(0.1))
-            .prop_map(|(account, user, amount, ttl, full_labels)| Op::Reserve { account, user, amount, ttl, full_labels }),
+        6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY], prop::bool::weighted(0.1), partial())
+            .prop_map(|(account, user, amount, ttl, full_labels, partial)| Op::Reserve { account, user, amount, ttl, full_labels, partial }),
         6 => (any::<usize>(), 0..40i64, any::<bool>(), prop::option::of(0..KEYS.len()))
             .prop_map(|(pick, amount, final_commit, key)| Op::Commit { pick, amount, final_commit, key }),
-        2 => (any::<usize>(), 0..30i64, prop::option::of(1_000..3 * DAY))
-            .prop_map(|(pick, amount, ttl)| Op::Extend { pick, amount, ttl }),
+        2 => (any::<usize>(), 0..30i64, prop::option::of(1_000..3 * DAY), partial())
+            .prop_map(|(pick, amount, ttl, partial)| Op::Extend { pick, amount, ttl, partial }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()))
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
@@ -364,11 +379,12 @@ impl Pair<'_> {
             Op::Limit { account: a, user: u, limit } => {
                 Sent::Limit(SetUserLimit { account: account(a), user: user(u), limit, request: self.request() })
             }
-            Op::Reserve { account: a, user: u, amount, ttl, full_labels } => Sent::Reserve(Reserve {
+            Op::Reserve { account: a, user: u, amount, ttl, full_labels, partial: p } => Sent::Reserve(Reserve {
                 account: account(a),
                 user: user(u),
                 category: rules.category("enrichment").unwrap(),
-                amount,
+                amount: p.map_or(amount, |(unit, _)| unit * amount),
+                partial: partial_of(p, amount),
                 ttl_ms: rules.ttl(ttl).unwrap(),
                 request: self.request(),
                 labels: if full_labels {
@@ -385,11 +401,12 @@ impl Pair<'_> {
                 business_key: key(k),
                 labels: Labels::default(),
             }),
-            Op::Extend { pick, amount, ttl } => Sent::Extend(Extend {
+            Op::Extend { pick, amount, ttl, partial: p } => Sent::Extend(Extend {
                 reservation: self.reservation(pick),
-                amount,
+                amount: p.filter(|_| amount > 0).map_or(amount, |(unit, _)| unit * amount),
                 ttl_ms: ttl.or(if amount == 0 { Some(MINUTE) } else { None }),
                 request: self.request(),
+                partial: partial_of(p.filter(|_| amount > 0), amount),
             }),
             Op::Release { pick } => {
                 Sent::Release(Release { reservation: self.reservation(pick), request: self.request() })
@@ -452,6 +469,7 @@ impl Pair<'_> {
                     ttl_ms: ttl,
                     request: self.request(),
                     labels: Labels::default(),
+                    partial: None,
                 })
             }
             Op::Sweep => {

@@ -43,6 +43,7 @@ async fn huge_values_are_refused_by_field_with_a_short_message() {
         ttl_ms: 0,
         request_id: "huge".into(),
         labels: HashMap::new(),
+        min_quantity: 0,
     };
     let cases = [
         (reserve(&huge, amount_cost(1)), "category: unknown category \"xxx"),
@@ -201,7 +202,13 @@ async fn reservation_ids_are_canonical(h: Harness) {
             ..Default::default()
         };
         expect_refused(h.auth.clone().commit(commit).await.map(|_| ()), "Commit");
-        let extend = pb::ExtendRequest { reservation_id: bad.into(), cost: None, ttl_ms: MINUTE, request_id: h.rid() };
+        let extend = pb::ExtendRequest {
+            reservation_id: bad.into(),
+            cost: None,
+            ttl_ms: MINUTE,
+            request_id: h.rid(),
+            min_quantity: 0,
+        };
         expect_refused(h.auth.clone().extend(extend).await.map(|_| ()), "Extend");
         let release = pb::ReleaseRequest { reservation_id: bad.into(), request_id: h.rid() };
         expect_refused(h.auth.clone().release(release).await.map(|_| ()), "Release");

@@ -114,6 +114,7 @@ async fn dialer_commits_minutes_and_extends(h: Harness) {
             cost: Some(sku_cost("dialer.minute.de", 1)),
             ttl_ms: 4 * MINUTE,
             request_id: h.rid(),
+            min_quantity: 0,
         };
         let extended = h.auth.clone().extend(extend).await.unwrap().into_inner();
         assert_eq!((extended.outcome(), extended.added), (pb::Outcome::Ok, 2));

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Plan, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Plan, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::event::{Draw, EventKind};
 use credit_sidecar::ledger::{
@@ -103,6 +103,21 @@ fn request_fingerprints_are_pinned() {
                 ttl_ms: 300_000,
                 request: request(),
                 labels: labels(),
+                partial: None,
+            }
+            .fingerprint(),
+        ),
+        (
+            "reserve, partial",
+            Reserve {
+                account: account(),
+                user: user.clone(),
+                category: email.clone(),
+                amount: 50,
+                ttl_ms: 300_000,
+                request: request(),
+                labels: labels(),
+                partial: Some(Partial { unit: 5, min_units: 2 }),
             }
             .fingerprint(),
         ),
@@ -120,11 +135,24 @@ fn request_fingerprints_are_pinned() {
         ),
         (
             "extend",
-            Extend { reservation: reservation(), amount: 2, ttl_ms: Some(60_000), request: request() }.fingerprint(),
+            Extend { reservation: reservation(), amount: 2, ttl_ms: Some(60_000), request: request(), partial: None }
+                .fingerprint(),
+        ),
+        (
+            "extend, partial",
+            Extend {
+                reservation: reservation(),
+                amount: 10,
+                ttl_ms: None,
+                request: request(),
+                partial: Some(Partial { unit: 5, min_units: 1 }),
+            }
+            .fingerprint(),
         ),
         (
             "extend, no ttl",
-            Extend { reservation: reservation(), amount: 0, ttl_ms: None, request: request() }.fingerprint(),
+            Extend { reservation: reservation(), amount: 0, ttl_ms: None, request: request(), partial: None }
+                .fingerprint(),
         ),
         ("release", Release { reservation: reservation(), request: request() }.fingerprint()),
         (

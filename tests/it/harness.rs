@@ -210,6 +210,7 @@ impl Harness {
             ttl_ms,
             request_id: self.rid(),
             labels: HashMap::new(),
+            min_quantity: 0,
         };
         self.auth.clone().reserve(request).await.unwrap().into_inner()
     }
@@ -255,6 +256,7 @@ impl Harness {
             cost: (amount > 0).then(|| amount_cost(amount)),
             ttl_ms,
             request_id: self.rid(),
+            min_quantity: 0,
         };
         self.auth.clone().extend(request).await.unwrap().into_inner()
     }
@@ -333,6 +335,7 @@ pub fn reserve_request(account: &str, amount: i64, request_id: impl Into<String>
         ttl_ms: 10 * MINUTE,
         request_id: request_id.into(),
         labels: HashMap::new(),
+        min_quantity: 0,
     }
 }
 

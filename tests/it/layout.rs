@@ -108,6 +108,7 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
         ttl_ms: 60_000,
         request: RequestId::parse("r-1").unwrap(),
         labels: Labels::default(),
+        partial: None,
     };
     assert_eq!(redis.reserve(&reserve).await.unwrap(), model.reserve(t0(), &reserve).unwrap());
     // The events go on from the ledger's last sequence: nothing is handed out twice.
@@ -196,6 +197,7 @@ async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
                 ttl_ms: 1_000 + n as i64,
                 request: request(n),
                 labels: Labels::default(),
+                partial: None,
             };
             assert_eq!(redis.reserve(&reserve).await.unwrap(), model.reserve(now, &reserve).unwrap());
         }

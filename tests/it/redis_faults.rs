@@ -68,6 +68,7 @@ impl Workload {
                             ttl_ms: 10 * MINUTE,
                             request_id: format!("{id}-reserve"),
                             labels: HashMap::new(),
+                            min_quantity: 0,
                         };
                         let held = until_answered(&retries, || {
                             let (mut auth, request) = (h.auth.clone(), reserve.clone());

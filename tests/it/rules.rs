@@ -216,6 +216,7 @@ async fn retries_get_the_same_answer(h: Harness) {
         ttl_ms: MINUTE,
         request_id: "retry-me".into(),
         labels: HashMap::new(),
+        min_quantity: 0,
     };
     let first = auth.reserve(request.clone()).await.unwrap().into_inner();
     assert_eq!(first.outcome(), pb::Outcome::InsufficientCredit);
@@ -542,6 +543,7 @@ async fn unknown_things_are_not_found(h: Harness) {
         ttl_ms: 0,
         request_id: h.rid(),
         labels: HashMap::new(),
+        min_quantity: 0,
     };
     let error = auth.reserve(reserve).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound);
@@ -581,6 +583,7 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         ttl_ms: 0,
         request_id: "bad-input".into(),
         labels: HashMap::new(),
+        min_quantity: 0,
     };
     type Edit = fn(&mut pb::ReserveRequest);
     let reserves: Vec<(Edit, &str)> = vec![
@@ -629,8 +632,13 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.message().starts_with(expected), "expected {expected:?}, got {:?}", error.message());
     }
-    let extend =
-        pb::ExtendRequest { reservation_id: id.clone(), cost: None, ttl_ms: 0, request_id: "bad-extend".into() };
+    let extend = pb::ExtendRequest {
+        reservation_id: id.clone(),
+        cost: None,
+        ttl_ms: 0,
+        request_id: "bad-extend".into(),
+        min_quantity: 0,
+    };
     let error = auth.extend(extend).await.unwrap_err();
     assert!(error.message().starts_with("cost: give extra credits"), "{}", error.message());
     let mut admin = h.admin.clone();

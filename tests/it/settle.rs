@@ -228,6 +228,7 @@ async fn a_busy_account_restarts_from_its_snapshot_and_the_events_after_it() {
         ttl_ms: 3_600_000,
         request: RequestId::parse(&format!("r{n}")).unwrap(),
         labels: Labels::default(),
+        partial: None,
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     let mut calls = tokio::task::JoinSet::new();
@@ -626,6 +627,7 @@ async fn remembered_answers_past_retention_are_forgotten_in_sql() {
         ttl_ms: 60_000,
         request: request(id),
         labels: Labels::default(),
+        partial: None,
     };
     let closed = ledger.reserve(now, &reserve("r-closed")).unwrap().done().unwrap().reservation;
     let open = ledger.reserve(now, &reserve("r-open")).unwrap().done().unwrap().reservation;

@@ -228,6 +228,7 @@ impl Script {
             ttl_ms,
             request: self.request(),
             labels: Labels::parse(labels(tags)).unwrap(),
+            partial: None,
         };
         done(self.ledger.reserve(self.now, &command), "reserve").reservation
     }
@@ -255,7 +256,7 @@ impl Script {
     }
 
     fn extend(&mut self, id: &ReservationId, amount: i64, ttl_ms: Option<Millis>) {
-        let command = Extend { reservation: id.clone(), amount, ttl_ms, request: self.request() };
+        let command = Extend { reservation: id.clone(), amount, ttl_ms, request: self.request(), partial: None };
         done(self.ledger.extend(self.now, &command), "extend");
     }
 

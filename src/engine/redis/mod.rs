@@ -37,7 +37,7 @@ use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
-    Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::cycle::Cycle;
 use crate::ledger::event::Event;
@@ -633,6 +633,8 @@ impl RedisEngine {
             Arg::Int(cmd.amount),
             Arg::Int(cmd.ttl_ms),
             Arg::Owned(labels),
+            partial_arg(cmd.partial, |partial| partial.unit),
+            partial_arg(cmd.partial, |partial| partial.min_units),
         ];
         self.change("reserve", &account_context(&cmd.account, &cmd.request), &args, reply::reserved).await
     }
@@ -660,6 +662,8 @@ impl RedisEngine {
             Arg::Int(seq_arg(cmd.reservation.seq)),
             Arg::Int(cmd.amount),
             Arg::Owned(ttl),
+            partial_arg(cmd.partial, |partial| partial.unit),
+            partial_arg(cmd.partial, |partial| partial.min_units),
         ];
         self.change("extend", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::extended).await
     }
@@ -942,6 +946,11 @@ fn create_flag(create_account: bool) -> &'static str {
 /// ample to tell a retry from a reuse of the same id, at half the memory per remembered id.
 fn stored_fingerprint(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(16)]
+}
+
+/// A partial hold's unit or least units; "" for an all-or-nothing hold.
+fn partial_arg(partial: Option<Partial>, field: fn(Partial) -> i64) -> Arg<'static> {
+    partial.map_or(Arg::Text(""), |partial| Arg::Int(field(partial)))
 }
 
 fn labels_json(labels: &crate::ledger::Labels) -> String {

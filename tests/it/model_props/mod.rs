@@ -64,7 +64,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::cycle::{Cycle, cycle_containing};
 use credit_sidecar::ledger::durable::{self, DurableState, RememberedAnswer};

@@ -56,6 +56,8 @@ pub(super) enum Op {
         amount: i64,
         ttl_ms: Millis,
         labelled: bool,
+        /// A partial hold: (credits a unit, least units).
+        partial: Option<(i64, i64)>,
     },
     Commit {
         pick: usize,
@@ -235,9 +237,8 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (account.clone(), 1..=12usize).prop_map(|(account, count)| Op::GrantBurst { account, count }),
         3 => (account.clone(), user.clone(), limit)
             .prop_map(|(account, user, limit)| Op::SetUserLimit { account, user, limit }),
-        10 => (account.clone(), user.clone(), amount(), ttl(), any::<bool>()).prop_map(
-            |(account, user, amount, ttl_ms, labelled)| Op::Reserve { account, user, amount, ttl_ms, labelled }
-        ),
+        10 => (account.clone(), user.clone(), amount(), ttl(), any::<bool>(), prop::option::weighted(0.3, (1..=20i64, 1..=4i64)))
+            .prop_map(|(account, user, amount, ttl_ms, labelled, partial)| Op::Reserve { account, user, amount, ttl_ms, labelled, partial }),
         10 => (any::<usize>(), commit_amount(), any::<bool>(), key.clone()).prop_map(
             |(pick, amount, final_commit, key)| Op::Commit { pick, amount, final_commit, key }
         ),

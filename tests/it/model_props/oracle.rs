@@ -168,15 +168,23 @@ impl Harness {
             Op::SetUserLimit { account, user, limit } => {
                 Cmd::SetUserLimit(SetUserLimit { account: account_id(account), user: user_id(user), limit, request })
             }
-            Op::Reserve { account, user, amount, ttl_ms, labelled } => Cmd::Reserve(Reserve {
-                account: account_id(account),
-                user: user_id(user),
-                category: self.rules.category("email").unwrap(),
-                amount,
-                ttl_ms: self.rules.ttl(ttl_ms).unwrap(),
-                request,
-                labels: labels(labelled),
-            }),
+            Op::Reserve { account, user, amount, ttl_ms, labelled, partial } => {
+                // A partial hold asks for whole units: the amount rounded down to one (at least).
+                let partial = partial.map(|(unit, min_units)| {
+                    let units = (amount / unit).max(1);
+                    (Partial { unit, min_units: min_units.min(units) }, units * unit)
+                });
+                Cmd::Reserve(Reserve {
+                    account: account_id(account),
+                    user: user_id(user),
+                    category: self.rules.category("email").unwrap(),
+                    amount: partial.map_or(amount, |(_, amount)| amount),
+                    ttl_ms: self.rules.ttl(ttl_ms).unwrap(),
+                    request,
+                    labels: labels(labelled),
+                    partial: partial.map(|(partial, _)| partial),
+                })
+            }
             Op::Commit { pick, amount, final_commit, key } => {
                 let reservation = self.pick_reservation(pick);
                 let held = self.hold(&reservation).map_or(0, HoldState::held);
@@ -201,7 +209,7 @@ impl Harness {
             Op::Extend { pick, amount, ttl_ms } => {
                 let amount = if amount == 0 && ttl_ms.is_none() { 1 } else { amount };
                 let ttl_ms = ttl_ms.map(|ttl| self.rules.ttl(ttl).unwrap());
-                Cmd::Extend(Extend { reservation: self.pick_reservation(pick), amount, ttl_ms, request })
+                Cmd::Extend(Extend { reservation: self.pick_reservation(pick), amount, ttl_ms, request, partial: None })
             }
             Op::Release { pick } => Cmd::Release(Release { reservation: self.pick_reservation(pick), request }),
             Op::Charge { account, user, amount, key } => Cmd::Charge(Charge {
@@ -398,13 +406,21 @@ impl Harness {
         let balance = self.balance(&c.account, Some(&c.user))?;
         match decision {
             Decision::Done(reserved) => {
-                ensure!(reserved.amount == c.amount && reserved.deadline_ms == self.now + c.ttl_ms, "reserve answer");
+                match c.partial {
+                    None => ensure!(reserved.amount == c.amount, "reserve answer's amount"),
+                    Some(partial) => partial_held(reserved.amount, c.amount, partial, &balance)?,
+                }
+                ensure!(reserved.deadline_ms == self.now + c.ttl_ms, "reserve answer's deadline");
                 ensure!(reserved.available == balance.totals.available, "reserve answer's available");
                 let hold = self.hold(&reserved.reservation).ok_or("reservation without a Reserved event")?;
-                ensure!(hold.reserved == c.amount && hold.user == c.user.as_str(), "Reserved event differs");
+                ensure!(hold.reserved == reserved.amount && hold.user == c.user.as_str(), "Reserved event differs");
                 within_limit(&balance)
             }
-            Decision::Declined(decline) => admit_decline(decline, c.amount, &balance),
+            // A partial hold is declined only when not even its least units fit.
+            Decision::Declined(decline) => {
+                let least = c.partial.map_or(c.amount, |partial| partial.unit * partial.min_units);
+                admit_decline(decline, least, &balance)
+            }
         }
     }
 
@@ -760,6 +776,7 @@ impl Harness {
                         ttl_ms: self.rules.ttl(0).unwrap(),
                         request,
                         labels: Labels::default(),
+                        partial: None,
                     }),
                     (_, mut cmd) => {
                         let reservation = self.pick_reservation(pick / 3);
@@ -1073,6 +1090,17 @@ pub(super) fn done<T>(decision: &Decision<T>) -> Result<&T, String> {
         Decision::Done(value) => Ok(value),
         Decision::Declined(decline) => Err(format!("unexpected decline {decline:?}")),
     }
+}
+
+/// A partial hold took whole units, at least its minimum and at most what was asked, and no
+/// further unit would have fitted (the account's credit or the user's limit is short of one).
+fn partial_held(held: i64, asked: i64, partial: Partial, balance: &Balance) -> Result<(), String> {
+    ensure!(held % partial.unit == 0, "partial hold {held} is not whole units of {}", partial.unit);
+    ensure!((partial.unit * partial.min_units..=asked).contains(&held), "partial hold {held} outside its bounds");
+    let remaining = balance.user.as_ref().and_then(|user| user.remaining);
+    let room = remaining.map_or(balance.totals.available, |left| left.min(balance.totals.available));
+    ensure!(held == asked || room < partial.unit, "partial hold {held} left room for another unit ({room} left)");
+    Ok(())
 }
 
 /// A hold refused by the admission checks: account credit first, then the user's limit.

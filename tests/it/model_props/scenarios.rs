@@ -25,6 +25,7 @@ pub(super) fn reserve(account: &str, user: &str, amount: i64, ttl_ms: Millis, re
         ttl_ms,
         request: RequestId::parse(request).unwrap(),
         labels: Labels::default(),
+        partial: None,
     }
 }
 
@@ -203,7 +204,8 @@ pub(super) fn request_ids_on_a_hold_are_remembered_while_the_extended_hold_lives
     };
     let committed = ledger.commit(t0, &commit).unwrap();
     let request = RequestId::parse("e1").unwrap();
-    let extend = Extend { reservation: reservation.clone(), amount: 0, ttl_ms: Some(7 * DAY_MS), request };
+    let extend =
+        Extend { reservation: reservation.clone(), amount: 0, ttl_ms: Some(7 * DAY_MS), request, partial: None };
     ledger.extend(t0 + 1_000, &extend).unwrap().done().unwrap();
 
     let later = t0 + 2 * DAY_MS;
@@ -242,6 +244,7 @@ pub(super) fn a_commit_id_lives_as_long_as_its_reservation_and_is_a_new_request_
         amount: 0,
         ttl_ms: Some(7 * DAY_MS),
         request: RequestId::parse("e1").unwrap(),
+        partial: None,
     };
     ledger.extend(t0 + 1_000, &extend).unwrap().done().unwrap();
 
@@ -298,8 +301,13 @@ pub(super) fn the_opening_reserve_id_is_kept_for_the_retention_past_the_extended
     let first = ledger.reserve(t0, &reserve("acme", "ann", 50, 300_000, "r1")).unwrap();
     let plain = ledger.reserve(t0, &reserve("acme", "bob", 50, 300_000, "r2")).unwrap();
     let hold = first.clone().done().unwrap().reservation;
-    let extend =
-        Extend { reservation: hold, amount: 0, ttl_ms: Some(7 * DAY_MS), request: RequestId::parse("e1").unwrap() };
+    let extend = Extend {
+        reservation: hold,
+        amount: 0,
+        ttl_ms: Some(7 * DAY_MS),
+        request: RequestId::parse("e1").unwrap(),
+        partial: None,
+    };
     let deadline = ledger.extend(t0 + 1_000, &extend).unwrap().done().unwrap().deadline_ms;
     assert_eq!(deadline, t0 + 1_000 + 7 * DAY_MS);
 

@@ -1,6 +1,7 @@
 -- extend.lua: hold more credits and/or move the deadline later (Ledger::extend).
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline)
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline),
+--       9 unit and 10 least units of a partial extension ("" "": all or nothing; see reserve.lua)
 -- Reply: {"ok", added, held, deadline, <reservation view>}, a decline ("insufficient_credit" |
 --        "user_limit_reached" | "reservation_expired" | "reservation_closed", with the
 --        reservation's view), {"err",
@@ -8,13 +9,15 @@
 -- Example: a dialer's hold of 6 grows by 2 under Reserve's checks and its deadline moves to
 -- max(deadline, now + ttl); an "extended" event is appended.
 register('extend', function(keys, args)
-  bind(keys, args, ACCOUNT_KEYS + 1, 8, 'extend')
+  bind(keys, args, ACCOUNT_KEYS + 1, 10, 'extend')
   local seq, amount, ttl = int(args[6]), int(args[7]), opt_int(args[8])
+  local unit, min_units = opt_int(args[9]), opt_int(args[10])
   return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
     local declined = closed_decline(a, r, amount)
     if declined then return declined end
     local u = nil
     if amount > 0 then
+      amount = hold_amount(a, r.user, amount, unit, min_units)
       declined, u = admit(a, r.user, amount)
       if declined then return with_view(declined, r) end
     end

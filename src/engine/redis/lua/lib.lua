@@ -574,6 +574,28 @@ local function admit(a, user, amount)
   return nil, u
 end
 
+-- floor(n / d) exactly, for 0 <= n < 2^53 and d >= 1 (the double quotient can round up to the
+-- next integer when it lies just below it).
+local function idiv(n, d)
+  local q = math.floor(n / d)
+  if q * d > n then return q - 1 end
+  if (q + 1) * d <= n then return q + 1 end
+  return q
+end
+
+-- What a hold of `amount` for `user` asks for (Account::hold_amount): the whole amount, or for
+-- a partial hold (`unit` credits a unit, at least `min_units`) as many whole units as the
+-- available credit and the user's remaining limit leave room for, capped at `amount`; the
+-- minimum when not even that fits (admit then declines it, naming the scope short of room).
+local function hold_amount(a, user, amount, unit, min_units)
+  if not unit then return amount end
+  local room = a.avail
+  local remaining = remaining_of(get_user(a, user))
+  if remaining ~= nil and remaining < room then room = remaining end
+  local units = math.min(idiv(math.max(room, 0), unit), idiv(amount, unit))
+  return math.max(units, min_units) * unit
+end
+
 local function reservation_decline(a, r, reason, requested)
   local declined = decline(reason, requested, a.avail, remaining_of(get_user(a, r.user)), held_of(r), r.state, r.user)
   return with_view(declined, r)
