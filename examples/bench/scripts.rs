@@ -177,13 +177,8 @@ impl ScriptBench {
         );
         costs.push(
             self.measure("Extend", n, async |i| {
-                let extend = Extend {
-                    reservation: holds[i].clone(),
-                    amount: 1,
-                    ttl_ms: Some(TTL_MS),
-                    request: self.request(),
-                    partial: None,
-                };
+                let (reservation, ttl_ms) = (holds[i].clone(), Some(TTL_MS));
+                let extend = Extend { reservation, amount: 1, ttl_ms, request: self.request(), partial: None };
                 engine.extend(&extend).await.expect("Extend").done().expect("Extend is not declined");
             })
             .await,
