@@ -571,6 +571,70 @@ async fn unknown_things_are_not_found(h: Harness) {
 }
 
 /// Bad input: INVALID_ARGUMENT, the message starts with the field, and nothing changes.
+/// A partial hold takes the whole units that fit (the account's credit and the user's limit),
+/// at least `min_quantity`; declined only when not even that fits. Extend likewise.
+async fn partial_holds_take_the_whole_units_that_fit(h: Harness) {
+    h.account("acme", 1_000).await;
+    let minutes = |quantity| sku_cost("dialer.minute.de", quantity); // 2 credits a minute
+    let partial = |user: &str, cost: pb::Cost, min_quantity: i64, request_id: &str| pb::ReserveRequest {
+        account_id: "acme".into(),
+        user_id: user.into(),
+        category: "dialer".into(),
+        cost: Some(cost),
+        ttl_ms: HOUR,
+        request_id: request_id.into(),
+        labels: HashMap::new(),
+        min_quantity,
+    };
+    let mut auth = h.auth.clone();
+    // 700 minutes asked, 500 fit in the account's 1000 credits.
+    let held = auth.reserve(partial("bob", minutes(700), 100, "p-1")).await.unwrap().into_inner();
+    assert_eq!(held.outcome(), pb::Outcome::Ok, "{held:?}");
+    assert_eq!((held.quantity, held.amount, held.available), (500, 1_000, 0));
+    // Nothing left: even one minute is declined, and `requested` is that minimum.
+    let declined = auth.reserve(partial("bob", minutes(700), 1, "p-2")).await.unwrap().into_inner();
+    assert_eq!(declined.outcome(), pb::Outcome::InsufficientCredit);
+    assert_eq!((declined.decline.unwrap().requested, declined.quantity), (2, 0));
+    // A retry gets the first answer, though the room has changed since.
+    h.release(&held.reservation_id).await;
+    let retried = auth.reserve(partial("bob", minutes(700), 100, "p-1")).await.unwrap().into_inner();
+    assert_eq!(retried, held, "a retry of a partial hold answers what was held");
+    // The same request id with another minimum is another request.
+    let reused = auth.reserve(partial("bob", minutes(700), 50, "p-1")).await.unwrap_err();
+    assert_eq!(error_reason(&reused), "REQUEST_ID_REUSED");
+
+    // The user's limit cuts the hold too: 301 credits left to ann is 150 minutes.
+    h.set_user_limit("acme", "ann", Some(301)).await;
+    let ann = auth.reserve(partial("ann", minutes(700), 100, "p-3")).await.unwrap().into_inner();
+    assert_eq!((ann.outcome(), ann.quantity, ann.amount, ann.available), (pb::Outcome::Ok, 150, 300, 700));
+    let over = auth.reserve(partial("ann", minutes(700), 1, "p-4")).await.unwrap().into_inner();
+    assert_eq!(over.outcome(), pb::Outcome::UserLimitReached);
+    let decline = over.decline.unwrap();
+    assert_eq!((decline.scope(), decline.requested, decline.user_remaining), (pb::Scope::User, 2, Some(1)));
+    // With a raw amount the units are credits: bob takes the account's 700 left of 5000 asked.
+    let bob = auth.reserve(partial("bob", amount_cost(5_000), 10, "p-5")).await.unwrap().into_inner();
+    assert_eq!((bob.outcome(), bob.quantity, bob.amount, bob.available), (pb::Outcome::Ok, 700, 700, 0));
+    h.release(&bob.reservation_id).await;
+
+    // Extend: 10 more minutes asked, ann's limit leaves room for 5 (11 credits).
+    h.set_user_limit("acme", "ann", Some(311)).await;
+    let extend = |min_quantity| pb::ExtendRequest {
+        reservation_id: ann.reservation_id.clone(),
+        cost: Some(minutes(10)),
+        ttl_ms: 0,
+        request_id: format!("e-{min_quantity}"),
+        min_quantity,
+    };
+    let declined = auth.extend(extend(6)).await.unwrap().into_inner();
+    assert_eq!(declined.outcome(), pb::Outcome::UserLimitReached);
+    assert_eq!((declined.held, declined.decline.unwrap().requested), (300, 12), "declined whole: the hold unchanged");
+    let extended = auth.extend(extend(1)).await.unwrap().into_inner();
+    assert_eq!(extended.outcome(), pb::Outcome::Ok, "{extended:?}");
+    assert_eq!((extended.added, extended.added_quantity, extended.held), (10, 5, 310));
+    let totals = h.totals("acme").await;
+    assert_eq!((totals.available, totals.held), (690, 310));
+}
+
 async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 10).await;
@@ -603,6 +667,12 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         (|r| r.ttl_ms = -1, "ttl_ms: must be 0 (default) or in"),
         (|r| r.ttl_ms = 8 * DAY, "ttl_ms: must be 0 (default) or in"),
         (|r| r.labels = (0..17).map(|i| (format!("k{i}"), String::new())).collect(), "labels: at most 16"),
+        (|r| r.min_quantity = 2, "min_quantity: must be 0 (all or nothing) or in 1..=1 "),
+        (|r| r.min_quantity = -1, "min_quantity: must be 0 (all or nothing) or in 1..=1 "),
+        (
+            |r| (r.cost, r.min_quantity) = (Some(sku_cost("dialer.minute.de", 3)), 4),
+            "min_quantity: must be 0 (all or nothing) or in 1..=3 ",
+        ),
     ];
     let mut auth = h.auth.clone();
     for (edit, expected) in reserves {
@@ -639,8 +709,11 @@ async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
         request_id: "bad-extend".into(),
         min_quantity: 0,
     };
-    let error = auth.extend(extend).await.unwrap_err();
+    let error = auth.extend(extend.clone()).await.unwrap_err();
     assert!(error.message().starts_with("cost: give extra credits"), "{}", error.message());
+    let partial = pb::ExtendRequest { ttl_ms: MINUTE, min_quantity: 1, ..extend };
+    let error = auth.extend(partial).await.unwrap_err();
+    assert!(error.message().starts_with("min_quantity: a partial extension needs a cost"), "{}", error.message());
     let mut admin = h.admin.clone();
     let plan = pb::SetPlanRequest {
         account_id: "acme".into(),
@@ -757,4 +830,5 @@ crate::engine_tests!(
     get_account_and_list_reservations,
     unknown_things_are_not_found,
     bad_input_names_the_field_and_changes_nothing,
+    partial_holds_take_the_whole_units_that_fit,
 );
