@@ -41,6 +41,18 @@ impl CreditAuthorizer for AuthorizerService {
         .await
     }
 
+    async fn commit_batch(
+        &self,
+        request: Request<pb::CommitBatchRequest>,
+    ) -> Result<Response<pb::CommitBatchResponse>, Status> {
+        frame("CommitBatch", request, |request| async move {
+            let cmd = convert::commit_batch(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            let ids = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
+            Ok(Response::new(respond::committed_batch(ids, self.engine.commit_batch(&cmd).await?)))
+        })
+        .await
+    }
+
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         frame("Extend", request, |request| async move {
             let (cmd, unit) = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;

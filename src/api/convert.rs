@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::pb;
-use crate::ledger::command::{self, Partial, Plan};
+use crate::ledger::command::{self, COMMIT_BATCH_MAX, Partial, Plan};
 use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{
     AccountId, BusinessKey, CostInput, Error, Labels, LotKind, Period, RequestId, ReservationId, ReservationState,
@@ -67,6 +67,40 @@ pub fn reserve(request: pb::ReserveRequest, rules: &Rules) -> Result<(command::R
         partial: partial(request.min_quantity, amount, unit)?,
     };
     Ok((reserve, unit))
+}
+
+pub fn commit_batch(request: pb::CommitBatchRequest, rules: &Rules) -> Result<command::CommitBatch> {
+    let reservation = ReservationId::parse(&request.reservation_id)?;
+    if !(1..=COMMIT_BATCH_MAX).contains(&request.items.len()) {
+        return Err(Error::invalid(
+            "items",
+            format!("must hold 1..={COMMIT_BATCH_MAX} items, got {}", request.items.len()),
+        ));
+    }
+    let mut seen = HashMap::with_capacity(request.items.len());
+    let mut items = Vec::with_capacity(request.items.len());
+    for (index, item) in request.items.into_iter().enumerate() {
+        let in_item = |error: Error| match error {
+            Error::InvalidArgument { field, reason } => {
+                Error::InvalidArgument { field: format!("items[{index}].{field}"), reason }
+            }
+            other => other,
+        };
+        let id = RequestId::parse(&item.item_id).map_err(|error| match error {
+            Error::InvalidArgument { reason, .. } => Error::invalid(&format!("items[{index}].item_id"), reason),
+            other => other,
+        })?;
+        if let Some(first) = seen.insert(item.item_id, index) {
+            return Err(Error::invalid(&format!("items[{index}].item_id"), format!("repeats items[{first}]'s")));
+        }
+        items.push(command::CommitItem {
+            id,
+            amount: rules.price(&cost(item.cost), Zero::Allowed).map_err(in_item)?.amount,
+            business_key: BusinessKey::parse_optional(&item.business_key).map_err(in_item)?,
+            labels: labels(item.labels).map_err(in_item)?,
+        });
+    }
+    Ok(command::CommitBatch { reservation, items })
 }
 
 pub fn commit(request: pb::CommitRequest, rules: &Rules) -> Result<command::Commit> {

@@ -69,6 +69,16 @@ scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequ
     pb::StartTrialRequest, pb::SetUserLimitRequest);
 scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
 
+/// A batch has no request id of its own (each item's id is one); the logs name the first item's.
+impl Scoped for pb::CommitBatchRequest {
+    fn account(&self) -> &str {
+        account_of(&self.reservation_id)
+    }
+    fn request_id(&self) -> &str {
+        self.items.first().map_or("", |item| item.item_id.as_str())
+    }
+}
+
 impl Scoped for pb::GetReservationRequest {
     fn account(&self) -> &str {
         account_of(&self.reservation_id)
@@ -86,13 +96,14 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
     pb::SetUserLimitResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
-    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse);
+    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse, pb::CommitBatchResponse);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
-const RPCS: [(&str, &str); 16] = [
+const RPCS: [(&str, &str); 17] = [
     ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
     ("Commit", "credits.v1.CreditAuthorizer/Commit"),
+    ("CommitBatch", "credits.v1.CreditAuthorizer/CommitBatch"),
     ("Extend", "credits.v1.CreditAuthorizer/Extend"),
     ("Release", "credits.v1.CreditAuthorizer/Release"),
     ("Charge", "credits.v1.CreditAuthorizer/Charge"),

@@ -51,6 +51,30 @@ pub fn committed(decision: Decision<Committed>) -> pb::CommitResponse {
 }
 
 /// `unit`: as for [`reserved`], for `added_quantity`.
+/// Each item's answer, as Commit's without the reservation view (the response carries the last).
+pub fn committed_batch(ids: Vec<String>, decisions: Vec<Decision<Committed>>) -> pb::CommitBatchResponse {
+    let mut response = pb::CommitBatchResponse::default();
+    for (item_id, decision) in ids.into_iter().zip(decisions) {
+        let (outcome, decline) = outcome(&decision);
+        let mut item = pb::CommitItemResult { item_id, outcome, decline, ..Default::default() };
+        let view = match decision {
+            Decision::Done(committed) => {
+                (item.charged, item.already_charged, item.held) =
+                    (committed.charged, committed.already_charged, committed.held);
+                Some(committed.reservation)
+            }
+            Decision::Declined(decline) => {
+                item.held = decline.held;
+                decline.reservation.map(|view| *view)
+            }
+        };
+        response.charged += item.charged;
+        response.items.push(item);
+        response.reservation = view.map(reservation).or(response.reservation.take());
+    }
+    response
+}
+
 pub fn extended(decision: Decision<Extended>, unit: i64) -> pb::ExtendResponse {
     let (outcome, decline) = outcome(&decision);
     let mut response = pb::ExtendResponse { outcome, decline, ..Default::default() };

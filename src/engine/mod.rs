@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ledger::command::{
-    Charge, Commit, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::{
     AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Ledger, PlanSet, Quoted,
@@ -144,6 +144,15 @@ impl Engine {
         match &self.backend {
             Backend::Embedded(engine) => engine.run(|ledger, now| ledger.commit(now, cmd)).await,
             Backend::Redis(engine) => engine.commit(cmd).await,
+        }
+    }
+
+    /// Each item's answer, in order; refused whole (nothing changed) by an unknown reservation or
+    /// an item id used with other parameters.
+    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.commit_batch(now, cmd)).await,
+            Backend::Redis(engine) => engine.commit_batch(cmd).await,
         }
     }
 

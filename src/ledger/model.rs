@@ -12,7 +12,7 @@ use super::answer::{
     Released, ReservationView, Reserved, UserView,
 };
 use super::command::{
-    Charge, Commit, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use super::cycle::cycle_containing;
 use super::durable::{DurableState, RememberedAnswer};
@@ -301,6 +301,24 @@ impl Ledger {
                 reservation,
             }))
         })
+    }
+
+    /// The batch's items as Commits, in order, in one step: each answered as that Commit would
+    /// be. Refused whole, changing nothing, when the reservation is unknown or an item's id was
+    /// used with other parameters.
+    pub fn commit_batch(&mut self, now: Millis, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>, Error> {
+        let commits: Vec<Commit> = cmd.commits().collect();
+        let id = &cmd.reservation;
+        let account = self.accounts.get(&id.account).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
+        let reservation = account.reservations.get(&id.seq).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
+        for commit in &commits {
+            if let Some(remembered) = reservation.requests.get(&commit.request)
+                && remembered.fingerprint != commit.fingerprint()
+            {
+                return Err(Error::RequestIdReused(commit.request.clone()));
+            }
+        }
+        commits.iter().map(|commit| self.commit(now, commit)).collect()
     }
 
     pub fn extend(&mut self, now: Millis, cmd: &Extend) -> Result<Decision<Extended>, Error> {

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::{self, Error};
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, CommitItem, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan,
+    SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::event::Event;
 use credit_sidecar::ledger::{
@@ -126,6 +127,11 @@ enum Op {
     Release {
         pick: usize,
     },
+    /// Items of (amount, business key) on one reservation.
+    CommitBatch {
+        pick: usize,
+        items: Vec<(i64, Option<usize>)>,
+    },
     Charge {
         account: usize,
         user: usize,
@@ -197,6 +203,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 0..30i64, prop::option::of(1_000..3 * DAY), partial())
             .prop_map(|(pick, amount, ttl, partial)| Op::Extend { pick, amount, ttl, partial }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+        3 => (any::<usize>(), prop::collection::vec((0..25i64, prop::option::of(0..KEYS.len())), 1..8))
+            .prop_map(|(pick, items)| Op::CommitBatch { pick, items }),
         2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()))
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
         1 => (account.clone(), prop::option::of(user.clone()), 1..200i64)
@@ -232,6 +240,7 @@ enum Sent {
     Limit(SetUserLimit),
     Reserve(Reserve),
     Commit(Commit),
+    CommitBatch(CommitBatch),
     Extend(Extend),
     Release(Release),
     Charge(Charge),
@@ -248,6 +257,8 @@ impl Sent {
             Sent::Limit(c) => c.limit = Some(c.limit.map_or(0, |limit| limit + 1)),
             Sent::Reserve(c) => c.amount += 1,
             Sent::Commit(c) => c.amount += 1,
+            // The last item: the refusal must come before the items ahead of it apply.
+            Sent::CommitBatch(c) => c.items.last_mut().expect("a batch has items").amount += 1,
             Sent::Extend(c) => c.amount += 1,
             Sent::Release(c) => c.reservation.seq += 1,
             Sent::Charge(c) => c.amount += 1,
@@ -315,6 +326,7 @@ impl Pair<'_> {
                 check(step, answer, redis.reserve(c).await)?
             }
             Sent::Commit(c) => check(step, model.commit(now, c), redis.commit(c).await)?,
+            Sent::CommitBatch(c) => check(step, model.commit_batch(now, c), redis.commit_batch(c).await)?,
             Sent::Extend(c) => check(step, model.extend(now, c), redis.extend(c).await)?,
             Sent::Release(c) => check(step, model.release(now, c), redis.release(c).await)?,
             Sent::Charge(c) => check(step, model.charge(now, c), redis.charge(c).await)?,
@@ -407,6 +419,18 @@ impl Pair<'_> {
                 ttl_ms: ttl.or(if amount == 0 { Some(MINUTE) } else { None }),
                 request: self.request(),
                 partial: partial_of(p.filter(|_| amount > 0), amount),
+            }),
+            Op::CommitBatch { pick, items } => Sent::CommitBatch(CommitBatch {
+                reservation: self.reservation(pick),
+                items: items
+                    .into_iter()
+                    .map(|(amount, k)| CommitItem {
+                        id: self.request(),
+                        amount,
+                        business_key: key(k),
+                        labels: Labels::parse([("row".to_owned(), amount.to_string())]).unwrap(),
+                    })
+                    .collect(),
             }),
             Op::Release { pick } => {
                 Sent::Release(Release { reservation: self.reservation(pick), request: self.request() })

@@ -635,6 +635,97 @@ async fn partial_holds_take_the_whole_units_that_fit(h: Harness) {
     assert_eq!((totals.available, totals.held), (690, 310));
 }
 
+/// CommitBatch: the items are the Commits they stand for, applied in order in one step and
+/// answered one by one; each item id is remembered like a Commit's request id.
+async fn commit_batch_applies_each_item_as_a_commit(h: Harness) {
+    h.account("acme", 1_000).await;
+    let id = h.hold("acme", "ann", 100).await;
+    let item = |item_id: &str, amount: i64, business_key: &str| pb::CommitItem {
+        item_id: item_id.into(),
+        cost: Some(amount_cost(amount)),
+        business_key: business_key.into(),
+        labels: HashMap::from([("row".to_owned(), item_id.to_owned())]),
+    };
+    let batch = |items: Vec<pb::CommitItem>| pb::CommitBatchRequest { reservation_id: id.clone(), items };
+    let rows = vec![
+        item("row-1", 10, ""),
+        item("row-2", 20, "contact:1"),
+        item("row-3", 80, ""),
+        item("row-4", 30, ""),
+        item("row-5", 5, "contact:1"),
+    ];
+    let mut auth = h.auth.clone();
+    let answer = auth.commit_batch(batch(rows.clone())).await.unwrap().into_inner();
+    let outcomes: Vec<_> = answer.items.iter().map(|item| (item.outcome(), item.charged, item.held)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (pb::Outcome::Ok, 10, 90),
+            (pb::Outcome::Ok, 20, 70),
+            (pb::Outcome::ExceedsHold, 0, 70),
+            (pb::Outcome::Ok, 30, 40),
+            (pb::Outcome::Ok, 0, 40),
+        ],
+        "{answer:?}"
+    );
+    assert!(answer.items[4].already_charged, "the business key was charged by row-2");
+    assert_eq!(answer.items[2].decline.as_ref().unwrap().requested, 80);
+    let ids: Vec<&str> = answer.items.iter().map(|item| item.item_id.as_str()).collect();
+    assert_eq!(ids, ["row-1", "row-2", "row-3", "row-4", "row-5"]);
+    let view = answer.reservation.as_ref().unwrap();
+    assert_eq!((answer.charged, view.committed, view.held, view.commit_count), (60, 60, 40, 4));
+    let totals = h.totals("acme").await;
+    assert_eq!((totals.available, totals.held, totals.spent), (900, 40, 60));
+
+    // A retried batch gets every item's first answer and changes nothing.
+    assert_eq!(auth.commit_batch(batch(rows.clone())).await.unwrap().into_inner(), answer);
+    // An item id is a Commit's request id on this reservation.
+    let commit = pb::CommitRequest {
+        reservation_id: id.clone(),
+        cost: Some(amount_cost(20)),
+        r#final: false,
+        request_id: "row-2".into(),
+        business_key: "contact:1".into(),
+        labels: HashMap::from([("row".to_owned(), "row-2".to_owned())]),
+    };
+    let single = auth.commit(commit).await.unwrap().into_inner();
+    assert_eq!((single.outcome(), single.charged, single.held), (pb::Outcome::Ok, 20, 70));
+    assert_eq!(h.totals("acme").await, totals, "answered from memory");
+
+    // An item id used before with other figures refuses the whole batch, the items ahead of it too.
+    let reused = auth.commit_batch(batch(vec![item("row-6", 1, ""), item("row-4", 31, "")])).await.unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists);
+    assert_eq!(error_reason(&reused), "REQUEST_ID_REUSED");
+    assert!(reused.message().contains("row-4"), "{}", reused.message());
+    assert_eq!(h.totals("acme").await, totals, "nothing of a refused batch applies");
+    let fixed = auth.commit_batch(batch(vec![item("row-6", 1, ""), item("row-4", 30, "")])).await.unwrap();
+    assert_eq!(fixed.into_inner().charged, 31, "row-6 fresh, row-4 as first answered");
+
+    // Bad input is refused by field, whole.
+    let bad = [
+        (batch(vec![]), "items: must hold 1..=100 items, got 0"),
+        (batch((0..101).map(|i| item(&format!("r{i}"), 1, "")).collect()), "items: must hold 1..=100 items, got 101"),
+        (batch(vec![item("a", 1, ""), item("a", 1, "")]), "items[1].item_id: repeats items[0]'s"),
+        (batch(vec![item("a", 1, ""), item("", 1, "")]), "items[1].item_id: must not be empty"),
+        (batch(vec![item("a", -1, "")]), "items[0].cost.amount: must be in 0..="),
+        (batch(vec![item("a", 1, &"k".repeat(257))]), "items[0].business_key: must be at most 256"),
+    ];
+    for (request, expected) in bad {
+        let error = auth.commit_batch(request).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{expected}");
+        assert!(error.message().starts_with(expected), "expected {expected:?}, got {:?}", error.message());
+    }
+    let unknown = pb::CommitBatchRequest { reservation_id: "acme/999".into(), items: vec![item("z", 1, "")] };
+    assert_eq!(auth.commit_batch(unknown).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    // On a closed reservation every new item is declined as a Commit would be.
+    h.release(&id).await;
+    let closed = auth.commit_batch(batch(vec![item("row-7", 1, ""), item("row-1", 10, "")])).await.unwrap();
+    let closed = closed.into_inner();
+    assert_eq!(closed.items[0].outcome(), pb::Outcome::ReservationClosed);
+    assert_eq!((closed.items[1].outcome(), closed.items[1].charged), (pb::Outcome::Ok, 10), "row-1 from memory");
+}
+
 async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 10).await;
@@ -831,4 +922,5 @@ crate::engine_tests!(
     unknown_things_are_not_found,
     bad_input_names_the_field_and_changes_nothing,
     partial_holds_take_the_whole_units_that_fit,
+    commit_batch_applies_each_item_as_a_commit,
 );

@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use sha2::{Digest, Sha256};
 
 use super::keys::{LAYOUT_VERSION, RESERVATIONS_PER_HASH};
+use crate::ledger::command::COMMIT_BATCH_MAX;
 use crate::ledger::types::BALANCE_MAX;
 use crate::ledger::{LotKind, wire};
 
@@ -65,6 +66,7 @@ fn constants() -> String {
     writeln!(header, "local CATCHUP_STEPS_MAX = {CATCHUP_STEPS_MAX}").unwrap();
     writeln!(header, "local PURGE_MAX = {PURGE_MAX}").unwrap();
     writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
+    writeln!(header, "local COMMIT_BATCH_MAX = {COMMIT_BATCH_MAX}").unwrap();
     header
 }
 

@@ -37,7 +37,7 @@ use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
-    Charge, Commit, Extend, Grant, Partial, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Grant, Partial, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::cycle::Cycle;
 use crate::ledger::event::Event;
@@ -601,6 +601,13 @@ impl RedisEngine {
     }
 
     /// A reply, with a NOT_FOUND checked against the ledger (see [`guard`]).
+    async fn checked_batch<T>(&self, reply: Result<T>) -> Result<T> {
+        match reply {
+            Err(error @ Error::Ledger(_)) => Err(self.guard_not_found(error).await),
+            other => other,
+        }
+    }
+
     async fn checked(&self, reply: Result<Reply>) -> Result<Reply> {
         match reply {
             Err(error @ Error::Ledger(_)) => Err(self.guard_not_found(error).await),
@@ -651,6 +658,42 @@ impl RedisEngine {
             Arg::Owned(labels),
         ];
         self.change("commit", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::committed).await
+    }
+
+    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>> {
+        let commits: Vec<Commit> = cmd.commits().collect();
+        let fingerprints: Vec<_> = commits.iter().map(Commit::fingerprint).collect();
+        let labels: Vec<String> = commits.iter().map(|commit| labels_json(&commit.labels)).collect();
+        let mut args = Vec::with_capacity(2 + 5 * commits.len());
+        args.extend([Arg::Int(seq_arg(cmd.reservation.seq)), Arg::Int(commits.len() as i64)]);
+        for ((commit, fingerprint), labels) in commits.iter().zip(&fingerprints).zip(labels) {
+            args.extend([
+                Arg::Text(commit.request.as_str()),
+                Arg::Text(stored_fingerprint(&fingerprint.0)),
+                Arg::Int(commit.amount),
+                Arg::Text(commit.business_key.as_ref().map_or("", |key| key.as_str())),
+                Arg::Owned(labels),
+            ]);
+        }
+        let id = &cmd.reservation;
+        let keys = self.layout.call_keys(&id.account, Some(id.seq));
+        let requests: Vec<&str> = commits.iter().map(|commit| commit.request.as_str()).collect();
+        for _ in 0..CATCHUP_ROUNDS_MAX {
+            let all = self.account_args("commit_batch", &id.account, &args).await?;
+            let (value, acknowledged) = self.fcall_replicated("commit_batch", &keys, &all).await?;
+            let Some(replies) = self.checked_batch(reply::parse_batch(value, id, &requests)).await? else { continue };
+            let mut decisions = Vec::with_capacity(replies.len());
+            for answer in replies {
+                decisions.push(match answer {
+                    Reply::Ok(mut fields) => Decision::Done(reply::committed(&mut fields, &id.account)?),
+                    Reply::Declined(decline) => Decision::Declined(decline),
+                    Reply::Due => return Err(Error::Internal("a batch item answered \"due\"".into())),
+                });
+            }
+            self.replicated(acknowledged)?;
+            return Ok(decisions);
+        }
+        Err(catch_up_unfinished(&id.account))
     }
 
     pub async fn extend(&self, cmd: &Extend) -> Result<Decision<Extended>> {

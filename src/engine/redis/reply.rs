@@ -137,6 +137,27 @@ pub fn parse(value: Value, context: &Context<'_>) -> Result<Reply, Error> {
     }
 }
 
+/// A batch's reply: each item's, in order, or None when the account must catch up first (call
+/// again). A refusal of the whole call names the item it is about (`requests`: the items' ids).
+pub fn parse_batch(value: Value, id: &ReservationId, requests: &[&str]) -> Result<Option<Vec<Reply>>, Error> {
+    let Value::Array(items) = value else { return Err(corrupt(format!("expected an array, got {value:?}"))) };
+    let mut context = Context { account: &id.account, reservation: Some(id.seq), request: None };
+    let mut fields = Fields { items: items.into_iter() };
+    match fields.text()?.as_str() {
+        "batch" => fields.items.map(|item| parse(item, &context)).collect::<Result<Vec<_>, _>>().map(Some),
+        "due" => Ok(None),
+        "err" => {
+            let code = fields.text()?;
+            if !fields.is_empty() {
+                let index = fields.count()?;
+                context.request = index.checked_sub(1).and_then(|index| requests.get(index)).copied();
+            }
+            Err(error_of(&code, &context))
+        }
+        other => Err(corrupt(format!("batch reply status {other:?}"))),
+    }
+}
+
 /// A decline: reason, requested, available, user remaining, held, state, then (absent from
 /// declines remembered before they carried them) the user and, on a call on a reservation, the
 /// reservation's view.

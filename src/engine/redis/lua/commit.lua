@@ -10,11 +10,9 @@
 -- Example: reservation 7 holds 50; a commit of 3 with a key not charged this cycle ->
 -- {"ok", 3, 0, 47, 0, 7, "held", 50, 3, 47, 0, 1, <deadline>, nil, "ann", "email", <created>, "{}"}
 -- and a "committed" event.
-register('commit', function(keys, args)
-  bind(keys, args, ACCOUNT_KEYS + 1, 10, 'commit')
-  local seq, amount, final, labels = int(args[6]), int(args[7]), args[8] == '1', args[10]
-  local key = args[9] ~= '' and args[9] or nil
-  return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
+-- One commit on reservation `seq` (shared by commit and commit_batch).
+local function commit_one(request, fingerprint, seq, amount, final, key, labels)
+  return run({ request = request, fingerprint = fingerprint, seq = seq }, function(a, now, r)
     local declined = closed_decline(a, r, amount)
     if declined then return declined end
     local already = key_charged(key)
@@ -31,4 +29,55 @@ register('commit', function(keys, args)
     view_fields(reply, r)
     return reply
   end)
+end
+
+register('commit', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS + 1, 10, 'commit')
+  local key = args[9] ~= '' and args[9] or nil
+  return commit_one(args[4], args[5], int(args[6]), int(args[7]), args[8] == '1', key, args[10])
+end)
+
+-- commit_batch.lua: many commits on one reservation in one atomic step (Ledger::commit_batch):
+-- each item is exactly a non-final Commit, its item id its request id (scoped to the
+-- reservation, as a Commit's), applied in order.
+-- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 seq, 5 item count n (1..=COMMIT_BATCH_MAX), then per item 5 fields:
+--       item id, fingerprint (its Commit's), amount, business key ("" for none), labels (JSON)
+-- Reply: {"batch", <commit reply>, ...} one per item (see commit.lua: a result, or a decline
+--        with the reservation's view), or for the whole call {"err", "account_not_found" |
+--        "reservation_not_found" | "request_id_reused", <1-based item>} or {"due"}: then nothing
+--        changed.
+-- Example: reservation 7 holds 50; items (row-1, 2), (row-2, 2) -> {"batch", {"ok", 2, 0, 48,
+-- 0, ...}, {"ok", 2, 0, 46, 0, ...}} and two "committed" events.
+register('commit_batch', function(keys, args)
+  local n = tonumber(args[5])
+  assert(n ~= nil and n >= 1 and n <= COMMIT_BATCH_MAX, 'commit_batch: bad item count')
+  bind(keys, args, ACCOUNT_KEYS + 1, 5 + 5 * n, 'commit_batch')
+  local seq = int(args[4])
+  -- One instant for every item, as the model runs them.
+  NOW_ARG = string.format('%d', now_ms())
+  -- Refusals of the whole call come before any write: an item id taken by other parameters.
+  local ids = {}
+  for i = 1, n do ids[i] = args[1 + 5 * i] end
+  local remembered = redis.call('HMGET', K_X, unpack(ids))
+  for i = 1, n do
+    local fingerprint = args[2 + 5 * i]
+    if remembered[i] and string.sub(remembered[i], 1, #fingerprint + 1) ~= fingerprint .. SEP then
+      return { 'err', 'request_id_reused', i }
+    end
+  end
+  local out = { 'batch' }
+  for i = 1, n do
+    local at = 1 + 5 * i
+    local key = args[at + 3] ~= '' and args[at + 3] or nil
+    local reply = commit_one(args[at], args[at + 1], seq, int(args[at + 2]), false, key, args[at + 4])
+    -- Only the first item can meet these (the account and reservation are checked, and caught
+    -- up, by it): nothing has changed yet.
+    if reply[1] == 'err' or reply[1] == 'due' then
+      assert(i == 1, 'commit_batch: item ' .. i .. ' answered ' .. reply[1])
+      return reply
+    end
+    out[i + 1] = reply
+  end
+  return out
 end)
