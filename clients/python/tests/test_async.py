@@ -10,10 +10,13 @@ from credit_sidecar import (
     AsyncCreditClient,
     Committed,
     Declined,
+    Extended,
     HoldDeclined,
     KeepAlive,
     Outcome,
+    Reserved,
     ReservationState,
+    Scope,
     Sku,
 )
 from helpers import afund
@@ -93,3 +96,49 @@ async def test_a_declined_async_hold_raises_before_the_body(sidecar: Sidecar) ->
             async with client.hold("acme", "ann", "email", 6):
                 raise AssertionError("the body must not run")
         assert raised.value.declined.outcome is Outcome.INSUFFICIENT_CREDIT
+
+
+async def test_partial_reserve_extend_and_hold(sidecar: Sidecar) -> None:
+    async with AsyncCreditClient(sidecar.address) as client:
+        await afund(client)  # 1000 credits; a German dialer minute costs 2
+        reserved = await client.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 700), min_quantity=100)
+        assert isinstance(reserved, Reserved)
+        assert (reserved.quantity, reserved.amount, reserved.available) == (500, 1000, 0)
+
+        refused = await client.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 700), min_quantity=100)
+        assert isinstance(refused, Declined) and (refused.outcome, refused.scope) == (
+            Outcome.INSUFFICIENT_CREDIT,
+            Scope.ACCOUNT,
+        )
+        assert (refused.requested, refused.available) == (200, 0)
+
+        await client.commit(reserved.reservation_id, Sku("dialer.minute.de", 490))  # 980 spent, 20 held
+        await client.admin.grant("acme", 30)
+        grown = await client.extend(reserved.reservation_id, Sku("dialer.minute.de", 20), min_quantity=5)
+        assert isinstance(grown, Extended) and (grown.added_quantity, grown.added, grown.held) == (15, 30, 50)
+        await client.release(reserved.reservation_id)
+
+        async with client.hold("acme", "ann", "enrichment", Sku("enrichment.row", 80), min_quantity=1) as hold:
+            assert hold.reserved.quantity == 50
+            more = await hold.extend(Sku("enrichment.row", 5), min_quantity=1)
+        assert isinstance(more, Declined) and more.requested == 1
+
+
+async def test_a_partial_keep_alive_task_takes_the_minutes_left(sidecar: Sidecar) -> None:
+    declines: list[Declined] = []
+    async with AsyncCreditClient(sidecar.address) as client:
+        await afund(client, credits=14)
+        keep_alive = KeepAlive(
+            every=0.2, ttl_ms=1000, cost=Sku("dialer.minute.de", 3), min_quantity=1, on_decline=declines.append
+        )
+        async with client.hold(
+            "acme", "ann", "dialer", Sku("dialer.minute.de", 2), ttl_ms=1000, keep_alive=keep_alive
+        ) as hold:
+            for _ in range(200):  # at most 10 s
+                if declines:
+                    break
+                await asyncio.sleep(0.05)
+            held = hold.held
+        # 4 held, then 6 (three minutes), then 4 (the two minutes left), then declined.
+        assert (held, hold.extensions) == (14, 2)
+        assert (declines[0].requested, declines[0].available) == (2, 0)

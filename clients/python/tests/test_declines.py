@@ -64,6 +64,41 @@ def test_commit_extend_and_release_declines_carry_the_reservation(client: Credit
     assert isinstance(late, Declined) and late.outcome is Outcome.RESERVATION_CLOSED
 
 
+def test_a_partial_reserve_is_declined_when_not_even_the_minimum_fits(client: CreditClient) -> None:
+    fund(client, credits=150)
+    result = client.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 700), min_quantity=100)
+    match result:
+        case Declined(outcome=Outcome.INSUFFICIENT_CREDIT, scope=Scope.ACCOUNT) as declined:
+            # requested is the minimum (100 minutes at 2 credits), not the 1400 asked for at most.
+            assert (declined.requested, declined.available) == (200, 150)
+        case _:
+            raise AssertionError(f"expected an insufficient-credit decline, got {result}")
+    assert client.get_balance("acme").totals.held == 0
+
+    client.admin.set_user_limit("acme", "ann", 40)
+    by_limit = client.reserve("acme", "ann", "enrichment", 100, min_quantity=50)
+    assert isinstance(by_limit, Declined) and by_limit.outcome is Outcome.USER_LIMIT_REACHED
+    assert (by_limit.scope_id, by_limit.requested, by_limit.user_remaining) == ("ann", 50, 40)
+
+
+def test_a_partial_extend_adds_the_units_that_fit_then_is_declined(client: CreditClient) -> None:
+    fund(client, credits=30)
+    reserved = client.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 5))
+    assert isinstance(reserved, Reserved) and (reserved.quantity, reserved.amount) == (5, 10)
+
+    grown = client.extend(reserved.reservation_id, Sku("dialer.minute.de", 15), min_quantity=1)
+    assert isinstance(grown, Extended)
+    assert (grown.added_quantity, grown.added, grown.held) == (10, 20, 30)
+
+    none_left = client.extend(reserved.reservation_id, Sku("dialer.minute.de", 15), min_quantity=1)
+    assert isinstance(none_left, Declined) and none_left.outcome is Outcome.INSUFFICIENT_CREDIT
+    assert (none_left.requested, none_left.available) == (2, 0)
+    assert none_left.reservation is not None and none_left.reservation.held == 30
+
+    deadline_only = client.extend(reserved.reservation_id, ttl_ms=60_000)
+    assert isinstance(deadline_only, Extended) and (deadline_only.added, deadline_only.added_quantity) == (0, 0)
+
+
 def test_a_second_trial_is_declined(client: CreditClient) -> None:
     first = client.admin.start_trial("newco", create_account=True)
     assert isinstance(first, TrialStarted) and first.totals.available == 100

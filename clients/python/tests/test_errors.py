@@ -26,6 +26,9 @@ from helpers import fund
         (lambda c: c.reserve("acme", "ann", "dialer", Sku("dialer.minute.mars", 1)), "cost.sku.sku"),
         (lambda c: c.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 0)), "cost.sku.quantity"),
         (lambda c: c.commit("acme/07", 1), "reservation_id"),
+        (lambda c: c.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 5), min_quantity=6), "min_quantity"),
+        (lambda c: c.reserve("acme", "ann", "enrichment", 5, min_quantity=-1), "min_quantity"),
+        (lambda c: c.extend("acme/1", ttl_ms=60_000, min_quantity=1), "min_quantity"),
     ],
 )
 def test_bad_input_raises_with_the_field_and_is_not_retried(client: CreditClient, call, field: str) -> None:  # type: ignore[no-untyped-def]

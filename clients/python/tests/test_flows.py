@@ -16,6 +16,7 @@ from credit_sidecar import (
     HoldDeclined,
     KeepAlive,
     Outcome,
+    Reserved,
     ReservationState,
     Scope,
     Sku,
@@ -46,6 +47,66 @@ def test_csv_batch_commits_rows_in_parallel_and_releases_the_rest(client: Credit
     assert reservation.labels == {"file": "leads.csv"}
     totals = client.get_balance("acme").totals
     assert (totals.available, totals.held, totals.spent) == (60, 0, 40)
+
+
+def test_a_partial_reserve_holds_the_units_that_fit(client: CreditClient) -> None:
+    fund(client)  # 1000 credits; a German dialer minute costs 2
+    result = client.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 700), min_quantity=100)
+    assert isinstance(result, Reserved)
+    assert (result.quantity, result.amount, result.available) == (500, 1000, 0)
+    client.release(result.reservation_id)
+    # A retry gets the first answer, though all 1000 credits are available again by now.
+    again = client.reserve(
+        "acme", "ann", "dialer", Sku("dialer.minute.de", 700), min_quantity=100, request_id=result.request_id
+    )
+    assert again == result
+
+    # A raw amount counts single credits; the user's limit bounds a partial hold as credit does.
+    client.admin.set_user_limit("acme", "cal", 300)
+    credits = client.reserve("acme", "cal", "enrichment", 450, min_quantity=1)
+    assert isinstance(credits, Reserved) and (credits.quantity, credits.amount, credits.available) == (300, 300, 700)
+    # Without min_quantity the same request is refused whole.
+    whole = client.reserve("acme", "bob", "enrichment", 800)
+    assert isinstance(whole, Declined) and whole.requested == 800
+    everything = client.reserve("acme", "bob", "enrichment", 500)
+    assert isinstance(everything, Reserved) and everything.quantity == 500
+
+
+def test_a_csv_upload_runs_the_rows_that_fit_in_a_partial_hold(client: CreditClient) -> None:
+    fund(client, credits=120)
+    rows = range(200)
+    batch = Sku("enrichment.row", len(rows))
+    with client.hold("acme", "ann", "enrichment", batch, min_quantity=50) as hold:
+        fitting = rows[: hold.reserved.quantity]
+        assert (hold.reserved.quantity, hold.held) == (120, 120)
+        done = hold.commit(Sku("enrichment.row", len(fitting) - 20))  # 20 rows found nothing new
+        more = hold.extend(Sku("enrichment.row", 80), min_quantity=10)
+    assert isinstance(done, Committed) and done.charged == 100
+    assert isinstance(more, Declined) and (more.requested, more.available) == (10, 0)
+    assert hold.closed and (hold.committed, hold.held) == (100, 0)
+    totals = client.get_balance("acme").totals
+    assert (totals.available, totals.spent) == (20, 100)
+
+
+def test_a_partial_keep_alive_takes_the_minutes_left(client: CreditClient) -> None:
+    fund(client, credits=14)
+    declines: list[Declined] = []
+    # Three more minutes per extension, or as many as are left (at least one).
+    keep_alive = KeepAlive(
+        every=0.2, ttl_ms=1000, cost=Sku("dialer.minute.de", 3), min_quantity=1, on_decline=declines.append
+    )
+    with client.hold("acme", "ann", "dialer", Sku("dialer.minute.de", 2), ttl_ms=1000, keep_alive=keep_alive) as hold:
+        deadline = time.monotonic() + 10
+        while not declines and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = hold.held
+    # 4 held, then 6 (three minutes), then 4 (the two minutes left), then declined.
+    assert (held, hold.extensions) == (14, 2)
+    assert declines and (declines[0].requested, declines[0].available) == (2, 0)
+    with pytest.raises(ValueError, match="needs a cost"):
+        KeepAlive(every=0.2, ttl_ms=1000, min_quantity=1)
+    with pytest.raises(ValueError, match="more than the cost's 3 units"):
+        KeepAlive(every=0.2, ttl_ms=1000, cost=Sku("dialer.minute.de", 3), min_quantity=4)
 
 
 def test_waterfall_commits_per_provider_with_business_keys(client: CreditClient) -> None:

@@ -82,6 +82,7 @@ def reserved(response: authorizer_pb2.ReserveResponse, request_id: str) -> Reser
     return Reserved(
         reservation_id=response.reservation_id,
         amount=response.amount,
+        quantity=response.quantity,
         deadline_unix_ms=response.deadline_unix_ms,
         available=response.available,
         request_id=request_id,
@@ -106,6 +107,7 @@ def extended(response: authorizer_pb2.ExtendResponse, request_id: str) -> Extend
         return _declined(response.outcome, response.decline, request_id, _maybe_reservation(response))
     return Extended(
         added=response.added,
+        added_quantity=response.added_quantity,
         held=response.held,
         deadline_unix_ms=response.deadline_unix_ms,
         reservation=_maybe_reservation(response),

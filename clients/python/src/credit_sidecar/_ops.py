@@ -67,6 +67,7 @@ def reserve(
     ttl_ms: int,
     labels: Mapping[str, str] | None,
     request_id: str | None,
+    min_quantity: int,
 ) -> Op[Reserved | Declined]:
     rid = _id(request_id)
     request = authorizer_pb2.ReserveRequest(
@@ -77,6 +78,7 @@ def reserve(
         ttl_ms=ttl_ms,
         request_id=rid,
         labels=dict(labels or {}),
+        min_quantity=min_quantity,
     )
     return Op("authorizer", "Reserve", request, rid, lambda r: _convert.reserved(r, rid))
 
@@ -101,9 +103,13 @@ def commit(
     return Op("authorizer", "Commit", request, rid, lambda r: _convert.committed(r, rid))
 
 
-def extend(reservation_id: str, cost: Cost | None, ttl_ms: int, request_id: str | None) -> Op[Extended | Declined]:
+def extend(
+    reservation_id: str, cost: Cost | None, ttl_ms: int, request_id: str | None, min_quantity: int
+) -> Op[Extended | Declined]:
     rid = _id(request_id)
-    request = authorizer_pb2.ExtendRequest(reservation_id=reservation_id, ttl_ms=ttl_ms, request_id=rid)
+    request = authorizer_pb2.ExtendRequest(
+        reservation_id=reservation_id, ttl_ms=ttl_ms, request_id=rid, min_quantity=min_quantity
+    )
     if cost is not None:
         request.cost.CopyFrom(_convert.cost(cost))
     return Op("authorizer", "Extend", request, rid, lambda r: _convert.extended(r, rid))

@@ -113,11 +113,14 @@ class AsyncCreditClient:
         cost: Cost,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Reserved | Declined:
-        return await self._run(_ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id), timeout)
+        """See :meth:`credit_sidecar.CreditClient.reserve` (``min_quantity``: a partial hold)."""
+        op = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id, min_quantity)
+        return await self._run(op, timeout)
 
     async def commit(
         self,
@@ -138,10 +141,12 @@ class AsyncCreditClient:
         cost: Cost | None = None,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Extended | Declined:
-        return await self._run(_ops.extend(reservation_id, cost, ttl_ms, request_id), timeout)
+        """See :meth:`credit_sidecar.CreditClient.extend` (``min_quantity``: a partial extension)."""
+        return await self._run(_ops.extend(reservation_id, cost, ttl_ms, request_id, min_quantity), timeout)
 
     async def release(
         self, reservation_id: str, *, request_id: str | None = None, timeout: float | None = None
@@ -182,12 +187,14 @@ class AsyncCreditClient:
         cost: Cost,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         keep_alive: KeepAlive | None = None,
     ) -> AsyncHold:
-        """``async with client.hold(...) as hold:`` — see :mod:`credit_sidecar.hold`."""
-        reserve = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id)
+        """``async with client.hold(...) as hold:`` — see :mod:`credit_sidecar.hold`; with
+        ``min_quantity``, a partial hold of ``hold.reserved.quantity`` units."""
+        reserve = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id, min_quantity)
         return AsyncHold(self, reserve, cost, keep_alive)
 
     async def close(self) -> None:
@@ -347,10 +354,12 @@ class AsyncHold(HoldBase):
         cost: Cost | None = None,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Extended | Declined:
-        result = await self._client._run(_ops.extend(self.reservation_id, cost, ttl_ms, request_id), timeout)
+        op = _ops.extend(self.reservation_id, cost, ttl_ms, request_id, min_quantity)
+        result = await self._client._run(op, timeout)
         self._extend_answered(result, background=False)
         return result
 
@@ -365,7 +374,7 @@ class AsyncHold(HoldBase):
         assert keep_alive is not None
         while True:
             await asyncio.sleep(keep_alive.every)
-            op = _ops.extend(self.reservation_id, keep_alive.cost, keep_alive.ttl_ms, None)
+            op = _ops.extend(self.reservation_id, keep_alive.cost, keep_alive.ttl_ms, None, keep_alive.min_quantity)
             try:
                 result = await self._client._run(op)
             except CreditError as error:

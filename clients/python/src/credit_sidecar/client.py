@@ -122,12 +122,20 @@ class CreditClient:
         cost: Cost,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Reserved | Declined:
-        """Holds ``cost`` for ``ttl_ms`` (0: the sidecar's default, 5 min), all or nothing."""
-        return self._run(_ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id), timeout)
+        """Holds ``cost`` for ``ttl_ms`` (0: the sidecar's default, 5 min), all or nothing.
+
+        ``min_quantity`` N > 0 makes it a partial hold: as many whole units of ``cost`` as the
+        team's credit and the user's limit leave room for (units of the SKU for a ``Sku``, credits
+        for an ``int``), at least N; :attr:`Reserved.quantity` says how many. It is declined only
+        when not even N fit, and the decline's ``requested`` is then N units' worth.
+        """
+        op = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id, min_quantity)
+        return self._run(op, timeout)
 
     def commit(
         self,
@@ -150,11 +158,14 @@ class CreditClient:
         cost: Cost | None = None,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Extended | Declined:
-        """Holds ``cost`` more and/or moves the deadline to at least now + ``ttl_ms``."""
-        return self._run(_ops.extend(reservation_id, cost, ttl_ms, request_id), timeout)
+        """Holds ``cost`` more and/or moves the deadline to at least now + ``ttl_ms``, all or
+        nothing; with ``min_quantity`` N > 0 (and a ``cost``), as many whole units of ``cost`` as
+        fit, at least N, as in :meth:`reserve` (:attr:`Extended.added_quantity` says how many)."""
+        return self._run(_ops.extend(reservation_id, cost, ttl_ms, request_id, min_quantity), timeout)
 
     def release(
         self, reservation_id: str, *, request_id: str | None = None, timeout: float | None = None
@@ -197,12 +208,17 @@ class CreditClient:
         cost: Cost,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         keep_alive: KeepAlive | None = None,
     ) -> Hold:
-        """A context manager around one reservation: see :class:`credit_sidecar.hold.Hold`."""
-        reserve = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id)
+        """A context manager around one reservation: see :class:`credit_sidecar.hold.Hold`.
+
+        With ``min_quantity`` it is a partial hold (see :meth:`reserve`): the body runs with
+        ``hold.reserved.quantity`` units, which may be fewer than ``cost`` asked for.
+        """
+        reserve = _ops.reserve(account_id, user_id, category, cost, ttl_ms, labels, request_id, min_quantity)
         return Hold(self, reserve, cost, keep_alive)
 
     def close(self) -> None:

@@ -40,18 +40,30 @@ class KeepAlive:
     several times ``every`` so a missed extension or two does not let the hold expire; if the
     caller dies, extensions stop and the hold expires by itself. ``on_decline`` hears an
     extension the sidecar declined (the team ran out of credit: time to end the call).
+
+    Each extension is all or nothing, unless ``min_quantity`` N > 0: then it holds as many whole
+    units of ``cost`` as fit, at least N (``cost=Sku("dialer.minute.de", 5), min_quantity=1``
+    takes the minutes left when fewer than five are), and is declined only when not even N fit.
     """
 
     every: float
     ttl_ms: int
     cost: Cost | None = None
     on_decline: Callable[[Declined], None] | None = None
+    min_quantity: int = 0
 
     def __post_init__(self) -> None:
         if self.every <= 0:
             raise ValueError("every must be positive")
         if self.ttl_ms <= self.every * 1000:
             raise ValueError("ttl_ms must outlast the interval between extensions")
+        if self.min_quantity < 0:
+            raise ValueError("min_quantity must be 0 (all or nothing) or positive")
+        if self.min_quantity and self.cost is None:
+            raise ValueError("a partial extension (min_quantity) needs a cost to take units of")
+        units = self.cost.quantity if isinstance(self.cost, Sku) else self.cost
+        if units is not None and self.min_quantity > units:
+            raise ValueError(f"min_quantity {self.min_quantity} is more than the cost's {units} units")
 
 
 class HoldBase:
@@ -223,10 +235,14 @@ class Hold(HoldBase):
         cost: Cost | None = None,
         *,
         ttl_ms: int = 0,
+        min_quantity: int = 0,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> Extended | Declined:
-        result = self._client._run(_ops.extend(self.reservation_id, cost, ttl_ms, request_id), timeout)
+        """Holds ``cost`` more and/or moves the deadline (see :meth:`CreditClient.extend`; with
+        ``min_quantity``, as many whole units of ``cost`` as fit, at least that many)."""
+        op = _ops.extend(self.reservation_id, cost, ttl_ms, request_id, min_quantity)
+        result = self._client._run(op, timeout)
         self._extend_answered(result, background=False)
         return result
 
@@ -241,7 +257,7 @@ class Hold(HoldBase):
         keep_alive = self.keep_alive
         assert keep_alive is not None
         while not self._stop.wait(keep_alive.every):
-            op = _ops.extend(self.reservation_id, keep_alive.cost, keep_alive.ttl_ms, None)
+            op = _ops.extend(self.reservation_id, keep_alive.cost, keep_alive.ttl_ms, None, keep_alive.min_quantity)
             try:
                 result = self._client._run(op, stop=self._stop)
             except CreditError as error:

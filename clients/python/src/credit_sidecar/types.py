@@ -125,6 +125,10 @@ class Reserved:
     ok: ClassVar[bool] = True
     reservation_id: str
     amount: int
+    """Credits held."""
+    quantity: int
+    """Units held: of the SKU for a ``Sku`` cost (``amount`` / its price), credits for an ``int``
+    cost. Less than asked only for a partial hold (``min_quantity``), and then at least that."""
     deadline_unix_ms: int
     available: int
     request_id: str
@@ -145,6 +149,10 @@ class Committed:
 class Extended:
     ok: ClassVar[bool] = True
     added: int
+    """Credits added to the hold (0 when only the deadline moved)."""
+    added_quantity: int
+    """Units added, counted as in :attr:`Reserved.quantity` (0 without a cost). Less than the
+    extra cost's quantity only for a partial extension (``min_quantity``), and then at least that."""
     held: int
     deadline_unix_ms: int
     reservation: Reservation | None

@@ -44,6 +44,11 @@ class CreditAuthorizerStub:
                 request_serializer=credits_dot_v1_dot_authorizer__pb2.CommitRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_authorizer__pb2.CommitResponse.FromString,
                 _registered_method=True)
+        self.CommitBatch = channel.unary_unary(
+                '/credits.v1.CreditAuthorizer/CommitBatch',
+                request_serializer=credits_dot_v1_dot_authorizer__pb2.CommitBatchRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_authorizer__pb2.CommitBatchResponse.FromString,
+                _registered_method=True)
         self.Extend = channel.unary_unary(
                 '/credits.v1.CreditAuthorizer/Extend',
                 request_serializer=credits_dot_v1_dot_authorizer__pb2.ExtendRequest.SerializeToString,
@@ -88,6 +93,15 @@ class CreditAuthorizerServicer:
 
     def Commit(self, request, context):
         """Move part of a hold to spent; `final` closes the reservation and returns the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitBatch(self, request, context):
+        """Many commits on one reservation in one atomic step (a CSV worker's rows): each item is
+        exactly a non-final Commit whose request id is the item's id, applied in order and answered
+        on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +161,11 @@ def add_CreditAuthorizerServicer_to_server(servicer, server):
                     servicer.Commit,
                     request_deserializer=credits_dot_v1_dot_authorizer__pb2.CommitRequest.FromString,
                     response_serializer=credits_dot_v1_dot_authorizer__pb2.CommitResponse.SerializeToString,
+            ),
+            'CommitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBatch,
+                    request_deserializer=credits_dot_v1_dot_authorizer__pb2.CommitBatchRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_authorizer__pb2.CommitBatchResponse.SerializeToString,
             ),
             'Extend': grpc.unary_unary_rpc_method_handler(
                     servicer.Extend,
@@ -233,6 +252,33 @@ class CreditAuthorizer:
             '/credits.v1.CreditAuthorizer/Commit',
             credits_dot_v1_dot_authorizer__pb2.CommitRequest.SerializeToString,
             credits_dot_v1_dot_authorizer__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditAuthorizer/CommitBatch',
+            credits_dot_v1_dot_authorizer__pb2.CommitBatchRequest.SerializeToString,
+            credits_dot_v1_dot_authorizer__pb2.CommitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
