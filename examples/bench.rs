@@ -298,6 +298,25 @@ impl Bench {
                 }
             }
         }
+        // A CSV worker's rows: one Commit per row against one CommitBatch per 100 rows.
+        let mut rows_per_second = Vec::new();
+        for batched in [false, true] {
+            cell_index += 1;
+            let plan = Plan {
+                workload: Workload::Rows { batched },
+                accounts: spread.clone(),
+                tag: format!("{tag}-c{cell_index}"),
+            };
+            let (mut row, figures) = self.cell(&sidecar, &channels, engine, plan, Load::InFlight(16)).await;
+            row.ratio = Some(format!("{:.0} rows/s", figures.rows));
+            rows_per_second.push(figures.rows);
+            self.rows.push(row);
+        }
+        if let [single, batched] = rows_per_second[..] {
+            let mut row = Row::new("sidecar", format!("{} CommitBatch rows/s vs one Commit per row", engine.name()));
+            row.ratio = Some(format!("{:.1}× ({batched:.0} vs {single:.0} rows/s)", ratio(batched, single)));
+            self.rows.push(row);
+        }
         let plan = Plan { workload: Workload::Reserve, accounts: spread.clone(), tag: format!("{tag}-rate") };
         let row = self.cell(&sidecar, &channels, engine, plan, Load::Rate(self.rate)).await.0;
         self.rows.push(row);
@@ -369,7 +388,7 @@ impl Bench {
             row.settle =
                 Some(format!("{:.0}→{:.0}, {:.0} / {:.0}", made as f64 / elapsed, settled / elapsed, lag.p50, lag.p99));
         }
-        (row, CellFigures { rate: calls / elapsed, latency })
+        (row, CellFigures { rate: calls / elapsed, latency, rows: tally.rows as f64 / elapsed })
     }
 
     /// Redis Reserve at 64 in flight vs PostgreSQL; 1 in flight vs the engine's own round trip.
@@ -430,6 +449,8 @@ enum Load {
 struct CellFigures {
     rate: f64,
     latency: Percentiles,
+    /// Rows committed per second (the rows cells).
+    rows: f64,
 }
 
 fn cell_name(engine: EngineKind, plan: &Plan, load: Load) -> String {
@@ -437,6 +458,8 @@ fn cell_name(engine: EngineKind, plan: &Plan, load: Load) -> String {
         Workload::Health => "Health/Check",
         Workload::Reserve => "Reserve",
         Workload::Flow => "Reserve→Commit→Release",
+        Workload::Rows { batched: false } => "Reserve→100 Commits→Release (CSV rows)",
+        Workload::Rows { batched: true } => "Reserve→CommitBatch of 100→Release (CSV rows)",
     };
     let accounts = match plan.accounts.len() {
         1 => "hot account".to_owned(),

@@ -225,7 +225,15 @@ pub enum Workload {
     Reserve,
     /// Reserve, Commit 1 (not final), Release: three calls.
     Flow,
+    /// A CSV worker's batch: Reserve [`ROWS`] credits, commit each row (one Commit per row, or
+    /// one CommitBatch of all of them), Release.
+    Rows {
+        batched: bool,
+    },
 }
+
+/// Rows per batch in the [`Workload::Rows`] cells.
+pub const ROWS: usize = 100;
 
 /// Calls, their latencies and what went wrong.
 #[derive(Debug, Default)]
@@ -237,6 +245,8 @@ pub struct Tally {
     pub other_errors: u64,
     /// Open-loop calls not sent because the client's in-flight cap was reached.
     pub skipped: u64,
+    /// Rows committed ([`Workload::Rows`]).
+    pub rows: u64,
 }
 
 impl Tally {
@@ -267,6 +277,7 @@ impl Tally {
         self.exhausted += other.exhausted;
         self.other_errors += other.other_errors;
         self.skipped += other.skipped;
+        self.rows += other.rows;
     }
 }
 
@@ -298,11 +309,12 @@ impl Plan {
             return;
         }
         let request_id = format!("{}-{worker}-{step}", self.tag);
+        let amount = if matches!(self.workload, Workload::Rows { .. }) { ROWS as i64 } else { 1 };
         let reserve = pb::ReserveRequest {
             account_id: self.account(worker, step).to_owned(),
             user_id: format!("user{}", worker % 16),
             category: "enrichment".into(),
-            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(1)) }),
+            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(amount)) }),
             ttl_ms: TTL_MS,
             request_id: format!("{request_id}-r"),
             labels: HashMap::new(),
@@ -311,22 +323,57 @@ impl Plan {
         let answer = clients.authorizer.reserve(reserve).await.map(|answer| answer.into_inner());
         let reservation = answer.as_ref().ok().map(|answer| answer.reservation_id.clone());
         let ok = tally.record(started, answer.map(|answer| answer.outcome() == pb::Outcome::Ok));
-        let (true, Workload::Flow, Some(reservation)) = (ok, self.workload, reservation) else { return };
-        let started = Instant::now();
-        let commit = pb::CommitRequest {
-            reservation_id: reservation.clone(),
-            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(1)) }),
-            r#final: false,
-            request_id: format!("{request_id}-c"),
-            business_key: String::new(),
-            labels: HashMap::new(),
-        };
-        let answer = clients.authorizer.commit(commit).await;
-        tally.record(started, answer.map(|answer| answer.into_inner().outcome() == pb::Outcome::Ok));
+        let (true, Some(reservation)) = (ok, reservation) else { return };
+        match self.workload {
+            Workload::Flow => commit_rows(clients, &reservation, &request_id, 1, tally).await,
+            Workload::Rows { batched: false } => commit_rows(clients, &reservation, &request_id, ROWS, tally).await,
+            Workload::Rows { batched: true } => commit_batch(clients, &reservation, &request_id, tally).await,
+            Workload::Health | Workload::Reserve => return,
+        }
         let started = Instant::now();
         let release = pb::ReleaseRequest { reservation_id: reservation, request_id: format!("{request_id}-x") };
         let answer = clients.authorizer.release(release).await;
         tally.record(started, answer.map(|answer| answer.into_inner().outcome() == pb::Outcome::Ok));
+    }
+}
+
+/// One Commit of 1 credit per row.
+async fn commit_rows(clients: &mut Clients, reservation: &str, request_id: &str, rows: usize, tally: &mut Tally) {
+    for row in 0..rows {
+        let started = Instant::now();
+        let commit = pb::CommitRequest {
+            reservation_id: reservation.to_owned(),
+            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(1)) }),
+            r#final: false,
+            request_id: format!("{request_id}-c{row}"),
+            business_key: String::new(),
+            labels: HashMap::new(),
+        };
+        let answer = clients.authorizer.commit(commit).await;
+        if tally.record(started, answer.map(|answer| answer.into_inner().outcome() == pb::Outcome::Ok)) {
+            tally.rows += 1;
+        }
+    }
+}
+
+/// [`ROWS`] rows of 1 credit in one CommitBatch.
+async fn commit_batch(clients: &mut Clients, reservation: &str, request_id: &str, tally: &mut Tally) {
+    let started = Instant::now();
+    let items = (0..ROWS)
+        .map(|row| pb::CommitItem {
+            item_id: format!("{request_id}-c{row}"),
+            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(1)) }),
+            business_key: String::new(),
+            labels: HashMap::new(),
+        })
+        .collect();
+    let batch = pb::CommitBatchRequest { reservation_id: reservation.to_owned(), items };
+    let answer = clients.authorizer.commit_batch(batch).await.map(|answer| answer.into_inner());
+    let rows = answer
+        .as_ref()
+        .map_or(0, |answer| answer.items.iter().filter(|item| item.outcome() == pb::Outcome::Ok).count());
+    if tally.record(started, answer.map(|_| rows == ROWS)) {
+        tally.rows += rows as u64;
     }
 }
 
