@@ -2,10 +2,10 @@
 //! the same stores, then audited against what its callers were told.
 //!
 //! 32 workers, each on its own connection, loop Reserve → final Commit with request ids of their
-//! own. At SIGKILL every worker's call in flight fails; that call is *in doubt* (made or not, the
+//! own (every fourth worker: Reserve → a CommitBatch of two items → Release). At SIGKILL every worker's call in flight fails; that call is *in doubt* (made or not, the
 //! caller cannot know). After the restart:
 //! - each in-doubt call is retried with its request id: a Reserve gets one hold (the first one if
-//!   it was made), a Commit commits what it asked;
+//!   it was made), a Commit commits what it asked, a CommitBatch each of its items once;
 //! - a sample of acknowledged calls is retried: each gets its first answer again, including a
 //!   decline made before the kill that a fresh execution would now accept;
 //! - more load runs, then a graceful stop settles everything.
@@ -52,6 +52,8 @@ struct Told {
     reserves: Vec<(String, String)>,
     /// (request id, reservation id, charged) of every final Commit answered OK.
     commits: Vec<(String, String, i64)>,
+    /// (item id, reservation id, charged) of every CommitBatch item answered OK.
+    items: Vec<(String, String, i64)>,
     in_doubt: Option<InDoubt>,
 }
 
@@ -59,6 +61,30 @@ struct Told {
 enum InDoubt {
     Reserve { request: String },
     Commit { request: String, reservation: String, amount: i64 },
+    Batch { items: Vec<(String, i64)>, reservation: String },
+    Release { request: String, reservation: String },
+}
+
+fn batch_request(reservation: &str, items: &[(String, i64)]) -> pb::CommitBatchRequest {
+    let items = items
+        .iter()
+        .map(|(id, amount)| pb::CommitItem {
+            item_id: id.clone(),
+            cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(*amount)) }),
+            ..Default::default()
+        })
+        .collect();
+    pb::CommitBatchRequest { reservation_id: reservation.into(), items }
+}
+
+/// Whether a batch's answer charged each item what it asked.
+fn charged_each(answer: &pb::CommitBatchResponse, items: &[(String, i64)]) -> bool {
+    answer.items.len() == items.len()
+        && answer
+            .items
+            .iter()
+            .zip(items)
+            .all(|(item, (id, amount))| (item.outcome(), &item.item_id, item.charged) == (pb::Outcome::Ok, id, *amount))
 }
 
 fn charge_for(worker: usize, n: u64) -> i64 {
@@ -99,6 +125,25 @@ async fn worker(
         let amount = charge_for(worker, n);
         let request = format!("{phase}-w{worker}-{n}-c");
         let reservation = reserved.reservation_id;
+        if worker % 4 == 3 {
+            // Two items (the first may be 0), then Release.
+            let items = vec![(format!("{request}1"), amount / 2), (format!("{request}2"), amount - amount / 2)];
+            let answer = match auth.commit_batch(batch_request(&reservation, &items)).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return failed(told, InDoubt::Batch { items, reservation }, status),
+            };
+            if !charged_each(&answer, &items) {
+                return Err(format!("worker {worker}: CommitBatch of {items:?} answered {answer:?}"));
+            }
+            told.items.extend(items.into_iter().map(|(id, amount)| (id, reservation.clone(), amount)));
+            let request = format!("{phase}-w{worker}-{n}-x");
+            let release = pb::ReleaseRequest { reservation_id: reservation.clone(), request_id: request.clone() };
+            if let Err(status) = auth.release(release).await {
+                return failed(told, InDoubt::Release { request, reservation }, status);
+            }
+            progress.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         let commit = commit_request(&reservation, amount, true, request.clone());
         let committed = match auth.commit(commit).await {
             Ok(response) => response.into_inner(),
@@ -212,6 +257,12 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
             assert_eq!((answer.outcome(), answer.charged), (pb::Outcome::Ok, *amount), "retry of {request}");
             retried += 1;
         }
+        for (item, reservation, amount) in told.items.iter().step_by(25) {
+            let items = [(item.clone(), *amount)];
+            let answer = auth.commit_batch(batch_request(reservation, &items)).await.unwrap().into_inner();
+            assert!(charged_each(&answer, &items), "retry of item {item}: {answer:?}");
+            retried += 1;
+        }
     }
     // Calls in doubt, retried with their request ids, settle one way.
     let mut resolved = Told::default();
@@ -236,6 +287,16 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
                 assert_eq!((answer.outcome(), answer.charged), (pb::Outcome::Ok, *amount), "retry of {request}");
                 resolved.commits.push((request.clone(), reservation.clone(), *amount));
             }
+            InDoubt::Batch { items, reservation } => {
+                let answer = auth.commit_batch(batch_request(reservation, items)).await.unwrap().into_inner();
+                assert!(charged_each(&answer, items), "retry of the batch {items:?} in doubt: {answer:?}");
+                resolved.items.extend(items.iter().map(|(id, amount)| (id.clone(), reservation.clone(), *amount)));
+            }
+            InDoubt::Release { request, reservation } => {
+                let release = pb::ReleaseRequest { reservation_id: reservation.clone(), request_id: request.clone() };
+                let answer = auth.release(release).await.unwrap().into_inner();
+                assert_eq!(answer.outcome(), pb::Outcome::Ok, "retry of {request} in doubt: {answer:?}");
+            }
         }
     }
     let mut after = load(&serving, "b", PAIRS_AFTER_RESTART, &mut sidecar, false).await;
@@ -250,14 +311,14 @@ async fn sigkill_under_load(redis: Option<&RedisServer>) {
     let told: Vec<&Told> = before.iter().chain(&after).collect();
     let audit = audit(&work, &told).await;
     eprintln!(
-        "SIGKILL under load ({} engine, {WORKERS} workers): {} Reserve and {} final Commit acknowledged \
-         ({} before the kill), {in_doubt} calls in doubt at the kill, {retried} acknowledged calls retried after \
+        "SIGKILL under load ({} engine, {WORKERS} workers): {} Reserve and {} final Commit or CommitBatch \
+         items acknowledged ({} before the kill), {in_doubt} calls in doubt at the kill, {retried} acknowledged calls retried after \
          the restart with their first answers; audit: {} acknowledged commits missing, {} doubled, {} Reserve \
          answers missing, {} reservation ids handed out twice, {} events settled",
         serving.engine,
         audit.reserves,
         audit.commits,
-        before.iter().map(|told| told.commits.len()).sum::<usize>(),
+        before.iter().map(|told| told.commits.len() + told.items.len()).sum::<usize>(),
         audit.missing_commits,
         audit.doubled_commits,
         audit.missing_reserves,
@@ -324,7 +385,7 @@ async fn audit(work: &Workdir, told: &[&Told]) -> Audit {
             audit.missing_reserves += 1;
         }
     }
-    for (request, reservation, amount) in told.iter().flat_map(|told| &told.commits) {
+    for (request, reservation, amount) in told.iter().flat_map(|told| told.commits.iter().chain(&told.items)) {
         audit.commits += 1;
         let found = commits.get(&seq(reservation)).map_or(0, |all| {
             all.iter().filter(|(by, charged)| by.as_deref() == Some(request) && charged == amount).count()
