@@ -38,6 +38,10 @@ def test_without_details_the_field_comes_from_the_message() -> None:
     assert not error.retryable
     prose = from_rpc_error(_error(grpc.StatusCode.INVALID_ARGUMENT, "ReserveRequest: not a valid protobuf"), None, 1)
     assert prose.field is None
+    item = from_rpc_error(
+        _error(grpc.StatusCode.INVALID_ARGUMENT, "items[3].cost.amount: must be in 0..=10"), None, 1, ("a", "b")
+    )
+    assert (item.field, item.request_id, item.item_ids) == ("items[3].cost.amount", None, ("a", "b"))
 
 
 def test_without_details_retryability_follows_the_code() -> None:

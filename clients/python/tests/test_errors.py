@@ -6,6 +6,8 @@ import grpc
 import pytest
 
 from credit_sidecar import (
+    COMMIT_BATCH_MAX,
+    BatchItem,
     CreditClient,
     CreditError,
     InvalidArgument,
@@ -29,6 +31,12 @@ from helpers import fund
         (lambda c: c.reserve("acme", "ann", "dialer", Sku("dialer.minute.de", 5), min_quantity=6), "min_quantity"),
         (lambda c: c.reserve("acme", "ann", "enrichment", 5, min_quantity=-1), "min_quantity"),
         (lambda c: c.extend("acme/1", ttl_ms=60_000, min_quantity=1), "min_quantity"),
+        (lambda c: c.commit_batch("acme/1", []), "items"),
+        (lambda c: c.commit_batch("acme/1", [BatchItem(1)] * (COMMIT_BATCH_MAX + 1)), "items"),
+        (lambda c: c.commit_batch("acme/1", [BatchItem(1)] * 3 + [BatchItem(-1)]), "items[3].cost.amount"),
+        (lambda c: c.commit_batch("acme/1", [BatchItem(Sku("dialer.minute.mars"))]), "items[0].cost.sku.sku"),
+        (lambda c: c.commit_batch("acme/1", [BatchItem(1, item_id="a")] * 2), "items[1].item_id"),
+        (lambda c: c.commit_batch("acme/1", [BatchItem(1, business_key="k" * 1000)]), "items[0].business_key"),
     ],
 )
 def test_bad_input_raises_with_the_field_and_is_not_retried(client: CreditClient, call, field: str) -> None:  # type: ignore[no-untyped-def]

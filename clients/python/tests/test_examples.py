@@ -27,6 +27,15 @@ def test_csv_enrichment(sidecar: Sidecar) -> None:
     assert "held 12 credits" in done.stdout
     assert "enriched 8 of 12 rows: charged 8, released 4" in done.stdout
     assert "available now: 992" in done.stdout
+    assert "batches: 1 of at most 100 rows" in done.stdout
+
+
+def test_csv_enrichment_in_small_batches_from_parallel_workers(sidecar: Sidecar) -> None:
+    done = run("csv_enrichment.py", sidecar, "--batch-size", "5", "--workers", "3")
+    assert done.returncode == 0, done.stderr
+    assert "enriched 8 of 12 rows: charged 8, released 4" in done.stdout
+    assert "batches: 3 of at most 5 rows" in done.stdout
+    assert "available now: 992" in done.stdout
 
 
 def test_csv_enrichment_refused_whole(sidecar: Sidecar) -> None:

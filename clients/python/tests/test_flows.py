@@ -214,6 +214,15 @@ def test_a_final_commit_closes_the_hold_without_a_release(client: CreditClient) 
     assert client.get_reservation(hold.reservation_id).state is ReservationState.COMMITTED
 
 
+def test_a_commit_sent_again_through_a_hold_is_counted_once(client: CreditClient) -> None:
+    fund(client, credits=100)
+    with client.hold("acme", "ann", "api", 10) as hold:
+        first = hold.commit(4, request_id="job-7:commit")
+        again = hold.commit(4, request_id="job-7:commit")  # answered from memory, not charged again
+        assert again == first and hold.committed == 4
+    assert client.get_reservation(hold.reservation_id).committed == 4
+
+
 def test_a_hold_reserved_as_an_amount_needs_a_cost_to_commit(client: CreditClient) -> None:
     fund(client)
     with client.hold("acme", "ann", "api", 10) as hold:

@@ -12,10 +12,12 @@ import pytest
 from conftest import StartSidecar
 from credit_sidecar import (
     AsyncCreditClient,
+    BatchItem,
     Committed,
     CreditClient,
     CreditError,
     DeadlineExceeded,
+    ItemCommitted,
     Reserved,
     ReservationState,
 )
@@ -53,6 +55,33 @@ def test_a_commit_whose_answer_was_lost_is_retried_with_its_id_and_applied_once(
         assert {error.request_id for error in failures} == {committed.request_id}
         reservation = client.get_reservation(reserved.reservation_id)
         assert (reservation.committed, reservation.commit_count, reservation.held) == (3, 1, 7)
+
+
+def test_a_batch_whose_answer_was_lost_is_retried_with_its_item_ids_and_applied_once(
+    sidecar: Sidecar, proxy: LossyProxy
+) -> None:
+    failures: list[CreditError] = []
+
+    def on_retry(error: CreditError, attempt: int, delay: float) -> None:
+        failures.append(error)
+        assert proxy.lost.is_set(), "the sidecar answered the lost attempt: it had applied it"
+        proxy.heal()
+
+    with CreditClient(proxy.address, timeout=0.5, on_retry=on_retry) as client:
+        fund(client)
+        reserved = client.reserve("acme", "ann", "enrichment", 10)
+        assert isinstance(reserved, Reserved)
+        proxy.lose_answers()
+        # No ids given: the ones made for the call are resent by the retry.
+        result = client.commit_batch(reserved.reservation_id, [BatchItem(2), BatchItem(3), BatchItem(1)])
+
+        assert [item for item in result.items if not isinstance(item, ItemCommitted)] == []
+        assert [item.held for item in result.items if isinstance(item, ItemCommitted)] == [8, 5, 4]
+        assert result.charged == 6
+        assert failures and failures[0].code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert {error.item_ids for error in failures} == {result.item_ids}
+        reservation = client.get_reservation(reserved.reservation_id)
+        assert (reservation.committed, reservation.commit_count, reservation.held) == (6, 3, 4)
 
 
 def test_a_reserve_lost_to_a_crash_is_answered_by_the_restarted_sidecar(

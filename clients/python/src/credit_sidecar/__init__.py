@@ -33,13 +33,17 @@ from .errors import (
 from .hold import Hold, KeepAlive
 from .retry import DEFAULT_TIMEOUT, NO_RETRY, RetryHook, RetryPolicy
 from .types import (
+    COMMIT_BATCH_MAX,
     Balance,
+    BatchCommitted,
+    BatchItem,
     Charged,
     Committed,
     Cost,
     Declined,
     Extended,
     GrantKind,
+    ItemCommitted,
     Outcome,
     Period,
     Quote,
@@ -54,6 +58,7 @@ from .types import (
 )
 
 __all__ = [
+    "COMMIT_BATCH_MAX",
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT",
     "NO_RETRY",
@@ -63,6 +68,8 @@ __all__ = [
     "AsyncCreditClient",
     "AsyncHold",
     "Balance",
+    "BatchCommitted",
+    "BatchItem",
     "Charged",
     "Committed",
     "Cost",
@@ -76,6 +83,7 @@ __all__ = [
     "Hold",
     "HoldDeclined",
     "InvalidArgument",
+    "ItemCommitted",
     "KeepAlive",
     "NotFound",
     "Outcome",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
     Balance,
+    BatchCommitted,
     Charged,
     Committed,
     Cost,
     Declined,
     Extended,
+    ItemCommitted,
     Outcome,
     Quote,
     Released,
@@ -99,6 +101,22 @@ def committed(response: authorizer_pb2.CommitResponse, request_id: str) -> Commi
         returned=response.returned,
         reservation=_maybe_reservation(response),
         request_id=request_id,
+    )
+
+
+def batch_committed(response: authorizer_pb2.CommitBatchResponse) -> BatchCommitted:
+    """Each item as its own Commit's answer would read; a declined item's ``request_id`` is its
+    item id (the id its decline is remembered under)."""
+    items: list[ItemCommitted | Declined] = []
+    for item in response.items:
+        if Outcome(item.outcome) is Outcome.OK:
+            items.append(ItemCommitted(item.item_id, item.charged, item.already_charged, item.held))
+        else:
+            items.append(_declined(item.outcome, item.decline, item.item_id))
+    return BatchCommitted(
+        items=tuple(items),
+        charged=response.charged,
+        reservation=reservation(response.reservation) if response.HasField("reservation") else None,
     )
 
 

@@ -5,7 +5,7 @@ send an Op, so both send identical requests and read answers identically."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -15,6 +15,8 @@ from . import _convert
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
     Balance,
+    BatchCommitted,
+    BatchItem,
     Charged,
     Committed,
     Cost,
@@ -52,6 +54,8 @@ class Op(Generic[T]):
     request: Message
     request_id: str | None
     read: Callable[[Any], T]
+    item_ids: tuple[str, ...] = ()
+    """CommitBatch: its items' ids (each item's request id), fixed like ``request_id``."""
 
 
 def _id(request_id: str | None) -> str:
@@ -101,6 +105,21 @@ def commit(
         labels=dict(labels or {}),
     )
     return Op("authorizer", "Commit", request, rid, lambda r: _convert.committed(r, rid))
+
+
+def commit_batch(reservation_id: str, items: Iterable[BatchItem]) -> Op[BatchCommitted]:
+    """Each item's id is fixed here (the caller's, or a uuid4), so every retry of the batch
+    resends the same ids and each item is applied once."""
+    request = authorizer_pb2.CommitBatchRequest(reservation_id=reservation_id)
+    for item in items:
+        request.items.add(
+            item_id=_id(item.item_id),
+            cost=_convert.cost(item.cost),
+            business_key=item.business_key,
+            labels=dict(item.labels or {}),
+        )
+    ids = tuple(item.item_id for item in request.items)
+    return Op("authorizer", "CommitBatch", request, None, _convert.batch_committed, ids)
 
 
 def extend(

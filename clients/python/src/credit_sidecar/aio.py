@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +22,8 @@ from .pb.credits.v1 import admin_pb2, admin_pb2_grpc, authorizer_pb2_grpc
 from .retry import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryHook, RetryPolicy, log_retry
 from .types import (
     Balance,
+    BatchCommitted,
+    BatchItem,
     Charged,
     Committed,
     Cost,
@@ -96,7 +98,7 @@ class AsyncCreditClient:
                 )
                 return op.read(response)
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, op.request_id, attempt)
+                error = from_rpc_error(rpc_error, op.request_id, attempt, op.item_ids)
             delay = self.retry.delay(error, attempt, time.monotonic() - started)
             if delay is None:
                 raise error
@@ -134,6 +136,12 @@ class AsyncCreditClient:
         timeout: float | None = None,
     ) -> Committed | Declined:
         return await self._run(_ops.commit(reservation_id, cost, final, business_key, labels, request_id), timeout)
+
+    async def commit_batch(
+        self, reservation_id: str, items: Iterable[BatchItem], *, timeout: float | None = None
+    ) -> BatchCommitted:
+        """See :meth:`credit_sidecar.CreditClient.commit_batch`: up to 100 items, one atomic step."""
+        return await self._run(_ops.commit_batch(reservation_id, items), timeout)
 
     async def extend(
         self,
@@ -347,6 +355,12 @@ class AsyncHold(HoldBase):
         op = _ops.commit(self.reservation_id, self._unit_cost(cost), final, business_key, labels, request_id)
         result = await self._client._run(op, timeout)
         self._commit_answered(result, final)
+        return result
+
+    async def commit_batch(self, items: Iterable[BatchItem], *, timeout: float | None = None) -> BatchCommitted:
+        """See :meth:`credit_sidecar.hold.Hold.commit_batch`."""
+        result = await self._client._run(_ops.commit_batch(self.reservation_id, items), timeout)
+        self._batch_answered(result)
         return result
 
     async def extend(

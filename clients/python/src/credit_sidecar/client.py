@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -19,6 +19,8 @@ from .pb.credits.v1 import admin_pb2, admin_pb2_grpc, authorizer_pb2_grpc
 from .retry import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryHook, RetryPolicy, log_retry
 from .types import (
     Balance,
+    BatchCommitted,
+    BatchItem,
     Charged,
     Committed,
     Cost,
@@ -102,7 +104,7 @@ class CreditClient:
                 )
                 return op.read(response)
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error, op.request_id, attempt)
+                error = from_rpc_error(rpc_error, op.request_id, attempt, op.item_ids)
             delay = self.retry.delay(error, attempt, time.monotonic() - started)
             if delay is None:
                 raise error
@@ -151,6 +153,20 @@ class CreditClient:
         """Moves ``cost`` (0 allowed) from held to spent; ``final`` closes the reservation and
         returns the rest. A ``business_key`` is charged at most once per account and cycle."""
         return self._run(_ops.commit(reservation_id, cost, final, business_key, labels, request_id), timeout)
+
+    def commit_batch(
+        self, reservation_id: str, items: Iterable[BatchItem], *, timeout: float | None = None
+    ) -> BatchCommitted:
+        """Commits up to :data:`COMMIT_BATCH_MAX` (100) items on one reservation in one atomic
+        step: each exactly a non-final :meth:`commit` whose request id is the item's id, answered
+        on its own (:class:`ItemCommitted`, or :class:`Declined` while the other items still apply).
+
+        Items without an ``item_id`` get a uuid4, fixed before the first attempt, so a retry of
+        the batch charges nothing twice. The whole call raises, changing nothing, for bad input
+        (the field names the item: ``items[3].cost.amount``), an unknown reservation
+        (``NotFound``), or an item id used before with other figures (``RequestIdReused``).
+        """
+        return self._run(_ops.commit_batch(reservation_id, items), timeout)
 
     def extend(
         self,

@@ -35,7 +35,8 @@ RETRYABLE_REASONS = frozenset({"REQUEST_BROKEN"})
 """Reasons that make another code retryable: CANCELLED is normally the caller's own doing, but
 the sidecar sends it (reason REQUEST_BROKEN) when a request stream broke on the way in."""
 
-_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): ")
+_FIELD_PREFIX = re.compile(r"^([a-z_][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z_][a-z0-9_]*(?:\[[0-9]+\])?)*): ")
+"""The field a message starts with: ``cost.amount``, or in a batch ``items[3].cost.amount``."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ class CreditError(Exception):
     status carried no details. ``retryable`` says whether retrying the same request (same
     ``request_id``) can help; ``retry_delay`` (seconds) is the server's hint, when it gave one.
     ``request_id`` is the id the call was sent with: keep it to retry later, since the sidecar
-    remembers ids for ``request_id_retention_ms`` (24 h by default). ``attempts`` counts the tries
-    made before giving up.
+    remembers ids for ``request_id_retention_ms`` (24 h by default). For ``commit_batch``, which
+    has no request id, ``item_ids`` are its items' ids in order (send the items again with them).
+    ``attempts`` counts the tries made before giving up.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class CreditError(Exception):
         retry_delay: float | None = None,
         resource: Resource | None = None,
         request_id: str | None = None,
+        item_ids: Iterable[str] = (),
         attempts: int = 1,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
@@ -91,6 +94,7 @@ class CreditError(Exception):
         self.retry_delay = retry_delay
         self.resource = resource
         self.request_id = request_id
+        self.item_ids = tuple(item_ids)
         self.attempts = attempts
 
     @property
@@ -118,7 +122,8 @@ class NotFound(CreditError):
 
 
 class RequestIdReused(CreditError):
-    """ALREADY_EXISTS: this request id was used before with other parameters."""
+    """ALREADY_EXISTS: this request id (or a batch item's id: the message names it) was used
+    before with other parameters."""
 
 
 class Unauthenticated(CreditError):
@@ -166,7 +171,9 @@ class HoldDeclined(Exception):
         self.declined = declined
 
 
-def from_rpc_error(error: grpc.RpcError, request_id: str | None, attempts: int) -> CreditError:
+def from_rpc_error(
+    error: grpc.RpcError, request_id: str | None, attempts: int, item_ids: Iterable[str] = ()
+) -> CreditError:
     """Turns a failed call (sync ``grpc.RpcError`` or ``grpc.aio.AioRpcError``) into a
     :class:`CreditError`, reading the ``google.rpc.Status`` details when the server sent them."""
     call: Any = error  # both kinds expose code(), details() and trailing_metadata()
@@ -180,7 +187,7 @@ def from_rpc_error(error: grpc.RpcError, request_id: str | None, attempts: int) 
         log.debug("ignoring google.rpc details: %s", mismatch)
         status = None
     cls = _CLASSES.get(code, CreditError)
-    return cls(code, message, request_id=request_id, attempts=attempts, **_details(status))
+    return cls(code, message, request_id=request_id, item_ids=item_ids, attempts=attempts, **_details(status))
 
 
 def _details(status: status_pb2.Status | None) -> dict[str, Any]:

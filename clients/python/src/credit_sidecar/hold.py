@@ -14,14 +14,27 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from . import _ops
 from .errors import CreditError, HoldDeclined
-from .types import Committed, Cost, Declined, Extended, Outcome, Released, Reserved, Sku
+from .types import (
+    BatchCommitted,
+    BatchItem,
+    Committed,
+    Cost,
+    Declined,
+    Extended,
+    ItemCommitted,
+    Outcome,
+    Released,
+    Reservation,
+    Reserved,
+    Sku,
+)
 
 if TYPE_CHECKING:
     from .client import CreditClient
@@ -76,7 +89,9 @@ class HoldBase:
         self._lock = threading.Lock()
         self._reserved: Reserved | None = None
         self.committed = 0
-        """Credits charged through this hold so far."""
+        """Credits charged through this hold so far: the reservation's ``committed`` as the latest
+        answers report it, so a commit or batch sent again (answered from memory) is not counted
+        twice."""
         self.held = 0
         """What the reservation held after the latest answer seen."""
         self.deadline_unix_ms = 0
@@ -117,11 +132,32 @@ class HoldBase:
     def _commit_answered(self, result: Committed | Declined, final: bool) -> None:
         with self._lock:
             if isinstance(result, Committed):
-                self.committed += result.charged
+                self._charged(result.charged, result.reservation)
                 self.held = result.held
                 self.closed = self.closed or final
             else:
                 self._declined(result)
+
+    def _batch_answered(self, result: BatchCommitted) -> None:
+        with self._lock:
+            for item in result.items:
+                if isinstance(item, ItemCommitted):
+                    self.held = item.held
+                else:
+                    self._declined(item)
+            self._charged(result.charged, result.reservation)
+            if result.reservation is not None:
+                self.held = result.reservation.held
+                self.deadline_unix_ms = result.reservation.deadline_unix_ms
+
+    def _charged(self, charged: int, reservation: Reservation | None) -> None:
+        """Counts a commit's charge from the reservation it reports: the reservation's total only
+        grows, so answers that arrive out of order (commits from many threads) or from memory (an
+        id sent again) are counted once. Without the reservation, the charge is added."""
+        if reservation is None:
+            self.committed += charged
+        else:
+            self.committed = max(self.committed, reservation.committed)
 
     def _extend_answered(self, result: Extended | Declined, background: bool) -> None:
         with self._lock:
@@ -145,6 +181,7 @@ class HoldBase:
 
     def _declined(self, result: Declined) -> None:
         if result.reservation is not None:
+            self.committed = max(self.committed, result.reservation.committed)
             self.held = result.reservation.held
             self.deadline_unix_ms = result.reservation.deadline_unix_ms
         if result.outcome in _CLOSING:
@@ -228,6 +265,15 @@ class Hold(HoldBase):
         op = _ops.commit(self.reservation_id, self._unit_cost(cost), final, business_key, labels, request_id)
         result = self._client._run(op, timeout)
         self._commit_answered(result, final)
+        return result
+
+    def commit_batch(self, items: Iterable[BatchItem], *, timeout: float | None = None) -> BatchCommitted:
+        """Spends up to 100 items from the hold in one call and one atomic step (a worker's
+        rows): see :meth:`CreditClient.commit_batch`. Each item's decline is in the result, not
+        raised; the hold stays open (leaving the block releases the rest).
+        """
+        result = self._client._run(_ops.commit_batch(self.reservation_id, items), timeout)
+        self._batch_answered(result)
         return result
 
     def extend(

@@ -69,10 +69,10 @@ RetryHook = Callable[[CreditError, int, float], None]
 
 def log_retry(method: str, error: CreditError, delay: float) -> None:
     log.info(
-        "credit-sidecar %s failed (%s, attempt %d); retrying in %.3f s with request_id %s",
+        "credit-sidecar %s failed (%s, attempt %d); retrying in %.3f s with %s",
         method,
         error.code.name,
         error.attempts,
         delay,
-        error.request_id,
+        f"the same {len(error.item_ids)} item ids" if error.item_ids else f"request_id {error.request_id}",
     )

@@ -9,6 +9,7 @@ figure reads the same here, in the proto and in the sidecar's logs.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -23,6 +24,29 @@ class Sku:
 
 Cost = int | Sku
 """What a call costs: whole credits, or a SKU times a quantity priced by the sidecar."""
+
+COMMIT_BATCH_MAX = 100
+"""The most items one ``commit_batch`` takes (the sidecar's limit; more is ``InvalidArgument``,
+field ``items``). Cut longer work into batches of this many."""
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One line item of ``commit_batch``: what a non-final ``commit`` takes.
+
+    ``item_id`` is the item's idempotency key, with a request id's rules, scoped to the
+    reservation and remembered as long as it is: without one a uuid4 is made for the call (and
+    kept across its retries); give your own (``f"{job}:{row}"``) to send the batch again later,
+    from another process too, without charging any item twice.
+    """
+
+    cost: Cost
+    """Credits (0 allowed) or a ``Sku``, moved from held to spent."""
+    item_id: str | None = None
+    business_key: str = ""
+    """Charged at most once per account and cycle, as for ``commit``."""
+    labels: Mapping[str, str] | None = None
+    """Recorded on the line item (e.g. ``{"row": "17"}``)."""
 
 
 class _OpenEnum(enum.IntEnum):
@@ -117,7 +141,8 @@ class Declined:
     message: str
     request_id: str
     reservation: Reservation | None = None
-    """Declined Commit, Extend and Release: the reservation as it stands."""
+    """Declined Commit, Extend and Release: the reservation as it stands (a declined batch item:
+    ``None``, see :attr:`BatchCommitted.reservation`)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,52 @@ class Committed:
     returned: int
     reservation: Reservation | None
     request_id: str
+
+
+@dataclass(frozen=True)
+class ItemCommitted:
+    """One item of a batch that was committed (or found already charged by its business key)."""
+
+    ok: ClassVar[bool] = True
+    item_id: str
+    charged: int
+    """What this item spent: 0 when ``already_charged``. An item answered from memory (a
+    retried batch) shows what it charged the first time."""
+    already_charged: bool
+    held: int
+    """What the reservation held after this item."""
+
+
+@dataclass(frozen=True)
+class BatchCommitted:
+    """The answer to ``commit_batch``: one result per item, in the items' order.
+
+    Each item is answered on its own, as its own ``commit`` would be: :class:`ItemCommitted`, or
+    :class:`Declined` (``EXCEEDS_HOLD``, ``RESERVATION_EXPIRED``, ``RESERVATION_CLOSED``; its
+    ``request_id`` is the item id) while the other items still apply. A declined item is
+    remembered under its id too: after an Extend, send it again under a new id.
+    """
+
+    items: tuple[ItemCommitted | Declined, ...]
+    charged: int
+    """What the items charged together (items answered from memory count what they charged)."""
+    reservation: Reservation | None
+    """The reservation as the last item left it."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item was committed (none declined)."""
+        return all(item.ok for item in self.items)
+
+    @property
+    def declined(self) -> tuple[Declined, ...]:
+        """The declined items, in order (their ``request_id`` is the item id)."""
+        return tuple(item for item in self.items if isinstance(item, Declined))
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        """Every item's id, in order: the ids to send the same batch again with."""
+        return tuple(item.item_id if isinstance(item, ItemCommitted) else item.request_id for item in self.items)
 
 
 @dataclass(frozen=True)
