@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::frame::frame;
 use super::pb::{self, credit_authorizer_server::CreditAuthorizer};
-use super::status::invalid;
+use super::status::{batch_status, invalid};
 use super::{convert, respond};
 use crate::engine::Engine;
 use crate::ledger::{AccountId, ReservationId};
@@ -47,8 +47,9 @@ impl CreditAuthorizer for AuthorizerService {
     ) -> Result<Response<pb::CommitBatchResponse>, Status> {
         frame("CommitBatch", request, |request| async move {
             let cmd = convert::commit_batch(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            let ids = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
-            Ok(Response::new(respond::committed_batch(ids, self.engine.commit_batch(&cmd).await?)))
+            let ids: Vec<String> = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
+            let batched = self.engine.commit_batch(&cmd).await.map_err(|error| batch_status(error, &ids))?;
+            Ok(Response::new(respond::committed_batch(ids, batched)))
         })
         .await
     }

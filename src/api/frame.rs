@@ -44,6 +44,17 @@ pub trait Answered {
     fn outcome_of(&self) -> Option<pb::Outcome> {
         None
     }
+
+    /// The declines of a batch's items (the call itself answers OK).
+    fn item_declines(&self) -> Vec<pb::Outcome> {
+        Vec::new()
+    }
+}
+
+impl Answered for pb::CommitBatchResponse {
+    fn item_declines(&self) -> Vec<pb::Outcome> {
+        self.items.iter().map(pb::CommitItemResult::outcome).filter(|outcome| *outcome != pb::Outcome::Ok).collect()
+    }
 }
 
 /// The account part of `<account>/<seq>` (the whole text when it has no `/`).
@@ -96,7 +107,7 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
     pb::SetUserLimitResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
-    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse, pb::CommitBatchResponse);
+    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
@@ -265,6 +276,9 @@ fn count<Resp: Answered>(rpc: &'static str, result: &Result<Response<Resp>, Stat
             let label = outcome_label(outcome);
             if outcome != pb::Outcome::Ok && rpc != "Quote" {
                 metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
+            }
+            for item in response.get_ref().item_declines() {
+                metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => outcome_label(item)).increment(1);
             }
             record(rpc, label, started);
             tracing::Span::current().record("outcome", label);

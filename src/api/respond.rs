@@ -5,9 +5,9 @@ use super::pb;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Committed, Decision, Decline, DeclineReason, DeclineScope, Extended,
-    Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView,
-    Reserved, Totals, UserView,
+    AccountId, AccountView, Balance, Charged, CommitBatched, Committed, Decision, Decline, DeclineReason, DeclineScope,
+    Extended, Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId, ReservationState,
+    ReservationView, Reserved, Totals, UserView,
 };
 use crate::settle::store::{LineItem, SettledReservation, UsageRow};
 
@@ -50,31 +50,28 @@ pub fn committed(decision: Decision<Committed>) -> pb::CommitResponse {
     response
 }
 
-/// `unit`: as for [`reserved`], for `added_quantity`.
-/// Each item's answer, as Commit's without the reservation view (the response carries the last).
-pub fn committed_batch(ids: Vec<String>, decisions: Vec<Decision<Committed>>) -> pb::CommitBatchResponse {
-    let mut response = pb::CommitBatchResponse::default();
-    for (item_id, decision) in ids.into_iter().zip(decisions) {
+/// Each item's answer, as Commit's without the reservation view, then the reservation as the
+/// batch left it.
+pub fn committed_batch(ids: Vec<String>, batched: CommitBatched) -> pb::CommitBatchResponse {
+    let mut response =
+        pb::CommitBatchResponse { reservation: Some(reservation(batched.reservation)), ..Default::default() };
+    for (item_id, decision) in ids.into_iter().zip(batched.items) {
         let (outcome, decline) = outcome(&decision);
         let mut item = pb::CommitItemResult { item_id, outcome, decline, ..Default::default() };
-        let view = match decision {
+        match decision {
             Decision::Done(committed) => {
                 (item.charged, item.already_charged, item.held) =
                     (committed.charged, committed.already_charged, committed.held);
-                Some(committed.reservation)
             }
-            Decision::Declined(decline) => {
-                item.held = decline.held;
-                decline.reservation.map(|view| *view)
-            }
-        };
+            Decision::Declined(decline) => item.held = decline.held,
+        }
         response.charged += item.charged;
         response.items.push(item);
-        response.reservation = view.map(reservation).or(response.reservation.take());
     }
     response
 }
 
+/// `unit`: as for [`reserved`], for `added_quantity`.
 pub fn extended(decision: Decision<Extended>, unit: i64) -> pb::ExtendResponse {
     let (outcome, decline) = outcome(&decision);
     let mut response = pb::ExtendResponse { outcome, decline, ..Default::default() };

@@ -53,6 +53,23 @@ pub const STATE_LOST_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// naming the field, a `ResourceInfo` naming what was not found, a `RetryInfo` when waiting
 /// and retrying (with the same request id) helps.
 pub fn to_status(error: Error) -> Status {
+    to_status_naming(error, "request_id")
+}
+
+/// As [`to_status`], for a CommitBatch: a reused item id is named as the item's field.
+pub fn batch_status(error: Error, item_ids: &[String]) -> Status {
+    let index = match &error {
+        Error::Ledger(LedgerError::RequestIdReused(id)) => item_ids.iter().position(|item| item == id.as_str()),
+        _ => None,
+    };
+    match index {
+        Some(index) => to_status_naming(error, &format!("items[{index}].item_id")),
+        None => to_status(error),
+    }
+}
+
+/// `request_field`: the field a REQUEST_ID_REUSED names.
+fn to_status_naming(error: Error, request_field: &str) -> Status {
     let message = bounded(error.to_string());
     let mut details = ErrorDetails::new();
     let (code, reason) = match &error {
@@ -69,7 +86,7 @@ pub fn to_status(error: Error) -> Status {
             (Code::NotFound, "RESERVATION_NOT_FOUND")
         }
         Error::Ledger(LedgerError::RequestIdReused(_)) => {
-            details.add_bad_request_violation("request_id", "already used with different parameters");
+            details.add_bad_request_violation(request_field, "already used with different parameters");
             (Code::AlreadyExists, "REQUEST_ID_REUSED")
         }
         Error::Unavailable(_) => {

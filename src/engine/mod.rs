@@ -16,8 +16,8 @@ use crate::ledger::command::{
     Charge, Commit, CommitBatch, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
 };
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Ledger, PlanSet, Quoted,
-    Released, ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
+    AccountId, AccountView, Balance, Charged, Clock, CommitBatched, Committed, Decision, Extended, Granted, Ledger,
+    PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
 };
 use crate::settle::store::Store;
 
@@ -147,9 +147,9 @@ impl Engine {
         }
     }
 
-    /// Each item's answer, in order; refused whole (nothing changed) by an unknown reservation or
-    /// an item id used with other parameters.
-    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>> {
+    /// Each item's answer, in order, and the reservation after them; refused whole (nothing
+    /// changed) by an unknown reservation or an item id used with other parameters.
+    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<CommitBatched> {
         match &self.backend {
             Backend::Embedded(engine) => engine.run(|ledger, now| ledger.commit_batch(now, cmd)).await,
             Backend::Redis(engine) => engine.commit_batch(cmd).await,

@@ -186,6 +186,14 @@ pub struct Committed {
     pub reservation: ReservationView,
 }
 
+/// A CommitBatch's answer: each item's, in order (an item answered from memory carries the
+/// figures of its first call), and the reservation as the whole batch left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitBatched {
+    pub items: Vec<Decision<Committed>>,
+    pub reservation: ReservationView,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extended {
     pub added: i64,

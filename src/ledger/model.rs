@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use super::Error;
 use super::account::{Account, Remembered, Reservation, Sink};
 use super::answer::{
-    AccountView, Answer, Balance, Charged, Committed, Decision, DeclineReason, Extended, Granted, PlanSet, Quoted,
-    Released, ReservationView, Reserved, UserView,
+    AccountView, Answer, Balance, Charged, CommitBatched, Committed, Decision, DeclineReason, Extended, Granted,
+    PlanSet, Quoted, Released, ReservationView, Reserved, UserView,
 };
 use super::command::{
     Charge, Commit, CommitBatch, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
@@ -304,21 +304,26 @@ impl Ledger {
     }
 
     /// The batch's items as Commits, in order, in one step: each answered as that Commit would
-    /// be. Refused whole, changing nothing, when the reservation is unknown or an item's id was
-    /// used with other parameters.
-    pub fn commit_batch(&mut self, now: Millis, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>, Error> {
+    /// be; then the reservation as the batch left it. Refused whole, changing nothing, when the
+    /// reservation is unknown or an item's id was used (before, or earlier in the batch) with
+    /// other parameters.
+    pub fn commit_batch(&mut self, now: Millis, cmd: &CommitBatch) -> Result<CommitBatched, Error> {
         let commits: Vec<Commit> = cmd.commits().collect();
         let id = &cmd.reservation;
         let account = self.accounts.get(&id.account).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
         let reservation = account.reservations.get(&id.seq).ok_or_else(|| Error::ReservationNotFound(id.clone()))?;
+        let mut batch: HashMap<&RequestId, Fingerprint> = HashMap::with_capacity(commits.len());
         for commit in &commits {
-            if let Some(remembered) = reservation.requests.get(&commit.request)
-                && remembered.fingerprint != commit.fingerprint()
-            {
+            let fingerprint = commit.fingerprint();
+            let earlier = reservation.requests.get(&commit.request).map(|remembered| &remembered.fingerprint);
+            if earlier.or(batch.get(&commit.request)).is_some_and(|earlier| *earlier != fingerprint) {
                 return Err(Error::RequestIdReused(commit.request.clone()));
             }
+            batch.insert(&commit.request, fingerprint);
         }
-        commits.iter().map(|commit| self.commit(now, commit)).collect()
+        let items = commits.iter().map(|commit| self.commit(now, commit)).collect::<Result<Vec<_>, _>>()?;
+        let reservation = self.accounts[&id.account].reservation_view(id.seq);
+        Ok(CommitBatched { items, reservation })
     }
 
     pub fn extend(&mut self, now: Millis, cmd: &Extend) -> Result<Decision<Extended>, Error> {

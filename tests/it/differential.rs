@@ -127,10 +127,12 @@ enum Op {
     Release {
         pick: usize,
     },
-    /// Items of (amount, business key) on one reservation.
+    /// Items of (amount, business key) on one reservation; `repeat`: the last item takes the
+    /// first one's id (the engines must refuse, or replay, the whole batch alike).
     CommitBatch {
         pick: usize,
         items: Vec<(i64, Option<usize>)>,
+        repeat: bool,
     },
     Charge {
         account: usize,
@@ -203,8 +205,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), 0..30i64, prop::option::of(1_000..3 * DAY), partial())
             .prop_map(|(pick, amount, ttl, partial)| Op::Extend { pick, amount, ttl, partial }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
-        3 => (any::<usize>(), prop::collection::vec((0..25i64, prop::option::of(0..KEYS.len())), 1..8))
-            .prop_map(|(pick, items)| Op::CommitBatch { pick, items }),
+        3 => (any::<usize>(), prop::collection::vec((0..25i64, prop::option::of(0..KEYS.len())), 1..8), prop::bool::weighted(0.2))
+            .prop_map(|(pick, items, repeat)| Op::CommitBatch { pick, items, repeat }),
         2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()))
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
         1 => (account.clone(), prop::option::of(user.clone()), 1..200i64)
@@ -420,9 +422,8 @@ impl Pair<'_> {
                 request: self.request(),
                 partial: partial_of(p.filter(|_| amount > 0), amount),
             }),
-            Op::CommitBatch { pick, items } => Sent::CommitBatch(CommitBatch {
-                reservation: self.reservation(pick),
-                items: items
+            Op::CommitBatch { pick, items, repeat } => {
+                let mut items: Vec<CommitItem> = items
                     .into_iter()
                     .map(|(amount, k)| CommitItem {
                         id: self.request(),
@@ -430,8 +431,13 @@ impl Pair<'_> {
                         business_key: key(k),
                         labels: Labels::parse([("row".to_owned(), amount.to_string())]).unwrap(),
                     })
-                    .collect(),
-            }),
+                    .collect();
+                if repeat && items.len() > 1 {
+                    let first = items[0].id.clone();
+                    items.last_mut().expect("two items or more").id = first;
+                }
+                Sent::CommitBatch(CommitBatch { reservation: self.reservation(pick), items })
+            }
             Op::Release { pick } => {
                 Sent::Release(Release { reservation: self.reservation(pick), request: self.request() })
             }

@@ -542,6 +542,15 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     let commit = commit_request(&held.reservation_id, 30, false, "c-1".into());
     let committed = auth.commit(commit).await.unwrap().into_inner();
     assert_eq!((committed.outcome(), committed.charged, committed.held), (pb::Outcome::Ok, 30, 70));
+    // A batch answers OK; its item's decline is counted as a decline.
+    let item = pb::CommitItem {
+        item_id: "b-1".into(),
+        cost: Some(pb::Cost { cost: Some(pb::cost::Cost::Amount(80)) }),
+        ..Default::default()
+    };
+    let batch = pb::CommitBatchRequest { reservation_id: held.reservation_id.clone(), items: vec![item] };
+    let batched = auth.commit_batch(batch).await.unwrap().into_inner();
+    assert_eq!(batched.items[0].outcome(), pb::Outcome::ExceedsHold, "{batched:?}");
     let bad = auth.reserve(reserve_request("acme", 0, "r-bad")).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     let mut oversized = reserve_request("acme", 1, "r-huge");
@@ -588,6 +597,13 @@ async fn the_metrics_endpoint_counts_outcomes_declines_durations_and_settlement(
     assert_eq!(calls("SetPlan", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Grant", "ok"), Some(1.0), "{}", metrics.text);
     assert_eq!(calls("Commit", "insufficient_credit"), None, "a Commit decline that never happened: {}", metrics.text);
+    assert_eq!(calls("CommitBatch", "ok"), Some(1.0), "{}", metrics.text);
+    assert_eq!(
+        metrics.value("credit_sidecar_declines_total", &[("rpc", "CommitBatch"), ("reason", "exceeds_hold")]),
+        1.0,
+        "a batch item's decline: {}",
+        metrics.text
+    );
     assert_eq!(
         metrics.value("credit_sidecar_declines_total", &[("rpc", "Reserve"), ("reason", "insufficient_credit")]),
         1.0

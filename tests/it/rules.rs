@@ -697,9 +697,26 @@ async fn commit_batch_applies_each_item_as_a_commit(h: Harness) {
     assert_eq!(reused.code(), tonic::Code::AlreadyExists);
     assert_eq!(error_reason(&reused), "REQUEST_ID_REUSED");
     assert!(reused.message().contains("row-4"), "{}", reused.message());
+    let details = tonic_types::StatusExt::get_error_details(&reused);
+    let violations = details.bad_request().map(|bad| bad.field_violations.clone()).unwrap_or_default();
+    assert_eq!(violations[0].field, "items[1].item_id", "the reused item is named by its field");
     assert_eq!(h.totals("acme").await, totals, "nothing of a refused batch applies");
     let fixed = auth.commit_batch(batch(vec![item("row-6", 1, ""), item("row-4", 30, "")])).await.unwrap();
-    assert_eq!(fixed.into_inner().charged, 31, "row-6 fresh, row-4 as first answered");
+    let fixed = fixed.into_inner();
+    assert_eq!(fixed.charged, 31, "row-6 fresh, row-4 as first answered");
+    assert_eq!(fixed.items[1].held, 40, "an item answered from memory carries its first figures");
+    assert_eq!(fixed.reservation.unwrap().held, 39, "the reservation as this batch left it");
+    // An id used by another call on the reservation (here an Extend) is taken.
+    let extend = pb::ExtendRequest {
+        reservation_id: id.clone(),
+        ttl_ms: MINUTE,
+        request_id: "ext-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(auth.extend(extend).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
+    let taken = auth.commit_batch(batch(vec![item("ext-1", 1, "")])).await.unwrap_err();
+    assert_eq!(error_reason(&taken), "REQUEST_ID_REUSED");
+    let totals = h.totals("acme").await;
 
     // Bad input is refused by field, whole.
     let bad = [
@@ -717,6 +734,7 @@ async fn commit_batch_applies_each_item_as_a_commit(h: Harness) {
     }
     let unknown = pb::CommitBatchRequest { reservation_id: "acme/999".into(), items: vec![item("z", 1, "")] };
     assert_eq!(auth.commit_batch(unknown).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(h.totals("acme").await, totals, "refused batches change nothing");
 
     // On a closed reservation every new item is declined as a Commit would be.
     h.release(&id).await;

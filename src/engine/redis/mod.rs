@@ -42,8 +42,8 @@ use crate::ledger::command::{
 use crate::ledger::cycle::Cycle;
 use crate::ledger::event::Event;
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Clock, Committed, Decision, Extended, Granted, Millis, PlanSet, Quoted,
-    Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
+    AccountId, AccountView, Balance, Charged, Clock, CommitBatched, Committed, Decision, Extended, Granted, Millis,
+    PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
 };
 use crate::settle::store::Store;
 use reply::{Context, Fields, Reply};
@@ -601,14 +601,7 @@ impl RedisEngine {
     }
 
     /// A reply, with a NOT_FOUND checked against the ledger (see [`guard`]).
-    async fn checked_batch<T>(&self, reply: Result<T>) -> Result<T> {
-        match reply {
-            Err(error @ Error::Ledger(_)) => Err(self.guard_not_found(error).await),
-            other => other,
-        }
-    }
-
-    async fn checked(&self, reply: Result<Reply>) -> Result<Reply> {
+    async fn checked<T>(&self, reply: Result<T>) -> Result<T> {
         match reply {
             Err(error @ Error::Ledger(_)) => Err(self.guard_not_found(error).await),
             other => other,
@@ -660,7 +653,7 @@ impl RedisEngine {
         self.change("commit", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::committed).await
     }
 
-    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<Vec<Decision<Committed>>> {
+    pub async fn commit_batch(&self, cmd: &CommitBatch) -> Result<CommitBatched> {
         let commits: Vec<Commit> = cmd.commits().collect();
         let fingerprints: Vec<_> = commits.iter().map(Commit::fingerprint).collect();
         let labels: Vec<String> = commits.iter().map(|commit| labels_json(&commit.labels)).collect();
@@ -681,17 +674,18 @@ impl RedisEngine {
         for _ in 0..CATCHUP_ROUNDS_MAX {
             let all = self.account_args("commit_batch", &id.account, &args).await?;
             let (value, acknowledged) = self.fcall_replicated("commit_batch", &keys, &all).await?;
-            let Some(replies) = self.checked_batch(reply::parse_batch(value, id, &requests)).await? else { continue };
-            let mut decisions = Vec::with_capacity(replies.len());
+            let reply = self.checked(reply::parse_batch(value, id, &requests)).await?;
+            let Some((reservation, replies)) = reply else { continue };
+            let mut items = Vec::with_capacity(replies.len());
             for answer in replies {
-                decisions.push(match answer {
+                items.push(match answer {
                     Reply::Ok(mut fields) => Decision::Done(reply::committed(&mut fields, &id.account)?),
                     Reply::Declined(decline) => Decision::Declined(decline),
                     Reply::Due => return Err(Error::Internal("a batch item answered \"due\"".into())),
                 });
             }
             self.replicated(acknowledged)?;
-            return Ok(decisions);
+            return Ok(CommitBatched { items, reservation });
         }
         Err(catch_up_unfinished(&id.account))
     }

@@ -137,14 +137,27 @@ pub fn parse(value: Value, context: &Context<'_>) -> Result<Reply, Error> {
     }
 }
 
-/// A batch's reply: each item's, in order, or None when the account must catch up first (call
-/// again). A refusal of the whole call names the item it is about (`requests`: the items' ids).
-pub fn parse_batch(value: Value, id: &ReservationId, requests: &[&str]) -> Result<Option<Vec<Reply>>, Error> {
+/// A batch's reply: the reservation after it and each item's reply, in order, or None when the
+/// account must catch up first (call again). A refusal of the whole call names the item it is
+/// about (`requests`: the items' ids).
+pub fn parse_batch(
+    value: Value,
+    id: &ReservationId,
+    requests: &[&str],
+) -> Result<Option<(ReservationView, Vec<Reply>)>, Error> {
     let Value::Array(items) = value else { return Err(corrupt(format!("expected an array, got {value:?}"))) };
     let mut context = Context { account: &id.account, reservation: Some(id.seq), request: None };
     let mut fields = Fields { items: items.into_iter() };
     match fields.text()?.as_str() {
-        "batch" => fields.items.map(|item| parse(item, &context)).collect::<Result<Vec<_>, _>>().map(Some),
+        "batch" => {
+            let Value::Array(view) = fields.next()? else { return Err(corrupt("a batch without its reservation")) };
+            let reservation = reservation(&mut Fields { items: view.into_iter() }, &id.account)?;
+            let replies = fields.items.map(|item| parse(item, &context)).collect::<Result<Vec<_>, _>>()?;
+            if replies.len() != requests.len() {
+                return Err(corrupt(format!("{} replies to a batch of {}", replies.len(), requests.len())));
+            }
+            Ok(Some((reservation, replies)))
+        }
         "due" => Ok(None),
         "err" => {
             let code = fields.text()?;

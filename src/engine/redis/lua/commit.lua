@@ -43,12 +43,13 @@ end)
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 seq, 5 item count n (1..=COMMIT_BATCH_MAX), then per item 5 fields:
 --       item id, fingerprint (its Commit's), amount, business key ("" for none), labels (JSON)
--- Reply: {"batch", <commit reply>, ...} one per item (see commit.lua: a result, or a decline
---        with the reservation's view), or for the whole call {"err", "account_not_found" |
+-- Reply: {"batch", <reservation view after the batch>, <commit reply>, ...} one per item (see
+--        above: a result, or a decline with the reservation's view; an item answered from memory
+--        as first answered), or for the whole call {"err", "account_not_found" |
 --        "reservation_not_found" | "request_id_reused", <1-based item>} or {"due"}: then nothing
 --        changed.
--- Example: reservation 7 holds 50; items (row-1, 2), (row-2, 2) -> {"batch", {"ok", 2, 0, 48,
--- 0, ...}, {"ok", 2, 0, 46, 0, ...}} and two "committed" events.
+-- Example: reservation 7 holds 50; items (row-1, 2), (row-2, 2) -> {"batch", {7, "held", 50, 4,
+-- 46, ...}, {"ok", 2, 0, 48, 0, ...}, {"ok", 2, 0, 46, 0, ...}} and two "committed" events.
 register('commit_batch', function(keys, args)
   local n = tonumber(args[5])
   assert(n ~= nil and n >= 1 and n <= COMMIT_BATCH_MAX, 'commit_batch: bad item count')
@@ -56,17 +57,23 @@ register('commit_batch', function(keys, args)
   local seq = int(args[4])
   -- One instant for every item, as the model runs them.
   NOW_ARG = string.format('%d', now_ms())
-  -- Refusals of the whole call come before any write: an item id taken by other parameters.
+  -- Refusals of the whole call come before any write, in the model's order: an unknown
+  -- reservation, then an item id taken by other parameters, before or earlier in this batch.
+  if redis.call('HEXISTS', res_key(seq), 'm' .. seq) == 0 then return err('reservation_not_found') end
   local ids = {}
   for i = 1, n do ids[i] = args[1 + 5 * i] end
   local remembered = redis.call('HMGET', K_X, unpack(ids))
+  local batch = {}
   for i = 1, n do
     local fingerprint = args[2 + 5 * i]
-    if remembered[i] and string.sub(remembered[i], 1, #fingerprint + 1) ~= fingerprint .. SEP then
+    local earlier = batch[ids[i]]
+    if remembered[i] and string.sub(remembered[i], 1, #fingerprint + 1) ~= fingerprint .. SEP
+      or earlier and earlier ~= fingerprint then
       return { 'err', 'request_id_reused', i }
     end
+    batch[ids[i]] = fingerprint
   end
-  local out = { 'batch' }
+  local out = { 'batch', false }
   for i = 1, n do
     local at = 1 + 5 * i
     local key = args[at + 3] ~= '' and args[at + 3] or nil
@@ -77,7 +84,11 @@ register('commit_batch', function(keys, args)
       assert(i == 1, 'commit_batch: item ' .. i .. ' answered ' .. reply[1])
       return reply
     end
-    out[i + 1] = reply
+    out[i + 2] = reply
   end
+  local r, view = get_res(seq), {}
+  view_fields(view, r)
+  view_facts(view, r)
+  out[2] = view
   return out
 end)
