@@ -570,7 +570,6 @@ async fn unknown_things_are_not_found(h: Harness) {
     assert_eq!(auth.get_balance(balance).await.unwrap_err().code(), tonic::Code::NotFound);
 }
 
-/// Bad input: INVALID_ARGUMENT, the message starts with the field, and nothing changes.
 /// A partial hold takes the whole units that fit (the account's credit and the user's limit),
 /// at least `min_quantity`; declined only when not even that fits. Extend likewise.
 async fn partial_holds_take_the_whole_units_that_fit(h: Harness) {
@@ -744,6 +743,7 @@ async fn commit_batch_applies_each_item_as_a_commit(h: Harness) {
     assert_eq!((closed.items[1].outcome(), closed.items[1].charged), (pb::Outcome::Ok, 10), "row-1 from memory");
 }
 
+/// Bad input: INVALID_ARGUMENT, the message starts with the field, and nothing changes.
 async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     h.account("acme", 100).await;
     let id = h.hold("acme", "ann", 10).await;
