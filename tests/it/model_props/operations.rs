@@ -69,6 +69,8 @@ pub(super) enum Op {
         pick: usize,
         amount: i64,
         ttl_ms: Option<Millis>,
+        /// A partial extension: (credits a unit, least units), when there is an amount.
+        partial: Option<(i64, i64)>,
     },
     Release {
         pick: usize,
@@ -242,8 +244,8 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         10 => (any::<usize>(), commit_amount(), any::<bool>(), key.clone()).prop_map(
             |(pick, amount, final_commit, key)| Op::Commit { pick, amount, final_commit, key }
         ),
-        3 => (any::<usize>(), prop_oneof![Just(0), amount()], extend_ttl)
-            .prop_map(|(pick, amount, ttl_ms)| Op::Extend { pick, amount, ttl_ms }),
+        3 => (any::<usize>(), prop_oneof![Just(0), amount()], extend_ttl, prop::option::weighted(0.3, (1..=20i64, 1..=4i64)))
+            .prop_map(|(pick, amount, ttl_ms, partial)| Op::Extend { pick, amount, ttl_ms, partial }),
         4 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         5 => (account.clone(), user.clone(), amount(), key)
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),

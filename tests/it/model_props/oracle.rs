@@ -206,10 +206,21 @@ impl Harness {
                     labels: labels(key.is_some()),
                 })
             }
-            Op::Extend { pick, amount, ttl_ms } => {
+            Op::Extend { pick, amount, ttl_ms, partial } => {
                 let amount = if amount == 0 && ttl_ms.is_none() { 1 } else { amount };
                 let ttl_ms = ttl_ms.map(|ttl| self.rules.ttl(ttl).unwrap());
-                Cmd::Extend(Extend { reservation: self.pick_reservation(pick), amount, ttl_ms, request, partial: None })
+                // As for Reserve: whole units, the amount rounded down to one (at least).
+                let partial = partial.filter(|_| amount > 0).map(|(unit, min_units)| {
+                    let units = (amount / unit).max(1);
+                    (Partial { unit, min_units: min_units.min(units) }, units * unit)
+                });
+                Cmd::Extend(Extend {
+                    reservation: self.pick_reservation(pick),
+                    amount: partial.map_or(amount, |(_, amount)| amount),
+                    ttl_ms,
+                    request,
+                    partial: partial.map(|(partial, _)| partial),
+                })
             }
             Op::Release { pick } => Cmd::Release(Release { reservation: self.pick_reservation(pick), request }),
             Op::Charge { account, user, amount, key } => Cmd::Charge(Charge {
@@ -515,13 +526,18 @@ impl Harness {
         let extended = match decision {
             Decision::Declined(decline) => {
                 ensure!(c.amount > 0, "extend without amount declined");
-                return admit_decline(decline, c.amount, &balance);
+                let least = c.partial.map_or(c.amount, |partial| partial.unit * partial.min_units);
+                return admit_decline(decline, least, &balance);
             }
             Decision::Done(extended) => extended,
         };
+        match c.partial {
+            None => ensure!(extended.added == c.amount, "extend answer's added"),
+            Some(partial) => partial_held(extended.added, c.amount, partial, &balance)?,
+        }
         let deadline = c.ttl_ms.map_or(hold.deadline_ms, |ttl| hold.deadline_ms.max(self.now + ttl));
-        ensure!(extended.added == c.amount && extended.deadline_ms == deadline, "extend answer");
-        ensure!(extended.held == hold.held() + c.amount, "extend held {}", extended.held);
+        ensure!(extended.deadline_ms == deadline, "extend answer's deadline");
+        ensure!(extended.held == hold.held() + extended.added, "extend held {}", extended.held);
         ensure!(extended.reservation == self.reservation_view(&c.reservation)?, "extend answer differs from the view");
         if c.amount > 0 { within_limit(&balance) } else { Ok(()) }
     }
