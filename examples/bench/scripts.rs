@@ -214,7 +214,8 @@ impl ScriptBench {
         );
         costs.push(
             self.measure("Quote", n, async |i| {
-                let quote = Quote { account: accounts[i].clone(), user: Some(ann.clone()), amount: 5, unit: 1 };
+                let quote =
+                    Quote { account: accounts[i].clone(), user: Some(ann.clone()), category: None, amount: 5, unit: 1 };
                 engine.quote(&quote).await.expect("Quote");
             })
             .await,

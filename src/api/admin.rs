@@ -73,6 +73,17 @@ impl CreditAdmin for AdminService {
         .await
     }
 
+    async fn set_category_budget(
+        &self,
+        request: Request<pb::SetCategoryBudgetRequest>,
+    ) -> Result<Response<pb::SetCategoryBudgetResponse>, Status> {
+        frame("SetCategoryBudget", request, |request| async move {
+            let cmd = convert::set_category_budget(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            Ok(Response::new(respond::category_budget_set(self.engine.set_category_budget(&cmd).await?)))
+        })
+        .await
+    }
+
     async fn get_account(
         &self,
         request: Request<pb::GetAccountRequest>,
@@ -127,7 +138,8 @@ impl CreditAdmin for AdminService {
                 Some(id) => store.line_items(&query.account, id.seq).await.map_err(unavailable)?,
                 None => Vec::new(),
             };
-            Ok(Response::new(respond::usage(rows, line_items)))
+            let budgets = store.category_budgets(&query.account).await.map_err(unavailable)?;
+            Ok(Response::new(respond::usage(rows, line_items, budgets)))
         })
         .await
     }

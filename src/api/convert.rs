@@ -156,11 +156,9 @@ pub fn charge(request: pb::ChargeRequest, rules: &Rules) -> Result<command::Char
 pub fn quote(request: pb::QuoteRequest, rules: &Rules) -> Result<command::Quote> {
     let account = AccountId::parse(&request.account_id)?;
     let user = optional_user(&request.user_id)?;
-    if !request.category.is_empty() {
-        rules.category(&request.category)?;
-    }
+    let category = if request.category.is_empty() { None } else { Some(rules.category(&request.category)?) };
     let priced = rules.price(&cost(request.cost), Zero::Refused)?;
-    Ok(command::Quote { account, user, amount: priced.amount, unit: priced.unit })
+    Ok(command::Quote { account, user, category, amount: priced.amount, unit: priced.unit })
 }
 
 fn period(value: i32) -> Result<Period> {
@@ -221,6 +219,15 @@ pub fn start_trial(request: pb::StartTrialRequest, rules: &Rules) -> Result<comm
         duration_ms,
         request: request_id,
         create_account: request.create_account,
+    })
+}
+
+pub fn set_category_budget(request: pb::SetCategoryBudgetRequest, rules: &Rules) -> Result<command::SetCategoryBudget> {
+    Ok(command::SetCategoryBudget {
+        account: AccountId::parse(&request.account_id)?,
+        category: rules.category(&request.category)?,
+        budget: request.budget.map(|budget| check_amount("budget", budget, Zero::Allowed)).transpose()?,
+        request: RequestId::parse(&request.request_id)?,
     })
 }
 

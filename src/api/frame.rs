@@ -77,7 +77,7 @@ macro_rules! scoped {
 scoped!(account: pb::QuoteRequest, pb::GetBalanceRequest, pb::GetAccountRequest, pb::ListReservationsRequest,
     pb::GetUsageRequest, pb::GetAccountHistoryRequest);
 scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequest, pb::GrantRequest,
-    pb::StartTrialRequest, pb::SetUserLimitRequest);
+    pb::StartTrialRequest, pb::SetUserLimitRequest, pb::SetCategoryBudgetRequest);
 scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
 
 /// A batch has no request id of its own (each item's id is one); the logs name the first item's.
@@ -105,13 +105,13 @@ macro_rules! answered {
 
 answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, pb::ReleaseResponse,
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
-    pb::SetUserLimitResponse);
+    pb::SetUserLimitResponse, pb::SetCategoryBudgetResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
     pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
-const RPCS: [(&str, &str); 17] = [
+const RPCS: [(&str, &str); 18] = [
     ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
     ("Commit", "credits.v1.CreditAuthorizer/Commit"),
     ("CommitBatch", "credits.v1.CreditAuthorizer/CommitBatch"),
@@ -125,6 +125,7 @@ const RPCS: [(&str, &str); 17] = [
     ("Grant", "credits.v1.CreditAdmin/Grant"),
     ("StartTrial", "credits.v1.CreditAdmin/StartTrial"),
     ("SetUserLimit", "credits.v1.CreditAdmin/SetUserLimit"),
+    ("SetCategoryBudget", "credits.v1.CreditAdmin/SetCategoryBudget"),
     ("GetAccount", "credits.v1.CreditAdmin/GetAccount"),
     ("ListReservations", "credits.v1.CreditAdmin/ListReservations"),
     ("GetUsage", "credits.v1.CreditAdmin/GetUsage"),
@@ -314,6 +315,7 @@ fn outcome_label(outcome: pb::Outcome) -> &'static str {
         pb::Outcome::ReservationClosed => "reservation_closed",
         pb::Outcome::ExceedsHold => "exceeds_hold",
         pb::Outcome::TrialAlreadyUsed => "trial_already_used",
+        pb::Outcome::CategoryBudgetReached => "category_budget_reached",
     }
 }
 

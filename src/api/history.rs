@@ -34,6 +34,9 @@ fn entry(event: Event) -> pb::HistoryEntry {
         }),
         EventKind::LotExpired { lot, amount } => Change::LotExpired(pb::LotExpired { lot_id: lot, amount }),
         EventKind::UserLimitSet { user, limit } => Change::UserLimitSet(pb::UserLimitChanged { user_id: user, limit }),
+        EventKind::CategoryBudgetSet { category, budget } => {
+            Change::CategoryBudgetSet(pb::CategoryBudgetChanged { category, budget })
+        }
         EventKind::Reserved { reservation, user, category, amount, draws, deadline_ms, labels } => {
             Change::Reserved(pb::HoldPlaced {
                 reservation_id: reservation_id(reservation),

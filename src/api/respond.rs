@@ -5,9 +5,9 @@ use super::pb;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, CommitBatched, Committed, Decision, Decline, DeclineReason, DeclineScope,
-    Extended, Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId, ReservationState,
-    ReservationView, Reserved, Totals, UserView,
+    AccountId, AccountView, Balance, CategoryView, Charged, CommitBatched, Committed, Decision, Decline, DeclineReason,
+    DeclineScope, Extended, Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId,
+    ReservationState, ReservationView, Reserved, Totals, UserView,
 };
 use crate::settle::store::{LineItem, SettledReservation, UsageRow};
 
@@ -131,6 +131,7 @@ pub fn quoted(quoted: Quoted) -> pb::QuoteResponse {
         available: quoted.available,
         user_remaining: quoted.user_remaining,
         units_that_fit: quoted.units_that_fit,
+        category_remaining: quoted.category_remaining,
     }
 }
 
@@ -186,6 +187,21 @@ pub fn user_limit_set(decision: Decision<UserView>) -> pb::SetUserLimitResponse 
     response
 }
 
+pub fn category_budget_set(decision: Decision<CategoryView>) -> pb::SetCategoryBudgetResponse {
+    let (outcome, _) = outcome(&decision);
+    let mut response = pb::SetCategoryBudgetResponse { outcome, ..Default::default() };
+    if let Decision::Done(category) = decision {
+        response.budget = category.budget;
+        response.used = category.used;
+        response.remaining = category.remaining;
+    }
+    response
+}
+
+pub fn category_budget(view: CategoryView) -> pb::CategoryBudget {
+    pb::CategoryBudget { category: view.category, budget: view.budget, used: view.used, remaining: view.remaining }
+}
+
 pub fn account(view: AccountView) -> pb::GetAccountResponse {
     pb::GetAccountResponse {
         account_id: view.id.to_string(),
@@ -196,6 +212,7 @@ pub fn account(view: AccountView) -> pb::GetAccountResponse {
         trial_used: view.trial_used,
         user_limits: view.users.into_iter().map(user_limit).collect(),
         open_reservations: view.open_reservations,
+        category_budgets: view.categories.into_iter().map(category_budget).collect(),
     }
 }
 
@@ -207,6 +224,7 @@ fn outcome_of(reason: DeclineReason) -> pb::Outcome {
         DeclineReason::ReservationClosed => pb::Outcome::ReservationClosed,
         DeclineReason::ExceedsHold => pb::Outcome::ExceedsHold,
         DeclineReason::TrialAlreadyUsed => pb::Outcome::TrialAlreadyUsed,
+        DeclineReason::CategoryBudgetReached => pb::Outcome::CategoryBudgetReached,
     }
 }
 
@@ -223,6 +241,7 @@ fn decline(decline: &Decline) -> pb::Decline {
         DeclineScope::Account => pb::Scope::Account,
         DeclineScope::User => pb::Scope::User,
         DeclineScope::Reservation => pb::Scope::Reservation,
+        DeclineScope::Category => pb::Scope::Category,
     };
     pb::Decline {
         scope: scope as i32,
@@ -233,6 +252,7 @@ fn decline(decline: &Decline) -> pb::Decline {
         reservation_state: decline.reservation_state.map_or(0, |state| self::state(state) as i32),
         message: decline.message(),
         scope_id: decline.scope_id(),
+        category_remaining: decline.category_remaining,
     }
 }
 
@@ -360,8 +380,13 @@ fn settled_reservation(account: &AccountId, row: SettledReservation) -> pb::Rese
     }
 }
 
-pub fn usage(rows: Vec<UsageRow>, line_items: Vec<LineItem>) -> pb::GetUsageResponse {
-    let mut response = pb::GetUsageResponse::default();
+/// `budgets`: the category budgets in force, shown beside what each category spent.
+pub fn usage(
+    rows: Vec<UsageRow>,
+    line_items: Vec<LineItem>,
+    budgets: std::collections::BTreeMap<String, i64>,
+) -> pb::GetUsageResponse {
+    let mut response = pb::GetUsageResponse { budget_by_category: budgets.into_iter().collect(), ..Default::default() };
     for row in rows {
         response.spent += row.spent;
         *response.spent_by_category.entry(row.category.clone()).or_default() += row.spent;

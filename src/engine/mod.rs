@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ledger::command::{
-    Charge, Commit, CommitBatch, Extend, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Grant, Quote, Release, Reserve, SetCategoryBudget, SetPlan, SetUserLimit,
+    StartTrial,
 };
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Clock, CommitBatched, Committed, Decision, Extended, Granted, Ledger,
-    PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Rules, UserId, UserView,
+    AccountId, AccountView, Balance, CategoryView, Charged, Clock, CommitBatched, Committed, Decision, Extended,
+    Granted, Ledger, PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Rules,
+    UserId, UserView,
 };
 use crate::settle::store::Store;
 
@@ -202,6 +204,13 @@ impl Engine {
         match &self.backend {
             Backend::Embedded(engine) => engine.run(|ledger, now| ledger.start_trial(now, cmd)).await,
             Backend::Redis(engine) => engine.start_trial(cmd).await,
+        }
+    }
+
+    pub async fn set_category_budget(&self, cmd: &SetCategoryBudget) -> Result<Decision<CategoryView>> {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.run(|ledger, now| ledger.set_category_budget(now, cmd)).await,
+            Backend::Redis(engine) => engine.set_category_budget(cmd).await,
         }
     }
 

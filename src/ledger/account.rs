@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::answer::{Answer, Decline, DeclineReason, LotView, ReservationView, Totals, UserView};
+use super::answer::{Answer, CategoryView, Decline, DeclineReason, LotView, ReservationView, Totals, UserView};
 use super::command::{Fingerprint, Partial, Plan};
 use super::cycle::{Cycle, calendar_month, cycle_containing};
 use super::event::{Draw, Event, EventKind, draws_total};
@@ -99,6 +99,9 @@ pub(super) struct Account {
     /// Open reservations by deadline.
     pub deadlines: BTreeSet<(Millis, u64)>,
     pub users: BTreeMap<UserId, UserState>,
+    /// Per category: its budget per cycle (`limit`) and what it held or spent this cycle,
+    /// counted exactly as a user's.
+    pub categories: BTreeMap<Category, UserState>,
     pub trial_used: bool,
     /// Business keys charged this cycle.
     pub charged_keys: HashSet<BusinessKey>,
@@ -131,6 +134,7 @@ impl Account {
             reservations: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             users: BTreeMap::new(),
+            categories: BTreeMap::new(),
             trial_used: false,
             charged_keys: HashSet::new(),
             requests: HashMap::new(),
@@ -171,20 +175,28 @@ impl Account {
         self.users.get(user).and_then(UserState::remaining)
     }
 
-    /// What a hold of `amount` for `user` asks for: the whole amount, or with `partial` as many
-    /// whole units as the available credit and the user's remaining limit leave room for.
-    pub fn hold_amount(&self, user: &UserId, amount: i64, partial: Option<Partial>) -> i64 {
+    pub fn category_remaining(&self, category: &Category) -> Option<i64> {
+        self.categories.get(category).and_then(UserState::remaining)
+    }
+
+    /// What a hold of `amount` for `user` in `category` asks for: the whole amount, or with
+    /// `partial` as many whole units as the available credit, the user's remaining limit and
+    /// the category's remaining budget leave room for.
+    pub fn hold_amount(&self, user: &UserId, category: &Category, amount: i64, partial: Option<Partial>) -> i64 {
         match partial {
             None => amount,
             Some(partial) => {
-                let room = self.user_remaining(user).map_or(self.available(), |left| left.min(self.available()));
+                let limits = [self.user_remaining(user), self.category_remaining(category)];
+                let room = limits.into_iter().flatten().fold(self.available(), i64::min);
                 partial.amount(amount, room)
             }
         }
     }
 
-    /// The checks every new hold passes, in order: the account's credit, then the user's limit.
-    pub fn admit(&self, user: &UserId, amount: i64) -> Result<(), Decline> {
+    /// The checks every new hold passes, in order: the account's credit, the user's limit,
+    /// then the category's budget.
+    /// (The decline is boxed: declines are rare, and the Ok path stays small.)
+    pub fn admit(&self, user: &UserId, category: &Category, amount: i64) -> Result<(), Box<Decline>> {
         let available = self.available();
         let user_remaining = self.user_remaining(user);
         let decline = |reason| Decline {
@@ -197,12 +209,22 @@ impl Account {
             account: self.id.clone(),
             user: Some(user.as_str().to_owned()),
             reservation: None,
+            category: None,
+            category_remaining: None,
         };
         if available < amount {
-            return Err(decline(DeclineReason::InsufficientCredit));
+            return Err(Box::new(decline(DeclineReason::InsufficientCredit)));
         }
         if user_remaining.is_some_and(|remaining| remaining < amount) {
-            return Err(decline(DeclineReason::UserLimitReached));
+            return Err(Box::new(decline(DeclineReason::UserLimitReached)));
+        }
+        let category_remaining = self.category_remaining(category);
+        if category_remaining.is_some_and(|remaining| remaining < amount) {
+            return Err(Box::new(Decline {
+                category: Some(category.as_str().to_owned()),
+                category_remaining,
+                ..decline(DeclineReason::CategoryBudgetReached)
+            }));
         }
         Ok(())
     }
@@ -220,6 +242,8 @@ impl Account {
             account: self.id.clone(),
             user: Some(reservation.user.as_str().to_owned()),
             reservation: Some(Box::new(self.reservation_view(seq))),
+            category: None,
+            category_remaining: None,
         }
     }
 
@@ -278,6 +302,7 @@ impl Account {
         }
         reservation.usage_counted += amount;
         self.users.entry(reservation.user.clone()).or_default().used += amount;
+        self.categories.entry(reservation.category.clone()).or_default().used += amount;
     }
 
     /// Un-counts returned credits, but only what this reservation counted in this cycle.
@@ -291,6 +316,9 @@ impl Account {
         reservation.usage_counted -= back;
         if let Some(user) = self.users.get_mut(&reservation.user) {
             user.used -= back;
+        }
+        if let Some(category) = self.categories.get_mut(&reservation.category) {
+            category.used -= back;
         }
     }
 
@@ -382,8 +410,8 @@ impl Account {
         self.cycle_plan_granted = 0;
         self.cycle_addon_granted = 0;
         self.charged_keys.clear();
-        for user in self.users.values_mut() {
-            user.used = 0;
+        for usage in self.users.values_mut().chain(self.categories.values_mut()) {
+            usage.used = 0;
         }
         self.emit(sink, cycle.start_ms, EventKind::CycleStarted { cycle });
         if let Some(plan) = self.plan.clone() {
@@ -438,6 +466,16 @@ impl Account {
             .collect();
         lots.sort_by_key(|lot| (lot.expires_ms, lot.kind, lot.id));
         lots
+    }
+
+    pub fn category_view(&self, category: &Category) -> CategoryView {
+        let state = self.categories.get(category).cloned().unwrap_or_default();
+        CategoryView {
+            category: category.as_str().to_owned(),
+            budget: state.limit,
+            used: state.used,
+            remaining: state.remaining(),
+        }
     }
 
     pub fn user_view(&self, user: &UserId) -> UserView {

@@ -46,6 +46,7 @@ pub enum DeclineReason {
     ReservationClosed,
     ExceedsHold,
     TrialAlreadyUsed,
+    CategoryBudgetReached,
 }
 
 /// Which limit refused.
@@ -54,6 +55,7 @@ pub enum DeclineScope {
     Account,
     User,
     Reservation,
+    Category,
 }
 
 impl DeclineReason {
@@ -62,6 +64,7 @@ impl DeclineReason {
             Self::InsufficientCredit | Self::TrialAlreadyUsed => DeclineScope::Account,
             Self::UserLimitReached => DeclineScope::User,
             Self::ReservationExpired | Self::ReservationClosed | Self::ExceedsHold => DeclineScope::Reservation,
+            Self::CategoryBudgetReached => DeclineScope::Category,
         }
     }
 }
@@ -86,6 +89,13 @@ pub struct Decline {
     /// Release declines, whatever their reason), so a caller sees what it still holds, until
     /// when, and in what state, without a second call.
     pub reservation: Option<Box<ReservationView>>,
+    /// The category whose budget was checked, when it has one (absent from declines remembered
+    /// before category budgets existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The category's remaining budget this cycle, when it has a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_remaining: Option<i64>,
 }
 
 impl Decline {
@@ -95,6 +105,7 @@ impl Decline {
             DeclineScope::Account => self.account.to_string(),
             DeclineScope::User => self.user.clone().unwrap_or_default(),
             DeclineScope::Reservation => self.reservation.as_ref().map(|view| view.id.to_string()).unwrap_or_default(),
+            DeclineScope::Category => self.category.clone().unwrap_or_default(),
         }
     }
 
@@ -119,6 +130,11 @@ impl Decline {
                 self.requested, self.held
             ),
             DeclineReason::TrialAlreadyUsed => format!("account {account} already had its trial"),
+            DeclineReason::CategoryBudgetReached => format!(
+                "category {scope} of account {account} reached its budget: {} remaining this cycle, {} requested",
+                self.category_remaining.unwrap_or(0),
+                self.requested
+            ),
         }
     }
 }
@@ -158,6 +174,16 @@ pub struct LotView {
     pub remaining: i64,
     pub granted_ms: Millis,
     pub expires_ms: Millis,
+}
+
+/// A category's budget this cycle and what it used (held or spent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryView {
+    pub category: String,
+    pub budget: Option<i64>,
+    /// Held or spent this cycle.
+    pub used: i64,
+    pub remaining: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,22 +251,41 @@ pub struct Quoted {
     pub amount: i64,
     pub available: i64,
     pub user_remaining: Option<i64>,
+    /// The category's remaining budget, when a category with a budget was given.
+    pub category_remaining: Option<i64>,
     pub units_that_fit: i64,
 }
 
 impl Quoted {
-    /// What a Reserve of `amount` would meet, given the account's available credit and the
-    /// user's remaining limit (checked in that order, as Reserve does), and how many `unit`s fit.
-    pub fn evaluate(available: i64, user_remaining: Option<i64>, amount: i64, unit: i64) -> Self {
+    /// What a Reserve of `amount` would meet, given the account's available credit, the user's
+    /// remaining limit and the category's remaining budget (checked in that order, as Reserve
+    /// does), and how many `unit`s fit.
+    pub fn evaluate(
+        available: i64,
+        user_remaining: Option<i64>,
+        category_remaining: Option<i64>,
+        amount: i64,
+        unit: i64,
+    ) -> Self {
         let decline = if available < amount {
             Some(DeclineReason::InsufficientCredit)
         } else if user_remaining.is_some_and(|remaining| remaining < amount) {
             Some(DeclineReason::UserLimitReached)
+        } else if category_remaining.is_some_and(|remaining| remaining < amount) {
+            Some(DeclineReason::CategoryBudgetReached)
         } else {
             None
         };
-        let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
-        Self { fits: decline.is_none(), decline, amount, available, user_remaining, units_that_fit: budget / unit }
+        let budget = [user_remaining, category_remaining].into_iter().flatten().fold(available, i64::min);
+        Self {
+            fits: decline.is_none(),
+            decline,
+            amount,
+            available,
+            user_remaining,
+            category_remaining,
+            units_that_fit: budget / unit,
+        }
     }
 }
 
@@ -275,6 +320,8 @@ pub struct AccountView {
     pub trial_used: bool,
     pub users: Vec<UserView>,
     pub open_reservations: i64,
+    /// Every category with a budget or use this cycle, by name.
+    pub categories: Vec<CategoryView>,
 }
 
 /// A remembered answer, replayed on a retry with the same request id.
@@ -290,4 +337,5 @@ pub enum Answer {
     Grant(Decision<Granted>),
     StartTrial(Decision<Granted>),
     SetUserLimit(Decision<UserView>),
+    SetCategoryBudget(Decision<CategoryView>),
 }

@@ -48,6 +48,9 @@ pub(super) fn account(account: &Account) -> Result<(), String> {
     if let Some((user, _)) = account.users.iter().find(|(_, user)| user.used < 0) {
         return fail(format!("user {user} usage below zero"));
     }
+    if let Some((category, _)) = account.categories.iter().find(|(_, category)| category.used < 0) {
+        return fail(format!("category {} usage below zero", category.as_str()));
+    }
     let accounted = available + held + account.spent + account.expired;
     if account.granted != accounted {
         return fail(format!(

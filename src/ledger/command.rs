@@ -134,6 +134,8 @@ pub struct Charge {
 pub struct Quote {
     pub account: AccountId,
     pub user: Option<UserId>,
+    /// When given, its budget is checked too.
+    pub category: Option<Category>,
     pub amount: i64,
     pub unit: i64,
 }
@@ -166,6 +168,16 @@ pub struct StartTrial {
     pub request: RequestId,
     /// Create the account if it does not exist; otherwise an unknown account is refused.
     pub create_account: bool,
+}
+
+/// A cap per category per cycle for the team: what its holds and charges may hold or spend.
+#[derive(Clone, Debug)]
+pub struct SetCategoryBudget {
+    pub account: AccountId,
+    pub category: Category,
+    /// None lifts the cap.
+    pub budget: Option<i64>,
+    pub request: RequestId,
 }
 
 #[derive(Clone, Debug)]
@@ -341,6 +353,16 @@ fn fingerprint_name(kind: LotKind) -> &'static str {
 impl StartTrial {
     pub fn fingerprint(&self) -> Fingerprint {
         Digester::new("start_trial").text(self.account.as_str()).int(self.credits).int(self.duration_ms).finish()
+    }
+}
+
+impl SetCategoryBudget {
+    pub fn fingerprint(&self) -> Fingerprint {
+        Digester::new("set_category_budget")
+            .text(self.account.as_str())
+            .text(self.category.as_str())
+            .opt_int(self.budget)
+            .finish()
     }
 }
 

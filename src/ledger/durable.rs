@@ -8,6 +8,11 @@
 //! Both are stored as JSON beside a format number ([`ANSWER_FORMAT`], [`SNAPSHOT_FORMAT`]); the
 //! golden tests below pin their exact text. A new format needs a new number and a reader for
 //! the old one.
+//!
+//! Format 2 (both) adds category budgets: a snapshot's `categories`, a decline's `category` and
+//! `category_remaining`, the `set_category_budget` answer. Format 1 is format 2 without them,
+//! so it is read as it is; a sidecar that knows only format 1 refuses format 2 (a downgrade
+//! across it needs the state rebuilt from the ledger).
 
 use super::Answer;
 use super::event::Event;
@@ -15,9 +20,9 @@ use super::snapshot::AccountSnapshot;
 use super::types::{AccountId, Millis, RequestId};
 
 /// The JSON form of [`Answer`] stored in `request_answers.data`.
-pub const ANSWER_FORMAT: i64 = 1;
+pub const ANSWER_FORMAT: i64 = 2;
 /// The JSON form of [`AccountSnapshot`] stored in `engine_snapshots.data`.
-pub const SNAPSHOT_FORMAT: i64 = 1;
+pub const SNAPSHOT_FORMAT: i64 = 2;
 
 /// An answer remembered under a request id, as the embedded engine records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +53,7 @@ pub fn encode_answer(answer: &Answer) -> String {
 }
 
 pub fn decode_answer(format: i64, data: &str) -> Result<Answer, String> {
-    if format != ANSWER_FORMAT {
+    if !(1..=ANSWER_FORMAT).contains(&format) {
         return Err(format!("answer format {format} is not {ANSWER_FORMAT}: written by a newer sidecar?"));
     }
     serde_json::from_str(data).map_err(|error| format!("{error}: {data}"))
@@ -59,7 +64,7 @@ pub fn encode_snapshot(snapshot: &AccountSnapshot) -> String {
 }
 
 pub fn decode_snapshot(format: i64, data: &str) -> Result<AccountSnapshot, String> {
-    if format != SNAPSHOT_FORMAT {
+    if !(1..=SNAPSHOT_FORMAT).contains(&format) {
         return Err(format!("snapshot format {format} is not {SNAPSHOT_FORMAT}: written by a newer sidecar?"));
     }
     serde_json::from_str(data).map_err(|error| format!("{error}"))
@@ -67,6 +72,8 @@ pub fn decode_snapshot(format: i64, data: &str) -> Result<AccountSnapshot, Strin
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::ledger::command::{Commit, Reserve};
     use crate::ledger::{Category, Labels, Ledger, ReservationId, UserId};
@@ -122,8 +129,15 @@ mod tests {
             ]
         );
         let decline = r#"{"reserve":{"declined":{"reason":"insufficient_credit","requested":900,"available":485,"user_remaining":null,"held":0,"reservation_state":null,"account":"acme","user":"u-1","reservation":null}}}"#;
-        let decoded = decode_answer(ANSWER_FORMAT, decline).unwrap();
-        assert_eq!(encode_answer(&decoded), decline);
+        // A format-1 decline is a format-2 one without the category fields.
+        for format in [1, ANSWER_FORMAT] {
+            let decoded = decode_answer(format, decline).unwrap();
+            assert_eq!(encode_answer(&decoded), decline);
+        }
+        let budget = r#"{"reserve":{"declined":{"reason":"category_budget_reached","requested":50,"available":485,"user_remaining":null,"held":0,"reservation_state":null,"account":"acme","user":"u-1","reservation":null,"category":"ai","category_remaining":20}}}"#;
+        assert_eq!(encode_answer(&decode_answer(ANSWER_FORMAT, budget).unwrap()), budget);
+        let set = r#"{"set_category_budget":{"done":{"category":"ai","budget":100,"used":80,"remaining":20}}}"#;
+        assert_eq!(encode_answer(&decode_answer(ANSWER_FORMAT, set).unwrap()), set);
         assert!(decode_answer(ANSWER_FORMAT + 1, decline).unwrap_err().contains("newer sidecar"));
     }
 
@@ -134,11 +148,16 @@ mod tests {
         let text = encode_snapshot(&snapshot);
         assert_eq!(
             text,
-            r#"{"account":"acme","plan":{"period":1,"anchor":1767225600000,"plan":500,"addon":0},"cs":1767225600000,"ce":1769904000000,"gen":1,"pg":500,"ag":0,"lots":[{"id":1,"kind":"plan","granted":500,"remaining":460,"granted_ms":1767225600000,"expires":1769904000000,"from_plan":true}],"last_lot":1,"last_res":1,"last_event":4,"trial":false,"granted":500,"held":40,"spent":0,"expired":0,"reservations":[{"seq":1,"user":"u-1","category":"email","state":"held","reserved":40,"committed":0,"draws":[[1,40]],"returned":0,"commits":0,"created":1768435200000,"deadline":1768435260000,"labels":{"job":"j-9"},"opened_by":"r-1","ugen":1,"ucnt":40}],"users":{"u-1":{"used":40}},"keys":[]}"#
+            r#"{"account":"acme","plan":{"period":1,"anchor":1767225600000,"plan":500,"addon":0},"cs":1767225600000,"ce":1769904000000,"gen":1,"pg":500,"ag":0,"lots":[{"id":1,"kind":"plan","granted":500,"remaining":460,"granted_ms":1767225600000,"expires":1769904000000,"from_plan":true}],"last_lot":1,"last_res":1,"last_event":4,"trial":false,"granted":500,"held":40,"spent":0,"expired":0,"reservations":[{"seq":1,"user":"u-1","category":"email","state":"held","reserved":40,"committed":0,"draws":[[1,40]],"returned":0,"commits":0,"created":1768435200000,"deadline":1768435260000,"labels":{"job":"j-9"},"opened_by":"r-1","ugen":1,"ucnt":40}],"users":{"u-1":{"used":40}},"keys":[],"categories":{"email":{"used":40}}}"#
         );
         let decoded = decode_snapshot(SNAPSHOT_FORMAT, &text).unwrap();
         assert_eq!(decoded, snapshot);
         let account = decoded.into_account().unwrap();
         assert_eq!(AccountSnapshot::of(&account), snapshot);
+        // Format 1 (before category budgets) reads as it is: no category state yet.
+        let format_1 = text.replace(r#","categories":{"email":{"used":40}}"#, "");
+        let old = decode_snapshot(1, &format_1).unwrap();
+        assert_eq!(old, AccountSnapshot { categories: BTreeMap::new(), ..snapshot });
+        assert!(decode_snapshot(SNAPSHOT_FORMAT + 1, &text).unwrap_err().contains("newer sidecar"));
     }
 }

@@ -60,6 +60,11 @@ pub enum EventKind {
         user: String,
         limit: Option<i64>,
     },
+    /// A category's budget per cycle set (None: lifted).
+    CategoryBudgetSet {
+        category: String,
+        budget: Option<i64>,
+    },
     Reserved {
         reservation: u64,
         user: String,

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use super::Error;
 use super::account::{Account, Remembered, Reservation, Sink};
 use super::answer::{
-    AccountView, Answer, Balance, Charged, CommitBatched, Committed, Decision, DeclineReason, Extended, Granted,
-    PlanSet, Quoted, Released, ReservationView, Reserved, UserView,
+    AccountView, Answer, Balance, CategoryView, Charged, CommitBatched, Committed, Decision, DeclineReason, Extended,
+    Granted, PlanSet, Quoted, Released, ReservationView, Reserved, UserView,
 };
 use super::command::{
-    Charge, Commit, CommitBatch, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Fingerprint, Grant, Quote, Release, Reserve, SetCategoryBudget, SetPlan,
+    SetUserLimit, StartTrial,
 };
 use super::cycle::cycle_containing;
 use super::durable::{DurableState, RememberedAnswer};
@@ -261,9 +262,9 @@ impl Ledger {
             memo: memo!(Reserve),
         };
         self.run(now, call, |account, sink| {
-            let amount = account.hold_amount(&cmd.user, cmd.amount, cmd.partial);
-            if let Err(decline) = account.admit(&cmd.user, amount) {
-                return Ok(Decision::Declined(decline));
+            let amount = account.hold_amount(&cmd.user, &cmd.category, cmd.amount, cmd.partial);
+            if let Err(decline) = account.admit(&cmd.user, &cmd.category, amount) {
+                return Ok(Decision::Declined(*decline));
             }
             let deadline_ms = now + cmd.ttl_ms;
             let seq =
@@ -333,14 +334,18 @@ impl Ledger {
             if let Some(decline) = closed_decline(account, &cmd.reservation, cmd.amount)? {
                 return Ok(Decision::Declined(decline));
             }
-            let user = account.reservations[&seq].user.clone();
-            let amount = if cmd.amount > 0 { account.hold_amount(&user, cmd.amount, cmd.partial) } else { 0 };
+            let (user, category) = {
+                let reservation = &account.reservations[&seq];
+                (reservation.user.clone(), reservation.category.clone())
+            };
+            let amount =
+                if cmd.amount > 0 { account.hold_amount(&user, &category, cmd.amount, cmd.partial) } else { 0 };
             if amount > 0
-                && let Err(mut decline) = account.admit(&user, amount)
+                && let Err(mut decline) = account.admit(&user, &category, amount)
             {
-                // Declined by the account or the user, but about this hold: show it as it stands.
+                // Declined by the account, the user or the category, but about this hold: show it as it stands.
                 decline.reservation = Some(Box::new(account.reservation_view(seq)));
-                return Ok(Decision::Declined(decline));
+                return Ok(Decision::Declined(*decline));
             }
             let draws = if amount > 0 { account.draw(amount) } else { Vec::new() };
             let old_deadline = account.reservations[&seq].deadline_ms;
@@ -400,8 +405,8 @@ impl Ledger {
                 let available = account.available();
                 return Ok(Decision::Done(Charged { reservation: None, charged: 0, already_charged: true, available }));
             }
-            if let Err(decline) = account.admit(&cmd.user, cmd.amount) {
-                return Ok(Decision::Declined(decline));
+            if let Err(decline) = account.admit(&cmd.user, &cmd.category, cmd.amount) {
+                return Ok(Decision::Declined(*decline));
             }
             let seq = open_reservation(account, sink, now, now, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
             spend(account, sink, now, seq, cmd.amount, (&cmd.business_key, false, &cmd.labels));
@@ -418,7 +423,8 @@ impl Ledger {
     pub fn quote(&mut self, now: Millis, cmd: &Quote) -> Result<Quoted, Error> {
         let account = self.read(now, &cmd.account)?;
         let user_remaining = cmd.user.as_ref().and_then(|user| account.user_remaining(user));
-        Ok(Quoted::evaluate(account.available(), user_remaining, cmd.amount, cmd.unit))
+        let category_remaining = cmd.category.as_ref().and_then(|category| account.category_remaining(category));
+        Ok(Quoted::evaluate(account.available(), user_remaining, category_remaining, cmd.amount, cmd.unit))
     }
 
     pub fn set_plan(&mut self, now: Millis, cmd: &SetPlan) -> Result<Decision<PlanSet>, Error> {
@@ -505,6 +511,8 @@ impl Ledger {
                     reservation_state: None,
                     account: account.id.clone(),
                     user: None,
+                    category: None,
+                    category_remaining: None,
                     reservation: None,
                 }));
             }
@@ -533,6 +541,27 @@ impl Ledger {
         })
     }
 
+    pub fn set_category_budget(
+        &mut self,
+        now: Millis,
+        cmd: &SetCategoryBudget,
+    ) -> Result<Decision<CategoryView>, Error> {
+        let call = Call {
+            account: &cmd.account,
+            request: &cmd.request,
+            fingerprint: cmd.fingerprint(),
+            create: Create::No,
+            reservation: None,
+            memo: memo!(SetCategoryBudget),
+        };
+        self.run(now, call, |account, sink| {
+            account.categories.entry(cmd.category.clone()).or_default().limit = cmd.budget;
+            let category = cmd.category.as_str().to_owned();
+            account.emit(sink, now, EventKind::CategoryBudgetSet { category, budget: cmd.budget });
+            Ok(Decision::Done(account.category_view(&cmd.category)))
+        })
+    }
+
     pub fn balance(&mut self, now: Millis, id: &AccountId, user: Option<&UserId>) -> Result<Balance, Error> {
         let account = self.read(now, id)?;
         Ok(Balance { totals: account.totals(), cycle: account.cycle, user: user.map(|user| account.user_view(user)) })
@@ -548,6 +577,7 @@ impl Ledger {
             lots: account.lot_views(),
             trial_used: account.trial_used,
             users: account.users.keys().map(|user| account.user_view(user)).collect(),
+            categories: account.categories.keys().map(|category| account.category_view(category)).collect(),
             open_reservations: account.deadlines.len() as i64,
         })
     }

@@ -95,6 +95,9 @@ fn apply(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<()
             let user = UserId::parse(user).map_err(|error| error.to_string())?;
             account.users.entry(user).or_default().limit = *limit;
         }
+        EventKind::CategoryBudgetSet { category, budget } => {
+            account.categories.entry(Category(category.clone())).or_default().limit = *budget;
+        }
         EventKind::Reserved { reservation, user, category, amount, draws, deadline_ms, labels } => {
             take_from_lots(account, draws)?;
             let opened_by = event.request_id.as_deref().map(RequestId::parse).transpose().map_err(|e| e.to_string())?;

@@ -102,6 +102,9 @@ pub struct AccountSnapshot {
     pub users: BTreeMap<String, UserSnapshot>,
     /// Business keys charged this cycle.
     pub keys: Vec<String>,
+    /// Category budgets and use this cycle (`limit` is the budget); absent from format 1.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, UserSnapshot>,
 }
 
 impl AccountSnapshot {
@@ -170,6 +173,13 @@ impl AccountSnapshot {
                 .map(|(user, state)| (user.as_str().to_owned(), UserSnapshot { limit: state.limit, used: state.used }))
                 .collect(),
             keys,
+            categories: account
+                .categories
+                .iter()
+                .map(|(category, state)| {
+                    (category.as_str().to_owned(), UserSnapshot { limit: state.limit, used: state.used })
+                })
+                .collect(),
         }
     }
 }
@@ -218,6 +228,9 @@ impl AccountSnapshot {
         for (user, state) in self.users {
             let user = UserId::parse(&user).map_err(|error| error.to_string())?;
             account.users.insert(user, UserState { limit: state.limit, used: state.used });
+        }
+        for (category, state) in self.categories {
+            account.categories.insert(Category(category), UserState { limit: state.limit, used: state.used });
         }
         let mut keys = HashSet::with_capacity(self.keys.len());
         for key in self.keys {

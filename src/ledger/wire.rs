@@ -63,6 +63,13 @@ struct UserLimitData {
 }
 
 #[derive(Serialize, Deserialize)]
+struct CategoryBudgetData {
+    category: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ReservedData {
     res: u64,
     user: String,
@@ -163,7 +170,8 @@ pub fn reservation_of(kind: &EventKind) -> Option<u64> {
         | EventKind::CycleStarted { .. }
         | EventKind::LotGranted { .. }
         | EventKind::LotExpired { .. }
-        | EventKind::UserLimitSet { .. } => None,
+        | EventKind::UserLimitSet { .. }
+        | EventKind::CategoryBudgetSet { .. } => None,
     }
 }
 
@@ -195,6 +203,9 @@ pub fn encode(kind: &EventKind) -> (&'static str, String) {
         EventKind::LotExpired { lot, amount } => ("lot_expired", json(&LotExpiredData { lot: *lot, amount: *amount })),
         EventKind::UserLimitSet { user, limit } => {
             ("user_limit_set", json(&UserLimitData { user: user.clone(), limit: *limit }))
+        }
+        EventKind::CategoryBudgetSet { category, budget } => {
+            ("category_budget_set", json(&CategoryBudgetData { category: category.clone(), budget: *budget }))
         }
         EventKind::Reserved { reservation, user, category, amount, draws, deadline_ms, labels } => (
             "reserved",
@@ -278,6 +289,10 @@ pub fn decode(kind: &str, data: &str) -> Result<EventKind, WireError> {
         "user_limit_set" => {
             let d: UserLimitData = parse(data).map_err(fail)?;
             EventKind::UserLimitSet { user: d.user, limit: d.limit }
+        }
+        "category_budget_set" => {
+            let d: CategoryBudgetData = parse(data).map_err(fail)?;
+            EventKind::CategoryBudgetSet { category: d.category, budget: d.budget }
         }
         "reserved" => {
             let d: ReservedData = parse(data).map_err(fail)?;

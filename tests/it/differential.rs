@@ -21,8 +21,8 @@ use std::sync::Arc;
 use credit_sidecar::engine::redis::RedisEngine;
 use credit_sidecar::engine::{self, Error};
 use credit_sidecar::ledger::command::{
-    Charge, Commit, CommitBatch, CommitItem, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan,
-    SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, CommitItem, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetCategoryBudget,
+    SetPlan, SetUserLimit, StartTrial,
 };
 use credit_sidecar::ledger::event::Event;
 use credit_sidecar::ledger::{
@@ -102,6 +102,12 @@ enum Op {
         user: usize,
         limit: Option<i64>,
     },
+    /// A budget on "enrichment" (Reserve's category) or "api" (Charge's).
+    Budget {
+        account: usize,
+        api: bool,
+        budget: Option<i64>,
+    },
     Reserve {
         account: usize,
         user: usize,
@@ -144,6 +150,8 @@ enum Op {
         account: usize,
         user: Option<usize>,
         amount: i64,
+        /// Also check the "enrichment" budget.
+        category: bool,
     },
     Retry {
         pick: usize,
@@ -198,6 +206,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(account, credits, duration, create)| Op::Trial { account, credits, duration, create }),
         1 => (account.clone(), user.clone(), prop::option::of(0..150i64))
             .prop_map(|(account, user, limit)| Op::Limit { account, user, limit }),
+        1 => (account.clone(), any::<bool>(), prop::option::of(0..200i64))
+            .prop_map(|(account, api, budget)| Op::Budget { account, api, budget }),
         6 => (account.clone(), user.clone(), 1..80i64, prop_oneof![Just(0), 1_000..3 * DAY, 3 * DAY..=7 * DAY], prop::bool::weighted(0.1), partial())
             .prop_map(|(account, user, amount, ttl, full_labels, partial)| Op::Reserve { account, user, amount, ttl, full_labels, partial }),
         6 => (any::<usize>(), 0..40i64, any::<bool>(), prop::option::of(0..KEYS.len()))
@@ -209,8 +219,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, items, repeat)| Op::CommitBatch { pick, items, repeat }),
         2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()))
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
-        1 => (account.clone(), prop::option::of(user.clone()), 1..200i64)
-            .prop_map(|(account, user, amount)| Op::Quote { account, user, amount }),
+        1 => (account.clone(), prop::option::of(user.clone()), 1..200i64, any::<bool>())
+            .prop_map(|(account, user, amount, category)| Op::Quote { account, user, amount, category }),
+
         2 => any::<usize>().prop_map(|pick| Op::Retry { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Reuse { pick }),
         3 => prop_oneof![1_000..10 * MINUTE, HOUR..2 * DAY, 2 * DAY..40 * DAY].prop_map(|ms| Op::Advance { ms }),
@@ -240,6 +251,7 @@ enum Sent {
     Grant(Grant),
     Trial(StartTrial),
     Limit(SetUserLimit),
+    Budget(SetCategoryBudget),
     Reserve(Reserve),
     Commit(Commit),
     CommitBatch(CommitBatch),
@@ -257,6 +269,7 @@ impl Sent {
             Sent::Grant(c) => c.amount += 1,
             Sent::Trial(c) => c.credits += 1,
             Sent::Limit(c) => c.limit = Some(c.limit.map_or(0, |limit| limit + 1)),
+            Sent::Budget(c) => c.budget = Some(c.budget.map_or(0, |budget| budget + 1)),
             Sent::Reserve(c) => c.amount += 1,
             Sent::Commit(c) => c.amount += 1,
             // The last item: the refusal must come before the items ahead of it apply.
@@ -318,6 +331,7 @@ impl Pair<'_> {
             Sent::Grant(c) => check(step, model.grant(now, c), redis.grant(c).await)?,
             Sent::Trial(c) => check(step, model.start_trial(now, c), redis.start_trial(c).await)?,
             Sent::Limit(c) => check(step, model.set_user_limit(now, c), redis.set_user_limit(c).await)?,
+            Sent::Budget(c) => check(step, model.set_category_budget(now, c), redis.set_category_budget(c).await)?,
             Sent::Reserve(c) => {
                 let answer = model.reserve(now, c);
                 if let Ok(decision) = &answer
@@ -390,6 +404,12 @@ impl Pair<'_> {
                 let request = self.request();
                 Sent::Trial(StartTrial { account: account(a), credits, duration_ms, request, create_account: create })
             }
+            Op::Budget { account: a, api, budget } => Sent::Budget(SetCategoryBudget {
+                account: account(a),
+                category: rules.category(if api { "api" } else { "enrichment" }).unwrap(),
+                budget,
+                request: self.request(),
+            }),
             Op::Limit { account: a, user: u, limit } => {
                 Sent::Limit(SetUserLimit { account: account(a), user: user(u), limit, request: self.request() })
             }
@@ -450,8 +470,9 @@ impl Pair<'_> {
                 business_key: key(k),
                 labels: Labels::default(),
             }),
-            Op::Quote { account: a, user: u, amount } => {
-                let quote = Quote { account: account(a), user: u.map(user), amount, unit: 7 };
+            Op::Quote { account: a, user: u, amount, category } => {
+                let category = category.then(|| rules.category("enrichment").unwrap());
+                let quote = Quote { account: account(a), user: u.map(user), category, amount, unit: 7 };
                 let now = self.now();
                 return check(step, self.model.quote(now, &quote), self.redis.quote(&quote).await);
             }

@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Partial, Plan, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Plan, Release, Reserve, SetCategoryBudget, SetPlan, SetUserLimit,
+    StartTrial,
 };
 use credit_sidecar::ledger::event::{Draw, EventKind};
 use credit_sidecar::ledger::{
@@ -160,7 +161,7 @@ fn request_fingerprints_are_pinned() {
             Charge {
                 account: account(),
                 user: user.clone(),
-                category: email,
+                category: email.clone(),
                 amount: 1,
                 request: request(),
                 business_key: key,
@@ -189,6 +190,16 @@ fn request_fingerprints_are_pinned() {
         (
             "set_user_limit, none",
             SetUserLimit { account: account(), user, limit: None, request: request() }.fingerprint(),
+        ),
+        (
+            "set_category_budget",
+            SetCategoryBudget { account: account(), category: email.clone(), budget: Some(300), request: request() }
+                .fingerprint(),
+        ),
+        (
+            "set_category_budget, none",
+            SetCategoryBudget { account: account(), category: email.clone(), budget: None, request: request() }
+                .fingerprint(),
         ),
         (
             "start_trial",
@@ -247,6 +258,8 @@ fn event_json_is_pinned() {
         EventKind::LotExpired { lot: 2, amount: 0 },
         EventKind::UserLimitSet { user: "ann".into(), limit: None },
         EventKind::UserLimitSet { user: "bob".into(), limit: Some(0) },
+        EventKind::CategoryBudgetSet { category: "ai".into(), budget: Some(300) },
+        EventKind::CategoryBudgetSet { category: "ai".into(), budget: None },
         EventKind::Reserved {
             reservation: 4,
             user: "ann".into(),

@@ -743,6 +743,100 @@ async fn commit_batch_applies_each_item_as_a_commit(h: Harness) {
     assert_eq!((closed.items[1].outcome(), closed.items[1].charged), (pb::Outcome::Ok, 10), "row-1 from memory");
 }
 
+/// A category budget caps what the whole team may hold or spend in one category per cycle,
+/// checked with the account's credit and the user's limit: Reserve, Extend, Charge, partial
+/// holds and Quote all see it; a release gives back to it; a renewal starts it afresh.
+async fn category_budgets_cap_a_kind_of_spend_per_cycle(h: Harness) {
+    h.account("acme", 1_000).await; // cycle 2026-02-28 .. 2026-03-31
+    let mut admin = h.admin.clone();
+    let mut auth = h.auth.clone();
+    let budget = |category: &str, budget: Option<i64>, request_id: &str| pb::SetCategoryBudgetRequest {
+        account_id: "acme".into(),
+        category: category.into(),
+        budget,
+        request_id: request_id.into(),
+    };
+    let early = h.reserve_cost("acme", "ann", "ai", amount_cost(30), HOUR).await;
+    assert_eq!(early.outcome(), pb::Outcome::Ok);
+    let set = admin.set_category_budget(budget("ai", Some(100), "b-1")).await.unwrap().into_inner();
+    assert_eq!((set.outcome(), set.budget, set.used, set.remaining), (pb::Outcome::Ok, Some(100), 30, Some(70)));
+
+    // Over the budget: declined by the category, with its figures; other categories go on.
+    let over = h.reserve_cost("acme", "bob", "ai", amount_cost(71), HOUR).await;
+    assert_eq!(over.outcome(), pb::Outcome::CategoryBudgetReached);
+    let decline = over.decline.unwrap();
+    assert_eq!((decline.scope(), decline.scope_id.as_str()), (pb::Scope::Category, "ai"));
+    assert_eq!((decline.requested, decline.available, decline.category_remaining), (71, 970, Some(70)));
+    assert!(
+        decline.message.contains("category ai of account acme reached its budget: 70 remaining"),
+        "{}",
+        decline.message
+    );
+    let email = h.reserve_cost("acme", "bob", "email", amount_cost(200), HOUR).await;
+    assert_eq!(email.outcome(), pb::Outcome::Ok, "another category is not capped");
+    let charge = pb::ChargeRequest {
+        account_id: "acme".into(),
+        user_id: "bob".into(),
+        category: "ai".into(),
+        cost: Some(amount_cost(71)),
+        request_id: "c-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(auth.charge(charge).await.unwrap().into_inner().outcome(), pb::Outcome::CategoryBudgetReached);
+    // Quote sees the budget when given the category.
+    let quote = |category: &str| pb::QuoteRequest {
+        account_id: "acme".into(),
+        user_id: String::new(),
+        category: category.into(),
+        cost: Some(sku_cost("email.verified", 71)),
+    };
+    let quoted = auth.quote(quote("ai")).await.unwrap().into_inner();
+    assert_eq!(
+        (quoted.fits, quoted.outcome(), quoted.category_remaining),
+        (false, pb::Outcome::CategoryBudgetReached, Some(70))
+    );
+    assert!(auth.quote(quote("")).await.unwrap().into_inner().fits, "without a category, only credit and user count");
+    // A partial hold takes what the budget leaves; an Extend is capped too.
+    let partial = pb::ReserveRequest {
+        account_id: "acme".into(),
+        user_id: "bob".into(),
+        category: "ai".into(),
+        cost: Some(amount_cost(500)),
+        ttl_ms: HOUR,
+        request_id: "p-1".into(),
+        labels: HashMap::new(),
+        min_quantity: 1,
+    };
+    let partial = auth.reserve(partial).await.unwrap().into_inner();
+    assert_eq!((partial.outcome(), partial.amount), (pb::Outcome::Ok, 70), "the budget's 70 left");
+    let extended = h.extend(&early.reservation_id, 1, 0).await;
+    assert_eq!(extended.outcome(), pb::Outcome::CategoryBudgetReached);
+    assert_eq!(extended.held, 30, "a declined Extend leaves the hold");
+    // Returned credits give back to the budget; commits stay counted.
+    h.commit(&early.reservation_id, 10, true).await;
+    let account = admin.get_account(pb::GetAccountRequest { account_id: "acme".into() }).await.unwrap().into_inner();
+    let ai = account.category_budgets.iter().find(|c| c.category == "ai").unwrap();
+    assert_eq!((ai.budget, ai.used, ai.remaining), (Some(100), 80, Some(20)));
+    let email_use = account.category_budgets.iter().find(|c| c.category == "email").unwrap();
+    assert_eq!((email_use.budget, email_use.used, email_use.remaining), (None, 200, None));
+    // A new cycle starts every category afresh; the budget stays.
+    h.clock.set(ms(2026, 3, 31, 0));
+    let renewed = admin.set_category_budget(budget("ai", Some(100), "b-2")).await.unwrap().into_inner();
+    assert_eq!((renewed.used, renewed.remaining), (0, Some(100)));
+    // Lifted: no cap.
+    let lifted = admin.set_category_budget(budget("ai", None, "b-3")).await.unwrap().into_inner();
+    assert_eq!((lifted.budget, lifted.remaining), (None, None));
+    assert_eq!(h.reserve_cost("acme", "ann", "ai", amount_cost(500), HOUR).await.outcome(), pb::Outcome::Ok);
+
+    // Bad input is refused by field; an unknown account is not created.
+    let unknown = admin.set_category_budget(budget("gold", Some(1), "b-4")).await.unwrap_err();
+    assert!(unknown.message().starts_with("category: unknown category"), "{}", unknown.message());
+    let negative = admin.set_category_budget(budget("ai", Some(-1), "b-5")).await.unwrap_err();
+    assert!(negative.message().starts_with("budget: "), "{}", negative.message());
+    let nobody = pb::SetCategoryBudgetRequest { account_id: "nobody".into(), ..budget("ai", Some(1), "b-6") };
+    assert_eq!(admin.set_category_budget(nobody).await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
 /// Bad input: INVALID_ARGUMENT, the message starts with the field, and nothing changes.
 async fn bad_input_names_the_field_and_changes_nothing(h: Harness) {
     h.account("acme", 100).await;
@@ -941,4 +1035,5 @@ crate::engine_tests!(
     bad_input_names_the_field_and_changes_nothing,
     partial_holds_take_the_whole_units_that_fit,
     commit_batch_applies_each_item_as_a_commit,
+    category_budgets_cap_a_kind_of_spend_per_cycle,
 );

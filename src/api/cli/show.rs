@@ -259,6 +259,9 @@ fn change(change: &pb::history_entry::Change) -> (&'static str, String) {
         ),
         Change::LotExpired(lot) => ("lot expired", format!("{} credits left in lot {}", lot.amount, lot.lot_id)),
         Change::UserLimitSet(limit) => ("user limit", format!("{}: {}", limit.user_id, optional(limit.limit))),
+        Change::CategoryBudgetSet(budget) => {
+            ("category budget", format!("{}: {}", budget.category, optional(budget.budget)))
+        }
         Change::Reserved(hold) => (
             "held",
             format!(

@@ -26,7 +26,7 @@ pub const CATCHUP_STEPS_MAX: u32 = 64;
 /// The most closed reservations and request ids one sweep call forgets.
 pub const PURGE_MAX: u32 = 1000;
 
-const FILES: [&str; 15] = [
+const FILES: [&str; 16] = [
     include_str!("lua/lib.lua"),
     include_str!("lua/reserve.lua"),
     include_str!("lua/commit.lua"),
@@ -37,6 +37,7 @@ const FILES: [&str; 15] = [
     include_str!("lua/grant.lua"),
     include_str!("lua/start_trial.lua"),
     include_str!("lua/set_user_limit.lua"),
+    include_str!("lua/set_category_budget.lua"),
     include_str!("lua/balance.lua"),
     include_str!("lua/account.lua"),
     include_str!("lua/reservation.lua"),

@@ -37,13 +37,15 @@ use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
 use crate::ledger::command::{
-    Charge, Commit, CommitBatch, Extend, Grant, Partial, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, CommitBatch, Extend, Grant, Partial, Quote, Release, Reserve, SetCategoryBudget, SetPlan,
+    SetUserLimit, StartTrial,
 };
 use crate::ledger::cycle::Cycle;
 use crate::ledger::event::Event;
 use crate::ledger::{
-    AccountId, AccountView, Balance, Charged, Clock, CommitBatched, Committed, Decision, Extended, Granted, Millis,
-    PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserId, UserView,
+    AccountId, AccountView, Balance, Category, CategoryView, Charged, Clock, CommitBatched, Committed, Decision,
+    Extended, Granted, Millis, PlanSet, Quoted, Released, ReservationId, ReservationState, ReservationView, Reserved,
+    Totals, UserId, UserView,
 };
 use crate::settle::store::Store;
 use reply::{Context, Fields, Reply};
@@ -780,25 +782,42 @@ impl RedisEngine {
         self.change("set_user_limit", &account_context(&cmd.account, &cmd.request), &args, reply::user_view).await
     }
 
-    /// The account's cycle and totals, and one user's view.
+    pub async fn set_category_budget(&self, cmd: &SetCategoryBudget) -> Result<Decision<CategoryView>> {
+        let fingerprint = cmd.fingerprint();
+        let budget = cmd.budget.map(|budget| budget.to_string()).unwrap_or_default();
+        let args = [
+            Arg::Text(cmd.request.as_str()),
+            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Text(cmd.category.as_str()),
+            Arg::Owned(budget),
+        ];
+        let context = account_context(&cmd.account, &cmd.request);
+        self.change("set_category_budget", &context, &args, reply::category_view).await
+    }
+
+    /// The account's cycle and totals, one user's view and one category's.
     async fn balance_of(
         &self,
         account: &AccountId,
         user: Option<&UserId>,
-    ) -> Result<(Cycle, Totals, Option<UserView>)> {
-        let args = [Arg::Text(user.map_or("", |user| user.as_str()))];
+        category: Option<&str>,
+    ) -> Result<(Cycle, Totals, Option<UserView>, Option<CategoryView>)> {
+        let args = [Arg::Text(user.map_or("", |user| user.as_str())), Arg::Text(category.unwrap_or(""))];
         let context = Context { account, reservation: None, request: None };
-        self.read("balance", &context, &args, |fields, _| reply::balance(fields)).await
+        let (with_user, with_category) = (user.is_some(), category.is_some());
+        self.read("balance", &context, &args, |fields, _| reply::balance(fields, with_user, with_category)).await
     }
 
     pub async fn quote(&self, cmd: &Quote) -> Result<Quoted> {
-        let (_, totals, user) = self.balance_of(&cmd.account, cmd.user.as_ref()).await?;
+        let category = cmd.category.as_ref().map(Category::as_str);
+        let (_, totals, user, category) = self.balance_of(&cmd.account, cmd.user.as_ref(), category).await?;
         let user_remaining = user.and_then(|user| user.remaining);
-        Ok(Quoted::evaluate(totals.available, user_remaining, cmd.amount, cmd.unit))
+        let category_remaining = category.and_then(|category| category.remaining);
+        Ok(Quoted::evaluate(totals.available, user_remaining, category_remaining, cmd.amount, cmd.unit))
     }
 
     pub async fn balance(&self, account: &AccountId, user: Option<&UserId>) -> Result<Balance> {
-        let (cycle, totals, user) = self.balance_of(account, user).await?;
+        let (cycle, totals, user, _) = self.balance_of(account, user, None).await?;
         Ok(Balance { totals, cycle, user })
     }
 

@@ -12,8 +12,8 @@ use crate::engine::Error;
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
-    self, AccountId, AccountView, Charged, Committed, Decline, DeclineReason, Extended, Granted, LotView, PlanSet,
-    Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView, wire,
+    self, AccountId, AccountView, CategoryView, Charged, Committed, Decline, DeclineReason, Extended, Granted, LotView,
+    PlanSet, Released, ReservationId, ReservationState, ReservationView, Reserved, Totals, UserView, wire,
 };
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
@@ -182,6 +182,7 @@ fn decline(fields: &mut Fields, account: &AccountId) -> Result<Decline, Error> {
         "reservation_closed" => DeclineReason::ReservationClosed,
         "exceeds_hold" => DeclineReason::ExceedsHold,
         "trial_already_used" => DeclineReason::TrialAlreadyUsed,
+        "category_budget_reached" => DeclineReason::CategoryBudgetReached,
         other => return Err(corrupt(format!("decline reason {other:?}"))),
     };
     let (requested, available, user_remaining, held) = (fields.int()?, fields.int()?, fields.opt_int()?, fields.int()?);
@@ -190,6 +191,10 @@ fn decline(fields: &mut Fields, account: &AccountId) -> Result<Decline, Error> {
         None => None,
     };
     let user = if fields.is_empty() { None } else { fields.opt_text()? };
+    let (category, category_remaining) = match reason {
+        DeclineReason::CategoryBudgetReached => (fields.opt_text()?, fields.opt_int()?),
+        _ => (None, None),
+    };
     let reservation = if fields.is_empty() { None } else { Some(Box::new(reservation(fields, account)?)) };
     Ok(Decline {
         reason,
@@ -201,6 +206,8 @@ fn decline(fields: &mut Fields, account: &AccountId) -> Result<Decline, Error> {
         account: account.clone(),
         user,
         reservation,
+        category,
+        category_remaining,
     })
 }
 
@@ -306,12 +313,27 @@ pub fn user_view(fields: &mut Fields, _: &AccountId) -> Result<UserView, Error> 
     user(fields)
 }
 
-/// GetBalance's reply: cycle, totals, and the user's view if one was asked for.
-pub fn balance(fields: &mut Fields) -> Result<(Cycle, Totals, Option<UserView>), Error> {
+/// GetBalance's reply: cycle, totals, and the user's and the category's views when asked for.
+pub fn balance(
+    fields: &mut Fields,
+    with_user: bool,
+    with_category: bool,
+) -> Result<(Cycle, Totals, Option<UserView>, Option<CategoryView>), Error> {
     let cycle = cycle(fields)?;
     let totals = totals(fields)?;
-    let user = if fields.is_empty() { None } else { Some(user(fields)?) };
-    Ok((cycle, totals, user))
+    let user = if with_user { Some(user(fields)?) } else { None };
+    let category = if with_category { Some(category(fields)?) } else { None };
+    Ok((cycle, totals, user, category))
+}
+
+/// A category's view: the same four fields as a user's (name, budget, used, remaining).
+pub fn category(fields: &mut Fields) -> Result<CategoryView, Error> {
+    let UserView { user: category, limit: budget, used, remaining } = user(fields)?;
+    Ok(CategoryView { category, budget, used, remaining })
+}
+
+pub fn category_view(fields: &mut Fields, _: &AccountId) -> Result<CategoryView, Error> {
+    category(fields)
 }
 
 fn plan(fields: &mut Fields) -> Result<Option<Plan>, Error> {
@@ -349,7 +371,9 @@ pub fn account(fields: &mut Fields, account: &AccountId) -> Result<AccountView, 
     // Sorted here, byte-wise like the model, rather than by Lua's locale-dependent comparison.
     let mut users = (0..fields.count()?).map(|_| user(fields)).collect::<Result<Vec<_>, Error>>()?;
     users.sort_by(|a, b| a.user.cmp(&b.user));
-    Ok(AccountView { id: account.clone(), plan, cycle, totals, lots, trial_used, users, open_reservations })
+    let mut categories = (0..fields.count()?).map(|_| category(fields)).collect::<Result<Vec<_>, Error>>()?;
+    categories.sort_by(|a, b| a.category.cmp(&b.category));
+    Ok(AccountView { id: account.clone(), plan, cycle, totals, lots, trial_used, users, open_reservations, categories })
 }
 
 /// A page of reservations and the token of the next page.

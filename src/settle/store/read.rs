@@ -92,6 +92,24 @@ impl Store {
         rows.iter().map(event_of).collect()
     }
 
+    /// The category budgets in force as the ledger recorded them: each category's last
+    /// `category_budget_set`, lifted ones left out.
+    pub async fn category_budgets(&self, account: &AccountId) -> Result<BTreeMap<String, i64>> {
+        let sql = "SELECT account_id, seq, at_ms, kind, request_id, data FROM ledger_events \
+                   WHERE account_id = $1 AND kind = 'category_budget_set' ORDER BY seq";
+        let rows = sqlx::query(sql).bind(account.as_str().to_owned()).fetch_all(&self.pool).await?;
+        let mut budgets = BTreeMap::new();
+        for row in &rows {
+            if let EventKind::CategoryBudgetSet { category, budget } = event_of(row)?.kind {
+                match budget {
+                    Some(budget) => budgets.insert(category, budget),
+                    None => budgets.remove(&category),
+                };
+            }
+        }
+        Ok(budgets)
+    }
+
     /// Has the ledger settled anything of `account`?
     pub async fn knows_account(&self, account: &AccountId) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM account_totals WHERE account_id = $1")

@@ -269,7 +269,10 @@ impl Fold {
         totals.last_seq = totals.last_seq.max(event.seq as i64);
         let reservation_key = |seq: u64| (account.clone(), seq as i64);
         match &event.kind {
-            EventKind::PlanSet { .. } | EventKind::CycleStarted { .. } | EventKind::UserLimitSet { .. } => {}
+            EventKind::PlanSet { .. }
+            | EventKind::CycleStarted { .. }
+            | EventKind::UserLimitSet { .. }
+            | EventKind::CategoryBudgetSet { .. } => {}
             EventKind::LotGranted { lot, kind, amount, expires_ms, .. } => {
                 totals.granted += amount;
                 let row = self.lots.entry((account.clone(), *lot as i64)).or_default();

@@ -64,15 +64,16 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use credit_sidecar::ledger::command::{
-    Charge, Commit, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetPlan, SetUserLimit, StartTrial,
+    Charge, Commit, Extend, Grant, Partial, Plan, Quote, Release, Reserve, SetCategoryBudget, SetPlan, SetUserLimit,
+    StartTrial,
 };
 use credit_sidecar::ledger::cycle::{Cycle, cycle_containing};
 use credit_sidecar::ledger::durable::{self, DurableState, RememberedAnswer};
 use credit_sidecar::ledger::event::{Draw, Event, EventKind, draws_total};
 use credit_sidecar::ledger::{
-    AMOUNT_MAX, AccountId, Answer, BALANCE_MAX, Balance, BusinessKey, Decision, Decline, DeclineReason, Error, Labels,
-    Ledger, LotKind, Millis, Period, Quoted, RequestId, ReservationId, ReservationState, ReservationView, Rules,
-    Totals, UserId,
+    AMOUNT_MAX, AccountId, Answer, BALANCE_MAX, Balance, BusinessKey, Category, CategoryView, Decision, Decline,
+    DeclineReason, Error, Labels, Ledger, LotKind, Millis, Period, Quoted, RequestId, ReservationId, ReservationState,
+    ReservationView, Rules, Totals, UserId,
 };
 
 pub(super) const HOUR_MS: Millis = 3_600_000;

@@ -50,6 +50,12 @@ pub(super) enum Op {
         user: usize,
         limit: Option<i64>,
     },
+    /// A budget on "email" (Reserve's category) or "mobile" (Charge's).
+    SetCategoryBudget {
+        account: usize,
+        mobile: bool,
+        budget: Option<i64>,
+    },
     Reserve {
         account: usize,
         user: usize,
@@ -237,8 +243,10 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => funding_op(),
         1 => (account.clone(), 1..=12usize).prop_map(|(account, count)| Op::GrantBurst { account, count }),
-        3 => (account.clone(), user.clone(), limit)
+        3 => (account.clone(), user.clone(), limit.clone())
             .prop_map(|(account, user, limit)| Op::SetUserLimit { account, user, limit }),
+        2 => (account.clone(), any::<bool>(), limit)
+            .prop_map(|(account, mobile, budget)| Op::SetCategoryBudget { account, mobile, budget }),
         10 => (account.clone(), user.clone(), amount(), ttl(), any::<bool>(), prop::option::weighted(0.3, (1..=20i64, 1..=4i64)))
             .prop_map(|(account, user, amount, ttl_ms, labelled, partial)| Op::Reserve { account, user, amount, ttl_ms, labelled, partial }),
         10 => (any::<usize>(), commit_amount(), any::<bool>(), key.clone()).prop_map(
@@ -291,6 +299,7 @@ pub(super) enum Cmd {
     Grant(Grant),
     StartTrial(StartTrial),
     SetUserLimit(SetUserLimit),
+    SetCategoryBudget(SetCategoryBudget),
 }
 
 impl Cmd {
@@ -305,6 +314,7 @@ impl Cmd {
             Cmd::Grant(c) => ledger.grant(now, c).map(Answer::Grant),
             Cmd::StartTrial(c) => ledger.start_trial(now, c).map(Answer::StartTrial),
             Cmd::SetUserLimit(c) => ledger.set_user_limit(now, c).map(Answer::SetUserLimit),
+            Cmd::SetCategoryBudget(c) => ledger.set_category_budget(now, c).map(Answer::SetCategoryBudget),
         }
     }
 
@@ -319,6 +329,7 @@ impl Cmd {
             Cmd::Grant(c) => &c.account,
             Cmd::StartTrial(c) => &c.account,
             Cmd::SetUserLimit(c) => &c.account,
+            Cmd::SetCategoryBudget(c) => &c.account,
         }
     }
 
@@ -333,6 +344,7 @@ impl Cmd {
             Cmd::Grant(c) => &c.request,
             Cmd::StartTrial(c) => &c.request,
             Cmd::SetUserLimit(c) => &c.request,
+            Cmd::SetCategoryBudget(c) => &c.request,
         }
     }
 
@@ -399,6 +411,7 @@ impl Cmd {
             Cmd::Grant(c) => c.amount = bump(c.amount),
             Cmd::StartTrial(c) => c.credits = bump(c.credits),
             Cmd::SetUserLimit(c) => c.limit = if c.limit.is_some() { None } else { Some(0) },
+            Cmd::SetCategoryBudget(c) => c.budget = if c.budget.is_some() { None } else { Some(0) },
         }
         altered
     }

@@ -165,6 +165,12 @@ impl Harness {
                     create_account: true,
                 })
             }
+            Op::SetCategoryBudget { account, mobile, budget } => Cmd::SetCategoryBudget(SetCategoryBudget {
+                account: account_id(account),
+                category: self.rules.category(if mobile { "mobile" } else { "email" }).unwrap(),
+                budget,
+                request,
+            }),
             Op::SetUserLimit { account, user, limit } => {
                 Cmd::SetUserLimit(SetUserLimit { account: account_id(account), user: user_id(user), limit, request })
             }
@@ -290,6 +296,18 @@ impl Harness {
         self.ledger.balance(self.now, account, user).map_err(|error| format!("balance of {account}: {error}"))
     }
 
+    /// A category's budget and use, as the account view lists it (unused: none).
+    pub(super) fn category_view(&mut self, account: &AccountId, category: &Category) -> Result<CategoryView, String> {
+        let view = self.ledger.account(self.now, account).map_err(|error| format!("account {account}: {error}"))?;
+        let found = view.categories.into_iter().find(|view| view.category == category.as_str());
+        Ok(found.unwrap_or(CategoryView {
+            category: category.as_str().to_owned(),
+            budget: None,
+            used: 0,
+            remaining: None,
+        }))
+    }
+
     // -- Fresh commands ------------------------------------------------------------------------
 
     pub(super) fn before(&self, cmd: &Cmd) -> Before {
@@ -405,6 +423,12 @@ impl Harness {
                 ensure!(balance.user.as_ref() == Some(view), "limit answer differs from the balance");
                 Ok(())
             }
+            (Cmd::SetCategoryBudget(c), Ok(Answer::SetCategoryBudget(decision))) => {
+                let view = done(decision)?;
+                ensure!(view.category == c.category.as_str() && view.budget == c.budget, "budget answer {view:?}");
+                ensure!(self.category_view(&c.account, &c.category)? == *view, "budget answer differs from the view");
+                Ok(())
+            }
             _ => Err("unexpected result".into()),
         }
     }
@@ -415,22 +439,23 @@ impl Harness {
         decision: &Decision<credit_sidecar::ledger::Reserved>,
     ) -> Result<(), String> {
         let balance = self.balance(&c.account, Some(&c.user))?;
+        let category = self.category_view(&c.account, &c.category)?;
         match decision {
             Decision::Done(reserved) => {
                 match c.partial {
                     None => ensure!(reserved.amount == c.amount, "reserve answer's amount"),
-                    Some(partial) => partial_held(reserved.amount, c.amount, partial, &balance)?,
+                    Some(partial) => partial_held(reserved.amount, c.amount, partial, &balance, &category)?,
                 }
                 ensure!(reserved.deadline_ms == self.now + c.ttl_ms, "reserve answer's deadline");
                 ensure!(reserved.available == balance.totals.available, "reserve answer's available");
                 let hold = self.hold(&reserved.reservation).ok_or("reservation without a Reserved event")?;
                 ensure!(hold.reserved == reserved.amount && hold.user == c.user.as_str(), "Reserved event differs");
-                within_limit(&balance)
+                within_limits(&balance, &category)
             }
             // A partial hold is declined only when not even its least units fit.
             Decision::Declined(decline) => {
                 let least = c.partial.map_or(c.amount, |partial| partial.unit * partial.min_units);
-                admit_decline(decline, least, &balance)
+                admit_decline(decline, least, &balance, &category)
             }
         }
     }
@@ -441,8 +466,9 @@ impl Harness {
         decision: &Decision<credit_sidecar::ledger::Charged>,
     ) -> Result<(), String> {
         let balance = self.balance(&c.account, Some(&c.user))?;
+        let category = self.category_view(&c.account, &c.category)?;
         let charged = match decision {
-            Decision::Declined(decline) => return admit_decline(decline, c.amount, &balance),
+            Decision::Declined(decline) => return admit_decline(decline, c.amount, &balance, &category),
             Decision::Done(charged) => charged,
         };
         ensure!(charged.available == balance.totals.available, "charge answer's available");
@@ -461,7 +487,7 @@ impl Harness {
                     hold.state == ReservationState::Committed && hold.committed == c.amount,
                     "charge hold {hold:?}"
                 );
-                within_limit(&balance)
+                within_limits(&balance, &category)
             }
         }
     }
@@ -523,23 +549,25 @@ impl Harness {
         let hold = before.hold.as_ref().ok_or("extend of an unknown hold")?;
         let user = UserId::parse(&hold.user).unwrap();
         let balance = self.balance(&c.reservation.account, Some(&user))?;
+        let category = self.rules.category(&hold.category).map_err(|error| error.to_string())?;
+        let category = self.category_view(&c.reservation.account, &category)?;
         let extended = match decision {
             Decision::Declined(decline) => {
                 ensure!(c.amount > 0, "extend without amount declined");
                 let least = c.partial.map_or(c.amount, |partial| partial.unit * partial.min_units);
-                return admit_decline(decline, least, &balance);
+                return admit_decline(decline, least, &balance, &category);
             }
             Decision::Done(extended) => extended,
         };
         match c.partial {
             None => ensure!(extended.added == c.amount, "extend answer's added"),
-            Some(partial) => partial_held(extended.added, c.amount, partial, &balance)?,
+            Some(partial) => partial_held(extended.added, c.amount, partial, &balance, &category)?,
         }
         let deadline = c.ttl_ms.map_or(hold.deadline_ms, |ttl| hold.deadline_ms.max(self.now + ttl));
         ensure!(extended.deadline_ms == deadline, "extend answer's deadline");
         ensure!(extended.held == hold.held() + extended.added, "extend held {}", extended.held);
         ensure!(extended.reservation == self.reservation_view(&c.reservation)?, "extend answer differs from the view");
-        if c.amount > 0 { within_limit(&balance) } else { Ok(()) }
+        if c.amount > 0 { within_limits(&balance, &category) } else { Ok(()) }
     }
 
     /// Live balance (available + held) after the step plus `grant`: over BALANCE_MAX or not.
@@ -645,7 +673,7 @@ impl Harness {
     pub(super) fn quote(&mut self, account: usize, user: Option<usize>, amount: i64, unit: i64) -> Result<(), String> {
         let id = account_id(account);
         let user = user.map(user_id);
-        let cmd = Quote { account: id.clone(), user: user.clone(), amount, unit };
+        let cmd = Quote { account: id.clone(), user: user.clone(), category: None, amount, unit };
         if !self.projections.contains_key(&id) {
             ensure!(matches!(self.ledger.quote(self.now, &cmd), Err(Error::AccountNotFound(_))), "quote of no account");
             return Ok(());
@@ -670,6 +698,7 @@ impl Harness {
             amount,
             available,
             user_remaining,
+            category_remaining: None,
             units_that_fit: budget / unit,
         };
         ensure!(quoted == expected, "quote {quoted:?}, expected {expected:?}");
@@ -1077,6 +1106,7 @@ pub(super) fn answer_changes_state(answer: &Answer) -> bool {
         Answer::Grant(decision) => decision.declined().is_none(),
         Answer::StartTrial(decision) => decision.declined().is_none(),
         Answer::SetUserLimit(decision) => decision.declined().is_none(),
+        Answer::SetCategoryBudget(decision) => decision.declined().is_none(),
     }
 }
 
@@ -1109,18 +1139,31 @@ pub(super) fn done<T>(decision: &Decision<T>) -> Result<&T, String> {
 }
 
 /// A partial hold took whole units, at least its minimum and at most what was asked, and no
-/// further unit would have fitted (the account's credit or the user's limit is short of one).
-fn partial_held(held: i64, asked: i64, partial: Partial, balance: &Balance) -> Result<(), String> {
+/// further unit would have fitted (the account's credit, the user's limit or the category's
+/// budget is short of one).
+fn partial_held(
+    held: i64,
+    asked: i64,
+    partial: Partial,
+    balance: &Balance,
+    category: &CategoryView,
+) -> Result<(), String> {
     ensure!(held % partial.unit == 0, "partial hold {held} is not whole units of {}", partial.unit);
     ensure!((partial.unit * partial.min_units..=asked).contains(&held), "partial hold {held} outside its bounds");
     let remaining = balance.user.as_ref().and_then(|user| user.remaining);
-    let room = remaining.map_or(balance.totals.available, |left| left.min(balance.totals.available));
+    let room = [remaining, category.remaining].into_iter().flatten().fold(balance.totals.available, i64::min);
     ensure!(held == asked || room < partial.unit, "partial hold {held} left room for another unit ({room} left)");
     Ok(())
 }
 
-/// A hold refused by the admission checks: account credit first, then the user's limit.
-pub(super) fn admit_decline(decline: &Decline, amount: i64, balance: &Balance) -> Result<(), String> {
+/// A hold refused by the admission checks: account credit first, then the user's limit, then
+/// the category's budget (as `category` stands: a decline changes nothing).
+pub(super) fn admit_decline(
+    decline: &Decline,
+    amount: i64,
+    balance: &Balance,
+    category: &CategoryView,
+) -> Result<(), String> {
     let remaining = balance.user.as_ref().and_then(|user| user.remaining);
     ensure!(decline.requested == amount && decline.available == balance.totals.available, "decline figures");
     ensure!(
@@ -1128,19 +1171,32 @@ pub(super) fn admit_decline(decline: &Decline, amount: i64, balance: &Balance) -
         "decline user_remaining {:?} != {remaining:?}",
         decline.user_remaining
     );
+    let user_ok = remaining.is_none_or(|remaining| remaining >= amount);
     match decline.reason {
         DeclineReason::InsufficientCredit => ensure!(decline.available < amount, "credit decline with enough credit"),
-        DeclineReason::UserLimitReached => ensure!(
-            decline.available >= amount && remaining.is_some_and(|remaining| remaining < amount),
-            "user-limit decline within the limit"
-        ),
+        DeclineReason::UserLimitReached => {
+            ensure!(decline.available >= amount && !user_ok, "user-limit decline within the limit")
+        }
+        DeclineReason::CategoryBudgetReached => {
+            ensure!(
+                decline.available >= amount && user_ok && category.remaining.is_some_and(|left| left < amount),
+                "category-budget decline within the budget: {category:?}"
+            );
+            ensure!(
+                decline.category.as_deref() == Some(category.category.as_str())
+                    && decline.category_remaining == category.remaining,
+                "category decline figures {decline:?}, {category:?}"
+            );
+            return Ok(());
+        }
         reason => return Err(format!("hold declined with {reason:?}")),
     }
+    ensure!(decline.category.is_none() && decline.category_remaining.is_none(), "category figures on {decline:?}");
     Ok(())
 }
 
-/// After a hold was admitted, its user is within their limit.
-pub(super) fn within_limit(balance: &Balance) -> Result<(), String> {
+/// After a hold was admitted, its user is within their limit and its category within its budget.
+pub(super) fn within_limits(balance: &Balance, category: &CategoryView) -> Result<(), String> {
     let user = balance.user.as_ref().ok_or("no user view")?;
     ensure!(
         user.limit.is_none_or(|limit| user.used <= limit),
@@ -1149,5 +1205,6 @@ pub(super) fn within_limit(balance: &Balance) -> Result<(), String> {
         user.used,
         user.limit
     );
+    ensure!(category.budget.is_none_or(|budget| category.used <= budget), "category over budget: {category:?}");
     Ok(())
 }

@@ -101,6 +101,7 @@ impl Projection {
         self.check_plan_sequence(event)?;
         match &event.kind {
             EventKind::PlanSet { plan, cycle } => self.plan_set(event, plan, *cycle)?,
+            EventKind::CategoryBudgetSet { .. } => {}
             EventKind::CycleStarted { cycle } => {
                 // A schedule change starts the cycle containing now; a renewal starts the cycle
                 // right after the last one, so a catch-up over a long gap starts every cycle in

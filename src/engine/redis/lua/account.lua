@@ -4,8 +4,10 @@
 -- ARGV: 1-3 (lib.lua)
 -- Reply: {"ok", cs, ce, trial (1|0), open holds, <totals>, plan period | nil, anchor | nil,
 --         plan credits | nil, add-on credits | nil, n lots, (id, kind, granted, remaining,
---         granted_ms, expires) x n, n users, (user, limit | nil, used, remaining | nil) x n},
---        {"err", "account_not_found"} or {"due"}. Lots and users in no particular order.
+--         granted_ms, expires) x n, n users, (user, limit | nil, used, remaining | nil) x n,
+--         n categories, (category, budget | nil, used, remaining | nil) x n},
+--        {"err", "account_not_found"} or {"due"}. Lots, users and categories in no particular
+--        order.
 -- Example: a plan of 1000 and one grant -> {"ok", cs, ce, 0, 0, 1500, 1500, 0, 0, 0, 1, anchor,
 --          1000, 0, 2, 1, "plan", 1000, 1000, cs, ce, 2, "addon", 500, 500, t, ce, 0}.
 register('account', function(keys, args)
@@ -35,6 +37,17 @@ register('account', function(keys, args)
     flat = redis.call('HGETALL', K_U)
     reply[#reply + 1] = #flat / 2
     for i = 1, #flat, 2 do user_fields(reply, flat[i], get_user(a, flat[i])) end
+    count = #reply + 1
+    reply[count] = 0
+    local cursor = '0'
+    repeat
+      local page = redis.call('HSCAN', K_A, cursor, 'MATCH', 'c:*', 'COUNT', 100)
+      cursor = page[1]
+      for i = 1, #page[2], 2 do
+        user_fields(reply, string.sub(page[2][i], 3), parse_usage(a, page[2][i + 1]))
+        reply[count] = reply[count] + 1
+      end
+    until cursor == '0'
     return reply
   end)
 end, true)

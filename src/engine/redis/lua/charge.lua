@@ -3,7 +3,7 @@
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 category, 8 amount,
 --       9 business key ("" for none), 10 labels (a JSON object)
 -- Reply: {"ok", reservation seq | nil, charged, already (1|0), available}, a decline
---        ("insufficient_credit" | "user_limit_reached"), {"err", "account_not_found" |
+--        ("insufficient_credit" | "user_limit_reached" | "category_budget_reached"), {"err", "account_not_found" |
 --        "request_id_reused"} or {"due"}.
 -- Example: 1 credit leaves the lots; reservation 8 opens and closes committed at once (events
 -- "reserved", "committed", "closed"); with a key already charged this cycle: {"ok", nil, 0, 1, ...}.
@@ -13,9 +13,9 @@ register('charge', function(keys, args)
   local key = args[9] ~= '' and args[9] or nil
   return run({ request = args[4], fingerprint = args[5] }, function(a, now)
     if key_charged(key) then return { 'ok', false, 0, 1, a.avail } end
-    local declined, u = admit(a, user, amount)
+    local declined, u, c = admit(a, user, category, amount)
     if declined then return declined end
-    local r = open_reservation(a, now, now, amount, user, category, labels, u)
+    local r = open_reservation(a, now, now, amount, user, category, labels, u, c)
     spend(a, now, r, amount, key, false, labels)
     close(a, r, 'committed', now)
     return { 'ok', r.seq, amount, 0, a.avail }

@@ -3,7 +3,7 @@
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline),
 --       9 unit and 10 least units of a partial extension ("" "": all or nothing; see reserve.lua)
 -- Reply: {"ok", added, held, deadline, <reservation view>}, a decline ("insufficient_credit" |
---        "user_limit_reached" | "reservation_expired" | "reservation_closed", with the
+--        "user_limit_reached" | "category_budget_reached" | "reservation_expired" | "reservation_closed", with the
 --        reservation's view), {"err",
 --        "account_not_found" | "reservation_not_found" | "request_id_reused"} or {"due"}.
 -- Example: a dialer's hold of 6 grows by 2 under Reserve's checks and its deadline moves to
@@ -15,10 +15,10 @@ register('extend', function(keys, args)
   return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
     local declined = closed_decline(a, r, amount)
     if declined then return declined end
-    local u = nil
+    local u, c = nil, nil
     if amount > 0 then
-      amount = hold_amount(a, r.user, amount, unit, min_units)
-      declined, u = admit(a, r.user, amount)
+      amount = hold_amount(a, r.user, r.category, amount, unit, min_units)
+      declined, u, c = admit(a, r.user, r.category, amount)
       if declined then return with_view(declined, r) end
     end
     -- After this point the extension happens.
@@ -40,7 +40,7 @@ register('extend', function(keys, args)
       if not merged then r.draws[#r.draws + 1] = { d[1], d[2] } end
     end
     a.held = a.held + amount
-    count_usage(a, r, amount, u)
+    count_usage(a, r, amount, u, c)
     put_res(r)
     emit(a, now, 'extended', string.format('{"res":%d,"amount":%d,"draws":%s,"deadline":%d}', seq, amount,
       json_draws(draws), deadline))

@@ -9,6 +9,9 @@
 -- Cluster runs them unchanged):
 --   1 A  cs:{sN}:a:<account>   hash    native scalar fields: avail held granted spent expired cs ce
 --                                      gen pg ag lot res ev trial due wake [pp pa pc pd: the plan]
+--                                      and c:<category> -> "budget,generation,used" per category
+--                                      (as U's users; only read by name, so a sidecar that predates
+--                                      category budgets never sees them)
 --   2 L  cs:{sN}:l:<account>   hash    lots: m<id> -> "kind,granted,granted_ms,expires,from_plan",
 --                                      r<id> -> remaining (a native integer)
 --   3 B  cs:{sN}:b:<account>   zset    lots with credit left, in burn order: score expiry, member
@@ -240,9 +243,8 @@ end
 
 -- Users (U) ---------------------------------------------------------------------------------------
 
--- A user's limit (nil: none) and what they used this cycle, or nil when never seen.
-local function get_user(a, user)
-  local text = redis.call('HGET', K_U, user)
+-- Usage "limit,generation,used" (used counts only in its generation: a renewal rewrites none).
+local function parse_usage(a, text)
   if not text then return nil end
   local limit, gen, used = string.match(text, '^(%d*),(%d+),(%d+)$')
   local u = { limit = opt_int(limit), used = tonumber(used) }
@@ -250,8 +252,26 @@ local function get_user(a, user)
   return u
 end
 
+local function format_usage(a, u)
+  return string.format('%s,%d,%d', u.limit and string.format('%d', u.limit) or '', a.gen, u.used)
+end
+
+-- A user's limit (nil: none) and what they used this cycle, or nil when never seen.
+local function get_user(a, user)
+  return parse_usage(a, redis.call('HGET', K_U, user))
+end
+
 local function put_user(a, user, u)
-  redis.call('HSET', K_U, user, string.format('%s,%d,%d', u.limit and string.format('%d', u.limit) or '', a.gen, u.used))
+  redis.call('HSET', K_U, user, format_usage(a, u))
+end
+
+-- A category's budget (`limit`; nil: none) and what it used this cycle, or nil when never seen.
+local function get_category(a, category)
+  return parse_usage(a, redis.call('HGET', K_A, 'c:' .. category))
+end
+
+local function put_category(a, category, c)
+  redis.call('HSET', K_A, 'c:' .. category, format_usage(a, c))
 end
 
 local function remaining_of(u)
@@ -435,7 +455,9 @@ end
 
 -- User usage (src/ledger/account.rs count_usage / uncount_usage) ----------------------------------
 
-local function count_usage(a, r, amount, u)
+-- The user's and the category's usage move together: what a reservation counted, both counted.
+-- `u`, `c`: its user's and category's state as admit read them (nil: read them here).
+local function count_usage(a, r, amount, u, c)
   if r.ugen ~= a.gen then
     r.ugen = a.gen
     r.ucnt = 0
@@ -444,16 +466,25 @@ local function count_usage(a, r, amount, u)
   u = u or get_user(a, r.user) or { used = 0 }
   u.used = u.used + amount
   put_user(a, r.user, u)
+  c = c or get_category(a, r.category) or { used = 0 }
+  c.used = c.used + amount
+  put_category(a, r.category, c)
 end
 
 local function uncount_usage(a, r, returned)
   if r.ugen ~= a.gen then return end
   local back = math.min(returned, r.ucnt)
   r.ucnt = r.ucnt - back
+  if back == 0 then return end
   local u = get_user(a, r.user)
-  if u and back > 0 then
+  if u then
     u.used = u.used - back
     put_user(a, r.user, u)
+  end
+  local c = get_category(a, r.category)
+  if c then
+    c.used = c.used - back
+    put_category(a, r.category, c)
   end
 end
 
@@ -547,7 +578,8 @@ local function err(code)
   return { 'err', code }
 end
 
--- A decline; `user`: whose limit was checked (nil for a trial).
+-- A decline; `user`: whose limit was checked (nil for a trial). A category_budget_reached
+-- decline carries the category and its remaining budget next (before any reservation view).
 local function decline(reason, requested, available, remaining, held, state, user)
   return { 'no', reason, requested, available, remaining or false, held or 0, state or false, user or false }
 end
@@ -562,16 +594,25 @@ local function with_view(declined, r)
   return declined
 end
 
--- The checks every new hold passes, in order: the account's credit, then the user's limit.
--- Returns (decline or nil, the user's state for count_usage).
-local function admit(a, user, amount)
+-- The checks every new hold passes, in order: the account's credit, the user's limit, then the
+-- category's budget. Returns (decline or nil, the user's and the category's state for
+-- count_usage).
+local function admit(a, user, category, amount)
   local u = get_user(a, user)
   local remaining = remaining_of(u)
   if a.avail < amount then return decline('insufficient_credit', amount, a.avail, remaining, 0, nil, user), u end
   if remaining ~= nil and remaining < amount then
     return decline('user_limit_reached', amount, a.avail, remaining, 0, nil, user), u
   end
-  return nil, u
+  local c = get_category(a, category)
+  local budget_left = remaining_of(c)
+  if budget_left ~= nil and budget_left < amount then
+    local declined = decline('category_budget_reached', amount, a.avail, remaining, 0, nil, user)
+    declined[#declined + 1] = category
+    declined[#declined + 1] = budget_left
+    return declined, u, c
+  end
+  return nil, u, c
 end
 
 -- floor(n / d) exactly, for 0 <= n < 2^53 and d >= 1 (the double quotient can round up to the
@@ -583,15 +624,17 @@ local function idiv(n, d)
   return q
 end
 
--- What a hold of `amount` for `user` asks for (Account::hold_amount): the whole amount, or for
--- a partial hold (`unit` credits a unit, at least `min_units`) as many whole units as the
--- available credit and the user's remaining limit leave room for, capped at `amount`; the
+-- What a hold of `amount` for `user` in `category` asks for (Account::hold_amount): the whole
+-- amount, or for a partial hold (`unit` credits a unit, at least `min_units`) as many whole units
+-- as the available credit, the user's limit and the category's budget leave room for, capped at `amount`; the
 -- minimum when not even that fits (admit then declines it, naming the scope short of room).
-local function hold_amount(a, user, amount, unit, min_units)
+local function hold_amount(a, user, category, amount, unit, min_units)
   if not unit then return amount end
   local room = a.avail
   local remaining = remaining_of(get_user(a, user))
   if remaining ~= nil and remaining < room then room = remaining end
+  local budget_left = remaining_of(get_category(a, category))
+  if budget_left ~= nil and budget_left < room then room = budget_left end
   local units = math.min(idiv(math.max(room, 0), unit), idiv(amount, unit))
   return math.max(units, min_units) * unit
 end
@@ -719,14 +762,14 @@ local function read(body)
 end
 
 -- Opens a reservation holding `amount` (admitted; `u` is its user as admit read it) and returns it.
-local function open_reservation(a, now, deadline, amount, user, category, labels, u)
+local function open_reservation(a, now, deadline, amount, user, category, labels, u, c)
   local draws = draw(a, amount)
   a.res = a.res + 1
   local r = { seq = a.res, user = user, category = category, state = 'held', reserved = amount, committed = 0,
     draws = draws, returned = 0, commits = 0, created = now, deadline = deadline, labels = labels,
     opened_by = REQUEST, ugen = a.gen, ucnt = 0 }
   a.held = a.held + amount
-  count_usage(a, r, amount, u)
+  count_usage(a, r, amount, u, c)
   redis.call('HSET', res_key(r.seq), 'm' .. r.seq, pack_res(r), 'i' .. r.seq,
     table.concat({ user, category, string.format('%d', now), REQUEST or '', labels }, SEP))
   if deadline > now then

@@ -126,6 +126,9 @@ register('restore', function(keys, args)
   for user, u in pairs(s.users) do
     put_user(a, user, { limit = type(u.limit) == 'number' and u.limit or nil, used = u.used })
   end
+  for category, c in pairs(type(s.categories) == 'table' and s.categories or {}) do
+    put_category(a, category, { limit = type(c.limit) == 'number' and c.limit or nil, used = c.used })
+  end
   for _, key in ipairs(s.keys) do redis.call('SADD', K_K, key) end
   a.wake = a.due
   local purge_at = first_score(K_P)

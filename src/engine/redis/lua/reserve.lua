@@ -4,7 +4,7 @@
 --       10 labels (a JSON object), 11 unit and 12 least units of a partial hold ("" "": all or
 --       nothing; otherwise as many whole units of `unit` credits as fit, up to the amount)
 -- Reply: {"ok", reservation seq, amount held, deadline, available}, a decline
---        ("insufficient_credit" | "user_limit_reached"), {"err", "account_not_found" |
+--        ("insufficient_credit" | "user_limit_reached" | "category_budget_reached"), {"err", "account_not_found" |
 --        "request_id_reused"} or {"due"}.
 -- Example: an account with 1000 available; ARGV 4.. = r-1, <fp>, ann, email, 50, 300000, {} ->
 -- {"ok", 7, 50, now + 300000, 950}: 50 left the lots (soonest expiry first), reservation 7 holds
@@ -19,10 +19,10 @@ register('reserve', function(keys, args)
     return now
   end
   return run(opts, function(a, now)
-    amount = hold_amount(a, user, amount, unit, min_units)
-    local declined, u = admit(a, user, amount)
+    amount = hold_amount(a, user, category, amount, unit, min_units)
+    local declined, u, c = admit(a, user, category, amount)
     if declined then return declined end
-    local r = open_reservation(a, now, now + ttl, amount, user, category, labels, u)
+    local r = open_reservation(a, now, now + ttl, amount, user, category, labels, u, c)
     return { 'ok', r.seq, amount, r.deadline, a.avail }
   end)
 end)
