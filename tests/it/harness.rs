@@ -276,6 +276,21 @@ impl Harness {
         self.auth.clone().get_reservation(request).await.unwrap().into_inner().reservation.unwrap()
     }
 
+    pub async fn set_category_budget(
+        &self,
+        account: &str,
+        category: &str,
+        budget: Option<i64>,
+    ) -> pb::SetCategoryBudgetResponse {
+        let request = pb::SetCategoryBudgetRequest {
+            account_id: account.into(),
+            category: category.into(),
+            budget,
+            request_id: self.rid(),
+        };
+        self.admin.clone().set_category_budget(request).await.unwrap().into_inner()
+    }
+
     pub async fn set_user_limit(&self, account: &str, user: &str, limit: Option<i64>) -> pb::SetUserLimitResponse {
         let request =
             pb::SetUserLimitRequest { account_id: account.into(), user_id: user.into(), limit, request_id: self.rid() };

@@ -76,6 +76,10 @@ pub async fn workload(h: &Harness) -> Vec<String> {
     h.account("acme", 1_000).await;
     h.account("globex", 500).await;
     h.set_user_limit("acme", "ann", Some(300)).await;
+    // A budget in force (the workload's holds stay within it), and one set then lifted.
+    h.set_category_budget("acme", "enrichment", Some(100_000)).await;
+    h.set_category_budget("acme", "ai", Some(5)).await;
+    h.set_category_budget("acme", "ai", None).await;
     h.grant("acme", pb::LotKind::Promo, 50, t0() + HOUR).await;
     let mut ids = Vec::new();
     for round in 0..12 {
@@ -176,6 +180,8 @@ async fn embedded_events_settle_and_a_restart_restores_them() {
     let spent = before.0.totals.unwrap().spent;
     assert_eq!(report.spent, spent);
     assert_eq!(report.spent_by_category["enrichment"], spent);
+    let budgets: Vec<(&str, i64)> = report.budget_by_category.iter().map(|(c, b)| (c.as_str(), *b)).collect();
+    assert_eq!(budgets, [("enrichment", 100_000)], "the budget in force beside the spend (ai's was lifted)");
     assert_eq!(report.spent_by_user.values().sum::<i64>(), spent);
     assert!(report.spent_by_user["ann"] > 0 && report.spent_by_user["bob"] > 0, "{:?}", report.spent_by_user);
     assert_eq!(report.totals.iter().map(|row| row.commits).sum::<i64>(), 12 + 3, "12 keyed commits, 3 final ones");
@@ -744,6 +750,7 @@ async fn check_history(h: &Harness, store: &Store, account: &str) {
             (EventKind::PlanSet { .. }, Change::PlanSet(_))
             | (EventKind::CycleStarted { .. }, Change::CycleStarted(_))
             | (EventKind::UserLimitSet { .. }, Change::UserLimitSet(_))
+            | (EventKind::CategoryBudgetSet { .. }, Change::CategoryBudgetSet(_))
             | (EventKind::Extended { .. }, Change::Extended(_)) => {}
             (kind, change) => panic!("event {kind:?} became {change:?}"),
         }
