@@ -127,6 +127,30 @@ class SetUserLimitResponse(_message.Message):
     remaining: int
     def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
 
+class SetCategoryBudgetRequest(_message.Message):
+    __slots__ = ("account_id", "category", "budget", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    category: str
+    budget: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., category: _Optional[str] = ..., budget: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetCategoryBudgetResponse(_message.Message):
+    __slots__ = ("outcome", "budget", "used", "remaining")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    outcome: _types_pb2.Outcome
+    budget: int
+    used: int
+    remaining: int
+    def __init__(self, outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., budget: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+
 class GetAccountRequest(_message.Message):
     __slots__ = ("account_id",)
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -157,8 +181,20 @@ class UserLimit(_message.Message):
     remaining: int
     def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
 
+class CategoryBudget(_message.Message):
+    __slots__ = ("category", "budget", "used", "remaining")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    budget: int
+    used: int
+    remaining: int
+    def __init__(self, category: _Optional[str] = ..., budget: _Optional[int] = ..., used: _Optional[int] = ..., remaining: _Optional[int] = ...) -> None: ...
+
 class GetAccountResponse(_message.Message):
-    __slots__ = ("account_id", "plan", "cycle", "totals", "lots", "trial_used", "user_limits", "open_reservations")
+    __slots__ = ("account_id", "plan", "cycle", "totals", "lots", "trial_used", "user_limits", "open_reservations", "category_budgets")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     CYCLE_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +203,7 @@ class GetAccountResponse(_message.Message):
     TRIAL_USED_FIELD_NUMBER: _ClassVar[int]
     USER_LIMITS_FIELD_NUMBER: _ClassVar[int]
     OPEN_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_BUDGETS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     plan: Plan
     cycle: _types_pb2.Cycle
@@ -175,7 +212,8 @@ class GetAccountResponse(_message.Message):
     trial_used: bool
     user_limits: _containers.RepeatedCompositeFieldContainer[UserLimit]
     open_reservations: int
-    def __init__(self, account_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., cycle: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ..., lots: _Optional[_Iterable[_Union[_types_pb2.Lot, _Mapping]]] = ..., trial_used: _Optional[bool] = ..., user_limits: _Optional[_Iterable[_Union[UserLimit, _Mapping]]] = ..., open_reservations: _Optional[int] = ...) -> None: ...
+    category_budgets: _containers.RepeatedCompositeFieldContainer[CategoryBudget]
+    def __init__(self, account_id: _Optional[str] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., cycle: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., totals: _Optional[_Union[_types_pb2.Totals, _Mapping]] = ..., lots: _Optional[_Iterable[_Union[_types_pb2.Lot, _Mapping]]] = ..., trial_used: _Optional[bool] = ..., user_limits: _Optional[_Iterable[_Union[UserLimit, _Mapping]]] = ..., open_reservations: _Optional[int] = ..., category_budgets: _Optional[_Iterable[_Union[CategoryBudget, _Mapping]]] = ...) -> None: ...
 
 class ListReservationsRequest(_message.Message):
     __slots__ = ("account_id", "state", "page_size", "page_token", "settled")
@@ -247,7 +285,7 @@ class LineItem(_message.Message):
     def __init__(self, at_unix_ms: _Optional[int] = ..., amount: _Optional[int] = ..., business_key: _Optional[str] = ..., already_charged: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
-    __slots__ = ("totals", "spent", "spent_by_category", "spent_by_user", "line_items")
+    __slots__ = ("totals", "spent", "spent_by_category", "spent_by_user", "line_items", "budget_by_category")
     class SpentByCategoryEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -262,17 +300,26 @@ class GetUsageResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class BudgetByCategoryEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     SPENT_BY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     SPENT_BY_USER_FIELD_NUMBER: _ClassVar[int]
     LINE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
     totals: _containers.RepeatedCompositeFieldContainer[UsageTotal]
     spent: int
     spent_by_category: _containers.ScalarMap[str, int]
     spent_by_user: _containers.ScalarMap[str, int]
     line_items: _containers.RepeatedCompositeFieldContainer[LineItem]
-    def __init__(self, totals: _Optional[_Iterable[_Union[UsageTotal, _Mapping]]] = ..., spent: _Optional[int] = ..., spent_by_category: _Optional[_Mapping[str, int]] = ..., spent_by_user: _Optional[_Mapping[str, int]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ...) -> None: ...
+    budget_by_category: _containers.ScalarMap[str, int]
+    def __init__(self, totals: _Optional[_Iterable[_Union[UsageTotal, _Mapping]]] = ..., spent: _Optional[int] = ..., spent_by_category: _Optional[_Mapping[str, int]] = ..., spent_by_user: _Optional[_Mapping[str, int]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., budget_by_category: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GetAccountHistoryRequest(_message.Message):
     __slots__ = ("account_id", "page_size", "page_token")
@@ -293,7 +340,7 @@ class LotAmount(_message.Message):
     def __init__(self, lot_id: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "request_id", "plan_set", "cycle_started", "lot_granted", "lot_expired", "user_limit_set", "reserved", "extended", "committed", "closed")
+    __slots__ = ("seq", "at_unix_ms", "request_id", "plan_set", "cycle_started", "lot_granted", "lot_expired", "user_limit_set", "reserved", "extended", "committed", "closed", "category_budget_set")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +353,7 @@ class HistoryEntry(_message.Message):
     EXTENDED_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_BUDGET_SET_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     request_id: str
@@ -318,7 +366,16 @@ class HistoryEntry(_message.Message):
     extended: HoldExtended
     committed: CommitMade
     closed: HoldClosed
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., plan_set: _Optional[_Union[PlanChanged, _Mapping]] = ..., cycle_started: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., lot_granted: _Optional[_Union[LotGranted, _Mapping]] = ..., lot_expired: _Optional[_Union[LotExpired, _Mapping]] = ..., user_limit_set: _Optional[_Union[UserLimitChanged, _Mapping]] = ..., reserved: _Optional[_Union[HoldPlaced, _Mapping]] = ..., extended: _Optional[_Union[HoldExtended, _Mapping]] = ..., committed: _Optional[_Union[CommitMade, _Mapping]] = ..., closed: _Optional[_Union[HoldClosed, _Mapping]] = ...) -> None: ...
+    category_budget_set: CategoryBudgetChanged
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., plan_set: _Optional[_Union[PlanChanged, _Mapping]] = ..., cycle_started: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., lot_granted: _Optional[_Union[LotGranted, _Mapping]] = ..., lot_expired: _Optional[_Union[LotExpired, _Mapping]] = ..., user_limit_set: _Optional[_Union[UserLimitChanged, _Mapping]] = ..., reserved: _Optional[_Union[HoldPlaced, _Mapping]] = ..., extended: _Optional[_Union[HoldExtended, _Mapping]] = ..., committed: _Optional[_Union[CommitMade, _Mapping]] = ..., closed: _Optional[_Union[HoldClosed, _Mapping]] = ..., category_budget_set: _Optional[_Union[CategoryBudgetChanged, _Mapping]] = ...) -> None: ...
+
+class CategoryBudgetChanged(_message.Message):
+    __slots__ = ("category", "budget")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    budget: int
+    def __init__(self, category: _Optional[str] = ..., budget: _Optional[int] = ...) -> None: ...
 
 class PlanChanged(_message.Message):
     __slots__ = ("plan", "cycle")

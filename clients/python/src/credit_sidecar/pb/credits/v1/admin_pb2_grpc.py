@@ -54,6 +54,11 @@ class CreditAdminStub:
                 request_serializer=credits_dot_v1_dot_admin__pb2.SetUserLimitRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_admin__pb2.SetUserLimitResponse.FromString,
                 _registered_method=True)
+        self.SetCategoryBudget = channel.unary_unary(
+                '/credits.v1.CreditAdmin/SetCategoryBudget',
+                request_serializer=credits_dot_v1_dot_admin__pb2.SetCategoryBudgetRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_admin__pb2.SetCategoryBudgetResponse.FromString,
+                _registered_method=True)
         self.GetAccount = channel.unary_unary(
                 '/credits.v1.CreditAdmin/GetAccount',
                 request_serializer=credits_dot_v1_dot_admin__pb2.GetAccountRequest.SerializeToString,
@@ -110,8 +115,17 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCategoryBudget(self, request, context):
+        """Cap what one category of work (ai, mobile, ...) may hold or spend per billing cycle for the
+        whole team, or lift the cap. Checked with the team's credit and the user's limit in the
+        same atomic step; a hold over it is declined CATEGORY_BUDGET_REACHED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAccount(self, request, context):
-        """Everything about an account: plan, cycle, lots, totals, user limits.
+        """Everything about an account: plan, cycle, lots, totals, user limits, category budgets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +180,11 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.SetUserLimit,
                     request_deserializer=credits_dot_v1_dot_admin__pb2.SetUserLimitRequest.FromString,
                     response_serializer=credits_dot_v1_dot_admin__pb2.SetUserLimitResponse.SerializeToString,
+            ),
+            'SetCategoryBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCategoryBudget,
+                    request_deserializer=credits_dot_v1_dot_admin__pb2.SetCategoryBudgetRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_admin__pb2.SetCategoryBudgetResponse.SerializeToString,
             ),
             'GetAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAccount,
@@ -296,6 +315,33 @@ class CreditAdmin:
             '/credits.v1.CreditAdmin/SetUserLimit',
             credits_dot_v1_dot_admin__pb2.SetUserLimitRequest.SerializeToString,
             credits_dot_v1_dot_admin__pb2.SetUserLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCategoryBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditAdmin/SetCategoryBudget',
+            credits_dot_v1_dot_admin__pb2.SetCategoryBudgetRequest.SerializeToString,
+            credits_dot_v1_dot_admin__pb2.SetCategoryBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -252,20 +252,22 @@ class QuoteRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., user_id: _Optional[str] = ..., category: _Optional[str] = ..., cost: _Optional[_Union[_types_pb2.Cost, _Mapping]] = ...) -> None: ...
 
 class QuoteResponse(_message.Message):
-    __slots__ = ("fits", "outcome", "amount", "available", "user_remaining", "units_that_fit")
+    __slots__ = ("fits", "outcome", "amount", "available", "user_remaining", "units_that_fit", "category_remaining")
     FITS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     USER_REMAINING_FIELD_NUMBER: _ClassVar[int]
     UNITS_THAT_FIT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_REMAINING_FIELD_NUMBER: _ClassVar[int]
     fits: bool
     outcome: _types_pb2.Outcome
     amount: int
     available: int
     user_remaining: int
     units_that_fit: int
-    def __init__(self, fits: _Optional[bool] = ..., outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., amount: _Optional[int] = ..., available: _Optional[int] = ..., user_remaining: _Optional[int] = ..., units_that_fit: _Optional[int] = ...) -> None: ...
+    category_remaining: int
+    def __init__(self, fits: _Optional[bool] = ..., outcome: _Optional[_Union[_types_pb2.Outcome, str]] = ..., amount: _Optional[int] = ..., available: _Optional[int] = ..., user_remaining: _Optional[int] = ..., units_that_fit: _Optional[int] = ..., category_remaining: _Optional[int] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account_id", "user_id")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63redits/v1/types.proto\x12\ncredits.v1\"\xeb\x01\n\x07\x44\x65\x63line\x12 \n\x05scope\x18\x01 \x01(\x0e\x32\x11.credits.v1.Scope\x12\x11\n\trequested\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x1b\n\x0euser_remaining\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x37\n\x11reservation_state\x18\x06 \x01(\x0e\x32\x1c.credits.v1.ReservationState\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x10\n\x08scope_id\x18\x08 \x01(\tB\x11\n\x0f_user_remaining\"H\n\x04\x43ost\x12\x10\n\x06\x61mount\x18\x01 \x01(\x03H\x00\x12&\n\x03sku\x18\x02 \x01(\x0b\x32\x17.credits.v1.SkuQuantityH\x00\x42\x06\n\x04\x63ost\",\n\x0bSkuQuantity\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x93\x03\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.credits.v1.ReservationState\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x11\n\tcommitted\x18\x07 \x01(\x03\x12\x0c\n\x04held\x18\x08 \x01(\x03\x12\x10\n\x08returned\x18\t \x01(\x03\x12\x14\n\x0c\x63ommit_count\x18\n \x01(\x03\x12\x17\n\x0f\x63reated_unix_ms\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x0c \x01(\x03\x12\x16\n\x0e\x63losed_unix_ms\x18\r \x01(\x03\x12\x33\n\x06labels\x18\x0e \x03(\x0b\x32#.credits.v1.Reservation.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\x04\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.credits.v1.LotKind\x12\x0f\n\x07granted\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpires_unix_ms\x18\x06 \x01(\x03\"Z\n\x06Totals\x12\x0f\n\x07granted\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\x12\r\n\x05spent\x18\x04 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x03\"3\n\x05\x43ycle\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x02 \x01(\x03*\xee\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1f\n\x1bOUTCOME_INSUFFICIENT_CREDIT\x10\x02\x12\x1e\n\x1aOUTCOME_USER_LIMIT_REACHED\x10\x03\x12\x1f\n\x1bOUTCOME_RESERVATION_EXPIRED\x10\x04\x12\x1e\n\x1aOUTCOME_RESERVATION_CLOSED\x10\x05\x12\x18\n\x14OUTCOME_EXCEEDS_HOLD\x10\x06\x12\x1e\n\x1aOUTCOME_TRIAL_ALREADY_USED\x10\x07*X\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x11\n\rSCOPE_ACCOUNT\x10\x01\x12\x0e\n\nSCOPE_USER\x10\x02\x12\x15\n\x11SCOPE_RESERVATION\x10\x03*\xb1\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04*\x8b\x01\n\x07LotKind\x12\x18\n\x14LOT_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rLOT_KIND_PLAN\x10\x01\x12\x12\n\x0eLOT_KIND_ADDON\x10\x02\x12\x12\n\x0eLOT_KIND_TRIAL\x10\x03\x12\x12\n\x0eLOT_KIND_PROMO\x10\x04\x12\x17\n\x13LOT_KIND_ADJUSTMENT\x10\x05\x42n\n\ncredits.v1B\nTypesProtoP\x01Z*credit-sidecar/gen/go/credits/v1;creditsv1\xaa\x02\nCredits.V1\xca\x02\nCredits\\V1\xea\x02\x0b\x43redits::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63redits/v1/types.proto\x12\ncredits.v1\"\xa3\x02\n\x07\x44\x65\x63line\x12 \n\x05scope\x18\x01 \x01(\x0e\x32\x11.credits.v1.Scope\x12\x11\n\trequested\x18\x02 \x01(\x03\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x1b\n\x0euser_remaining\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x37\n\x11reservation_state\x18\x06 \x01(\x0e\x32\x1c.credits.v1.ReservationState\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x10\n\x08scope_id\x18\x08 \x01(\t\x12\x1f\n\x12\x63\x61tegory_remaining\x18\t \x01(\x03H\x01\x88\x01\x01\x42\x11\n\x0f_user_remainingB\x15\n\x13_category_remaining\"H\n\x04\x43ost\x12\x10\n\x06\x61mount\x18\x01 \x01(\x03H\x00\x12&\n\x03sku\x18\x02 \x01(\x0b\x32\x17.credits.v1.SkuQuantityH\x00\x42\x06\n\x04\x63ost\",\n\x0bSkuQuantity\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x93\x03\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.credits.v1.ReservationState\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x11\n\tcommitted\x18\x07 \x01(\x03\x12\x0c\n\x04held\x18\x08 \x01(\x03\x12\x10\n\x08returned\x18\t \x01(\x03\x12\x14\n\x0c\x63ommit_count\x18\n \x01(\x03\x12\x17\n\x0f\x63reated_unix_ms\x18\x0b \x01(\x03\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x0c \x01(\x03\x12\x16\n\x0e\x63losed_unix_ms\x18\r \x01(\x03\x12\x33\n\x06labels\x18\x0e \x03(\x0b\x32#.credits.v1.Reservation.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\x04\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.credits.v1.LotKind\x12\x0f\n\x07granted\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12\x17\n\x0fgranted_unix_ms\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpires_unix_ms\x18\x06 \x01(\x03\"Z\n\x06Totals\x12\x0f\n\x07granted\x18\x01 \x01(\x03\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x0c\n\x04held\x18\x03 \x01(\x03\x12\r\n\x05spent\x18\x04 \x01(\x03\x12\x0f\n\x07\x65xpired\x18\x05 \x01(\x03\"3\n\x05\x43ycle\x12\x15\n\rstart_unix_ms\x18\x01 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x02 \x01(\x03*\x93\x02\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x1f\n\x1bOUTCOME_INSUFFICIENT_CREDIT\x10\x02\x12\x1e\n\x1aOUTCOME_USER_LIMIT_REACHED\x10\x03\x12\x1f\n\x1bOUTCOME_RESERVATION_EXPIRED\x10\x04\x12\x1e\n\x1aOUTCOME_RESERVATION_CLOSED\x10\x05\x12\x18\n\x14OUTCOME_EXCEEDS_HOLD\x10\x06\x12\x1e\n\x1aOUTCOME_TRIAL_ALREADY_USED\x10\x07\x12#\n\x1fOUTCOME_CATEGORY_BUDGET_REACHED\x10\x08*l\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x11\n\rSCOPE_ACCOUNT\x10\x01\x12\x0e\n\nSCOPE_USER\x10\x02\x12\x15\n\x11SCOPE_RESERVATION\x10\x03\x12\x12\n\x0eSCOPE_CATEGORY\x10\x04*\xb1\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RESERVATION_STATE_HELD\x10\x01\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x03\x12\x1d\n\x19RESERVATION_STATE_EXPIRED\x10\x04*\x8b\x01\n\x07LotKind\x12\x18\n\x14LOT_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rLOT_KIND_PLAN\x10\x01\x12\x12\n\x0eLOT_KIND_ADDON\x10\x02\x12\x12\n\x0eLOT_KIND_TRIAL\x10\x03\x12\x12\n\x0eLOT_KIND_PROMO\x10\x04\x12\x17\n\x13LOT_KIND_ADJUSTMENT\x10\x05\x42n\n\ncredits.v1B\nTypesProtoP\x01Z*credit-sidecar/gen/go/credits/v1;creditsv1\xaa\x02\nCredits.V1\xca\x02\nCredits\\V1\xea\x02\x0b\x43redits::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\ncredits.v1B\nTypesProtoP\001Z*credit-sidecar/gen/go/credits/v1;creditsv1\252\002\nCredits.V1\312\002\nCredits\\V1\352\002\013Credits::V1'
   _globals['_RESERVATION_LABELSENTRY']._loaded_options = None
   _globals['_RESERVATION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=1093
-  _globals['_OUTCOME']._serialized_end=1331
-  _globals['_SCOPE']._serialized_start=1333
-  _globals['_SCOPE']._serialized_end=1421
-  _globals['_RESERVATIONSTATE']._serialized_start=1424
-  _globals['_RESERVATIONSTATE']._serialized_end=1601
-  _globals['_LOTKIND']._serialized_start=1604
-  _globals['_LOTKIND']._serialized_end=1743
+  _globals['_OUTCOME']._serialized_start=1149
+  _globals['_OUTCOME']._serialized_end=1424
+  _globals['_SCOPE']._serialized_start=1426
+  _globals['_SCOPE']._serialized_end=1534
+  _globals['_RESERVATIONSTATE']._serialized_start=1537
+  _globals['_RESERVATIONSTATE']._serialized_end=1714
+  _globals['_LOTKIND']._serialized_start=1717
+  _globals['_LOTKIND']._serialized_end=1856
   _globals['_DECLINE']._serialized_start=39
-  _globals['_DECLINE']._serialized_end=274
-  _globals['_COST']._serialized_start=276
-  _globals['_COST']._serialized_end=348
-  _globals['_SKUQUANTITY']._serialized_start=350
-  _globals['_SKUQUANTITY']._serialized_end=394
-  _globals['_RESERVATION']._serialized_start=397
-  _globals['_RESERVATION']._serialized_end=800
-  _globals['_RESERVATION_LABELSENTRY']._serialized_start=755
-  _globals['_RESERVATION_LABELSENTRY']._serialized_end=800
-  _globals['_LOT']._serialized_start=803
-  _globals['_LOT']._serialized_end=945
-  _globals['_TOTALS']._serialized_start=947
-  _globals['_TOTALS']._serialized_end=1037
-  _globals['_CYCLE']._serialized_start=1039
-  _globals['_CYCLE']._serialized_end=1090
+  _globals['_DECLINE']._serialized_end=330
+  _globals['_COST']._serialized_start=332
+  _globals['_COST']._serialized_end=404
+  _globals['_SKUQUANTITY']._serialized_start=406
+  _globals['_SKUQUANTITY']._serialized_end=450
+  _globals['_RESERVATION']._serialized_start=453
+  _globals['_RESERVATION']._serialized_end=856
+  _globals['_RESERVATION_LABELSENTRY']._serialized_start=811
+  _globals['_RESERVATION_LABELSENTRY']._serialized_end=856
+  _globals['_LOT']._serialized_start=859
+  _globals['_LOT']._serialized_end=1001
+  _globals['_TOTALS']._serialized_start=1003
+  _globals['_TOTALS']._serialized_end=1093
+  _globals['_CYCLE']._serialized_start=1095
+  _globals['_CYCLE']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

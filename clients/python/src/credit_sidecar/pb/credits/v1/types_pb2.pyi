@@ -17,6 +17,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_RESERVATION_CLOSED: _ClassVar[Outcome]
     OUTCOME_EXCEEDS_HOLD: _ClassVar[Outcome]
     OUTCOME_TRIAL_ALREADY_USED: _ClassVar[Outcome]
+    OUTCOME_CATEGORY_BUDGET_REACHED: _ClassVar[Outcome]
 
 class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +25,7 @@ class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCOPE_ACCOUNT: _ClassVar[Scope]
     SCOPE_USER: _ClassVar[Scope]
     SCOPE_RESERVATION: _ClassVar[Scope]
+    SCOPE_CATEGORY: _ClassVar[Scope]
 
 class ReservationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,10 +51,12 @@ OUTCOME_RESERVATION_EXPIRED: Outcome
 OUTCOME_RESERVATION_CLOSED: Outcome
 OUTCOME_EXCEEDS_HOLD: Outcome
 OUTCOME_TRIAL_ALREADY_USED: Outcome
+OUTCOME_CATEGORY_BUDGET_REACHED: Outcome
 SCOPE_UNSPECIFIED: Scope
 SCOPE_ACCOUNT: Scope
 SCOPE_USER: Scope
 SCOPE_RESERVATION: Scope
+SCOPE_CATEGORY: Scope
 RESERVATION_STATE_UNSPECIFIED: ReservationState
 RESERVATION_STATE_HELD: ReservationState
 RESERVATION_STATE_COMMITTED: ReservationState
@@ -66,7 +70,7 @@ LOT_KIND_PROMO: LotKind
 LOT_KIND_ADJUSTMENT: LotKind
 
 class Decline(_message.Message):
-    __slots__ = ("scope", "requested", "available", "user_remaining", "held", "reservation_state", "message", "scope_id")
+    __slots__ = ("scope", "requested", "available", "user_remaining", "held", "reservation_state", "message", "scope_id", "category_remaining")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +79,7 @@ class Decline(_message.Message):
     RESERVATION_STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_REMAINING_FIELD_NUMBER: _ClassVar[int]
     scope: Scope
     requested: int
     available: int
@@ -83,7 +88,8 @@ class Decline(_message.Message):
     reservation_state: ReservationState
     message: str
     scope_id: str
-    def __init__(self, scope: _Optional[_Union[Scope, str]] = ..., requested: _Optional[int] = ..., available: _Optional[int] = ..., user_remaining: _Optional[int] = ..., held: _Optional[int] = ..., reservation_state: _Optional[_Union[ReservationState, str]] = ..., message: _Optional[str] = ..., scope_id: _Optional[str] = ...) -> None: ...
+    category_remaining: int
+    def __init__(self, scope: _Optional[_Union[Scope, str]] = ..., requested: _Optional[int] = ..., available: _Optional[int] = ..., user_remaining: _Optional[int] = ..., held: _Optional[int] = ..., reservation_state: _Optional[_Union[ReservationState, str]] = ..., message: _Optional[str] = ..., scope_id: _Optional[str] = ..., category_remaining: _Optional[int] = ...) -> None: ...
 
 class Cost(_message.Message):
     __slots__ = ("amount", "sku")
