@@ -196,6 +196,14 @@ local function save_account(a)
       a.loaded[f] = a[f]
     end
   end
+  -- Categories changed by this call (put_category), in the same write.
+  if a.cats then
+    for field, value in pairs(a.cats) do
+      changes[#changes + 1] = field
+      changes[#changes + 1] = value
+    end
+    a.cats = nil
+  end
   if #changes > 0 then redis.call('HSET', K_A, unpack(changes)) end
   if a.created then
     a.created = false
@@ -266,12 +274,16 @@ local function put_user(a, user, u)
 end
 
 -- A category's budget (`limit`; nil: none) and what it used this cycle, or nil when never seen.
+-- A change waits in a.cats until save_account writes it with the account's other fields (one
+-- HSET per call); reads see it meanwhile.
 local function get_category(a, category)
-  return parse_usage(a, redis.call('HGET', K_A, 'c:' .. category))
+  local field = 'c:' .. category
+  return parse_usage(a, a.cats and a.cats[field] or redis.call('HGET', K_A, field))
 end
 
 local function put_category(a, category, c)
-  redis.call('HSET', K_A, 'c:' .. category, format_usage(a, c))
+  a.cats = a.cats or {}
+  a.cats['c:' .. category] = format_usage(a, c)
 end
 
 local function remaining_of(u)
