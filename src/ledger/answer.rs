@@ -320,7 +320,7 @@ pub struct AccountView {
     pub trial_used: bool,
     pub users: Vec<UserView>,
     pub open_reservations: i64,
-    /// Every category with a budget or use this cycle, by name.
+    /// Every category the account has used or set a budget for, by name.
     pub categories: Vec<CategoryView>,
 }
 

@@ -74,6 +74,8 @@ async fn an_operator_runs_an_account_from_the_command_line() {
 
     let limit = run(&["user-limit", "set", "acme", "ann", "--limit", "40", "--json"]);
     assert_eq!(json(expect(&limit, 0))["limit"], "40");
+    let budget = run(&["category-budget", "set", "acme", "ai", "60", "--json"]);
+    assert_eq!(json(expect(&budget, 0))["budget"], "60");
 
     let shown = stdout(expect(&run(&["account", "show", "acme"]), 0));
     let header = shown.lines().find(|line| line.starts_with("LOT")).unwrap_or_else(|| panic!("{shown}"));
@@ -83,6 +85,7 @@ async fn an_operator_runs_an_account_from_the_command_line() {
     );
     assert!(shown.lines().any(|line| line.split_whitespace().take(4).eq(["2", "promo", "50", "50"])), "{shown}");
     assert!(shown.lines().any(|line| line.split_whitespace().eq(["ann", "40", "0", "40"])), "{shown}");
+    assert!(shown.lines().any(|line| line.split_whitespace().eq(["ai", "60", "0", "60"])), "{shown}");
 
     let mut client = CreditAuthorizerClient::new(serving.channel().await);
     let hold = client.reserve(reserve_request("acme", 30, "hold-1")).await.unwrap().into_inner();
@@ -146,6 +149,74 @@ async fn an_operator_runs_an_account_from_the_command_line() {
     // Nobody there: exit 4.
     let nowhere = operator(&format!("http://127.0.0.1:{}", free_port()), &["account", "show", "acme"]);
     assert!(stderr(expect(&nowhere, 4)).contains("cannot reach the sidecar"), "{}", stderr(&nowhere));
+}
+
+/// `category-budget set`, as `user-limit set`: the team's budget in one category (a table, or
+/// `--json`; a request id sent again is answered as before, not applied again), a Reserve over
+/// it declined naming the category, the budget beside its use in `account show`, lifted with
+/// `--none`. An unknown category is refused (exit 3); a budget with `--none`, or neither, is a
+/// bad command line (exit 2) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_and_lifts_a_category_budget() {
+    let work = Workdir::new();
+    let mut sidecar = Sidecar::spawn(work.command());
+    let serving = sidecar.serving().await;
+    let address = format!("http://{}", serving.grpc);
+    let run = |args: &[&str]| operator(&address, args);
+    expect(&run(&["plan", "set", "acme", "--credits", "100", "--anchor", "2026-11-01T00:00:00Z"]), 0);
+    let mut client = CreditAuthorizerClient::new(serving.channel().await);
+    let held = client.reserve(reserve_request("acme", 30, "hold-1")).await.unwrap().into_inner();
+    assert_eq!(held.outcome(), pb::Outcome::Ok);
+
+    let set = run(&["category-budget", "set", "acme", "enrichment", "50", "--request-id", "budget-1"]);
+    let set = stdout(expect(&set, 0));
+    for pair in [["outcome", "ok"], ["budget", "50"], ["used", "30"], ["remaining", "20"]] {
+        assert!(set.lines().any(|line| line.split_whitespace().eq(pair)), "{pair:?} in:\n{set}");
+    }
+    let more = client.reserve(reserve_request("acme", 10, "hold-2")).await.unwrap().into_inner();
+    assert_eq!(more.outcome(), pb::Outcome::Ok);
+    // The same request id again: the first answer (30 used then), not a second change.
+    let again = run(&["category-budget", "set", "acme", "enrichment", "50", "--request-id", "budget-1", "--json"]);
+    let again = json(expect(&again, 0));
+    assert_eq!(
+        (&again["outcome"], &again["budget"], &again["used"]),
+        (&"OUTCOME_OK".into(), &"50".into(), &"30".into())
+    );
+
+    let over = client.reserve(reserve_request("acme", 25, "hold-3")).await.unwrap().into_inner();
+    assert_eq!(over.outcome(), pb::Outcome::CategoryBudgetReached);
+    let decline = over.decline.unwrap();
+    assert_eq!(
+        (decline.scope(), decline.scope_id.as_str(), decline.category_remaining),
+        (pb::Scope::Category, "enrichment", Some(10))
+    );
+
+    let shown = stdout(expect(&run(&["account", "show", "acme"]), 0));
+    let header = shown.lines().find(|line| line.starts_with("CATEGORY")).unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["CATEGORY", "BUDGET", "USED", "REMAINING"]);
+    assert!(shown.lines().any(|line| line.split_whitespace().eq(["enrichment", "50", "40", "10"])), "{shown}");
+
+    // A bad command line: exit 2, nothing sent. An unknown category: refused, exit 3.
+    let both = run(&["category-budget", "set", "acme", "enrichment", "5", "--none"]);
+    assert!(stderr(expect(&both, 2)).contains("--none"), "{}", stderr(&both));
+    let neither = run(&["category-budget", "set", "acme", "enrichment"]);
+    assert!(stderr(expect(&neither, 2)).contains("<BUDGET>"), "{}", stderr(&neither));
+    let unknown = run(&["category-budget", "set", "acme", "gold", "5"]);
+    let unknown = stderr(expect(&unknown, 3));
+    assert!(unknown.contains("InvalidArgument") && unknown.contains("category: unknown category"), "{unknown}");
+    let account = json(expect(&run(&["account", "show", "acme", "--json"]), 0));
+    let budgets = account["category_budgets"].as_array().unwrap_or_else(|| panic!("{account}"));
+    assert_eq!(budgets.len(), 1, "{account}");
+    assert_eq!((&budgets[0]["category"], &budgets[0]["budget"]), (&"enrichment".into(), &"50".into()), "{account}");
+
+    let lifted = stdout(expect(&run(&["category-budget", "set", "acme", "enrichment", "--none"]), 0));
+    for pair in [["budget", "none"], ["used", "40"], ["remaining", "none"]] {
+        assert!(lifted.lines().any(|line| line.split_whitespace().eq(pair)), "{pair:?} in:\n{lifted}");
+    }
+    let shown = stdout(expect(&run(&["account", "show", "acme"]), 0));
+    assert!(shown.lines().any(|line| line.split_whitespace().eq(["enrichment", "none", "40", "none"])), "{shown}");
+    let fits = client.reserve(reserve_request("acme", 25, "hold-4")).await.unwrap().into_inner();
+    assert_eq!(fits.outcome(), pb::Outcome::Ok, "no budget any more");
 }
 
 /// With tokens configured: the token from `--token-file` or `CREDIT_SIDECAR_TOKEN` is sent;

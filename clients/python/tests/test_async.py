@@ -142,3 +142,28 @@ async def test_a_partial_keep_alive_task_takes_the_minutes_left(sidecar: Sidecar
         # 4 held, then 6 (three minutes), then 4 (the two minutes left), then declined.
         assert (held, hold.extensions) == (14, 2)
         assert (declines[0].requested, declines[0].available) == (2, 0)
+
+
+async def test_category_budgets_through_the_async_client(sidecar: Sidecar) -> None:
+    async with AsyncCreditClient(sidecar.address) as client:
+        await afund(client)
+        set_ = await client.admin.set_category_budget("acme", "mobile", 25, request_id="mobile-budget")
+        assert Outcome(set_.outcome) is Outcome.OK and (set_.budget, set_.used, set_.remaining) == (25, 0, 25)
+
+        async with client.hold("acme", "ann", "mobile", Sku("mobile.verified", 2)) as hold:
+            await hold.commit(Sku("mobile.verified"), final=True)
+        refused = await client.reserve("acme", "bob", "mobile", Sku("mobile.verified", 2))
+        assert isinstance(refused, Declined) and (refused.outcome, refused.scope, refused.scope_id) == (
+            Outcome.CATEGORY_BUDGET_REACHED,
+            Scope.CATEGORY,
+            "mobile",
+        )
+        assert (refused.requested, refused.category_remaining) == (20, 15), "the 10 not used went back"
+        quote = await client.quote("acme", Sku("mobile.verified", 1), category="mobile")
+        assert (quote.fits, quote.units_that_fit, quote.category_remaining) == (True, 1, 15)
+
+        lifted = await client.admin.set_category_budget("acme", "mobile", None)
+        assert not lifted.HasField("budget") and lifted.used == 10
+        assert isinstance(await client.reserve("acme", "bob", "mobile", Sku("mobile.verified", 2)), Reserved)
+        account = await client.admin.get_account("acme")
+        assert [(b.category, b.HasField("budget"), b.used) for b in account.category_budgets] == [("mobile", False, 30)]

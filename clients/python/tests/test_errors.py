@@ -37,6 +37,8 @@ from helpers import fund
         (lambda c: c.commit_batch("acme/1", [BatchItem(Sku("dialer.minute.mars"))]), "items[0].cost.sku.sku"),
         (lambda c: c.commit_batch("acme/1", [BatchItem(1, item_id="a")] * 2), "items[1].item_id"),
         (lambda c: c.commit_batch("acme/1", [BatchItem(1, business_key="k" * 1000)]), "items[0].business_key"),
+        (lambda c: c.admin.set_category_budget("acme", "gold", 100), "category"),
+        (lambda c: c.admin.set_category_budget("acme", "ai", -1), "budget"),
     ],
 )
 def test_bad_input_raises_with_the_field_and_is_not_retried(client: CreditClient, call, field: str) -> None:  # type: ignore[no-untyped-def]

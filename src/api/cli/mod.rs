@@ -75,7 +75,7 @@ impl std::fmt::Debug for Connection {
 /// Every operator command.
 #[derive(Debug, clap::Subcommand)]
 pub enum Operation {
-    /// An account: plan, cycle, totals, lots, user limits.
+    /// An account: plan, cycle, totals, lots, user limits, category budgets.
     #[command(subcommand)]
     Account(AccountCommand),
     /// Set an account's plan (creates the account).
@@ -89,6 +89,9 @@ pub enum Operation {
     /// Per-user spending limits.
     #[command(subcommand)]
     UserLimit(UserLimitCommand),
+    /// Per-category budgets for the whole team.
+    #[command(subcommand)]
+    CategoryBudget(CategoryBudgetCommand),
     /// Credits spent, by cycle, user and category (from the settled ledger).
     Usage(UsageArgs),
     /// Every change to an account, newest first (from the settled ledger).
@@ -109,6 +112,7 @@ impl Operation {
             Operation::Grant(args) => &args.target,
             Operation::Trial(TrialCommand::Start(args)) => &args.target,
             Operation::UserLimit(UserLimitCommand::Set(args)) => &args.target,
+            Operation::CategoryBudget(CategoryBudgetCommand::Set(args)) => &args.target,
             Operation::Usage(args) => &args.target,
             Operation::History(args) => &args.target,
             Operation::Reservations(ReservationsCommand::List(args)) => &args.target,
@@ -212,6 +216,29 @@ pub struct UserLimitArgs {
     #[arg(long, required_unless_present = "none", conflicts_with = "none")]
     pub limit: Option<i64>,
     /// No limit.
+    #[arg(long)]
+    pub none: bool,
+    #[command(flatten)]
+    pub idempotency: Idempotency,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CategoryBudgetCommand {
+    /// Set (or, with --none, lift) a category's budget per cycle, for the whole team.
+    Set(CategoryBudgetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CategoryBudgetArgs {
+    pub account: String,
+    /// One of the sidecar's categories (`ai`, `mobile`, …).
+    pub category: String,
+    /// Credits the team may hold or spend in the category per cycle.
+    #[arg(required_unless_present = "none", conflicts_with = "none")]
+    pub budget: Option<i64>,
+    /// No budget.
     #[arg(long)]
     pub none: bool,
     #[command(flatten)]
@@ -530,6 +557,16 @@ async fn call(operation: Operation, mut clients: Clients) -> Result<Answer, Fail
             let response = clients.admin.set_user_limit(request).await.map_err(grpc)?.into_inner();
             Ok(Answer::new(&response, show::user_limit(&response), Some(response.outcome())))
         }
+        Operation::CategoryBudget(CategoryBudgetCommand::Set(args)) => {
+            let request = pb::SetCategoryBudgetRequest {
+                account_id: args.account,
+                category: args.category,
+                budget: if args.none { None } else { args.budget },
+                request_id: args.idempotency.id(),
+            };
+            let response = clients.admin.set_category_budget(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::category_budget(&response), Some(response.outcome())))
+        }
         other => read_or_release(other, clients).await,
     }
 }
@@ -582,7 +619,8 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
         | Operation::Plan(_)
         | Operation::Grant(_)
         | Operation::Trial(_)
-        | Operation::UserLimit(_) => {
+        | Operation::UserLimit(_)
+        | Operation::CategoryBudget(_) => {
             unreachable!("changes are sent by `call`")
         }
     }

@@ -109,6 +109,21 @@ pub(super) fn account(response: &pb::GetAccountResponse) -> String {
             .collect();
         let _ = write!(out, "\n\n{}", table(&["user", "limit", "used", "remaining"], &users));
     }
+    if !response.category_budgets.is_empty() {
+        let categories: Vec<Vec<String>> = response
+            .category_budgets
+            .iter()
+            .map(|category| {
+                vec![
+                    category.category.clone(),
+                    optional(category.budget),
+                    category.used.to_string(),
+                    optional(category.remaining),
+                ]
+            })
+            .collect();
+        let _ = write!(out, "\n\n{}", table(&["category", "budget", "used", "remaining"], &categories));
+    }
     out
 }
 
@@ -146,6 +161,15 @@ pub(super) fn user_limit(response: &pb::SetUserLimitResponse) -> String {
     fields(&[
         ("outcome", outcome(response.outcome())),
         ("limit", optional(response.limit)),
+        ("used", response.used.to_string()),
+        ("remaining", optional(response.remaining)),
+    ])
+}
+
+pub(super) fn category_budget(response: &pb::SetCategoryBudgetResponse) -> String {
+    fields(&[
+        ("outcome", outcome(response.outcome())),
+        ("budget", optional(response.budget)),
         ("used", response.used.to_string()),
         ("remaining", optional(response.remaining)),
     ])

@@ -70,6 +70,7 @@ def _declined(
         message=decline.message,
         request_id=request_id,
         reservation=held_reservation,
+        category_remaining=decline.category_remaining if decline.HasField("category_remaining") else None,
     )
 
 
@@ -159,6 +160,7 @@ def quote(response: authorizer_pb2.QuoteResponse) -> Quote:
         available=response.available,
         user_remaining=response.user_remaining if response.HasField("user_remaining") else None,
         units_that_fit=response.units_that_fit,
+        category_remaining=response.category_remaining if response.HasField("category_remaining") else None,
     )
 
 

@@ -243,6 +243,16 @@ def set_user_limit(
     return Op("admin", "SetUserLimit", request, rid, _same)
 
 
+def set_category_budget(
+    account_id: str, category: str, budget: int | None, request_id: str | None
+) -> Op[admin_pb2.SetCategoryBudgetResponse]:
+    rid = _id(request_id)
+    request = admin_pb2.SetCategoryBudgetRequest(account_id=account_id, category=category, request_id=rid)
+    if budget is not None:
+        request.budget = budget
+    return Op("admin", "SetCategoryBudget", request, rid, _same)
+
+
 def get_account(account_id: str) -> Op[admin_pb2.GetAccountResponse]:
     return Op("admin", "GetAccount", admin_pb2.GetAccountRequest(account_id=account_id), None, _same)
 

@@ -275,6 +275,17 @@ class AsyncAdmin:
     ) -> admin_pb2.SetUserLimitResponse:
         return await self._client._run(_ops.set_user_limit(account_id, user_id, limit, request_id), timeout)
 
+    async def set_category_budget(
+        self,
+        account_id: str,
+        category: str,
+        budget: int | None,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> admin_pb2.SetCategoryBudgetResponse:
+        return await self._client._run(_ops.set_category_budget(account_id, category, budget, request_id), timeout)
+
     async def get_account(self, account_id: str, *, timeout: float | None = None) -> admin_pb2.GetAccountResponse:
         return await self._client._run(_ops.get_account(account_id), timeout)
 

@@ -250,7 +250,8 @@ class CreditClient:
 
 
 class Admin:
-    """CreditAdmin calls (a token with the ``admin`` scope): plans, grants, trials, limits, reads.
+    """CreditAdmin calls (a token with the ``admin`` scope): plans, grants, trials, limits,
+    budgets, reads.
 
     Answers are the protobuf responses, except :meth:`start_trial`, whose decline is a value.
     """
@@ -312,6 +313,19 @@ class Admin:
     ) -> admin_pb2.SetUserLimitResponse:
         """Caps what ``user_id`` may hold or spend per cycle; ``None`` lifts the cap."""
         return self._client._run(_ops.set_user_limit(account_id, user_id, limit, request_id), timeout)
+
+    def set_category_budget(
+        self,
+        account_id: str,
+        category: str,
+        budget: int | None,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> admin_pb2.SetCategoryBudgetResponse:
+        """Caps what the whole team may hold or spend in ``category`` per cycle; ``None`` lifts
+        the cap. A hold over it is declined ``CATEGORY_BUDGET_REACHED`` (scope ``CATEGORY``)."""
+        return self._client._run(_ops.set_category_budget(account_id, category, budget, request_id), timeout)
 
     def get_account(self, account_id: str, *, timeout: float | None = None) -> admin_pb2.GetAccountResponse:
         return self._client._run(_ops.get_account(account_id), timeout)

@@ -76,6 +76,7 @@ class Outcome(_OpenEnum):
     RESERVATION_CLOSED = 5
     EXCEEDS_HOLD = 6
     TRIAL_ALREADY_USED = 7
+    CATEGORY_BUDGET_REACHED = 8
 
 
 class Scope(_OpenEnum):
@@ -85,6 +86,7 @@ class Scope(_OpenEnum):
     ACCOUNT = 1
     USER = 2
     RESERVATION = 3
+    CATEGORY = 4
 
 
 class ReservationState(_OpenEnum):
@@ -143,6 +145,9 @@ class Declined:
     reservation: Reservation | None = None
     """Declined Commit, Extend and Release: the reservation as it stands (a declined batch item:
     ``None``, see :attr:`BatchCommitted.reservation`)."""
+    category_remaining: int | None = None
+    """``CATEGORY_BUDGET_REACHED``: what the category's budget (``scope_id``) has left this
+    cycle; ``None`` for the other declines."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ class Quote:
     available: int
     user_remaining: int | None
     units_that_fit: int
+    category_remaining: int | None = None
+    """The category's remaining budget this cycle, when a category with a budget was given."""
 
 
 @dataclass(frozen=True)
