@@ -4,7 +4,7 @@ its ledger, a sidecar frozen with SIGSTOP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -33,17 +33,23 @@ def proxy(sidecar: Sidecar) -> Iterator[LossyProxy]:
     relay.close()
 
 
-def test_a_commit_whose_answer_was_lost_is_retried_with_its_id_and_applied_once(
-    sidecar: Sidecar, proxy: LossyProxy
-) -> None:
-    failures: list[CreditError] = []
+def healing(proxy: LossyProxy, failures: list[CreditError]) -> Callable[[CreditError, int, float], None]:
+    """An on_retry that records the failure, checks the attempt was lost (so the sidecar had
+    applied it), and lets the next attempt through."""
 
     def on_retry(error: CreditError, attempt: int, delay: float) -> None:
         failures.append(error)
         assert proxy.lost.is_set(), "the sidecar answered the lost attempt: it had applied it"
         proxy.heal()
 
-    with CreditClient(proxy.address, timeout=0.5, on_retry=on_retry) as client:
+    return on_retry
+
+
+def test_a_commit_whose_answer_was_lost_is_retried_with_its_id_and_applied_once(
+    sidecar: Sidecar, proxy: LossyProxy
+) -> None:
+    failures: list[CreditError] = []
+    with CreditClient(proxy.address, timeout=0.5, on_retry=healing(proxy, failures)) as client:
         fund(client)
         reserved = client.reserve("acme", "ann", "enrichment", 10)
         assert isinstance(reserved, Reserved)
@@ -61,13 +67,7 @@ def test_a_batch_whose_answer_was_lost_is_retried_with_its_item_ids_and_applied_
     sidecar: Sidecar, proxy: LossyProxy
 ) -> None:
     failures: list[CreditError] = []
-
-    def on_retry(error: CreditError, attempt: int, delay: float) -> None:
-        failures.append(error)
-        assert proxy.lost.is_set(), "the sidecar answered the lost attempt: it had applied it"
-        proxy.heal()
-
-    with CreditClient(proxy.address, timeout=0.5, on_retry=on_retry) as client:
+    with CreditClient(proxy.address, timeout=0.5, on_retry=healing(proxy, failures)) as client:
         fund(client)
         reserved = client.reserve("acme", "ann", "enrichment", 10)
         assert isinstance(reserved, Reserved)
