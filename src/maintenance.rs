@@ -75,6 +75,7 @@ fn compare(account: &AccountId, ledger: &AccountView, redis: &AccountView) -> Ve
     check("lots", format!("{:?}", ledger.lots), format!("{:?}", redis.lots));
     check("trial", ledger.trial_used.to_string(), redis.trial_used.to_string());
     check("users", format!("{:?}", ledger.users), format!("{:?}", redis.users));
+    check("categories", format!("{:?}", ledger.categories), format!("{:?}", redis.categories));
     check("open reservations", ledger.open_reservations.to_string(), redis.open_reservations.to_string());
     drift
 }

@@ -317,8 +317,11 @@ impl Account {
         if let Some(user) = self.users.get_mut(&reservation.user) {
             user.used -= back;
         }
+        // Clamped: a hold made before category budgets existed (a format-1 snapshot, a Redis
+        // carried over) counted its user but not its category; returning it must not push the
+        // category below zero. The category is then under-counted until the next renewal.
         if let Some(category) = self.categories.get_mut(&reservation.category) {
-            category.used -= back;
+            category.used = (category.used - back).max(0);
         }
     }
 

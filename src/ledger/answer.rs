@@ -89,11 +89,10 @@ pub struct Decline {
     /// Release declines, whatever their reason), so a caller sees what it still holds, until
     /// when, and in what state, without a second call.
     pub reservation: Option<Box<ReservationView>>,
-    /// The category whose budget was checked, when it has one (absent from declines remembered
-    /// before category budgets existed).
+    /// The category whose budget refused (CATEGORY_BUDGET_REACHED only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
-    /// The category's remaining budget this cycle, when it has a budget.
+    /// The category's remaining budget this cycle (CATEGORY_BUDGET_REACHED only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category_remaining: Option<i64>,
 }

@@ -33,8 +33,8 @@ pub struct Reserve {
     pub partial: Option<Partial>,
 }
 
-/// A partial hold: as many whole `unit`s (credits each) as the account and the user's limit
-/// leave room for, up to the amount asked for and at least `min_units`. `unit` divides the
+/// A partial hold: as many whole `unit`s (credits each) as the account, the user's limit and the
+/// category's budget leave room for, up to the amount asked for and at least `min_units`. `unit` divides the
 /// amount; 1 <= min_units <= amount / unit (checked where the command is built).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partial {

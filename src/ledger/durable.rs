@@ -160,4 +160,43 @@ mod tests {
         assert_eq!(old, AccountSnapshot { categories: BTreeMap::new(), ..snapshot });
         assert!(decode_snapshot(SNAPSHOT_FORMAT + 1, &text).unwrap_err().contains("newer sidecar"));
     }
+
+    /// A hold from before category budgets (a format-1 snapshot counted its user, not its
+    /// category) gives back nothing below zero when it closes under a budget.
+    #[test]
+    fn a_hold_older_than_category_budgets_never_drives_its_category_below_zero() {
+        let (ledger, id) = ledger_with_a_hold();
+        let text = encode_snapshot(&ledger.snapshot(&id.account).unwrap());
+        let format_1 = text.replace(r#","categories":{"email":{"used":40}}"#, "");
+        assert_ne!(format_1, text, "the snapshot had category state to take out");
+        let snapshots = vec![decode_snapshot(1, &format_1).unwrap()];
+        let mut restored =
+            Ledger::restore_durable(86_400_000, DurableState { snapshots, ..Default::default() }).unwrap();
+        let now = 1_768_435_210_000;
+        let email = Category("email".into());
+        let budget = crate::ledger::command::SetCategoryBudget {
+            account: id.account.clone(),
+            category: email.clone(),
+            budget: Some(100),
+            request: RequestId::parse("b-1").unwrap(),
+        };
+        let set = restored.set_category_budget(now, &budget).unwrap().done().unwrap();
+        assert_eq!((set.used, set.remaining), (0, Some(100)), "the old hold was never counted");
+        let reserve = Reserve {
+            account: id.account.clone(),
+            user: UserId::parse("u-2").unwrap(),
+            category: email,
+            amount: 10,
+            ttl_ms: 60_000,
+            request: RequestId::parse("r-2").unwrap(),
+            labels: Labels::default(),
+            partial: None,
+        };
+        restored.reserve(now, &reserve).unwrap().done().unwrap();
+        let release = crate::ledger::command::Release { reservation: id, request: RequestId::parse("x-1").unwrap() };
+        restored.release(now, &release).unwrap().done().unwrap();
+        restored.check_invariants().unwrap();
+        let account = restored.account(now, &reserve.account).unwrap();
+        assert_eq!((account.categories[0].used, account.categories[0].remaining), (0, Some(100)));
+    }
 }

@@ -215,3 +215,49 @@ async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
     assert_eq!(redis.account(&acme).await.unwrap(), model.account(now, &acme).unwrap());
     assert_eq!(redis.outbox().await.unwrap(), model.drain_events());
 }
+
+/// Category budgets came with this layout's `c:<category>` fields: a hold made before them (its
+/// category never counted) that closes under a budget gives nothing back below zero, and the
+/// account goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_older_than_category_budgets_closes_without_breaking_the_account() {
+    use credit_sidecar::ledger::command::{Release, SetCategoryBudget};
+
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let acme = AccountId::parse("acme").unwrap();
+    let ai = Rules::default().category("ai").unwrap();
+    let request = |name: &str| RequestId::parse(name).unwrap();
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 500, addon_credits: 0 };
+    redis.set_plan(&SetPlan { account: acme.clone(), plan, request: request("p") }).await.unwrap();
+    let reserve = |amount: i64, name: &str| Reserve {
+        account: acme.clone(),
+        user: UserId::parse("ann").unwrap(),
+        category: ai.clone(),
+        amount,
+        ttl_ms: 60_000,
+        request: request(name),
+        labels: Labels::default(),
+        partial: None,
+    };
+    let old = redis.reserve(&reserve(100, "r-old")).await.unwrap().done().unwrap();
+    // As a sidecar before category budgets left it: the hold's category never counted.
+    let layout = Layout { prefix: String::new(), shards: settings.shards };
+    let account_key = layout.account_keys(&acme)[0].clone();
+    assert_eq!(server.cli(&["HDEL", &account_key, "c:ai"]), "1");
+    let budget =
+        SetCategoryBudget { account: acme.clone(), category: ai.clone(), budget: Some(150), request: request("b") };
+    let set = redis.set_category_budget(&budget).await.unwrap().done().unwrap();
+    assert_eq!((set.used, set.remaining), (0, Some(150)));
+    redis.reserve(&reserve(50, "r-new")).await.unwrap().done().unwrap();
+    redis.release(&Release { reservation: old.reservation, request: request("x") }).await.unwrap().done().unwrap();
+    let view = redis.account(&acme).await.unwrap();
+    let category = view.categories.iter().find(|category| category.category == "ai").unwrap();
+    assert_eq!((category.used, category.remaining), (0, Some(150)), "never below zero");
+    let over = redis.reserve(&reserve(151, "r-over")).await.unwrap();
+    assert!(over.declined().is_some(), "the budget still holds: {over:?}");
+    clock.advance(3_600_000);
+    redis.balance(&acme, None).await.expect("the account answers after its holds come due");
+}

@@ -93,10 +93,11 @@ impl Store {
     }
 
     /// The category budgets in force as the ledger recorded them: each category's last
-    /// `category_budget_set`, lifted ones left out.
+    /// `category_budget_set`, lifted ones left out. (`reservation_seq IS NULL` lets the
+    /// per-reservation index skip every hold's events.)
     pub async fn category_budgets(&self, account: &AccountId) -> Result<BTreeMap<String, i64>> {
         let sql = "SELECT account_id, seq, at_ms, kind, request_id, data FROM ledger_events \
-                   WHERE account_id = $1 AND kind = 'category_budget_set' ORDER BY seq";
+                   WHERE account_id = $1 AND reservation_seq IS NULL AND kind = 'category_budget_set' ORDER BY seq";
         let rows = sqlx::query(sql).bind(account.as_str().to_owned()).fetch_all(&self.pool).await?;
         let mut budgets = BTreeMap::new();
         for row in &rows {

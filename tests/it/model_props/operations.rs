@@ -92,6 +92,8 @@ pub(super) enum Op {
         user: Option<usize>,
         amount: i64,
         unit: i64,
+        /// Also check the "email" budget.
+        category: bool,
     },
     TimeJump {
         by_ms: Millis,
@@ -257,8 +259,8 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         5 => (account.clone(), user.clone(), amount(), key)
             .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
-        2 => (account, prop::option::of(user), amount(), 1..=20i64)
-            .prop_map(|(account, user, amount, unit)| Op::Quote { account, user, amount, unit }),
+        2 => (account, prop::option::of(user), amount(), 1..=20i64, any::<bool>())
+            .prop_map(|(account, user, amount, unit, category)| Op::Quote { account, user, amount, unit, category }),
         6 => time_jump().prop_map(|by_ms| Op::TimeJump { by_ms }),
         2 => (target(), -1..=1i64).prop_map(|(target, offset_ms)| Op::JumpTo { target, offset_ms }),
         2 => prop_oneof![Just(0), time_jump()].prop_map(|by_ms| Op::Sweep { by_ms }),

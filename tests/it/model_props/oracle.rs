@@ -79,7 +79,9 @@ impl Harness {
                 self.sweep()?;
             }
             Op::ForgetEdge { pick, offset_ms } => self.forget_edge(*pick, *offset_ms)?,
-            Op::Quote { account, user, amount, unit } => self.quote(*account, *user, *amount, *unit)?,
+            Op::Quote { account, user, amount, unit, category } => {
+                self.quote(*account, *user, *amount, *unit, *category)?
+            }
             Op::Retry { pick, which } => self.retry(*pick, *which)?,
             Op::Reuse { pick, how } => self.reuse(*pick, *how)?,
             Op::Snapshot => {
@@ -670,10 +672,18 @@ impl Harness {
 
     // -- Reads, sweeps, retries ----------------------------------------------------------------
 
-    pub(super) fn quote(&mut self, account: usize, user: Option<usize>, amount: i64, unit: i64) -> Result<(), String> {
+    pub(super) fn quote(
+        &mut self,
+        account: usize,
+        user: Option<usize>,
+        amount: i64,
+        unit: i64,
+        with_category: bool,
+    ) -> Result<(), String> {
         let id = account_id(account);
         let user = user.map(user_id);
-        let cmd = Quote { account: id.clone(), user: user.clone(), category: None, amount, unit };
+        let category = with_category.then(|| self.rules.category("email").unwrap());
+        let cmd = Quote { account: id.clone(), user: user.clone(), category: category.clone(), amount, unit };
         if !self.projections.contains_key(&id) {
             ensure!(matches!(self.ledger.quote(self.now, &cmd), Err(Error::AccountNotFound(_))), "quote of no account");
             return Ok(());
@@ -684,22 +694,28 @@ impl Harness {
         let quoted = self.ledger.quote(self.now, &cmd).map_err(|e| format!("quote: {e}"))?;
         let available = balance.totals.available;
         let user_remaining = balance.user.and_then(|user| user.remaining);
+        let category_remaining = match &category {
+            Some(category) => self.category_view(&id, category)?.remaining,
+            None => None,
+        };
         let decline = if available < amount {
             Some(DeclineReason::InsufficientCredit)
         } else if user_remaining.is_some_and(|remaining| remaining < amount) {
             Some(DeclineReason::UserLimitReached)
+        } else if category_remaining.is_some_and(|remaining| remaining < amount) {
+            Some(DeclineReason::CategoryBudgetReached)
         } else {
             None
         };
-        let budget = user_remaining.map_or(available, |remaining| remaining.min(available));
+        let room = [user_remaining, category_remaining].into_iter().flatten().fold(available, i64::min);
         let expected = Quoted {
             fits: decline.is_none(),
             decline,
             amount,
             available,
             user_remaining,
-            category_remaining: None,
-            units_that_fit: budget / unit,
+            category_remaining,
+            units_that_fit: room / unit,
         };
         ensure!(quoted == expected, "quote {quoted:?}, expected {expected:?}");
         ensure!(self.ledger.drain_events().is_empty(), "a quote emitted events");
@@ -1006,6 +1022,14 @@ impl Harness {
         let projected: Vec<(String, Option<i64>, i64)> =
             projection.users.iter().map(|(user, (limit, used))| (user.clone(), *limit, *used)).collect();
         ensure!(users == projected, "{id}: users {users:?}, events say {projected:?}");
+        let categories: Vec<(String, Option<i64>, i64)> = view
+            .categories
+            .iter()
+            .map(|category| (category.category.clone(), category.budget, category.used))
+            .collect();
+        let projected: Vec<(String, Option<i64>, i64)> =
+            projection.categories.iter().map(|(category, (budget, used))| (category.clone(), *budget, *used)).collect();
+        ensure!(categories == projected, "{id}: categories {categories:?}, events say {projected:?}");
         let open: Vec<u64> =
             projection.holds.iter().filter(|(_, hold)| hold.state.is_open()).map(|(seq, _)| *seq).collect();
         ensure!(

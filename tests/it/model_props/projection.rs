@@ -59,6 +59,8 @@ pub(super) struct Projection {
     pub(super) charged_keys: BTreeSet<String>,
     /// Per user: limit, and what was held or spent this cycle.
     pub(super) users: BTreeMap<String, (Option<i64>, i64)>,
+    /// Per category: (budget, used this cycle), counted as users are.
+    pub(super) categories: BTreeMap<String, (Option<i64>, i64)>,
     /// Counts CycleStarted events: usage belongs to the cycle it was counted in.
     pub(super) epoch: u64,
     pub(super) plan: Option<Plan>,
@@ -101,7 +103,9 @@ impl Projection {
         self.check_plan_sequence(event)?;
         match &event.kind {
             EventKind::PlanSet { plan, cycle } => self.plan_set(event, plan, *cycle)?,
-            EventKind::CategoryBudgetSet { .. } => {}
+            EventKind::CategoryBudgetSet { category, budget } => {
+                self.categories.entry(category.clone()).or_default().0 = *budget;
+            }
             EventKind::CycleStarted { cycle } => {
                 // A schedule change starts the cycle containing now; a renewal starts the cycle
                 // right after the last one, so a catch-up over a long gap starts every cycle in
@@ -119,7 +123,7 @@ impl Projection {
                 self.cycle = Some(*cycle);
                 self.charged_keys.clear();
                 self.epoch += 1;
-                self.users.values_mut().for_each(|(_, used)| *used = 0);
+                self.users.values_mut().chain(self.categories.values_mut()).for_each(|(_, used)| *used = 0);
                 // A cycle start grants the plan afresh, and that is what this cycle has had.
                 let credits = self.plan.as_ref().map_or((0, 0), |plan| (plan.plan_credits, plan.addon_credits));
                 self.plan_granted = credits;
@@ -180,6 +184,7 @@ impl Projection {
                 };
                 self.holds.insert(*reservation, hold);
                 self.users.entry(user.clone()).or_default().1 += amount;
+                self.categories.entry(category.clone()).or_default().1 += amount;
                 self.held += amount;
             }
             EventKind::Extended { reservation, amount, draws, deadline_ms } => {
@@ -196,8 +201,9 @@ impl Projection {
                     (hold.usage_epoch, hold.usage_counted) = (epoch, 0);
                 }
                 hold.usage_counted += amount;
-                let user = hold.user.clone();
+                let (user, category) = (hold.user.clone(), hold.category.clone());
                 self.users.entry(user).or_default().1 += amount;
+                self.categories.entry(category).or_default().1 += amount;
                 self.held += amount;
             }
             EventKind::Committed { reservation, amount, draws, business_key, already_charged, .. } => {
@@ -383,6 +389,7 @@ impl Projection {
             let back = total.min(hold.usage_counted);
             hold.usage_counted -= back;
             self.users.get_mut(&hold.user).expect("counted user").1 -= back;
+            self.categories.get_mut(&hold.category).expect("counted category").1 -= back;
         }
         for draw in returned {
             self.lots.get_mut(&draw.lot).expect("live lot").remaining += draw.amount;

@@ -36,7 +36,8 @@
 --   3 retention ms   4.. the operation's own arguments (each file's header).
 --
 -- Replies are flat arrays (no JSON): {"ok", ...} a result, {"no", reason, requested, available,
--- user_remaining|nil, held, state|nil, user|nil[, <reservation view>]} a decline (the view on
+-- user_remaining|nil, held, state|nil, user|nil[, category, category_remaining][, <reservation
+-- view>]} a decline (the category's two fields on category_budget_reached only; the view on
 -- declines of Commit, Extend and Release: the reservation as it stands), {"err", code} an error, {"due"} "catch-up not
 -- finished, call again" (each call does at most CATCHUP_STEPS_MAX steps of catching up). Numbers
 -- are integers below 2^53: exact in Lua's doubles and in Redis's integer replies; redis.call
@@ -254,7 +255,7 @@ end
 -- Usage "limit,generation,used" (used counts only in its generation: a renewal rewrites none).
 local function parse_usage(a, text)
   if not text then return nil end
-  local limit, gen, used = string.match(text, '^(%d*),(%d+),(%d+)$')
+  local limit, gen, used = string.match(text, '^(%d*),(%d+),(%-?%d+)$')
   local u = { limit = opt_int(limit), used = tonumber(used) }
   if tonumber(gen) ~= a.gen then u.used = 0 end
   return u
@@ -493,9 +494,10 @@ local function uncount_usage(a, r, returned)
     u.used = u.used - back
     put_user(a, r.user, u)
   end
+  -- Clamped as Account::uncount_usage does (a hold older than category budgets).
   local c = get_category(a, r.category)
   if c then
-    c.used = c.used - back
+    c.used = math.max(0, c.used - back)
     put_category(a, r.category, c)
   end
 end
@@ -610,13 +612,13 @@ end
 -- category's budget. Returns (decline or nil, the user's and the category's state for
 -- count_usage).
 local function admit(a, user, category, amount)
-  local u = get_user(a, user)
+  local u = get_user(a, user) or { used = 0 }
   local remaining = remaining_of(u)
   if a.avail < amount then return decline('insufficient_credit', amount, a.avail, remaining, 0, nil, user), u end
   if remaining ~= nil and remaining < amount then
     return decline('user_limit_reached', amount, a.avail, remaining, 0, nil, user), u
   end
-  local c = get_category(a, category)
+  local c = get_category(a, category) or { used = 0 }
   local budget_left = remaining_of(c)
   if budget_left ~= nil and budget_left < amount then
     local declined = decline('category_budget_reached', amount, a.avail, remaining, 0, nil, user)
