@@ -120,6 +120,8 @@ async fn an_operator_runs_an_account_from_the_command_line() {
     .await;
     let usage = stdout(expect(&run(&["usage", "acme"]), 0));
     assert!(usage.lines().any(|line| line.split_whitespace().skip(1).eq(["ann", "enrichment", "12", "1"])), "{usage}");
+    // The budget in force beside its category's spend.
+    assert!(usage.lines().any(|line| line.split_whitespace().eq(["ai", "60", "0"])), "{usage}");
 
     // The account's history, newest first, a page at a time: the release, the commit, the hold.
     let history = stdout(expect(&run(&["history", "acme", "--limit", "3"]), 0));

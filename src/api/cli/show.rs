@@ -189,7 +189,25 @@ pub(super) fn usage(response: &pb::GetUsageResponse) -> String {
             ]
         })
         .collect();
-    format!("{}\n\nspent  {}", table(&["cycle start", "user", "category", "spent", "commits"], &rows), response.spent)
+    let mut out = format!(
+        "{}\n\nspent  {}",
+        table(&["cycle start", "user", "category", "spent", "commits"], &rows),
+        response.spent
+    );
+    if !response.budget_by_category.is_empty() {
+        // The budgets in force beside what each category spent (over every cycle listed).
+        let mut budgets: Vec<(&String, &i64)> = response.budget_by_category.iter().collect();
+        budgets.sort();
+        let rows: Vec<Vec<String>> = budgets
+            .into_iter()
+            .map(|(category, budget)| {
+                let spent = response.spent_by_category.get(category).copied().unwrap_or(0);
+                vec![category.clone(), budget.to_string(), spent.to_string()]
+            })
+            .collect();
+        out.push_str(&format!("\n\n{}", table(&["category", "budget per cycle", "spent"], &rows)));
+    }
+    out
 }
 
 fn reservation_row(reservation: &pb::Reservation) -> Vec<String> {
