@@ -39,7 +39,8 @@ end)
 
 -- commit_batch.lua: many commits on one reservation in one atomic step (Ledger::commit_batch):
 -- each item is exactly a non-final Commit, its item id its request id (scoped to the
--- reservation, as a Commit's), applied in order.
+-- reservation, as a Commit's), applied in order. (It repeats commit_one's body rather than
+-- calling it per item so the account and the reservation are read and written once a batch.)
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 seq, 5 item count n (1..=COMMIT_BATCH_MAX), then per item 5 fields:
 --       item id, fingerprint (its Commit's), amount, business key ("" for none), labels (JSON)
@@ -73,20 +74,49 @@ register('commit_batch', function(keys, args)
     end
     batch[ids[i]] = fingerprint
   end
-  local out = { 'batch', false }
+  -- The items are commit_one's steps, item after item, against one load of the account and
+  -- the reservation (caught up once: every item has the same instant), written once at the end.
+  local now = now_ms()
+  local a = load_account()
+  if a == nil then return err('account_not_found') end
+  if not current(a, now) then return { 'due' } end
+  local r = get_res(seq)
+  local out, answers, stored, spent = { 'batch', false }, {}, {}, false
   for i = 1, n do
     local at = 1 + 5 * i
-    local key = args[at + 3] ~= '' and args[at + 3] or nil
-    local reply = commit_one(args[at], args[at + 1], seq, int(args[at + 2]), false, key, args[at + 4])
-    -- Only the first item can meet these (the account and reservation are checked, and caught
-    -- up, by it): nothing has changed yet.
-    if reply[1] == 'err' or reply[1] == 'due' then
-      assert(i == 1, 'commit_batch: item ' .. i .. ' answered ' .. reply[1])
-      return reply
+    local id, fingerprint = args[at], args[at + 1]
+    local reply
+    local known = answers[id] or remembered[i]
+    if known then
+      -- Answered before, or earlier in this batch (the same figures, checked above).
+      reply = unpack_answer(string.sub(known, #fingerprint + 2))
+    else
+      REQUEST = id
+      local amount, key = int(args[at + 2]), args[at + 3] ~= '' and args[at + 3] or nil
+      reply = closed_decline(a, r, amount)
+      if not reply then
+        local already = key_charged(key)
+        local charge = already and 0 or amount
+        if charge > held_of(r) then
+          reply = reservation_decline(a, r, 'exceeds_hold', charge)
+        else
+          spend(a, now, r, charge, key, already, args[at + 4])
+          spent = true
+          reply = { 'ok', charge, already and 1 or 0, held_of(r), 0 }
+          view_fields(reply, r)
+        end
+      end
+      answers[id] = pack_answer(fingerprint, reply)
+      stored[#stored + 1] = id
+      stored[#stored + 1] = answers[id]
     end
+    if has_view(reply) then view_facts(reply, r) end
     out[i + 2] = reply
   end
-  local r, view = get_res(seq), {}
+  if #stored > 0 then redis.call('HSET', K_X, unpack(stored)) end
+  if spent then put_res(r) end
+  save_account(a)
+  local view = {}
   view_fields(view, r)
   view_facts(view, r)
   out[2] = view
