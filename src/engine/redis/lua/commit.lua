@@ -10,37 +10,38 @@
 -- Example: reservation 7 holds 50; a commit of 3 with a key not charged this cycle ->
 -- {"ok", 3, 0, 47, 0, 7, "held", 50, 3, 47, 0, 1, <deadline>, nil, "ann", "email", <created>, "{}"}
 -- and a "committed" event.
--- One commit on reservation `seq` (shared by commit and commit_batch).
-local function commit_one(request, fingerprint, seq, amount, final, key, labels)
-  return run({ request = request, fingerprint = fingerprint, seq = seq }, function(a, now, r)
-    local declined = closed_decline(a, r, amount)
-    if declined then return declined end
-    local already = key_charged(key)
-    local charge = already and 0 or amount
-    if charge > held_of(r) then return reservation_decline(a, r, 'exceeds_hold', charge) end
-    spend(a, now, r, charge, key, already, labels)
-    local returned = 0
-    if final then
-      returned = close(a, r, 'committed', now)
-    else
-      put_res(r)
-    end
-    local reply = { 'ok', charge, already and 1 or 0, held_of(r), returned }
-    view_fields(reply, r)
-    return reply
-  end)
+-- One commit's decision and its effects on `a` and `r` in memory (shared by commit and
+-- commit_batch): the reply, a result or a decline. A final commit closes (and so writes) `r`;
+-- otherwise the caller writes it (put_res) when the reply is "ok".
+local function commit_step(a, now, r, amount, final, key, labels)
+  local declined = closed_decline(a, r, amount)
+  if declined then return declined end
+  local already = key_charged(key)
+  local charge = already and 0 or amount
+  if charge > held_of(r) then return reservation_decline(a, r, 'exceeds_hold', charge) end
+  spend(a, now, r, charge, key, already, labels)
+  local returned = 0
+  if final then returned = close(a, r, 'committed', now) end
+  local reply = { 'ok', charge, already and 1 or 0, held_of(r), returned }
+  view_fields(reply, r)
+  return reply
 end
 
 register('commit', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS + 1, 10, 'commit')
+  local seq, amount, final, labels = int(args[6]), int(args[7]), args[8] == '1', args[10]
   local key = args[9] ~= '' and args[9] or nil
-  return commit_one(args[4], args[5], int(args[6]), int(args[7]), args[8] == '1', key, args[10])
+  return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
+    local reply = commit_step(a, now, r, amount, final, key, labels)
+    if reply[1] == 'ok' and not final then put_res(r) end
+    return reply
+  end)
 end)
 
 -- commit_batch.lua: many commits on one reservation in one atomic step (Ledger::commit_batch):
 -- each item is exactly a non-final Commit, its item id its request id (scoped to the
--- reservation, as a Commit's), applied in order. (It repeats commit_one's body rather than
--- calling it per item so the account and the reservation are read and written once a batch.)
+-- reservation, as a Commit's), applied in order: commit_step per item against one load of the
+-- account and the reservation, which are written once a batch.
 -- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 seq, 5 item count n (1..=COMMIT_BATCH_MAX), then per item 5 fields:
 --       item id, fingerprint (its Commit's), amount, business key ("" for none), labels (JSON)
@@ -74,8 +75,7 @@ register('commit_batch', function(keys, args)
     end
     batch[ids[i]] = fingerprint
   end
-  -- The items are commit_one's steps, item after item, against one load of the account and
-  -- the reservation (caught up once: every item has the same instant), written once at the end.
+  -- Caught up once: every item has the same instant.
   local now = now_ms()
   local a = load_account()
   if a == nil then return err('account_not_found') end
@@ -92,20 +92,9 @@ register('commit_batch', function(keys, args)
       reply = unpack_answer(string.sub(known, #fingerprint + 2))
     else
       REQUEST = id
-      local amount, key = int(args[at + 2]), args[at + 3] ~= '' and args[at + 3] or nil
-      reply = closed_decline(a, r, amount)
-      if not reply then
-        local already = key_charged(key)
-        local charge = already and 0 or amount
-        if charge > held_of(r) then
-          reply = reservation_decline(a, r, 'exceeds_hold', charge)
-        else
-          spend(a, now, r, charge, key, already, args[at + 4])
-          spent = true
-          reply = { 'ok', charge, already and 1 or 0, held_of(r), 0 }
-          view_fields(reply, r)
-        end
-      end
+      local key = args[at + 3] ~= '' and args[at + 3] or nil
+      reply = commit_step(a, now, r, int(args[at + 2]), false, key, args[at + 4])
+      spent = spent or reply[1] == 'ok'
       answers[id] = pack_answer(fingerprint, reply)
       stored[#stored + 1] = id
       stored[#stored + 1] = answers[id]
