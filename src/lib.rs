@@ -12,6 +12,8 @@
 //! - [`connection`]: accepted connections, closed when idle.
 //! - [`api`]: gRPC. The only code that names generated protobuf types; converts them to ledger
 //!   commands and maps errors to gRPC statuses in one place.
+//! - [`journal`]: the outage journal: Commits accepted while Redis is away, applied when it
+//!   answers again (Redis engine, opt-in per category).
 //! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
 //!   and the Redis engine (one Redis Function call per operation, from a Lua library).
@@ -26,6 +28,7 @@ pub mod connection;
 pub mod engine;
 pub mod gate;
 pub mod health;
+pub mod journal;
 pub mod ledger;
 pub mod maintenance;
 pub mod server;

@@ -200,6 +200,14 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             Some(AuthSetup { tokens: Tokens::new(initial.clone()), reload: Some((file.clone(), *reload_interval)) })
         }
     };
+    let journal = match &config.journal {
+        Some(journal) => {
+            let opened = credit_sidecar::journal::Journal::open(journal).await?;
+            tracing::info!(path = %journal.path.display(), coverage = ?journal.coverage, waiting = opened.len(), "outage journal on");
+            Some(Arc::new(opened))
+        }
+        None => None,
+    };
     let options = ServeOptions {
         sweep_interval: config.sweep_interval,
         settle: Some(settle),
@@ -211,6 +219,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_drain: config.shutdown_drain,
         shutdown_grace: config.shutdown_grace,
         rules_reload: config.rules_reload.clone(),
+        journal,
     };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

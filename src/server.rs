@@ -26,6 +26,7 @@ use crate::engine::Engine;
 use crate::engine::redis::outbox::RedisOutbox;
 use crate::gate::{GateLayer, Limits};
 use crate::health::{Health, watch_dependencies};
+use crate::journal::Journal;
 use crate::settle::outbox::Outbox;
 use crate::settle::settler::{SettleOptions, SettleStats, Settler};
 use crate::settle::store::Store;
@@ -50,6 +51,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Re-read this config file this often for a new price book and categories.
     pub rules_reload: Option<(std::path::PathBuf, Duration)>,
+    /// The outage journal (Redis engine): commits accepted while Redis is away.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl ServeOptions {
@@ -66,6 +69,7 @@ impl ServeOptions {
             shutdown_drain: default_ms(&settings::SHUTDOWN_DRAIN_MS),
             shutdown_grace: default_ms(&settings::SHUTDOWN_GRACE_MS),
             rules_reload: None,
+            journal: None,
         }
     }
 }
@@ -133,7 +137,14 @@ pub async fn serve(
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let bytes_max = options.limits.request_bytes_max;
-    let authorizer = AuthorizerService::new(engine.clone()).into_server().max_decoding_message_size(bytes_max);
+    if let Some(journal) = &options.journal {
+        // What an earlier run journaled is applied before the first call is taken, when Redis
+        // answers (else the background loop goes on trying).
+        apply_journal(journal, &engine).await;
+    }
+    let authorizer = AuthorizerService::new(engine.clone(), options.journal.clone())
+        .into_server()
+        .max_decoding_message_size(bytes_max);
     let admin = AdminService::new(engine.clone(), store.clone()).into_server().max_decoding_message_size(bytes_max);
     let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
     let limits = options.limits;
@@ -245,7 +256,15 @@ fn background_tasks(
     stopped: &watch::Receiver<()>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, stopped.clone())));
+    tasks.push(tokio::spawn(sweep_loop(
+        engine.clone(),
+        options.journal.clone(),
+        options.sweep_interval,
+        stopped.clone(),
+    )));
+    if let Some(journal) = &options.journal {
+        tasks.push(tokio::spawn(journal_loop(journal.clone(), engine.clone(), stopped.clone())));
+    }
     tasks.push(tokio::spawn(watch_dependencies(
         engine.clone(),
         store.cloned(),
@@ -419,18 +438,66 @@ async fn forget_loop(store: Store, retention_ms: i64, mut stopped: watch::Receiv
     }
 }
 
-/// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes.
-async fn sweep_loop(engine: Engine, interval: Duration, mut stopped: watch::Receiver<()>) {
+/// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes; first
+/// the journaled commits, so that a hold whose deadline passed while Redis was away is not
+/// expired before the commits this sidecar accepted for it are applied.
+async fn sweep_loop(
+    engine: Engine,
+    journal: Option<Arc<Journal>>,
+    interval: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => match engine.sweep().await {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if let Some(journal) = &journal
+            && !journal.is_empty()
+        {
+            apply_journal(journal, &engine).await;
+        }
+        tokio::select! {
+            swept = engine.sweep() => match swept {
                 Ok(0) => {}
                 Ok(expired) => tracing::info!(expired, "expired overdue holds"),
                 Err(error) => tracing::warn!(%error, "expiry sweep failed; will retry"),
             },
             _ = stopped.changed() => return,
         }
+    }
+}
+
+/// Tries the outage journal against Redis every [`crate::journal::RETRY_INTERVAL`] while it
+/// holds commits.
+async fn journal_loop(journal: Arc<Journal>, engine: Engine, mut stopped: watch::Receiver<()>) {
+    let mut ticker = tokio::time::interval(crate::journal::RETRY_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if !journal.is_empty() {
+            apply_journal(&journal, &engine).await;
+        }
+    }
+}
+
+/// One pass over the journal.
+async fn apply_journal(journal: &Journal, engine: &Engine) {
+    match journal.drain(engine, None).await {
+        Ok(drained) => {
+            let crate::journal::Drained { applied, declined, refused, stopped } = &drained;
+            if applied + declined + refused > 0 {
+                tracing::info!(applied, declined, refused, left = journal.len(), "outage journal applied");
+            }
+            if let Some(cause) = stopped {
+                tracing::debug!(cause, left = journal.len(), "outage journal waits for Redis");
+            }
+        }
+        Err(error) => tracing::error!(%error, "outage journal cannot be read"),
     }
 }

@@ -1,21 +1,85 @@
 //! `credits.v1.CreditAuthorizer`: the hot path.
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use super::frame::frame;
 use super::pb::{self, credit_authorizer_server::CreditAuthorizer};
 use super::status::{batch_status, invalid};
 use super::{convert, respond};
-use crate::engine::Engine;
-use crate::ledger::{AccountId, ReservationId};
+use crate::engine::{self, Engine};
+use crate::journal::{Journal, NotJournaled};
+use crate::ledger::command::Commit;
+use crate::ledger::{AccountId, Committed, Decision, ReservationId};
 
 pub struct AuthorizerService {
     engine: Engine,
+    /// The outage journal, when `journal_categories` names any (Redis engine).
+    journal: Option<Arc<Journal>>,
 }
 
 impl AuthorizerService {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    pub fn new(engine: Engine, journal: Option<Arc<Journal>>) -> Self {
+        Self { engine, journal }
+    }
+
+    /// Applies the commits journaled for `reservation` before a call on it, so that the call
+    /// comes after them (a Release does not overtake them). While any of them cannot be applied
+    /// (Redis still away), the call may not go to Redis either: it could arrive in the moment
+    /// Redis came back, ahead of them.
+    async fn journaled_first(&self, reservation: &ReservationId) -> engine::Result<()> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        if !journal.has_pending(reservation) {
+            return Ok(());
+        }
+        let stopped = match journal.drain(&self.engine, Some(reservation)).await {
+            Ok(drained) => drained.stopped,
+            Err(error) => Some(error.to_string()),
+        };
+        if !journal.has_pending(reservation) {
+            return Ok(());
+        }
+        Err(engine::Error::Unavailable(format!(
+            "{}; commits journaled for reservation {reservation} wait for it",
+            stopped.unwrap_or_else(|| "Redis cannot be reached".to_owned())
+        )))
+    }
+
+    /// Remembers the category of a hold an answer named, for the journal's coverage.
+    fn note(&self, reservation: &ReservationId, category: &str) {
+        if let Some(journal) = &self.journal {
+            journal.note(reservation, category);
+        }
+    }
+
+    /// A Commit: applied now, or, when Redis cannot be reached and the journal covers it,
+    /// journaled (`None`).
+    async fn commit_or_journal(&self, cmd: &Commit) -> engine::Result<Option<Decision<Committed>>> {
+        let applied = match self.journaled_first(&cmd.reservation).await {
+            Ok(()) => self.engine.commit(cmd).await,
+            // Behind commits still journaled: this one joins them, in order.
+            Err(waiting) => Err(waiting),
+        };
+        let cause = match applied {
+            Ok(decision) => {
+                if let Decision::Done(committed) = &decision {
+                    self.note(&cmd.reservation, &committed.reservation.category);
+                }
+                return Ok(Some(decision));
+            }
+            Err(engine::Error::Unavailable(cause)) if self.journal.is_some() => cause,
+            Err(error) => return Err(error),
+        };
+        let journal = self.journal.as_ref().expect("checked above");
+        match journal.accept(cmd).await {
+            Ok(()) => Ok(None),
+            Err(NotJournaled::NotCovered) => Err(engine::Error::Unavailable(cause)),
+            Err(NotJournaled::RequestIdReused(error)) => Err(error.into()),
+            Err(refused @ (NotJournaled::Full(_) | NotJournaled::Disk(_))) => {
+                Err(engine::Error::Unavailable(format!("{cause}; not journaled: {refused}")))
+            }
+        }
     }
 
     pub fn into_server(self) -> pb::credit_authorizer_server::CreditAuthorizerServer<Self> {
@@ -28,7 +92,11 @@ impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         frame("Reserve", request, |request| async move {
             let (cmd, unit) = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::reserved(self.engine.reserve(&cmd).await?, unit)))
+            let decision = self.engine.reserve(&cmd).await?;
+            if let Decision::Done(reserved) = &decision {
+                self.note(&reserved.reservation, cmd.category.as_str());
+            }
+            Ok(Response::new(respond::reserved(decision, unit)))
         })
         .await
     }
@@ -36,7 +104,10 @@ impl CreditAuthorizer for AuthorizerService {
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
         frame("Commit", request, |request| async move {
             let cmd = convert::commit(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::committed(self.engine.commit(&cmd).await?)))
+            Ok(Response::new(match self.commit_or_journal(&cmd).await? {
+                Some(decision) => respond::committed(decision),
+                None => respond::journaled(),
+            }))
         })
         .await
     }
@@ -48,6 +119,7 @@ impl CreditAuthorizer for AuthorizerService {
         frame("CommitBatch", request, |request| async move {
             let cmd = convert::commit_batch(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             let ids: Vec<String> = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
+            self.journaled_first(&cmd.reservation).await?;
             let batched = self.engine.commit_batch(&cmd).await.map_err(|error| batch_status(error, &ids))?;
             Ok(Response::new(respond::committed_batch(ids, batched)))
         })
@@ -57,7 +129,12 @@ impl CreditAuthorizer for AuthorizerService {
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         frame("Extend", request, |request| async move {
             let (cmd, unit) = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::extended(self.engine.extend(&cmd).await?, unit)))
+            self.journaled_first(&cmd.reservation).await?;
+            let decision = self.engine.extend(&cmd).await?;
+            if let Decision::Done(extended) = &decision {
+                self.note(&cmd.reservation, &extended.reservation.category);
+            }
+            Ok(Response::new(respond::extended(decision, unit)))
         })
         .await
     }
@@ -65,6 +142,7 @@ impl CreditAuthorizer for AuthorizerService {
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         frame("Release", request, |request| async move {
             let cmd = convert::release(request.into_inner()).map_err(invalid)?;
+            self.journaled_first(&cmd.reservation).await?;
             Ok(Response::new(respond::released(self.engine.release(&cmd).await?)))
         })
         .await
@@ -105,7 +183,9 @@ impl CreditAuthorizer for AuthorizerService {
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
         frame("GetReservation", request, |request| async move {
             let id = ReservationId::parse(&request.into_inner().reservation_id).map_err(invalid)?;
+            self.journaled_first(&id).await?;
             let view = self.engine.reservation(&id).await?;
+            self.note(&id, &view.category);
             Ok(Response::new(pb::GetReservationResponse { reservation: Some(respond::reservation(view)) }))
         })
         .await

@@ -275,7 +275,7 @@ fn count<Resp: Answered>(rpc: &'static str, result: &Result<Response<Resp>, Stat
         Ok(response) => {
             let outcome = response.get_ref().outcome_of().unwrap_or(pb::Outcome::Ok);
             let label = outcome_label(outcome);
-            if outcome != pb::Outcome::Ok && rpc != "Quote" {
+            if !matches!(outcome, pb::Outcome::Ok | pb::Outcome::Journaled) && rpc != "Quote" {
                 metrics::counter!(telemetry::DECLINES, "rpc" => rpc, "reason" => label).increment(1);
             }
             for item in response.get_ref().item_declines() {
@@ -316,6 +316,7 @@ fn outcome_label(outcome: pb::Outcome) -> &'static str {
         pb::Outcome::ExceedsHold => "exceeds_hold",
         pb::Outcome::TrialAlreadyUsed => "trial_already_used",
         pb::Outcome::CategoryBudgetReached => "category_budget_reached",
+        pb::Outcome::Journaled => "journaled",
     }
 }
 

@@ -50,6 +50,11 @@ pub fn committed(decision: Decision<Committed>) -> pb::CommitResponse {
     response
 }
 
+/// A Commit written to the outage journal: nothing is known of its figures yet.
+pub fn journaled() -> pb::CommitResponse {
+    pb::CommitResponse { outcome: pb::Outcome::Journaled as i32, ..Default::default() }
+}
+
 /// Each item's answer, as Commit's without the reservation view, then the reservation as the
 /// batch left it.
 pub fn committed_batch(ids: Vec<String>, batched: CommitBatched) -> pb::CommitBatchResponse {

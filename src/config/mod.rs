@@ -21,6 +21,7 @@ use crate::api::cli::{Connection, Operation, Target};
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
 use crate::gate::Limits;
+use crate::journal::{Coverage, JournalConfig};
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::{LogFormat, TraceConfig};
@@ -162,6 +163,12 @@ pub struct Settings {
     pub redis_wait_timeout_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_REDIS_STATE_RECOVERY", value_name = "off|rebuild")]
     pub redis_state_recovery: Option<String>,
+    #[arg(skip)]
+    pub journal_categories: Option<BTreeSet<String>>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_JOURNAL_PATH", value_name = "FILE")]
+    pub journal_path: Option<PathBuf>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_JOURNAL_ENTRIES_MAX")]
+    pub journal_entries_max: Option<usize>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_PASSWORD_FILE", value_name = "FILE")]
@@ -307,6 +314,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Restore Redis from the ledger by itself when it lost its state (see the README).
     pub redis_state_recovery: bool,
+    /// The outage journal, when `journal_categories` names any (Redis engine only).
+    pub journal: Option<JournalConfig>,
     /// How long to keep serving, NOT_SERVING, after a shutdown signal.
     pub shutdown_drain: Duration,
     /// How long a shutdown may take to finish calls and flush settlement (after the drain).
@@ -650,6 +659,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     let shutdown_grace = ms(settings::SHUTDOWN_GRACE_MS.number(file.shutdown_grace_ms)?);
     let sweep_interval = ms(settings::SWEEP_INTERVAL_MS.number(file.sweep_interval_ms)?);
     let rules = rules(&file)?;
+    let journal = journal(&file, &engine, &rules)?;
     Ok(Config {
         listen,
         metrics_listen,
@@ -669,6 +679,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
                 return Err(ConfigError::new("redis_state_recovery", format!("must be off or rebuild, got {other:?}")));
             }
         },
+        journal,
         shutdown_drain,
         shutdown_grace,
         sweep_interval,
@@ -677,6 +688,45 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         rules_reload_interval: ms(settings::RULES_RELOAD_INTERVAL_MS.number(file.rules_reload_interval_ms)?),
         rules_reload: None,
     })
+}
+
+/// The outage journal: on when `journal_categories` lists any, with the Redis engine only (the
+/// embedded engine has no outage to ride out); its other settings are refused without it.
+fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
+    let entries_max = settings::JOURNAL_ENTRIES_MAX.number(file.journal_entries_max)?;
+    let Some(categories) = file.journal_categories.as_ref().filter(|categories| !categories.is_empty()) else {
+        return match (&file.journal_path, &file.journal_entries_max) {
+            (Some(_), _) => Err(ConfigError::new("journal_path", "does nothing without journal_categories")),
+            (_, Some(_)) => Err(ConfigError::new("journal_entries_max", "does nothing without journal_categories")),
+            _ => Ok(None),
+        };
+    };
+    if matches!(engine, EngineConfig::Embedded) {
+        return Err(ConfigError::new(
+            "journal_categories",
+            "needs the Redis engine (redis_url): the embedded engine has no outage to ride out",
+        ));
+    }
+    let coverage = if categories.contains("*") {
+        if categories.len() > 1 {
+            return Err(ConfigError::new("journal_categories", "\"*\" stands for every category; list it alone"));
+        }
+        Coverage::All
+    } else {
+        if let Some(unknown) = categories.iter().find(|category| !rules.categories.contains(*category)) {
+            return Err(ConfigError::new(
+                "journal_categories",
+                format!("{unknown:?} is not one of the categories ({})", join(&rules.categories)),
+            ));
+        }
+        Coverage::Only(categories.clone())
+    };
+    let path = file.journal_path.clone().unwrap_or_else(|| PathBuf::from(settings::JOURNAL_PATH.text(None)));
+    Ok(Some(JournalConfig { path, coverage, entries_max }))
+}
+
+fn join(names: &BTreeSet<String>) -> String {
+    names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// Trace export: on with `otel_endpoint`; its other settings are refused without it (they would
@@ -1010,6 +1060,36 @@ mod tests {
         ];
         for (text, expected) in table {
             let message = Config::from_toml(text).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_outage_journal_is_off_by_default_and_its_settings_are_checked() {
+        assert!(Config::from_toml("").unwrap().journal.is_none());
+        let redis = "redis_url = \"redis://127.0.0.1:6379/\"\n";
+        let config = Config::from_toml(&format!("{redis}journal_categories = [\"dialer\", \"ai\"]")).unwrap();
+        let journal = config.journal.unwrap();
+        assert_eq!(journal.coverage, Coverage::Only(["ai".to_owned(), "dialer".to_owned()].into()));
+        assert_eq!((journal.path, journal.entries_max), (PathBuf::from("credit-sidecar-journal.db"), 10_000));
+        let all =
+            format!("{redis}journal_categories = [\"*\"]\njournal_path = \"/data/j.db\"\njournal_entries_max = 5");
+        let journal = Config::from_toml(&all).unwrap().journal.unwrap();
+        assert_eq!((journal.coverage, journal.path, journal.entries_max), (Coverage::All, "/data/j.db".into(), 5));
+        assert!(Config::from_toml(&format!("{redis}journal_categories = []")).unwrap().journal.is_none());
+        let table = [
+            ("journal_categories = [\"dialer\"]".to_owned(), "journal_categories: needs the Redis engine"),
+            (format!("{redis}journal_categories = [\"dialr\"]"), "journal_categories: \"dialr\" is not one of"),
+            (format!("{redis}journal_categories = [\"*\", \"ai\"]"), "journal_categories: \"*\" stands for every"),
+            (format!("{redis}journal_path = \"j.db\""), "journal_path: does nothing without journal_categories"),
+            (format!("{redis}journal_entries_max = 3"), "journal_entries_max: does nothing without"),
+            (
+                format!("{redis}journal_categories = [\"ai\"]\njournal_entries_max = 0"),
+                "journal_entries_max: must be in",
+            ),
+        ];
+        for (text, expected) in table {
+            let message = Config::from_toml(&text).unwrap_err().to_string();
             assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
         }
     }

@@ -235,6 +235,25 @@ pub const REDIS_STATE_RECOVERY: Setting = text(
     "when Redis lost its state: `off` refuses calls until `rebuild`; `rebuild` restores it from the ledger by \
      itself ([When Redis loses its state](#when-redis-loses-its-state))",
 );
+pub const JOURNAL_CATEGORIES: Setting = text(
+    "journal_categories",
+    Default::Nothing("none (off)"),
+    "Redis engine: categories whose Commits are journaled on disk while Redis is unreachable and applied when \
+     it answers, `[\"*\"]` for all (file only; [Outage journal](#outage-journal))",
+);
+pub const JOURNAL_PATH: Setting = text(
+    "journal_path",
+    Default::Text("credit-sidecar-journal.db"),
+    "the outage journal's SQLite file (on a volume that outlives the container)",
+);
+pub const JOURNAL_ENTRIES_MAX: Setting = number(
+    "journal_entries_max",
+    10_000,
+    1,
+    1_000_000,
+    "commits",
+    "commits the outage journal holds at most; beyond, Commits fail `UNAVAILABLE` as without a journal",
+);
 pub const DATABASE_URL: Setting = text(
     "database_url",
     Default::Text("sqlite://credit-sidecar.db?mode=rwc"),
@@ -438,7 +457,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 54] = [
+pub const SETTINGS: [Setting; 57] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -459,6 +478,9 @@ pub const SETTINGS: [Setting; 54] = [
     REDIS_WAIT_REPLICAS,
     REDIS_WAIT_TIMEOUT_MS,
     REDIS_STATE_RECOVERY,
+    JOURNAL_CATEGORIES,
+    JOURNAL_PATH,
+    JOURNAL_ENTRIES_MAX,
     DATABASE_URL,
     DATABASE_PASSWORD_FILE,
     DATABASE_CA_FILE,

@@ -49,10 +49,12 @@ pub const SWEPT_HOLDS: &str = "credit_sidecar_swept_holds_total";
 pub const AUTH_RELOADS: &str = "credit_sidecar_auth_reloads_total";
 pub const BUILD_INFO: &str = "credit_sidecar_build_info";
 pub const RULES_RELOADS: &str = "credit_sidecar_rules_reloads_total";
+pub const JOURNAL_ENTRIES: &str = "credit_sidecar_journal_entries";
+pub const JOURNAL_COMMITS: &str = "credit_sidecar_journal_commits_total";
 
 /// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
 /// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
-pub const EXPORTED: [&str; 18] = [
+pub const EXPORTED: [&str; 20] = [
     CALLS,
     CALL_DURATION,
     DECLINES,
@@ -71,6 +73,8 @@ pub const EXPORTED: [&str; 18] = [
     AUTH_RELOADS,
     BUILD_INFO,
     RULES_RELOADS,
+    JOURNAL_ENTRIES,
+    JOURNAL_COMMITS,
 ];
 
 /// The process metrics (`metrics-process`, as Prometheus's Go client names them), collected at
@@ -172,6 +176,11 @@ fn describe() {
     describe_counter!(SWEPT_HOLDS, "Holds expired by the background sweep.");
     describe_counter!(AUTH_RELOADS, "Reloads of the bearer tokens file, by result.");
     describe_counter!(RULES_RELOADS, "Reloads of the price book and categories from the config file, by result.");
+    describe_gauge!(JOURNAL_ENTRIES, "Commits in the outage journal waiting for Redis.");
+    describe_counter!(
+        JOURNAL_COMMITS,
+        "Commits through the outage journal, by result: journaled, full (refused), applied, declined, refused."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
     for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {

@@ -13,6 +13,7 @@ mod errors;
 mod flows;
 mod golden;
 mod harness;
+mod journal;
 mod layout;
 mod model_props;
 mod monitoring;

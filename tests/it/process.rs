@@ -192,7 +192,7 @@ impl Sidecar {
     }
 
     /// Reads stdout (any format) until a line contains `word`; returns every line read so far.
-    async fn lines_until(&mut self, word: &str) -> Vec<String> {
+    pub(crate) async fn lines_until(&mut self, word: &str) -> Vec<String> {
         loop {
             match tokio::time::timeout(START_TIMEOUT, self.lines.recv()).await {
                 Ok(Some(line)) if line.contains(word) => return self.stdout(),
@@ -406,13 +406,13 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
     samples
 }
 
-struct Metrics {
+pub(crate) struct Metrics {
     text: String,
     samples: Vec<Sample>,
 }
 
 impl Metrics {
-    async fn scrape(address: SocketAddr) -> Self {
+    pub(crate) async fn scrape(address: SocketAddr) -> Self {
         let (status, text) = http_get(address, "/metrics").await;
         assert_eq!(status, 200, "GET /metrics: {text}");
         let samples = parse_prometheus(&text);
@@ -420,7 +420,7 @@ impl Metrics {
     }
 
     /// The value of the one sample named `name` whose labels include `labels`; None if absent.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let matching: Vec<&Sample> = self
             .samples
             .iter()
@@ -431,7 +431,7 @@ impl Metrics {
         matching.first().map(|sample| sample.value)
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in\n{}", self.text))
     }
 

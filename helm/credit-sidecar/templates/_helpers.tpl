@@ -212,6 +212,9 @@ string, number, boolean or array is also valid TOML, and numbers stay integers.
 {{- if not (or .Values.database.url .Values.database.existingSecret) }}
 {{- $_ := set $settings "database_url" (include "credit-sidecar.sqliteUrl" .) }}
 {{- end }}
+{{- if and $settings.journal_categories (not $settings.journal_path) }}
+{{- $_ := set $settings "journal_path" "/var/lib/credit-sidecar/journal.db" }}
+{{- end }}
 {{- range $key, $value := $settings }}
 {{- if and (not (kindIs "map" $value)) (not (kindIs "invalid" $value)) }}
 {{ $key }} = {{ toJson $value }}

@@ -1,0 +1,479 @@
+//! The outage journal: Commits accepted while Redis cannot be reached, kept on this sidecar's
+//! disk and applied to Redis, in the order they came, as soon as it answers again.
+//!
+//! A commit inside a live hold cannot overspend: its credits are already held. So, for the
+//! categories an operator lists in `journal_categories` (default: none), a Commit that meets an
+//! outage is written here (SQLite, `synchronous = FULL`: on disk before the caller hears
+//! `OUTCOME_JOURNALED`) instead of failing. Applying it later is an ordinary Commit under the
+//! caller's own request id, so an entry applied twice (a crash between applying it and deleting
+//! it, or a commit that reached Redis before the connection broke) charges once: the second
+//! application gets Redis's remembered answer.
+//!
+//! Order: every call on a reservation with journaled commits (Commit, CommitBatch, Extend,
+//! Release) first applies those commits, so a Release cannot overtake the commits before it.
+//! Only the replica that journaled a commit holds it; callers keep a reservation on one sidecar
+//! (the sidecar pattern), or accept that another replica's Release may close the hold first.
+//!
+//! What a journaled commit can still meet when it is applied is what any late commit meets: the
+//! hold expired (its deadline passed before Redis came back) or was closed, or the commit exceeds
+//! what is held. It is then declined like any commit (the caller learns it by sending the same
+//! Commit again), counted in `credit_sidecar_journal_commits_total{result="declined"}` and logged.
+//!
+//! The journal is Redis-only: the embedded engine has no outage to ride out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::engine::{Engine, Error as EngineError};
+use crate::ledger::command::Commit;
+use crate::ledger::{BusinessKey, Decision, Labels, RequestId, ReservationId};
+
+/// The format of an entry (the `format` column); a new shape is a new number, and old ones stay
+/// readable, because a journal written by one binary is applied by the next.
+pub const ENTRY_FORMAT: i64 = 1;
+
+/// How many reservations' categories the journal remembers (oldest forgotten first): a commit
+/// on a reservation it does not know is not journaled unless `journal_categories` is `["*"]`.
+pub const CATEGORIES_REMEMBERED: usize = 100_000;
+
+/// How often a non-empty journal is tried against Redis in the background.
+pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Which reservations' commits may be journaled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// `["*"]`: every category.
+    All,
+    /// The categories listed.
+    Only(BTreeSet<String>),
+}
+
+impl Coverage {
+    fn covers(&self, category: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(categories) => categories.contains(category),
+        }
+    }
+}
+
+/// Where the journal lives and what it takes.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub coverage: Coverage,
+    /// Entries it holds at most; beyond, commits fail UNAVAILABLE as without a journal.
+    pub entries_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("outage journal {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("outage journal: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("outage journal entry {seq}: {reason}")]
+    Corrupt { seq: i64, reason: String },
+}
+
+/// Why a commit was not journaled.
+#[derive(Debug, thiserror::Error)]
+pub enum NotJournaled {
+    /// Its reservation's category is not journaled (or this sidecar does not know it).
+    #[error("its reservation's category is not in journal_categories (or this sidecar has not seen the reservation)")]
+    NotCovered,
+    #[error("the outage journal is full ({0} commits wait for Redis)")]
+    Full(usize),
+    /// The request id waits in the journal with other figures.
+    #[error(transparent)]
+    RequestIdReused(#[from] crate::ledger::Error),
+    #[error(transparent)]
+    Disk(#[from] JournalError),
+}
+
+/// One entry as stored (format 1): the validated Commit, priced when it was accepted.
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryV1 {
+    reservation_id: String,
+    amount: i64,
+    #[serde(rename = "final")]
+    final_commit: bool,
+    request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    business_key: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    accepted_unix_ms: i64,
+}
+
+/// An entry's stored text (format [`ENTRY_FORMAT`]).
+pub fn encode(commit: &Commit, accepted_unix_ms: i64) -> String {
+    let entry = EntryV1 {
+        reservation_id: commit.reservation.to_string(),
+        amount: commit.amount,
+        final_commit: commit.final_commit,
+        request_id: commit.request.as_str().to_owned(),
+        business_key: commit.business_key.as_ref().map(|key| key.as_str().to_owned()),
+        labels: commit.labels.to_map(),
+        accepted_unix_ms,
+    };
+    serde_json::to_string(&entry).expect("an entry is plain data")
+}
+
+/// The Commit an entry holds, read back through the ledger's own parsers.
+pub fn decode(format: i64, text: &str) -> Result<Commit, String> {
+    if format != ENTRY_FORMAT {
+        return Err(format!("format {format} is not one this binary reads (it reads {ENTRY_FORMAT})"));
+    }
+    let entry: EntryV1 = serde_json::from_str(text).map_err(|error| error.to_string())?;
+    let invalid = |error: crate::ledger::Error| error.to_string();
+    Ok(Commit {
+        reservation: ReservationId::parse(&entry.reservation_id).map_err(invalid)?,
+        amount: entry.amount,
+        final_commit: entry.final_commit,
+        request: RequestId::parse(&entry.request_id).map_err(invalid)?,
+        business_key: BusinessKey::parse_optional(entry.business_key.as_deref().unwrap_or("")).map_err(invalid)?,
+        labels: Labels::parse(entry.labels).map_err(invalid)?,
+    })
+}
+
+/// What one pass over the journal did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub applied: usize,
+    pub declined: usize,
+    /// Refused by the rules (e.g. the reservation is unknown): dropped, logged at ERROR.
+    pub refused: usize,
+    /// Why the pass stopped early (Redis still away), with entries left.
+    pub stopped: Option<String>,
+}
+
+/// The reservations whose category is journaled, as far as this sidecar has seen them.
+#[derive(Default)]
+struct Seen {
+    covered: HashMap<ReservationId, ()>,
+    order: VecDeque<ReservationId>,
+}
+
+pub struct Journal {
+    pool: SqlitePool,
+    path: PathBuf,
+    coverage: Coverage,
+    entries_max: usize,
+    /// Entries per reservation (what is on disk, kept in memory for the hot path's check).
+    pending: Mutex<HashMap<ReservationId, usize>>,
+    len: AtomicUsize,
+    seen: Mutex<Seen>,
+    /// One writer at a time (an accept checks, then inserts).
+    writing: tokio::sync::Mutex<()>,
+    /// One pass at a time, so entries are applied once each and in order.
+    draining: tokio::sync::Mutex<()>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal file and reads what an earlier run left in it.
+    pub async fn open(config: &JournalConfig) -> Result<Self, JournalError> {
+        let open_error = |source| JournalError::Open { path: config.path.display().to_string(), source };
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_error)?
+            .filename(&config.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every accepted commit is on disk, not only in the OS's cache, before it is answered.
+            .synchronous(SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(open_error)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS journal (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                account TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                reservation TEXT NOT NULL,
+                format INTEGER NOT NULL,
+                entry TEXT NOT NULL,
+                UNIQUE (account, request_id)
+            )",
+        )
+        .execute(&pool)
+        .await
+        .map_err(open_error)?;
+        let journal = Self {
+            pool,
+            path: config.path.clone(),
+            coverage: config.coverage.clone(),
+            entries_max: config.entries_max,
+            pending: Mutex::default(),
+            len: AtomicUsize::new(0),
+            seen: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
+            draining: tokio::sync::Mutex::new(()),
+        };
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, reservation FROM journal").fetch_all(&journal.pool).await?;
+        {
+            let mut pending = journal.pending.lock().expect("journal index");
+            for (seq, reservation) in &rows {
+                let id = ReservationId::parse(reservation)
+                    .map_err(|error| JournalError::Corrupt { seq: *seq, reason: error.to_string() })?;
+                *pending.entry(id).or_default() += 1;
+            }
+        }
+        journal.len.store(rows.len(), Ordering::Relaxed);
+        journal.gauge();
+        if !rows.is_empty() {
+            tracing::warn!(entries = rows.len(), path = %config.path.display(), "outage journal holds commits to apply");
+        }
+        Ok(journal)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits waiting for Redis.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remembers that `reservation` is a hold in `category` (from an answer that named it), so
+    /// its commits can be journaled during an outage.
+    pub fn note(&self, reservation: &ReservationId, category: &str) {
+        if self.coverage == Coverage::All || !self.coverage.covers(category) {
+            return;
+        }
+        let mut seen = self.seen.lock().expect("journal's seen reservations");
+        if seen.covered.insert(reservation.clone(), ()).is_none() {
+            seen.order.push_back(reservation.clone());
+            if seen.order.len() > CATEGORIES_REMEMBERED {
+                let oldest = seen.order.pop_front().expect("not empty");
+                seen.covered.remove(&oldest);
+            }
+        }
+    }
+
+    fn covers(&self, reservation: &ReservationId) -> bool {
+        self.coverage == Coverage::All
+            || self.seen.lock().expect("journal's seen reservations").covered.contains_key(reservation)
+            // A reservation with entries already waiting was covered when they were accepted.
+            || self.has_pending(reservation)
+    }
+
+    /// Does `reservation` have commits waiting? (One atomic load when the journal is empty.)
+    pub fn has_pending(&self, reservation: &ReservationId) -> bool {
+        !self.is_empty() && self.pending.lock().expect("journal index").contains_key(reservation)
+    }
+
+    /// Writes `commit` to disk, to be applied when Redis answers. The same commit accepted
+    /// again (same request id and figures) is not written twice.
+    pub async fn accept(&self, commit: &Commit) -> Result<(), NotJournaled> {
+        let result = self.write(commit).await;
+        let label = match &result {
+            Ok(()) => "journaled",
+            Err(NotJournaled::Full(_)) => "full",
+            Err(_) => return result,
+        };
+        metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => label).increment(1);
+        result
+    }
+
+    async fn write(&self, commit: &Commit) -> Result<(), NotJournaled> {
+        if !self.covers(&commit.reservation) {
+            return Err(NotJournaled::NotCovered);
+        }
+        let _writing = self.writing.lock().await;
+        let account = commit.reservation.account.as_str();
+        let earlier: Option<(i64, i64, String)> =
+            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE account = $1 AND request_id = $2")
+                .bind(account)
+                .bind(commit.request.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(JournalError::from)?;
+        if let Some((seq, format, text)) = earlier {
+            let first = decode(format, &text).map_err(|reason| JournalError::Corrupt { seq, reason })?;
+            return if first.fingerprint() == commit.fingerprint() {
+                Ok(())
+            } else {
+                Err(crate::ledger::Error::RequestIdReused(commit.request.clone()).into())
+            };
+        }
+        if self.len() >= self.entries_max {
+            return Err(NotJournaled::Full(self.len()));
+        }
+        let accepted = chrono::Utc::now().timestamp_millis();
+        sqlx::query(
+            "INSERT INTO journal (account, request_id, reservation, format, entry) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(account)
+        .bind(commit.request.as_str())
+        .bind(commit.reservation.to_string())
+        .bind(ENTRY_FORMAT)
+        .bind(encode(commit, accepted))
+        .execute(&self.pool)
+        .await
+        .map_err(JournalError::from)?;
+        *self.pending.lock().expect("journal index").entry(commit.reservation.clone()).or_default() += 1;
+        self.len.fetch_add(1, Ordering::Relaxed);
+        self.gauge();
+        tracing::warn!(
+            reservation = %commit.reservation,
+            request_id = commit.request.as_str(),
+            amount = commit.amount,
+            "Redis unreachable: commit journaled"
+        );
+        Ok(())
+    }
+
+    /// Applies the journaled commits (of `only` that reservation, or all), oldest first, until
+    /// the journal is empty or Redis fails again.
+    pub async fn drain(&self, engine: &Engine, only: Option<&ReservationId>) -> Result<Drained, JournalError> {
+        let mut drained = Drained::default();
+        if self.is_empty() {
+            return Ok(drained);
+        }
+        let _draining = self.draining.lock().await;
+        let rows: Vec<(i64, String, i64, String)> = match only {
+            Some(reservation) => {
+                if !self.has_pending(reservation) {
+                    return Ok(drained);
+                }
+                sqlx::query_as(
+                    "SELECT seq, reservation, format, entry FROM journal WHERE reservation = $1 ORDER BY seq",
+                )
+                .bind(reservation.to_string())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as("SELECT seq, reservation, format, entry FROM journal ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        // A reservation whose earlier entry could not be applied keeps its later ones waiting.
+        let mut blocked = BTreeSet::new();
+        for (seq, reservation, format, text) in rows {
+            if blocked.contains(&reservation) {
+                continue;
+            }
+            let commit = match decode(format, &text) {
+                Ok(commit) => commit,
+                Err(reason) => {
+                    tracing::error!(seq, entry = text, reason, "outage journal: an entry cannot be read; dropped");
+                    self.remove(seq, &reservation, "refused").await?;
+                    drained.refused += 1;
+                    continue;
+                }
+            };
+            match engine.commit(&commit).await {
+                Ok(decision) => {
+                    let result = match &decision {
+                        Decision::Done(_) => "applied",
+                        Decision::Declined(decline) => {
+                            tracing::warn!(
+                                reservation,
+                                request_id = commit.request.as_str(),
+                                amount = commit.amount,
+                                reason = ?decline.reason,
+                                "journaled commit declined when applied"
+                            );
+                            "declined"
+                        }
+                    };
+                    self.remove(seq, &reservation, result).await?;
+                    if result == "applied" { drained.applied += 1 } else { drained.declined += 1 }
+                }
+                Err(EngineError::Ledger(error)) => {
+                    tracing::error!(
+                        reservation,
+                        request_id = commit.request.as_str(),
+                        amount = commit.amount,
+                        %error,
+                        "journaled commit refused when applied; dropped"
+                    );
+                    self.remove(seq, &reservation, "refused").await?;
+                    drained.refused += 1;
+                }
+                Err(error) => {
+                    // Redis is still away (or answered something this binary cannot read): the
+                    // entry stays, and so do the later ones of its reservation.
+                    drained.stopped = Some(error.to_string());
+                    if matches!(error, EngineError::Unavailable(_) | EngineError::StateLost(_)) {
+                        break;
+                    }
+                    tracing::error!(reservation, %error, "journaled commit could not be applied; kept");
+                    blocked.insert(reservation);
+                }
+            }
+        }
+        Ok(drained)
+    }
+
+    async fn remove(&self, seq: i64, reservation: &str, result: &'static str) -> Result<(), JournalError> {
+        sqlx::query("DELETE FROM journal WHERE seq = $1").bind(seq).execute(&self.pool).await?;
+        if let Ok(id) = ReservationId::parse(reservation) {
+            let mut pending = self.pending.lock().expect("journal index");
+            if let Some(count) = pending.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    pending.remove(&id);
+                }
+            }
+        }
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        self.gauge();
+        metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => result).increment(1);
+        Ok(())
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(crate::telemetry::JOURNAL_ENTRIES).set(self.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit() -> Commit {
+        Commit {
+            reservation: ReservationId::parse("acct-1/7").unwrap(),
+            amount: 5,
+            final_commit: true,
+            request: RequestId::parse("call-9-minute-3").unwrap(),
+            business_key: BusinessKey::parse_optional("call:9").unwrap(),
+            labels: Labels::parse([("provider".to_owned(), "twilio".to_owned())]).unwrap(),
+        }
+    }
+
+    /// Format 1 is a contract: a journal written by this binary is applied by the next.
+    #[test]
+    fn an_entry_is_stored_in_format_1_and_read_back() {
+        let text = encode(&commit(), 1_767_225_600_000);
+        assert_eq!(
+            text,
+            r#"{"reservation_id":"acct-1/7","amount":5,"final":true,"request_id":"call-9-minute-3","business_key":"call:9","labels":{"provider":"twilio"},"accepted_unix_ms":1767225600000}"#
+        );
+        let read = decode(1, &text).unwrap();
+        assert_eq!(read.fingerprint(), commit().fingerprint());
+        assert!(decode(2, &text).unwrap_err().contains("format 2"));
+        let bare = r#"{"reservation_id":"a/1","amount":0,"final":false,"request_id":"r","accepted_unix_ms":1}"#;
+        let read = decode(1, bare).unwrap();
+        assert_eq!((read.amount, read.business_key, read.labels.to_map().len()), (0, None, 0));
+    }
+
+    #[test]
+    fn an_entry_that_does_not_validate_is_refused() {
+        let text = r#"{"reservation_id":"a/01","amount":1,"final":false,"request_id":"r","accepted_unix_ms":1}"#;
+        assert!(decode(1, text).unwrap_err().contains("reservation_id"));
+    }
+}
