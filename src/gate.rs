@@ -8,7 +8,9 @@
 //!    `concurrency_max`, so peers that trickle their bodies cannot take the permits of honest
 //!    calls.
 //! 3. **Admission**: at most `concurrency_max` calls in flight; one more is refused at once with
-//!    `RESOURCE_EXHAUSTED`. Nothing queues, so overload costs callers one round trip.
+//!    `RESOURCE_EXHAUSTED`. Nothing queues, so overload costs callers one round trip. The permit
+//!    and the deadline hold until the handler answers: a response stream (`WatchAccount`) runs
+//!    on without either, bounded by the API's own limit on streams.
 //! 4. **Authentication**: with tokens configured, `authorization: Bearer <token>` must name a token
 //!    with the service's scope (`authorize` for CreditAuthorizer, `admin` for CreditAdmin), else
 //!    `UNAUTHENTICATED` / `PERMISSION_DENIED`. The caller goes into the extensions, where the API

@@ -24,11 +24,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::engine::{Engine, Error as EngineError};
 use crate::ledger::command::Commit;
@@ -42,7 +44,8 @@ pub const ENTRY_FORMAT: i64 = 1;
 /// on a reservation it does not know is not journaled unless `journal_categories` is `["*"]`.
 pub const CATEGORIES_REMEMBERED: usize = 100_000;
 
-/// How often a non-empty journal is tried against Redis in the background.
+/// How often a non-empty journal is tried against Redis in the background (the server's
+/// default; see `ServeOptions::journal_retry`).
 pub const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Which reservations' commits may be journaled.
@@ -80,6 +83,8 @@ pub enum JournalError {
     Database(#[from] sqlx::Error),
     #[error("outage journal entry {seq}: {reason}")]
     Corrupt { seq: i64, reason: String },
+    #[error("outage journal: a task failed: {0}")]
+    Task(String),
 }
 
 /// Why a commit was not journaled.
@@ -148,17 +153,46 @@ pub fn decode(format: i64, text: &str) -> Result<Commit, String> {
 pub struct Drained {
     pub applied: usize,
     pub declined: usize,
-    /// Refused by the rules (e.g. the reservation is unknown): dropped, logged at ERROR.
+    /// Refused by the rules (e.g. the reservation is unknown) or by a reply this binary cannot
+    /// read: dropped, logged at ERROR with the whole entry.
     pub refused: usize,
     /// Why the pass stopped early (Redis still away), with entries left.
     pub stopped: Option<String>,
 }
 
-/// The reservations whose category is journaled, as far as this sidecar has seen them.
+/// The reservations whose category is journaled, as far as this sidecar has seen them: the
+/// most recently noted [`CATEGORIES_REMEMBERED`], closed ones forgotten.
 #[derive(Default)]
 struct Seen {
-    covered: HashMap<ReservationId, ()>,
-    order: VecDeque<ReservationId>,
+    /// Reservation → when it was last noted.
+    covered: HashMap<ReservationId, u64>,
+    /// (reservation, stamp) in noting order; an entry whose stamp is not the current one is stale.
+    order: VecDeque<(ReservationId, u64)>,
+    stamp: u64,
+}
+
+impl Seen {
+    fn note(&mut self, reservation: &ReservationId) {
+        self.stamp += 1;
+        self.covered.insert(reservation.clone(), self.stamp);
+        self.order.push_back((reservation.clone(), self.stamp));
+        while self.covered.len() > CATEGORIES_REMEMBERED || self.order.len() > 2 * CATEGORIES_REMEMBERED {
+            let Some((oldest, stamp)) = self.order.pop_front() else { break };
+            if self.covered.get(&oldest) == Some(&stamp) {
+                self.covered.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Where an entry stands in one pass.
+enum Applied {
+    /// Gone from the journal (applied, declined, refused — or already applied by another pass).
+    Done(Option<&'static str>),
+    /// Left in the journal; later entries of its reservation wait behind it.
+    Kept,
+    /// Redis is away: the pass stops.
+    Stop(String),
 }
 
 pub struct Journal {
@@ -166,18 +200,27 @@ pub struct Journal {
     path: PathBuf,
     coverage: Coverage,
     entries_max: usize,
-    /// Entries per reservation (what is on disk, kept in memory for the hot path's check).
+    /// Entries per reservation: what is on disk, kept in memory for the hot path's check. Only
+    /// the tasks `accept` and `drain` spawn change it (and the rows), so a caller that goes away
+    /// mid-way cannot leave the two apart.
     pending: Mutex<HashMap<ReservationId, usize>>,
     len: AtomicUsize,
     seen: Mutex<Seen>,
+    /// Entries this process has reported as unreadable (reported once each).
+    unreadable: Mutex<BTreeSet<i64>>,
     /// One writer at a time (an accept checks, then inserts).
     writing: tokio::sync::Mutex<()>,
-    /// One pass at a time, so entries are applied once each and in order.
-    draining: tokio::sync::Mutex<()>,
+    /// One entry applied at a time, so each is applied once and a reservation's in order; held
+    /// per entry, so a call on one reservation does not wait for a whole pass.
+    applying: tokio::sync::Mutex<()>,
 }
 
+/// Entries a pass reads at a time.
+const PAGE: i64 = 256;
+
 impl Journal {
-    /// Opens (creating) the journal file and reads what an earlier run left in it.
+    /// Opens (creating) the journal file, which no other process may hold, and reads what an
+    /// earlier run left in it.
     pub async fn open(config: &JournalConfig) -> Result<Self, JournalError> {
         let open_error = |source| JournalError::Open { path: config.path.display().to_string(), source };
         let options = SqliteConnectOptions::from_str("sqlite://")
@@ -185,23 +228,27 @@ impl Journal {
             .filename(&config.path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // One process per file: a second sidecar (or a ledger URL) on the same path fails.
+            .locking_mode(SqliteLockingMode::Exclusive)
             // Every accepted commit is on disk, not only in the OS's cache, before it is answered.
             .synchronous(SqliteSynchronous::Full);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(open_error)?;
-        sqlx::query(
+        for statement in [
             "CREATE TABLE IF NOT EXISTS journal (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                account TEXT NOT NULL,
-                request_id TEXT NOT NULL,
                 reservation TEXT NOT NULL,
+                request_id TEXT NOT NULL,
                 format INTEGER NOT NULL,
                 entry TEXT NOT NULL,
-                UNIQUE (account, request_id)
+                UNIQUE (reservation, request_id)
             )",
-        )
-        .execute(&pool)
-        .await
-        .map_err(open_error)?;
+            "CREATE INDEX IF NOT EXISTS journal_by_reservation ON journal (reservation, seq)",
+            // Taking the exclusive lock now, not at the first commit of an outage.
+            "BEGIN EXCLUSIVE",
+            "COMMIT",
+        ] {
+            sqlx::query(statement).execute(&pool).await.map_err(open_error)?;
+        }
         let journal = Self {
             pool,
             path: config.path.clone(),
@@ -210,8 +257,9 @@ impl Journal {
             pending: Mutex::default(),
             len: AtomicUsize::new(0),
             seen: Mutex::default(),
+            unreadable: Mutex::default(),
             writing: tokio::sync::Mutex::new(()),
-            draining: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
         };
         let rows: Vec<(i64, String)> =
             sqlx::query_as("SELECT seq, reservation FROM journal").fetch_all(&journal.pool).await?;
@@ -250,13 +298,13 @@ impl Journal {
         if self.coverage == Coverage::All || !self.coverage.covers(category) {
             return;
         }
-        let mut seen = self.seen.lock().expect("journal's seen reservations");
-        if seen.covered.insert(reservation.clone(), ()).is_none() {
-            seen.order.push_back(reservation.clone());
-            if seen.order.len() > CATEGORIES_REMEMBERED {
-                let oldest = seen.order.pop_front().expect("not empty");
-                seen.covered.remove(&oldest);
-            }
+        self.seen.lock().expect("journal's seen reservations").note(reservation);
+    }
+
+    /// Forgets a reservation that closed (a final commit, a release).
+    pub fn forget(&self, reservation: &ReservationId) {
+        if self.coverage != Coverage::All {
+            self.seen.lock().expect("journal's seen reservations").covered.remove(reservation);
         }
     }
 
@@ -273,27 +321,32 @@ impl Journal {
     }
 
     /// Writes `commit` to disk, to be applied when Redis answers. The same commit accepted
-    /// again (same request id and figures) is not written twice.
-    pub async fn accept(&self, commit: &Commit) -> Result<(), NotJournaled> {
-        let result = self.write(commit).await;
+    /// again (same reservation, request id and figures) is not written twice. Runs to its end
+    /// even if the caller goes away.
+    pub async fn accept(self: &Arc<Self>, commit: &Commit) -> Result<(), NotJournaled> {
+        let (journal, commit) = (self.clone(), commit.clone());
+        let written = tokio::spawn(async move { journal.write(&commit).await });
+        let result = written.await.unwrap_or_else(|error| Err(JournalError::Task(error.to_string()).into()));
         let label = match &result {
-            Ok(()) => "journaled",
+            Ok(true) => "journaled",
+            Ok(false) | Err(NotJournaled::NotCovered | NotJournaled::RequestIdReused(_)) => return result.map(drop),
             Err(NotJournaled::Full(_)) => "full",
-            Err(_) => return result,
+            Err(NotJournaled::Disk(_)) => "error",
         };
         metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => label).increment(1);
-        result
+        result.map(drop)
     }
 
-    async fn write(&self, commit: &Commit) -> Result<(), NotJournaled> {
+    /// True when a new entry was written.
+    async fn write(&self, commit: &Commit) -> Result<bool, NotJournaled> {
         if !self.covers(&commit.reservation) {
             return Err(NotJournaled::NotCovered);
         }
         let _writing = self.writing.lock().await;
-        let account = commit.reservation.account.as_str();
+        let reservation = commit.reservation.to_string();
         let earlier: Option<(i64, i64, String)> =
-            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE account = $1 AND request_id = $2")
-                .bind(account)
+            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 AND request_id = $2")
+                .bind(&reservation)
                 .bind(commit.request.as_str())
                 .fetch_optional(&self.pool)
                 .await
@@ -301,7 +354,7 @@ impl Journal {
         if let Some((seq, format, text)) = earlier {
             let first = decode(format, &text).map_err(|reason| JournalError::Corrupt { seq, reason })?;
             return if first.fingerprint() == commit.fingerprint() {
-                Ok(())
+                Ok(false)
             } else {
                 Err(crate::ledger::Error::RequestIdReused(commit.request.clone()).into())
             };
@@ -309,130 +362,138 @@ impl Journal {
         if self.len() >= self.entries_max {
             return Err(NotJournaled::Full(self.len()));
         }
-        let accepted = chrono::Utc::now().timestamp_millis();
-        sqlx::query(
-            "INSERT INTO journal (account, request_id, reservation, format, entry) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(account)
-        .bind(commit.request.as_str())
-        .bind(commit.reservation.to_string())
-        .bind(ENTRY_FORMAT)
-        .bind(encode(commit, accepted))
-        .execute(&self.pool)
-        .await
-        .map_err(JournalError::from)?;
+        let entry = encode(commit, chrono::Utc::now().timestamp_millis());
+        sqlx::query("INSERT INTO journal (reservation, request_id, format, entry) VALUES ($1, $2, $3, $4)")
+            .bind(&reservation)
+            .bind(commit.request.as_str())
+            .bind(ENTRY_FORMAT)
+            .bind(&entry)
+            .execute(&self.pool)
+            .await
+            .map_err(JournalError::from)?;
         *self.pending.lock().expect("journal index").entry(commit.reservation.clone()).or_default() += 1;
         self.len.fetch_add(1, Ordering::Relaxed);
         self.gauge();
-        tracing::warn!(
-            reservation = %commit.reservation,
-            request_id = commit.request.as_str(),
-            amount = commit.amount,
-            "Redis unreachable: commit journaled"
-        );
-        Ok(())
+        // The whole entry, so that an operator can apply it by hand if the file is ever lost.
+        tracing::warn!(reservation, entry, "Redis unreachable: commit journaled");
+        Ok(true)
     }
 
     /// Applies the journaled commits (of `only` that reservation, or all), oldest first, until
-    /// the journal is empty or Redis fails again.
-    pub async fn drain(&self, engine: &Engine, only: Option<&ReservationId>) -> Result<Drained, JournalError> {
-        let mut drained = Drained::default();
-        if self.is_empty() {
-            return Ok(drained);
+    /// the journal is empty or Redis fails again. Runs to its end even if the caller goes away.
+    pub async fn drain(
+        self: &Arc<Self>,
+        engine: &Engine,
+        only: Option<&ReservationId>,
+    ) -> Result<Drained, JournalError> {
+        if self.is_empty() || only.is_some_and(|reservation| !self.has_pending(reservation)) {
+            return Ok(Drained::default());
         }
-        let _draining = self.draining.lock().await;
-        let rows: Vec<(i64, String, i64, String)> = match only {
-            Some(reservation) => {
-                if !self.has_pending(reservation) {
-                    return Ok(drained);
-                }
-                sqlx::query_as(
-                    "SELECT seq, reservation, format, entry FROM journal WHERE reservation = $1 ORDER BY seq",
-                )
-                .bind(reservation.to_string())
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as("SELECT seq, reservation, format, entry FROM journal ORDER BY seq")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        // A reservation whose earlier entry could not be applied keeps its later ones waiting.
-        let mut blocked = BTreeSet::new();
-        for (seq, reservation, format, text) in rows {
-            if blocked.contains(&reservation) {
-                continue;
-            }
-            let commit = match decode(format, &text) {
-                Ok(commit) => commit,
-                Err(reason) => {
-                    tracing::error!(seq, entry = text, reason, "outage journal: an entry cannot be read; dropped");
-                    self.remove(seq, &reservation, "refused").await?;
-                    drained.refused += 1;
-                    continue;
-                }
-            };
-            match engine.commit(&commit).await {
-                Ok(decision) => {
-                    let result = match &decision {
-                        Decision::Done(_) => "applied",
-                        Decision::Declined(decline) => {
-                            tracing::warn!(
-                                reservation,
-                                request_id = commit.request.as_str(),
-                                amount = commit.amount,
-                                reason = ?decline.reason,
-                                "journaled commit declined when applied"
-                            );
-                            "declined"
-                        }
-                    };
-                    self.remove(seq, &reservation, result).await?;
-                    if result == "applied" { drained.applied += 1 } else { drained.declined += 1 }
-                }
-                Err(EngineError::Ledger(error)) => {
-                    tracing::error!(
-                        reservation,
-                        request_id = commit.request.as_str(),
-                        amount = commit.amount,
-                        %error,
-                        "journaled commit refused when applied; dropped"
-                    );
-                    self.remove(seq, &reservation, "refused").await?;
-                    drained.refused += 1;
-                }
-                Err(error) => {
-                    // Redis is still away (or answered something this binary cannot read): the
-                    // entry stays, and so do the later ones of its reservation.
-                    drained.stopped = Some(error.to_string());
-                    if matches!(error, EngineError::Unavailable(_) | EngineError::StateLost(_)) {
-                        break;
-                    }
-                    tracing::error!(reservation, %error, "journaled commit could not be applied; kept");
-                    blocked.insert(reservation);
-                }
-            }
-        }
-        Ok(drained)
+        let (journal, engine, only) = (self.clone(), engine.clone(), only.map(ToString::to_string));
+        let pass = tokio::spawn(async move { journal.pass(&engine, only.as_deref()).await });
+        pass.await.unwrap_or_else(|error| Err(JournalError::Task(error.to_string())))
     }
 
-    async fn remove(&self, seq: i64, reservation: &str, result: &'static str) -> Result<(), JournalError> {
-        sqlx::query("DELETE FROM journal WHERE seq = $1").bind(seq).execute(&self.pool).await?;
-        if let Ok(id) = ReservationId::parse(reservation) {
-            let mut pending = self.pending.lock().expect("journal index");
-            if let Some(count) = pending.get_mut(&id) {
-                *count -= 1;
-                if *count == 0 {
-                    pending.remove(&id);
+    async fn pass(&self, engine: &Engine, only: Option<&str>) -> Result<Drained, JournalError> {
+        let mut drained = Drained::default();
+        // A reservation whose earlier entry is kept keeps its later ones waiting.
+        let mut blocked = BTreeSet::new();
+        let mut after = 0_i64;
+        loop {
+            let page: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, reservation FROM journal WHERE seq > $1 AND ($2 IS NULL OR reservation = $2) \
+                 ORDER BY seq LIMIT $3",
+            )
+            .bind(after)
+            .bind(only)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((last, _)) = page.last() else { return Ok(drained) };
+            after = *last;
+            for (seq, reservation) in page {
+                if blocked.contains(&reservation) {
+                    continue;
+                }
+                match self.apply(engine, seq).await? {
+                    Applied::Done(Some("applied")) => drained.applied += 1,
+                    Applied::Done(Some("declined")) => drained.declined += 1,
+                    Applied::Done(Some(_)) => drained.refused += 1,
+                    Applied::Done(None) => {}
+                    Applied::Kept => {
+                        blocked.insert(reservation);
+                    }
+                    Applied::Stop(cause) => {
+                        drained.stopped = Some(cause);
+                        return Ok(drained);
+                    }
                 }
             }
         }
-        self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Applies entry `seq`, if it is still there.
+    async fn apply(&self, engine: &Engine, seq: i64) -> Result<Applied, JournalError> {
+        let _applying = self.applying.lock().await;
+        let row: Option<(String, i64, String)> =
+            sqlx::query_as("SELECT reservation, format, entry FROM journal WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((reservation, format, entry)) = row else { return Ok(Applied::Done(None)) };
+        let commit = match decode(format, &entry) {
+            Ok(commit) => commit,
+            Err(reason) => {
+                // Perhaps written by a newer binary: kept for it, never dropped.
+                if self.unreadable.lock().expect("journal's unreadable entries").insert(seq) {
+                    tracing::error!(seq, entry, reason, "outage journal: an entry this binary cannot read; kept");
+                    metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => "unreadable").increment(1);
+                }
+                return Ok(Applied::Kept);
+            }
+        };
+        let result = match engine.commit(&commit).await {
+            Ok(Decision::Done(_)) => "applied",
+            Ok(Decision::Declined(decline)) => {
+                tracing::warn!(reservation, entry, reason = ?decline.reason, "journaled commit declined when applied");
+                "declined"
+            }
+            Err(EngineError::Unavailable(cause) | EngineError::StateLost(cause)) => return Ok(Applied::Stop(cause)),
+            // Refused by the rules, or answered with what cannot be read: retrying cannot mend it.
+            Err(error) => {
+                tracing::error!(reservation, entry, %error, "journaled commit refused when applied; dropped");
+                "refused"
+            }
+        };
+        sqlx::query("DELETE FROM journal WHERE seq = $1").bind(seq).execute(&self.pool).await?;
+        {
+            let mut pending = self.pending.lock().expect("journal index");
+            if let Some(count) = pending.get_mut(&commit.reservation) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    pending.remove(&commit.reservation);
+                }
+            }
+        }
+        let _ = self.len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| Some(len.saturating_sub(1)));
         self.gauge();
         metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => result).increment(1);
-        Ok(())
+        Ok(Applied::Done(Some(result)))
+    }
+
+    /// At shutdown: logs every entry still waiting, whole, at ERROR (the file keeps them for the
+    /// next start on the same volume; the log, for an operator when the volume does not last).
+    pub async fn report_left(&self) {
+        let rows: Result<Vec<(String, String)>, _> =
+            sqlx::query_as("SELECT reservation, entry FROM journal ORDER BY seq").fetch_all(&self.pool).await;
+        match rows {
+            Ok(rows) => {
+                for (reservation, entry) in &rows {
+                    tracing::error!(reservation, entry, "stopping with a journaled commit not yet applied");
+                }
+            }
+            Err(error) => tracing::error!(%error, "outage journal cannot be read at shutdown"),
+        }
     }
 
     fn gauge(&self) {

@@ -220,6 +220,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: config.shutdown_grace,
         rules_reload: config.rules_reload.clone(),
         journal,
+        journal_retry: credit_sidecar::journal::RETRY_INTERVAL,
     };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub rules_reload: Option<(std::path::PathBuf, Duration)>,
     /// The outage journal (Redis engine): commits accepted while Redis is away.
     pub journal: Option<Arc<Journal>>,
+    /// How often a non-empty journal is tried against Redis.
+    pub journal_retry: Duration,
 }
 
 impl ServeOptions {
@@ -70,6 +72,7 @@ impl ServeOptions {
             shutdown_grace: default_ms(&settings::SHUTDOWN_GRACE_MS),
             rules_reload: None,
             journal: None,
+            journal_retry: crate::journal::RETRY_INTERVAL,
         }
     }
 }
@@ -137,15 +140,14 @@ pub async fn serve(
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let bytes_max = options.limits.request_bytes_max;
-    if let Some(journal) = &options.journal {
-        // What an earlier run journaled is applied before the first call is taken, when Redis
-        // answers (else the background loop goes on trying).
-        apply_journal(journal, &engine).await;
-    }
     let authorizer = AuthorizerService::new(engine.clone(), options.journal.clone())
         .into_server()
         .max_decoding_message_size(bytes_max);
-    let admin = AdminService::new(engine.clone(), store.clone()).into_server().max_decoding_message_size(bytes_max);
+    // Turns true when the server stops taking calls: open WatchAccount streams end then.
+    let (closing, closing_seen) = watch::channel(false);
+    let admin = AdminService::new(engine.clone(), store.clone(), closing_seen)
+        .into_server()
+        .max_decoding_message_size(bytes_max);
     let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
     let limits = options.limits;
     // Keepalive finds peers that vanished (HTTP/2 PINGs unanswered; TCP probes below);
@@ -181,6 +183,7 @@ pub async fn serve(
                 tokio::time::sleep(drain).await;
             }
             tracing::info!("shutting down: no new calls, finishing calls in flight");
+            closing.send_replace(true);
             health.close().await;
         }
     };
@@ -203,6 +206,14 @@ pub async fn serve(
     drop(stop_tasks);
     for task in tasks {
         in_time &= finish(task, deadline, "background task").await.is_some();
+    }
+    if let Some(journal) = options.journal.as_ref().filter(|journal| !journal.is_empty()) {
+        // A last try, within the grace period; what is left stays in the file for the next start
+        // and is logged whole, for a volume that does not outlive the pod.
+        let _ = tokio::time::timeout_at(deadline, apply_journal(journal, &engine)).await;
+        if !journal.is_empty() {
+            journal.report_left().await;
+        }
     }
     drop(stop_settler);
     let mut served = Served::default();
@@ -256,14 +267,10 @@ fn background_tasks(
     stopped: &watch::Receiver<()>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(sweep_loop(
-        engine.clone(),
-        options.journal.clone(),
-        options.sweep_interval,
-        stopped.clone(),
-    )));
+    tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, stopped.clone())));
     if let Some(journal) = &options.journal {
-        tasks.push(tokio::spawn(journal_loop(journal.clone(), engine.clone(), stopped.clone())));
+        let (journal, every) = (journal.clone(), options.journal_retry);
+        tasks.push(tokio::spawn(journal_loop(journal, engine.clone(), every, stopped.clone())));
     }
     tasks.push(tokio::spawn(watch_dependencies(
         engine.clone(),
@@ -438,29 +445,13 @@ async fn forget_loop(store: Store, retention_ms: i64, mut stopped: watch::Receiv
     }
 }
 
-/// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes; first
-/// the journaled commits, so that a hold whose deadline passed while Redis was away is not
-/// expired before the commits this sidecar accepted for it are applied.
-async fn sweep_loop(
-    engine: Engine,
-    journal: Option<Arc<Journal>>,
-    interval: Duration,
-    mut stopped: watch::Receiver<()>,
-) {
+/// Expires overdue holds and renews ended cycles every `interval`, until `stopped` closes.
+async fn sweep_loop(engine: Engine, interval: Duration, mut stopped: watch::Receiver<()>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        if let Some(journal) = &journal
-            && !journal.is_empty()
-        {
-            apply_journal(journal, &engine).await;
-        }
-        tokio::select! {
-            swept = engine.sweep() => match swept {
+            _ = ticker.tick() => match engine.sweep().await {
                 Ok(0) => {}
                 Ok(expired) => tracing::info!(expired, "expired overdue holds"),
                 Err(error) => tracing::warn!(%error, "expiry sweep failed; will retry"),
@@ -470,10 +461,10 @@ async fn sweep_loop(
     }
 }
 
-/// Tries the outage journal against Redis every [`crate::journal::RETRY_INTERVAL`] while it
-/// holds commits.
-async fn journal_loop(journal: Arc<Journal>, engine: Engine, mut stopped: watch::Receiver<()>) {
-    let mut ticker = tokio::time::interval(crate::journal::RETRY_INTERVAL);
+/// Tries the outage journal against Redis every `every` while it holds commits (the first time
+/// at once: what an earlier run left).
+async fn journal_loop(journal: Arc<Journal>, engine: Engine, every: Duration, mut stopped: watch::Receiver<()>) {
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -487,7 +478,7 @@ async fn journal_loop(journal: Arc<Journal>, engine: Engine, mut stopped: watch:
 }
 
 /// One pass over the journal.
-async fn apply_journal(journal: &Journal, engine: &Engine) {
+async fn apply_journal(journal: &Arc<Journal>, engine: &Engine) {
     match journal.drain(engine, None).await {
         Ok(drained) => {
             let crate::journal::Drained { applied, declined, refused, stopped } = &drained;

@@ -1,6 +1,13 @@
 //! `credits.v1.CreditAdmin`: plans, grants, trials, user limits, and account reads.
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::ErrorDetails;
 
 use super::frame::frame;
 use super::pb::{self, credit_admin_server::CreditAdmin};
@@ -10,15 +17,28 @@ use crate::engine::Engine;
 use crate::ledger::AccountId;
 use crate::settle::store::{Store, StoreError};
 
+/// WatchAccount streams a sidecar serves at once. They hold no `concurrency_max` permit (a
+/// stream lives for minutes), so they have their own bound.
+pub const WATCH_STREAMS_MAX: usize = 64;
+
+/// The retry delay suggested when a watch is refused or ended by a shutdown.
+const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A WatchAccount stream's messages.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAccountResponse, Status>> + Send>>;
+
 pub struct AdminService {
     engine: Engine,
     /// The durable ledger, for usage and settled reservations.
     store: Option<Store>,
+    watches: Arc<Semaphore>,
+    /// Turns true when the server stops taking calls: WatchAccount streams end.
+    closing: watch::Receiver<bool>,
 }
 
 impl AdminService {
-    pub fn new(engine: Engine, store: Option<Store>) -> Self {
-        Self { engine, store }
+    pub fn new(engine: Engine, store: Option<Store>, closing: watch::Receiver<bool>) -> Self {
+        Self { engine, store, watches: Arc::new(Semaphore::new(WATCH_STREAMS_MAX)), closing }
     }
 
     fn store(&self) -> Result<&Store, Status> {
@@ -35,6 +55,37 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl CreditAdmin for AdminService {
+    type WatchAccountStream = WatchStream;
+
+    async fn watch_account(
+        &self,
+        request: Request<pb::WatchAccountRequest>,
+    ) -> Result<Response<Self::WatchAccountStream>, Status> {
+        frame("WatchAccount", request, |request| async move {
+            let (account, every) = convert::watch(request.into_inner()).map_err(invalid)?;
+            let slot = self.watches.clone().try_acquire_owned().map_err(|_| {
+                let message = format!("{WATCH_STREAMS_MAX} WatchAccount streams are open already; retry later");
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(WATCH_RETRY_DELAY));
+                super::status::with_details(Code::ResourceExhausted, message, "OVERLOADED", details)
+            })?;
+            // The first read answers the call: an unknown account is NOT_FOUND, not a stream.
+            let first = respond::account(self.engine.account(&account).await?);
+            let (sender, receiver) = mpsc::channel(2);
+            let watched =
+                Watched { engine: self.engine.clone(), account, every, sender, closing: self.closing.clone() };
+            tokio::spawn(async move {
+                let _slot = slot;
+                watched.run(first).await;
+            });
+            let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|message| (message, receiver))
+            });
+            Ok(Response::new(Box::pin(stream) as WatchStream))
+        })
+        .await
+    }
+
     async fn set_plan(&self, request: Request<pb::SetPlanRequest>) -> Result<Response<pb::SetPlanResponse>, Status> {
         frame("SetPlan", request, |request| async move {
             let cmd = convert::set_plan(request.into_inner()).map_err(invalid)?;
@@ -143,6 +194,66 @@ impl CreditAdmin for AdminService {
         })
         .await
     }
+}
+
+/// One WatchAccount stream: the account read every `every`, sent when it changed.
+struct Watched {
+    engine: Engine,
+    account: AccountId,
+    every: Duration,
+    sender: mpsc::Sender<Result<pb::WatchAccountResponse, Status>>,
+    closing: watch::Receiver<bool>,
+}
+
+impl Watched {
+    async fn run(mut self, first: pb::GetAccountResponse) {
+        let mut last = first;
+        if !self.send(Ok(update(&last))).await {
+            return;
+        }
+        let mut ticker = tokio::time::interval(self.every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            let closing = tokio::select! {
+                _ = ticker.tick() => false,
+                () = self.sender.closed() => return,
+                _ = self.closing.wait_for(|closing| *closing) => true,
+            };
+            if closing {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(WATCH_RETRY_DELAY));
+                let message = "the sidecar is shutting down; watch again (another replica)".to_owned();
+                let status = super::status::with_details(Code::Unavailable, message, "SHUTTING_DOWN", details);
+                self.send(Err(status)).await;
+                return;
+            }
+            match self.engine.account(&self.account).await {
+                Ok(view) => {
+                    let now = respond::account(view);
+                    if now != last {
+                        if !self.send(Ok(update(&now))).await {
+                            return;
+                        }
+                        last = now;
+                    }
+                }
+                Err(error) => {
+                    self.send(Err(super::status::to_status(error))).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// False when the caller has gone.
+    async fn send(&self, message: Result<pb::WatchAccountResponse, Status>) -> bool {
+        self.sender.send(message).await.is_ok()
+    }
+}
+
+fn update(account: &pb::GetAccountResponse) -> pb::WatchAccountResponse {
+    pb::WatchAccountResponse { at_unix_ms: chrono::Utc::now().timestamp_millis(), account: Some(account.clone()) }
 }
 
 /// The durable store could not answer (the caller may retry), or holds what we cannot read.

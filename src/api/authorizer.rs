@@ -63,8 +63,12 @@ impl AuthorizerService {
         };
         let cause = match applied {
             Ok(decision) => {
-                if let Decision::Done(committed) = &decision {
-                    self.note(&cmd.reservation, &committed.reservation.category);
+                if let (Decision::Done(committed), Some(journal)) = (&decision, &self.journal) {
+                    if committed.held == 0 && cmd.final_commit {
+                        journal.forget(&cmd.reservation);
+                    } else {
+                        journal.note(&cmd.reservation, &committed.reservation.category);
+                    }
                 }
                 return Ok(Some(decision));
             }
@@ -143,7 +147,11 @@ impl CreditAuthorizer for AuthorizerService {
         frame("Release", request, |request| async move {
             let cmd = convert::release(request.into_inner()).map_err(invalid)?;
             self.journaled_first(&cmd.reservation).await?;
-            Ok(Response::new(respond::released(self.engine.release(&cmd).await?)))
+            let decision = self.engine.release(&cmd).await?;
+            if let Some(journal) = &self.journal {
+                journal.forget(&cmd.reservation);
+            }
+            Ok(Response::new(respond::released(decision)))
         })
         .await
     }

@@ -304,6 +304,17 @@ pub fn history_query(request: pb::GetAccountHistoryRequest) -> Result<HistoryQue
     Ok(HistoryQuery { account: AccountId::parse(&request.account_id)?, page_size, before })
 }
 
+/// A WatchAccount's account and how often it is looked at (`interval_ms`: 0 for a second).
+pub fn watch(request: pb::WatchAccountRequest) -> Result<(AccountId, std::time::Duration)> {
+    let account = AccountId::parse(&request.account_id)?;
+    let every = match request.interval_ms {
+        0 => 1_000,
+        ms @ 100..=60_000 => ms as u64,
+        other => return Err(Error::invalid("interval_ms", format!("must be 0 or 100..=60000 ms, got {other}"))),
+    };
+    Ok((account, std::time::Duration::from_millis(every)))
+}
+
 /// What a GetUsage request asks for, validated.
 pub struct UsageQuery {
     pub account: AccountId,

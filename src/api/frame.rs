@@ -75,7 +75,7 @@ macro_rules! scoped {
 }
 
 scoped!(account: pb::QuoteRequest, pb::GetBalanceRequest, pb::GetAccountRequest, pb::ListReservationsRequest,
-    pb::GetUsageRequest, pb::GetAccountHistoryRequest);
+    pb::GetUsageRequest, pb::GetAccountHistoryRequest, pb::WatchAccountRequest);
 scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequest, pb::GrantRequest,
     pb::StartTrialRequest, pb::SetUserLimitRequest, pb::SetCategoryBudgetRequest);
 scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
@@ -107,11 +107,11 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
     pb::SetUserLimitResponse, pb::SetCategoryBudgetResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
-    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse);
+    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse, super::admin::WatchStream);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
-const RPCS: [(&str, &str); 18] = [
+const RPCS: [(&str, &str); 19] = [
     ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
     ("Commit", "credits.v1.CreditAuthorizer/Commit"),
     ("CommitBatch", "credits.v1.CreditAuthorizer/CommitBatch"),
@@ -130,6 +130,7 @@ const RPCS: [(&str, &str); 18] = [
     ("ListReservations", "credits.v1.CreditAdmin/ListReservations"),
     ("GetUsage", "credits.v1.CreditAdmin/GetUsage"),
     ("GetAccountHistory", "credits.v1.CreditAdmin/GetAccountHistory"),
+    ("WatchAccount", "credits.v1.CreditAdmin/WatchAccount"),
 ];
 
 /// Put in a request's extensions by the gate, set when the call reaches [`frame`] (which

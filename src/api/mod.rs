@@ -15,7 +15,7 @@ mod refusal;
 mod respond;
 pub mod status;
 
-pub use admin::AdminService;
+pub use admin::{AdminService, WATCH_STREAMS_MAX};
 pub use authorizer::AuthorizerService;
 pub use frame::{Deadline, Observed, record_unobserved};
 pub use refusal::Refusal;

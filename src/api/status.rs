@@ -18,7 +18,7 @@ pub const ERROR_DOMAIN: &str = "credit-sidecar";
 
 /// Every `ErrorInfo.reason` this service sends, with the status code it comes with. The
 /// README's catalogue ("Errors and declines") lists exactly these (a test holds it to them).
-pub const REASONS: [(&str, Code); 19] = [
+pub const REASONS: [(&str, Code); 20] = [
     ("INVALID_FIELD", Code::InvalidArgument),
     ("MALFORMED_MESSAGE", Code::InvalidArgument),
     ("ACCOUNT_NOT_FOUND", Code::NotFound),
@@ -28,6 +28,7 @@ pub const REASONS: [(&str, Code); 19] = [
     ("STORE_TIMEOUT", Code::Unavailable),
     ("STORE_STATE_LOST", Code::Unavailable),
     ("OVERLOADED", Code::ResourceExhausted),
+    ("SHUTTING_DOWN", Code::Unavailable),
     ("DEADLINE_EXCEEDED", Code::DeadlineExceeded),
     ("REQUEST_BODY_TIMEOUT", Code::DeadlineExceeded),
     ("REQUEST_TOO_LARGE", Code::OutOfRange),

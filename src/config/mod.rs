@@ -693,7 +693,6 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
 /// The outage journal: on when `journal_categories` lists any, with the Redis engine only (the
 /// embedded engine has no outage to ride out); its other settings are refused without it.
 fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
-    let entries_max = settings::JOURNAL_ENTRIES_MAX.number(file.journal_entries_max)?;
     let Some(categories) = file.journal_categories.as_ref().filter(|categories| !categories.is_empty()) else {
         return match (&file.journal_path, &file.journal_entries_max) {
             (Some(_), _) => Err(ConfigError::new("journal_path", "does nothing without journal_categories")),
@@ -721,6 +720,7 @@ fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Opti
         }
         Coverage::Only(categories.clone())
     };
+    let entries_max = settings::JOURNAL_ENTRIES_MAX.number(file.journal_entries_max)?;
     let path = file.journal_path.clone().unwrap_or_else(|| PathBuf::from(settings::JOURNAL_PATH.text(None)));
     Ok(Some(JournalConfig { path, coverage, entries_max }))
 }
@@ -1083,6 +1083,7 @@ mod tests {
             (format!("{redis}journal_categories = [\"*\", \"ai\"]"), "journal_categories: \"*\" stands for every"),
             (format!("{redis}journal_path = \"j.db\""), "journal_path: does nothing without journal_categories"),
             (format!("{redis}journal_entries_max = 3"), "journal_entries_max: does nothing without"),
+            (format!("{redis}journal_entries_max = 0"), "journal_entries_max: does nothing without"),
             (
                 format!("{redis}journal_categories = [\"ai\"]\njournal_entries_max = 0"),
                 "journal_entries_max: must be in",

@@ -418,6 +418,7 @@ macro_rules! engine_tests {
     ($($name:ident),* $(,)?) => {
         $crate::engine_tests!(@engine embedded, Embedded, $($name),*);
         $crate::engine_tests!(@engine redis, Redis, $($name),*);
+        #[allow(dead_code, reason = "only some modules' suites run again on the Redis Cluster")]
         pub const SUITE: &[(&str, $crate::harness::Body)] = &[$((stringify!($name), |h| Box::pin($name(h)))),*];
     };
     (@engine $module:ident, $kind:ident, $($name:ident),*) => {

@@ -32,15 +32,35 @@ fn dialer_only() -> Coverage {
     Coverage::Only(["dialer".to_owned()].into())
 }
 
-/// A sidecar on `redis` with `journal`; the sweep and the journal's loop run in the background.
-async fn sidecar(redis: &RedisServer, journal: Arc<Journal>) -> Harness {
+/// A sidecar on `redis` with `journal`, whose background loop tries it every `retry`.
+async fn sidecar_retrying(redis: &RedisServer, journal: Arc<Journal>, retry: Duration) -> Harness {
     let clock = ManualClock::new(t0());
     let mut settings = redis_settings(vec![redis.url()], false);
     settings.timeout = Duration::from_millis(300);
     let engine = redis_engine(&Rules::default(), &settings, &clock).await;
     let mut options = ServeOptions::new(Duration::from_secs(3600));
     options.journal = Some(journal);
+    options.journal_retry = retry;
     Harness::serve_settled(clock, engine, None, options).await
+}
+
+async fn sidecar(redis: &RedisServer, journal: Arc<Journal>) -> Harness {
+    sidecar_retrying(redis, journal, Duration::from_millis(100)).await
+}
+
+/// Sends `request` as a caller does after an outage: again while the answer is JOURNALED or
+/// UNAVAILABLE (Redis's connection may still be coming back), with the same request id.
+async fn commit_until_applied(h: &Harness, request: pb::CommitRequest) -> pb::CommitResponse {
+    for _ in 0..200 {
+        match h.auth.clone().commit(request.clone()).await {
+            Ok(answer) if answer.get_ref().outcome() != pb::Outcome::Journaled => return answer.into_inner(),
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unavailable => {}
+            Err(status) => panic!("{status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{request:?} still not applied")
 }
 
 fn commit_request(reservation: &str, amount: i64, final_commit: bool, request_id: &str) -> pb::CommitRequest {
@@ -62,16 +82,19 @@ async fn dialer_hold(h: &Harness, account: &str, amount: i64) -> String {
 
 /// One sidecar: commits on a dialer hold are journaled while Redis is dead (a retry is not
 /// written twice; a request id reused with other figures, a commit of another category, and
-/// one beyond the journal's bound are refused as they say), then applied in order once Redis is
-/// back, before the call that finds them; each retry gets the commit's real answer.
+/// one beyond the journal's bound are refused as they say; the same request id on another
+/// hold is another commit), then applied in order once Redis is back by the call that finds
+/// them (the background loop is too slow to get there first); each retry gets the commit's real
+/// answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_meeting_a_dead_redis_are_journaled_and_applied_once_in_order() {
     let mut redis = durable_redis();
     let dir = tempfile::tempdir().unwrap();
-    let journal = journal(&dir, dialer_only(), 3).await;
-    let h = sidecar(&redis, journal.clone()).await;
+    let journal = journal(&dir, dialer_only(), 4).await;
+    let h = sidecar_retrying(&redis, journal.clone(), Duration::from_secs(3600)).await;
     h.account("acct", 1_000).await;
     let call = dialer_hold(&h, "acct", 100).await;
+    let other_call = dialer_hold(&h, "acct", 20).await;
     let email = h.hold("acct", "agent", 50).await; // enrichment: not journaled
     let mut auth = h.auth.clone();
     let first = auth.commit(commit_request(&call, 10, false, "m1")).await.unwrap().into_inner();
@@ -86,12 +109,15 @@ async fn commits_meeting_a_dead_redis_are_journaled_and_applied_once_in_order() 
     // The same commit again: the same answer, not a second entry.
     let again = auth.commit(commit_request(&call, 20, false, "m2")).await.unwrap().into_inner();
     assert_eq!(again.outcome(), pb::Outcome::Journaled);
-    assert_eq!(journal.len(), 3);
+    // Request ids are the reservation's: the same one on another hold is another commit.
+    let elsewhere = auth.commit(commit_request(&other_call, 7, false, "m2")).await.unwrap().into_inner();
+    assert_eq!(elsewhere.outcome(), pb::Outcome::Journaled);
+    assert_eq!(journal.len(), 4);
     let reused = auth.commit(commit_request(&call, 21, false, "m2")).await.unwrap_err();
     assert_eq!((reused.code(), error_reason(&reused)), (Code::AlreadyExists, "REQUEST_ID_REUSED".into()));
     let full = auth.commit(commit_request(&call, 1, false, "m5")).await.unwrap_err();
     assert_eq!(full.code(), Code::Unavailable);
-    assert!(full.message().contains("outage journal is full (3 commits"), "{}", full.message());
+    assert!(full.message().contains("outage journal is full (4 commits"), "{}", full.message());
     let other = auth.commit(commit_request(&email, 5, false, "e1")).await.unwrap_err();
     assert_eq!(other.code(), Code::Unavailable);
     assert!(other.message().contains("store unavailable"), "{}", other.message());
@@ -100,13 +126,15 @@ async fn commits_meeting_a_dead_redis_are_journaled_and_applied_once_in_order() 
     let released =
         auth.release(pb::ReleaseRequest { reservation_id: call.clone(), request_id: "rel".into() }).await.unwrap_err();
     assert_eq!(released.code(), Code::Unavailable, "Release is not journaled");
-    assert_eq!(journal.len(), 3);
+    assert_eq!(journal.len(), 4);
 
     redis.restart();
     // The retry of m3 finds the journal holding its reservation's commits: they go first, in
     // order (m4 closes the hold), then m3's retry is answered from what Redis remembers.
-    let m3 = auth.commit(commit_request(&call, 30, false, "m3")).await.unwrap().into_inner();
+    let m3 = commit_until_applied(&h, commit_request(&call, 30, false, "m3")).await;
     assert_eq!((m3.outcome(), m3.charged), (pb::Outcome::Ok, 30), "{m3:?}");
+    assert_eq!(journal.len(), 1, "only the other hold's commit waits: nothing called on it yet");
+    assert_eq!(h.reservation(&other_call).await.committed, 7, "applied by the call that found it");
     assert_eq!(journal.len(), 0);
     let view = h.reservation(&call).await;
     assert_eq!(view.state(), pb::ReservationState::Committed);
@@ -114,7 +142,7 @@ async fn commits_meeting_a_dead_redis_are_journaled_and_applied_once_in_order() 
     let m4 = auth.commit(commit_request(&call, 5, true, "m4")).await.unwrap().into_inner();
     assert_eq!((m4.outcome(), m4.charged, m4.returned), (pb::Outcome::Ok, 5, 35));
     let totals = h.totals("acct").await;
-    assert_eq!((totals.spent, totals.held), (65, 50), "each journaled commit charged once: {totals:?}");
+    assert_eq!((totals.spent, totals.held), (72, 63), "each journaled commit charged once: {totals:?}");
     assert_conserved(&totals);
     h.stop().await;
 }
@@ -130,17 +158,64 @@ async fn a_journaled_commit_declined_when_applied_answers_its_decline() {
     let h = sidecar(&redis, journal.clone()).await;
     h.account("acct", 1_000).await;
     let call = dialer_hold(&h, "acct", 100).await;
+    let short = h.reserve_cost("acct", "agent", "dialer", amount_cost(50), MINUTE).await.reservation_id;
 
     redis.kill();
     let answer = h.auth.clone().commit(commit_request(&call, 140, false, "too-much")).await.unwrap().into_inner();
     assert_eq!(answer.outcome(), pb::Outcome::Journaled);
+    let late = h.auth.clone().commit(commit_request(&short, 10, false, "late")).await.unwrap().into_inner();
+    assert_eq!(late.outcome(), pb::Outcome::Journaled);
+    // The outage outlasts the short hold's deadline.
+    h.clock.advance(2 * MINUTE);
     redis.restart();
-    // The background loop applies the entry: declined, and dropped.
+    // The background loop applies the entries: declined, and dropped.
     eventually("the journal is applied", Duration::from_secs(10), async || journal.is_empty()).await;
     let retry = h.auth.clone().commit(commit_request(&call, 140, false, "too-much")).await.unwrap().into_inner();
     assert_eq!((retry.outcome(), retry.held), (pb::Outcome::ExceedsHold, 100), "{retry:?}");
+    let retry = h.auth.clone().commit(commit_request(&short, 10, false, "late")).await.unwrap().into_inner();
+    assert_eq!(retry.outcome(), pb::Outcome::ReservationExpired, "{retry:?}");
     let totals = h.totals("acct").await;
     assert_eq!((totals.spent, totals.held, totals.available), (0, 100, 900));
+    h.stop().await;
+}
+
+/// Redis hung (SIGSTOP), not dead: the commit waits `redis_timeout_ms`, is journaled, and is
+/// applied when Redis resumes. An entry whose commit had reached Redis already (the crash
+/// between applying and deleting, or a reply lost with the connection) charges once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_journals_and_an_entry_applied_twice_charges_once() {
+    use credit_sidecar::ledger::command::Commit;
+    use credit_sidecar::ledger::{Labels, RequestId, ReservationId};
+
+    let redis = durable_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(&dir, dialer_only(), 100).await;
+    let h = sidecar(&redis, journal.clone()).await;
+    h.account("acct", 1_000).await;
+    let call = dialer_hold(&h, "acct", 100).await;
+
+    redis.pause();
+    let answer = h.auth.clone().commit(commit_request(&call, 15, false, "hung")).await.unwrap().into_inner();
+    assert_eq!(answer.outcome(), pb::Outcome::Journaled);
+    redis.resume();
+    eventually("the journal is applied", Duration::from_secs(10), async || journal.is_empty()).await;
+    assert_eq!(h.reservation(&call).await.committed, 15);
+
+    let applied = h.auth.clone().commit(commit_request(&call, 5, false, "twice")).await.unwrap().into_inner();
+    assert_eq!((applied.outcome(), applied.charged), (pb::Outcome::Ok, 5));
+    let same = Commit {
+        reservation: ReservationId::parse(&call).unwrap(),
+        amount: 5,
+        final_commit: false,
+        request: RequestId::parse("twice").unwrap(),
+        business_key: None,
+        labels: Labels::default(),
+    };
+    journal.accept(&same).await.unwrap();
+    let drained = journal.drain(&h.engine, None).await.unwrap();
+    assert_eq!((drained.applied, drained.stopped), (1, None), "answered from what Redis remembers");
+    let totals = h.totals("acct").await;
+    assert_eq!((totals.spent, totals.held), (20, 80), "charged once: {totals:?}");
     h.stop().await;
 }
 
@@ -150,8 +225,9 @@ const ROUNDS: usize = 30;
 /// Two replicas, each with its own journal, under load (every worker: a dialer hold of 10,
 /// commit 3, commit 2 final), Redis SIGKILLed mid-run and restarted on its AOF. Reserves
 /// meanwhile fail and are retried; commits are journaled (and a final commit on a standing hold
-/// per replica, made while Redis is dead). Afterwards every commit a caller was told happened
-/// (OK or JOURNALED) is in Redis exactly once.
+/// per replica, made while Redis is dead, so the journal is used whatever the workers were doing
+/// at the kill). Afterwards every commit a caller was told happened (OK or JOURNALED) is in Redis
+/// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_under_load_lose_and_double_no_journaled_commit_when_redis_is_killed() {
     let mut redis = durable_redis();
@@ -243,8 +319,8 @@ async fn replicas_under_load_lose_and_double_no_journaled_commit_when_redis_is_k
 }
 
 /// The real binary, SIGKILLed with commits in its journal while Redis is dead: the commits were
-/// on disk before the callers heard JOURNALED, so the next start applies them (before it takes
-/// a call) once Redis is back, and each retry gets its real answer.
+/// on disk before the callers heard JOURNALED, so the next start applies them once Redis is
+/// back, and each retry gets its real answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journaled_commits_survive_a_sigkill_of_the_sidecar() {
     use crate::process::{Metrics, Sidecar, Workdir, set_plan};

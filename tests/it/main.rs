@@ -31,3 +31,4 @@ mod state_loss;
 mod store;
 mod store_tls;
 mod traces;
+mod watch;
