@@ -14,6 +14,8 @@
 //!   commands and maps errors to gRPC statuses in one place.
 //! - [`journal`]: the outage journal: Commits accepted while Redis is away, applied when it
 //!   answers again (Redis engine, opt-in per category).
+//! - [`alerts`]: threshold alerts: found crossed in the background, recorded once per cycle,
+//!   told to WatchAccount streams.
 //! - [`auth`]: the tokens file: scopes, accounts, constant-time checks, reloads.
 //! - [`engine`]: where hot state lives: the embedded engine (the reference model behind a lock)
 //!   and the Redis engine (one Redis Function call per operation, from a Lua library).
@@ -21,6 +23,7 @@
 //! - [`telemetry`]: logging, metric names, the HTTP endpoint for metrics and probes.
 //! - [`ledger`]: the rules, with no I/O: types, validation, cycles, the reference model.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod config;

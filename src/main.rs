@@ -221,6 +221,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         rules_reload: config.rules_reload.clone(),
         journal,
         journal_retry: credit_sidecar::journal::RETRY_INTERVAL,
+        alert_interval: config.alert_interval,
+        alerts: Arc::default(),
     };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::alerts::Alerts;
 use crate::api::{AdminService, AuthorizerService, FILE_DESCRIPTOR_SET};
 use crate::auth::{Tokens, watch_tokens};
 use crate::config::{TlsConfig, settings};
@@ -55,6 +56,10 @@ pub struct ServeOptions {
     pub journal: Option<Arc<Journal>>,
     /// How often a non-empty journal is tried against Redis.
     pub journal_retry: Duration,
+    /// How often accounts with alert thresholds are checked (with settlement's store).
+    pub alert_interval: Duration,
+    /// Where recorded alerts are told (tests hold a clone to run passes themselves).
+    pub alerts: Arc<Alerts>,
 }
 
 impl ServeOptions {
@@ -73,6 +78,8 @@ impl ServeOptions {
             rules_reload: None,
             journal: None,
             journal_retry: crate::journal::RETRY_INTERVAL,
+            alert_interval: default_ms(&settings::ALERT_INTERVAL_MS),
+            alerts: Arc::default(),
         }
     }
 }
@@ -145,7 +152,8 @@ pub async fn serve(
         .max_decoding_message_size(bytes_max);
     // Turns true when the server stops taking calls: open WatchAccount streams end then.
     let (closing, closing_seen) = watch::channel(false);
-    let admin = AdminService::new(engine.clone(), store.clone(), closing_seen)
+    let alerts = options.alerts.clone();
+    let admin = AdminService::new(engine.clone(), store.clone(), closing_seen, alerts.clone())
         .into_server()
         .max_decoding_message_size(bytes_max);
     let gate = GateLayer::new(options.limits, options.auth.as_ref().map(|auth| auth.tokens.clone()));
@@ -166,7 +174,11 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter).await;
     let (stop_tasks, tasks_stopped) = watch::channel(());
-    let tasks = background_tasks(&engine, store.as_ref(), &options, &health, &tasks_stopped);
+    let mut tasks = background_tasks(&engine, store.as_ref(), &options, &health, &tasks_stopped);
+    if let Some(store) = &store {
+        let (engine, store, every) = (engine.clone(), store.clone(), options.alert_interval);
+        tasks.push(tokio::spawn(crate::alerts::alert_loop(alerts, engine, store, every, tasks_stopped.clone())));
+    }
     let (stop_http, http_stopped) = watch::channel(());
     let http_task = http.map(|setup| {
         tokio::spawn(crate::telemetry::serve_http(setup.listener, setup.metrics, health.serving(), http_stopped))

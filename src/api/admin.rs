@@ -5,24 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tonic::{Code, Request, Response, Status};
-use tonic_types::ErrorDetails;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tonic::{Request, Response, Status};
 
 use super::frame::frame;
 use super::pb::{self, credit_admin_server::CreditAdmin};
 use super::status::invalid;
 use super::{convert, respond};
+use crate::alerts::Alerts;
 use crate::engine::Engine;
 use crate::ledger::AccountId;
-use crate::settle::store::{Store, StoreError};
+use crate::settle::store::{AlertRow, Store, StoreError};
 
 /// WatchAccount streams a sidecar serves at once. They hold no `concurrency_max` permit (a
 /// stream lives for minutes), so they have their own bound.
 pub const WATCH_STREAMS_MAX: usize = 64;
-
-/// The retry delay suggested when a watch is refused or ended by a shutdown.
-const WATCH_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// A WatchAccount stream's messages.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAccountResponse, Status>> + Send>>;
@@ -34,11 +31,13 @@ pub struct AdminService {
     watches: Arc<Semaphore>,
     /// Turns true when the server stops taking calls: WatchAccount streams end.
     closing: watch::Receiver<bool>,
+    /// The alerts this sidecar records, for WatchAccount streams.
+    alerts: Arc<Alerts>,
 }
 
 impl AdminService {
-    pub fn new(engine: Engine, store: Option<Store>, closing: watch::Receiver<bool>) -> Self {
-        Self { engine, store, watches: Arc::new(Semaphore::new(WATCH_STREAMS_MAX)), closing }
+    pub fn new(engine: Engine, store: Option<Store>, closing: watch::Receiver<bool>, alerts: Arc<Alerts>) -> Self {
+        Self { engine, store, watches: Arc::new(Semaphore::new(WATCH_STREAMS_MAX)), closing, alerts }
     }
 
     fn store(&self) -> Result<&Store, Status> {
@@ -57,23 +56,60 @@ impl AdminService {
 impl CreditAdmin for AdminService {
     type WatchAccountStream = WatchStream;
 
+    async fn set_alert_thresholds(
+        &self,
+        request: Request<pb::SetAlertThresholdsRequest>,
+    ) -> Result<Response<pb::SetAlertThresholdsResponse>, Status> {
+        frame("SetAlertThresholds", request, |request| async move {
+            let (account, thresholds) =
+                convert::alert_thresholds(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            let store = self.store()?;
+            // Thresholds of an account that does not exist would never fire: a typo, refused.
+            self.engine.account(&account).await?;
+            store.set_alert_thresholds(&account, &thresholds).await.map_err(unavailable)?;
+            Ok(Response::new(pb::SetAlertThresholdsResponse {
+                thresholds: thresholds.iter().map(respond::threshold).collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        frame("ListAlerts", request, |request| async move {
+            let (account, size, before) = convert::alerts_query(request.into_inner()).map_err(invalid)?;
+            let store = self.store()?;
+            let thresholds = store.alert_thresholds(&account).await.map_err(unavailable)?;
+            let page = store.alerts(&account, before.as_ref(), size).await.map_err(unavailable)?;
+            Ok(Response::new(respond::alerts(&thresholds, &page, size)))
+        })
+        .await
+    }
+
     async fn watch_account(
         &self,
         request: Request<pb::WatchAccountRequest>,
     ) -> Result<Response<Self::WatchAccountStream>, Status> {
         frame("WatchAccount", request, |request| async move {
             let (account, every) = convert::watch(request.into_inner()).map_err(invalid)?;
-            let slot = self.watches.clone().try_acquire_owned().map_err(|_| {
-                let message = format!("{WATCH_STREAMS_MAX} WatchAccount streams are open already; retry later");
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(WATCH_RETRY_DELAY));
-                super::status::with_details(Code::ResourceExhausted, message, "OVERLOADED", details)
-            })?;
+            let slot = self
+                .watches
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| super::status::too_many_streams(WATCH_STREAMS_MAX))?;
             // The first read answers the call: an unknown account is NOT_FOUND, not a stream.
             let first = respond::account(self.engine.account(&account).await?);
             let (sender, receiver) = mpsc::channel(2);
-            let watched =
-                Watched { engine: self.engine.clone(), account, every, sender, closing: self.closing.clone() };
+            let watched = Watched {
+                engine: self.engine.clone(),
+                account,
+                every,
+                sender,
+                closing: self.closing.clone(),
+                alerts: self.alerts.subscribe(),
+            };
             tokio::spawn(async move {
                 let _slot = slot;
                 watched.run(first).await;
@@ -203,40 +239,43 @@ struct Watched {
     every: Duration,
     sender: mpsc::Sender<Result<pb::WatchAccountResponse, Status>>,
     closing: watch::Receiver<bool>,
+    alerts: broadcast::Receiver<Arc<AlertRow>>,
+}
+
+/// What woke a watch.
+enum Wake {
+    Tick,
+    Alert(Arc<AlertRow>),
+    Closing,
+    Gone,
 }
 
 impl Watched {
     async fn run(mut self, first: pb::GetAccountResponse) {
         let mut last = first;
-        if !self.send(Ok(update(&last))).await {
+        if !self.send(Ok(update(&last, Vec::new()))).await {
             return;
         }
         let mut ticker = tokio::time::interval(self.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            let closing = tokio::select! {
-                _ = ticker.tick() => false,
-                () = self.sender.closed() => return,
-                _ = self.closing.wait_for(|closing| *closing) => true,
+            let fired = match self.wake(&mut ticker).await {
+                Wake::Gone => return,
+                Wake::Tick => Vec::new(),
+                Wake::Alert(alert) => vec![respond::alert(&alert)],
+                Wake::Closing => {
+                    self.send(Err(super::status::shutting_down())).await;
+                    return;
+                }
             };
-            if closing {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(WATCH_RETRY_DELAY));
-                let message = "the sidecar is shutting down; watch again (another replica)".to_owned();
-                let status = super::status::with_details(Code::Unavailable, message, "SHUTTING_DOWN", details);
-                self.send(Err(status)).await;
-                return;
-            }
             match self.engine.account(&self.account).await {
                 Ok(view) => {
                     let now = respond::account(view);
-                    if now != last {
-                        if !self.send(Ok(update(&now))).await {
-                            return;
-                        }
-                        last = now;
+                    if (now != last || !fired.is_empty()) && !self.send(Ok(update(&now, fired))).await {
+                        return;
                     }
+                    last = now;
                 }
                 Err(error) => {
                     self.send(Err(super::status::to_status(error))).await;
@@ -246,14 +285,36 @@ impl Watched {
         }
     }
 
+    /// Waits for the next reason to look: the interval, an alert of this account, the shutdown,
+    /// or the caller gone.
+    async fn wake(&mut self, ticker: &mut tokio::time::Interval) -> Wake {
+        loop {
+            return tokio::select! {
+                _ = ticker.tick() => Wake::Tick,
+                () = self.sender.closed() => Wake::Gone,
+                _ = self.closing.wait_for(|closing| *closing) => Wake::Closing,
+                alert = self.alerts.recv() => match alert {
+                    Ok(alert) if alert.account == self.account.as_str() => Wake::Alert(alert),
+                    // Another account's, or some missed (this stream lagged): nothing to tell.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => Wake::Tick,
+                },
+            };
+        }
+    }
+
     /// False when the caller has gone.
     async fn send(&self, message: Result<pb::WatchAccountResponse, Status>) -> bool {
         self.sender.send(message).await.is_ok()
     }
 }
 
-fn update(account: &pb::GetAccountResponse) -> pb::WatchAccountResponse {
-    pb::WatchAccountResponse { at_unix_ms: chrono::Utc::now().timestamp_millis(), account: Some(account.clone()) }
+fn update(account: &pb::GetAccountResponse, alerts: Vec<pb::Alert>) -> pb::WatchAccountResponse {
+    pb::WatchAccountResponse {
+        at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        account: Some(account.clone()),
+        alerts,
+    }
 }
 
 /// The durable store could not answer (the caller may retry), or holds what we cannot read.

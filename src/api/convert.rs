@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 
 use super::pb;
+use crate::ledger::alerts::{THRESHOLDS_MAX, Threshold, When};
 use crate::ledger::command::{self, COMMIT_BATCH_MAX, Partial, Plan};
 use crate::ledger::model::{LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use crate::ledger::{
     AccountId, BusinessKey, CostInput, Error, Labels, LotKind, Period, RequestId, ReservationId, ReservationState,
     Rules, UserId, Zero, check_amount, check_instant,
 };
+use crate::settle::store::AlertCursor;
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -302,6 +304,74 @@ pub struct HistoryQuery {
 pub fn history_query(request: pb::GetAccountHistoryRequest) -> Result<HistoryQuery> {
     let (page_size, before) = page(request.page_size, &request.page_token)?;
     Ok(HistoryQuery { account: AccountId::parse(&request.account_id)?, page_size, before })
+}
+
+/// A SetAlertThresholds: the account and its thresholds, each checked and named by index.
+pub fn alert_thresholds(request: pb::SetAlertThresholdsRequest, rules: &Rules) -> Result<(AccountId, Vec<Threshold>)> {
+    use pb::alert_threshold::When as Pb;
+    let account = AccountId::parse(&request.account_id)?;
+    if request.thresholds.len() > THRESHOLDS_MAX {
+        let reason = format!("at most {THRESHOLDS_MAX} thresholds, got {}", request.thresholds.len());
+        return Err(Error::invalid("thresholds", reason));
+    }
+    let mut thresholds: Vec<Threshold> = Vec::with_capacity(request.thresholds.len());
+    for (index, threshold) in request.thresholds.into_iter().enumerate() {
+        let field = format!("thresholds[{index}]");
+        let when = match threshold.when {
+            None => {
+                let reason = "must set one of used_percent, available_below, depleted, user_percent, category_percent";
+                return Err(Error::invalid(&field, reason));
+            }
+            Some(Pb::UsedPercent(percent)) => When::UsedPercent(percent),
+            Some(Pb::AvailableBelow(amount)) => When::AvailableBelow(amount),
+            Some(Pb::Depleted(true)) => When::Depleted,
+            Some(Pb::Depleted(false)) => {
+                return Err(Error::invalid(&format!("{field}.depleted"), "must be true when set"));
+            }
+            Some(Pb::UserPercent(scoped)) => When::UserPercent {
+                user: UserId::parse(&scoped.id).map_err(|error| match error {
+                    Error::InvalidArgument { reason, .. } => {
+                        Error::invalid(&format!("{field}.user_percent.id"), reason)
+                    }
+                    other => other,
+                })?,
+                percent: scoped.percent,
+            },
+            Some(Pb::CategoryPercent(scoped)) => When::CategoryPercent {
+                category: rules
+                    .category(&scoped.id)
+                    .map_err(|_| {
+                        let reason = format!("unknown category {}", crate::ledger::echo(&scoped.id));
+                        Error::invalid(&format!("{field}.category_percent.id"), reason)
+                    })?
+                    .as_str()
+                    .to_owned(),
+                percent: scoped.percent,
+            },
+        };
+        let threshold = Threshold::new(&field, &threshold.threshold_id, when)?;
+        if let Some(first) = thresholds.iter().position(|seen| seen.id == threshold.id) {
+            return Err(Error::invalid(&format!("{field}.threshold_id"), format!("repeats thresholds[{first}]'s")));
+        }
+        thresholds.push(threshold);
+    }
+    Ok((account, thresholds))
+}
+
+/// A ListAlerts: the account, the page size, and where the previous page ended
+/// (`<fired_unix_ms>:<threshold_id>`).
+pub fn alerts_query(request: pb::ListAlertsRequest) -> Result<(AccountId, usize, Option<AlertCursor>)> {
+    let account = AccountId::parse(&request.account_id)?;
+    let (size, _) = page(request.page_size, "")?;
+    let before = match request.page_token.as_str() {
+        "" => None,
+        token => {
+            let bad = || Error::invalid("page_token", "not a token from a previous page");
+            let (fired, threshold) = token.split_once(':').ok_or_else(bad)?;
+            Some((fired.parse::<i64>().map_err(|_| bad())?, threshold.to_owned()))
+        }
+    };
+    Ok((account, size, before))
 }
 
 /// A WatchAccount's account and how often it is looked at (`interval_ms`: 0 for a second).

@@ -75,7 +75,8 @@ macro_rules! scoped {
 }
 
 scoped!(account: pb::QuoteRequest, pb::GetBalanceRequest, pb::GetAccountRequest, pb::ListReservationsRequest,
-    pb::GetUsageRequest, pb::GetAccountHistoryRequest, pb::WatchAccountRequest);
+    pb::GetUsageRequest, pb::GetAccountHistoryRequest, pb::WatchAccountRequest, pb::ListAlertsRequest,
+    pb::SetAlertThresholdsRequest);
 scoped!(account, request: pb::ReserveRequest, pb::ChargeRequest, pb::SetPlanRequest, pb::GrantRequest,
     pb::StartTrialRequest, pb::SetUserLimitRequest, pb::SetCategoryBudgetRequest);
 scoped!(reservation, request: pb::CommitRequest, pb::ExtendRequest, pb::ReleaseRequest);
@@ -107,11 +108,12 @@ answered!(outcome: pb::ReserveResponse, pb::CommitResponse, pb::ExtendResponse, 
     pb::ChargeResponse, pb::QuoteResponse, pb::SetPlanResponse, pb::GrantResponse, pb::StartTrialResponse,
     pb::SetUserLimitResponse, pb::SetCategoryBudgetResponse);
 answered!(read: pb::GetBalanceResponse, pb::GetReservationResponse, pb::GetAccountResponse,
-    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse, super::admin::WatchStream);
+    pb::ListReservationsResponse, pb::GetUsageResponse, pb::GetAccountHistoryResponse, super::admin::WatchStream,
+    pb::SetAlertThresholdsResponse, pb::ListAlertsResponse);
 
 /// Every RPC of `credits.v1`, as the call metrics name them, and its full gRPC name (the trace
 /// span's name).
-const RPCS: [(&str, &str); 19] = [
+const RPCS: [(&str, &str); 21] = [
     ("Reserve", "credits.v1.CreditAuthorizer/Reserve"),
     ("Commit", "credits.v1.CreditAuthorizer/Commit"),
     ("CommitBatch", "credits.v1.CreditAuthorizer/CommitBatch"),
@@ -131,6 +133,8 @@ const RPCS: [(&str, &str); 19] = [
     ("GetUsage", "credits.v1.CreditAdmin/GetUsage"),
     ("GetAccountHistory", "credits.v1.CreditAdmin/GetAccountHistory"),
     ("WatchAccount", "credits.v1.CreditAdmin/WatchAccount"),
+    ("SetAlertThresholds", "credits.v1.CreditAdmin/SetAlertThresholds"),
+    ("ListAlerts", "credits.v1.CreditAdmin/ListAlerts"),
 ];
 
 /// Put in a request's extensions by the gate, set when the call reaches [`frame`] (which

@@ -2,6 +2,7 @@
 //! `convert`. Each handler is convert, call, respond.
 
 use super::pb;
+use crate::ledger::alerts::{Threshold, When};
 use crate::ledger::command::Plan;
 use crate::ledger::cycle::Cycle;
 use crate::ledger::{
@@ -9,7 +10,7 @@ use crate::ledger::{
     DeclineScope, Extended, Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId,
     ReservationState, ReservationView, Reserved, Totals, UserView,
 };
-use crate::settle::store::{LineItem, SettledReservation, UsageRow};
+use crate::settle::store::{AlertRow, LineItem, SettledReservation, UsageRow};
 
 /// `unit`: the credits of one unit of the hold's cost (the SKU's price, or 1), for `quantity`.
 pub fn reserved(decision: Decision<Reserved>, unit: i64) -> pb::ReserveResponse {
@@ -48,6 +49,45 @@ pub fn committed(decision: Decision<Committed>) -> pb::CommitResponse {
         }
     }
     response
+}
+
+/// A threshold as the API shows it.
+pub fn threshold(threshold: &Threshold) -> pb::AlertThreshold {
+    use pb::alert_threshold::When as Pb;
+    let scoped = |id: &str, percent: &u32| pb::ScopedPercent { id: id.to_owned(), percent: *percent };
+    let when = match &threshold.when {
+        When::UsedPercent(percent) => Pb::UsedPercent(*percent),
+        When::AvailableBelow(amount) => Pb::AvailableBelow(*amount),
+        When::Depleted => Pb::Depleted(true),
+        When::UserPercent { user, percent } => Pb::UserPercent(scoped(user.as_str(), percent)),
+        When::CategoryPercent { category, percent } => Pb::CategoryPercent(scoped(category, percent)),
+    };
+    pb::AlertThreshold { threshold_id: threshold.id.clone(), when: Some(when) }
+}
+
+pub fn alert(alert: &AlertRow) -> pb::Alert {
+    pb::Alert {
+        event_id: alert.event_id(),
+        account_id: alert.account.clone(),
+        threshold: Some(threshold(&alert.threshold)),
+        cycle_start_unix_ms: alert.cycle_start_ms,
+        fired_unix_ms: alert.fired_ms,
+        observed: alert.crossing.observed,
+        base: alert.crossing.base,
+    }
+}
+
+/// A page of alerts; the token names where it ended when it is full.
+pub fn alerts(thresholds: &[Threshold], page: &[AlertRow], page_size: usize) -> pb::ListAlertsResponse {
+    let next_page_token = match page.last() {
+        Some(last) if page.len() == page_size => format!("{}:{}", last.fired_ms, last.threshold.id),
+        _ => String::new(),
+    };
+    pb::ListAlertsResponse {
+        thresholds: thresholds.iter().map(threshold).collect(),
+        alerts: page.iter().map(alert).collect(),
+        next_page_token,
+    }
 }
 
 /// A Commit written to the outage journal: nothing is known of its figures yet.

@@ -133,6 +133,26 @@ impl From<Error> for Status {
     }
 }
 
+/// The retry delay suggested when a stream is refused or ended by a shutdown.
+pub const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Ends a stream (WatchAccount) when the sidecar stops.
+pub fn shutting_down() -> Status {
+    let message = "the sidecar is shutting down; watch again (another replica)".to_owned();
+    with_details(Code::Unavailable, message, "SHUTTING_DOWN", ErrorDetails::with_retry_info(Some(STREAM_RETRY_DELAY)))
+}
+
+/// Refuses a stream beyond the sidecar's bound on them.
+pub fn too_many_streams(max: usize) -> Status {
+    let message = format!("{max} WatchAccount streams are open already; retry later");
+    with_details(
+        Code::ResourceExhausted,
+        message,
+        "OVERLOADED",
+        ErrorDetails::with_retry_info(Some(STREAM_RETRY_DELAY)),
+    )
+}
+
 /// The store gave no answer within the call's budget: the change may or may not have happened.
 pub fn store_timeout() -> Status {
     let message =
@@ -188,7 +208,7 @@ mod tests {
             .into_iter()
             .map(to_status)
             .chain(refusals.into_iter().map(Refusal::answer))
-            .chain([store_timeout()])
+            .chain([store_timeout(), shutting_down(), too_many_streams(64)])
             .collect();
         let mut seen = std::collections::BTreeSet::new();
         for status in statuses {

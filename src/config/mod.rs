@@ -185,6 +185,8 @@ pub struct Settings {
     pub sqlite_synchronous: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_ALERT_INTERVAL_MS")]
+    pub alert_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_CALL_TIMEOUT_MAX_MS")]
@@ -322,6 +324,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often the background sweep expires overdue holds and renews cycles.
     pub sweep_interval: Duration,
+    /// How often accounts with alert thresholds are checked.
+    pub alert_interval: Duration,
     pub rules: Rules,
     /// What the operator should hear about once logging is up (a misspelt variable, say).
     pub warnings: Vec<String>,
@@ -658,6 +662,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     let shutdown_drain = ms(settings::SHUTDOWN_DRAIN_MS.number(file.shutdown_drain_ms)?);
     let shutdown_grace = ms(settings::SHUTDOWN_GRACE_MS.number(file.shutdown_grace_ms)?);
     let sweep_interval = ms(settings::SWEEP_INTERVAL_MS.number(file.sweep_interval_ms)?);
+    let alert_interval = ms(settings::ALERT_INTERVAL_MS.number(file.alert_interval_ms)?);
     let rules = rules(&file)?;
     let journal = journal(&file, &engine, &rules)?;
     Ok(Config {
@@ -683,6 +688,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         shutdown_drain,
         shutdown_grace,
         sweep_interval,
+        alert_interval,
         rules,
         warnings: Vec::new(),
         rules_reload_interval: ms(settings::RULES_RELOAD_INTERVAL_MS.number(file.rules_reload_interval_ms)?),

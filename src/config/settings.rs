@@ -302,6 +302,14 @@ pub const SQLITE_SYNCHRONOUS: Setting = text(
 );
 pub const SWEEP_INTERVAL_MS: Setting =
     number("sweep_interval_ms", 1_000, 10, 60_000, "ms", "how often overdue holds expire and ended cycles renew");
+pub const ALERT_INTERVAL_MS: Setting = number(
+    "alert_interval_ms",
+    1_000,
+    100,
+    3_600_000,
+    "ms",
+    "how often accounts with alert thresholds are checked ([Alerts](#alerts))",
+);
 pub const HEALTH_INTERVAL_MS: Setting =
     number("health_interval_ms", 1_000, 10, 60_000, "ms", "how often Redis and the database are checked for health");
 pub const CALL_TIMEOUT_MAX_MS: Setting = number(
@@ -457,7 +465,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 57] = [
+pub const SETTINGS: [Setting; 58] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -489,6 +497,7 @@ pub const SETTINGS: [Setting; 57] = [
     OUTBOX_MEMORY_MAX,
     SQLITE_SYNCHRONOUS,
     SWEEP_INTERVAL_MS,
+    ALERT_INTERVAL_MS,
     HEALTH_INTERVAL_MS,
     CALL_TIMEOUT_MAX_MS,
     CONCURRENCY_MAX,

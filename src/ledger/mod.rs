@@ -13,11 +13,13 @@
 //! - [`durable`]: what the embedded engine keeps in SQL beside the events (remembered answers,
 //!   account snapshots), in versioned JSON forms; [`snapshot`]: an account's plain copy.
 //! - [`clock`]: injectable time.
+//! - [`alerts`]: alert thresholds, and when one counts as crossed.
 //!
 //! No tonic, redis or sqlx here: callers (engines, the API) depend on this module, never the
 //! other way round.
 
 mod account;
+pub mod alerts;
 pub mod answer;
 mod check;
 pub mod clock;

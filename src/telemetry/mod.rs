@@ -51,10 +51,11 @@ pub const BUILD_INFO: &str = "credit_sidecar_build_info";
 pub const RULES_RELOADS: &str = "credit_sidecar_rules_reloads_total";
 pub const JOURNAL_ENTRIES: &str = "credit_sidecar_journal_entries";
 pub const JOURNAL_COMMITS: &str = "credit_sidecar_journal_commits_total";
+pub const ALERTS: &str = "credit_sidecar_alerts_total";
 
 /// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
 /// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
-pub const EXPORTED: [&str; 20] = [
+pub const EXPORTED: [&str; 21] = [
     CALLS,
     CALL_DURATION,
     DECLINES,
@@ -75,6 +76,7 @@ pub const EXPORTED: [&str; 20] = [
     RULES_RELOADS,
     JOURNAL_ENTRIES,
     JOURNAL_COMMITS,
+    ALERTS,
 ];
 
 /// The process metrics (`metrics-process`, as Prometheus's Go client names them), collected at
@@ -181,6 +183,7 @@ fn describe() {
         JOURNAL_COMMITS,
         "Commits through the outage journal, by result: journaled, full (refused), applied, declined, refused."
     );
+    describe_counter!(ALERTS, "Alerts this process recorded (thresholds crossed), by kind.");
     describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
     for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {

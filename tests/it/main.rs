@@ -4,6 +4,7 @@
 // The line budget (clippy.toml) is for the service's code; a test scenario reads top to bottom.
 #![allow(clippy::too_many_lines)]
 
+mod alerts;
 mod architecture;
 mod cluster;
 mod crash;

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from _demo import ANCHOR_MS, arguments, token
-from credit_sidecar import Committed, CreditClient, Declined, HoldDeclined, KeepAlive, Sku
+from credit_sidecar import CreditClient, Declined, HoldDeclined, Journaled, KeepAlive, Sku
 
 AHEAD = 3  # minutes held ahead of the call
 
@@ -45,10 +45,15 @@ def main() -> int:
                 for n in range(1, args.minutes + 1):
                     hung_up = out_of_credit.wait(args.minute_seconds) or n == args.minutes
                     result = hold.commit(minute, final=hung_up, labels={"minute": str(n)})
-                    if not isinstance(result, Committed):
+                    if isinstance(result, Declined):
                         print(f"minute {n} not charged: {result.message}")
                         return 1
-                    print(f"minute {n}: charged {result.charged}, still held {result.held}")
+                    if isinstance(result, Journaled):
+                        # Redis was away and the sidecar's outage journal took the minute: it is
+                        # charged when Redis answers again. The call goes on.
+                        print(f"minute {n}: journaled as {result.request_id}, charged when Redis is back")
+                    else:
+                        print(f"minute {n}: charged {result.charged}, still held {result.held}")
                     if hung_up:
                         break
         except HoldDeclined as declined:

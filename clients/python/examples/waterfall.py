@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from _demo import ANCHOR_MS, arguments, token
-from credit_sidecar import AsyncCreditClient, AsyncHold, Committed, Cost, HoldDeclined, Sku
+from credit_sidecar import AsyncCreditClient, AsyncHold, Committed, Cost, HoldDeclined, Journaled, Sku
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,13 @@ async def run(hold: AsyncHold, contact: int) -> list[str]:
         result = await hold.commit(provider.cost, business_key=key, labels={"provider": provider.name})
         if isinstance(result, Committed):
             charged.append(f"{provider.name}={result.charged}")
+        elif isinstance(result, Journaled):  # charged once the sidecar's outage journal applies it
+            charged.append(f"{provider.name}=journaled")
         validated = await hold.commit(VALIDATOR, business_key=f"{key}:validated", labels={"provider": "validator"})
         if isinstance(validated, Committed):
             charged.append(f"validator={validated.charged}")
+        elif isinstance(validated, Journaled):
+            charged.append("validator=journaled")
         break
     return charged
 

@@ -36,6 +36,17 @@ def private_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own that keeps what it acknowledged across ``kill()`` and
+    ``restart()`` (an append-only file, fsynced always). Request it before ``start_sidecar``."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(durable_dir=directory).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["embedded", "redis"])
 def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -157,36 +157,57 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private redis-server with no persistence, on a free port."""
+    """A private redis-server on a free port: with no persistence, or, given ``durable_dir``,
+    with an append-only file fsynced on every write there, so that :meth:`kill` and
+    :meth:`restart` (same port) lose nothing it acknowledged (a crashed Redis coming back)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable_dir: Path | None = None) -> None:
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
+        self.durable_dir = durable_dir
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/"
+
+    def _spawn(self) -> _Output:
+        persistence = ["--appendonly", "no"]
+        if self.durable_dir is not None:
+            persistence = ["--dir", str(self.durable_dir), "--appendonly", "yes", "--appendfsync", "always"]
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output = _Output(self.process)
+        output.wait_for(lambda line: "Ready to accept connections" in line)
+        return output
 
     def start(self) -> RedisServer:
         # redis-server cannot take port 0, so the port is picked here; a port someone took in the
         # meantime shows as a failed start, and another one is tried.
         for _ in range(5):
             self.port = free_port()
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            output = _Output(self.process)
             try:
-                output.wait_for(lambda line: "Ready to accept connections" in line)
+                self._spawn()
                 return self
-            except RuntimeError:
-                if "Address already in use" not in "".join(output.lines):
+            except RuntimeError as error:
+                if "Address already in use" not in str(error):
                     raise
         raise RuntimeError("no free port for redis-server")
+
+    def kill(self) -> None:
+        """SIGKILL: Redis is gone (connections refused) until :meth:`restart`."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> RedisServer:
+        """Starts it again on the same port (and, when durable, on what it had written)."""
+        self._spawn()
+        return self
 
     def pause(self) -> None:
         assert self.process is not None

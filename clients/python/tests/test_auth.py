@@ -56,6 +56,17 @@ def test_calls_carry_the_bearer_token(guarded: Sidecar) -> None:
             worker.admin.get_account("acme")
 
 
+def test_a_watch_carries_the_bearer_token(guarded: Sidecar) -> None:
+    with CreditClient(guarded.address, token=BILLING) as billing:
+        fund(billing)
+        with billing.admin.watch_account("acme") as watch:
+            assert next(watch).account.account_id == "acme"
+    with CreditClient(guarded.address, token=WORKER) as worker, pytest.raises(PermissionDenied):
+        worker.admin.watch_account("acme")
+    with CreditClient(guarded.address) as anonymous, pytest.raises(Unauthenticated):
+        anonymous.admin.watch_account("acme")
+
+
 def test_missing_or_unknown_tokens_are_unauthenticated(guarded: Sidecar) -> None:
     for token in (None, "not-a-known-token-at-all"):
         with CreditClient(guarded.address, token=token) as client, pytest.raises(Unauthenticated) as raised:

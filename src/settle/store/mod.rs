@@ -21,10 +21,12 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, AssertSqlSafe};
 
+mod alerts;
 mod durable;
 mod read;
 mod write;
 
+pub use alerts::{AlertCursor, AlertRow};
 pub use read::{LineItem, SettledReservation, SettledTotals, UsageRow};
 
 /// Rows per multi-row statement (well under both databases' bind-parameter limits).

@@ -34,6 +34,7 @@ from .hold import Hold, KeepAlive
 from .retry import DEFAULT_TIMEOUT, NO_RETRY, RetryHook, RetryPolicy
 from .types import (
     COMMIT_BATCH_MAX,
+    AccountUpdate,
     Balance,
     BatchCommitted,
     BatchItem,
@@ -44,6 +45,7 @@ from .types import (
     Extended,
     GrantKind,
     ItemCommitted,
+    Journaled,
     Outcome,
     Period,
     Quote,
@@ -56,6 +58,7 @@ from .types import (
     Totals,
     TrialStarted,
 )
+from .watch import AccountWatch, AsyncAccountWatch
 
 __all__ = [
     "COMMIT_BATCH_MAX",
@@ -63,7 +66,10 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NO_RETRY",
     "RETRYABLE_CODES",
+    "AccountUpdate",
+    "AccountWatch",
     "Admin",
+    "AsyncAccountWatch",
     "AsyncAdmin",
     "AsyncCreditClient",
     "AsyncHold",
@@ -84,6 +90,7 @@ __all__ = [
     "HoldDeclined",
     "InvalidArgument",
     "ItemCommitted",
+    "Journaled",
     "KeepAlive",
     "NotFound",
     "Outcome",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
+    AccountUpdate,
     Balance,
     BatchCommitted,
     Charged,
@@ -12,6 +13,7 @@ from .types import (
     Declined,
     Extended,
     ItemCommitted,
+    Journaled,
     Outcome,
     Quote,
     Released,
@@ -92,8 +94,14 @@ def reserved(response: authorizer_pb2.ReserveResponse, request_id: str) -> Reser
     )
 
 
-def committed(response: authorizer_pb2.CommitResponse, request_id: str) -> Committed | Declined:
-    if Outcome(response.outcome) is not Outcome.OK:
+def committed(
+    response: authorizer_pb2.CommitResponse, request_id: str, reservation_id: str
+) -> Committed | Journaled | Declined:
+    """``OUTCOME_JOURNALED`` is a success without figures (the sidecar sends none), not a decline."""
+    outcome = Outcome(response.outcome)
+    if outcome is Outcome.JOURNALED:
+        return Journaled(reservation_id=reservation_id, request_id=request_id)
+    if outcome is not Outcome.OK:
         return _declined(response.outcome, response.decline, request_id, _maybe_reservation(response))
     return Committed(
         charged=response.charged,
@@ -184,3 +192,8 @@ def trial_started(response: admin_pb2.StartTrialResponse, request_id: str) -> Tr
         totals=totals(response.totals),
         request_id=request_id,
     )
+
+
+def account_update(response: admin_pb2.WatchAccountResponse) -> AccountUpdate:
+    """The account is GetAccount's answer (``admin.get_account`` returns that message as it is)."""
+    return AccountUpdate(at_unix_ms=response.at_unix_ms, account=response.account)

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from . import _convert
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
+    AccountUpdate,
     Balance,
     BatchCommitted,
     BatchItem,
@@ -23,6 +24,7 @@ from .types import (
     Declined,
     Extended,
     GrantKind,
+    Journaled,
     Period,
     Quote,
     Released,
@@ -94,7 +96,7 @@ def commit(
     business_key: str,
     labels: Mapping[str, str] | None,
     request_id: str | None,
-) -> Op[Committed | Declined]:
+) -> Op[Committed | Journaled | Declined]:
     rid = _id(request_id)
     request = authorizer_pb2.CommitRequest(
         reservation_id=reservation_id,
@@ -104,7 +106,7 @@ def commit(
         business_key=business_key,
         labels=dict(labels or {}),
     )
-    return Op("authorizer", "Commit", request, rid, lambda r: _convert.committed(r, rid))
+    return Op("authorizer", "Commit", request, rid, lambda r: _convert.committed(r, rid, reservation_id))
 
 
 def commit_batch(reservation_id: str, items: Iterable[BatchItem]) -> Op[BatchCommitted]:
@@ -255,6 +257,13 @@ def set_category_budget(
 
 def get_account(account_id: str) -> Op[admin_pb2.GetAccountResponse]:
     return Op("admin", "GetAccount", admin_pb2.GetAccountRequest(account_id=account_id), None, _same)
+
+
+def watch_account(account_id: str, interval_ms: int) -> Op[AccountUpdate]:
+    """A server stream: ``read`` converts each message. Not sent through ``_run`` (no retries, no
+    deadline): see :mod:`credit_sidecar.watch`."""
+    request = admin_pb2.WatchAccountRequest(account_id=account_id, interval_ms=interval_ms)
+    return Op("admin", "WatchAccount", request, None, _convert.account_update)
 
 
 def list_reservations(

@@ -30,6 +30,7 @@ from .types import (
     Declined,
     Extended,
     GrantKind,
+    Journaled,
     Period,
     Quote,
     Released,
@@ -38,6 +39,7 @@ from .types import (
     Reserved,
     TrialStarted,
 )
+from .watch import AsyncAccountWatch
 
 T = TypeVar("T")
 
@@ -107,6 +109,12 @@ class AsyncCreditClient:
                 self._on_retry(error, attempt, delay)
             await asyncio.sleep(delay)
 
+    def _stream(self, op: _ops.Op[Any]) -> Any:
+        """Starts the server stream ``op`` once, with the token and ``wait_for_ready`` but no
+        deadline and no retries (a stream lives as long as its reader wants it)."""
+        method = getattr(self._stubs[op.service], op.method)
+        return method(op.request, metadata=_channel.metadata(self._token), wait_for_ready=self._wait_for_ready)
+
     async def reserve(
         self,
         account_id: str,
@@ -134,7 +142,8 @@ class AsyncCreditClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Committed | Declined:
+    ) -> Committed | Journaled | Declined:
+        """See :meth:`credit_sidecar.CreditClient.commit` (``Journaled`` is a success too)."""
         return await self._run(_ops.commit(reservation_id, cost, final, business_key, labels, request_id), timeout)
 
     async def commit_batch(
@@ -318,6 +327,18 @@ class AsyncAdmin:
         """A page of the account's changes from the durable ledger, newest first."""
         return await self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
 
+    def watch_account(self, account_id: str, interval_ms: int = 0) -> AsyncAccountWatch:
+        """See :meth:`credit_sidecar.client.Admin.watch_account`. Not awaited: it returns an
+        async iterator and async context manager at once; ``async with`` waits for the first
+        update (a refused watch raises there), a bare ``async for`` raises from its first step::
+
+            async with client.admin.watch_account("acme") as watch:
+                async for update in watch:
+                    show(update.account.totals)
+        """
+        op = _ops.watch_account(account_id, interval_ms)
+        return AsyncAccountWatch(self._client._stream(op), op.read)
+
 
 class AsyncHold(HoldBase):
     """``async with client.hold(...) as hold:`` — the asyncio twin of
@@ -362,7 +383,8 @@ class AsyncHold(HoldBase):
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Committed | Declined:
+    ) -> Committed | Journaled | Declined:
+        """See :meth:`credit_sidecar.hold.Hold.commit`."""
         op = _ops.commit(self.reservation_id, self._unit_cost(cost), final, business_key, labels, request_id)
         result = await self._client._run(op, timeout)
         self._commit_answered(result, final)

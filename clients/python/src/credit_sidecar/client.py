@@ -27,6 +27,7 @@ from .types import (
     Declined,
     Extended,
     GrantKind,
+    Journaled,
     Period,
     Quote,
     Released,
@@ -35,6 +36,7 @@ from .types import (
     Reserved,
     TrialStarted,
 )
+from .watch import AccountWatch
 
 T = TypeVar("T")
 
@@ -116,6 +118,12 @@ class CreditClient:
             elif stop.wait(delay):
                 raise error
 
+    def _stream(self, op: _ops.Op[Any]) -> Any:
+        """Starts the server stream ``op`` once, with the token and ``wait_for_ready`` but no
+        deadline and no retries (a stream lives as long as its reader wants it)."""
+        method = getattr(self._stubs[op.service], op.method)
+        return method(op.request, metadata=_channel.metadata(self._token), wait_for_ready=self._wait_for_ready)
+
     def reserve(
         self,
         account_id: str,
@@ -149,9 +157,14 @@ class CreditClient:
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Committed | Declined:
+    ) -> Committed | Journaled | Declined:
         """Moves ``cost`` (0 allowed) from held to spent; ``final`` closes the reservation and
-        returns the rest. A ``business_key`` is charged at most once per account and cycle."""
+        returns the rest. A ``business_key`` is charged at most once per account and cycle.
+
+        :class:`Journaled` is a success, not a decline: a sidecar with an outage journal for the
+        hold's category met an unreachable Redis and will apply the commit under its request id
+        when Redis answers; its figures are not known yet (send the same commit again, with the
+        same ``request_id``, to learn them)."""
         return self._run(_ops.commit(reservation_id, cost, final, business_key, labels, request_id), timeout)
 
     def commit_batch(
@@ -359,4 +372,23 @@ class Admin:
         """A page of the account's changes from the durable ledger, newest first; pass the
         response's ``next_page_token`` for the next (older) page."""
         return self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
+
+    def watch_account(self, account_id: str, interval_ms: int = 0) -> AccountWatch:
+        """The account as :meth:`get_account` shows it, streamed: an iterator that yields an
+        :class:`~credit_sidecar.types.AccountUpdate` at once, then one each time the account
+        changed, looked at every ``interval_ms`` (100..=60000; 0: 1000). See
+        :mod:`credit_sidecar.watch`.
+
+        Returns once the first update is in (so a refused watch raises here: ``InvalidArgument``
+        with field ``interval_ms``, ``NotFound``, ``Overloaded`` beyond 64 open watches). Neither
+        the client's deadline nor its retries apply; errors while streaming (``Unavailable``,
+        reason ``SHUTTING_DOWN`` when the sidecar stops) raise from the iteration. Close it
+        (``with``, or ``close()``) to cancel the call::
+
+            with client.admin.watch_account("acme") as watch:
+                for update in watch:
+                    show(update.account.totals)
+        """
+        op = _ops.watch_account(account_id, interval_ms)
+        return AccountWatch(self._client._stream(op), op.read)
 

@@ -8,6 +8,16 @@ closes the reservation itself (and returns the rest), so no Release follows it.
 A declined Reserve raises :class:`~credit_sidecar.errors.HoldDeclined` from ``__enter__``: the
 body, which is the expensive work the credits pay for, never runs without them, and no caller
 can forget to check a flag first.
+
+A commit answered :class:`~credit_sidecar.types.Journaled` (the sidecar's outage journal took it
+while Redis was away) is a success: the work goes on (a dialer's call is not cut), and the commit
+is charged when the sidecar applies it. Its figures are not known, so it changes none of the
+hold's (``committed``, ``held`` and ``deadline_unix_ms`` stay as the latest answer with figures
+left them, and catch up with the next one that reports the reservation, since the sidecar applies
+journaled commits before any later call on it); it is listed in :attr:`HoldBase.journaled` until
+an answer to the same request id says what it did. A journaled *final* commit closes the hold as
+a committed one does: leaving the block sends no Release (the commit closes the reservation when
+it is applied; a Release now would only wait out the outage or, after it, be declined).
 """
 
 from __future__ import annotations
@@ -29,9 +39,11 @@ from .types import (
     Declined,
     Extended,
     ItemCommitted,
+    Journaled,
     Outcome,
     Released,
     Reservation,
+    ReservationState,
     Reserved,
     Sku,
 )
@@ -104,6 +116,9 @@ class HoldBase:
         """The answer of the hold's Release (called, or made on leaving), if one was made."""
         self.release_error: CreditError | None = None
         """Why the Release made on leaving failed; the hold then expires at its deadline."""
+        self._journaled: dict[str, tuple[Journaled, bool]] = {}
+        """Commits answered JOURNALED whose result no later answer has told yet, by request id,
+        with whether each was final."""
 
     @property
     def reserved(self) -> Reserved:
@@ -129,14 +144,36 @@ class HoldBase:
         self.held = result.amount
         self.deadline_unix_ms = result.deadline_unix_ms
 
-    def _commit_answered(self, result: Committed | Declined, final: bool) -> None:
+    @property
+    def journaled(self) -> tuple[Journaled, ...]:
+        """The commits the sidecar answered JOURNALED (accepted while Redis was away, applied
+        later) whose result this hold has not heard yet, oldest first: they are not counted in
+        :attr:`committed`. Sending one again (``hold.commit`` with the same cost, ``final``,
+        business key, labels and ``request_id``) answers JOURNALED until it is applied, then what
+        it did, which takes it off this list."""
         with self._lock:
+            return tuple(journaled for journaled, _ in self._journaled.values())
+
+    def _commit_answered(self, result: Committed | Journaled | Declined, final: bool) -> None:
+        with self._lock:
+            if isinstance(result, Journaled):
+                # Charged later, by the sidecar: no figure is known, so none changes. A final one
+                # closes the reservation when it is applied, so no Release is sent on leaving.
+                self._journaled.setdefault(result.request_id, (result, final))
+                self.closed = self.closed or final
+                return
+            pending = self._journaled.pop(result.request_id, None)
             if isinstance(result, Committed):
                 self._charged(result.charged, result.reservation)
                 self.held = result.held
                 self.closed = self.closed or final
             else:
                 self._declined(result)
+                # A journaled final commit declined when applied (it asked more than the hold held)
+                # did not close the hold: leaving the block releases it after all.
+                still_held = result.reservation is None or result.reservation.state is ReservationState.HELD
+                if pending is not None and pending[1] and result.outcome not in _CLOSING and still_held:
+                    self.closed = False
 
     def _batch_answered(self, result: BatchCommitted) -> None:
         with self._lock:
@@ -257,10 +294,12 @@ class Hold(HoldBase):
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Committed | Declined:
+    ) -> Committed | Journaled | Declined:
         """Spends ``cost`` from the hold (default: one unit of the SKU it was reserved in).
 
         A decline (EXCEEDS_HOLD, RESERVATION_EXPIRED, RESERVATION_CLOSED) is returned, not raised.
+        :class:`Journaled` (Redis was away; the sidecar's outage journal took the commit) is a
+        success: go on with the work (see the module docstring for what the hold records).
         """
         op = _ops.commit(self.reservation_id, self._unit_cost(cost), final, business_key, labels, request_id)
         result = self._client._run(op, timeout)

@@ -2,6 +2,8 @@
 
 Declines are answers, not errors (docs/rules.md "Answers"), so every state-changing call returns
 either its success type or :class:`Declined`; callers branch with ``isinstance`` or ``match``.
+A Commit has a third answer, :class:`Journaled` (accepted while Redis was away, applied later):
+a success whose figures are not known yet.
 The fields keep the proto's names and units (credits as ``int``, instants as ``*_unix_ms``) so a
 figure reads the same here, in the proto and in the sidecar's logs.
 """
@@ -12,6 +14,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
+
+from .pb.credits.v1 import admin_pb2
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class Outcome(_OpenEnum):
     EXCEEDS_HOLD = 6
     TRIAL_ALREADY_USED = 7
     CATEGORY_BUDGET_REACHED = 8
+    JOURNALED = 9
+    """Commit only, and not a decline: Redis could not be reached, and the commit waits in the
+    sidecar's outage journal to be applied under its request id (see :class:`Journaled`)."""
 
 
 class Scope(_OpenEnum):
@@ -132,6 +139,8 @@ class Declined:
     """
 
     ok: ClassVar[bool] = False
+    journaled: ClassVar[bool] = False
+    """Always ``False`` (see :class:`Journaled`): with ``ok``, what every Commit answer has."""
     outcome: Outcome
     scope: Scope
     scope_id: str
@@ -167,12 +176,38 @@ class Reserved:
 @dataclass(frozen=True)
 class Committed:
     ok: ClassVar[bool] = True
+    journaled: ClassVar[bool] = False
+    """Always ``False``: the commit was applied (see :class:`Journaled`)."""
     charged: int
     already_charged: bool
     held: int
     returned: int
     reservation: Reservation | None
     request_id: str
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """A Commit the sidecar accepted while Redis could not be reached (``OUTCOME_JOURNALED``).
+
+    Not a decline and not an error: the commit is on the sidecar's disk (its outage journal,
+    configured per category with ``journal_categories``, Redis engine only) and is applied under
+    ``request_id`` as soon as Redis answers again, so the caller goes on as after a
+    :class:`Committed` — the work is done and will be charged. What it charged, what the hold
+    still holds and whether it was declined when applied (the hold expired or was closed
+    meanwhile, or the commit exceeds what is held) are not known yet: the sidecar sends no figures,
+    so this type has none. To learn them, send the same Commit again (same ``request_id`` and
+    figures) later: it answers ``Journaled`` until the commit has been applied, then
+    :class:`Committed` or :class:`Declined`, as the first answer would have been.
+    """
+
+    ok: ClassVar[bool] = True
+    journaled: ClassVar[bool] = True
+    reservation_id: str
+    """The reservation the commit is for."""
+    request_id: str
+    """The id the commit is journaled and will be applied under: send the same commit with it to
+    learn what it did."""
 
 
 @dataclass(frozen=True)
@@ -295,3 +330,13 @@ class TrialStarted:
     expires_unix_ms: int
     totals: Totals
     request_id: str
+
+
+@dataclass(frozen=True)
+class AccountUpdate:
+    """One message of ``admin.watch_account``: the account as ``admin.get_account`` answers it,
+    and when the sidecar read it (its clock). The first update is the account as it is; each
+    later one is sent because something in it changed (balances, holds, lots, limits, budgets)."""
+
+    at_unix_ms: int
+    account: admin_pb2.GetAccountResponse

@@ -500,3 +500,97 @@ class GetAccountHistoryResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchAccountRequest(_message.Message):
+    __slots__ = ("account_id", "interval_ms")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    interval_ms: int
+    def __init__(self, account_id: _Optional[str] = ..., interval_ms: _Optional[int] = ...) -> None: ...
+
+class WatchAccountResponse(_message.Message):
+    __slots__ = ("at_unix_ms", "account", "alerts")
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    at_unix_ms: int
+    account: GetAccountResponse
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    def __init__(self, at_unix_ms: _Optional[int] = ..., account: _Optional[_Union[GetAccountResponse, _Mapping]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
+
+class AlertThreshold(_message.Message):
+    __slots__ = ("threshold_id", "used_percent", "available_below", "depleted", "user_percent", "category_percent")
+    THRESHOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    USED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    DEPLETED_FIELD_NUMBER: _ClassVar[int]
+    USER_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    threshold_id: str
+    used_percent: int
+    available_below: int
+    depleted: bool
+    user_percent: ScopedPercent
+    category_percent: ScopedPercent
+    def __init__(self, threshold_id: _Optional[str] = ..., used_percent: _Optional[int] = ..., available_below: _Optional[int] = ..., depleted: _Optional[bool] = ..., user_percent: _Optional[_Union[ScopedPercent, _Mapping]] = ..., category_percent: _Optional[_Union[ScopedPercent, _Mapping]] = ...) -> None: ...
+
+class ScopedPercent(_message.Message):
+    __slots__ = ("id", "percent")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    percent: int
+    def __init__(self, id: _Optional[str] = ..., percent: _Optional[int] = ...) -> None: ...
+
+class SetAlertThresholdsRequest(_message.Message):
+    __slots__ = ("account_id", "thresholds")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    thresholds: _containers.RepeatedCompositeFieldContainer[AlertThreshold]
+    def __init__(self, account_id: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[AlertThreshold, _Mapping]]] = ...) -> None: ...
+
+class SetAlertThresholdsResponse(_message.Message):
+    __slots__ = ("thresholds",)
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    thresholds: _containers.RepeatedCompositeFieldContainer[AlertThreshold]
+    def __init__(self, thresholds: _Optional[_Iterable[_Union[AlertThreshold, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("event_id", "account_id", "threshold", "cycle_start_unix_ms", "fired_unix_ms", "observed", "base")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    account_id: str
+    threshold: AlertThreshold
+    cycle_start_unix_ms: int
+    fired_unix_ms: int
+    observed: int
+    base: int
+    def __init__(self, event_id: _Optional[str] = ..., account_id: _Optional[str] = ..., threshold: _Optional[_Union[AlertThreshold, _Mapping]] = ..., cycle_start_unix_ms: _Optional[int] = ..., fired_unix_ms: _Optional[int] = ..., observed: _Optional[int] = ..., base: _Optional[int] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("thresholds", "alerts", "next_page_token")
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    thresholds: _containers.RepeatedCompositeFieldContainer[AlertThreshold]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    next_page_token: str
+    def __init__(self, thresholds: _Optional[_Iterable[_Union[AlertThreshold, _Mapping]]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -79,6 +79,21 @@ class CreditAdminStub:
                 request_serializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.SerializeToString,
                 response_deserializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.FromString,
                 _registered_method=True)
+        self.WatchAccount = channel.unary_stream(
+                '/credits.v1.CreditAdmin/WatchAccount',
+                request_serializer=credits_dot_v1_dot_admin__pb2.WatchAccountRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_admin__pb2.WatchAccountResponse.FromString,
+                _registered_method=True)
+        self.SetAlertThresholds = channel.unary_unary(
+                '/credits.v1.CreditAdmin/SetAlertThresholds',
+                request_serializer=credits_dot_v1_dot_admin__pb2.SetAlertThresholdsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_admin__pb2.SetAlertThresholdsResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/credits.v1.CreditAdmin/ListAlerts',
+                request_serializer=credits_dot_v1_dot_admin__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=credits_dot_v1_dot_admin__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class CreditAdminServicer:
@@ -158,6 +173,36 @@ class CreditAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAccount(self, request, context):
+        """The account as GetAccount shows it, streamed: the first message at once, then one each time
+        it changed (balances, holds, lots, limits, budgets), looked at every `interval_ms`. For an
+        admin tool or a dashboard that shows a team's credit live. The stream ends when the caller
+        cancels it, when the sidecar shuts down, or with UNAVAILABLE when the store stops answering
+        (reconnect with backoff); it is not cut by the call deadline and holds none of
+        `concurrency_max`, but a sidecar serves at most 64 at once (RESOURCE_EXHAUSTED beyond).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlertThresholds(self, request, context):
+        """Replace the account's alert thresholds (at most 32; none clears them). Each fires at most
+        once per billing cycle, when the sidecar first sees it crossed (it looks every
+        `alert_interval_ms`): the alert is recorded in the ledger database, listed by ListAlerts,
+        pushed to WatchAccount streams, and posted to the configured webhooks. Needs the database
+        (FAILED_PRECONDITION without one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """The account's thresholds and the alerts they fired, newest first and paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CreditAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +250,21 @@ def add_CreditAdminServicer_to_server(servicer, server):
                     servicer.GetAccountHistory,
                     request_deserializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.FromString,
                     response_serializer=credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.SerializeToString,
+            ),
+            'WatchAccount': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAccount,
+                    request_deserializer=credits_dot_v1_dot_admin__pb2.WatchAccountRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_admin__pb2.WatchAccountResponse.SerializeToString,
+            ),
+            'SetAlertThresholds': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlertThresholds,
+                    request_deserializer=credits_dot_v1_dot_admin__pb2.SetAlertThresholdsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_admin__pb2.SetAlertThresholdsResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=credits_dot_v1_dot_admin__pb2.ListAlertsRequest.FromString,
+                    response_serializer=credits_dot_v1_dot_admin__pb2.ListAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +510,87 @@ class CreditAdmin:
             '/credits.v1.CreditAdmin/GetAccountHistory',
             credits_dot_v1_dot_admin__pb2.GetAccountHistoryRequest.SerializeToString,
             credits_dot_v1_dot_admin__pb2.GetAccountHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.v1.CreditAdmin/WatchAccount',
+            credits_dot_v1_dot_admin__pb2.WatchAccountRequest.SerializeToString,
+            credits_dot_v1_dot_admin__pb2.WatchAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlertThresholds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditAdmin/SetAlertThresholds',
+            credits_dot_v1_dot_admin__pb2.SetAlertThresholdsRequest.SerializeToString,
+            credits_dot_v1_dot_admin__pb2.SetAlertThresholdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.v1.CreditAdmin/ListAlerts',
+            credits_dot_v1_dot_admin__pb2.ListAlertsRequest.SerializeToString,
+            credits_dot_v1_dot_admin__pb2.ListAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_EXCEEDS_HOLD: _ClassVar[Outcome]
     OUTCOME_TRIAL_ALREADY_USED: _ClassVar[Outcome]
     OUTCOME_CATEGORY_BUDGET_REACHED: _ClassVar[Outcome]
+    OUTCOME_JOURNALED: _ClassVar[Outcome]
 
 class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ OUTCOME_RESERVATION_CLOSED: Outcome
 OUTCOME_EXCEEDS_HOLD: Outcome
 OUTCOME_TRIAL_ALREADY_USED: Outcome
 OUTCOME_CATEGORY_BUDGET_REACHED: Outcome
+OUTCOME_JOURNALED: Outcome
 SCOPE_UNSPECIFIED: Scope
 SCOPE_ACCOUNT: Scope
 SCOPE_USER: Scope
