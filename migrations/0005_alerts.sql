@@ -24,3 +24,20 @@ CREATE TABLE alerts (
     PRIMARY KEY (account_id, threshold_id, cycle_start_ms)
 );
 CREATE INDEX alerts_by_fired ON alerts (account_id, fired_ms);
+
+-- Each alert's delivery to each webhook URL configured when it fired: retried with backoff
+-- until delivered or `webhook_attempts_max` attempts failed. `next_attempt_ms` also leases a
+-- pending delivery to the replica sending it.
+CREATE TABLE alert_deliveries (
+    account_id TEXT NOT NULL,
+    threshold_id TEXT NOT NULL,
+    cycle_start_ms BIGINT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT NOT NULL,
+    last_error TEXT,
+    delivered_ms BIGINT,
+    PRIMARY KEY (account_id, threshold_id, cycle_start_ms, url)
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_ms);

@@ -1,7 +1,10 @@
 //! Threshold alerts: a background pass every `alert_interval_ms` reads each account that has
 //! thresholds (from the engine, as GetAccount does), and records each threshold it finds
 //! crossed in the ledger database — once per billing cycle, whichever replica sees it first
-//! (the table's key decides) — then tells the WatchAccount streams of this sidecar.
+//! (the table's key decides), with a pending delivery per configured webhook in the same
+//! transaction — then tells the WatchAccount streams of this sidecar. Another loop posts the
+//! pending deliveries: signed (HMAC-SHA256), retried with bounded backoff, at least once, each
+//! under the alert's stable event id.
 //!
 //! The rule of a threshold (when it counts as crossed) is the ledger's
 //! ([`crate::ledger::alerts`]); this module only looks, records and tells. It looks at the
@@ -13,11 +16,97 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use tokio::sync::{broadcast, watch};
 
 use crate::engine::{Engine, Error as EngineError};
 use crate::ledger::{AccountId, Error as LedgerError};
-use crate::settle::store::{AlertRow, Store};
+use crate::settle::store::{AlertRow, Delivery, Store};
+
+/// The webhook payload's format (its `format` field): a new shape is a new number.
+pub const PAYLOAD_FORMAT: u32 = 1;
+
+/// The longest one delivery attempt may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest wait between two attempts (the backoff doubles up to it).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// How often pending deliveries are looked for.
+pub const DELIVERY_POLL: Duration = Duration::from_millis(200);
+
+/// Deliveries one pass sends at most.
+const DELIVERIES_PER_PASS: usize = 32;
+
+/// Where alerts are posted.
+#[derive(Clone)]
+pub struct Webhooks {
+    pub urls: Vec<String>,
+    /// The HMAC-SHA256 key of the signature header.
+    pub secret: Vec<u8>,
+    /// Attempts per delivery before it is given up (`failed`).
+    pub attempts_max: u32,
+    /// The first retry's delay; it doubles each attempt, up to [`BACKOFF_MAX`].
+    pub backoff: Duration,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("urls", &self.urls.iter().map(|url| origin(url)).collect::<Vec<_>>())
+            .field("secret", &"<redacted>")
+            .field("attempts_max", &self.attempts_max)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+/// A webhook URL as logs and listings show it: its origin only (a URL's path often carries a
+/// token, as Slack's do).
+pub fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => format!("{}/…", parsed.origin().ascii_serialization()),
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+/// The body posted for an alert (format [`PAYLOAD_FORMAT`]).
+pub fn payload(alert: &AlertRow) -> String {
+    let (kind, scope, value) = alert.threshold.parts();
+    serde_json::json!({
+        "format": PAYLOAD_FORMAT,
+        "type": "alert",
+        "event_id": alert.event_id(),
+        "account_id": alert.account,
+        "threshold": { "threshold_id": alert.threshold.id, "kind": kind, "scope_id": scope, "value": value },
+        "cycle_start_unix_ms": alert.cycle_start_ms,
+        "fired_unix_ms": alert.fired_ms,
+        "observed": alert.crossing.observed,
+        "base": alert.crossing.base,
+    })
+    .to_string()
+}
+
+/// The signature header's value: `v1=` and the hex HMAC-SHA256, under `secret`, of
+/// `<timestamp>.<body>` (the timestamp header's value, so a receiver can refuse replays).
+pub fn signature(secret: &[u8], timestamp_ms: i64, body: &str) -> String {
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(timestamp_ms.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut text = String::with_capacity(3 + 2 * digest.len());
+    text.push_str("v1=");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// The delay before attempt `attempts + 1`, after `attempts` failed.
+fn backoff(first: Duration, attempts: u32) -> Duration {
+    first.saturating_mul(2_u32.saturating_pow(attempts.saturating_sub(1))).min(BACKOFF_MAX)
+}
 
 /// Alerts a slow WatchAccount stream may fall behind by before it misses some.
 const WATCHERS_BUFFER: usize = 256;
@@ -30,9 +119,11 @@ pub struct Pass {
     pub fired: usize,
 }
 
-/// The alerts this sidecar records, told to whoever listens (WatchAccount streams).
+/// The alerts this sidecar records, told to whoever listens (WatchAccount streams), and posted
+/// to the webhooks.
 pub struct Alerts {
     sender: broadcast::Sender<Arc<AlertRow>>,
+    webhooks: Option<Webhooks>,
     /// (account, threshold, cycle) known recorded, so a crossed threshold is not written again
     /// every pass. Cleared when it grows past a bound (the database's key still holds).
     recorded: std::sync::Mutex<HashSet<(String, String, i64)>>,
@@ -42,11 +133,19 @@ const RECORDED_REMEMBERED: usize = 100_000;
 
 impl Default for Alerts {
     fn default() -> Self {
-        Self { sender: broadcast::channel(WATCHERS_BUFFER).0, recorded: std::sync::Mutex::default() }
+        Self::new(None)
     }
 }
 
 impl Alerts {
+    pub fn new(webhooks: Option<Webhooks>) -> Self {
+        Self { sender: broadcast::channel(WATCHERS_BUFFER).0, webhooks, recorded: std::sync::Mutex::default() }
+    }
+
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AlertRow>> {
         self.sender.subscribe()
     }
@@ -77,7 +176,8 @@ impl Alerts {
                     fired_ms,
                     crossing,
                 };
-                let new = store.record_alert(&alert).await.map_err(|error| error.to_string())?;
+                let urls = self.webhooks.as_ref().map_or(&[][..], |hooks| &hooks.urls[..]);
+                let new = store.record_alert(&alert, urls).await.map_err(|error| error.to_string())?;
                 {
                     let mut recorded = self.recorded.lock().expect("recorded alerts");
                     if recorded.len() >= RECORDED_REMEMBERED {
@@ -105,6 +205,96 @@ impl Alerts {
     }
 }
 
+impl Alerts {
+    /// Posts the deliveries due now; returns how many were attempted.
+    pub async fn deliver(&self, store: &Store, client: &reqwest::Client) -> Result<usize, String> {
+        let Some(hooks) = &self.webhooks else { return Ok(0) };
+        let now = chrono::Utc::now().timestamp_millis();
+        let due = store.due_deliveries(now, DELIVERIES_PER_PASS).await.map_err(|error| error.to_string())?;
+        let mut attempted = 0;
+        for (delivery, alert) in due {
+            let lease = now + (ATTEMPT_TIMEOUT.as_millis() as i64) * 2;
+            if !store.lease_delivery(&alert, &delivery, lease).await.map_err(|error| error.to_string())? {
+                continue; // another replica took it
+            }
+            attempted += 1;
+            let failed = post(client, hooks, &delivery, &alert).await.err();
+            let done = chrono::Utc::now().timestamp_millis();
+            let attempts = u32::try_from(delivery.attempts + 1).unwrap_or(u32::MAX);
+            let (result, outcome) = match &failed {
+                None => ("delivered", None),
+                Some(error) if attempts >= hooks.attempts_max => {
+                    tracing::error!(
+                        event_id = alert.event_id(),
+                        url = origin(&delivery.url),
+                        attempts,
+                        error,
+                        "webhook delivery given up"
+                    );
+                    ("failed", Some((error.as_str(), None)))
+                }
+                Some(error) => {
+                    let next = done + backoff(hooks.backoff, attempts).as_millis() as i64;
+                    tracing::warn!(
+                        event_id = alert.event_id(),
+                        url = origin(&delivery.url),
+                        attempts,
+                        error,
+                        "webhook delivery failed; will retry"
+                    );
+                    ("retried", Some((error.as_str(), Some(next))))
+                }
+            };
+            store.delivery_attempted(&alert, &delivery.url, done, outcome).await.map_err(|error| error.to_string())?;
+            metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES, "result" => result).increment(1);
+        }
+        let pending = store.pending_deliveries().await.map_err(|error| error.to_string())?;
+        metrics::gauge!(crate::telemetry::WEBHOOK_PENDING).set(pending as f64);
+        Ok(attempted)
+    }
+}
+
+/// One attempt: a 2xx answer within [`ATTEMPT_TIMEOUT`] delivers.
+async fn post(client: &reqwest::Client, hooks: &Webhooks, delivery: &Delivery, alert: &AlertRow) -> Result<(), String> {
+    let body = payload(alert);
+    let timestamp = chrono::Utc::now().timestamp_millis();
+    let response = client
+        .post(&delivery.url)
+        .timeout(ATTEMPT_TIMEOUT)
+        .header("content-type", "application/json")
+        .header("x-credit-sidecar-event-id", alert.event_id())
+        .header("x-credit-sidecar-timestamp", timestamp.to_string())
+        .header("x-credit-sidecar-signature", signature(&hooks.secret, timestamp, &body))
+        .body(body)
+        .send()
+        .await
+        // Without the URL: its path may carry a token.
+        .map_err(|error| error.without_url().to_string())?;
+    if response.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", response.status())) }
+}
+
+/// Posts due deliveries every [`DELIVERY_POLL`] until `stopped` closes.
+pub async fn delivery_loop(alerts: Arc<Alerts>, store: Store, mut stopped: watch::Receiver<()>) {
+    let client = match reqwest::Client::builder().build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "webhooks: cannot build an HTTP client; alerts are not posted");
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(DELIVERY_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(error) = alerts.deliver(&store, &client).await {
+            tracing::warn!(%error, "webhook pass failed; will retry");
+        }
+    }
+}
+
 /// Runs a pass every `every` until `stopped` closes.
 pub async fn alert_loop(
     alerts: Arc<Alerts>,
@@ -123,5 +313,45 @@ pub async fn alert_loop(
         if let Err(error) = alerts.pass(&engine, &store).await {
             tracing::warn!(%error, "alert pass failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::alerts::{Crossing, Threshold, When};
+
+    fn alert() -> AlertRow {
+        AlertRow {
+            account: "acme".into(),
+            threshold: Threshold::new("t", "eighty", When::UsedPercent(80)).unwrap(),
+            cycle_start_ms: 1_772_236_800_000,
+            fired_ms: 1_773_144_000_000,
+            crossing: Crossing { observed: 860, base: 1_000 },
+        }
+    }
+
+    /// The payload is a contract with every receiver: format 1, pinned.
+    #[test]
+    fn the_payload_is_format_1_and_the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        assert_eq!(
+            payload(&alert()),
+            r#"{"account_id":"acme","base":1000,"cycle_start_unix_ms":1772236800000,"event_id":"acme/eighty/1772236800000","fired_unix_ms":1773144000000,"format":1,"observed":860,"threshold":{"kind":"used_percent","scope_id":"","threshold_id":"eighty","value":80},"type":"alert"}"#
+        );
+        // Computed apart (Python's hmac): HMAC-SHA256(b"secret", b"1700000000000.{}").
+        assert_eq!(
+            signature(b"secret", 1_700_000_000_000, "{}"),
+            "v1=8399216d111287e3bb28e25c0f4f31dffdf831c68c9ee2b96c2f67c9b81d341b"
+        );
+        assert_ne!(signature(b"Jefe", 12, "body"), signature(b"Jefe", 13, "body"));
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_bound_and_urls_show_their_origin_only() {
+        let first = Duration::from_secs(1);
+        let delays: Vec<u64> = (1..=11).map(|attempts| backoff(first, attempts).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(origin("https://hooks.slack.com/services/T0/B0/secret"), "https://hooks.slack.com/…");
+        assert_eq!(origin("http://127.0.0.1:8080/hook?token=x"), "http://127.0.0.1:8080/…");
     }
 }

@@ -222,7 +222,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         journal,
         journal_retry: credit_sidecar::journal::RETRY_INTERVAL,
         alert_interval: config.alert_interval,
-        alerts: Arc::default(),
+        alerts: Arc::new(credit_sidecar::alerts::Alerts::new(config.webhooks.clone())),
     };
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -176,6 +176,10 @@ pub async fn serve(
     let (stop_tasks, tasks_stopped) = watch::channel(());
     let mut tasks = background_tasks(&engine, store.as_ref(), &options, &health, &tasks_stopped);
     if let Some(store) = &store {
+        if alerts.webhooks().is_some() {
+            let (alerts, store) = (alerts.clone(), store.clone());
+            tasks.push(tokio::spawn(crate::alerts::delivery_loop(alerts, store, tasks_stopped.clone())));
+        }
         let (engine, store, every) = (engine.clone(), store.clone(), options.alert_interval);
         tasks.push(tokio::spawn(crate::alerts::alert_loop(alerts, engine, store, every, tasks_stopped.clone())));
     }

@@ -83,7 +83,8 @@ impl CreditAdmin for AdminService {
             let store = self.store()?;
             let thresholds = store.alert_thresholds(&account).await.map_err(unavailable)?;
             let page = store.alerts(&account, before.as_ref(), size).await.map_err(unavailable)?;
-            Ok(Response::new(respond::alerts(&thresholds, &page, size)))
+            let deliveries = store.deliveries(&page).await.map_err(unavailable)?;
+            Ok(Response::new(respond::alerts(&thresholds, &page, &deliveries, size)))
         })
         .await
     }

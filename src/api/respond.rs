@@ -1,6 +1,8 @@
 //! Ledger → protobuf: answers become responses (declines with their figures), the way back of
 //! `convert`. Each handler is convert, call, respond.
 
+use std::collections::BTreeMap;
+
 use super::pb;
 use crate::ledger::alerts::{Threshold, When};
 use crate::ledger::command::Plan;
@@ -10,7 +12,7 @@ use crate::ledger::{
     DeclineScope, Extended, Granted, LotKind, LotView, Period, PlanSet, Quoted, Released, ReservationId,
     ReservationState, ReservationView, Reserved, Totals, UserView,
 };
-use crate::settle::store::{AlertRow, LineItem, SettledReservation, UsageRow};
+use crate::settle::store::{AlertRow, Delivery, LineItem, SettledReservation, UsageRow};
 
 /// `unit`: the credits of one unit of the hold's cost (the SKU's price, or 1), for `quantity`.
 pub fn reserved(decision: Decision<Reserved>, unit: i64) -> pb::ReserveResponse {
@@ -74,18 +76,48 @@ pub fn alert(alert: &AlertRow) -> pb::Alert {
         fired_unix_ms: alert.fired_ms,
         observed: alert.crossing.observed,
         base: alert.crossing.base,
+        deliveries: Vec::new(),
     }
 }
 
-/// A page of alerts; the token names where it ended when it is full.
-pub fn alerts(thresholds: &[Threshold], page: &[AlertRow], page_size: usize) -> pb::ListAlertsResponse {
+fn delivery(delivery: &Delivery) -> pb::WebhookDelivery {
+    let state = match delivery.state.as_str() {
+        "pending" => pb::DeliveryState::Pending,
+        "delivered" => pb::DeliveryState::Delivered,
+        "failed" => pb::DeliveryState::Failed,
+        _ => pb::DeliveryState::Unspecified,
+    };
+    pb::WebhookDelivery {
+        url: crate::alerts::origin(&delivery.url),
+        state: state as i32,
+        attempts: delivery.attempts,
+        last_error: delivery.last_error.clone().unwrap_or_default(),
+        next_attempt_unix_ms: if state == pb::DeliveryState::Pending { delivery.next_attempt_ms } else { 0 },
+        delivered_unix_ms: delivery.delivered_ms.unwrap_or_default(),
+    }
+}
+
+/// A page of alerts with their deliveries; the token names where it ended when it is full.
+pub fn alerts(
+    thresholds: &[Threshold],
+    page: &[AlertRow],
+    deliveries: &BTreeMap<(String, i64), Vec<Delivery>>,
+    page_size: usize,
+) -> pb::ListAlertsResponse {
     let next_page_token = match page.last() {
         Some(last) if page.len() == page_size => format!("{}:{}", last.fired_ms, last.threshold.id),
         _ => String::new(),
     };
     pb::ListAlertsResponse {
         thresholds: thresholds.iter().map(threshold).collect(),
-        alerts: page.iter().map(alert).collect(),
+        alerts: page
+            .iter()
+            .map(|row| {
+                let key = (row.threshold.id.clone(), row.cycle_start_ms);
+                let sent = deliveries.get(&key).map_or(&[][..], Vec::as_slice);
+                pb::Alert { deliveries: sent.iter().map(delivery).collect(), ..alert(row) }
+            })
+            .collect(),
         next_page_token,
     }
 }

@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::Webhooks;
 use crate::api::cli::{Connection, Operation, Target};
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
@@ -187,6 +188,12 @@ pub struct Settings {
     pub sweep_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_ALERT_INTERVAL_MS")]
     pub alert_interval_ms: Option<u64>,
+    #[arg(skip)]
+    pub webhook_urls: Option<Vec<String>>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_WEBHOOK_ATTEMPTS_MAX")]
+    pub webhook_attempts_max: Option<u32>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_CALL_TIMEOUT_MAX_MS")]
@@ -326,6 +333,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// How often accounts with alert thresholds are checked.
     pub alert_interval: Duration,
+    /// Where alerts are posted, when anywhere.
+    pub webhooks: Option<Webhooks>,
     pub rules: Rules,
     /// What the operator should hear about once logging is up (a misspelt variable, say).
     pub warnings: Vec<String>,
@@ -486,6 +495,8 @@ impl Config {
         }
         (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
         (settings.redis_password_file, settings.database_password_file) = (None, None);
+        webhooks(&settings, false).map_err(|error| error.sourced(&sources))?;
+        (settings.webhook_urls, settings.webhook_secret_file, settings.webhook_attempts_max) = (None, None, None);
         if settings.otel_ca_file.take().is_some() && !settings.otel_endpoint.as_deref().is_some_and(is_https) {
             return Err(ConfigError::new("otel_ca_file", OTEL_CA_NEEDS_HTTPS).sourced(&sources));
         }
@@ -663,6 +674,7 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
     let shutdown_grace = ms(settings::SHUTDOWN_GRACE_MS.number(file.shutdown_grace_ms)?);
     let sweep_interval = ms(settings::SWEEP_INTERVAL_MS.number(file.sweep_interval_ms)?);
     let alert_interval = ms(settings::ALERT_INTERVAL_MS.number(file.alert_interval_ms)?);
+    let webhooks = webhooks(&file, true)?;
     let rules = rules(&file)?;
     let journal = journal(&file, &engine, &rules)?;
     Ok(Config {
@@ -689,11 +701,40 @@ fn build(file: Settings) -> Result<Config, ConfigError> {
         shutdown_grace,
         sweep_interval,
         alert_interval,
+        webhooks,
         rules,
         warnings: Vec::new(),
         rules_reload_interval: ms(settings::RULES_RELOAD_INTERVAL_MS.number(file.rules_reload_interval_ms)?),
         rules_reload: None,
     })
+}
+
+/// The webhooks alerts are posted to: on with `webhook_urls`, which needs `webhook_secret_file`
+/// (read only when `read_secret`; `check-config` does not read the files it names).
+fn webhooks(file: &Settings, read_secret: bool) -> Result<Option<Webhooks>, ConfigError> {
+    let Some(urls) = file.webhook_urls.as_ref().filter(|urls| !urls.is_empty()) else {
+        return match (&file.webhook_secret_file, &file.webhook_attempts_max) {
+            (Some(_), _) => Err(ConfigError::new("webhook_secret_file", "does nothing without webhook_urls")),
+            (_, Some(_)) => Err(ConfigError::new("webhook_attempts_max", "does nothing without webhook_urls")),
+            _ => Ok(None),
+        };
+    };
+    for url in urls {
+        let parsed = url::Url::parse(url)
+            .map_err(|_| ConfigError::new("webhook_urls", format!("{} is not a URL", crate::alerts::origin(url))))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ConfigError::new(
+                "webhook_urls",
+                format!("{} is not an http(s) URL", crate::alerts::origin(url)),
+            ));
+        }
+    }
+    let attempts_max = settings::WEBHOOK_ATTEMPTS_MAX.number(file.webhook_attempts_max)?;
+    let Some(path) = &file.webhook_secret_file else {
+        return Err(ConfigError::new("webhook_secret_file", "is required with webhook_urls (the signature's key)"));
+    };
+    let secret = if read_secret { password("webhook_secret_file", path)?.0.into_bytes() } else { Vec::new() };
+    Ok(Some(Webhooks { urls: urls.clone(), secret, attempts_max, backoff: Duration::from_secs(1) }))
 }
 
 /// The outage journal: on when `journal_categories` lists any, with the Redis engine only (the
@@ -1093,6 +1134,45 @@ mod tests {
             (
                 format!("{redis}journal_categories = [\"ai\"]\njournal_entries_max = 0"),
                 "journal_entries_max: must be in",
+            ),
+        ];
+        for (text, expected) in table {
+            let message = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn webhooks_are_off_by_default_and_their_settings_are_checked() {
+        assert!(Config::from_toml("").unwrap().webhooks.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "whsec-1\nignored\n").unwrap();
+        let text = format!(
+            "webhook_urls = [\"https://hooks.example.com/a/b\", \"http://127.0.0.1:8080/x\"]\n\
+             webhook_secret_file = {:?}\nwebhook_attempts_max = 5",
+            secret.display().to_string()
+        );
+        let hooks = Config::from_toml(&text).unwrap().webhooks.unwrap();
+        assert_eq!((hooks.urls.len(), hooks.secret.as_slice(), hooks.attempts_max), (2, &b"whsec-1"[..], 5));
+        let debug = format!("{hooks:?}");
+        assert!(!debug.contains("whsec") && !debug.contains("/a/b"), "{debug}");
+        let table = [
+            ("webhook_urls = [\"https://h/x\"]".to_owned(), "webhook_secret_file: is required with webhook_urls"),
+            ("webhook_secret_file = \"/s\"".to_owned(), "webhook_secret_file: does nothing without webhook_urls"),
+            ("webhook_attempts_max = 3".to_owned(), "webhook_attempts_max: does nothing without"),
+            ("webhook_urls = [\"ftp://h/x\"]\nwebhook_secret_file = \"/s\"".to_owned(), "webhook_urls: "),
+            ("webhook_urls = [\"nope\"]\nwebhook_secret_file = \"/s\"".to_owned(), "webhook_urls: <not a URL> is not"),
+            (
+                "webhook_urls = [\"https://h/x\"]\nwebhook_secret_file = \"/no/such\"".to_owned(),
+                "webhook_secret_file: cannot read",
+            ),
+            (
+                format!(
+                    "webhook_urls = [\"https://h/x\"]\nwebhook_secret_file = {:?}\nwebhook_attempts_max = 0",
+                    secret.display().to_string()
+                ),
+                "webhook_attempts_max: must be in 1..=100",
             ),
         ];
         for (text, expected) in table {

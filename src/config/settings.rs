@@ -310,6 +310,24 @@ pub const ALERT_INTERVAL_MS: Setting = number(
     "ms",
     "how often accounts with alert thresholds are checked ([Alerts](#alerts))",
 );
+pub const WEBHOOK_URLS: Setting = text(
+    "webhook_urls",
+    Default::Nothing("none"),
+    "http(s) URLs every alert is posted to, signed (file only; [Alerts](#alerts))",
+);
+pub const WEBHOOK_SECRET_FILE: Setting = text(
+    "webhook_secret_file",
+    Default::Nothing("none"),
+    "a file whose first line is the HMAC-SHA256 key of the webhooks' signature (required with webhook_urls)",
+);
+pub const WEBHOOK_ATTEMPTS_MAX: Setting = number(
+    "webhook_attempts_max",
+    12,
+    1,
+    100,
+    "attempts",
+    "attempts to deliver an alert to a webhook (backoff 1 s doubling to 5 min) before giving up",
+);
 pub const HEALTH_INTERVAL_MS: Setting =
     number("health_interval_ms", 1_000, 10, 60_000, "ms", "how often Redis and the database are checked for health");
 pub const CALL_TIMEOUT_MAX_MS: Setting = number(
@@ -465,7 +483,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 58] = [
+pub const SETTINGS: [Setting; 61] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -498,6 +516,9 @@ pub const SETTINGS: [Setting; 58] = [
     SQLITE_SYNCHRONOUS,
     SWEEP_INTERVAL_MS,
     ALERT_INTERVAL_MS,
+    WEBHOOK_URLS,
+    WEBHOOK_SECRET_FILE,
+    WEBHOOK_ATTEMPTS_MAX,
     HEALTH_INTERVAL_MS,
     CALL_TIMEOUT_MAX_MS,
     CONCURRENCY_MAX,

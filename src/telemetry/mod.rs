@@ -52,10 +52,12 @@ pub const RULES_RELOADS: &str = "credit_sidecar_rules_reloads_total";
 pub const JOURNAL_ENTRIES: &str = "credit_sidecar_journal_entries";
 pub const JOURNAL_COMMITS: &str = "credit_sidecar_journal_commits_total";
 pub const ALERTS: &str = "credit_sidecar_alerts_total";
+pub const WEBHOOK_DELIVERIES: &str = "credit_sidecar_webhook_deliveries_total";
+pub const WEBHOOK_PENDING: &str = "credit_sidecar_webhook_pending";
 
 /// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
 /// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
-pub const EXPORTED: [&str; 21] = [
+pub const EXPORTED: [&str; 23] = [
     CALLS,
     CALL_DURATION,
     DECLINES,
@@ -77,6 +79,8 @@ pub const EXPORTED: [&str; 21] = [
     JOURNAL_ENTRIES,
     JOURNAL_COMMITS,
     ALERTS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_PENDING,
 ];
 
 /// The process metrics (`metrics-process`, as Prometheus's Go client names them), collected at
@@ -184,6 +188,8 @@ fn describe() {
         "Commits through the outage journal, by result: journaled, full (refused), applied, declined, refused."
     );
     describe_counter!(ALERTS, "Alerts this process recorded (thresholds crossed), by kind.");
+    describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts, by result: delivered, retried, failed.");
+    describe_gauge!(WEBHOOK_PENDING, "Alert deliveries waiting to be posted (or retried), in the ledger database.");
     describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
     for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {

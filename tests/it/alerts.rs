@@ -263,3 +263,104 @@ async fn the_background_loop_records_what_it_finds() {
     assert_eq!((alerts.len(), alerts[0].observed, alerts[0].base), (1, 400, 500));
     h.stop().await;
 }
+
+/// What a webhook receiver got: (event id header, timestamp header, signature header, body).
+type Received = Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+
+/// A webhook receiver on a free port that answers 500 to its first `failures` posts, then 200.
+async fn receiver(failures: usize) -> (String, Received) {
+    use axum::http::{HeaderMap, StatusCode};
+    let received: Received = Arc::default();
+    let log = received.clone();
+    let app = axum::Router::new().route(
+        "/hook/secret-token",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let mut log = log.lock().unwrap();
+                log.push((
+                    header("x-credit-sidecar-event-id"),
+                    header("x-credit-sidecar-timestamp"),
+                    header("x-credit-sidecar-signature"),
+                    body,
+                ));
+                if log.len() <= failures { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook/secret-token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+/// An alert is posted to each webhook, signed; a webhook that fails is retried with backoff
+/// (the same event id each time: at least once) until it takes it, or given up after
+/// `attempts_max`; ListAlerts shows each delivery's state, without the URL's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
+    use credit_sidecar::alerts::{Webhooks, signature};
+    use pb::alert_threshold::When;
+    let (flaky, flaky_got) = receiver(2).await;
+    let (broken, broken_got) = receiver(usize::MAX).await;
+    let secret = b"whsec-test".to_vec();
+    let webhooks = Webhooks {
+        urls: vec![flaky.clone(), broken.clone()],
+        secret: secret.clone(),
+        attempts_max: 3,
+        backoff: Duration::from_millis(20),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display())).await.unwrap();
+    let clock = ManualClock::new(t0());
+    let ledger = Ledger::new(Rules::default().request_id_retention_ms);
+    let outbox = Some(Arc::new(MemoryOutbox::new(10_000)));
+    let engine = Engine::embedded_with(Rules::default(), Arc::new(clock.clone()), ledger, outbox);
+    let alerts = Arc::new(Alerts::new(Some(webhooks)));
+    let options = ServeOptions {
+        settle: Some(settle_setup(&store, "a")),
+        alert_interval: Duration::from_secs(3600),
+        alerts: alerts.clone(),
+        ..ServeOptions::new(Duration::from_secs(3600))
+    };
+    let h = Harness::serve_settled(clock, engine, None, options).await;
+    h.account("acct", 1_000).await;
+    let thresholds = vec![threshold("low", When::AvailableBelow(500))];
+    let request = pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds };
+    h.admin.clone().set_alert_thresholds(request).await.unwrap();
+    h.hold("acct", "ann", 600).await;
+    assert_eq!(alerts.pass(&h.engine, &store).await.unwrap().fired, 1);
+
+    let list = pb::ListAlertsRequest { account_id: "acct".into(), page_size: 0, page_token: String::new() };
+    let settled = |alert: &pb::Alert| {
+        alert.deliveries.len() == 2
+            && alert.deliveries.iter().all(|delivery| delivery.state() != pb::DeliveryState::Pending)
+    };
+    eventually("both deliveries settle", Duration::from_secs(20), async || {
+        settled(&h.admin.clone().list_alerts(list.clone()).await.unwrap().into_inner().alerts[0])
+    })
+    .await;
+    let alert = h.admin.clone().list_alerts(list).await.unwrap().into_inner().alerts.remove(0);
+    let origin = |url: &str| format!("{}/…", &url[..url.find("/hook").unwrap()]);
+    let by_url = |url: &str| alert.deliveries.iter().find(|delivery| delivery.url == origin(url)).unwrap().clone();
+    let (taken, refused) = (by_url(&flaky), by_url(&broken));
+    assert_eq!((taken.state(), taken.attempts, taken.delivered_unix_ms > 0), (pb::DeliveryState::Delivered, 3, true));
+    assert_eq!((refused.state(), refused.attempts), (pb::DeliveryState::Failed, 3));
+    assert!(refused.last_error.contains("500"), "{refused:?}");
+    assert!(!taken.url.contains("secret-token"), "the path is not shown: {}", taken.url);
+
+    // Every post of the alert, to either webhook, carries the same event id, a body in format 1,
+    // and a signature the receiver can check with the shared secret.
+    let posts: Vec<_> = flaky_got.lock().unwrap().iter().chain(broken_got.lock().unwrap().iter()).cloned().collect();
+    assert_eq!(posts.len(), 6);
+    for (event_id, timestamp, signed, body) in posts {
+        assert_eq!(event_id, alert.event_id);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!((json["format"].as_u64(), json["event_id"].as_str()), (Some(1), Some(alert.event_id.as_str())));
+        assert_eq!((json["observed"].as_i64(), json["base"].as_i64()), (Some(400), Some(500)));
+        assert_eq!(signed, signature(&secret, timestamp.parse().unwrap(), &body));
+        assert_ne!(signed, signature(b"another secret", timestamp.parse().unwrap(), &body));
+    }
+    h.stop().await;
+}

@@ -11,7 +11,7 @@ use credit_sidecar::config::{Settings, command};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Settings a file may hold but no flag or variable can express.
-const FILE_ONLY: [&str; 3] = ["categories", "price_book", "journal_categories"];
+const FILE_ONLY: [&str; 4] = ["categories", "price_book", "journal_categories", "webhook_urls"];
 
 fn names() -> BTreeSet<&'static str> {
     SETTINGS.iter().map(|setting| setting.name).collect()

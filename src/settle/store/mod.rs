@@ -26,7 +26,7 @@ mod durable;
 mod read;
 mod write;
 
-pub use alerts::{AlertCursor, AlertRow};
+pub use alerts::{AlertCursor, AlertRow, Delivery};
 pub use read::{LineItem, SettledReservation, SettledTotals, UsageRow};
 
 /// Rows per multi-row statement (well under both databases' bind-parameter limits).
