@@ -1,7 +1,7 @@
 -- Alert thresholds per account (CreditAdmin.SetAlertThresholds replaces an account's set), and
--- the alerts they fired: at most one per threshold and billing cycle, whichever replica saw it
--- first (the primary key). `kind`, `scope_id` and `value` are src/ledger/alerts.rs's
--- Threshold::parts.
+-- the alerts they fired: at most one per threshold (its id and its definition: a threshold
+-- redefined under the same id is another one) and billing cycle, whichever replica saw it first
+-- (the primary key). `kind`, `scope_id` and `value` are src/ledger/alerts.rs's Threshold::parts.
 CREATE TABLE alert_thresholds (
     account_id TEXT NOT NULL,
     threshold_id TEXT NOT NULL,
@@ -21,7 +21,7 @@ CREATE TABLE alerts (
     value BIGINT NOT NULL,
     observed BIGINT NOT NULL,
     base BIGINT NOT NULL,
-    PRIMARY KEY (account_id, threshold_id, cycle_start_ms)
+    PRIMARY KEY (account_id, threshold_id, kind, scope_id, value, cycle_start_ms)
 );
 CREATE INDEX alerts_by_fired ON alerts (account_id, fired_ms);
 
@@ -31,6 +31,9 @@ CREATE INDEX alerts_by_fired ON alerts (account_id, fired_ms);
 CREATE TABLE alert_deliveries (
     account_id TEXT NOT NULL,
     threshold_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    scope_id TEXT NOT NULL DEFAULT '',
+    value BIGINT NOT NULL,
     cycle_start_ms BIGINT NOT NULL,
     url TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
@@ -38,6 +41,6 @@ CREATE TABLE alert_deliveries (
     next_attempt_ms BIGINT NOT NULL,
     last_error TEXT,
     delivered_ms BIGINT,
-    PRIMARY KEY (account_id, threshold_id, cycle_start_ms, url)
+    PRIMARY KEY (account_id, threshold_id, kind, scope_id, value, cycle_start_ms, url)
 );
 CREATE INDEX alert_deliveries_due ON alert_deliveries (state, next_attempt_ms);

@@ -117,6 +117,8 @@ pub struct Pass {
     pub accounts: usize,
     /// Alerts this pass recorded (not those another replica or an earlier pass had).
     pub fired: usize,
+    /// Accounts or alerts it could not read or record (tried again next pass).
+    pub failed: usize,
 }
 
 /// The alerts this sidecar records, told to whoever listens (WatchAccount streams), and posted
@@ -124,9 +126,9 @@ pub struct Pass {
 pub struct Alerts {
     sender: broadcast::Sender<Arc<AlertRow>>,
     webhooks: Option<Webhooks>,
-    /// (account, threshold, cycle) known recorded, so a crossed threshold is not written again
-    /// every pass. Cleared when it grows past a bound (the database's key still holds).
-    recorded: std::sync::Mutex<HashSet<(String, String, i64)>>,
+    /// Event ids known recorded, so a crossed threshold is not written again every pass. Cleared
+    /// when it grows past a bound (the database's key still holds).
+    recorded: std::sync::Mutex<HashSet<String>>,
 }
 
 const RECORDED_REMEMBERED: usize = 100_000;
@@ -150,7 +152,8 @@ impl Alerts {
         self.sender.subscribe()
     }
 
-    /// One pass over every account with thresholds.
+    /// One pass over every account with thresholds. An account that cannot be read or recorded
+    /// now is skipped (counted in `failed`), not the pass.
     pub async fn pass(&self, engine: &Engine, store: &Store) -> Result<Pass, String> {
         let all = store.all_alert_thresholds().await.map_err(|error| error.to_string())?;
         let mut pass = Pass::default();
@@ -159,16 +162,16 @@ impl Alerts {
             let view = match engine.account(&id).await {
                 Ok(view) => view,
                 Err(EngineError::Ledger(LedgerError::AccountNotFound(_))) => continue,
-                Err(error) => return Err(error.to_string()),
+                Err(error) => {
+                    tracing::warn!(account, %error, "alert pass: the account cannot be read; next pass");
+                    pass.failed += 1;
+                    continue;
+                }
             };
             pass.accounts += 1;
             let fired_ms = chrono::Utc::now().timestamp_millis();
             for threshold in thresholds {
                 let Some(crossing) = threshold.crossed(&view) else { continue };
-                let key = (account.clone(), threshold.id.clone(), view.cycle.start_ms);
-                if self.recorded.lock().expect("recorded alerts").contains(&key) {
-                    continue;
-                }
                 let alert = AlertRow {
                     account: account.clone(),
                     threshold,
@@ -176,8 +179,19 @@ impl Alerts {
                     fired_ms,
                     crossing,
                 };
+                let key = alert.event_id();
+                if self.recorded.lock().expect("recorded alerts").contains(&key) {
+                    continue;
+                }
                 let urls = self.webhooks.as_ref().map_or(&[][..], |hooks| &hooks.urls[..]);
-                let new = store.record_alert(&alert, urls).await.map_err(|error| error.to_string())?;
+                let new = match store.record_alert(&alert, urls).await {
+                    Ok(new) => new,
+                    Err(error) => {
+                        tracing::warn!(account, %error, "alert pass: an alert cannot be recorded; next pass");
+                        pass.failed += 1;
+                        continue;
+                    }
+                };
                 {
                     let mut recorded = self.recorded.lock().expect("recorded alerts");
                     if recorded.len() >= RECORDED_REMEMBERED {
@@ -206,38 +220,49 @@ impl Alerts {
 }
 
 impl Alerts {
-    /// Posts the deliveries due now; returns how many were attempted.
-    pub async fn deliver(&self, store: &Store, client: &reqwest::Client) -> Result<usize, String> {
+    /// Posts the deliveries due now, one at a time, until `stopped` changes; returns how many
+    /// were attempted.
+    pub async fn deliver(
+        &self,
+        store: &Store,
+        client: &reqwest::Client,
+        stopped: &mut watch::Receiver<()>,
+    ) -> Result<usize, String> {
         let Some(hooks) = &self.webhooks else { return Ok(0) };
         let now = chrono::Utc::now().timestamp_millis();
         let due = store.due_deliveries(now, DELIVERIES_PER_PASS).await.map_err(|error| error.to_string())?;
         let mut attempted = 0;
         for (delivery, alert) in due {
-            let lease = now + (ATTEMPT_TIMEOUT.as_millis() as i64) * 2;
+            // Taken with a fresh clock: the lease outlasts this attempt whatever came before it.
+            let lease = chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64;
             if !store.lease_delivery(&alert, &delivery, lease).await.map_err(|error| error.to_string())? {
                 continue; // another replica took it
             }
             attempted += 1;
-            let failed = post(client, hooks, &delivery, &alert).await.err();
+            let failed = if hooks.urls.contains(&delivery.url) {
+                tokio::select! {
+                    posted = post(client, hooks, &delivery, &alert) => posted.err(),
+                    // Stopping: the lease lapses, and the delivery is tried again later.
+                    _ = stopped.changed() => return Ok(attempted),
+                }
+            } else {
+                // Removed from webhook_urls since the alert fired: not posted any more.
+                Some(NOT_CONFIGURED.to_owned())
+            };
             let done = chrono::Utc::now().timestamp_millis();
             let attempts = u32::try_from(delivery.attempts + 1).unwrap_or(u32::MAX);
+            let url = origin(&delivery.url);
             let (result, outcome) = match &failed {
                 None => ("delivered", None),
-                Some(error) if attempts >= hooks.attempts_max => {
-                    tracing::error!(
-                        event_id = alert.event_id(),
-                        url = origin(&delivery.url),
-                        attempts,
-                        error,
-                        "webhook delivery given up"
-                    );
+                Some(error) if attempts >= hooks.attempts_max || error == NOT_CONFIGURED => {
+                    tracing::error!(event_id = alert.event_id(), url, attempts, error, "webhook delivery given up");
                     ("failed", Some((error.as_str(), None)))
                 }
                 Some(error) => {
                     let next = done + backoff(hooks.backoff, attempts).as_millis() as i64;
                     tracing::warn!(
                         event_id = alert.event_id(),
-                        url = origin(&delivery.url),
+                        url,
                         attempts,
                         error,
                         "webhook delivery failed; will retry"
@@ -245,14 +270,28 @@ impl Alerts {
                     ("retried", Some((error.as_str(), Some(next))))
                 }
             };
-            store.delivery_attempted(&alert, &delivery.url, done, outcome).await.map_err(|error| error.to_string())?;
+            let recorded = store.delivery_attempted(&alert, &delivery.url, lease, done, outcome).await;
+            if !recorded.map_err(|error| error.to_string())? {
+                tracing::warn!(
+                    event_id = alert.event_id(),
+                    url,
+                    "webhook delivery: the lease had passed to another replica"
+                );
+            }
             metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES, "result" => result).increment(1);
         }
-        let pending = store.pending_deliveries().await.map_err(|error| error.to_string())?;
-        metrics::gauge!(crate::telemetry::WEBHOOK_PENDING).set(pending as f64);
         Ok(attempted)
     }
 }
+
+/// The error of a delivery to a URL no longer in `webhook_urls`.
+const NOT_CONFIGURED: &str = "no longer in webhook_urls";
+
+/// How long a replica holds a delivery it is posting: well beyond one attempt.
+const LEASE: Duration = Duration::from_secs(60);
+
+/// The delivery loop counts the pending deliveries for the gauge every this many passes.
+const PENDING_GAUGE_EVERY: u32 = 25;
 
 /// One attempt: a 2xx answer within [`ATTEMPT_TIMEOUT`] delivers.
 async fn post(client: &reqwest::Client, hooks: &Webhooks, delivery: &Delivery, alert: &AlertRow) -> Result<(), String> {
@@ -268,14 +307,36 @@ async fn post(client: &reqwest::Client, hooks: &Webhooks, delivery: &Delivery, a
         .body(body)
         .send()
         .await
-        // Without the URL: its path may carry a token.
-        .map_err(|error| error.without_url().to_string())?;
-    if response.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", response.status())) }
+        .map_err(|error| error_chain(&error.without_url()))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else if status.is_redirection() {
+        Err(format!("HTTP {status} (redirects are not followed: a signed alert goes where it was configured)"))
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// An error and its causes, without the URL (its path may carry a token).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// Posts due deliveries every [`DELIVERY_POLL`] until `stopped` closes.
 pub async fn delivery_loop(alerts: Arc<Alerts>, store: Store, mut stopped: watch::Receiver<()>) {
-    let client = match reqwest::Client::builder().build() {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(3))
+        .build();
+    let client = match client {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "webhooks: cannot build an HTTP client; alerts are not posted");
@@ -284,14 +345,21 @@ pub async fn delivery_loop(alerts: Arc<Alerts>, store: Store, mut stopped: watch
     };
     let mut ticker = tokio::time::interval(DELIVERY_POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut passes = 0_u32;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        if let Err(error) = alerts.deliver(&store, &client).await {
+        if let Err(error) = alerts.deliver(&store, &client, &mut stopped).await {
             tracing::warn!(%error, "webhook pass failed; will retry");
         }
+        if passes.is_multiple_of(PENDING_GAUGE_EVERY)
+            && let Ok(pending) = store.pending_deliveries().await
+        {
+            metrics::gauge!(crate::telemetry::WEBHOOK_PENDING).set(pending as f64);
+        }
+        passes = passes.wrapping_add(1);
     }
 }
 
@@ -305,6 +373,8 @@ pub async fn alert_loop(
 ) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first pass one interval after the start, not at once.
+    ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -336,7 +406,7 @@ mod tests {
     fn the_payload_is_format_1_and_the_signature_is_hmac_sha256_of_timestamp_dot_body() {
         assert_eq!(
             payload(&alert()),
-            r#"{"account_id":"acme","base":1000,"cycle_start_unix_ms":1772236800000,"event_id":"acme/eighty/1772236800000","fired_unix_ms":1773144000000,"format":1,"observed":860,"threshold":{"kind":"used_percent","scope_id":"","threshold_id":"eighty","value":80},"type":"alert"}"#
+            r#"{"account_id":"acme","base":1000,"cycle_start_unix_ms":1772236800000,"event_id":"acme/eighty/1772236800000/used_percent:80","fired_unix_ms":1773144000000,"format":1,"observed":860,"threshold":{"kind":"used_percent","scope_id":"","threshold_id":"eighty","value":80},"type":"alert"}"#
         );
         // Computed apart (Python's hmac): HMAC-SHA256(b"secret", b"1700000000000.{}").
         assert_eq!(

@@ -21,6 +21,9 @@ use crate::settle::store::{AlertRow, Store, StoreError};
 /// stream lives for minutes), so they have their own bound.
 pub const WATCH_STREAMS_MAX: usize = 64;
 
+/// How long a WatchAccount stream may leave a message unread before it is ended.
+const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A WatchAccount stream's messages.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAccountResponse, Status>> + Send>>;
 
@@ -42,7 +45,7 @@ impl AdminService {
 
     fn store(&self) -> Result<&Store, Status> {
         self.store.as_ref().ok_or_else(|| {
-            let reason = "usage comes from the durable ledger, and no database is configured";
+            let reason = "this call reads or writes the durable ledger, and no database is configured";
             super::status::to_status(crate::engine::Error::NotConfigured(reason.into()))
         })
     }
@@ -266,7 +269,7 @@ impl Watched {
                 Wake::Tick => Vec::new(),
                 Wake::Alert(alert) => vec![respond::alert(&alert)],
                 Wake::Closing => {
-                    self.send(Err(super::status::shutting_down())).await;
+                    self.send_last(super::status::shutting_down()).await;
                     return;
                 }
             };
@@ -298,15 +301,26 @@ impl Watched {
                     Ok(alert) if alert.account == self.account.as_str() => Wake::Alert(alert),
                     // Another account's, or some missed (this stream lagged): nothing to tell.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => Wake::Tick,
+                    // The sidecar is going away (its alerts with it).
+                    Err(broadcast::error::RecvError::Closed) => Wake::Closing,
                 },
             };
         }
     }
 
-    /// False when the caller has gone.
-    async fn send(&self, message: Result<pb::WatchAccountResponse, Status>) -> bool {
-        self.sender.send(message).await.is_ok()
+    /// False when the caller has gone, or stopped reading for [`WATCH_SEND_TIMEOUT`] (a stream
+    /// that does not drain keeps no slot), or the sidecar is stopping meanwhile.
+    async fn send(&mut self, message: Result<pb::WatchAccountResponse, Status>) -> bool {
+        let mut closing = self.closing.clone();
+        tokio::select! {
+            sent = tokio::time::timeout(WATCH_SEND_TIMEOUT, self.sender.send(message)) => matches!(sent, Ok(Ok(()))),
+            _ = closing.wait_for(|closing| *closing) => false,
+        }
+    }
+
+    /// The last message, at shutdown: given a moment, not raced against the shutdown itself.
+    async fn send_last(&self, status: Status) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sender.send(Err(status))).await;
     }
 }
 

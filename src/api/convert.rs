@@ -359,7 +359,7 @@ pub fn alert_thresholds(request: pb::SetAlertThresholdsRequest, rules: &Rules) -
 }
 
 /// A ListAlerts: the account, the page size, and where the previous page ended
-/// (`<fired_unix_ms>:<threshold_id>`).
+/// (`<fired_unix_ms>:<cycle_start_unix_ms>:<event_id>`).
 pub fn alerts_query(request: pb::ListAlertsRequest) -> Result<(AccountId, usize, Option<AlertCursor>)> {
     let account = AccountId::parse(&request.account_id)?;
     let (size, _) = page(request.page_size, "")?;
@@ -367,8 +367,11 @@ pub fn alerts_query(request: pb::ListAlertsRequest) -> Result<(AccountId, usize,
         "" => None,
         token => {
             let bad = || Error::invalid("page_token", "not a token from a previous page");
-            let (fired, threshold) = token.split_once(':').ok_or_else(bad)?;
-            Some((fired.parse::<i64>().map_err(|_| bad())?, threshold.to_owned()))
+            let mut parts = token.splitn(3, ':');
+            let (Some(fired), Some(cycle), Some(event)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad());
+            };
+            Some((fired.parse::<i64>().map_err(|_| bad())?, cycle.parse::<i64>().map_err(|_| bad())?, event.to_owned()))
         }
     };
     Ok((account, size, before))

@@ -101,11 +101,13 @@ fn delivery(delivery: &Delivery) -> pb::WebhookDelivery {
 pub fn alerts(
     thresholds: &[Threshold],
     page: &[AlertRow],
-    deliveries: &BTreeMap<(String, i64), Vec<Delivery>>,
+    deliveries: &BTreeMap<String, Vec<Delivery>>,
     page_size: usize,
 ) -> pb::ListAlertsResponse {
     let next_page_token = match page.last() {
-        Some(last) if page.len() == page_size => format!("{}:{}", last.fired_ms, last.threshold.id),
+        Some(last) if page.len() == page_size => {
+            format!("{}:{}:{}", last.fired_ms, last.cycle_start_ms, last.event_id())
+        }
         _ => String::new(),
     };
     pb::ListAlertsResponse {
@@ -113,8 +115,7 @@ pub fn alerts(
         alerts: page
             .iter()
             .map(|row| {
-                let key = (row.threshold.id.clone(), row.cycle_start_ms);
-                let sent = deliveries.get(&key).map_or(&[][..], Vec::as_slice);
+                let sent = deliveries.get(&row.event_id()).map_or(&[][..], Vec::as_slice);
                 pb::Alert { deliveries: sent.iter().map(delivery).collect(), ..alert(row) }
             })
             .collect(),

@@ -496,6 +496,13 @@ impl Config {
         (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
         (settings.redis_password_file, settings.database_password_file) = (None, None);
         webhooks(&settings, false).map_err(|error| error.sourced(&sources))?;
+        if settings.redis_url.is_none() && settings.journal_categories.is_some() {
+            // The journal needs the Redis engine, whose URL a deployment often gives apart (the
+            // chart: from a Secret, through the environment): checked in every other way.
+            let rules = rules(&settings).map_err(|error| error.sourced(&sources))?;
+            journal_settings(&settings, &rules).map_err(|error| error.sourced(&sources))?;
+            (settings.journal_categories, settings.journal_path, settings.journal_entries_max) = (None, None, None);
+        }
         (settings.webhook_urls, settings.webhook_secret_file, settings.webhook_attempts_max) = (None, None, None);
         if settings.otel_ca_file.take().is_some() && !settings.otel_endpoint.as_deref().is_some_and(is_https) {
             return Err(ConfigError::new("otel_ca_file", OTEL_CA_NEEDS_HTTPS).sourced(&sources));
@@ -719,7 +726,10 @@ fn webhooks(file: &Settings, read_secret: bool) -> Result<Option<Webhooks>, Conf
             _ => Ok(None),
         };
     };
-    for url in urls {
+    for (index, url) in urls.iter().enumerate() {
+        if urls[..index].contains(url) {
+            return Err(ConfigError::new("webhook_urls", format!("{} is listed twice", crate::alerts::origin(url))));
+        }
         let parsed = url::Url::parse(url)
             .map_err(|_| ConfigError::new("webhook_urls", format!("{} is not a URL", crate::alerts::origin(url))))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -740,6 +750,18 @@ fn webhooks(file: &Settings, read_secret: bool) -> Result<Option<Webhooks>, Conf
 /// The outage journal: on when `journal_categories` lists any, with the Redis engine only (the
 /// embedded engine has no outage to ride out); its other settings are refused without it.
 fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
+    let journal = journal_settings(file, rules)?;
+    if journal.is_some() && matches!(engine, EngineConfig::Embedded) {
+        return Err(ConfigError::new(
+            "journal_categories",
+            "needs the Redis engine (redis_url): the embedded engine has no outage to ride out",
+        ));
+    }
+    Ok(journal)
+}
+
+/// The journal's settings, checked on their own.
+fn journal_settings(file: &Settings, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
     let Some(categories) = file.journal_categories.as_ref().filter(|categories| !categories.is_empty()) else {
         return match (&file.journal_path, &file.journal_entries_max) {
             (Some(_), _) => Err(ConfigError::new("journal_path", "does nothing without journal_categories")),
@@ -747,12 +769,6 @@ fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Opti
             _ => Ok(None),
         };
     };
-    if matches!(engine, EngineConfig::Embedded) {
-        return Err(ConfigError::new(
-            "journal_categories",
-            "needs the Redis engine (redis_url): the embedded engine has no outage to ride out",
-        ));
-    }
     let coverage = if categories.contains("*") {
         if categories.len() > 1 {
             return Err(ConfigError::new("journal_categories", "\"*\" stands for every category; list it alone"));
@@ -1161,6 +1177,10 @@ mod tests {
             ("webhook_urls = [\"https://h/x\"]".to_owned(), "webhook_secret_file: is required with webhook_urls"),
             ("webhook_secret_file = \"/s\"".to_owned(), "webhook_secret_file: does nothing without webhook_urls"),
             ("webhook_attempts_max = 3".to_owned(), "webhook_attempts_max: does nothing without"),
+            (
+                "webhook_urls = [\"https://h/x\", \"https://h/x\"]\nwebhook_secret_file = \"/s\"".to_owned(),
+                "webhook_urls: https://h/… is listed twice",
+            ),
             ("webhook_urls = [\"ftp://h/x\"]\nwebhook_secret_file = \"/s\"".to_owned(), "webhook_urls: "),
             ("webhook_urls = [\"nope\"]\nwebhook_secret_file = \"/s\"".to_owned(), "webhook_urls: <not a URL> is not"),
             (

@@ -322,11 +322,11 @@ pub const WEBHOOK_SECRET_FILE: Setting = text(
 );
 pub const WEBHOOK_ATTEMPTS_MAX: Setting = number(
     "webhook_attempts_max",
-    12,
+    20,
     1,
     100,
     "attempts",
-    "attempts to deliver an alert to a webhook (backoff 1 s doubling to 5 min) before giving up",
+    "attempts to deliver an alert to a webhook (backoff 1 s doubling to 5 min: 20 span about an hour) before giving up",
 );
 pub const HEALTH_INTERVAL_MS: Setting =
     number("health_interval_ms", 1_000, 10, 60_000, "ms", "how often Redis and the database are checked for health");

@@ -31,7 +31,17 @@ struct Alerting {
 async fn alerting(kind: EngineKind) -> Alerting {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display());
-    let store = Store::connect(&url).await.unwrap();
+    alerting_on(kind, &url, None, dir).await
+}
+
+/// A server of `kind` settling into the ledger at `url`, posting alerts to `webhooks`.
+async fn alerting_on(
+    kind: EngineKind,
+    url: &str,
+    webhooks: Option<credit_sidecar::alerts::Webhooks>,
+    dir: tempfile::TempDir,
+) -> Alerting {
+    let store = Store::connect(url).await.unwrap();
     let clock = ManualClock::new(t0());
     let (engine, redis) = match kind {
         EngineKind::Embedded => {
@@ -45,7 +55,7 @@ async fn alerting(kind: EngineKind) -> Alerting {
             (engine, Some(server))
         }
     };
-    let alerts = Arc::new(Alerts::default());
+    let alerts = Arc::new(Alerts::new(webhooks));
     let options = ServeOptions {
         settle: Some(settle_setup(&store, "a")),
         alert_interval: Duration::from_secs(3600),
@@ -143,7 +153,7 @@ async fn each_threshold_fires_once_per_cycle_is_listed_and_watched(h: Harness) {
         }
     };
     assert_eq!(cycle_start, ms(2026, 2, 28, 0));
-    assert_eq!(pushed.event_id, format!("acct/ai-half/{cycle_start}"));
+    assert_eq!(pushed.event_id, format!("acct/ai-half/{cycle_start}/category_percent:50:ai"));
     assert_eq!((pushed.observed, pushed.base), (60, 100));
 
     a.reserve("bob", "enrichment", 800).await; // 860 of 1000 used; 140 available
@@ -158,24 +168,37 @@ async fn each_threshold_fires_once_per_cycle_is_listed_and_watched(h: Harness) {
     assert_eq!(other.pass(&a.h.engine, &a.store).await.unwrap().fired, 0);
 
     // Listed newest first, in pages, each once.
-    let mut listed = Vec::new();
+    let mut listed: Vec<pb::Alert> = Vec::new();
     let mut token = String::new();
     loop {
         let page = a.list(2, &token).await;
         let mut by_id = thresholds();
         by_id.sort_by(|a, b| a.threshold_id.cmp(&b.threshold_id));
         assert_eq!(page.thresholds, by_id, "listed by id");
-        listed.extend(page.alerts.iter().map(|alert| alert.threshold.as_ref().unwrap().threshold_id.clone()));
+        listed.extend(page.alerts);
         if page.next_page_token.is_empty() {
             break;
         }
         token = page.next_page_token;
     }
-    assert_eq!(listed.len(), 5, "{listed:?}");
-    assert_eq!(listed[0], "empty");
-    assert_eq!(listed[4], "ai-half");
-    let first = &a.list(1, "").await.alerts[0];
-    assert_eq!((first.account_id.as_str(), first.observed, first.base), ("acct", 0, 0));
+    let mut ids: Vec<&str> =
+        listed.iter().map(|alert| alert.threshold.as_ref().unwrap().threshold_id.as_str()).collect();
+    assert!(listed.windows(2).all(|pair| pair[0].fired_unix_ms >= pair[1].fired_unix_ms), "newest first");
+    assert_eq!(listed.last().unwrap().event_id, pushed.event_id, "the first to fire is listed last");
+    ids.sort_unstable();
+    assert_eq!(ids, ["ai-half", "ann-half", "eighty", "empty", "low"]);
+    let empty = listed.iter().find(|alert| alert.event_id.contains("/empty/")).unwrap();
+    assert_eq!((empty.account_id.as_str(), empty.observed, empty.base), ("acct", 0, 0));
+
+    // A threshold redefined under its id is another threshold: it may fire in this cycle too.
+    use pb::alert_threshold::When;
+    let redefined = vec![threshold("low", When::AvailableBelow(50))];
+    let request = pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds: redefined };
+    a.h.admin.clone().set_alert_thresholds(request).await.unwrap();
+    assert_eq!(a.pass().await, ["low"]);
+    assert_eq!(a.pass().await, Vec::<String>::new());
+    let request = pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds: thresholds() };
+    a.h.admin.clone().set_alert_thresholds(request).await.unwrap();
 
     // The next cycle: the plan renews; a threshold crossed again fires again, under the new
     // cycle's id.
@@ -267,8 +290,9 @@ async fn the_background_loop_records_what_it_finds() {
 /// What a webhook receiver got: (event id header, timestamp header, signature header, body).
 type Received = Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
 
-/// A webhook receiver on a free port that answers 500 to its first `failures` posts, then 200.
-async fn receiver(failures: usize) -> (String, Received) {
+/// A webhook receiver on a free port that answers `failing` to its first `failures` posts, then
+/// 200.
+async fn receiver(failures: usize, failing: axum::http::StatusCode) -> (String, Received) {
     use axum::http::{HeaderMap, StatusCode};
     let received: Received = Arc::default();
     let log = received.clone();
@@ -285,7 +309,8 @@ async fn receiver(failures: usize) -> (String, Received) {
                     header("x-credit-sidecar-signature"),
                     body,
                 ));
-                if log.len() <= failures { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+                let answer = if log.len() <= failures { failing } else { StatusCode::OK };
+                (answer, [("location", "http://127.0.0.1:9/elsewhere")])
             }
         }),
     );
@@ -300,13 +325,16 @@ async fn receiver(failures: usize) -> (String, Received) {
 /// `attempts_max`; ListAlerts shows each delivery's state, without the URL's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
+    use axum::http::StatusCode;
     use credit_sidecar::alerts::{Webhooks, signature};
     use pb::alert_threshold::When;
-    let (flaky, flaky_got) = receiver(2).await;
-    let (broken, broken_got) = receiver(usize::MAX).await;
+    let (flaky, flaky_got) = receiver(2, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let (broken, broken_got) = receiver(usize::MAX, StatusCode::INTERNAL_SERVER_ERROR).await;
+    // A redirect is not followed: a signed alert goes only where it was configured.
+    let (moved, moved_got) = receiver(usize::MAX, StatusCode::TEMPORARY_REDIRECT).await;
     let secret = b"whsec-test".to_vec();
     let webhooks = Webhooks {
-        urls: vec![flaky.clone(), broken.clone()],
+        urls: vec![flaky.clone(), broken.clone(), moved.clone()],
         secret: secret.clone(),
         attempts_max: 3,
         backoff: Duration::from_millis(20),
@@ -330,11 +358,12 @@ async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
     let request = pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds };
     h.admin.clone().set_alert_thresholds(request).await.unwrap();
     h.hold("acct", "ann", 600).await;
-    assert_eq!(alerts.pass(&h.engine, &store).await.unwrap().fired, 1);
+    let pass = alerts.pass(&h.engine, &store).await.unwrap();
+    assert_eq!(pass.fired, 1, "{pass:?}");
 
     let list = pb::ListAlertsRequest { account_id: "acct".into(), page_size: 0, page_token: String::new() };
     let settled = |alert: &pb::Alert| {
-        alert.deliveries.len() == 2
+        alert.deliveries.len() == 3
             && alert.deliveries.iter().all(|delivery| delivery.state() != pb::DeliveryState::Pending)
     };
     eventually("both deliveries settle", Duration::from_secs(20), async || {
@@ -344,7 +373,9 @@ async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
     let alert = h.admin.clone().list_alerts(list).await.unwrap().into_inner().alerts.remove(0);
     let origin = |url: &str| format!("{}/…", &url[..url.find("/hook").unwrap()]);
     let by_url = |url: &str| alert.deliveries.iter().find(|delivery| delivery.url == origin(url)).unwrap().clone();
-    let (taken, refused) = (by_url(&flaky), by_url(&broken));
+    let (taken, refused, redirected) = (by_url(&flaky), by_url(&broken), by_url(&moved));
+    assert_eq!(redirected.state(), pb::DeliveryState::Failed);
+    assert!(redirected.last_error.contains("redirects are not followed"), "{redirected:?}");
     assert_eq!((taken.state(), taken.attempts, taken.delivered_unix_ms > 0), (pb::DeliveryState::Delivered, 3, true));
     assert_eq!((refused.state(), refused.attempts), (pb::DeliveryState::Failed, 3));
     assert!(refused.last_error.contains("500"), "{refused:?}");
@@ -352,8 +383,10 @@ async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
 
     // Every post of the alert, to either webhook, carries the same event id, a body in format 1,
     // and a signature the receiver can check with the shared secret.
-    let posts: Vec<_> = flaky_got.lock().unwrap().iter().chain(broken_got.lock().unwrap().iter()).cloned().collect();
-    assert_eq!(posts.len(), 6);
+    let mut posts: Vec<_> = flaky_got.lock().unwrap().clone();
+    posts.extend(broken_got.lock().unwrap().iter().cloned());
+    posts.extend(moved_got.lock().unwrap().iter().cloned());
+    assert_eq!(posts.len(), 9);
     for (event_id, timestamp, signed, body) in posts {
         assert_eq!(event_id, alert.event_id);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -363,4 +396,43 @@ async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
         assert_ne!(signed, signature(b"another secret", timestamp.parse().unwrap(), &body));
     }
     h.stop().await;
+}
+
+/// The alert tables through PostgreSQL (the rest of this module runs on SQLite): recorded once,
+/// a redefined threshold fires again, paging, and a delivery's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_deliveries_on_postgresql() {
+    use axum::http::StatusCode;
+    use credit_sidecar::alerts::Webhooks;
+    use pb::alert_threshold::When;
+    let postgres = crate::servers::PostgresServer::start();
+    let (hook, got) = receiver(0, StatusCode::OK).await;
+    let webhooks =
+        Webhooks { urls: vec![hook], secret: b"k".to_vec(), attempts_max: 3, backoff: Duration::from_millis(20) };
+    let a = alerting_on(EngineKind::Redis, &postgres.fresh_url(), Some(webhooks), tempfile::tempdir().unwrap()).await;
+    a.h.account("acct", 1_000).await;
+    let set = |thresholds| pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds };
+    let low = vec![threshold("low", When::AvailableBelow(500)), threshold("empty", When::Depleted(true))];
+    a.h.admin.clone().set_alert_thresholds(set(low)).await.unwrap();
+    a.reserve("ann", "enrichment", 600).await;
+    assert_eq!(a.pass().await, ["low"]);
+    assert_eq!(a.pass().await, Vec::<String>::new());
+    assert_eq!(Alerts::default().pass(&a.h.engine, &a.store).await.unwrap().fired, 0, "recorded once");
+    a.h.admin.clone().set_alert_thresholds(set(vec![threshold("low", When::AvailableBelow(450))])).await.unwrap();
+    assert_eq!(a.pass().await, ["low"], "redefined: another threshold");
+    let first = a.list(1, "").await;
+    let second = a.list(1, &first.next_page_token).await;
+    assert_eq!(first.alerts.len() + second.alerts.len(), 2);
+    assert_ne!(first.alerts[0].event_id, second.alerts[0].event_id);
+    assert!(a.list(1, &second.next_page_token).await.alerts.is_empty());
+    eventually("both alerts delivered", Duration::from_secs(20), async || got.lock().unwrap().len() == 2).await;
+    eventually("their deliveries recorded", Duration::from_secs(20), async || {
+        a.list(0, "")
+            .await
+            .alerts
+            .iter()
+            .all(|alert| alert.deliveries.len() == 1 && alert.deliveries[0].state() == pb::DeliveryState::Delivered)
+    })
+    .await;
+    a.h.stop().await;
 }

@@ -352,3 +352,161 @@ async fn a_tls_sidecar_is_verified_against_the_ca_file() {
         .unwrap();
     assert_eq!(json(expect(&from_config, 0))["plan"]["plan_credits"], "10");
 }
+
+/// `alerts set` and `alerts list`: thresholds set from flags and printed back; the sidecar's own
+/// pass (every 100 ms here) fires those a hold crosses, once each, and `alerts list` shows them
+/// with their delivery to a webhook nobody answers (its origin only, never its path; pending,
+/// with the last error and the next attempt), a page at a time. Bad flag syntax is a bad command
+/// line naming the flag (exit 2), as is neither a threshold nor `--clear`; a percentage out of
+/// range is refused by the sidecar (exit 3); neither changes the thresholds. `--clear` clears
+/// them, and the alerts stay listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_alert_thresholds_and_lists_the_alerts_they_fire() {
+    let work = Workdir::new();
+    let secret = work.path().join("webhook.key");
+    std::fs::write(&secret, "a-webhook-signing-key\n").unwrap();
+    let hook = format!("http://127.0.0.1:{}/hooks/a-secret-path", free_port());
+    let config = work.path().join("sidecar.toml");
+    std::fs::write(&config, format!("webhook_urls = [\"{hook}\"]\nwebhook_secret_file = \"{}\"\n", secret.display()))
+        .unwrap();
+    let mut command = work.command();
+    command.args(["--config", &config.to_string_lossy(), "--alert-interval-ms", "100"]);
+    let mut sidecar = Sidecar::spawn(command);
+    let serving = sidecar.serving().await;
+    let address = format!("http://{}", serving.grpc);
+    let run = |args: &[&str]| operator(&address, args);
+    expect(&run(&["plan", "set", "acme", "--credits", "100"]), 0);
+    expect(&run(&["user-limit", "set", "acme", "ann", "--limit", "40"]), 0);
+    expect(&run(&["category-budget", "set", "acme", "enrichment", "50"]), 0);
+
+    let set = run(&[
+        "alerts",
+        "set",
+        "acme",
+        "--used-percent",
+        "quarter=25",
+        "--available-below",
+        "low=10",
+        "--depleted",
+        "empty",
+        "--user-percent",
+        "ann-half=ann:50%",
+        "--category-percent",
+        "enrichment-most=enrichment:90",
+    ]);
+    let set = stdout(expect(&set, 0));
+    for row in [
+        ["THRESHOLD", "KIND", "SCOPE", "VALUE"],
+        ["quarter", "used_percent", "-", "25"],
+        ["low", "available_below", "-", "10"],
+        ["empty", "depleted", "-", "-"],
+        ["ann-half", "user_percent", "ann", "50"],
+        ["enrichment-most", "category_percent", "enrichment", "90"],
+    ] {
+        assert!(set.lines().any(|line| line.split_whitespace().eq(row)), "{row:?} in:\n{set}");
+    }
+
+    // 30 of 100 credits used (≥ 25 %), 30 of ann's 40 (≥ 50 %); 70 available, 30 of the
+    // category's 50 (< 90 %): two alerts.
+    let mut client = CreditAuthorizerClient::new(serving.channel().await);
+    let held = client.reserve(reserve_request("acme", 30, "hold-1")).await.unwrap().into_inner();
+    assert_eq!(held.outcome(), pb::Outcome::Ok);
+    let fired = |list: &Value| -> Vec<String> {
+        let alerts = list["alerts"].as_array().cloned().unwrap_or_default();
+        let mut ids: Vec<String> =
+            alerts.iter().map(|alert| alert["threshold"]["threshold_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    // Delivery is attempted (and fails: nobody listens) once the alerts are recorded.
+    let tried = |list: &Value| {
+        list["alerts"].as_array().is_some_and(|alerts| {
+            alerts.iter().all(|alert| alert["deliveries"][0]["last_error"].as_str().is_some_and(|e| !e.is_empty()))
+        })
+    };
+    eventually("the alerts fire and their delivery is tried", std::time::Duration::from_secs(20), async || {
+        let list = run(&["alerts", "list", "acme", "--json"]);
+        list.status.success() && fired(&json(&list)) == ["ann-half", "quarter"] && tried(&json(&list))
+    })
+    .await;
+
+    let list = json(expect(&run(&["alerts", "list", "acme", "--json"]), 0));
+    assert_eq!(list["thresholds"].as_array().map(Vec::len), Some(5), "{list}");
+    let alert = |id: &str| {
+        let alerts = list["alerts"].as_array().unwrap();
+        alerts.iter().find(|alert| alert["threshold"]["threshold_id"] == id).unwrap_or_else(|| panic!("{list}"))
+    };
+    let (alert, ann) = (alert("quarter"), alert("ann-half")["event_id"].as_str().unwrap());
+    let cycle_start = alert["cycle_start_unix_ms"].as_str().unwrap();
+    let event = alert["event_id"].as_str().unwrap();
+    assert!(event.starts_with(&format!("acme/quarter/{cycle_start}")), "{list}");
+    assert_eq!((&alert["observed"], &alert["base"]), (&"30".into(), &"100".into()), "{list}");
+    let delivery = &alert["deliveries"][0];
+    assert_eq!(delivery["state"], "DELIVERY_STATE_PENDING", "{list}");
+    assert!(delivery["next_attempt_unix_ms"].as_str().is_some(), "{list}");
+    assert!(!list.to_string().contains("a-secret-path"), "a webhook's path is never shown: {list}");
+
+    let table = stdout(expect(&run(&["alerts", "list", "acme"]), 0));
+    let header = |first: &str| table.lines().find(|line| line.starts_with(first)).unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        header("EVENT  ").split_whitespace().collect::<Vec<_>>(),
+        ["EVENT", "THRESHOLD", "FIRED", "OBSERVED", "BASE"]
+    );
+    assert!(
+        table.lines().any(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            cells.len() == 5 && cells[..2] == [ann, "ann-half"] && cells[3..] == ["30", "40"]
+        }),
+        "{table}"
+    );
+    let webhook = format!("{}/…", hook.trim_end_matches("/hooks/a-secret-path"));
+    let deliveries = table
+        .lines()
+        .skip_while(|line| !(line.starts_with("EVENT ") && line.contains(" WEBHOOK ")))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        deliveries.first().map(|line| line.split_whitespace().take(6).collect::<Vec<_>>()),
+        Some(vec!["EVENT", "WEBHOOK", "STATE", "ATTEMPTS", "NEXT", "ATTEMPT"]),
+        "{table}"
+    );
+    assert!(deliveries.iter().any(|line| line.split_whitespace().take(3).eq([ann, &webhook, "pending"])), "{table}");
+    assert!(!table.contains("a-secret-path"), "{table}");
+    assert!(!table.contains("older:"), "one page: {table}");
+
+    // A page at a time: the token of the first page gives the other alert.
+    let first = stdout(expect(&run(&["alerts", "list", "acme", "--page-size", "1"]), 0));
+    let token =
+        first.lines().find_map(|line| line.strip_prefix("older: --page-token ")).unwrap_or_else(|| panic!("{first}"));
+    let page = |args: &[&str]| json(expect(&run(&[&["alerts", "list", "acme", "--json"], args].concat()), 0));
+    let mut pages = fired(&page(&["--page-size", "1"]));
+    pages.extend(fired(&page(&["--page-size", "1", "--page-token", token])));
+    pages.sort();
+    assert_eq!(pages, ["ann-half", "quarter"]);
+
+    // A bad command line: exit 2, naming the flag, nothing sent. Out of range: refused, exit 3.
+    for (args, flag) in [
+        (&["--used-percent", "quarter"][..], "--used-percent"),
+        (&["--used-percent", "quarter=many"][..], "--used-percent"),
+        (&["--available-below", "low"][..], "--available-below"),
+        (&["--user-percent", "ann-half=ann"][..], "--user-percent"),
+        (&["--category-percent", "most=enrichment"][..], "--category-percent"),
+        (&["--clear", "--depleted", "empty"][..], "--clear"),
+        (&[][..], "--clear"),
+    ] {
+        let bad = run(&[&["alerts", "set", "acme"], args].concat());
+        assert!(stderr(expect(&bad, 2)).contains(flag), "{args:?}: {}", stderr(&bad));
+    }
+    let refused = run(&["alerts", "set", "acme", "--used-percent", "most=150"]);
+    let refused = stderr(expect(&refused, 3));
+    assert!(refused.contains("InvalidArgument") && refused.contains("thresholds[0].used_percent"), "{refused}");
+    let list = json(expect(&run(&["alerts", "list", "acme", "--json"]), 0));
+    assert_eq!(list["thresholds"].as_array().map(Vec::len), Some(5), "nothing changed: {list}");
+
+    let cleared = stdout(expect(&run(&["alerts", "set", "acme", "--clear"]), 0));
+    assert!(cleared.lines().any(|line| line.split_whitespace().eq(["thresholds", "none"])), "{cleared}");
+    let list = json(expect(&run(&["alerts", "list", "acme", "--json"]), 0));
+    assert!(list["thresholds"].as_array().is_none_or(Vec::is_empty), "{list}");
+    assert_eq!(fired(&list), ["ann-half", "quarter"], "the alerts stay: {list}");
+    let table = stdout(expect(&run(&["alerts", "list", "acme"]), 0));
+    assert!(table.lines().next().is_some_and(|line| line.split_whitespace().eq(["thresholds", "none"])), "{table}");
+}

@@ -212,6 +212,9 @@ string, number, boolean or array is also valid TOML, and numbers stay integers.
 {{- if not (or .Values.database.url .Values.database.existingSecret) }}
 {{- $_ := set $settings "database_url" (include "credit-sidecar.sqliteUrl" .) }}
 {{- end }}
+{{- if .Values.webhooks.secretName }}
+{{- $_ := set $settings "webhook_secret_file" "/etc/credit-sidecar/webhook-secret/secret" }}
+{{- end }}
 {{- if and $settings.journal_categories (not $settings.journal_path) }}
 {{- $_ := set $settings "journal_path" "/var/lib/credit-sidecar/journal.db" }}
 {{- end }}
@@ -318,6 +321,12 @@ chart gets them too). Takes a context with .mode.
 {{- end }}
 {{- if and $v.updateStrategy (include "credit-sidecar.singleton" .) }}
 {{- fail "credit-sidecar: updateStrategy is for the Deployment of the Redis engine with PostgreSQL; the embedded engine and a SQLite ledger run as a StatefulSet of one pod, which starts a new pod only after the old one has stopped: leave updateStrategy empty" }}
+{{- end }}
+{{- if and (get $v.config "webhook_urls") (not $v.webhooks.secretName) }}
+{{- fail "credit-sidecar: config.webhook_urls needs webhooks.secretName: a Secret you manage whose key webhooks.secretKey holds the webhooks' signing key (README, \"Alerts\")" }}
+{{- end }}
+{{- if and $v.webhooks.secretName (not (get $v.config "webhook_urls")) }}
+{{- fail "credit-sidecar: webhooks.secretName does nothing without config.webhook_urls" }}
 {{- end }}
 {{- $graceMs := add (int64 (default 10000 (get $v.config "shutdown_grace_ms"))) (int64 (default 0 (get $v.config "shutdown_drain_ms"))) }}
 {{- if le (mul (int64 $v.terminationGracePeriodSeconds) 1000) $graceMs }}
@@ -504,6 +513,9 @@ items: [{key, path}]}: one place for the container's mounts and the pod's volume
 {{- end }}
 {{- if $v.database.passwordSecret.name }}
 {{- $list = append $list (dict "name" "credit-sidecar-database-password" "path" "/etc/credit-sidecar/database-password" "secret" $v.database.passwordSecret.name "items" (list (dict "key" $v.database.passwordSecret.key "path" "password"))) }}
+{{- end }}
+{{- if $v.webhooks.secretName }}
+{{- $list = append $list (dict "name" "credit-sidecar-webhook-secret" "path" "/etc/credit-sidecar/webhook-secret" "secret" $v.webhooks.secretName "items" (list (dict "key" $v.webhooks.secretKey "path" "secret"))) }}
 {{- end }}
 {{- toYaml $list }}
 {{- end }}

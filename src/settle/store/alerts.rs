@@ -19,10 +19,40 @@ pub struct AlertRow {
 }
 
 impl AlertRow {
-    /// Stable across replicas and retries.
+    /// Stable across replicas and retries: the account, the threshold (its id, and its
+    /// definition when that is not the first one: `kind:value[:scope]`), the cycle.
     pub fn event_id(&self) -> String {
-        format!("{}/{}/{}", self.account, self.threshold.id, self.cycle_start_ms)
+        let (kind, scope, value) = self.threshold.parts();
+        let scope = if scope.is_empty() { String::new() } else { format!(":{scope}") };
+        format!("{}/{}/{}/{kind}:{value}{scope}", self.account, self.threshold.id, self.cycle_start_ms)
     }
+}
+
+/// The WHERE clause naming one alert's rows (`$n`.. from `first`), and its binds in order.
+const ALERT_KEY: &str = "account_id = $A AND threshold_id = $T AND kind = $K AND scope_id = $S AND value = $V \
+                         AND cycle_start_ms = $C";
+
+/// [`ALERT_KEY`] numbered from `$first`.
+fn alert_key(first: usize) -> String {
+    ["$A", "$T", "$K", "$S", "$V", "$C"]
+        .iter()
+        .enumerate()
+        .fold(ALERT_KEY.to_owned(), |sql, (offset, name)| sql.replace(name, &format!("${}", first + offset)))
+}
+
+/// Binds an alert's key, in [`ALERT_KEY`]'s order.
+fn bind_key<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    alert: &AlertRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let (kind, scope, value) = alert.threshold.parts();
+    query
+        .bind(alert.account.clone())
+        .bind(alert.threshold.id.clone())
+        .bind(kind)
+        .bind(scope.to_owned())
+        .bind(value)
+        .bind(alert.cycle_start_ms)
 }
 
 /// An alert's delivery to one webhook.
@@ -37,8 +67,8 @@ pub struct Delivery {
     pub delivered_ms: Option<i64>,
 }
 
-/// Where a page of alerts ends: (fired_ms, threshold_id) of its last, oldest alert.
-pub type AlertCursor = (i64, String);
+/// Where a page of alerts ends: (fired_ms, cycle_start_ms, event id) of its last, oldest alert.
+pub type AlertCursor = (i64, i64, String);
 
 fn threshold_of(row: &sqlx::any::AnyRow) -> Result<Threshold> {
     let (id, kind, scope, value): (String, String, String, i64) =
@@ -112,7 +142,12 @@ impl Store {
         .await?;
         let mut all: BTreeMap<String, Vec<Threshold>> = BTreeMap::new();
         for row in &rows {
-            all.entry(row.try_get("account_id")?).or_default().push(threshold_of(row)?);
+            let account: String = row.try_get("account_id")?;
+            // One row this binary cannot read does not stop every other account's alerts.
+            match threshold_of(row) {
+                Ok(threshold) => all.entry(account).or_default().push(threshold),
+                Err(error) => tracing::warn!(account, %error, "an alert threshold this binary cannot read; skipped"),
+            }
         }
         Ok(all)
     }
@@ -126,7 +161,7 @@ impl Store {
         let done = sqlx::query(
             "INSERT INTO alerts (account_id, threshold_id, cycle_start_ms, fired_ms, kind, scope_id, value, observed, base) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (account_id, threshold_id, cycle_start_ms) DO NOTHING",
+             ON CONFLICT (account_id, threshold_id, kind, scope_id, value, cycle_start_ms) DO NOTHING",
         )
         .bind(alert.account.clone())
         .bind(alert.threshold.id.clone())
@@ -142,17 +177,10 @@ impl Store {
         let new = done.rows_affected() == 1;
         if new {
             for url in webhooks {
-                sqlx::query(
-                    "INSERT INTO alert_deliveries (account_id, threshold_id, cycle_start_ms, url, next_attempt_ms) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(alert.account.clone())
-                .bind(alert.threshold.id.clone())
-                .bind(alert.cycle_start_ms)
-                .bind(url.clone())
-                .bind(alert.fired_ms)
-                .execute(&mut *tx)
-                .await?;
+                let insert = "INSERT INTO alert_deliveries \
+                     (account_id, threshold_id, kind, scope_id, value, cycle_start_ms, url, next_attempt_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+                bind_key(sqlx::query(insert), alert).bind(url.clone()).bind(alert.fired_ms).execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
@@ -165,77 +193,65 @@ impl Store {
             "SELECT d.url, d.attempts, d.next_attempt_ms, d.state, d.last_error, d.delivered_ms, \
              a.account_id, a.threshold_id, a.cycle_start_ms, a.fired_ms, a.kind, a.scope_id, a.value, a.observed, a.base \
              FROM alert_deliveries d JOIN alerts a ON a.account_id = d.account_id \
-             AND a.threshold_id = d.threshold_id AND a.cycle_start_ms = d.cycle_start_ms \
+             AND a.threshold_id = d.threshold_id AND a.kind = d.kind AND a.scope_id = d.scope_id \
+             AND a.value = d.value AND a.cycle_start_ms = d.cycle_start_ms \
              WHERE d.state = 'pending' AND d.next_attempt_ms <= $1 ORDER BY d.next_attempt_ms LIMIT {limit}"
         );
         let rows = sqlx::query(audited(&sql)).bind(now_ms).fetch_all(&self.pool).await?;
         rows.iter().map(|row| Ok((delivery_of(row)?, alert_of(row)?))).collect()
     }
 
-    /// Takes a due delivery for `lease_ms` (another replica's pass skips it meanwhile); false
-    /// when another replica took it first.
+    /// Takes a due delivery until `until_ms` (another replica's pass skips it meanwhile); false
+    /// when another replica took it first. The lease is also the token its result must show.
     pub async fn lease_delivery(&self, alert: &AlertRow, delivery: &Delivery, until_ms: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE alert_deliveries SET next_attempt_ms = $1 WHERE account_id = $2 AND threshold_id = $3 \
-             AND cycle_start_ms = $4 AND url = $5 AND state = 'pending' AND next_attempt_ms = $6",
-        )
-        .bind(until_ms)
-        .bind(alert.account.clone())
-        .bind(alert.threshold.id.clone())
-        .bind(alert.cycle_start_ms)
-        .bind(delivery.url.clone())
-        .bind(delivery.next_attempt_ms)
-        .execute(&self.pool)
-        .await?;
+        let sql = format!(
+            "UPDATE alert_deliveries SET next_attempt_ms = $1 WHERE {} AND url = $8 AND state = 'pending' \
+             AND next_attempt_ms = $9",
+            alert_key(2)
+        );
+        let query = bind_key(sqlx::query(audited(&sql)).bind(until_ms), alert);
+        let done = query.bind(delivery.url.clone()).bind(delivery.next_attempt_ms).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records an attempt's outcome: delivered, or failed with when to try again (None: never).
+    /// Records an attempt's outcome, if this replica still holds the delivery's lease `lease_ms`:
+    /// delivered, or failed with when to try again (None: never). False when the lease had
+    /// passed to another replica (its result stands).
     pub async fn delivery_attempted(
         &self,
         alert: &AlertRow,
         url: &str,
+        lease_ms: i64,
         now_ms: i64,
         failed: Option<(&str, Option<i64>)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (state, next, error, delivered) = match failed {
             None => ("delivered", now_ms, None, Some(now_ms)),
             Some((error, Some(next))) => ("pending", next, Some(error), None),
             Some((error, None)) => ("failed", now_ms, Some(error), None),
         };
-        sqlx::query(
+        let sql = format!(
             "UPDATE alert_deliveries SET state = $1, attempts = attempts + 1, next_attempt_ms = $2, last_error = $3, \
-             delivered_ms = $4 WHERE account_id = $5 AND threshold_id = $6 AND cycle_start_ms = $7 AND url = $8",
-        )
-        .bind(state)
-        .bind(next)
-        .bind(error.map(str::to_owned))
-        .bind(delivered)
-        .bind(alert.account.clone())
-        .bind(alert.threshold.id.clone())
-        .bind(alert.cycle_start_ms)
-        .bind(url.to_owned())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+             delivered_ms = $4 WHERE {} AND url = $11 AND state = 'pending' AND next_attempt_ms = $12",
+            alert_key(5)
+        );
+        let query = sqlx::query(audited(&sql)).bind(state).bind(next).bind(error.map(str::to_owned)).bind(delivered);
+        let done = bind_key(query, alert).bind(url.to_owned()).bind(lease_ms).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Every delivery of the account's alerts `alerts`, by alert.
-    pub async fn deliveries(&self, alerts: &[AlertRow]) -> Result<BTreeMap<(String, i64), Vec<Delivery>>> {
-        let mut all: BTreeMap<(String, i64), Vec<Delivery>> = BTreeMap::new();
-        let Some(first) = alerts.first() else { return Ok(all) };
-        let oldest = alerts.iter().map(|alert| alert.cycle_start_ms).min().unwrap_or(0);
-        let rows = sqlx::query(
-            "SELECT threshold_id, cycle_start_ms, url, attempts, next_attempt_ms, state, last_error, delivered_ms \
-             FROM alert_deliveries WHERE account_id = $1 AND cycle_start_ms >= $2 ORDER BY url",
-        )
-        .bind(first.account.clone())
-        .bind(oldest)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &rows {
-            let key = (row.try_get("threshold_id")?, row.try_get("cycle_start_ms")?);
-            all.entry(key).or_default().push(delivery_of(row)?);
+    /// The deliveries of each of `alerts`, by event id.
+    pub async fn deliveries(&self, alerts: &[AlertRow]) -> Result<BTreeMap<String, Vec<Delivery>>> {
+        let mut all = BTreeMap::new();
+        let sql = format!(
+            "SELECT url, attempts, next_attempt_ms, state, last_error, delivered_ms FROM alert_deliveries \
+             WHERE {} ORDER BY url",
+            alert_key(1)
+        );
+        for alert in alerts {
+            let rows = bind_key(sqlx::query(audited(&sql)), alert).fetch_all(&self.pool).await?;
+            let sent: Result<Vec<Delivery>> = rows.iter().map(delivery_of).collect();
+            all.insert(alert.event_id(), sent?);
         }
         Ok(all)
     }
@@ -255,18 +271,31 @@ impl Store {
         before: Option<&AlertCursor>,
         limit: usize,
     ) -> Result<Vec<AlertRow>> {
-        let sql = format!(
-            "SELECT account_id, threshold_id, cycle_start_ms, fired_ms, kind, scope_id, value, observed, base FROM alerts \
-             WHERE account_id = $1 AND (fired_ms < $2 OR (fired_ms = $2 AND threshold_id < $3)) \
-             ORDER BY fired_ms DESC, threshold_id DESC LIMIT {limit}"
-        );
-        let (fired, threshold) = before.cloned().unwrap_or((i64::MAX, String::new()));
-        let rows = sqlx::query(audited(&sql))
-            .bind(account.as_str().to_owned())
-            .bind(fired)
-            .bind(threshold)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(alert_of).collect()
+        let sql = "SELECT account_id, threshold_id, cycle_start_ms, fired_ms, kind, scope_id, value, observed, base \
+                   FROM alerts WHERE account_id = $1 \
+                   ORDER BY fired_ms DESC, cycle_start_ms DESC, threshold_id DESC, kind DESC, scope_id DESC, value DESC";
+        // The cursor names the last alert shown; the rows after it in this order are the page.
+        // (Alerts are few per account: a handful of thresholds a cycle.)
+        let rows = sqlx::query(sql).bind(account.as_str().to_owned()).fetch_all(&self.pool).await?;
+        let all: Result<Vec<AlertRow>> = rows.iter().map(alert_of).collect();
+        let all = all?;
+        let start = match before {
+            None => 0,
+            Some((fired, cycle, event)) => all
+                .iter()
+                .position(|alert| {
+                    (alert.fired_ms, alert.cycle_start_ms, alert.event_id()) == (*fired, *cycle, event.clone())
+                })
+                .map_or_else(
+                    // The named alert is gone: resume at the first one older than it.
+                    || {
+                        all.iter()
+                            .position(|alert| (alert.fired_ms, alert.cycle_start_ms) < (*fired, *cycle))
+                            .unwrap_or(all.len())
+                    },
+                    |at| at + 1,
+                ),
+        };
+        Ok(all.into_iter().skip(start).take(limit).collect())
     }
 }

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
     AccountUpdate,
+    Alert,
+    AlertCondition,
+    AlertsPage,
+    AlertThreshold,
+    AvailableBelow,
     Balance,
     BatchCommitted,
+    CategoryPercent,
     Charged,
     Committed,
     Cost,
     Declined,
+    DeliveryState,
+    Depleted,
     Extended,
     ItemCommitted,
     Journaled,
@@ -24,6 +34,9 @@ from .types import (
     Sku,
     Totals,
     TrialStarted,
+    UsedPercent,
+    UserPercent,
+    WebhookDelivery,
 )
 
 def cost(value: Cost) -> types_pb2.Cost:
@@ -196,4 +209,86 @@ def trial_started(response: admin_pb2.StartTrialResponse, request_id: str) -> Tr
 
 def account_update(response: admin_pb2.WatchAccountResponse) -> AccountUpdate:
     """The account is GetAccount's answer (``admin.get_account`` returns that message as it is)."""
-    return AccountUpdate(at_unix_ms=response.at_unix_ms, account=response.account)
+    return AccountUpdate(
+        at_unix_ms=response.at_unix_ms,
+        account=response.account,
+        alerts=tuple(alert(message) for message in response.alerts),
+    )
+
+
+def alert_threshold_message(value: AlertThreshold) -> admin_pb2.AlertThreshold:
+    """The proto of a threshold; a ``when`` of another type (``None`` included: a kind this
+    client does not know) is refused here rather than sent as a threshold without a condition."""
+    if not isinstance(value, AlertThreshold):
+        raise TypeError(f"a threshold is an AlertThreshold, not {type(value).__name__}")
+    message = admin_pb2.AlertThreshold(threshold_id=value.threshold_id)
+    when: AlertCondition | None = value.when
+    if isinstance(when, UsedPercent):
+        message.used_percent = when.percent
+    elif isinstance(when, AvailableBelow):
+        message.available_below = when.amount
+    elif isinstance(when, Depleted):
+        message.depleted = True
+    elif isinstance(when, UserPercent):
+        message.user_percent.CopyFrom(admin_pb2.ScopedPercent(id=when.user_id, percent=when.percent))
+    elif isinstance(when, CategoryPercent):
+        message.category_percent.CopyFrom(admin_pb2.ScopedPercent(id=when.category, percent=when.percent))
+    else:
+        raise TypeError(
+            f"threshold {value.threshold_id!r}: when is UsedPercent, AvailableBelow, Depleted, UserPercent or "
+            f"CategoryPercent, not {type(when).__name__}"
+        )
+    return message
+
+
+def alert_threshold(message: admin_pb2.AlertThreshold) -> AlertThreshold:
+    """A threshold as the sidecar sent it; a kind this client does not know reads ``when=None``."""
+    kind = message.WhichOneof("when")
+    when: AlertCondition | None = None
+    if kind == "used_percent":
+        when = UsedPercent(message.used_percent)
+    elif kind == "available_below":
+        when = AvailableBelow(message.available_below)
+    elif kind == "depleted":
+        when = Depleted()
+    elif kind == "user_percent":
+        when = UserPercent(message.user_percent.id, message.user_percent.percent)
+    elif kind == "category_percent":
+        when = CategoryPercent(message.category_percent.id, message.category_percent.percent)
+    return AlertThreshold(threshold_id=message.threshold_id, when=when)
+
+
+def alert_thresholds(messages: Iterable[admin_pb2.AlertThreshold]) -> list[AlertThreshold]:
+    return [alert_threshold(message) for message in messages]
+
+
+def webhook_delivery(message: admin_pb2.WebhookDelivery) -> WebhookDelivery:
+    return WebhookDelivery(
+        url=message.url,
+        state=DeliveryState(message.state),
+        attempts=message.attempts,
+        last_error=message.last_error,
+        next_attempt_unix_ms=message.next_attempt_unix_ms,
+        delivered_unix_ms=message.delivered_unix_ms,
+    )
+
+
+def alert(message: admin_pb2.Alert) -> Alert:
+    return Alert(
+        event_id=message.event_id,
+        account_id=message.account_id,
+        threshold=alert_threshold(message.threshold),
+        cycle_start_unix_ms=message.cycle_start_unix_ms,
+        fired_unix_ms=message.fired_unix_ms,
+        observed=message.observed,
+        base=message.base,
+        deliveries=tuple(webhook_delivery(delivery) for delivery in message.deliveries),
+    )
+
+
+def alerts_page(response: admin_pb2.ListAlertsResponse) -> AlertsPage:
+    return AlertsPage(
+        thresholds=tuple(alert_threshold(message) for message in response.thresholds),
+        alerts=tuple(alert(message) for message in response.alerts),
+        next_page_token=response.next_page_token,
+    )

@@ -15,6 +15,8 @@ from . import _convert
 from .pb.credits.v1 import admin_pb2, authorizer_pb2, types_pb2
 from .types import (
     AccountUpdate,
+    AlertsPage,
+    AlertThreshold,
     Balance,
     BatchCommitted,
     BatchItem,
@@ -289,6 +291,20 @@ def get_usage(account_id: str, cycle_start_unix_ms: int, reservation_id: str) ->
 def get_account_history(account_id: str, page_size: int, page_token: str) -> Op[admin_pb2.GetAccountHistoryResponse]:
     request = admin_pb2.GetAccountHistoryRequest(account_id=account_id, page_size=page_size, page_token=page_token)
     return Op("admin", "GetAccountHistory", request, None, _same)
+
+
+def set_alert_thresholds(account_id: str, thresholds: Iterable[AlertThreshold]) -> Op[list[AlertThreshold]]:
+    """Replaces the account's set, so sending it again changes nothing: no request id, and a
+    retry after a lost answer is safe."""
+    request = admin_pb2.SetAlertThresholdsRequest(
+        account_id=account_id, thresholds=[_convert.alert_threshold_message(t) for t in thresholds]
+    )
+    return Op("admin", "SetAlertThresholds", request, None, lambda r: _convert.alert_thresholds(r.thresholds))
+
+
+def list_alerts(account_id: str, page_size: int, page_token: str) -> Op[AlertsPage]:
+    request = admin_pb2.ListAlertsRequest(account_id=account_id, page_size=page_size, page_token=page_token)
+    return Op("admin", "ListAlerts", request, None, _convert.alerts_page)
 
 
 def _same(response: T) -> T:

@@ -21,6 +21,8 @@ from .hold import HoldBase, KeepAlive
 from .pb.credits.v1 import admin_pb2, admin_pb2_grpc, authorizer_pb2_grpc
 from .retry import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryHook, RetryPolicy, log_retry
 from .types import (
+    AlertsPage,
+    AlertThreshold,
     Balance,
     BatchCommitted,
     BatchItem,
@@ -326,6 +328,18 @@ class AsyncAdmin:
     ) -> admin_pb2.GetAccountHistoryResponse:
         """A page of the account's changes from the durable ledger, newest first."""
         return await self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
+
+    async def set_alert_thresholds(
+        self, account_id: str, thresholds: Iterable[AlertThreshold], *, timeout: float | None = None
+    ) -> list[AlertThreshold]:
+        """See :meth:`credit_sidecar.client.Admin.set_alert_thresholds` (replaces the set)."""
+        return await self._client._run(_ops.set_alert_thresholds(account_id, thresholds), timeout)
+
+    async def list_alerts(
+        self, account_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> AlertsPage:
+        """See :meth:`credit_sidecar.client.Admin.list_alerts` (newest first, paged)."""
+        return await self._client._run(_ops.list_alerts(account_id, page_size, page_token), timeout)
 
     def watch_account(self, account_id: str, interval_ms: int = 0) -> AsyncAccountWatch:
         """See :meth:`credit_sidecar.client.Admin.watch_account`. Not awaited: it returns an

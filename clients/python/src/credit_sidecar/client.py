@@ -18,6 +18,8 @@ from .hold import Hold, KeepAlive
 from .pb.credits.v1 import admin_pb2, admin_pb2_grpc, authorizer_pb2_grpc
 from .retry import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryHook, RetryPolicy, log_retry
 from .types import (
+    AlertsPage,
+    AlertThreshold,
     Balance,
     BatchCommitted,
     BatchItem,
@@ -264,9 +266,11 @@ class CreditClient:
 
 class Admin:
     """CreditAdmin calls (a token with the ``admin`` scope): plans, grants, trials, limits,
-    budgets, reads.
+    budgets, alert thresholds, reads.
 
-    Answers are the protobuf responses, except :meth:`start_trial`, whose decline is a value.
+    Answers are the protobuf responses, except :meth:`start_trial`, whose decline is a value,
+    and the alert calls (:meth:`set_alert_thresholds`, :meth:`list_alerts`), whose thresholds
+    and alerts are this package's values (:mod:`credit_sidecar.types`).
     """
 
     def __init__(self, client: CreditClient) -> None:
@@ -373,11 +377,44 @@ class Admin:
         response's ``next_page_token`` for the next (older) page."""
         return self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
 
+    def set_alert_thresholds(
+        self, account_id: str, thresholds: Iterable[AlertThreshold], *, timeout: float | None = None
+    ) -> list[AlertThreshold]:
+        """Replaces the account's alert thresholds (at most 32; an empty list clears them) and
+        returns them as the sidecar stored them. Each fires at most once per billing cycle, when
+        the sidecar first sees it crossed (it looks every ``alert_interval_ms``, a second by
+        default): the :class:`~credit_sidecar.types.Alert` is recorded in the ledger database,
+        listed by :meth:`list_alerts`, pushed to :meth:`watch_account` streams and posted to the
+        configured webhooks::
+
+            client.admin.set_alert_thresholds("acme", [
+                AlertThreshold("eighty", UsedPercent(80)),
+                AlertThreshold("low", AvailableBelow(100)),
+                AlertThreshold("empty", Depleted()),
+            ])
+
+        A bad threshold raises ``InvalidArgument`` naming it (field ``thresholds[1].used_percent``,
+        ``thresholds[0].threshold_id``, …; nothing changed); an unknown account ``NotFound``; a
+        sidecar without a ledger database ``CreditError`` (FAILED_PRECONDITION, reason
+        ``NOT_CONFIGURED``). It carries no request id: the call replaces the set, so a retry
+        after a lost answer is safe.
+        """
+        return self._client._run(_ops.set_alert_thresholds(account_id, thresholds), timeout)
+
+    def list_alerts(
+        self, account_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> AlertsPage:
+        """The account's thresholds now and a page of the alerts they fired, newest first, each
+        with its webhook deliveries; pass the page's ``next_page_token`` for the next (older) page.
+        ``page_size`` 1..=1000, 0 for 100."""
+        return self._client._run(_ops.list_alerts(account_id, page_size, page_token), timeout)
+
     def watch_account(self, account_id: str, interval_ms: int = 0) -> AccountWatch:
         """The account as :meth:`get_account` shows it, streamed: an iterator that yields an
         :class:`~credit_sidecar.types.AccountUpdate` at once, then one each time the account
-        changed, looked at every ``interval_ms`` (100..=60000; 0: 1000). See
-        :mod:`credit_sidecar.watch`.
+        changed, looked at every ``interval_ms`` (100..=60000; 0: 1000), and one at once for
+        alerts of the account that fired (in its ``alerts``; see :meth:`set_alert_thresholds`).
+        See :mod:`credit_sidecar.watch`.
 
         Returns once the first update is in (so a refused watch raises here: ``InvalidArgument``
         with field ``interval_ms``, ``NotFound``, ``Overloaded`` beyond 64 open watches). Neither

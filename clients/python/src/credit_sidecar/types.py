@@ -333,10 +333,134 @@ class TrialStarted:
 
 
 @dataclass(frozen=True)
+class UsedPercent:
+    """Fires when the live lots' credits used (held or spent) reach ``percent`` (1..=100) of
+    what they were granted (e.g. 80 % of this cycle's plan plus add-ons)."""
+
+    percent: int
+
+
+@dataclass(frozen=True)
+class AvailableBelow:
+    """Fires when available credit falls below ``amount`` (1..=1e12 credits)."""
+
+    amount: int
+
+
+@dataclass(frozen=True)
+class Depleted:
+    """Fires when available credit reaches 0 (on an account that was granted any)."""
+
+
+@dataclass(frozen=True)
+class UserPercent:
+    """Fires when ``user_id``'s use this cycle reaches ``percent`` (1..=100) of their limit (a
+    user with no limit never fires)."""
+
+    user_id: str
+    percent: int
+
+
+@dataclass(frozen=True)
+class CategoryPercent:
+    """Fires when the team's use of ``category`` this cycle reaches ``percent`` (1..=100) of its
+    budget (a category with no budget never fires)."""
+
+    category: str
+    percent: int
+
+
+AlertCondition = UsedPercent | AvailableBelow | Depleted | UserPercent | CategoryPercent
+"""When an :class:`AlertThreshold` fires (the proto's ``AlertThreshold.when``)."""
+
+
+@dataclass(frozen=True)
+class AlertThreshold:
+    """A condition on an account that raises an :class:`Alert` at most once per billing cycle,
+    e.g. ``AlertThreshold("eighty", UsedPercent(80))``.
+
+    ``threshold_id`` names it (and its alerts) within the account: 1..=64 bytes of printable
+    ASCII without spaces. ``when`` is ``None`` only in what a newer sidecar sends with a kind of
+    threshold this client does not know (such a threshold cannot be sent back).
+    """
+
+    threshold_id: str
+    when: AlertCondition | None
+
+
+class DeliveryState(_OpenEnum):
+    """Where an alert's delivery to one webhook is (``credits.v1.DeliveryState``)."""
+
+    UNSPECIFIED = 0
+    PENDING = 1
+    """Not delivered yet: the next attempt is due at ``next_attempt_unix_ms``."""
+    DELIVERED = 2
+    """A 2xx answer was received."""
+    FAILED = 3
+    """Given up after ``webhook_attempts_max`` attempts."""
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """An alert's delivery to one configured webhook (``ListAlerts`` only)."""
+
+    url: str
+    """The webhook's origin (``https://hooks.example.com/…``): its path may hold a token."""
+    state: DeliveryState
+    attempts: int
+    last_error: str
+    """Why the last attempt failed (an HTTP status or a connection error); empty if it did not."""
+    next_attempt_unix_ms: int
+    """``PENDING``: when the next attempt is due (0 otherwise)."""
+    delivered_unix_ms: int
+    """``DELIVERED``: when (0 otherwise)."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A threshold crossed, as the sidecar recorded it when it fired (once per threshold and
+    billing cycle)."""
+
+    event_id: str
+    """``<account_id>/<threshold_id>/<cycle_start_unix_ms>``: stable across replicas and
+    retries (webhook receivers deduplicate on it)."""
+    account_id: str
+    threshold: AlertThreshold
+    cycle_start_unix_ms: int
+    """The billing cycle it fired in."""
+    fired_unix_ms: int
+    observed: int
+    """The figure compared: credits used, available, the user's or the category's use."""
+    base: int
+    """What ``observed`` was compared with: the live lots' credits, the amount, the limit, the
+    budget (0 for :class:`Depleted`)."""
+    deliveries: tuple[WebhookDelivery, ...] = ()
+    """Its delivery to each webhook configured when it fired; filled by ``admin.list_alerts``
+    only (empty in an :class:`AccountUpdate`)."""
+
+
+@dataclass(frozen=True)
+class AlertsPage:
+    """The answer to ``admin.list_alerts``: the account's thresholds now, and one page of the
+    alerts they fired, newest first."""
+
+    thresholds: tuple[AlertThreshold, ...]
+    """The account's thresholds, by ``threshold_id`` (on every page)."""
+    alerts: tuple[Alert, ...]
+    """Newest first; at most ``page_size``."""
+    next_page_token: str
+    """Pass as ``page_token`` for the next (older) page; empty on the last page."""
+
+
+@dataclass(frozen=True)
 class AccountUpdate:
     """One message of ``admin.watch_account``: the account as ``admin.get_account`` answers it,
     and when the sidecar read it (its clock). The first update is the account as it is; each
-    later one is sent because something in it changed (balances, holds, lots, limits, budgets)."""
+    later one is sent because something in it changed (balances, holds, lots, limits, budgets),
+    or because alerts of the account fired (``alerts``)."""
 
     at_unix_ms: int
     account: admin_pb2.GetAccountResponse
+    alerts: tuple[Alert, ...] = ()
+    """The account's alerts that fired since the previous update (recorded by this sidecar),
+    with the account as it stood then; usually empty."""

@@ -15,11 +15,22 @@ class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PERIOD_QUARTERLY: _ClassVar[Period]
     PERIOD_SEMIANNUAL: _ClassVar[Period]
     PERIOD_ANNUAL: _ClassVar[Period]
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_PENDING: _ClassVar[DeliveryState]
+    DELIVERY_STATE_DELIVERED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
 PERIOD_UNSPECIFIED: Period
 PERIOD_MONTHLY: Period
 PERIOD_QUARTERLY: Period
 PERIOD_SEMIANNUAL: Period
 PERIOD_ANNUAL: Period
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+DELIVERY_STATE_PENDING: DeliveryState
+DELIVERY_STATE_DELIVERED: DeliveryState
+DELIVERY_STATE_FAILED: DeliveryState
 
 class SetPlanRequest(_message.Message):
     __slots__ = ("account_id", "period", "anchor_unix_ms", "plan_credits", "addon_credits", "request_id")
@@ -558,7 +569,7 @@ class SetAlertThresholdsResponse(_message.Message):
     def __init__(self, thresholds: _Optional[_Iterable[_Union[AlertThreshold, _Mapping]]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("event_id", "account_id", "threshold", "cycle_start_unix_ms", "fired_unix_ms", "observed", "base")
+    __slots__ = ("event_id", "account_id", "threshold", "cycle_start_unix_ms", "fired_unix_ms", "observed", "base", "deliveries")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -566,6 +577,7 @@ class Alert(_message.Message):
     FIRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     account_id: str
     threshold: AlertThreshold
@@ -573,7 +585,24 @@ class Alert(_message.Message):
     fired_unix_ms: int
     observed: int
     base: int
-    def __init__(self, event_id: _Optional[str] = ..., account_id: _Optional[str] = ..., threshold: _Optional[_Union[AlertThreshold, _Mapping]] = ..., cycle_start_unix_ms: _Optional[int] = ..., fired_unix_ms: _Optional[int] = ..., observed: _Optional[int] = ..., base: _Optional[int] = ...) -> None: ...
+    deliveries: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, event_id: _Optional[str] = ..., account_id: _Optional[str] = ..., threshold: _Optional[_Union[AlertThreshold, _Mapping]] = ..., cycle_start_unix_ms: _Optional[int] = ..., fired_unix_ms: _Optional[int] = ..., observed: _Optional[int] = ..., base: _Optional[int] = ..., deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("url", "state", "attempts", "last_error", "next_attempt_unix_ms", "delivered_unix_ms")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    state: DeliveryState
+    attempts: int
+    last_error: str
+    next_attempt_unix_ms: int
+    delivered_unix_ms: int
+    def __init__(self, url: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_unix_ms: _Optional[int] = ..., delivered_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
     __slots__ = ("account_id", "page_size", "page_token")

@@ -197,7 +197,9 @@ class CreditAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAlerts(self, request, context):
-        """The account's thresholds and the alerts they fired, newest first and paged.
+        """The account's thresholds and the alerts they fired, newest first and paged, each with its
+        webhook deliveries (delivered, pending with the next attempt, or failed, with the last
+        error) — where an operator sees a webhook that does not take its alerts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
