@@ -109,7 +109,7 @@ def test_thresholds_fire_once_per_cycle_and_reach_list_and_watch(start_sidecar: 
             pushed = _next_with_alerts(watch)
 
         assert low == Alert(
-            event_id=f"acme/low/{cycle_start}",
+            event_id=f"acme/low/{cycle_start}/available_below:500",
             account_id="acme",
             threshold=AlertThreshold("low", AvailableBelow(500)),
             cycle_start_unix_ms=cycle_start,
@@ -128,7 +128,7 @@ def test_thresholds_fire_once_per_cycle_and_reach_list_and_watch(start_sidecar: 
         assert isinstance(released, Released)
         assert isinstance(client.reserve("acme", "bob", "email", 850), Reserved)  # 85 % used
         eighty = _eventually(lambda: _alert(client, "eighty"), "alert of eighty")
-        assert (eighty.event_id, eighty.observed, eighty.base) == (f"acme/eighty/{cycle_start}", 850, 1000)
+        assert (eighty.event_id, eighty.observed, eighty.base) == (f"acme/eighty/{cycle_start}/used_percent:80", 850, 1000)
         assert eighty.threshold == AlertThreshold("eighty", UsedPercent(80))
 
         everything = client.admin.list_alerts("acme")

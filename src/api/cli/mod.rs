@@ -101,6 +101,9 @@ pub enum Operation {
     Reservations(ReservationsCommand),
     /// Release what a reservation still holds.
     Release(ReleaseArgs),
+    /// Alert thresholds and the alerts they fired (the sidecar needs its ledger database).
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
 }
 
 impl Operation {
@@ -118,6 +121,8 @@ impl Operation {
             Operation::Reservations(ReservationsCommand::List(args)) => &args.target,
             Operation::Reservations(ReservationsCommand::Show { target, .. }) => target,
             Operation::Release(args) => &args.target,
+            Operation::Alerts(AlertsCommand::List(args)) => &args.target,
+            Operation::Alerts(AlertsCommand::Set(args)) => &args.target,
         }
     }
 }
@@ -304,6 +309,132 @@ pub struct ReleaseArgs {
     pub idempotency: Idempotency,
     #[command(flatten)]
     pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AlertsCommand {
+    /// An account's thresholds, then the alerts they fired, newest first, each with its webhook
+    /// deliveries.
+    List(AlertsListArgs),
+    /// Replace an account's thresholds (each fires at most once per billing cycle).
+    ///
+    /// Each flag repeats and names its threshold by an ID (up to the first `=`); the thresholds
+    /// given replace all of the account's, and are printed back. `--clear`, alone, removes them
+    /// all; with no flag at all nothing is sent. Percentages are whole, `80` or `80%`.
+    Set(AlertsSetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AlertsListArgs {
+    pub account: String,
+    /// Most alerts shown (1..=1000).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub page_size: u32,
+    /// Only alerts older than this (the `older:` line of a previous page).
+    #[arg(long, value_name = "TOKEN")]
+    pub page_token: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AlertsSetArgs {
+    pub account: String,
+    /// Boxed: five lists would make every command's value as large as this one's.
+    #[command(flatten)]
+    pub thresholds: Box<ThresholdFlags>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// The account's new thresholds, each named by its ID (the part before the first `=`); the
+/// flags repeat. At least one, or `--clear`: nothing clears the thresholds by accident.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = true)]
+pub struct ThresholdFlags {
+    /// Fires when the live lots' credits used (held or spent) reach PCT percent (1..=100).
+    #[arg(long, value_name = "ID=PCT", value_parser = used_percent)]
+    pub used_percent: Vec<pb::AlertThreshold>,
+    /// Fires when available credit falls below AMOUNT.
+    #[arg(long, value_name = "ID=AMOUNT", value_parser = available_below)]
+    pub available_below: Vec<pb::AlertThreshold>,
+    /// Fires when available credit reaches 0.
+    #[arg(long, value_name = "ID", value_parser = depleted)]
+    pub depleted: Vec<pb::AlertThreshold>,
+    /// Fires when USER's use this cycle reaches PCT percent (1..=100) of their limit.
+    #[arg(long, value_name = "ID=USER:PCT", value_parser = user_percent)]
+    pub user_percent: Vec<pb::AlertThreshold>,
+    /// Fires when the team's use of CATEGORY this cycle reaches PCT percent (1..=100) of its budget.
+    #[arg(long, value_name = "ID=CATEGORY:PCT", value_parser = category_percent)]
+    pub category_percent: Vec<pb::AlertThreshold>,
+    /// Remove every threshold of the account (its alerts stay listed).
+    #[arg(
+        long,
+        conflicts_with_all = ["used_percent", "available_below", "depleted", "user_percent", "category_percent"]
+    )]
+    pub clear: bool,
+}
+
+impl ThresholdFlags {
+    /// The thresholds, flag by flag; none with `--clear`.
+    fn thresholds(self) -> Vec<pb::AlertThreshold> {
+        let Self { used_percent, available_below, depleted, user_percent, category_percent, clear: _ } = self;
+        [used_percent, available_below, depleted, user_percent, category_percent].into_iter().flatten().collect()
+    }
+}
+
+/// `ID=…` as the threshold's id and the rest (checked by clap, before anything is sent; the
+/// figures' ranges are the sidecar's to check).
+fn threshold_id<'a>(text: &'a str, syntax: &str) -> Result<(String, &'a str), String> {
+    match text.split_once('=') {
+        Some((id, rest)) if !id.is_empty() => Ok((id.to_owned(), rest)),
+        _ => Err(format!("expected {syntax}")),
+    }
+}
+
+/// `80` or `80%`.
+fn percent(text: &str) -> Result<u32, String> {
+    let digits = text.strip_suffix('%').unwrap_or(text);
+    digits.parse().map_err(|_| format!("{text:?} is not a whole percentage"))
+}
+
+/// `USER:PCT` or `CATEGORY:PCT` (the percentage after the last `:`).
+fn scoped_percent(text: &str, syntax: &str) -> Result<pb::ScopedPercent, String> {
+    match text.rsplit_once(':') {
+        Some((id, value)) if !id.is_empty() => Ok(pb::ScopedPercent { id: id.to_owned(), percent: percent(value)? }),
+        _ => Err(format!("expected {syntax}")),
+    }
+}
+
+fn alert_threshold(threshold_id: String, when: pb::alert_threshold::When) -> pb::AlertThreshold {
+    pb::AlertThreshold { threshold_id, when: Some(when) }
+}
+
+fn used_percent(text: &str) -> Result<pb::AlertThreshold, String> {
+    let (id, value) = threshold_id(text, "ID=PCT, e.g. eighty=80")?;
+    Ok(alert_threshold(id, pb::alert_threshold::When::UsedPercent(percent(value)?)))
+}
+
+fn available_below(text: &str) -> Result<pb::AlertThreshold, String> {
+    let (id, value) = threshold_id(text, "ID=AMOUNT, e.g. low=500")?;
+    let amount = value.parse().map_err(|_| format!("{value:?} is not a whole number of credits"))?;
+    Ok(alert_threshold(id, pb::alert_threshold::When::AvailableBelow(amount)))
+}
+
+fn depleted(text: &str) -> Result<pb::AlertThreshold, String> {
+    Ok(alert_threshold(text.to_owned(), pb::alert_threshold::When::Depleted(true)))
+}
+
+fn user_percent(text: &str) -> Result<pb::AlertThreshold, String> {
+    let syntax = "ID=USER:PCT, e.g. ann-90=ann:90";
+    let (id, scoped) = threshold_id(text, syntax)?;
+    Ok(alert_threshold(id, pb::alert_threshold::When::UserPercent(scoped_percent(scoped, syntax)?)))
+}
+
+fn category_percent(text: &str) -> Result<pb::AlertThreshold, String> {
+    let syntax = "ID=CATEGORY:PCT, e.g. ai-75=ai:75";
+    let (id, scoped) = threshold_id(text, syntax)?;
+    Ok(alert_threshold(id, pb::alert_threshold::When::CategoryPercent(scoped_percent(scoped, syntax)?)))
 }
 
 /// A plan's period.
@@ -567,7 +698,30 @@ async fn call(operation: Operation, mut clients: Clients) -> Result<Answer, Fail
             let response = clients.admin.set_category_budget(request).await.map_err(grpc)?.into_inner();
             Ok(Answer::new(&response, show::category_budget(&response), Some(response.outcome())))
         }
+        Operation::Alerts(command) => alerts(command, clients).await,
         other => read_or_release(other, clients).await,
+    }
+}
+
+/// `alerts set` and `alerts list`.
+async fn alerts(command: AlertsCommand, mut clients: Clients) -> Result<Answer, Failure> {
+    let grpc = |status: tonic::Status| Failure::from_status(&status);
+    match command {
+        AlertsCommand::List(args) => {
+            let request = pb::ListAlertsRequest {
+                account_id: args.account,
+                page_size: args.page_size,
+                page_token: args.page_token.unwrap_or_default(),
+            };
+            let response = clients.admin.list_alerts(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::alerts(&response), None))
+        }
+        AlertsCommand::Set(args) => {
+            let request =
+                pb::SetAlertThresholdsRequest { account_id: args.account, thresholds: args.thresholds.thresholds() };
+            let response = clients.admin.set_alert_thresholds(request).await.map_err(grpc)?.into_inner();
+            Ok(Answer::new(&response, show::thresholds(&response.thresholds), None))
+        }
     }
 }
 
@@ -620,8 +774,9 @@ async fn read_or_release(operation: Operation, mut clients: Clients) -> Result<A
         | Operation::Grant(_)
         | Operation::Trial(_)
         | Operation::UserLimit(_)
-        | Operation::CategoryBudget(_) => {
-            unreachable!("changes are sent by `call`")
+        | Operation::CategoryBudget(_)
+        | Operation::Alerts(_) => {
+            unreachable!("changes and alerts are sent by `call`")
         }
     }
 }

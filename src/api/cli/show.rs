@@ -332,6 +332,83 @@ fn change(change: &pb::history_entry::Change) -> (&'static str, String) {
     }
 }
 
+/// A threshold's kind, scope (the user or category; `-` for the account) and figure (`-` for
+/// `depleted`), as the webhook payload names them.
+fn threshold(threshold: Option<&pb::AlertThreshold>) -> [String; 3] {
+    use pb::alert_threshold::When;
+    let dash = || "-".to_owned();
+    match threshold.and_then(|threshold| threshold.when.as_ref()) {
+        Some(When::UsedPercent(percent)) => ["used_percent".to_owned(), dash(), percent.to_string()],
+        Some(When::AvailableBelow(amount)) => ["available_below".to_owned(), dash(), amount.to_string()],
+        Some(When::Depleted(_)) => ["depleted".to_owned(), dash(), dash()],
+        Some(When::UserPercent(scoped)) => ["user_percent".to_owned(), scoped.id.clone(), scoped.percent.to_string()],
+        Some(When::CategoryPercent(scoped)) => {
+            ["category_percent".to_owned(), scoped.id.clone(), scoped.percent.to_string()]
+        }
+        None => [dash(), dash(), dash()],
+    }
+}
+
+/// The account's thresholds, one a row; `thresholds  none` when it has none.
+pub(super) fn thresholds(thresholds: &[pb::AlertThreshold]) -> String {
+    if thresholds.is_empty() {
+        return fields(&[("thresholds", "none".to_owned())]);
+    }
+    let rows: Vec<Vec<String>> = thresholds
+        .iter()
+        .map(|one| {
+            let [kind, scope, value] = threshold(Some(one));
+            vec![one.threshold_id.clone(), kind, scope, value]
+        })
+        .collect();
+    table(&["threshold", "kind", "scope", "value"], &rows)
+}
+
+/// The thresholds, the alerts newest first, then their webhook deliveries (when there are any),
+/// and where the next page starts.
+pub(super) fn alerts(response: &pb::ListAlertsResponse) -> String {
+    let mut out = thresholds(&response.thresholds);
+    let rows: Vec<Vec<String>> = response
+        .alerts
+        .iter()
+        .map(|alert| {
+            let id = alert.threshold.as_ref().map(|threshold| threshold.threshold_id.clone()).unwrap_or_default();
+            vec![
+                alert.event_id.clone(),
+                id,
+                at(alert.fired_unix_ms),
+                alert.observed.to_string(),
+                alert.base.to_string(),
+            ]
+        })
+        .collect();
+    let _ = write!(out, "\n\n{}", table(&["event", "threshold", "fired", "observed", "base"], &rows));
+    let deliveries: Vec<Vec<String>> = response
+        .alerts
+        .iter()
+        .flat_map(|alert| alert.deliveries.iter().map(move |delivery| (alert, delivery)))
+        .map(|(alert, delivery)| {
+            let error = if delivery.last_error.is_empty() { "none".to_owned() } else { delivery.last_error.clone() };
+            vec![
+                alert.event_id.clone(),
+                delivery.url.clone(),
+                short(delivery.state().as_str_name(), "DELIVERY_STATE_"),
+                delivery.attempts.to_string(),
+                at(delivery.next_attempt_unix_ms),
+                error,
+            ]
+        })
+        .collect();
+    if !deliveries.is_empty() {
+        let header = ["event", "webhook", "state", "attempts", "next attempt", "last error"];
+        let _ = write!(out, "\n\n{}", table(&header, &deliveries));
+    }
+    if !response.next_page_token.is_empty() {
+        let _ = write!(out, "\n\nolder: --page-token {}", response.next_page_token);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
