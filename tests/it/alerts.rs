@@ -340,19 +340,8 @@ async fn alerts_are_posted_signed_retried_and_their_deliveries_listed() {
         backoff: Duration::from_millis(20),
     };
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display())).await.unwrap();
-    let clock = ManualClock::new(t0());
-    let ledger = Ledger::new(Rules::default().request_id_retention_ms);
-    let outbox = Some(Arc::new(MemoryOutbox::new(10_000)));
-    let engine = Engine::embedded_with(Rules::default(), Arc::new(clock.clone()), ledger, outbox);
-    let alerts = Arc::new(Alerts::new(Some(webhooks)));
-    let options = ServeOptions {
-        settle: Some(settle_setup(&store, "a")),
-        alert_interval: Duration::from_secs(3600),
-        alerts: alerts.clone(),
-        ..ServeOptions::new(Duration::from_secs(3600))
-    };
-    let h = Harness::serve_settled(clock, engine, None, options).await;
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
+    let Alerting { h, store, alerts, _dir } = alerting_on(EngineKind::Embedded, &url, Some(webhooks), dir).await;
     h.account("acct", 1_000).await;
     let thresholds = vec![threshold("low", When::AvailableBelow(500))];
     let request = pb::SetAlertThresholdsRequest { account_id: "acct".into(), thresholds };
