@@ -10,7 +10,7 @@
 //! application gets Redis's remembered answer.
 //!
 //! Order: every call on a reservation with journaled commits (Commit, CommitBatch, Extend,
-//! Release) first applies those commits, so a Release cannot overtake the commits before it.
+//! Release, GetReservation) first applies those commits, so a Release cannot overtake the commits before it.
 //! Only the replica that journaled a commit holds it; callers keep a reservation on one sidecar
 //! (the sidecar pattern), or accept that another replica's Release may close the hold first.
 //!

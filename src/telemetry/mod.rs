@@ -185,7 +185,7 @@ fn describe() {
     describe_gauge!(JOURNAL_ENTRIES, "Commits in the outage journal waiting for Redis.");
     describe_counter!(
         JOURNAL_COMMITS,
-        "Commits through the outage journal, by result: journaled, full (refused), applied, declined, refused."
+        "Commits through the outage journal, by result: journaled, full, error, applied, declined, refused, unreadable."
     );
     describe_counter!(ALERTS, "Alerts this process recorded (thresholds crossed), by kind.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts, by result: delivered, retried, failed.");

@@ -1,7 +1,7 @@
 //! The outage journal (Redis engine): Commits that meet a dead Redis are journaled on disk and
 //! applied, once each and in order, when Redis answers again — on one sidecar, on replicas that
-//! each journal their own, under load with Redis killed mid-call, and (in `journal_process`)
-//! across a SIGKILL of the sidecar itself.
+//! each journal their own, under load with Redis killed mid-call, and across a SIGKILL of the
+//! sidecar itself (the real binary).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -19,8 +19,8 @@ pub struct AlertRow {
 }
 
 impl AlertRow {
-    /// Stable across replicas and retries: the account, the threshold (its id, and its
-    /// definition when that is not the first one: `kind:value[:scope]`), the cycle.
+    /// Stable across replicas and retries: the account, the threshold (its id and its
+    /// definition), the cycle — `<account>/<threshold>/<cycle_start>/<kind>:<value>[:<scope>]`.
     pub fn event_id(&self) -> String {
         let (kind, scope, value) = self.threshold.parts();
         let scope = if scope.is_empty() { String::new() } else { format!(":{scope}") };

@@ -422,8 +422,8 @@ class Alert:
     billing cycle)."""
 
     event_id: str
-    """``<account_id>/<threshold_id>/<cycle_start_unix_ms>``: stable across replicas and
-    retries (webhook receivers deduplicate on it)."""
+    """``<account_id>/<threshold_id>/<cycle_start_unix_ms>/<kind>:<value>[:<scope>]``: stable
+    across replicas and retries (webhook receivers deduplicate on it)."""
     account_id: str
     threshold: AlertThreshold
     cycle_start_unix_ms: int

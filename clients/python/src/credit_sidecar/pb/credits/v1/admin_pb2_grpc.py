@@ -189,7 +189,8 @@ class CreditAdminServicer:
         """Replace the account's alert thresholds (at most 32; none clears them). Each fires at most
         once per billing cycle, when the sidecar first sees it crossed (it looks every
         `alert_interval_ms`): the alert is recorded in the ledger database, listed by ListAlerts,
-        pushed to WatchAccount streams, and posted to the configured webhooks. Needs the database
+        pushed to the WatchAccount streams of the replica that recorded it, and posted to the
+        configured webhooks. Needs the database
         (FAILED_PRECONDITION without one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
