@@ -324,59 +324,84 @@ impl Journal {
     /// again (same reservation, request id and figures) is not written twice. Runs to its end
     /// even if the caller goes away.
     pub async fn accept(self: &Arc<Self>, commit: &Commit) -> Result<(), NotJournaled> {
-        let (journal, commit) = (self.clone(), commit.clone());
-        let written = tokio::spawn(async move { journal.write(&commit).await });
+        self.accept_all(vec![commit.clone()]).await
+    }
+
+    /// Writes `commits` (of one reservation: a CommitBatch's items) to disk in one transaction,
+    /// all or none, in order; those accepted before are not written twice.
+    pub async fn accept_all(self: &Arc<Self>, commits: Vec<Commit>) -> Result<(), NotJournaled> {
+        let journal = self.clone();
+        let written = tokio::spawn(async move { journal.write(&commits).await });
         let result = written.await.unwrap_or_else(|error| Err(JournalError::Task(error.to_string()).into()));
-        let label = match &result {
-            Ok(true) => "journaled",
-            Ok(false) | Err(NotJournaled::NotCovered | NotJournaled::RequestIdReused(_)) => return result.map(drop),
-            Err(NotJournaled::Full(_)) => "full",
-            Err(NotJournaled::Disk(_)) => "error",
+        let (label, count) = match &result {
+            Ok(0) | Err(NotJournaled::NotCovered | NotJournaled::RequestIdReused(_)) => return result.map(drop),
+            Ok(new) => ("journaled", *new as u64),
+            Err(NotJournaled::Full(_)) => ("full", 1),
+            Err(NotJournaled::Disk(_)) => ("error", 1),
         };
-        metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => label).increment(1);
+        metrics::counter!(crate::telemetry::JOURNAL_COMMITS, "result" => label).increment(count);
         result.map(drop)
     }
 
-    /// True when a new entry was written.
-    async fn write(&self, commit: &Commit) -> Result<bool, NotJournaled> {
-        if !self.covers(&commit.reservation) {
+    /// How many new entries were written.
+    async fn write(&self, commits: &[Commit]) -> Result<usize, NotJournaled> {
+        let Some(first) = commits.first() else { return Ok(0) };
+        if !self.covers(&first.reservation) {
             return Err(NotJournaled::NotCovered);
         }
         let _writing = self.writing.lock().await;
-        let reservation = commit.reservation.to_string();
-        let earlier: Option<(i64, i64, String)> =
-            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 AND request_id = $2")
-                .bind(&reservation)
-                .bind(commit.request.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(JournalError::from)?;
-        if let Some((seq, format, text)) = earlier {
-            let first = decode(format, &text).map_err(|reason| JournalError::Corrupt { seq, reason })?;
-            return if first.fingerprint() == commit.fingerprint() {
-                Ok(false)
-            } else {
-                Err(crate::ledger::Error::RequestIdReused(commit.request.clone()).into())
-            };
+        let mut new = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let earlier: Option<(i64, i64, String)> =
+                sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 AND request_id = $2")
+                    .bind(commit.reservation.to_string())
+                    .bind(commit.request.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(JournalError::from)?;
+            match earlier {
+                Some((seq, format, text)) => {
+                    let first = decode(format, &text).map_err(|reason| JournalError::Corrupt { seq, reason })?;
+                    if first.fingerprint() != commit.fingerprint() {
+                        return Err(crate::ledger::Error::RequestIdReused(commit.request.clone()).into());
+                    }
+                }
+                None => new.push(commit),
+            }
         }
-        if self.len() >= self.entries_max {
+        if new.is_empty() {
+            return Ok(0);
+        }
+        if self.len() + new.len() > self.entries_max {
             return Err(NotJournaled::Full(self.len()));
         }
-        let entry = encode(commit, chrono::Utc::now().timestamp_millis());
-        sqlx::query("INSERT INTO journal (reservation, request_id, format, entry) VALUES ($1, $2, $3, $4)")
-            .bind(&reservation)
-            .bind(commit.request.as_str())
-            .bind(ENTRY_FORMAT)
-            .bind(&entry)
-            .execute(&self.pool)
-            .await
-            .map_err(JournalError::from)?;
-        *self.pending.lock().expect("journal index").entry(commit.reservation.clone()).or_default() += 1;
-        self.len.fetch_add(1, Ordering::Relaxed);
+        let accepted = chrono::Utc::now().timestamp_millis();
+        let entries: Vec<String> = new.iter().map(|commit| encode(commit, accepted)).collect();
+        let mut tx = self.pool.begin().await.map_err(JournalError::from)?;
+        for (commit, entry) in new.iter().zip(&entries) {
+            sqlx::query("INSERT INTO journal (reservation, request_id, format, entry) VALUES ($1, $2, $3, $4)")
+                .bind(commit.reservation.to_string())
+                .bind(commit.request.as_str())
+                .bind(ENTRY_FORMAT)
+                .bind(entry)
+                .execute(&mut *tx)
+                .await
+                .map_err(JournalError::from)?;
+        }
+        tx.commit().await.map_err(JournalError::from)?;
+        {
+            let mut pending = self.pending.lock().expect("journal index");
+            for commit in &new {
+                *pending.entry(commit.reservation.clone()).or_default() += 1;
+            }
+        }
+        self.len.fetch_add(new.len(), Ordering::Relaxed);
         self.gauge();
-        // The whole entry, so that an operator can apply it by hand if the file is ever lost.
-        tracing::warn!(reservation, entry, "Redis unreachable: commit journaled");
-        Ok(true)
+        for (commit, entry) in new.iter().zip(&entries) {
+            // The whole entry, so that an operator can apply it by hand if the file is ever lost.
+            tracing::warn!(reservation = %commit.reservation, entry, "Redis unreachable: commit journaled");
+        }
+        Ok(new.len())
     }
 
     /// Applies the journaled commits (of `only` that reservation, or all), oldest first, until

@@ -10,8 +10,8 @@ use super::status::{batch_status, invalid};
 use super::{convert, respond};
 use crate::engine::{self, Engine};
 use crate::journal::{Journal, NotJournaled};
-use crate::ledger::command::Commit;
-use crate::ledger::{AccountId, Committed, Decision, ReservationId};
+use crate::ledger::command::{Commit, CommitBatch};
+use crate::ledger::{AccountId, CommitBatched, Committed, Decision, ReservationId};
 
 pub struct AuthorizerService {
     engine: Engine,
@@ -53,6 +53,38 @@ impl AuthorizerService {
         }
     }
 
+    /// A CommitBatch: applied now, or, when Redis cannot be reached and the journal covers its
+    /// reservation, its items journaled (`None`) — each exactly the non-final Commit under its
+    /// item id that the batch applies, all or none.
+    async fn commit_batch_or_journal(&self, cmd: &CommitBatch) -> engine::Result<Option<CommitBatched>> {
+        let applied = match self.journaled_first(&cmd.reservation).await {
+            Ok(()) => self.engine.commit_batch(cmd).await,
+            Err(waiting) => Err(waiting),
+        };
+        let cause = match applied {
+            Ok(batched) => {
+                self.note(&cmd.reservation, &batched.reservation.category);
+                return Ok(Some(batched));
+            }
+            Err(engine::Error::Unavailable(cause)) if self.journal.is_some() => cause,
+            Err(error) => return Err(error),
+        };
+        let journal = self.journal.as_ref().expect("checked above");
+        let commits = cmd
+            .items
+            .iter()
+            .map(|item| Commit {
+                reservation: cmd.reservation.clone(),
+                amount: item.amount,
+                final_commit: false,
+                request: item.id.clone(),
+                business_key: item.business_key.clone(),
+                labels: item.labels.clone(),
+            })
+            .collect();
+        journal.accept_all(commits).await.map(|()| None).map_err(|refused| not_journaled(cause, refused))
+    }
+
     /// A Commit: applied now, or, when Redis cannot be reached and the journal covers it,
     /// journaled (`None`).
     async fn commit_or_journal(&self, cmd: &Commit) -> engine::Result<Option<Decision<Committed>>> {
@@ -76,18 +108,22 @@ impl AuthorizerService {
             Err(error) => return Err(error),
         };
         let journal = self.journal.as_ref().expect("checked above");
-        match journal.accept(cmd).await {
-            Ok(()) => Ok(None),
-            Err(NotJournaled::NotCovered) => Err(engine::Error::Unavailable(cause)),
-            Err(NotJournaled::RequestIdReused(error)) => Err(error.into()),
-            Err(refused @ (NotJournaled::Full(_) | NotJournaled::Disk(_))) => {
-                Err(engine::Error::Unavailable(format!("{cause}; not journaled: {refused}")))
-            }
-        }
+        journal.accept(cmd).await.map(|()| None).map_err(|refused| not_journaled(cause, refused))
     }
 
     pub fn into_server(self) -> pb::credit_authorizer_server::CreditAuthorizerServer<Self> {
         pb::credit_authorizer_server::CreditAuthorizerServer::new(self)
+    }
+}
+
+/// What a caller hears when Redis was away (`cause`) and the journal did not take the commit.
+fn not_journaled(cause: String, refused: NotJournaled) -> engine::Error {
+    match refused {
+        NotJournaled::NotCovered => engine::Error::Unavailable(cause),
+        NotJournaled::RequestIdReused(error) => error.into(),
+        refused @ (NotJournaled::Full(_) | NotJournaled::Disk(_)) => {
+            engine::Error::Unavailable(format!("{cause}; not journaled: {refused}"))
+        }
     }
 }
 
@@ -123,9 +159,10 @@ impl CreditAuthorizer for AuthorizerService {
         frame("CommitBatch", request, |request| async move {
             let cmd = convert::commit_batch(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             let ids: Vec<String> = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
-            self.journaled_first(&cmd.reservation).await?;
-            let batched = self.engine.commit_batch(&cmd).await.map_err(|error| batch_status(error, &ids))?;
-            Ok(Response::new(respond::committed_batch(ids, batched)))
+            match self.commit_batch_or_journal(&cmd).await.map_err(|error| batch_status(error, &ids))? {
+                Some(batched) => Ok(Response::new(respond::committed_batch(ids, batched))),
+                None => Ok(Response::new(respond::batch_journaled(ids))),
+            }
         })
         .await
     }

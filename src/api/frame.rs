@@ -53,7 +53,11 @@ pub trait Answered {
 
 impl Answered for pb::CommitBatchResponse {
     fn item_declines(&self) -> Vec<pb::Outcome> {
-        self.items.iter().map(pb::CommitItemResult::outcome).filter(|outcome| *outcome != pb::Outcome::Ok).collect()
+        self.items
+            .iter()
+            .map(pb::CommitItemResult::outcome)
+            .filter(|outcome| !matches!(outcome, pb::Outcome::Ok | pb::Outcome::Journaled))
+            .collect()
     }
 }
 

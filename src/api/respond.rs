@@ -128,6 +128,15 @@ pub fn journaled() -> pb::CommitResponse {
     pb::CommitResponse { outcome: pb::Outcome::Journaled as i32, ..Default::default() }
 }
 
+/// A CommitBatch whose items were written to the outage journal: each answered JOURNALED.
+pub fn batch_journaled(ids: Vec<String>) -> pb::CommitBatchResponse {
+    let items = ids
+        .into_iter()
+        .map(|item_id| pb::CommitItemResult { item_id, outcome: pb::Outcome::Journaled as i32, ..Default::default() })
+        .collect();
+    pb::CommitBatchResponse { items, ..Default::default() }
+}
+
 /// Each item's answer, as Commit's without the reservation view, then the reservation as the
 /// batch left it.
 pub fn committed_batch(ids: Vec<String>, batched: CommitBatched) -> pb::CommitBatchResponse {

@@ -380,3 +380,66 @@ async fn journaled_commits_survive_a_sigkill_of_the_sidecar() {
     let retry = auth.commit(commit_request(&call, 7, false, "minute-1")).await.unwrap().into_inner();
     assert_eq!((retry.outcome(), retry.charged), (pb::Outcome::Ok, 7), "answered from what Redis remembers");
 }
+
+/// A CommitBatch that meets a dead Redis is journaled whole (each item the Commit under its item
+/// id that the batch applies) or not at all, and applied item by item later; the same batch sent
+/// again gets each item's real answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_batch_is_journaled_whole_and_its_items_applied_once() {
+    let mut redis = durable_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(&dir, Coverage::All, 3).await;
+    let h = sidecar_retrying(&redis, journal.clone(), Duration::from_secs(3600)).await;
+    h.account("acct", 1_000).await;
+    let call = dialer_hold(&h, "acct", 100).await;
+    let batch = |items: &[(&str, i64)]| pb::CommitBatchRequest {
+        reservation_id: call.clone(),
+        items: items
+            .iter()
+            .map(|(id, amount)| pb::CommitItem {
+                item_id: (*id).into(),
+                cost: Some(amount_cost(*amount)),
+                business_key: String::new(),
+                labels: HashMap::new(),
+            })
+            .collect(),
+    };
+    let mut auth = h.auth.clone();
+
+    redis.kill();
+    for _ in 0..2 {
+        let answer = auth.commit_batch(batch(&[("row-1", 10), ("row-2", 20)])).await.unwrap().into_inner();
+        let outcomes: Vec<_> = answer.items.iter().map(pb::CommitItemResult::outcome).collect();
+        assert_eq!(outcomes, [pb::Outcome::Journaled, pb::Outcome::Journaled], "{answer:?}");
+        assert_eq!((answer.charged, answer.reservation), (0, None));
+    }
+    assert_eq!(journal.len(), 2, "sent twice, journaled once");
+    let full = auth.commit_batch(batch(&[("row-3", 1), ("row-4", 1)])).await.unwrap_err();
+    assert_eq!(full.code(), Code::Unavailable);
+    assert_eq!(journal.len(), 2, "a batch that does not fit is journaled not at all");
+    let reused = auth.commit_batch(batch(&[("row-1", 11)])).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert!(reused.message().contains("row-1"), "{}", reused.message());
+
+    redis.restart();
+    let again = batch(&[("row-1", 10), ("row-2", 20)]);
+    let mut answer = None;
+    for _ in 0..200 {
+        match auth.commit_batch(again.clone()).await {
+            Ok(got) if got.get_ref().items[0].outcome() != pb::Outcome::Journaled => {
+                answer = Some(got.into_inner());
+                break;
+            }
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unavailable => {}
+            Err(status) => panic!("{status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = answer.expect("applied once Redis is back");
+    let charged: Vec<_> = answer.items.iter().map(|item| (item.outcome(), item.charged)).collect();
+    assert_eq!(charged, [(pb::Outcome::Ok, 10), (pb::Outcome::Ok, 20)]);
+    assert_eq!(journal.len(), 0);
+    assert_eq!(h.reservation(&call).await.committed, 30, "each item once");
+    h.stop().await;
+}

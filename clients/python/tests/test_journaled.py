@@ -19,6 +19,7 @@ from servers import RedisServer
 
 from credit_sidecar import (
     AsyncCreditClient,
+    BatchItem,
     Committed,
     CreditClient,
     Declined,
@@ -151,6 +152,19 @@ def test_a_journaled_commit_response_is_journaled_not_declined() -> None:
     assert isinstance(applied, Committed) and applied.ok and not applied.journaled
     declined = _convert.committed(_exceeds_hold(4, 2), "minute-2", RESERVATION)
     assert isinstance(declined, Declined) and not declined.ok and not declined.journaled
+
+
+def test_a_journaled_batch_reads_each_item_as_journaled_under_its_item_id() -> None:
+    response = authorizer_pb2.CommitBatchResponse(
+        items=[
+            authorizer_pb2.CommitItemResult(item_id="row-1", outcome=types_pb2.OUTCOME_JOURNALED),
+            authorizer_pb2.CommitItemResult(item_id="row-2", outcome=types_pb2.OUTCOME_JOURNALED),
+        ]
+    )
+    batch = _ops.commit_batch(RESERVATION, [BatchItem(1, item_id="row-1"), BatchItem(2, item_id="row-2")])
+    result = batch.read(response)
+    assert result.items == (Journaled(RESERVATION, "row-1"), Journaled(RESERVATION, "row-2"))
+    assert result.ok and result.declined == () and result.item_ids == ("row-1", "row-2")
 
 
 def test_a_commit_op_reads_journaled_with_its_reservation_and_request_id() -> None:

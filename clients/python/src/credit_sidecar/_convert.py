@@ -126,13 +126,15 @@ def committed(
     )
 
 
-def batch_committed(response: authorizer_pb2.CommitBatchResponse) -> BatchCommitted:
-    """Each item as its own Commit's answer would read; a declined item's ``request_id`` is its
-    item id (the id its decline is remembered under)."""
-    items: list[ItemCommitted | Declined] = []
+def batch_committed(response: authorizer_pb2.CommitBatchResponse, reservation_id: str) -> BatchCommitted:
+    """Each item as its own Commit's answer would read; a declined or journaled item's
+    ``request_id`` is its item id (the id it is remembered, or will be applied, under)."""
+    items: list[ItemCommitted | Journaled | Declined] = []
     for item in response.items:
         if Outcome(item.outcome) is Outcome.OK:
             items.append(ItemCommitted(item.item_id, item.charged, item.already_charged, item.held))
+        elif Outcome(item.outcome) is Outcome.JOURNALED:
+            items.append(Journaled(reservation_id=reservation_id, request_id=item.item_id))
         else:
             items.append(_declined(item.outcome, item.decline, item.item_id))
     return BatchCommitted(

@@ -123,7 +123,7 @@ def commit_batch(reservation_id: str, items: Iterable[BatchItem]) -> Op[BatchCom
             labels=dict(item.labels or {}),
         )
     ids = tuple(item.item_id for item in request.items)
-    return Op("authorizer", "CommitBatch", request, None, _convert.batch_committed, ids)
+    return Op("authorizer", "CommitBatch", request, None, lambda r: _convert.batch_committed(r, reservation_id), ids)
 
 
 def extend(

@@ -180,8 +180,9 @@ class HoldBase:
             for item in result.items:
                 if isinstance(item, ItemCommitted):
                     self.held = item.held
-                else:
+                elif isinstance(item, Declined):
                     self._declined(item)
+                # A journaled item has no figures yet: the next answer on the hold brings them.
             self._charged(result.charged, result.reservation)
             if result.reservation is not None:
                 self.held = result.reservation.held

@@ -228,13 +228,16 @@ class ItemCommitted:
 class BatchCommitted:
     """The answer to ``commit_batch``: one result per item, in the items' order.
 
-    Each item is answered on its own, as its own ``commit`` would be: :class:`ItemCommitted`, or
+    Each item is answered on its own, as its own ``commit`` would be: :class:`ItemCommitted`,
+    :class:`Journaled` (Redis away, see :class:`Journaled`), or
     :class:`Declined` (``EXCEEDS_HOLD``, ``RESERVATION_EXPIRED``, ``RESERVATION_CLOSED``; its
     ``request_id`` is the item id) while the other items still apply. A declined item is
     remembered under its id too: after an Extend, send it again under a new id.
     """
 
-    items: tuple[ItemCommitted | Declined, ...]
+    items: tuple[ItemCommitted | Journaled | Declined, ...]
+    """With the sidecar's outage journal on, all items are :class:`Journaled` when Redis could not
+    be reached (a batch is journaled whole, or not at all)."""
     charged: int
     """What the items charged together (items answered from memory count what they charged)."""
     reservation: Reservation | None
