@@ -201,7 +201,8 @@ async def test_async_client_and_hold_commit_batches(sidecar: Sidecar) -> None:
         assert isinstance(reserved, Reserved)
         items = [BatchItem(2, business_key="contact:1"), BatchItem(2, business_key="contact:1"), BatchItem(4)]
         result = await client.commit_batch(reserved.reservation_id, items)
-        assert [(type(i), i.held) for i in result.items] == [(ItemCommitted, 3), (ItemCommitted, 3), (Declined, 3)]
+        held = [(type(i), i.held) for i in result.items if isinstance(i, (ItemCommitted, Declined))]
+        assert held == [(ItemCommitted, 3), (ItemCommitted, 3), (Declined, 3)]
         assert result.items[1] == ItemCommitted(result.item_ids[1], charged=0, already_charged=True, held=3)
         again = await client.commit_batch(reserved.reservation_id, _with_ids(items, result))
         assert (again.items, again.charged) == (result.items, 2)
