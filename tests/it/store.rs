@@ -861,3 +861,57 @@ async fn sqlite_file_survives_reopening() {
     assert_eq!(snapshot(&db).await, settled);
     assert_eq!(db.store.write(events, t0()).await.unwrap(), 0);
 }
+
+/// The upgrade to migration 0005 (alerts): a ledger written by a binary that knew migrations
+/// 0001–0004 is opened by this one, which adds the alert tables and keeps every settled event;
+/// alerts then record and read back. A binary that does not know 0005 refuses that ledger (the
+/// CHANGELOG's upgrade note says so).
+#[tokio::test]
+async fn a_ledger_of_migration_0004_upgrades_to_the_alert_tables() {
+    use credit_sidecar::ledger::alerts::{Crossing, Threshold, When};
+    use credit_sidecar::settle::store::AlertRow;
+    let dir = TempDir::new().unwrap();
+    let older = dir.path().join("migrations-0004");
+    std::fs::create_dir(&older).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, older.join(&name)).unwrap();
+        }
+    }
+    let url = sqlite_url(&dir, "ledger");
+    let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 4);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    pool.close().await;
+
+    // Opened by this binary (which applies 0005), the ledger settles and reads back as before.
+    let scripted = scripted();
+    let upgraded = open(&url).await;
+    assert_eq!(upgraded.store.write(&scripted.events, t0()).await.unwrap(), scripted.events.len());
+    drop(upgraded);
+    let reopened = open(&url).await;
+    assert_eq!(reopened.store.event_count().await.unwrap(), scripted.events.len() as i64);
+    assert_matches_ledger(&snapshot(&reopened).await, &scripted);
+    let account = AccountId::parse("acme").unwrap();
+    let threshold = Threshold::new("t", "low", When::AvailableBelow(5)).unwrap();
+    reopened.store.set_alert_thresholds(&account, std::slice::from_ref(&threshold)).await.unwrap();
+    let alert = AlertRow {
+        account: "acme".into(),
+        threshold: threshold.clone(),
+        cycle_start_ms: anchor(),
+        fired_ms: t0(),
+        crossing: Crossing { observed: 1, base: 5 },
+    };
+    assert!(reopened.store.record_alert(&alert, &[]).await.unwrap());
+    assert_eq!(reopened.store.alerts(&account, None, 10).await.unwrap(), [alert]);
+
+    // The older binary's migrations meet a ledger that has one they do not know: refused.
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let refused = migrator.run(&pool).await.unwrap_err();
+    assert!(refused.to_string().contains('5'), "{refused}");
+    pool.close().await;
+}
