@@ -199,6 +199,7 @@ impl ScriptBench {
                     amount: 1,
                     request: self.request(),
                     business_key: None,
+                    overdraft: false,
                     labels: Labels::default(),
                 };
                 engine.charge(&charge).await.expect("Charge").done().expect("Charge is not declined");

@@ -152,6 +152,8 @@ pub fn charge(request: pb::ChargeRequest, rules: &Rules) -> Result<command::Char
         request: RequestId::parse(&request.request_id)?,
         business_key: BusinessKey::parse_optional(&request.business_key)?,
         labels: labels(request.labels)?,
+        // A caller's Charge is checked like any other; only the outage journal overdraws.
+        overdraft: false,
     })
 }
 

@@ -81,6 +81,18 @@ fn entry(event: Event) -> pb::HistoryEntry {
             returned: lots(&returned),
             expired,
         }),
+        EventKind::Overdrawn { reservation, user, category, cycle_start_ms, amount, business_key, labels } => {
+            Change::Overdrawn(pb::Overdrawn {
+                reservation_id: if reservation == 0 { String::new() } else { reservation_id(reservation) },
+                user_id: user,
+                category,
+                cycle_start_unix_ms: cycle_start_ms,
+                amount,
+                business_key: business_key.unwrap_or_default(),
+                labels: labels.into_iter().collect::<HashMap<_, _>>(),
+            })
+        }
+        EventKind::Repaid { lot, amount } => Change::Repaid(pb::LotRepaid { lot_id: lot, amount }),
     };
     pb::HistoryEntry {
         seq: event.seq,

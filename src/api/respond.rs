@@ -378,6 +378,7 @@ pub fn totals(totals: Totals) -> pb::Totals {
         held: totals.held,
         spent: totals.spent,
         expired: totals.expired,
+        owed: totals.owed,
     }
 }
 

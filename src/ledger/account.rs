@@ -110,7 +110,19 @@ pub(super) struct Account {
     pub held: i64,
     pub spent: i64,
     pub expired: i64,
+    /// Spent by outage charges beyond the lots, not yet repaid (granted + owed = available +
+    /// held + spent + expired).
+    pub owed: i64,
     pub last_event: u64,
+}
+
+/// What an outage charge spent beyond the lots, and for whom.
+pub(super) struct OutageSpend<'a> {
+    pub user: &'a UserId,
+    pub category: &'a Category,
+    pub amount: i64,
+    pub business_key: Option<&'a BusinessKey>,
+    pub labels: &'a Labels,
 }
 
 /// Where an operation's events go, stamped with the request that caused them.
@@ -142,6 +154,7 @@ impl Account {
             held: 0,
             spent: 0,
             expired: 0,
+            owed: 0,
             last_event: 0,
         }
     }
@@ -168,6 +181,7 @@ impl Account {
             held: self.held,
             spent: self.spent,
             expired: self.expired,
+            owed: self.owed,
         }
     }
 
@@ -285,11 +299,39 @@ impl Account {
     ) -> u64 {
         self.last_lot += 1;
         let id = self.last_lot;
-        self.lots
-            .insert(id, Lot { kind, granted: amount, remaining: amount, granted_ms: at_ms, expires_ms, from_plan });
+        // An overdraft is repaid first, from the new lot: it starts with the rest.
+        let repaid = amount.min(self.owed);
+        self.lots.insert(
+            id,
+            Lot { kind, granted: amount, remaining: amount - repaid, granted_ms: at_ms, expires_ms, from_plan },
+        );
         self.granted += amount;
+        self.owed -= repaid;
         self.emit(sink, at_ms, EventKind::LotGranted { lot: id, kind, amount, expires_ms, from_plan });
+        if repaid > 0 {
+            self.emit(sink, at_ms, EventKind::Repaid { lot: id, amount: repaid });
+        }
         id
+    }
+
+    /// Spends `amount` that no lot covers (an outage charge's overdraft): the account owes it,
+    /// and it counts for the user and the category this cycle like a commit.
+    pub fn overdraw(&mut self, sink: &mut Sink<'_>, at_ms: Millis, reservation: u64, spend: OutageSpend<'_>) {
+        let OutageSpend { user, category, amount, business_key, labels } = spend;
+        self.owed += amount;
+        self.spent += amount;
+        self.users.entry(user.clone()).or_default().used += amount;
+        self.categories.entry(category.clone()).or_default().used += amount;
+        let event = EventKind::Overdrawn {
+            reservation,
+            user: user.as_str().to_owned(),
+            category: category.as_str().to_owned(),
+            cycle_start_ms: self.cycle.start_ms,
+            amount,
+            business_key: business_key.map(|key| key.as_str().to_owned()),
+            labels: labels.to_map(),
+        };
+        self.emit(sink, at_ms, event);
     }
 
     /// Counts a new hold of `amount` against the reservation's user this cycle.

@@ -138,7 +138,7 @@ mod tests {
             id: AccountId::parse("acct").unwrap(),
             plan: None,
             cycle: Cycle { start_ms: 0, end_ms: 1 },
-            totals: Totals { granted: 1_000, available, held: 0, spent: 1_000 - available, expired: 0 },
+            totals: Totals { granted: 1_000, available, held: 0, spent: 1_000 - available, expired: 0, owed: 0 },
             lots: lots
                 .iter()
                 .enumerate()

@@ -138,7 +138,7 @@ impl Decline {
     }
 }
 
-/// Where an account's credits stand: granted = available + held + spent + expired.
+/// Where an account's credits stand: granted + owed = available + held + spent + expired.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub granted: i64,
@@ -146,6 +146,14 @@ pub struct Totals {
     pub held: i64,
     pub spent: i64,
     pub expired: i64,
+    /// Credits spent by outage charges beyond what the lots held, not yet repaid by a grant
+    /// (docs/rules.md#overdraft). Absent from stored answers when 0, as before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub owed: i64,
+}
+
+pub(super) fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +248,9 @@ pub struct Charged {
     pub charged: i64,
     pub already_charged: bool,
     pub available: i64,
+    /// Of `charged`, what no lot covered (an outage charge's overdraft); 0 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overdrawn: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

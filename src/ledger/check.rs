@@ -1,6 +1,6 @@
 //! The invariants of docs/rules.md#invariants, checked from first principles on one account: recomputed from
 //! lots and reservations, never read from the counters they are meant to verify.
-//! 1. granted = available + held + spent + expired;
+//! 1. granted + owed = available + held + spent + expired, and nothing owed below zero;
 //! 2. no lot and no user usage below zero; no reservation spends more than it held;
 //! 3. closed reservations hold nothing (that they never change is checked by the tests, which
 //!    compare snapshots across steps).
@@ -51,11 +51,14 @@ pub(super) fn account(account: &Account) -> Result<(), String> {
     if let Some((category, _)) = account.categories.iter().find(|(_, category)| category.used < 0) {
         return fail(format!("category {} usage below zero", category.as_str()));
     }
+    if account.owed < 0 {
+        return fail(format!("owed {} below zero", account.owed));
+    }
     let accounted = available + held + account.spent + account.expired;
-    if account.granted != accounted {
+    if account.granted + account.owed != accounted {
         return fail(format!(
-            "conservation: granted {} != available {available} + held {held} + spent {} + expired {}",
-            account.granted, account.spent, account.expired
+            "conservation: granted {} + owed {} != available {available} + held {held} + spent {} + expired {}",
+            account.granted, account.owed, account.spent, account.expired
         ));
     }
     Ok(())

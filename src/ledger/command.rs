@@ -127,6 +127,11 @@ pub struct Charge {
     pub request: RequestId,
     pub business_key: Option<BusinessKey>,
     pub labels: Labels,
+    /// An outage charge (the sidecar settling work it admitted while Redis was unreachable, never
+    /// a caller's request): it is not declined for credit, the user's limit or the category's
+    /// budget — the work was done — and what the lots cannot cover is spent as an overdraft the
+    /// account owes, repaid from its next grants (docs/rules.md#overdraft).
+    pub overdraft: bool,
 }
 
 /// Read-only: would `amount` fit, and how many `unit`s fit?
@@ -229,6 +234,15 @@ impl Digester {
         self
     }
 
+    /// Appended only when set (an outage charge), so every other Charge's fingerprint stays the
+    /// one kept in Redis and in the ledger.
+    fn overdraft(&mut self, overdraft: bool) -> &mut Self {
+        if overdraft {
+            self.text("overdraft");
+        }
+        self
+    }
+
     fn labels(&mut self, labels: &Labels) -> &mut Self {
         self.int(labels.iter().count() as i64);
         for (key, value) in labels.iter() {
@@ -306,6 +320,7 @@ impl Charge {
             .int(self.amount)
             .text(key_text(&self.business_key))
             .labels(&self.labels)
+            .overdraft(self.overdraft)
             .finish()
     }
 }

@@ -94,6 +94,25 @@ pub enum EventKind {
         already_charged: bool,
         labels: BTreeMap<String, String>,
     },
+    /// An outage charge spent `amount` credits that no lot covered: the account owes them
+    /// (`owed` grows) until its next grants repay them. The spend counts for the user and the
+    /// category in the cycle, like a commit's. `reservation` is the charge's own (it carries the
+    /// part the lots covered, if any) — 0 when the lots covered none of it.
+    Overdrawn {
+        reservation: u64,
+        user: String,
+        category: String,
+        cycle_start_ms: Millis,
+        amount: i64,
+        business_key: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
+    /// The first `amount` credits of a lot just granted repaid the account's overdraft: the lot
+    /// starts with its amount less these.
+    Repaid {
+        lot: u64,
+        amount: i64,
+    },
     /// A reservation closed: `returned` went back to live lots, `expired` to lots already dead.
     Closed {
         reservation: u64,

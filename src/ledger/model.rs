@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::Error;
-use super::account::{Account, Remembered, Reservation, Sink};
+use super::account::{Account, OutageSpend, Remembered, Reservation, Sink};
 use super::answer::{
     AccountView, Answer, Balance, CategoryView, Charged, CommitBatched, Committed, Decision, DeclineReason, Extended,
     Granted, PlanSet, Quoted, Released, ReservationView, Reserved, UserView,
@@ -403,19 +403,50 @@ impl Ledger {
         self.run(now, call, |account, sink| {
             if cmd.business_key.as_ref().is_some_and(|key| account.charged_keys.contains(key)) {
                 let available = account.available();
-                return Ok(Decision::Done(Charged { reservation: None, charged: 0, already_charged: true, available }));
+                return Ok(Decision::Done(Charged {
+                    reservation: None,
+                    charged: 0,
+                    already_charged: true,
+                    available,
+                    overdrawn: 0,
+                }));
             }
-            if let Err(decline) = account.admit(&cmd.user, &cmd.category, cmd.amount) {
-                return Ok(Decision::Declined(*decline));
+            // An outage charge is never declined: the lots give what they have, the rest is owed.
+            let covered = if cmd.overdraft {
+                cmd.amount.min(account.available())
+            } else {
+                if let Err(decline) = account.admit(&cmd.user, &cmd.category, cmd.amount) {
+                    return Ok(Decision::Declined(*decline));
+                }
+                cmd.amount
+            };
+            let mut reservation = None;
+            if covered > 0 {
+                let seq = open_reservation(account, sink, now, now, covered, (&cmd.user, &cmd.category, &cmd.labels));
+                spend(account, sink, now, seq, covered, (&cmd.business_key, false, &cmd.labels));
+                account.close(sink, seq, ReservationState::Committed, now);
+                reservation = Some(ReservationId { account: account.id.clone(), seq });
             }
-            let seq = open_reservation(account, sink, now, now, cmd.amount, (&cmd.user, &cmd.category, &cmd.labels));
-            spend(account, sink, now, seq, cmd.amount, (&cmd.business_key, false, &cmd.labels));
-            account.close(sink, seq, ReservationState::Committed, now);
+            let overdrawn = cmd.amount - covered;
+            if overdrawn > 0 {
+                let spend = OutageSpend {
+                    user: &cmd.user,
+                    category: &cmd.category,
+                    amount: overdrawn,
+                    business_key: cmd.business_key.as_ref(),
+                    labels: &cmd.labels,
+                };
+                account.overdraw(sink, now, reservation.as_ref().map_or(0, |id| id.seq), spend);
+                if let Some(key) = &cmd.business_key {
+                    account.charged_keys.insert(key.clone());
+                }
+            }
             Ok(Decision::Done(Charged {
-                reservation: Some(ReservationId { account: account.id.clone(), seq }),
+                reservation,
                 charged: cmd.amount,
                 already_charged: false,
                 available: account.available(),
+                overdrawn,
             }))
         })
     }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::account::{Account, Reservation, Sink};
+use super::account::{Account, OutageSpend, Reservation, Sink};
 use super::event::{Draw, Event, EventKind, draws_total};
 use super::types::{AccountId, Category, Labels, LotKind, Millis, RequestId, ReservationState, UserId};
 
@@ -146,7 +146,37 @@ fn apply(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<()
         EventKind::Closed { reservation, state, returned, expired } => {
             close(account, *reservation, *state, returned, *expired, event.at_ms)?;
         }
+        EventKind::Overdrawn { .. } => overdrawn(account, event, sink)?,
+        // `grant` (its lot_granted event, just before) repaid the same from the same owed
+        // figure; the record must agree.
+        EventKind::Repaid { lot, amount } => {
+            let repaid = account.lots.get(lot).map(|lot| lot.granted - lot.remaining);
+            if repaid != Some(*amount) {
+                return Err(format!("lot {lot} repaid {amount} in the record, {repaid:?} replayed"));
+            }
+        }
     }
+    Ok(())
+}
+
+/// An outage charge's part that no lot covered: spent, and owed.
+fn overdrawn(account: &mut Account, event: &Event, sink: &mut Sink<'_>) -> Result<(), String> {
+    let EventKind::Overdrawn { reservation, user, category, amount, business_key, labels, .. } = &event.kind else {
+        return Err("not an overdraft".into());
+    };
+    let user = UserId::parse(user).map_err(|error| error.to_string())?;
+    let category = Category(category.clone());
+    let labels = Labels::parse(labels.clone()).map_err(|error| error.to_string())?;
+    let key = business_key
+        .as_deref()
+        .map(super::types::BusinessKey::parse_optional)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .flatten();
+    let spend =
+        OutageSpend { user: &user, category: &category, amount: *amount, business_key: key.as_ref(), labels: &labels };
+    account.overdraw(sink, event.at_ms, *reservation, spend);
+    account.charged_keys.extend(key);
     Ok(())
 }
 

@@ -98,6 +98,10 @@ pub struct AccountSnapshot {
     pub held: i64,
     pub spent: i64,
     pub expired: i64,
+    /// The overdraft not yet repaid; absent when 0 (so every snapshot from before overdrafts
+    /// existed reads the same).
+    #[serde(default, skip_serializing_if = "super::answer::is_zero")]
+    pub owed: i64,
     pub reservations: Vec<ReservationSnapshot>,
     pub users: BTreeMap<String, UserSnapshot>,
     /// Business keys charged this cycle.
@@ -145,6 +149,7 @@ impl AccountSnapshot {
             held: account.held,
             spent: account.spent,
             expired: account.expired,
+            owed: account.owed,
             reservations: account
                 .reservations
                 .iter()
@@ -215,6 +220,7 @@ impl AccountSnapshot {
         account.held = self.held;
         account.spent = self.spent;
         account.expired = self.expired;
+        account.owed = self.owed;
         let mut deadlines = BTreeSet::new();
         for reservation in self.reservations {
             let seq = reservation.seq;

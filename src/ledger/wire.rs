@@ -105,6 +105,25 @@ struct CommittedData {
 }
 
 #[derive(Serialize, Deserialize)]
+struct OverdrawnData {
+    res: u64,
+    user: String,
+    category: String,
+    cycle: i64,
+    amount: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RepaidData {
+    lot: u64,
+    amount: i64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ClosedData {
     res: u64,
     state: String,
@@ -166,10 +185,12 @@ pub fn reservation_of(kind: &EventKind) -> Option<u64> {
         | EventKind::Extended { reservation, .. }
         | EventKind::Committed { reservation, .. }
         | EventKind::Closed { reservation, .. } => Some(*reservation),
+        EventKind::Overdrawn { reservation, .. } => Some(*reservation).filter(|seq| *seq != 0),
         EventKind::PlanSet { .. }
         | EventKind::CycleStarted { .. }
         | EventKind::LotGranted { .. }
         | EventKind::LotExpired { .. }
+        | EventKind::Repaid { .. }
         | EventKind::UserLimitSet { .. }
         | EventKind::CategoryBudgetSet { .. } => None,
     }
@@ -247,6 +268,19 @@ pub fn encode(kind: &EventKind) -> (&'static str, String) {
                 labels: labels.clone(),
             }),
         ),
+        EventKind::Overdrawn { reservation, user, category, cycle_start_ms, amount, business_key, labels } => (
+            "overdrawn",
+            json(&OverdrawnData {
+                res: *reservation,
+                user: user.clone(),
+                category: category.clone(),
+                cycle: *cycle_start_ms,
+                amount: *amount,
+                key: business_key.clone(),
+                labels: labels.clone(),
+            }),
+        ),
+        EventKind::Repaid { lot, amount } => ("repaid", json(&RepaidData { lot: *lot, amount: *amount })),
         EventKind::Closed { reservation, state, returned, expired } => (
             "closed",
             json(&ClosedData {
@@ -323,6 +357,22 @@ pub fn decode(kind: &str, data: &str) -> Result<EventKind, WireError> {
                 already_charged: d.already,
                 labels: d.labels,
             }
+        }
+        "overdrawn" => {
+            let d: OverdrawnData = parse(data).map_err(fail)?;
+            EventKind::Overdrawn {
+                reservation: d.res,
+                user: d.user,
+                category: d.category,
+                cycle_start_ms: d.cycle,
+                amount: d.amount,
+                business_key: d.key,
+                labels: d.labels,
+            }
+        }
+        "repaid" => {
+            let d: RepaidData = parse(data).map_err(fail)?;
+            EventKind::Repaid { lot: d.lot, amount: d.amount }
         }
         "closed" => {
             let d: ClosedData = parse(data).map_err(fail)?;

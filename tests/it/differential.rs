@@ -145,6 +145,8 @@ enum Op {
         user: usize,
         amount: i64,
         key: Option<usize>,
+        /// An outage charge: what the lots lack is owed, and the next grants repay it.
+        overdraft: bool,
     },
     Quote {
         account: usize,
@@ -217,8 +219,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         3 => (any::<usize>(), prop::collection::vec((0..25i64, prop::option::of(0..KEYS.len())), 1..8), prop::bool::weighted(0.2))
             .prop_map(|(pick, items, repeat)| Op::CommitBatch { pick, items, repeat }),
-        2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()))
-            .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
+        2 => (account.clone(), user.clone(), 1..40i64, prop::option::of(0..KEYS.len()), prop::bool::weighted(0.3))
+            .prop_map(|(account, user, amount, key, overdraft)| Op::Charge { account, user, amount, key, overdraft }),
         1 => (account.clone(), prop::option::of(user.clone()), 1..200i64, any::<bool>())
             .prop_map(|(account, user, amount, category)| Op::Quote { account, user, amount, category }),
 
@@ -461,7 +463,7 @@ impl Pair<'_> {
             Op::Release { pick } => {
                 Sent::Release(Release { reservation: self.reservation(pick), request: self.request() })
             }
-            Op::Charge { account: a, user: u, amount, key: k } => Sent::Charge(Charge {
+            Op::Charge { account: a, user: u, amount, key: k, overdraft } => Sent::Charge(Charge {
                 account: account(a),
                 user: user(u),
                 category: rules.category("api").unwrap(),
@@ -469,6 +471,7 @@ impl Pair<'_> {
                 request: self.request(),
                 business_key: key(k),
                 labels: Labels::default(),
+                overdraft,
             }),
             Op::Quote { account: a, user: u, amount, category } => {
                 let category = category.then(|| rules.category("enrichment").unwrap());

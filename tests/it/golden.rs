@@ -166,6 +166,21 @@ fn request_fingerprints_are_pinned() {
                 request: request(),
                 business_key: key,
                 labels: Labels::default(),
+                overdraft: false,
+            }
+            .fingerprint(),
+        ),
+        (
+            "charge, overdraft",
+            Charge {
+                account: account(),
+                user: user.clone(),
+                category: email.clone(),
+                amount: 1,
+                request: request(),
+                business_key: None,
+                labels: Labels::default(),
+                overdraft: true,
             }
             .fingerprint(),
         ),
@@ -295,6 +310,25 @@ fn event_json_is_pinned() {
         EventKind::Closed { reservation: 4, state: ReservationState::Expired, returned: draws.clone(), expired: 2 },
         EventKind::Closed { reservation: 5, state: ReservationState::Released, returned: vec![], expired: 0 },
         EventKind::Closed { reservation: 6, state: ReservationState::Committed, returned: draws, expired: 0 },
+        EventKind::Overdrawn {
+            reservation: 6,
+            user: "ann".into(),
+            category: "dialer".into(),
+            cycle_start_ms: 1_000,
+            amount: 12,
+            business_key: Some("call:9".into()),
+            labels: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+        },
+        EventKind::Overdrawn {
+            reservation: 0,
+            user: "bob".into(),
+            category: "dialer".into(),
+            cycle_start_ms: 1_000,
+            amount: 3,
+            business_key: None,
+            labels: BTreeMap::new(),
+        },
+        EventKind::Repaid { lot: 7, amount: 15 },
     ];
     let mut text = String::new();
     for kind in kinds {

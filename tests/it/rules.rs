@@ -989,6 +989,7 @@ async fn long_listings_are_bounded_and_complete(h: Harness) {
             request: RequestId::parse(&format!("c{n}")).unwrap(),
             business_key: None,
             labels: Labels::default(),
+            overdraft: false,
         };
         h.engine.charge(&charge).await.unwrap();
     }

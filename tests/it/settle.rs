@@ -390,7 +390,22 @@ async fn rebuild_restores_a_flushed_redis_that_verify_then_finds_consistent() {
     let engine = redis_engine(&rules, &settings, &clock).await;
     let h = Harness::serve_settled(clock.clone(), engine, None, settled_options(&store, "a")).await;
     let ids = workload(&h).await;
+    // Work admitted during an outage spent more than globex had: the overdraft (Redis's `owed`
+    // field) is rebuilt from the ledger with the rest.
+    let outage = credit_sidecar::ledger::command::Charge {
+        account: AccountId::parse("globex").unwrap(),
+        user: credit_sidecar::ledger::UserId::parse("cyd").unwrap(),
+        category: rules.category("dialer").unwrap(),
+        amount: 1_000_000,
+        request: credit_sidecar::ledger::RequestId::parse("outage-1").unwrap(),
+        business_key: None,
+        labels: credit_sidecar::ledger::Labels::default(),
+        overdraft: true,
+    };
+    let charged = h.engine.charge(&outage).await.unwrap().done().unwrap();
+    assert!(charged.overdrawn > 0, "{charged:?}");
     let before = (account_view(&h, "acme").await, account_view(&h, "globex").await);
+    assert_eq!(before.1.totals.as_ref().map(|totals| totals.owed), Some(charged.overdrawn));
     let check = Harness::serve(clock.clone(), h.engine.clone(), None, Duration::from_secs(3600)).await;
     h.stop().await;
 

@@ -267,6 +267,22 @@ impl Script {
 
     /// Returns whether it charged (false: the business key was already charged this cycle).
     fn charge(&mut self, name: &str, user: &str, category: &str, amount: i64, key: &str) -> bool {
+        !self.charge_as(name, (user, category), amount, key, false).already_charged
+    }
+
+    /// An outage charge (never declined; what the lots lack is owed): what it overdrew.
+    fn overdraw(&mut self, name: &str, user: &str, category: &str, amount: i64) -> i64 {
+        self.charge_as(name, (user, category), amount, "", true).overdrawn
+    }
+
+    fn charge_as(
+        &mut self,
+        name: &str,
+        (user, category): (&str, &str),
+        amount: i64,
+        key: &str,
+        overdraft: bool,
+    ) -> credit_sidecar::ledger::Charged {
         let command = Charge {
             account: account(name),
             user: UserId::parse(user).unwrap(),
@@ -275,8 +291,9 @@ impl Script {
             request: self.request(),
             business_key: BusinessKey::parse_optional(key).unwrap(),
             labels: Labels::default(),
+            overdraft,
         };
-        !done(self.ledger.charge(self.now, &command), "charge").already_charged
+        done(self.ledger.charge(self.now, &command), "charge")
     }
 }
 
@@ -339,6 +356,11 @@ fn scripted() -> Scripted {
     s.reserve(ACME, "bob", "enrichment", 20, HOUR);
     s.advance_to(s.now + 2 * HOUR);
     s.reserve(ACME, "ann", "ai", 10, HOUR);
+    // globex's lot died on Apr 1: work admitted during an outage spends 30 no lot covers (owed),
+    // then a grant of 20 repays 20 of it (its lot starts empty) and one of 50 the other 10.
+    assert_eq!(s.overdraw(GLOBEX, "cyd", "dialer", 30), 30);
+    s.grant(GLOBEX, LotKind::Adjustment, 20, None);
+    s.grant(GLOBEX, LotKind::Promo, 50, None);
     let events = s.ledger.drain_events();
     let model = s.ledger.account_ids().into_iter().map(|id| model_account(&mut s.ledger, s.now, id)).collect();
     assert!(s.ledger.drain_events().is_empty(), "reading the model at the script's end changed it");
@@ -369,19 +391,20 @@ struct LotRow {
     granted_ms: i64,
     expires_ms: i64,
     expired_ms: Option<i64>,
+    repaid: i64,
 }
 
 impl LotRow {
     fn remaining(&self) -> i64 {
-        self.granted - self.drawn + self.returned - self.expired
+        self.granted - self.repaid - self.drawn + self.returned - self.expired
     }
 }
 
 async fn lot_rows(url: &str) -> Vec<LotRow> {
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
     let rows = sqlx::query(
-        "SELECT account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, expires_ms, expired_ms \
-         FROM lots ORDER BY account_id, lot_id",
+        "SELECT account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, expires_ms, expired_ms, \
+         repaid FROM lots ORDER BY account_id, lot_id",
     )
     .fetch_all(&pool)
     .await
@@ -399,6 +422,7 @@ async fn lot_rows(url: &str) -> Vec<LotRow> {
             granted_ms: row.get(7),
             expires_ms: row.get(8),
             expired_ms: row.get(9),
+            repaid: row.get(10),
         })
         .collect()
 }
@@ -593,7 +617,7 @@ fn assert_matches_ledger(settled: &Snapshot, scripted: &Scripted) {
     assert_eq!(settled.events, expected, "events(None) in (account, seq) order");
     assert_eq!(settled.event_count, expected.len() as i64);
     let kinds: BTreeSet<&str> = expected.iter().map(|event| wire::encode(&event.kind).0).collect();
-    assert_eq!(kinds.len(), 9, "the script emits every kind of event: {kinds:?}");
+    assert_eq!(kinds.len(), 11, "the script emits every kind of event: {kinds:?}");
     let settled_accounts: Vec<&AccountId> = settled.accounts.iter().map(|a| &a.account).collect();
     let model_accounts: Vec<&AccountId> = scripted.model.iter().map(|a| &a.account).collect();
     assert_eq!(settled_accounts, model_accounts);
@@ -613,10 +637,10 @@ fn assert_matches_ledger(settled: &Snapshot, scripted: &Scripted) {
 
 fn assert_totals(snapshot: &AccountSnapshot, model: &Totals, own: &[Event]) {
     let totals = snapshot.totals.unwrap_or_else(|| panic!("no totals for {}", snapshot.account));
-    let settled = (totals.granted, totals.available(), totals.held, totals.spent, totals.expired);
+    let settled = (totals.granted, totals.available(), totals.held, totals.spent, totals.expired, totals.owed);
     assert_eq!(
         settled,
-        (model.granted, model.available, model.held, model.spent, model.expired),
+        (model.granted, model.available, model.held, model.spent, model.expired, model.owed),
         "{}",
         snapshot.account
     );
@@ -727,8 +751,9 @@ async fn assert_usage_by_hand(store: &Store) {
     assert_eq!(store.usage(&account(ACME), Some(cycle_2())).await.unwrap(), acme[4..]);
     assert_eq!(store.usage(&account(ACME), Some(cycle_1())).await.unwrap(), acme[..4]);
     assert!(store.usage(&account(ACME), Some(cycle_1() + 1)).await.unwrap().is_empty());
-    // globex has no plan: its cycle is the calendar month.
-    let globex = vec![row(ms(2026, 3, 1, 0), "cyd", "api", 25, 1)];
+    // globex has no plan: its cycle is the calendar month. The overdraft of April counts in its
+    // spend, not as a commit.
+    let globex = vec![row(ms(2026, 3, 1, 0), "cyd", "api", 25, 1), row(ms(2026, 4, 1, 0), "cyd", "dialer", 30, 0)];
     assert_eq!(store.usage(&account(GLOBEX), None).await.unwrap(), globex);
 }
 
@@ -913,5 +938,87 @@ async fn a_ledger_of_migration_0004_upgrades_to_the_alert_tables() {
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let refused = migrator.run(&pool).await.unwrap_err();
     assert!(refused.to_string().contains('5'), "{refused}");
+    pool.close().await;
+}
+
+/// The upgrade to migration 0006 (overdrafts): a ledger of migrations 0001–0005, with totals and
+/// a lot settled by the binary before this one, is opened by this one: every row reads 0 owed
+/// and 0 repaid, and the same account then overdraws and is repaid on top of them. A binary
+/// that does not know 0006 refuses the upgraded ledger (the CHANGELOG's upgrade note says so).
+#[tokio::test]
+async fn a_ledger_of_migration_0005_upgrades_to_overdrafts() {
+    let dir = TempDir::new().unwrap();
+    let older = dir.path().join("migrations-0005");
+    std::fs::create_dir(&older).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0006" {
+            std::fs::copy(&path, older.join(&name)).unwrap();
+        }
+    }
+    let url = sqlite_url(&dir, "ledger");
+    let migrator = sqlx::migrate::Migrator::new(older.as_path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 5);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    // What the older binary settled for globex's first grant of 30 (the rows as it wrote them).
+    let mut script = Script { ledger: Ledger::new(RETENTION_MS), rules: Rules::default(), now: t0(), requests: 0 };
+    script.grant(GLOBEX, LotKind::Adjustment, 30, None);
+    let first = script.ledger.drain_events();
+    let (kind, data) = wire::encode(&first[0].kind);
+    sqlx::query(
+        "INSERT INTO ledger_events (account_id, seq, at_ms, kind, request_id, reservation_seq, data, settled_ms) \
+         VALUES ('globex', 1, $1, $2, $3, NULL, $4, $1)",
+    )
+    .bind(first[0].at_ms)
+    .bind(kind)
+    .bind(first[0].request_id.clone())
+    .bind(data)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO account_totals (account_id, granted, events, last_seq) VALUES ('globex', 30, 1, 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO lots (account_id, lot_id, kind, granted, granted_ms, expires_ms) \
+         VALUES ('globex', 1, 'adjustment', 30, $1, $2)",
+    )
+    .bind(t0())
+    .bind(ms(2026, 4, 1, 0))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // Opened by this binary (which applies 0006): nothing owed, nothing repaid.
+    let upgraded = open(&url).await;
+    let totals = upgraded.store.totals(&account(GLOBEX)).await.unwrap().unwrap();
+    assert_eq!((totals.granted, totals.owed, totals.available()), (30, 0, 30));
+    assert_eq!(
+        lot_rows(&url).await.iter().map(|lot| (lot.lot, lot.repaid, lot.remaining())).collect::<Vec<_>>(),
+        [(1, 0, 30)]
+    );
+    // Then 50 spent during an outage (30 from the lot, 20 owed), and a grant of 25 repays 20.
+    assert_eq!(script.overdraw(GLOBEX, "cyd", "dialer", 50), 20);
+    script.grant(GLOBEX, LotKind::Promo, 25, None);
+    let later = script.ledger.drain_events();
+    assert_eq!(upgraded.store.write(&later, t0()).await.unwrap(), later.len());
+    let totals = upgraded.store.totals(&account(GLOBEX)).await.unwrap().unwrap();
+    let expected = script.ledger.balance(script.now, &account(GLOBEX), None).unwrap().totals;
+    assert_eq!((expected.owed, expected.available), (0, 5));
+    assert_eq!((totals.granted, totals.owed, totals.spent, totals.available()), (55, 0, 50, 5));
+    let lots: Vec<(i64, i64, i64)> =
+        lot_rows(&url).await.iter().map(|lot| (lot.lot, lot.repaid, lot.remaining())).collect();
+    assert_eq!(lots, [(1, 0, 0), (2, 20, 5)]);
+    drop(upgraded);
+
+    // The older binary's migrations meet a ledger that has one they do not know: refused.
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let refused = migrator.run(&pool).await.unwrap_err();
+    assert!(refused.to_string().contains('6'), "{refused}");
     pool.close().await;
 }

@@ -53,8 +53,9 @@ fn optional(value: Option<i64>) -> String {
 
 fn totals(totals: Option<&pb::Totals>) -> String {
     let totals = totals.cloned().unwrap_or_default();
+    let owed = if totals.owed == 0 { String::new() } else { format!("  owed {}", totals.owed) };
     format!(
-        "granted {}  available {}  held {}  spent {}  expired {}",
+        "granted {}  available {}  held {}  spent {}  expired {}{owed}",
         totals.granted, totals.available, totals.held, totals.spent, totals.expired
     )
 }
@@ -328,6 +329,25 @@ fn change(change: &pb::history_entry::Change) -> (&'static str, String) {
             let returned: i64 = closed.returned.iter().map(|lot| lot.amount).sum();
             let state = short(closed.state().as_str_name(), "RESERVATION_STATE_");
             ("closed", format!("{} {state}, {returned} returned, {} expired", closed.reservation_id, closed.expired))
+        }
+        Change::Overdrawn(overdrawn) => {
+            let key = if overdrawn.business_key.is_empty() {
+                String::new()
+            } else {
+                format!(" key {}", overdrawn.business_key)
+            };
+            let charge = if overdrawn.reservation_id.is_empty() {
+                String::new()
+            } else {
+                format!(" (rest of {})", overdrawn.reservation_id)
+            };
+            (
+                "overdrawn",
+                format!("{} owed for {} in {}{key}{charge}", overdrawn.amount, overdrawn.user_id, overdrawn.category),
+            )
+        }
+        Change::Repaid(repaid) => {
+            ("repaid", format!("{} of lot {} repaid the overdraft", repaid.amount, repaid.lot_id))
         }
     }
 }

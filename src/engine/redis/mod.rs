@@ -727,6 +727,7 @@ impl RedisEngine {
             Arg::Int(cmd.amount),
             Arg::Text(cmd.business_key.as_ref().map_or("", |key| key.as_str())),
             Arg::Owned(labels),
+            Arg::Text(if cmd.overdraft { "1" } else { "0" }),
         ];
         self.change("charge", &account_context(&cmd.account, &cmd.request), &args, reply::charged).await
     }

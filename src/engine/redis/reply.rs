@@ -249,6 +249,9 @@ fn totals(fields: &mut Fields) -> Result<Totals, Error> {
         held: fields.int()?,
         spent: fields.int()?,
         expired: fields.int()?,
+        // Last in every reply that carries totals; absent from the Grant, StartTrial and
+        // SetPlan replies remembered before overdrafts existed.
+        owed: if fields.is_empty() { 0 } else { fields.int()? },
     })
 }
 
@@ -294,6 +297,8 @@ pub fn charged(fields: &mut Fields, account: &AccountId) -> Result<Charged, Erro
         charged: fields.int()?,
         already_charged: fields.flag()?,
         available: fields.int()?,
+        // Absent from replies remembered before overdrafts existed.
+        overdrawn: if fields.is_empty() { 0 } else { fields.int()? },
     })
 }
 

@@ -16,13 +16,15 @@ pub struct SettledTotals {
     pub held: i64,
     pub spent: i64,
     pub expired: i64,
+    /// Overdraft not yet repaid (migration 0006).
+    pub owed: i64,
     pub events: i64,
     pub last_seq: i64,
 }
 
 impl SettledTotals {
     pub fn available(&self) -> i64 {
-        self.granted - self.held - self.spent - self.expired
+        self.granted + self.owed - self.held - self.spent - self.expired
     }
 }
 
@@ -148,7 +150,7 @@ impl Store {
 
     pub async fn totals(&self, account: &AccountId) -> Result<Option<SettledTotals>> {
         let row = sqlx::query(
-            "SELECT granted, held, spent, expired, events, last_seq FROM account_totals WHERE account_id = $1",
+            "SELECT granted, held, spent, expired, owed, events, last_seq FROM account_totals WHERE account_id = $1",
         )
         .bind(account.as_str().to_owned())
         .fetch_optional(&self.pool)
@@ -159,8 +161,9 @@ impl Store {
                 held: row.try_get(1)?,
                 spent: row.try_get(2)?,
                 expired: row.try_get(3)?,
-                events: row.try_get(4)?,
-                last_seq: row.try_get(5)?,
+                owed: row.try_get(4)?,
+                events: row.try_get(5)?,
+                last_seq: row.try_get(6)?,
             })
         })
         .transpose()

@@ -237,6 +237,7 @@ struct LotFold {
     granted_ms: i64,
     expires_ms: i64,
     expired_ms: Option<i64>,
+    repaid: i64,
 }
 
 #[derive(Default)]
@@ -245,6 +246,7 @@ struct TotalsFold {
     held: i64,
     spent: i64,
     expired: i64,
+    owed: i64,
     events: i64,
     last_seq: i64,
 }
@@ -320,6 +322,17 @@ impl Fold {
                 *spent += amount;
                 *commits += 1;
             }
+            // Spent beyond the lots: owed; it counts in the usage's spend (not as a commit).
+            EventKind::Overdrawn { amount, user, category, cycle_start_ms, .. } => {
+                totals.spent += amount;
+                totals.owed += amount;
+                let usage = self.usage.entry((account.clone(), *cycle_start_ms, user.clone(), category.clone()));
+                usage.or_default().0 += amount;
+            }
+            EventKind::Repaid { lot, amount } => {
+                totals.owed -= amount;
+                self.lots.entry((account.clone(), *lot as i64)).or_default().repaid += amount;
+            }
             EventKind::Closed { reservation, state, returned, expired } => {
                 let released = draws_total(returned) + expired;
                 totals.held -= released;
@@ -379,7 +392,8 @@ impl Fold {
                 .bind(row.expired)
                 .bind(row.granted_ms)
                 .bind(row.expires_ms)
-                .bind(row.expired_ms);
+                .bind(row.expired_ms)
+                .bind(row.repaid);
         });
         upsert_rows(upserts, &TOTALS_UPSERT, self.totals, |query, (account, row)| {
             query
@@ -388,6 +402,7 @@ impl Fold {
                 .bind(row.held)
                 .bind(row.spent)
                 .bind(row.expired)
+                .bind(row.owed)
                 .bind(row.events)
                 .bind(row.last_seq);
         });
@@ -434,24 +449,27 @@ const USAGE_UPSERT: UpsertSql = UpsertSql {
 /// `lots`: one row per lot, its figures summed.
 const LOTS_UPSERT: UpsertSql = UpsertSql {
     insert: "INSERT INTO lots (account_id, lot_id, kind, granted, drawn, returned, expired, granted_ms, \
-         expires_ms, expired_ms) VALUES ",
-    columns: 10,
+         expires_ms, expired_ms, repaid) VALUES ",
+    columns: 11,
     conflict: " ON CONFLICT (account_id, lot_id) DO UPDATE SET \
          kind = CASE WHEN excluded.kind <> '' THEN excluded.kind ELSE lots.kind END, \
          granted = lots.granted + excluded.granted, drawn = lots.drawn + excluded.drawn, \
          returned = lots.returned + excluded.returned, expired = lots.expired + excluded.expired, \
          granted_ms = CASE WHEN excluded.granted_ms <> 0 THEN excluded.granted_ms ELSE lots.granted_ms END, \
          expires_ms = CASE WHEN excluded.expires_ms <> 0 THEN excluded.expires_ms ELSE lots.expires_ms END, \
-         expired_ms = COALESCE(excluded.expired_ms, lots.expired_ms)",
+         expired_ms = COALESCE(excluded.expired_ms, lots.expired_ms), \
+         repaid = lots.repaid + excluded.repaid",
 };
 
 /// `account_totals`: the account's figures summed, its last event's sequence kept.
 const TOTALS_UPSERT: UpsertSql = UpsertSql {
-    insert: "INSERT INTO account_totals (account_id, granted, held, spent, expired, events, last_seq) VALUES ",
-    columns: 7,
+    insert: "INSERT INTO account_totals (account_id, granted, held, spent, expired, owed, events, last_seq) \
+         VALUES ",
+    columns: 8,
     conflict: " ON CONFLICT (account_id) DO UPDATE SET \
          granted = account_totals.granted + excluded.granted, held = account_totals.held + excluded.held, \
          spent = account_totals.spent + excluded.spent, expired = account_totals.expired + excluded.expired, \
+         owed = account_totals.owed + excluded.owed, \
          events = account_totals.events + excluded.events, \
          last_seq = CASE WHEN excluded.last_seq > account_totals.last_seq THEN excluded.last_seq \
              ELSE account_totals.last_seq END",

@@ -86,6 +86,8 @@ pub(super) enum Op {
         user: usize,
         amount: i64,
         key: Option<usize>,
+        /// An outage charge (never declined; what the lots lack is owed).
+        overdraft: bool,
     },
     Quote {
         account: usize,
@@ -257,8 +259,8 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), prop_oneof![Just(0), amount()], extend_ttl, prop::option::weighted(0.3, (1..=20i64, 1..=4i64)))
             .prop_map(|(pick, amount, ttl_ms, partial)| Op::Extend { pick, amount, ttl_ms, partial }),
         4 => any::<usize>().prop_map(|pick| Op::Release { pick }),
-        5 => (account.clone(), user.clone(), amount(), key)
-            .prop_map(|(account, user, amount, key)| Op::Charge { account, user, amount, key }),
+        5 => (account.clone(), user.clone(), amount(), key, prop::bool::weighted(0.2))
+            .prop_map(|(account, user, amount, key, overdraft)| Op::Charge { account, user, amount, key, overdraft }),
         2 => (account, prop::option::of(user), amount(), 1..=20i64, any::<bool>())
             .prop_map(|(account, user, amount, unit, category)| Op::Quote { account, user, amount, unit, category }),
         6 => time_jump().prop_map(|by_ms| Op::TimeJump { by_ms }),

@@ -231,7 +231,7 @@ impl Harness {
                 })
             }
             Op::Release { pick } => Cmd::Release(Release { reservation: self.pick_reservation(pick), request }),
-            Op::Charge { account, user, amount, key } => Cmd::Charge(Charge {
+            Op::Charge { account, user, amount, key, overdraft } => Cmd::Charge(Charge {
                 account: account_id(account),
                 user: user_id(user),
                 category: self.rules.category("mobile").unwrap(),
@@ -239,6 +239,7 @@ impl Harness {
                 request,
                 business_key: business_key(key),
                 labels: Labels::default(),
+                overdraft,
             }),
             _ => unreachable!("not a command: {op:?}"),
         }
@@ -470,11 +471,23 @@ impl Harness {
         let balance = self.balance(&c.account, Some(&c.user))?;
         let category = self.category_view(&c.account, &c.category)?;
         let charged = match decision {
+            Decision::Declined(_) if c.overdraft => return Err("an outage charge was declined".into()),
             Decision::Declined(decline) => return admit_decline(decline, c.amount, &balance, &category),
             Decision::Done(charged) => charged,
         };
         ensure!(charged.available == balance.totals.available, "charge answer's available");
+        ensure!(
+            (0..=c.amount).contains(&charged.overdrawn) && (c.overdraft || charged.overdrawn == 0),
+            "charge answer {charged:?} for {c:?}"
+        );
+        // Overdrawn only what the lots lacked: they are empty now.
+        ensure!(charged.overdrawn == 0 || balance.totals.available == 0, "overdrawn with credit left: {charged:?}");
         match &charged.reservation {
+            None if charged.overdrawn > 0 => {
+                ensure!(charged.overdrawn == c.amount && charged.charged == c.amount, "charge answer {charged:?}");
+                ensure!(balance.totals.owed >= c.amount, "owed {} after {charged:?}", balance.totals.owed);
+                Ok(())
+            }
             None => {
                 let key = c.business_key.as_ref().ok_or("charged nothing without a business key")?;
                 let keys = &self.projections[&c.account].charged_keys;
@@ -486,10 +499,11 @@ impl Harness {
                 ensure!(!charged.already_charged && charged.charged == c.amount, "charge answer {charged:?}");
                 let hold = self.hold(id).ok_or("charge without a Reserved event")?;
                 ensure!(
-                    hold.state == ReservationState::Committed && hold.committed == c.amount,
+                    hold.state == ReservationState::Committed && hold.committed == c.amount - charged.overdrawn,
                     "charge hold {hold:?}"
                 );
-                within_limits(&balance, &category)
+                // An outage charge is not held to the user's limit or the category's budget.
+                if c.overdraft { Ok(()) } else { within_limits(&balance, &category) }
             }
         }
     }
@@ -635,8 +649,16 @@ impl Harness {
                 ensure!(granted.expires_ms == c.expires_ms.unwrap_or(balance.cycle.end_ms), "grant expiry");
                 ensure!(granted.expires_ms > self.now && granted.totals == balance.totals, "grant answer");
                 ensure!(granted.totals.available + granted.totals.held <= BALANCE_MAX, "grant over the max");
-                let lot = &self.projections[&c.account].lots[&granted.lot];
-                ensure!(lot.kind == c.kind && lot.remaining == c.amount, "granted lot {lot:?}");
+                let projection = &self.projections[&c.account];
+                let lot = &projection.lots[&granted.lot];
+                // The amount, less what repaid an overdraft (all of it, or all that was owed).
+                let repaid = c.amount - lot.remaining;
+                ensure!(lot.kind == c.kind && (0..=c.amount).contains(&repaid), "granted lot {lot:?}");
+                ensure!(
+                    repaid == c.amount || projection.owed == 0,
+                    "granted lot {lot:?} left {} owed",
+                    projection.owed
+                );
                 Ok(())
             }
             _ => Err("unexpected grant result".into()),
@@ -661,8 +683,12 @@ impl Harness {
             Ok(Answer::StartTrial(Decision::Done(granted))) => {
                 ensure!(!before.trial_started, "a second trial was granted");
                 ensure!(granted.expires_ms == self.now + c.duration_ms, "trial expiry");
-                let lot = &self.projections[&c.account].lots[&granted.lot];
-                ensure!(lot.kind == LotKind::Trial && lot.remaining == c.credits, "trial lot {lot:?}");
+                let projection = &self.projections[&c.account];
+                let lot = &projection.lots[&granted.lot];
+                // The trial's credits, less what repaid an overdraft (all of it, or all that was owed).
+                let repaid = c.credits - lot.remaining;
+                ensure!(lot.kind == LotKind::Trial && (0..=c.credits).contains(&repaid), "trial lot {lot:?}");
+                ensure!(repaid == c.credits || projection.owed == 0, "trial lot {lot:?} left {} owed", projection.owed);
                 self.trials.insert(c.account.clone());
             }
             _ => return Err("unexpected start_trial result".into()),
@@ -1125,7 +1151,9 @@ pub(super) fn answer_changes_state(answer: &Answer) -> bool {
         Answer::Commit(decision) => decision.declined().is_none(),
         Answer::Extend(decision) => decision.declined().is_none(),
         Answer::Release(decision) => decision.declined().is_none(),
-        Answer::Charge(decision) => matches!(decision, Decision::Done(charged) if charged.reservation.is_some()),
+        Answer::Charge(decision) => {
+            matches!(decision, Decision::Done(charged) if charged.reservation.is_some() || charged.overdrawn > 0)
+        }
         Answer::SetPlan(decision) => decision.declined().is_none(),
         Answer::Grant(decision) => decision.declined().is_none(),
         Answer::StartTrial(decision) => decision.declined().is_none(),

@@ -52,6 +52,10 @@ pub(super) struct Projection {
     pub(super) held: i64,
     pub(super) spent: i64,
     pub(super) expired: i64,
+    /// Overdrawn by outage charges, not yet repaid.
+    pub(super) owed: i64,
+    /// A lot granted while something was owed: its Repaid event must follow at once.
+    pub(super) expect_repaid: Option<(u64, i64)>,
     pub(super) last_lot: u64,
     pub(super) lots: BTreeMap<u64, LotState>,
     pub(super) last_reservation: u64,
@@ -93,6 +97,7 @@ impl Projection {
             held: self.held,
             spent: self.spent,
             expired: self.expired,
+            owed: self.owed,
         }
     }
 
@@ -100,7 +105,12 @@ impl Projection {
         ensure!(event.seq == self.last_seq + 1, "event seq {} after {}", event.seq, self.last_seq);
         self.last_seq = event.seq;
         ensure!(event.at_ms <= now, "event at {} after now {now}", event.at_ms);
-        self.check_plan_sequence(event)?;
+        if let Some((lot, amount)) = self.expect_repaid.take() {
+            let repaid = EventKind::Repaid { lot, amount };
+            ensure!(event.kind == repaid, "lot {lot} granted while {amount} was owed, then {:?}", event.kind);
+        } else {
+            self.check_plan_sequence(event)?;
+        }
         match &event.kind {
             EventKind::PlanSet { plan, cycle } => self.plan_set(event, plan, *cycle)?,
             EventKind::CategoryBudgetSet { category, budget } => {
@@ -148,6 +158,27 @@ impl Projection {
                 let state = LotState { kind: *kind, expires_ms: *expires_ms, remaining: *amount, from_plan };
                 self.lots.insert(*lot, state);
                 self.granted += amount;
+                // What is owed is repaid first, from this lot.
+                let repaid = (*amount).min(self.owed);
+                if repaid > 0 {
+                    self.expect_repaid = Some((*lot, repaid));
+                }
+            }
+            EventKind::Repaid { lot, amount } => {
+                let state = self.lots.get_mut(lot).ok_or(format!("unknown lot {lot} repaid"))?;
+                state.remaining -= amount;
+                self.owed -= amount;
+            }
+            EventKind::Overdrawn { amount, user, category, business_key, .. } => {
+                ensure!(*amount > 0, "overdrawn {amount}");
+                self.owed += amount;
+                self.spent += amount;
+                self.users.entry(user.clone()).or_default().1 += amount;
+                self.categories.entry(category.clone()).or_default().1 += amount;
+                if let Some(key) = business_key.as_deref() {
+                    // The charge's covered part, if any, charged the key just before.
+                    self.charged_keys.insert(key.to_owned());
+                }
             }
             EventKind::LotExpired { lot, amount } => {
                 let state = self.lots.remove(lot).ok_or(format!("unknown lot {lot} expired"))?;

@@ -38,6 +38,7 @@ pub(super) fn charge(account: &str, user: &str, amount: i64, key: &str, request:
         request: RequestId::parse(request).unwrap(),
         business_key: BusinessKey::parse_optional(key).unwrap(),
         labels: Labels::default(),
+        overdraft: false,
     }
 }
 
@@ -90,7 +91,7 @@ pub(super) fn a_held_part_whose_lot_expired_before_release_counts_as_expired() {
         expired: 100,
     };
     assert!(closed.contains(&expected_close), "{closed:?}");
-    let expected = Totals { granted: 150, available: 50, held: 0, spent: 0, expired: 100 };
+    let expected = Totals { granted: 150, available: 50, held: 0, spent: 0, expired: 100, owed: 0 };
     assert_eq!(totals(&mut ledger, t0 + HOUR_MS, "acme"), expected);
     ledger.check_invariants().unwrap();
 }
@@ -114,7 +115,7 @@ pub(super) fn renewal_happens_exactly_at_the_boundary_millisecond() {
 
     let after = ledger.balance(boundary, &acme, Some(&ann)).unwrap();
     assert_eq!(after.cycle.start_ms, boundary);
-    assert_eq!(after.totals, Totals { granted: 240, available: 120, held: 0, spent: 30, expired: 90 });
+    assert_eq!(after.totals, Totals { granted: 240, available: 120, held: 0, spent: 30, expired: 90, owed: 0 });
     assert_eq!(after.user.unwrap().used, 0, "user usage restarts with the cycle");
     let events = ledger.drain_events();
     assert!(events.iter().all(|event| event.at_ms == boundary), "{events:?}");
@@ -214,7 +215,7 @@ pub(super) fn request_ids_on_a_hold_are_remembered_while_the_extended_hold_lives
     let retry = ledger.reserve(later, &reserve("acme", "ann", 50, 300_000, "r1")).unwrap();
     assert_eq!(retry, first, "a Reserve retried while its hold lives must get the first answer");
     assert_eq!(ledger.commit(later, &commit).unwrap(), committed, "a commit retried while its hold lives");
-    let expected = Totals { granted: 100, available: 50, held: 40, spent: 10, expired: 0 };
+    let expected = Totals { granted: 100, available: 50, held: 40, spent: 10, expired: 0, owed: 0 };
     assert_eq!(totals(&mut ledger, later, "acme"), expected);
 }
 
@@ -257,7 +258,7 @@ pub(super) fn a_commit_id_lives_as_long_as_its_reservation_and_is_a_new_request_
     assert_eq!(ledger.commit(later, &commit(&hold, 11)), Err(Error::RequestIdReused(c1.clone())));
     let release_as_c1 = Release { reservation: hold.clone(), request: c1.clone() };
     assert_eq!(ledger.release(later, &release_as_c1), Err(Error::RequestIdReused(c1.clone())));
-    let expected = Totals { granted: 1_000, available: 800, held: 190, spent: 10, expired: 0 };
+    let expected = Totals { granted: 1_000, available: 800, held: 190, spent: 10, expired: 0, owed: 0 };
     assert_eq!(totals(&mut ledger, later, "acme"), expected);
 
     // The same id on another reservation, then as an account's request: new requests, applied.
@@ -265,7 +266,7 @@ pub(super) fn a_commit_id_lives_as_long_as_its_reservation_and_is_a_new_request_
     assert_eq!((on_other.charged, on_other.already_charged, on_other.held), (10, false, 90));
     let as_reserve = ledger.reserve(later, &reserve("acme", "cyd", 5, HOUR_MS, "c1")).unwrap().done().unwrap();
     assert_eq!(as_reserve.reservation.seq, 3, "a Reserve under a commit's id opens a new hold");
-    let expected = Totals { granted: 1_000, available: 795, held: 185, spent: 20, expired: 0 };
+    let expected = Totals { granted: 1_000, available: 795, held: 185, spent: 20, expired: 0, owed: 0 };
     assert_eq!(totals(&mut ledger, later, "acme"), expected);
     // Each scope still replays its own answer.
     assert_eq!(ledger.commit(later, &commit(&hold, 10)).unwrap(), first);
@@ -281,7 +282,7 @@ pub(super) fn a_commit_id_lives_as_long_as_its_reservation_and_is_a_new_request_
     ledger.sweep(purge);
     assert_eq!(ledger.reservation(purge, &hold), Err(Error::ReservationNotFound(hold.clone())));
     assert_eq!(ledger.commit(purge, &commit(&hold, 10)), Err(Error::ReservationNotFound(hold.clone())));
-    let expected = Totals { granted: 1_000, available: 890, held: 90, spent: 20, expired: 0 };
+    let expected = Totals { granted: 1_000, available: 890, held: 90, spent: 20, expired: 0, owed: 0 };
     assert_eq!(totals(&mut ledger, purge, "acme"), expected, "the purge changed nothing else");
 
     // And an account's id (the Reserve that opened `other`, still remembered) on a reservation.
@@ -398,7 +399,7 @@ pub(super) fn lowering_then_raising_the_plan_grants_nothing_twice_in_a_cycle() {
     assert_eq!(granted, [(PlanLot, 200), (Addon, 30)]);
     assert_eq!(plan(&mut ledger, feb + HOUR_MS, moved, 0, 0, "p13"), []);
     assert_eq!(plan(&mut ledger, feb + HOUR_MS, moved, 200, 30, "p14"), []);
-    let expected = Totals { granted: 640, available: 230, held: 0, spent: 0, expired: 410 };
+    let expected = Totals { granted: 640, available: 230, held: 0, spent: 0, expired: 410, owed: 0 };
     assert_eq!(totals(&mut ledger, feb + HOUR_MS, "acme"), expected);
     ledger.check_invariants().unwrap();
 }
@@ -450,7 +451,7 @@ pub(super) fn a_hold_expiring_before_its_lot_dies_returns_its_part_however_late_
         expired: 0,
     };
     assert_eq!(events, [(hour, closed), (two_hours, EventKind::LotExpired { lot: 1, amount: 90 })]);
-    assert_eq!(end, Totals { granted: 150, available: 50, held: 0, spent: 10, expired: 90 });
+    assert_eq!(end, Totals { granted: 150, available: 50, held: 0, spent: 10, expired: 90, owed: 0 });
     // Swept in between, or at each instant: the same record.
     for sweeps in [&[t0 + 90 * 60_000, t0 + 3 * HOUR_MS][..], &[hour, two_hours, t0 + 3 * HOUR_MS]] {
         assert_eq!(expire_hold(two_hours, hour, sweeps), (events.clone(), end), "swept at {sweeps:?}");
@@ -471,7 +472,7 @@ pub(super) fn a_hold_expiring_after_its_lot_died_counts_that_part_as_expired_how
         expired: 90,
     };
     assert_eq!(events, [(hour, EventKind::LotExpired { lot: 1, amount: 0 }), (two_hours, closed)]);
-    assert_eq!(end, Totals { granted: 150, available: 50, held: 0, spent: 10, expired: 90 });
+    assert_eq!(end, Totals { granted: 150, available: 50, held: 0, spent: 10, expired: 90, owed: 0 });
     // One late sweep: the same events and totals. (In the order of the catch-up, which closes
     // holds before it expires lots; so compared by instant here.)
     let (mut late, late_end) = expire_hold(hour, two_hours, &[t0 + 3 * HOUR_MS]);

@@ -9,6 +9,8 @@
 -- Cluster runs them unchanged):
 --   1 A  cs:{sN}:a:<account>   hash    native scalar fields: avail held granted spent expired cs ce
 --                                      gen pg ag lot res ev trial due wake [pp pa pc pd: the plan]
+--                                      [owed: an outage charge's overdraft not yet repaid; absent
+--                                      when never overdrawn, read as 0]
 --                                      and c:<category> -> "budget,generation,used" per category
 --                                      (as U's users; only read by name, so a sidecar that predates
 --                                      category budgets never sees them)
@@ -145,10 +147,10 @@ end
 -- Every call reads the hot fields; the others (the cycle's end, plan, lot counter…) only when the
 -- call needs them (cold): each field read costs a Lua string, and most calls need few.
 local HOT = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs' }
-local COLD = { 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'pp', 'pa', 'pc', 'pd' }
-local COLD_SCALARS = 6
+local COLD = { 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd' }
+local COLD_SCALARS = 7
 local SCALARS = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'granted', 'ce', 'pg',
-  'ag', 'lot', 'trial' }
+  'ag', 'lot', 'trial', 'owed' }
 
 -- The account's hot fields, or nil when it does not exist. `a.loaded` keeps what was read, so
 -- that save_account writes only the fields that changed.
@@ -175,16 +177,21 @@ local function cold(a)
     a[COLD[i]] = n
     a.loaded[COLD[i]] = n
   end
-  if v[7] then
-    a.plan = { period = tonumber(v[7]), anchor = tonumber(v[8]), plan = tonumber(v[9]), addon = tonumber(v[10]) }
+  -- Absent until the account first overdraws.
+  if a.owed == nil then
+    a.owed = 0
+    a.loaded.owed = 0
+  end
+  if v[8] then
+    a.plan = { period = tonumber(v[8]), anchor = tonumber(v[9]), plan = tonumber(v[10]), addon = tonumber(v[11]) }
   end
 end
 
 local function new_account(now)
   local cs, ce = cycle_containing(0, 1, now)
   -- Written by save_account only: a call that fails its checks leaves no trace.
-  return { loaded = {}, cold = true, created = true, avail = 0, held = 0, granted = 0, spent = 0, expired = 0, cs = cs, ce = ce,
-    gen = 0, pg = 0, ag = 0, lot = 0, res = 0, ev = 0, trial = 0, due = ce, wake = ce }
+  return { loaded = { owed = 0 }, cold = true, created = true, avail = 0, held = 0, granted = 0, spent = 0, expired = 0,
+    cs = cs, ce = ce, gen = 0, pg = 0, ag = 0, lot = 0, res = 0, ev = 0, trial = 0, owed = 0, due = ce, wake = ce }
 end
 
 local function save_account(a)
@@ -233,7 +240,7 @@ end
 
 local function totals(a)
   cold(a)
-  return a.granted, a.avail, a.held, a.spent, a.expired
+  return a.granted, a.avail, a.held, a.spent, a.expired, a.owed
 end
 
 -- Events: the outbox, appended in the same atomic step as the change they record. `data` is
@@ -378,15 +385,20 @@ local function grant(a, kind, amount, at, expires, from_plan)
   cold(a)
   a.lot = a.lot + 1
   local id = a.lot
+  -- An overdraft is repaid first, from the new lot: it starts with the rest.
+  local repaid = math.min(amount, a.owed)
+  local remaining = amount - repaid
   redis.call('HSET', K_L, 'm' .. id, string.format('%s,%d,%d,%d,%d', kind, amount, at, expires, from_plan and 1 or 0),
-    'r' .. id, amount)
+    'r' .. id, remaining)
   redis.call('ZADD', K_E, expires, id16(id))
-  if amount > 0 then redis.call('ZADD', K_B, expires, burn_member(kind, id)) end
-  a.avail = a.avail + amount
+  if remaining > 0 then redis.call('ZADD', K_B, expires, burn_member(kind, id)) end
+  a.avail = a.avail + remaining
   a.granted = a.granted + amount
+  a.owed = a.owed - repaid
   due_by(a, expires)
   emit(a, at, 'lot_granted', string.format('{"lot":%d,"kind":"%s","amount":%d,"expires":%d,"from_plan":%s}', id, kind,
     amount, expires, from_plan and 'true' or 'false'))
+  if repaid > 0 then emit(a, at, 'repaid', string.format('{"lot":%d,"amount":%d}', id, repaid)) end
   return id
 end
 
@@ -824,10 +836,29 @@ local function key_charged(key)
   return key ~= nil and redis.call('SISMEMBER', K_K, key) == 1
 end
 
--- Reply fields of the totals: granted, available, held, spent, expired.
+-- Spends `amount` that no lot covers (an outage charge's overdraft; Account::overdraw): the
+-- account owes it, and it counts for the user and the category this cycle like a commit.
+-- `res`: the charge's reservation (0 when the lots covered none of it).
+local function overdraw(a, now, res, user, category, amount, key, labels)
+  cold(a)
+  a.owed = a.owed + amount
+  a.spent = a.spent + amount
+  local u = get_user(a, user) or { used = 0 }
+  u.used = u.used + amount
+  put_user(a, user, u)
+  local c = get_category(a, category) or { used = 0 }
+  c.used = c.used + amount
+  put_category(a, category, c)
+  if key then redis.call('SADD', K_K, key) end
+  local key_json = key and (',"key":' .. cjson.encode(key)) or ''
+  emit(a, now, 'overdrawn', string.format('{"res":%d,"user":%s,"category":%s,"cycle":%d,"amount":%d%s,"labels":%s}',
+    res, cjson.encode(user), cjson.encode(category), a.cs, amount, key_json, labels))
+end
+
+-- Reply fields of the totals: granted, available, held, spent, expired, owed.
 local function totals_fields(out, a)
-  local granted, available, held, spent, expired = totals(a)
-  for _, v in ipairs({ granted, available, held, spent, expired }) do out[#out + 1] = v end
+  local granted, available, held, spent, expired, owed = totals(a)
+  for _, v in ipairs({ granted, available, held, spent, expired, owed }) do out[#out + 1] = v end
   return out
 end
 

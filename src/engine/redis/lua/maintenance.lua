@@ -79,7 +79,7 @@ end }
 -- ARGV: 1-3 (lib.lua), 4 the snapshot as JSON (src/ledger/snapshot.rs): {"account": "acme",
 --       "cs": ..., "ce": ..., "gen": 3, "pg": 1000, "ag": 0, "plan": {...}, "lots": [...],
 --       "last_lot": 4, "last_res": 9, "last_event": 31, "trial": false, "granted": ..., "held": ...,
---       "spent": ..., "expired": ..., "reservations": [{"seq": 9, "state": "held", "draws": [[4, 10]],
+--       "spent": ..., "expired": ..., ["owed": ...,] "reservations": [{"seq": 9, "state": "held", "draws": [[4, 10]],
 --       ...}], "users": {"ann": {"limit": 500, "used": 10}}, "keys": ["contact:1:mobile"]}
 -- Reply: the number of reservations written.
 -- Example: after Redis lost everything, `rebuild --account acme` writes acme's lots, open and
@@ -93,6 +93,7 @@ register('restore', function(keys, args)
   end
   for _, key in ipairs({ K_A, K_L, K_B, K_E, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
   local a = { loaded = {}, cold = true, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
+    owed = type(s.owed) == 'number' and s.owed or 0,
     cs = s.cs, ce = s.ce, gen = s.gen, pg = s.pg, ag = s.ag, lot = s.last_lot, res = s.last_res, ev = s.last_event,
     trial = s.trial and 1 or 0, due = s.ce, wake = s.ce }
   if type(s.plan) == 'table' then

@@ -351,7 +351,7 @@ class LotAmount(_message.Message):
     def __init__(self, lot_id: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("seq", "at_unix_ms", "request_id", "plan_set", "cycle_started", "lot_granted", "lot_expired", "user_limit_set", "reserved", "extended", "committed", "closed", "category_budget_set")
+    __slots__ = ("seq", "at_unix_ms", "request_id", "plan_set", "cycle_started", "lot_granted", "lot_expired", "user_limit_set", "reserved", "extended", "committed", "closed", "category_budget_set", "overdrawn", "repaid")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -365,6 +365,8 @@ class HistoryEntry(_message.Message):
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_BUDGET_SET_FIELD_NUMBER: _ClassVar[int]
+    OVERDRAWN_FIELD_NUMBER: _ClassVar[int]
+    REPAID_FIELD_NUMBER: _ClassVar[int]
     seq: int
     at_unix_ms: int
     request_id: str
@@ -378,7 +380,42 @@ class HistoryEntry(_message.Message):
     committed: CommitMade
     closed: HoldClosed
     category_budget_set: CategoryBudgetChanged
-    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., plan_set: _Optional[_Union[PlanChanged, _Mapping]] = ..., cycle_started: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., lot_granted: _Optional[_Union[LotGranted, _Mapping]] = ..., lot_expired: _Optional[_Union[LotExpired, _Mapping]] = ..., user_limit_set: _Optional[_Union[UserLimitChanged, _Mapping]] = ..., reserved: _Optional[_Union[HoldPlaced, _Mapping]] = ..., extended: _Optional[_Union[HoldExtended, _Mapping]] = ..., committed: _Optional[_Union[CommitMade, _Mapping]] = ..., closed: _Optional[_Union[HoldClosed, _Mapping]] = ..., category_budget_set: _Optional[_Union[CategoryBudgetChanged, _Mapping]] = ...) -> None: ...
+    overdrawn: Overdrawn
+    repaid: LotRepaid
+    def __init__(self, seq: _Optional[int] = ..., at_unix_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., plan_set: _Optional[_Union[PlanChanged, _Mapping]] = ..., cycle_started: _Optional[_Union[_types_pb2.Cycle, _Mapping]] = ..., lot_granted: _Optional[_Union[LotGranted, _Mapping]] = ..., lot_expired: _Optional[_Union[LotExpired, _Mapping]] = ..., user_limit_set: _Optional[_Union[UserLimitChanged, _Mapping]] = ..., reserved: _Optional[_Union[HoldPlaced, _Mapping]] = ..., extended: _Optional[_Union[HoldExtended, _Mapping]] = ..., committed: _Optional[_Union[CommitMade, _Mapping]] = ..., closed: _Optional[_Union[HoldClosed, _Mapping]] = ..., category_budget_set: _Optional[_Union[CategoryBudgetChanged, _Mapping]] = ..., overdrawn: _Optional[_Union[Overdrawn, _Mapping]] = ..., repaid: _Optional[_Union[LotRepaid, _Mapping]] = ...) -> None: ...
+
+class Overdrawn(_message.Message):
+    __slots__ = ("reservation_id", "user_id", "category", "cycle_start_unix_ms", "amount", "business_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    user_id: str
+    category: str
+    cycle_start_unix_ms: int
+    amount: int
+    business_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, reservation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., category: _Optional[str] = ..., cycle_start_unix_ms: _Optional[int] = ..., amount: _Optional[int] = ..., business_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LotRepaid(_message.Message):
+    __slots__ = ("lot_id", "amount")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    lot_id: int
+    amount: int
+    def __init__(self, lot_id: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class CategoryBudgetChanged(_message.Message):
     __slots__ = ("category", "budget")

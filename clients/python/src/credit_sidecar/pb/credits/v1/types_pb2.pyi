@@ -165,18 +165,20 @@ class Lot(_message.Message):
     def __init__(self, lot_id: _Optional[int] = ..., kind: _Optional[_Union[LotKind, str]] = ..., granted: _Optional[int] = ..., remaining: _Optional[int] = ..., granted_unix_ms: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Totals(_message.Message):
-    __slots__ = ("granted", "available", "held", "spent", "expired")
+    __slots__ = ("granted", "available", "held", "spent", "expired", "owed")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    OWED_FIELD_NUMBER: _ClassVar[int]
     granted: int
     available: int
     held: int
     spent: int
     expired: int
-    def __init__(self, granted: _Optional[int] = ..., available: _Optional[int] = ..., held: _Optional[int] = ..., spent: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
+    owed: int
+    def __init__(self, granted: _Optional[int] = ..., available: _Optional[int] = ..., held: _Optional[int] = ..., spent: _Optional[int] = ..., expired: _Optional[int] = ..., owed: _Optional[int] = ...) -> None: ...
 
 class Cycle(_message.Message):
     __slots__ = ("start_unix_ms", "end_unix_ms")
