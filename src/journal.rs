@@ -66,6 +66,16 @@ impl Coverage {
     }
 }
 
+/// `fail_open_categories` and the allowance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailOpenConfig {
+    pub categories: BTreeSet<String>,
+    /// Per account, on this sidecar.
+    pub credits: i64,
+    /// How long after Redis started failing admissions go on.
+    pub window: std::time::Duration,
+}
+
 /// Where the journal lives and what it takes.
 #[derive(Clone, Debug)]
 pub struct JournalConfig {
@@ -73,6 +83,8 @@ pub struct JournalConfig {
     pub coverage: Coverage,
     /// Entries it holds at most; beyond, commits fail UNAVAILABLE as without a journal.
     pub entries_max: usize,
+    /// Fail-open categories (`src/outage.rs`), whose holds live in the same file.
+    pub fail_open: Option<FailOpenConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +293,28 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's connection (one, exclusive), for the outage holds kept beside the commits.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The credits of the commits waiting for `reservation`.
+    pub(crate) async fn pending_amount(&self, reservation: &ReservationId) -> Result<i64, JournalError> {
+        if !self.has_pending(reservation) {
+            return Ok(0);
+        }
+        let rows: Vec<(i64, i64, String)> =
+            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1")
+                .bind(reservation.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        let mut total = 0;
+        for (seq, format, entry) in rows {
+            total += decode(format, &entry).map_err(|reason| JournalError::Corrupt { seq, reason })?.amount;
+        }
+        Ok(total)
     }
 
     /// Commits waiting for Redis.

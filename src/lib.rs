@@ -34,6 +34,7 @@ pub mod health;
 pub mod journal;
 pub mod ledger;
 pub mod maintenance;
+pub mod outage;
 pub mod server;
 pub mod settle;
 pub mod telemetry;

@@ -208,6 +208,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    let outage = match (&journal, config.journal.as_ref().and_then(|journal| journal.fail_open.clone())) {
+        (Some(journal), Some(fail_open)) => {
+            let categories = fail_open.categories.clone();
+            let opened = credit_sidecar::outage::Outage::open(journal.clone(), fail_open).await?;
+            tracing::info!(?categories, holds = opened.len(), "fail-open categories on");
+            Some(Arc::new(opened))
+        }
+        _ => None,
+    };
     let options = ServeOptions {
         sweep_interval: config.sweep_interval,
         settle: Some(settle),
@@ -221,6 +230,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         rules_reload: config.rules_reload.clone(),
         journal,
         journal_retry: credit_sidecar::journal::RETRY_INTERVAL,
+        outage,
         alert_interval: config.alert_interval,
         alerts: Arc::new(credit_sidecar::alerts::Alerts::new(config.webhooks.clone())),
     };

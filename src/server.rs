@@ -54,8 +54,11 @@ pub struct ServeOptions {
     pub rules_reload: Option<(std::path::PathBuf, Duration)>,
     /// The outage journal (Redis engine): commits accepted while Redis is away.
     pub journal: Option<Arc<Journal>>,
-    /// How often a non-empty journal is tried against Redis.
+    /// How often a non-empty journal is tried against Redis (and closed fail-open holds are
+    /// charged to it).
     pub journal_retry: Duration,
+    /// Fail-open holds (Redis engine, `fail_open_categories`), kept in the journal's file.
+    pub outage: Option<Arc<crate::outage::Outage>>,
     /// How often accounts with alert thresholds are checked (with settlement's store).
     pub alert_interval: Duration,
     /// Where recorded alerts are told (tests hold a clone to run passes themselves).
@@ -78,6 +81,7 @@ impl ServeOptions {
             rules_reload: None,
             journal: None,
             journal_retry: crate::journal::RETRY_INTERVAL,
+            outage: None,
             alert_interval: default_ms(&settings::ALERT_INTERVAL_MS),
             alerts: Arc::default(),
         }
@@ -147,7 +151,7 @@ pub async fn serve(
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let bytes_max = options.limits.request_bytes_max;
-    let authorizer = AuthorizerService::new(engine.clone(), options.journal.clone())
+    let authorizer = AuthorizerService::new(engine.clone(), options.journal.clone(), options.outage.clone())
         .into_server()
         .max_decoding_message_size(bytes_max);
     // Turns true when the server stops taking calls: open WatchAccount streams end then.
@@ -223,14 +227,7 @@ pub async fn serve(
     for task in tasks {
         in_time &= finish(task, deadline, "background task").await.is_some();
     }
-    if let Some(journal) = options.journal.as_ref().filter(|journal| !journal.is_empty()) {
-        // A last try, within the grace period; what is left stays in the file for the next start
-        // and is logged whole, for a volume that does not outlive the pod.
-        let _ = tokio::time::timeout_at(deadline, apply_journal(journal, &engine)).await;
-        if !journal.is_empty() {
-            journal.report_left().await;
-        }
-    }
+    last_try(&options, &engine, deadline).await;
     drop(stop_settler);
     let mut served = Served::default();
     if let Some((task, stats)) = settler {
@@ -285,8 +282,8 @@ fn background_tasks(
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(sweep_loop(engine.clone(), options.sweep_interval, stopped.clone())));
     if let Some(journal) = &options.journal {
-        let (journal, every) = (journal.clone(), options.journal_retry);
-        tasks.push(tokio::spawn(journal_loop(journal, engine.clone(), every, stopped.clone())));
+        let (journal, outage, every) = (journal.clone(), options.outage.clone(), options.journal_retry);
+        tasks.push(tokio::spawn(journal_loop(journal, outage, engine.clone(), every, stopped.clone())));
     }
     tasks.push(tokio::spawn(watch_dependencies(
         engine.clone(),
@@ -479,7 +476,14 @@ async fn sweep_loop(engine: Engine, interval: Duration, mut stopped: watch::Rece
 
 /// Tries the outage journal against Redis every `every` while it holds commits (the first time
 /// at once: what an earlier run left).
-async fn journal_loop(journal: Arc<Journal>, engine: Engine, every: Duration, mut stopped: watch::Receiver<()>) {
+/// Closed fail-open holds are charged to Redis on the same beat.
+async fn journal_loop(
+    journal: Arc<Journal>,
+    outage: Option<Arc<crate::outage::Outage>>,
+    engine: Engine,
+    every: Duration,
+    mut stopped: watch::Receiver<()>,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -490,6 +494,43 @@ async fn journal_loop(journal: Arc<Journal>, engine: Engine, every: Duration, mu
         if !journal.is_empty() {
             apply_journal(&journal, &engine).await;
         }
+        if let Some(outage) = outage.as_ref().filter(|outage| !outage.is_empty()) {
+            settle_outage(outage, &engine).await;
+        }
+    }
+}
+
+/// At shutdown, a last try of the outage journal and the closed fail-open holds, within the
+/// grace period; what is left stays in the file for the next start and is logged whole, for a
+/// volume that does not outlive the pod.
+async fn last_try(options: &ServeOptions, engine: &Engine, deadline: tokio::time::Instant) {
+    if let Some(journal) = options.journal.as_ref().filter(|journal| !journal.is_empty()) {
+        let _ = tokio::time::timeout_at(deadline, apply_journal(journal, engine)).await;
+        if !journal.is_empty() {
+            journal.report_left().await;
+        }
+    }
+    if let Some(outage) = options.outage.as_ref().filter(|outage| !outage.is_empty()) {
+        let _ = tokio::time::timeout_at(deadline, settle_outage(outage, engine)).await;
+        if !outage.is_empty() {
+            outage.report_left().await;
+        }
+    }
+}
+
+/// One pass over the closed fail-open holds.
+async fn settle_outage(outage: &crate::outage::Outage, engine: &Engine) {
+    let settled = outage.settle(engine, engine.local_now_ms()).await;
+    if settled.holds > 0 {
+        tracing::info!(
+            holds = settled.holds,
+            overdrawn = settled.overdrawn,
+            left = outage.len(),
+            "outage holds settled"
+        );
+    }
+    if let Some(cause) = settled.stopped {
+        tracing::debug!(cause, left = outage.len(), "outage holds wait for Redis");
     }
 }
 

@@ -12,16 +12,35 @@ use crate::engine::{self, Engine};
 use crate::journal::{Journal, NotJournaled};
 use crate::ledger::command::{Commit, CommitBatch};
 use crate::ledger::{AccountId, CommitBatched, Committed, Decision, ReservationId};
+use crate::outage::Outage;
 
 pub struct AuthorizerService {
     engine: Engine,
-    /// The outage journal, when `journal_categories` names any (Redis engine).
+    /// The outage journal, when `journal_categories` or `fail_open_categories` name any (Redis
+    /// engine).
     journal: Option<Arc<Journal>>,
+    /// Fail-open holds, when `fail_open_categories` names any.
+    outage: Option<Arc<Outage>>,
+}
+
+/// How a CommitBatch was answered.
+enum Batched {
+    Applied(CommitBatched),
+    /// Every item journaled (the outage journal, or a hold served during an outage).
+    Journaled,
+    /// A hold served during an outage declined every item (they do not fit, or it closed).
+    Declined(Vec<crate::ledger::Decline>),
 }
 
 impl AuthorizerService {
-    pub fn new(engine: Engine, journal: Option<Arc<Journal>>) -> Self {
-        Self { engine, journal }
+    pub fn new(engine: Engine, journal: Option<Arc<Journal>>, outage: Option<Arc<Outage>>) -> Self {
+        Self { engine, journal, outage }
+    }
+
+    /// The fail-open holds, if `id` is one served here during (or since) an outage.
+    async fn served_here(&self, id: &ReservationId) -> Option<&Arc<Outage>> {
+        let outage = self.outage.as_ref()?;
+        outage.serves(id).await.then_some(outage)
     }
 
     /// Applies the commits journaled for `reservation` before a call on it, so that the call
@@ -53,10 +72,24 @@ impl AuthorizerService {
         }
     }
 
+    /// Remembers a hold an answer showed, for fail-open takeovers (and learns Redis answers).
+    fn note_view(&self, view: &crate::ledger::ReservationView) {
+        if let Some(outage) = &self.outage {
+            outage.redis_answered();
+            outage.note(view);
+        }
+    }
+
     /// A CommitBatch: applied now, or, when Redis cannot be reached and the journal covers its
     /// reservation, its items journaled (`None`) — each exactly the non-final Commit under its
     /// item id that the batch applies, all or none.
-    async fn commit_batch_or_journal(&self, cmd: &CommitBatch) -> engine::Result<Option<CommitBatched>> {
+    async fn commit_batch_or_journal(&self, cmd: &CommitBatch) -> engine::Result<Batched> {
+        if let Some(outage) = self.served_here(&cmd.reservation).await {
+            return Ok(match outage.commit_batch(cmd, self.engine.local_now_ms()).await? {
+                None => Batched::Journaled,
+                Some(declines) => Batched::Declined(declines),
+            });
+        }
         let applied = match self.journaled_first(&cmd.reservation).await {
             Ok(()) => self.engine.commit_batch(cmd).await,
             Err(waiting) => Err(waiting),
@@ -64,7 +97,8 @@ impl AuthorizerService {
         let cause = match applied {
             Ok(batched) => {
                 self.note(&cmd.reservation, &batched.reservation.category);
-                return Ok(Some(batched));
+                self.note_view(&batched.reservation);
+                return Ok(Batched::Applied(batched));
             }
             Err(engine::Error::Unavailable(cause)) if self.journal.is_some() => cause,
             Err(error) => return Err(error),
@@ -82,12 +116,15 @@ impl AuthorizerService {
                 labels: item.labels.clone(),
             })
             .collect();
-        journal.accept_all(commits).await.map(|()| None).map_err(|refused| not_journaled(cause, refused))
+        journal.accept_all(commits).await.map(|()| Batched::Journaled).map_err(|refused| not_journaled(cause, refused))
     }
 
     /// A Commit: applied now, or, when Redis cannot be reached and the journal covers it,
     /// journaled (`None`).
     async fn commit_or_journal(&self, cmd: &Commit) -> engine::Result<Option<Decision<Committed>>> {
+        if let Some(outage) = self.served_here(&cmd.reservation).await {
+            return outage.commit(cmd, self.engine.local_now_ms()).await;
+        }
         let applied = match self.journaled_first(&cmd.reservation).await {
             Ok(()) => self.engine.commit(cmd).await,
             // Behind commits still journaled: this one joins them, in order.
@@ -101,6 +138,7 @@ impl AuthorizerService {
                     } else {
                         journal.note(&cmd.reservation, &committed.reservation.category);
                     }
+                    self.note_view(&committed.reservation);
                 }
                 return Ok(Some(decision));
             }
@@ -132,9 +170,22 @@ impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         frame("Reserve", request, |request| async move {
             let (cmd, unit) = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            let decision = self.engine.reserve(&cmd).await?;
+            let decision = match (self.engine.reserve(&cmd).await, &self.outage) {
+                (Err(engine::Error::Unavailable(cause)), Some(outage)) => {
+                    // A fail-open category rides the outage out on the allowance.
+                    return Ok(Response::new(respond::reserved(
+                        outage.reserve(&cmd, cause, self.engine.local_now_ms()).await?,
+                        unit,
+                    )));
+                }
+                (decision, _) => decision?,
+            };
             if let Decision::Done(reserved) = &decision {
                 self.note(&reserved.reservation, cmd.category.as_str());
+                if let Some(outage) = &self.outage {
+                    outage.redis_answered();
+                    outage.note_reserved(&cmd, reserved, self.engine.local_now_ms());
+                }
             }
             Ok(Response::new(respond::reserved(decision, unit)))
         })
@@ -160,8 +211,9 @@ impl CreditAuthorizer for AuthorizerService {
             let cmd = convert::commit_batch(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             let ids: Vec<String> = cmd.items.iter().map(|item| item.id.as_str().to_owned()).collect();
             match self.commit_batch_or_journal(&cmd).await.map_err(|error| batch_status(error, &ids))? {
-                Some(batched) => Ok(Response::new(respond::committed_batch(ids, batched))),
-                None => Ok(Response::new(respond::batch_journaled(ids))),
+                Batched::Applied(batched) => Ok(Response::new(respond::committed_batch(ids, batched))),
+                Batched::Journaled => Ok(Response::new(respond::batch_journaled(ids))),
+                Batched::Declined(declines) => Ok(Response::new(respond::batch_declined(ids, declines))),
             }
         })
         .await
@@ -170,10 +222,29 @@ impl CreditAuthorizer for AuthorizerService {
     async fn extend(&self, request: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendResponse>, Status> {
         frame("Extend", request, |request| async move {
             let (cmd, unit) = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            self.journaled_first(&cmd.reservation).await?;
-            let decision = self.engine.extend(&cmd).await?;
-            if let Decision::Done(extended) = &decision {
-                self.note(&cmd.reservation, &extended.reservation.category);
+            let now = self.engine.local_now_ms();
+            if let Some(outage) = self.served_here(&cmd.reservation).await {
+                return Ok(Response::new(respond::extended(outage.extend(&cmd, None, now).await?, unit)));
+            }
+            let applied = match self.journaled_first(&cmd.reservation).await {
+                Ok(()) => self.engine.extend(&cmd).await,
+                Err(waiting) => Err(waiting),
+            };
+            let decision = match (applied, &self.outage) {
+                // A fail-open hold this sidecar saw is taken over: its call goes on.
+                (Err(engine::Error::Unavailable(cause)), Some(outage)) => outage.extend(&cmd, Some(cause), now).await?,
+                (decision, _) => decision?,
+            };
+            match &decision {
+                Decision::Done(extended) => {
+                    self.note(&cmd.reservation, &extended.reservation.category);
+                    self.note_view(&extended.reservation);
+                }
+                Decision::Declined(decline) => {
+                    if let Some(view) = &decline.reservation {
+                        self.note_view(view);
+                    }
+                }
             }
             Ok(Response::new(respond::extended(decision, unit)))
         })
@@ -183,6 +254,10 @@ impl CreditAuthorizer for AuthorizerService {
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         frame("Release", request, |request| async move {
             let cmd = convert::release(request.into_inner()).map_err(invalid)?;
+            if let Some(outage) = self.served_here(&cmd.reservation).await {
+                let decision = outage.release(&cmd, self.engine.local_now_ms()).await?;
+                return Ok(Response::new(respond::released(decision)));
+            }
             self.journaled_first(&cmd.reservation).await?;
             let decision = self.engine.release(&cmd).await?;
             if let Some(journal) = &self.journal {
@@ -228,9 +303,15 @@ impl CreditAuthorizer for AuthorizerService {
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
         frame("GetReservation", request, |request| async move {
             let id = ReservationId::parse(&request.into_inner().reservation_id).map_err(invalid)?;
+            if let Some(outage) = self.served_here(&id).await
+                && let Some(view) = outage.reservation(&id, self.engine.local_now_ms()).await
+            {
+                return Ok(Response::new(pb::GetReservationResponse { reservation: Some(respond::reservation(view)) }));
+            }
             self.journaled_first(&id).await?;
             let view = self.engine.reservation(&id).await?;
             self.note(&id, &view.category);
+            self.note_view(&view);
             Ok(Response::new(pb::GetReservationResponse { reservation: Some(respond::reservation(view)) }))
         })
         .await

@@ -137,6 +137,24 @@ pub fn batch_journaled(ids: Vec<String>) -> pb::CommitBatchResponse {
     pb::CommitBatchResponse { items, ..Default::default() }
 }
 
+/// A CommitBatch on a hold served during an outage that declined every item (they did not fit
+/// in what it holds, or it was closed): each item's decline, and the hold as it stands.
+pub fn batch_declined(ids: Vec<String>, declines: Vec<Decline>) -> pb::CommitBatchResponse {
+    let reservation = declines.first().and_then(|decline| decline.reservation.as_deref()).cloned();
+    let items = ids
+        .into_iter()
+        .zip(&declines)
+        .map(|(item_id, declined)| pb::CommitItemResult {
+            item_id,
+            outcome: outcome_of(declined.reason) as i32,
+            decline: Some(decline(declined)),
+            held: declined.held,
+            ..Default::default()
+        })
+        .collect();
+    pb::CommitBatchResponse { items, reservation: reservation.map(self::reservation), ..Default::default() }
+}
+
 /// Each item's answer, as Commit's without the reservation view, then the reservation as the
 /// batch left it.
 pub fn committed_batch(ids: Vec<String>, batched: CommitBatched) -> pb::CommitBatchResponse {

@@ -22,7 +22,7 @@ use crate::api::cli::{Connection, Operation, Target};
 use crate::auth::TokenSet;
 use crate::engine::redis::{RedisSettings, RedisTls, Secret, WaitReplicas};
 use crate::gate::Limits;
-use crate::journal::{Coverage, JournalConfig};
+use crate::journal::{Coverage, FailOpenConfig, JournalConfig};
 use crate::ledger::Rules;
 pub use crate::settle::store::SqliteSynchronous;
 pub use crate::telemetry::{LogFormat, TraceConfig};
@@ -170,6 +170,12 @@ pub struct Settings {
     pub journal_path: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_JOURNAL_ENTRIES_MAX")]
     pub journal_entries_max: Option<usize>,
+    #[arg(skip)]
+    pub fail_open_categories: Option<BTreeSet<String>>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_FAIL_OPEN_CREDITS")]
+    pub fail_open_credits: Option<i64>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_FAIL_OPEN_MS")]
+    pub fail_open_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_DATABASE_PASSWORD_FILE", value_name = "FILE")]
@@ -496,12 +502,15 @@ impl Config {
         (settings.redis_ca_file, settings.redis_client_cert_file, settings.redis_client_key_file) = (None, None, None);
         (settings.redis_password_file, settings.database_password_file) = (None, None);
         webhooks(&settings, false).map_err(|error| error.sourced(&sources))?;
-        if settings.redis_url.is_none() && settings.journal_categories.is_some() {
+        if settings.redis_url.is_none()
+            && (settings.journal_categories.is_some() || settings.fail_open_categories.is_some())
+        {
             // The journal needs the Redis engine, whose URL a deployment often gives apart (the
             // chart: from a Secret, through the environment): checked in every other way.
             let rules = rules(&settings).map_err(|error| error.sourced(&sources))?;
             journal_settings(&settings, &rules).map_err(|error| error.sourced(&sources))?;
             (settings.journal_categories, settings.journal_path, settings.journal_entries_max) = (None, None, None);
+            (settings.fail_open_categories, settings.fail_open_credits, settings.fail_open_ms) = (None, None, None);
         }
         (settings.webhook_urls, settings.webhook_secret_file, settings.webhook_attempts_max) = (None, None, None);
         if settings.otel_ca_file.take().is_some() && !settings.otel_endpoint.as_deref().is_some_and(is_https) {
@@ -751,18 +760,57 @@ fn webhooks(file: &Settings, read_secret: bool) -> Result<Option<Webhooks>, Conf
 /// embedded engine has no outage to ride out); its other settings are refused without it.
 fn journal(file: &Settings, engine: &EngineConfig, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
     let journal = journal_settings(file, rules)?;
-    if journal.is_some() && matches!(engine, EngineConfig::Embedded) {
+    if let Some(journal) = &journal
+        && matches!(engine, EngineConfig::Embedded)
+    {
+        let name = if journal.fail_open.is_some() { "fail_open_categories" } else { "journal_categories" };
         return Err(ConfigError::new(
-            "journal_categories",
+            name,
             "needs the Redis engine (redis_url): the embedded engine has no outage to ride out",
         ));
     }
     Ok(journal)
 }
 
+/// Categories that are `rules`' own, or the error naming `setting`.
+fn known_categories(setting: &'static str, categories: &BTreeSet<String>, rules: &Rules) -> Result<(), ConfigError> {
+    match categories.iter().find(|category| !rules.categories.contains(*category)) {
+        Some(unknown) => Err(ConfigError::new(
+            setting,
+            format!("{unknown:?} is not one of the categories ({})", join(&rules.categories)),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Fail-open: on when `fail_open_categories` lists any; its other settings are refused without it.
+fn fail_open_settings(file: &Settings, rules: &Rules) -> Result<Option<FailOpenConfig>, ConfigError> {
+    let Some(categories) = file.fail_open_categories.as_ref().filter(|categories| !categories.is_empty()) else {
+        return match (&file.fail_open_credits, &file.fail_open_ms) {
+            (Some(_), _) => Err(ConfigError::new("fail_open_credits", "does nothing without fail_open_categories")),
+            (_, Some(_)) => Err(ConfigError::new("fail_open_ms", "does nothing without fail_open_categories")),
+            _ => Ok(None),
+        };
+    };
+    known_categories("fail_open_categories", categories, rules)?;
+    Ok(Some(FailOpenConfig {
+        categories: categories.clone(),
+        credits: settings::FAIL_OPEN_CREDITS.number(file.fail_open_credits)?,
+        window: std::time::Duration::from_millis(settings::FAIL_OPEN_MS.number(file.fail_open_ms)?),
+    }))
+}
+
 /// The journal's settings, checked on their own.
 fn journal_settings(file: &Settings, rules: &Rules) -> Result<Option<JournalConfig>, ConfigError> {
-    let Some(categories) = file.journal_categories.as_ref().filter(|categories| !categories.is_empty()) else {
+    let fail_open = fail_open_settings(file, rules)?;
+    // A fail-open category's commits are journaled too (its holds' calls go on during an outage).
+    let mut categories = file.journal_categories.clone().unwrap_or_default();
+    if let Some(fail_open) = &fail_open
+        && !categories.contains("*")
+    {
+        categories.extend(fail_open.categories.iter().cloned());
+    }
+    let Some(categories) = Some(&categories).filter(|categories| !categories.is_empty()) else {
         return match (&file.journal_path, &file.journal_entries_max) {
             (Some(_), _) => Err(ConfigError::new("journal_path", "does nothing without journal_categories")),
             (_, Some(_)) => Err(ConfigError::new("journal_entries_max", "does nothing without journal_categories")),
@@ -775,17 +823,12 @@ fn journal_settings(file: &Settings, rules: &Rules) -> Result<Option<JournalConf
         }
         Coverage::All
     } else {
-        if let Some(unknown) = categories.iter().find(|category| !rules.categories.contains(*category)) {
-            return Err(ConfigError::new(
-                "journal_categories",
-                format!("{unknown:?} is not one of the categories ({})", join(&rules.categories)),
-            ));
-        }
+        known_categories("journal_categories", categories, rules)?;
         Coverage::Only(categories.clone())
     };
     let entries_max = settings::JOURNAL_ENTRIES_MAX.number(file.journal_entries_max)?;
     let path = file.journal_path.clone().unwrap_or_else(|| PathBuf::from(settings::JOURNAL_PATH.text(None)));
-    Ok(Some(JournalConfig { path, coverage, entries_max }))
+    Ok(Some(JournalConfig { path, coverage, entries_max, fail_open }))
 }
 
 fn join(names: &BTreeSet<String>) -> String {
@@ -1151,6 +1194,41 @@ mod tests {
                 format!("{redis}journal_categories = [\"ai\"]\njournal_entries_max = 0"),
                 "journal_entries_max: must be in",
             ),
+        ];
+        for (text, expected) in table {
+            let message = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("configuration: {expected}")), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn fail_open_is_off_by_default_turns_the_journal_on_and_its_settings_are_checked() {
+        let redis = "redis_url = \"redis://127.0.0.1:6379/\"\n";
+        assert!(Config::from_toml(redis).unwrap().journal.is_none());
+        // Its categories' commits are journaled too, beside the journal's own.
+        let text = format!("{redis}journal_categories = [\"ai\"]\nfail_open_categories = [\"dialer\"]");
+        let journal = Config::from_toml(&text).unwrap().journal.unwrap();
+        assert_eq!(journal.coverage, Coverage::Only(["ai".to_owned(), "dialer".to_owned()].into()));
+        let fail_open = journal.fail_open.unwrap();
+        assert_eq!(fail_open.categories, ["dialer".to_owned()].into());
+        assert_eq!((fail_open.credits, fail_open.window), (100, std::time::Duration::from_secs(300)));
+        let text = format!("{redis}fail_open_categories = [\"dialer\"]\nfail_open_credits = 7\nfail_open_ms = 2000");
+        let journal = Config::from_toml(&text).unwrap().journal.unwrap();
+        assert_eq!(journal.coverage, Coverage::Only(["dialer".to_owned()].into()));
+        let fail_open = journal.fail_open.unwrap();
+        assert_eq!((fail_open.credits, fail_open.window), (7, std::time::Duration::from_secs(2)));
+        let all = format!("{redis}journal_categories = [\"*\"]\nfail_open_categories = [\"dialer\"]");
+        assert_eq!(Config::from_toml(&all).unwrap().journal.unwrap().coverage, Coverage::All);
+        let table = [
+            ("fail_open_categories = [\"dialer\"]".to_owned(), "fail_open_categories: needs the Redis engine"),
+            (format!("{redis}fail_open_categories = [\"dialr\"]"), "fail_open_categories: \"dialr\" is not one of"),
+            (format!("{redis}fail_open_credits = 5"), "fail_open_credits: does nothing without fail_open_categories"),
+            (format!("{redis}fail_open_ms = 5000"), "fail_open_ms: does nothing without fail_open_categories"),
+            (
+                format!("{redis}fail_open_categories = [\"dialer\"]\nfail_open_credits = 0"),
+                "fail_open_credits: must be in",
+            ),
+            (format!("{redis}fail_open_categories = [\"dialer\"]\nfail_open_ms = 10"), "fail_open_ms: must be in"),
         ];
         for (text, expected) in table {
             let message = Config::from_toml(&text).unwrap_err().to_string();

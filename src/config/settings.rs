@@ -254,6 +254,30 @@ pub const JOURNAL_ENTRIES_MAX: Setting = number(
     "commits",
     "commits the outage journal holds at most; beyond, Commits fail `UNAVAILABLE` as without a journal",
 );
+pub const FAIL_OPEN_CATEGORIES: Setting = text(
+    "fail_open_categories",
+    Default::Nothing("none (off)"),
+    "Redis engine: categories whose Reserves and Extends are admitted from a local allowance while Redis is \
+     unreachable, and charged (with an overdraft if need be) when it answers; their Commits are journaled (file \
+     only; [Fail-open categories](#fail-open-categories))",
+);
+pub const FAIL_OPEN_CREDITS: Setting = number(
+    "fail_open_credits",
+    100,
+    1,
+    1_000_000_000_000,
+    "credits",
+    "the allowance: credits this sidecar admits per account while Redis is unreachable (held by holds not yet \
+     charged to Redis)",
+);
+pub const FAIL_OPEN_MS: Setting = number(
+    "fail_open_ms",
+    300_000,
+    1_000,
+    86_400_000,
+    "ms",
+    "how long an outage is ridden out: after Redis has failed this long, Reserves and Extends fail closed again",
+);
 pub const DATABASE_URL: Setting = text(
     "database_url",
     Default::Text("sqlite://credit-sidecar.db?mode=rwc"),
@@ -483,7 +507,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 61] = [
+pub const SETTINGS: [Setting; 64] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -507,6 +531,9 @@ pub const SETTINGS: [Setting; 61] = [
     JOURNAL_CATEGORIES,
     JOURNAL_PATH,
     JOURNAL_ENTRIES_MAX,
+    FAIL_OPEN_CATEGORIES,
+    FAIL_OPEN_CREDITS,
+    FAIL_OPEN_MS,
     DATABASE_URL,
     DATABASE_PASSWORD_FILE,
     DATABASE_CA_FILE,

@@ -37,6 +37,10 @@ struct State {
 }
 
 impl EmbeddedEngine {
+    pub fn now_ms(&self) -> crate::ledger::Millis {
+        self.clock.now_ms()
+    }
+
     pub fn new(clock: Arc<dyn Clock>, ledger: Ledger, outbox: Option<Arc<MemoryOutbox>>) -> Self {
         let ledger = if outbox.is_some() { ledger.journal_answers() } else { ledger };
         Self { state: Mutex::new(State { ledger, snapshotted: HashMap::new() }), clock, outbox }

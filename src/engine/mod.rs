@@ -258,6 +258,15 @@ impl Engine {
     }
 
     /// The Redis engine, when this is one.
+    /// Now, as this process sees it (the engine's clock; for Redis, the test clock when one is
+    /// set, else the system's): for what the sidecar decides without Redis during an outage.
+    pub fn local_now_ms(&self) -> crate::ledger::Millis {
+        match &self.backend {
+            Backend::Embedded(engine) => engine.now_ms(),
+            Backend::Redis(engine) => engine.local_now_ms(),
+        }
+    }
+
     pub fn redis_engine(&self) -> Option<Arc<redis::RedisEngine>> {
         match &self.backend {
             Backend::Redis(engine) => Some(engine.clone()),

@@ -181,6 +181,12 @@ impl Category {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A category read back from a record this sidecar wrote (checked against the rules when
+    /// written): one removed from the configuration since still settles under its name.
+    pub fn recorded(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
 }
 
 /// Charged at most once per account and billing cycle ("contact:123:mobile").

@@ -51,13 +51,16 @@ pub const BUILD_INFO: &str = "credit_sidecar_build_info";
 pub const RULES_RELOADS: &str = "credit_sidecar_rules_reloads_total";
 pub const JOURNAL_ENTRIES: &str = "credit_sidecar_journal_entries";
 pub const JOURNAL_COMMITS: &str = "credit_sidecar_journal_commits_total";
+pub const FAIL_OPEN_HOLDS: &str = "credit_sidecar_fail_open_holds";
+pub const FAIL_OPEN_CALLS: &str = "credit_sidecar_fail_open_total";
+pub const OVERDRAWN_CREDITS: &str = "credit_sidecar_overdrawn_credits_total";
 pub const ALERTS: &str = "credit_sidecar_alerts_total";
 pub const WEBHOOK_DELIVERIES: &str = "credit_sidecar_webhook_deliveries_total";
 pub const WEBHOOK_PENDING: &str = "credit_sidecar_webhook_pending";
 
 /// Every metric this binary exports under its own name (a histogram also as `_bucket`, `_sum`
 /// and `_count`). Dashboards and alert rules may name only these and [`PROCESS_METRICS`].
-pub const EXPORTED: [&str; 23] = [
+pub const EXPORTED: [&str; 26] = [
     CALLS,
     CALL_DURATION,
     DECLINES,
@@ -78,6 +81,9 @@ pub const EXPORTED: [&str; 23] = [
     RULES_RELOADS,
     JOURNAL_ENTRIES,
     JOURNAL_COMMITS,
+    FAIL_OPEN_HOLDS,
+    FAIL_OPEN_CALLS,
+    OVERDRAWN_CREDITS,
     ALERTS,
     WEBHOOK_DELIVERIES,
     WEBHOOK_PENDING,
@@ -187,12 +193,18 @@ fn describe() {
         JOURNAL_COMMITS,
         "Commits through the outage journal, by result: journaled, full, error, applied, declined, refused, unreadable."
     );
+    describe_gauge!(FAIL_OPEN_HOLDS, "Holds admitted or taken over during a Redis outage, not yet charged to Redis.");
+    describe_counter!(
+        FAIL_OPEN_CALLS,
+        "Fail-open calls and settlements, by result: reserved, extended, taken_over, allowance_spent, settled, refused."
+    );
+    describe_counter!(OVERDRAWN_CREDITS, "Credits outage holds charged beyond what their accounts had (owed).");
     describe_counter!(ALERTS, "Alerts this process recorded (thresholds crossed), by kind.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts, by result: delivered, retried, failed.");
     describe_gauge!(WEBHOOK_PENDING, "Alert deliveries waiting to be posted (or retried), in the ledger database.");
     describe_gauge!(BUILD_INFO, "Always 1; the label `version` is the binary's version.");
     // Unlabelled counters exist from the start, so rate() over them works before the first event.
-    for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS] {
+    for counter in [REDIS_ERRORS, SETTLED, SETTLE_FAILURES, SWEPT_HOLDS, OVERDRAWN_CREDITS] {
         metrics::counter!(counter).absolute(0);
     }
 }

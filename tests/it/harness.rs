@@ -401,7 +401,7 @@ pub fn sku_cost(sku: &str, quantity: i64) -> pb::Cost {
 /// Conservation as the API reports it.
 pub fn assert_conserved(totals: &pb::Totals) {
     assert_eq!(
-        totals.granted,
+        totals.granted + totals.owed,
         totals.available + totals.held + totals.spent + totals.expired,
         "conservation broken: {totals:?}"
     );

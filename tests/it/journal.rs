@@ -24,7 +24,7 @@ fn durable_redis() -> RedisServer {
 }
 
 async fn journal(dir: &tempfile::TempDir, coverage: Coverage, entries_max: usize) -> Arc<Journal> {
-    let config = JournalConfig { path: dir.path().join("journal.db"), coverage, entries_max };
+    let config = JournalConfig { path: dir.path().join("journal.db"), coverage, entries_max, fail_open: None };
     Arc::new(Journal::open(&config).await.unwrap())
 }
 

@@ -11,6 +11,7 @@ mod crash;
 mod differential;
 mod edges;
 mod errors;
+mod fail_open;
 mod flows;
 mod golden;
 mod harness;

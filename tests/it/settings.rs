@@ -11,7 +11,7 @@ use credit_sidecar::config::{Settings, command};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Settings a file may hold but no flag or variable can express.
-const FILE_ONLY: [&str; 4] = ["categories", "price_book", "journal_categories", "webhook_urls"];
+const FILE_ONLY: [&str; 5] = ["categories", "price_book", "journal_categories", "fail_open_categories", "webhook_urls"];
 
 fn names() -> BTreeSet<&'static str> {
     SETTINGS.iter().map(|setting| setting.name).collect()

@@ -62,7 +62,7 @@ pub fn settle_setup(store: &Store, consumer: &str) -> SettleSetup {
     }
 }
 
-fn settled_options(store: &Store, consumer: &str) -> ServeOptions {
+pub fn settled_options(store: &Store, consumer: &str) -> ServeOptions {
     ServeOptions {
         settle: Some(settle_setup(store, consumer)),
         shutdown_grace: Duration::from_secs(20),

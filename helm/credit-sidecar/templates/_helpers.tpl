@@ -215,7 +215,9 @@ string, number, boolean or array is also valid TOML, and numbers stay integers.
 {{- if .Values.webhooks.secretName }}
 {{- $_ := set $settings "webhook_secret_file" "/etc/credit-sidecar/webhook-secret/secret" }}
 {{- end }}
-{{- if and $settings.journal_categories (not $settings.journal_path) }}
+{{- /* The outage journal (also on with fail_open_categories, whose holds are rows in its file)
+lives on the data volume unless journal_path says otherwise. */}}
+{{- if and (or $settings.journal_categories $settings.fail_open_categories) (not $settings.journal_path) }}
 {{- $_ := set $settings "journal_path" "/var/lib/credit-sidecar/journal.db" }}
 {{- end }}
 {{- range $key, $value := $settings }}

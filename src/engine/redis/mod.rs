@@ -267,6 +267,15 @@ impl RedisEngine {
         Ok(engine)
     }
 
+    /// This process's now (the test clock's, when one is set), for what the sidecar decides
+    /// without Redis (an outage).
+    pub fn local_now_ms(&self) -> crate::ledger::Millis {
+        match &self.test_clock {
+            Some(clock) => clock.now_ms(),
+            None => crate::ledger::SystemClock.now_ms(),
+        }
+    }
+
     /// For tests that move time: the engine uses `clock` instead of Redis `TIME` from now on.
     #[doc(hidden)]
     pub fn set_test_clock(&mut self, clock: Arc<dyn Clock>) {

@@ -67,7 +67,14 @@ def reservation(message: types_pb2.Reservation) -> Reservation:
 
 
 def totals(message: types_pb2.Totals) -> Totals:
-    return Totals(message.granted, message.available, message.held, message.spent, message.expired)
+    return Totals(
+        granted=message.granted,
+        available=message.available,
+        held=message.held,
+        spent=message.spent,
+        expired=message.expired,
+        owed=message.owed,
+    )
 
 
 def _declined(

@@ -326,7 +326,8 @@ class AsyncAdmin:
     async def get_account_history(
         self, account_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
     ) -> admin_pb2.GetAccountHistoryResponse:
-        """A page of the account's changes from the durable ledger, newest first."""
+        """A page of the account's changes from the durable ledger, newest first (see
+        :meth:`credit_sidecar.client.Admin.get_account_history`)."""
         return await self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
 
     async def set_alert_thresholds(

@@ -374,7 +374,10 @@ class Admin:
         self, account_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
     ) -> admin_pb2.GetAccountHistoryResponse:
         """A page of the account's changes from the durable ledger, newest first; pass the
-        response's ``next_page_token`` for the next (older) page."""
+        response's ``next_page_token`` for the next (older) page. The entries are the protobuf
+        ``HistoryEntry`` messages: ``entry.WhichOneof("change")`` names each one's kind
+        (``committed``, ``category_budget_set``, ``overdrawn`` and ``repaid`` for an overdraft
+        and its repayment, …)."""
         return self._client._run(_ops.get_account_history(account_id, page_size, page_token), timeout)
 
     def set_alert_thresholds(

@@ -307,13 +307,23 @@ class Quote:
 
 @dataclass(frozen=True)
 class Totals:
-    """Conservation holds: ``granted == available + held + spent + expired``."""
+    """Where an account's credits stand. Conservation holds:
+    ``granted + owed == available + held + spent + expired``."""
 
     granted: int
+    """Ever granted."""
     available: int
+    """The live lots' remainders: what a new Reserve can take."""
     held: int
+    """Held by open reservations."""
     spent: int
+    """Ever committed (an overdraft included)."""
     expired: int
+    """Ever expired (lots that reached their expiry with credits left)."""
+    owed: int = 0
+    """Spent during a Redis outage beyond what the lots held (work a ``fail_open_categories``
+    category admitted from the sidecar's allowance), not yet repaid: an overdraft, which the
+    account's next grants repay first (docs/rules.md "Overdraft"). 0 for almost every account."""
 
 
 @dataclass(frozen=True)

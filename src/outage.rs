@@ -1,0 +1,1005 @@
+//! Fail-open holds: Reserves and Extends admitted while Redis cannot be reached, for the
+//! categories an operator lists in `fail_open_categories` (a dialer's call must not be cut
+//! because Redis blipped). Every other category fails closed, as without this.
+//!
+//! **Bounded.** Admissions spend a local *allowance*: at most `fail_open_credits` per account on
+//! this sidecar, counted over the credits its outage holds added and that are not yet charged
+//! to Redis; and only for `fail_open_ms` after Redis started failing. Beyond either, the call
+//! fails `UNAVAILABLE` as without fail-open. Each replica has its own allowance.
+//!
+//! **Durable.** Every admission, extension, commit and release is written to the outage
+//! journal's SQLite file (`synchronous = FULL`) before it is answered, as one row each; the
+//! holds are rebuilt from the rows at start (a SIGKILL loses nothing answered).
+//!
+//! **Two kinds of hold, served here until they close.**
+//! - A *new* hold (a Reserve during the outage) gets an id `<account>/<seq>` with a sequence
+//!   number of [`OUTAGE_SEQ_MIN`] or more, a range the Redis engine never reaches (an account's
+//!   own counter counts from 1).
+//! - A Redis hold that an Extend finds unreachable is *taken over*, if this sidecar has seen it
+//!   (its category, and what it held, from an earlier answer): the Extend is admitted, and the
+//!   hold's later calls are served here too.
+//!
+//! Commits on either answer `OUTCOME_JOURNALED`; Extend, Release and GetReservation answer as
+//! usual, from the figures kept here.
+//!
+//! **Settled exactly once, when closed.** Once a hold is closed (its final commit, a release, or
+//! its deadline) and Redis answers, each of its commits is charged: on a taken-over hold first
+//! as the caller's own Commit on it (within what Redis holds), otherwise — a new hold, or a
+//! commit Redis declines because the hold expired or holds too little — as an *outage charge*
+//! that is never declined: what the account cannot cover becomes an overdraft that its next
+//! grants repay (docs/rules.md#overdraft). A taken-over hold is then released. Every step has a
+//! request id derived from the hold and the commit's position, so a step repeated after a crash
+//! is answered from Redis's memory of it and charges once.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{self, Engine};
+pub use crate::journal::FailOpenConfig;
+use crate::journal::{Journal, JournalError};
+use crate::ledger::command::{Charge, Commit, CommitBatch, Extend, Release, Reserve};
+use crate::ledger::{
+    AccountId, BusinessKey, Category, Committed, Decision, Decline, DeclineReason, Extended, Labels, Released,
+    RequestId, ReservationId, ReservationState, ReservationView, Reserved, SEQ_MAX, UserId,
+};
+
+/// The first sequence number of a hold admitted during an outage (2^52): Redis numbers an
+/// account's holds from 1 and would need 2^52 of them to get here.
+pub const OUTAGE_SEQ_MIN: u64 = 1 << 52;
+
+/// The format of a row's entry (the `format` column); a new shape is a new number.
+pub const ENTRY_FORMAT: i64 = 1;
+
+/// How many open holds of fail-open categories this sidecar remembers (what they hold), so that
+/// an Extend during an outage can take one over. Oldest forgotten first.
+pub const HOLDS_REMEMBERED: usize = 100_000;
+
+/// One row (format 1). `kind` is also the row's `kind` column.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry {
+    /// A Reserve admitted during the outage.
+    Open {
+        user: String,
+        category: String,
+        amount: i64,
+        created_ms: i64,
+        deadline_ms: i64,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+        fingerprint: String,
+    },
+    /// A Redis hold taken over: what it held then (less the commits journaled on it).
+    TakeOver {
+        user: String,
+        category: String,
+        held: i64,
+        created_ms: i64,
+        deadline_ms: i64,
+    },
+    Extend {
+        amount: i64,
+        deadline_ms: i64,
+        fingerprint: String,
+    },
+    Commit {
+        amount: i64,
+        #[serde(rename = "final")]
+        final_commit: bool,
+        at_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        business_key: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+        fingerprint: String,
+    },
+    Release {
+        at_ms: i64,
+    },
+}
+
+impl Entry {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Open { .. } => "open",
+            Self::TakeOver { .. } => "take_over",
+            Self::Extend { .. } => "extend",
+            Self::Commit { .. } => "commit",
+            Self::Release { .. } => "release",
+        }
+    }
+}
+
+/// A hold served here, folded from its rows.
+#[derive(Clone, Debug)]
+struct Hold {
+    id: ReservationId,
+    user: UserId,
+    category: Category,
+    labels: Labels,
+    taken_over: bool,
+    /// A new hold's first amount (what its Reserve answered); 0 when taken over.
+    opened: i64,
+    /// Held at the start (a new hold's amount, or what the taken-over hold held) plus extensions.
+    reserved: i64,
+    /// Counted against the allowance: what this sidecar added (a new hold's amount, extensions).
+    local: i64,
+    committed: i64,
+    commits: Vec<Commit>,
+    created_ms: i64,
+    deadline_ms: i64,
+    state: ReservationState,
+    closed_ms: Option<i64>,
+    /// Request ids seen, by kind, with their fingerprints.
+    requests: HashMap<(&'static str, String), String>,
+    /// Rows on disk (for the row's `seq` in logs): the first row's seq.
+    first_row: i64,
+}
+
+impl Hold {
+    fn held(&self) -> i64 {
+        if self.state.is_open() { self.reserved - self.committed } else { 0 }
+    }
+
+    /// Closes it as expired if its deadline passed.
+    fn expire(&mut self, now_ms: i64) {
+        if self.state.is_open() && now_ms >= self.deadline_ms {
+            self.state = ReservationState::Expired;
+            self.closed_ms = Some(self.deadline_ms);
+        }
+    }
+
+    fn view(&self) -> ReservationView {
+        ReservationView {
+            id: self.id.clone(),
+            user: self.user.as_str().to_owned(),
+            category: self.category.as_str().to_owned(),
+            state: self.state,
+            reserved: self.reserved,
+            committed: self.committed,
+            held: self.held(),
+            returned: if self.state.is_open() { 0 } else { self.reserved - self.committed },
+            commit_count: self.commits.len() as i64,
+            created_ms: self.created_ms,
+            deadline_ms: self.deadline_ms,
+            closed_ms: self.closed_ms,
+            labels: self.labels.to_map(),
+        }
+    }
+
+    fn decline(&self, reason: DeclineReason, requested: i64) -> Decline {
+        Decline {
+            reason,
+            requested,
+            available: 0,
+            user_remaining: None,
+            held: self.held(),
+            reservation_state: Some(self.state),
+            account: self.id.account.clone(),
+            user: Some(self.user.as_str().to_owned()),
+            reservation: Some(Box::new(self.view())),
+            category: None,
+            category_remaining: None,
+        }
+    }
+
+    /// The decline of a call on a closed hold.
+    fn closed(&self, requested: i64) -> Decline {
+        let reason = if self.state == ReservationState::Expired {
+            DeclineReason::ReservationExpired
+        } else {
+            DeclineReason::ReservationClosed
+        };
+        self.decline(reason, requested)
+    }
+
+    /// Applies one row (at start, and after writing it); Err: a row that does not validate.
+    fn apply(&mut self, request: &str, entry: &Entry) -> Result<(), String> {
+        self.requests.insert((entry.kind(), request.to_owned()), fingerprint_of(entry));
+        match entry {
+            Entry::Open { .. } | Entry::TakeOver { .. } => {}
+            Entry::Extend { amount, deadline_ms, .. } => {
+                self.reserved += amount;
+                self.local += amount;
+                self.deadline_ms = self.deadline_ms.max(*deadline_ms);
+            }
+            Entry::Commit { amount, final_commit, at_ms, business_key, labels, .. } => {
+                self.committed += amount;
+                let invalid = |error: crate::ledger::Error| error.to_string();
+                self.commits.push(Commit {
+                    reservation: self.id.clone(),
+                    amount: *amount,
+                    final_commit: *final_commit,
+                    request: RequestId::parse(request).map_err(invalid)?,
+                    business_key: BusinessKey::parse_optional(business_key.as_deref().unwrap_or(""))
+                        .map_err(invalid)?,
+                    labels: Labels::parse(labels.clone()).map_err(invalid)?,
+                });
+                if *final_commit {
+                    self.state = ReservationState::Committed;
+                    self.closed_ms = Some(*at_ms);
+                }
+            }
+            Entry::Release { at_ms } => {
+                self.state = ReservationState::Released;
+                self.closed_ms = Some(*at_ms);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fingerprint_of(entry: &Entry) -> String {
+    match entry {
+        Entry::Open { fingerprint, .. } | Entry::Extend { fingerprint, .. } | Entry::Commit { fingerprint, .. } => {
+            fingerprint.clone()
+        }
+        Entry::TakeOver { .. } | Entry::Release { .. } => String::new(),
+    }
+}
+
+/// What this sidecar last saw of an open hold of a fail-open category.
+#[derive(Clone, Debug)]
+struct Seen {
+    user: String,
+    category: String,
+    held: i64,
+    created_ms: i64,
+    deadline_ms: i64,
+}
+
+/// The most recently seen open holds, oldest forgotten first.
+#[derive(Default)]
+struct Remembered {
+    holds: HashMap<ReservationId, (u64, Seen)>,
+    order: VecDeque<(ReservationId, u64)>,
+    stamp: u64,
+}
+
+impl Remembered {
+    fn note(&mut self, id: &ReservationId, seen: Seen) {
+        self.stamp += 1;
+        self.holds.insert(id.clone(), (self.stamp, seen));
+        self.order.push_back((id.clone(), self.stamp));
+        while self.holds.len() > HOLDS_REMEMBERED || self.order.len() > 2 * HOLDS_REMEMBERED {
+            let Some((oldest, stamp)) = self.order.pop_front() else { break };
+            if self.holds.get(&oldest).is_some_and(|(current, _)| *current == stamp) {
+                self.holds.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// What one settling pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub holds: usize,
+    /// Credits charged beyond what the accounts had (owed).
+    pub overdrawn: i64,
+    /// Why the pass stopped early (Redis still away).
+    pub stopped: Option<String>,
+}
+
+pub struct Outage {
+    journal: Arc<Journal>,
+    config: FailOpenConfig,
+    holds: tokio::sync::Mutex<HashMap<ReservationId, Hold>>,
+    /// Holds served here (one atomic load on the hot path when there are none).
+    count: AtomicUsize,
+    remembered: Mutex<Remembered>,
+    /// When this sidecar first met the outage under way (None: Redis answers).
+    since: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    /// Reads the holds an earlier run left in the journal's file.
+    pub async fn open(journal: Arc<Journal>, config: FailOpenConfig) -> Result<Self, JournalError> {
+        let pool = journal.pool();
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS outage_holds (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                reservation TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                format INTEGER NOT NULL,
+                entry TEXT NOT NULL,
+                UNIQUE (reservation, kind, request_id)
+            )",
+        )
+        .execute(pool)
+        .await?;
+        let rows: Vec<(i64, String, String, i64, String)> =
+            sqlx::query_as("SELECT seq, reservation, request_id, format, entry FROM outage_holds ORDER BY seq")
+                .fetch_all(pool)
+                .await?;
+        let mut holds: HashMap<ReservationId, Hold> = HashMap::new();
+        for (seq, reservation, request, format, text) in rows {
+            let corrupt = |reason: String| JournalError::Corrupt { seq, reason };
+            if format != ENTRY_FORMAT {
+                return Err(corrupt(format!("outage hold format {format} is not {ENTRY_FORMAT}: a newer sidecar's?")));
+            }
+            let id = ReservationId::parse(&reservation).map_err(|error| corrupt(error.to_string()))?;
+            let entry: Entry = serde_json::from_str(&text).map_err(|error| corrupt(error.to_string()))?;
+            let hold = match holds.get_mut(&id) {
+                Some(hold) => hold,
+                None => {
+                    let hold = Self::start(&id, &entry, seq)
+                        .ok_or_else(|| corrupt("its first row does not open it".into()))?;
+                    holds.entry(id.clone()).or_insert(hold)
+                }
+            };
+            hold.apply(&request, &entry).map_err(corrupt)?;
+        }
+        if !holds.is_empty() {
+            tracing::warn!(holds = holds.len(), "outage holds from an earlier run to settle when Redis answers");
+        }
+        let count = AtomicUsize::new(holds.len());
+        let outage = Self {
+            journal,
+            config,
+            holds: tokio::sync::Mutex::new(holds),
+            count,
+            remembered: Mutex::default(),
+            since: Mutex::new(None),
+        };
+        outage.gauge();
+        Ok(outage)
+    }
+
+    /// A hold from its first row.
+    fn start(id: &ReservationId, entry: &Entry, row: i64) -> Option<Hold> {
+        let (user, category, reserved, local, created_ms, deadline_ms, labels, taken_over) = match entry {
+            Entry::Open { user, category, amount, created_ms, deadline_ms, labels, .. } => {
+                (user, category, *amount, *amount, *created_ms, *deadline_ms, labels.clone(), false)
+            }
+            Entry::TakeOver { user, category, held, created_ms, deadline_ms } => {
+                (user, category, *held, 0, *created_ms, *deadline_ms, BTreeMap::new(), true)
+            }
+            _ => return None,
+        };
+        Some(Hold {
+            id: id.clone(),
+            user: UserId::parse(user).ok()?,
+            category: Category::recorded(category.clone()),
+            labels: Labels::parse(labels).ok()?,
+            taken_over,
+            opened: if taken_over { 0 } else { reserved },
+            reserved,
+            local,
+            committed: 0,
+            commits: Vec::new(),
+            created_ms,
+            deadline_ms,
+            state: ReservationState::Held,
+            closed_ms: None,
+            requests: HashMap::new(),
+            first_row: row,
+        })
+    }
+
+    /// Holds served here.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fails_open(&self, category: &str) -> bool {
+        self.config.categories.contains(category)
+    }
+
+    /// Redis answered a call: the outage (if any) is over.
+    pub fn redis_answered(&self) {
+        let mut since = self.since.lock().expect("outage start");
+        if since.is_some() {
+            *since = None;
+        }
+    }
+
+    /// Remembers an open hold an answer showed (fail-open categories only), so that an Extend
+    /// during an outage can take it over; forgets it once closed.
+    pub fn note(&self, view: &ReservationView) {
+        if !self.fails_open(&view.category) {
+            return;
+        }
+        let mut remembered = self.remembered.lock().expect("remembered holds");
+        if !view.state.is_open() {
+            remembered.holds.remove(&view.id);
+            return;
+        }
+        let seen = Seen {
+            user: view.user.clone(),
+            category: view.category.clone(),
+            held: view.held,
+            created_ms: view.created_ms,
+            deadline_ms: view.deadline_ms,
+        };
+        remembered.note(&view.id, seen);
+    }
+
+    /// Remembers a hold a Reserve opened.
+    pub fn note_reserved(&self, cmd: &Reserve, reserved: &Reserved, now_ms: i64) {
+        if !self.fails_open(cmd.category.as_str()) {
+            return;
+        }
+        let seen = Seen {
+            user: cmd.user.as_str().to_owned(),
+            category: cmd.category.as_str().to_owned(),
+            held: reserved.amount,
+            created_ms: now_ms,
+            deadline_ms: reserved.deadline_ms,
+        };
+        self.remembered.lock().expect("remembered holds").note(&reserved.reservation, seen);
+    }
+
+    /// Is `id` served here? (One atomic load when nothing is.)
+    pub async fn serves(&self, id: &ReservationId) -> bool {
+        !self.is_empty() && self.holds.lock().await.contains_key(id)
+    }
+
+    /// Whether an admission may still be made, `cause` the outage's error: within the window
+    /// since this sidecar first met the outage.
+    fn admissible(&self, cause: &str) -> engine::Result<()> {
+        let mut since = self.since.lock().expect("outage start");
+        let started = *since.get_or_insert_with(Instant::now);
+        if started.elapsed() > self.config.window {
+            return Err(engine::Error::Unavailable(format!(
+                "{cause}; the outage has lasted past fail_open_ms ({} ms): failing closed",
+                self.config.window.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The allowance left for `account`.
+    fn allowance_left(&self, holds: &HashMap<ReservationId, Hold>, account: &AccountId) -> i64 {
+        let used: i64 = holds.values().filter(|hold| &hold.id.account == account).map(|hold| hold.local).sum();
+        (self.config.credits - used).max(0)
+    }
+
+    fn allowance_spent(&self, cause: &str, account: &AccountId, asked: i64, left: i64) -> engine::Error {
+        engine::Error::Unavailable(format!(
+            "{cause}; the fail-open allowance of account {account} cannot cover {asked} credits ({left} of {} left on \
+             this sidecar)",
+            self.config.credits
+        ))
+    }
+
+    /// Writes a row, then applies it to `hold` (or opens it).
+    async fn record(&self, id: &ReservationId, request: &str, entry: &Entry) -> engine::Result<i64> {
+        let text = serde_json::to_string(entry).expect("an entry is plain data");
+        let (journal, id_text, kind, request_text) =
+            (self.journal.clone(), id.to_string(), entry.kind(), request.to_owned());
+        // Spawned: a caller that goes away cannot leave the row and the memory apart.
+        let written = tokio::spawn(async move {
+            sqlx::query(
+                "INSERT INTO outage_holds (reservation, kind, request_id, format, entry) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id_text)
+            .bind(kind)
+            .bind(request_text)
+            .bind(ENTRY_FORMAT)
+            .bind(&text)
+            .execute(journal.pool())
+            .await
+            .map(|done| (done.last_insert_rowid(), text))
+        });
+        match written.await {
+            Ok(Ok((row, text))) => {
+                // The whole row, so that an operator can settle it by hand if the file is ever lost.
+                tracing::warn!(reservation = %id, request, entry = text, "Redis unreachable: outage hold changed");
+                Ok(row)
+            }
+            Ok(Err(error)) => Err(engine::Error::Unavailable(format!("the outage journal cannot be written: {error}"))),
+            Err(error) => Err(engine::Error::Internal(format!("outage journal task: {error}"))),
+        }
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!(crate::telemetry::FAIL_OPEN_HOLDS).set(self.len() as f64);
+    }
+
+    /// A Reserve that met an outage (`cause`): admitted from the allowance, or the error.
+    pub async fn reserve(&self, cmd: &Reserve, cause: String, now_ms: i64) -> engine::Result<Decision<Reserved>> {
+        if !self.fails_open(cmd.category.as_str()) {
+            return Err(engine::Error::Unavailable(cause));
+        }
+        let fingerprint = cmd.fingerprint().0;
+        let mut holds = self.holds.lock().await;
+        // A retry of a Reserve admitted here gets its first answer.
+        let key = ("open", cmd.request.as_str().to_owned());
+        if let Some(hold) =
+            holds.values().find(|hold| hold.id.account == cmd.account && hold.requests.contains_key(&key))
+        {
+            if hold.requests[&key] != fingerprint {
+                return Err(crate::ledger::Error::RequestIdReused(cmd.request.clone()).into());
+            }
+            let left = self.allowance_left(&holds, &cmd.account);
+            return Ok(Decision::Done(Reserved {
+                reservation: hold.id.clone(),
+                amount: hold.opened,
+                deadline_ms: hold.deadline_ms,
+                available: left,
+            }));
+        }
+        self.admissible(&cause)?;
+        let left = self.allowance_left(&holds, &cmd.account);
+        let amount = match cmd.partial {
+            Some(partial) => partial.amount(cmd.amount, left),
+            None => cmd.amount,
+        };
+        if amount > left {
+            metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "allowance_spent").increment(1);
+            return Err(self.allowance_spent(&cause, &cmd.account, amount, left));
+        }
+        let id = loop {
+            let seq = OUTAGE_SEQ_MIN + random_u64() % (SEQ_MAX - OUTAGE_SEQ_MIN);
+            let id = ReservationId { account: cmd.account.clone(), seq };
+            if !holds.contains_key(&id) {
+                break id;
+            }
+        };
+        let entry = Entry::Open {
+            user: cmd.user.as_str().to_owned(),
+            category: cmd.category.as_str().to_owned(),
+            amount,
+            created_ms: now_ms,
+            deadline_ms: now_ms + cmd.ttl_ms,
+            labels: cmd.labels.to_map(),
+            fingerprint,
+        };
+        let row = self.record(&id, cmd.request.as_str(), &entry).await?;
+        let mut hold = Self::start(&id, &entry, row).expect("an open entry opens a hold");
+        hold.apply(cmd.request.as_str(), &entry).map_err(engine::Error::Internal)?;
+        let answer =
+            Reserved { reservation: id.clone(), amount, deadline_ms: hold.deadline_ms, available: left - amount };
+        holds.insert(id, hold);
+        self.count.store(holds.len(), Ordering::Relaxed);
+        self.gauge();
+        metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "reserved").increment(1);
+        Ok(Decision::Done(answer))
+    }
+
+    /// An Extend on a hold served here, or on a Redis hold this sidecar saw, that met an outage
+    /// (`cause`; None when the hold is served here and Redis was not asked).
+    pub async fn extend(&self, cmd: &Extend, cause: Option<String>, now_ms: i64) -> engine::Result<Decision<Extended>> {
+        let cause = cause.unwrap_or_else(|| "the hold was admitted during a Redis outage".to_owned());
+        let mut holds = self.holds.lock().await;
+        if !holds.contains_key(&cmd.reservation) {
+            self.take_over(&mut holds, &cmd.reservation, &cause, now_ms).await?;
+        }
+        let fingerprint = cmd.fingerprint().0;
+        let left = self.allowance_left(&holds, &cmd.reservation.account);
+        let hold = holds.get_mut(&cmd.reservation).expect("served here");
+        let key = ("extend", cmd.request.as_str().to_owned());
+        if let Some(first) = hold.requests.get(&key) {
+            if *first != fingerprint {
+                return Err(crate::ledger::Error::RequestIdReused(cmd.request.clone()).into());
+            }
+            let (held, deadline_ms, view) = (hold.held(), hold.deadline_ms, hold.view());
+            return Ok(Decision::Done(Extended { added: cmd.amount, held, deadline_ms, reservation: view }));
+        }
+        hold.expire(now_ms);
+        if !hold.state.is_open() {
+            return Ok(Decision::Declined(hold.closed(cmd.amount)));
+        }
+        self.admissible(&cause)?;
+        let amount = match cmd.partial {
+            Some(partial) => partial.amount(cmd.amount, left),
+            None => cmd.amount,
+        };
+        if amount > left {
+            metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "allowance_spent").increment(1);
+            return Err(self.allowance_spent(&cause, &cmd.reservation.account, amount, left));
+        }
+        let deadline_ms = cmd.ttl_ms.map_or(hold.deadline_ms, |ttl| hold.deadline_ms.max(now_ms + ttl));
+        let entry = Entry::Extend { amount, deadline_ms, fingerprint };
+        self.record(&cmd.reservation, cmd.request.as_str(), &entry).await?;
+        hold.apply(cmd.request.as_str(), &entry).map_err(engine::Error::Internal)?;
+        metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "extended").increment(1);
+        Ok(Decision::Done(Extended {
+            added: amount,
+            held: hold.held(),
+            deadline_ms: hold.deadline_ms,
+            reservation: hold.view(),
+        }))
+    }
+
+    /// Starts serving a Redis hold this sidecar saw (or the Extend fails as without fail-open).
+    async fn take_over(
+        &self,
+        holds: &mut HashMap<ReservationId, Hold>,
+        id: &ReservationId,
+        cause: &str,
+        now_ms: i64,
+    ) -> engine::Result<()> {
+        let seen = self.remembered.lock().expect("remembered holds").holds.get(id).map(|(_, seen)| seen.clone());
+        let Some(seen) = seen.filter(|seen| self.fails_open(&seen.category)) else {
+            return Err(engine::Error::Unavailable(cause.to_owned()));
+        };
+        if now_ms >= seen.deadline_ms {
+            return Err(engine::Error::Unavailable(format!("{cause}; reservation {id} was due to expire")));
+        }
+        self.admissible(cause)?;
+        // Commits journaled on it since (they settle first) are no longer held.
+        let journaled =
+            self.journal.pending_amount(id).await.map_err(|error| engine::Error::Unavailable(error.to_string()))?;
+        let entry = Entry::TakeOver {
+            user: seen.user,
+            category: seen.category,
+            held: (seen.held - journaled).max(0),
+            created_ms: seen.created_ms,
+            deadline_ms: seen.deadline_ms,
+        };
+        let row = self.record(id, "", &entry).await?;
+        let mut hold = Self::start(id, &entry, row)
+            .ok_or_else(|| engine::Error::Internal(format!("reservation {id}: a hold seen with an invalid user")))?;
+        hold.apply("", &entry).map_err(engine::Error::Internal)?;
+        holds.insert(id.clone(), hold);
+        self.count.store(holds.len(), Ordering::Relaxed);
+        self.gauge();
+        metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "taken_over").increment(1);
+        Ok(())
+    }
+
+    /// A Commit on a hold served here: recorded (`None`: answered JOURNALED), or declined.
+    pub async fn commit(&self, cmd: &Commit, now_ms: i64) -> engine::Result<Option<Decision<Committed>>> {
+        let mut holds = self.holds.lock().await;
+        let Some(hold) = holds.get_mut(&cmd.reservation) else {
+            return Err(engine::Error::Internal(format!("reservation {} is not served here", cmd.reservation)));
+        };
+        let fingerprint = cmd.fingerprint().0;
+        if let Some(first) = hold.requests.get(&("commit", cmd.request.as_str().to_owned())) {
+            return if *first == fingerprint {
+                Ok(None)
+            } else {
+                Err(crate::ledger::Error::RequestIdReused(cmd.request.clone()).into())
+            };
+        }
+        hold.expire(now_ms);
+        if !hold.state.is_open() {
+            return Ok(Some(Decision::Declined(hold.closed(cmd.amount))));
+        }
+        if cmd.amount > hold.held() {
+            return Ok(Some(Decision::Declined(hold.decline(DeclineReason::ExceedsHold, cmd.amount))));
+        }
+        let entry = commit_entry(cmd, fingerprint, now_ms);
+        self.record(&cmd.reservation, cmd.request.as_str(), &entry).await?;
+        hold.apply(cmd.request.as_str(), &entry).map_err(engine::Error::Internal)?;
+        Ok(None)
+    }
+
+    /// A CommitBatch on a hold served here: every item recorded (`None`: each answered
+    /// JOURNALED), or — when they do not fit in what it holds, or it is closed — none, each
+    /// declined.
+    pub async fn commit_batch(&self, cmd: &CommitBatch, now_ms: i64) -> engine::Result<Option<Vec<Decline>>> {
+        let mut holds = self.holds.lock().await;
+        let Some(hold) = holds.get_mut(&cmd.reservation) else {
+            return Err(engine::Error::Internal(format!("reservation {} is not served here", cmd.reservation)));
+        };
+        let commits: Vec<Commit> = cmd
+            .items
+            .iter()
+            .map(|item| Commit {
+                reservation: cmd.reservation.clone(),
+                amount: item.amount,
+                final_commit: false,
+                request: item.id.clone(),
+                business_key: item.business_key.clone(),
+                labels: item.labels.clone(),
+            })
+            .collect();
+        let mut new = Vec::new();
+        for commit in &commits {
+            let fingerprint = commit.fingerprint().0;
+            match hold.requests.get(&("commit", commit.request.as_str().to_owned())) {
+                Some(first) if *first == fingerprint => {}
+                Some(_) => return Err(crate::ledger::Error::RequestIdReused(commit.request.clone()).into()),
+                None => new.push((commit, fingerprint)),
+            }
+        }
+        hold.expire(now_ms);
+        let total: i64 = new.iter().map(|(commit, _)| commit.amount).sum();
+        if !new.is_empty() && (!hold.state.is_open() || total > hold.held()) {
+            let decline = |commit: &Commit| {
+                if hold.state.is_open() {
+                    hold.decline(DeclineReason::ExceedsHold, commit.amount)
+                } else {
+                    hold.closed(commit.amount)
+                }
+            };
+            return Ok(Some(commits.iter().map(decline).collect()));
+        }
+        for (commit, fingerprint) in new {
+            let entry = commit_entry(commit, fingerprint, now_ms);
+            self.record(&cmd.reservation, commit.request.as_str(), &entry).await?;
+            hold.apply(commit.request.as_str(), &entry).map_err(engine::Error::Internal)?;
+        }
+        Ok(None)
+    }
+
+    /// A Release of a hold served here.
+    pub async fn release(&self, cmd: &Release, now_ms: i64) -> engine::Result<Decision<Released>> {
+        let mut holds = self.holds.lock().await;
+        let Some(hold) = holds.get_mut(&cmd.reservation) else {
+            return Err(engine::Error::Internal(format!("reservation {} is not served here", cmd.reservation)));
+        };
+        hold.expire(now_ms);
+        if !hold.state.is_open() {
+            return Ok(Decision::Declined(hold.closed(0)));
+        }
+        let returned = hold.held();
+        let entry = Entry::Release { at_ms: now_ms };
+        self.record(&cmd.reservation, "", &entry).await?;
+        hold.apply("", &entry).map_err(engine::Error::Internal)?;
+        Ok(Decision::Done(Released { returned, reservation: hold.view() }))
+    }
+
+    /// A hold served here, as it stands.
+    pub async fn reservation(&self, id: &ReservationId, now_ms: i64) -> Option<ReservationView> {
+        let mut holds = self.holds.lock().await;
+        let hold = holds.get_mut(id)?;
+        hold.expire(now_ms);
+        Some(hold.view())
+    }
+
+    /// Charges the closed holds to Redis (see the module's doc), until none is left or Redis
+    /// fails again.
+    pub async fn settle(&self, engine: &Engine, now_ms: i64) -> Settled {
+        let mut settled = Settled::default();
+        if self.is_empty() {
+            return settled;
+        }
+        let closed: Vec<Hold> = {
+            let mut holds = self.holds.lock().await;
+            holds.values_mut().for_each(|hold| hold.expire(now_ms));
+            holds.values().filter(|hold| !hold.state.is_open()).cloned().collect()
+        };
+        for hold in closed {
+            match self.settle_one(engine, &hold).await {
+                Ok(overdrawn) => {
+                    settled.holds += 1;
+                    settled.overdrawn += overdrawn;
+                }
+                Err(cause) => {
+                    settled.stopped = Some(cause);
+                    break;
+                }
+            }
+        }
+        settled
+    }
+
+    /// Charges one closed hold, then forgets it. Err: Redis is away (nothing lost: it runs
+    /// again, each step answered from Redis's memory of it).
+    async fn settle_one(&self, engine: &Engine, hold: &Hold) -> Result<i64, String> {
+        if hold.taken_over {
+            // Commits journaled on it before it was taken over go first.
+            let drained = self.journal.drain(engine, Some(&hold.id)).await.map_err(|error| error.to_string())?;
+            if self.journal.has_pending(&hold.id) {
+                return Err(drained.stopped.unwrap_or_else(|| "journaled commits wait".to_owned()));
+            }
+        }
+        let away = |error: &engine::Error| matches!(error, engine::Error::Unavailable(_) | engine::Error::StateLost(_));
+        let mut overdrawn = 0;
+        let mut refused = None;
+        let mut to_charge = Vec::new();
+        for (index, commit) in hold.commits.iter().enumerate().filter(|(_, commit)| commit.amount > 0) {
+            // On a taken-over hold, commits go to it while they fit; from the first it declines
+            // (expired, or holding too little) on, they are charged.
+            if !hold.taken_over || !to_charge.is_empty() {
+                to_charge.push((index, commit));
+                continue;
+            }
+            let mut own = commit.clone();
+            own.final_commit = false;
+            match engine.commit(&own).await {
+                Ok(Decision::Done(_)) => {}
+                Ok(Decision::Declined(_)) => to_charge.push((index, commit)),
+                Err(error) if away(&error) => return Err(error.to_string()),
+                Err(error) => {
+                    refused = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        // The taken-over hold is released before the charges, so what it held can pay for them.
+        if hold.taken_over && refused.is_none() {
+            let release = Release { reservation: hold.id.clone(), request: step_request(hold, "release") };
+            match engine.release(&release).await {
+                Ok(_) => {}
+                Err(error) if away(&error) => return Err(error.to_string()),
+                Err(error) => refused = Some(error.to_string()),
+            }
+        }
+        for (index, commit) in to_charge.into_iter().filter(|_| refused.is_none()) {
+            let charge = Charge {
+                account: hold.id.account.clone(),
+                user: hold.user.clone(),
+                category: hold.category.clone(),
+                amount: commit.amount,
+                request: step_request(hold, &format!("c{index}")),
+                business_key: commit.business_key.clone(),
+                labels: commit.labels.clone(),
+                overdraft: true,
+            };
+            match engine.charge(&charge).await {
+                Ok(Decision::Done(charged)) => overdrawn += charged.overdrawn,
+                Ok(Decision::Declined(decline)) => {
+                    refused = Some(format!("an outage charge was declined: {:?}", decline.reason));
+                    break;
+                }
+                Err(error) if away(&error) => return Err(error.to_string()),
+                Err(error) => {
+                    refused = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        let view = hold.view();
+        match &refused {
+            // Retrying cannot mend it (the account is gone, say): logged whole, dropped.
+            Some(error) => {
+                tracing::error!(reservation = %hold.id, ?view, commits = ?hold.commits, error, "outage hold refused when settled; dropped")
+            }
+            None if overdrawn > 0 => {
+                tracing::warn!(reservation = %hold.id, overdrawn, ?view, "outage hold settled with an overdraft")
+            }
+            None => tracing::info!(reservation = %hold.id, ?view, "outage hold settled"),
+        }
+        let result = if refused.is_some() { "refused" } else { "settled" };
+        metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => result).increment(1);
+        metrics::counter!(crate::telemetry::OVERDRAWN_CREDITS).increment(overdrawn.max(0) as u64);
+        sqlx::query("DELETE FROM outage_holds WHERE reservation = $1")
+            .bind(hold.id.to_string())
+            .execute(self.journal.pool())
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut holds = self.holds.lock().await;
+        holds.remove(&hold.id);
+        self.count.store(holds.len(), Ordering::Relaxed);
+        drop(holds);
+        self.gauge();
+        Ok(overdrawn)
+    }
+
+    /// At shutdown: logs every hold still served here, whole, at ERROR.
+    pub async fn report_left(&self) {
+        for hold in self.holds.lock().await.values() {
+            tracing::error!(reservation = %hold.id, view = ?hold.view(), commits = ?hold.commits, row = hold.first_row,
+                "stopping with an outage hold not yet charged to Redis");
+        }
+    }
+}
+
+fn commit_entry(cmd: &Commit, fingerprint: String, at_ms: i64) -> Entry {
+    Entry::Commit {
+        amount: cmd.amount,
+        final_commit: cmd.final_commit,
+        at_ms,
+        business_key: cmd.business_key.as_ref().map(|key| key.as_str().to_owned()),
+        labels: cmd.labels.to_map(),
+        fingerprint,
+    }
+}
+
+/// 64 unpredictable bits, for a new hold's sequence number (two replicas must not pick the same
+/// one for an account: its settling request ids derive from it). The standard library's
+/// `RandomState` is seeded from the OS's randomness; no crate is needed for one number per
+/// admission.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.finish()
+}
+
+/// The request id of one settling step: fixed by the hold and the step, so that a step run
+/// again is answered from Redis's memory of the first run.
+fn step_request(hold: &Hold, step: &str) -> RequestId {
+    RequestId::parse(&format!("outage-{}-{step}", hold.id.seq)).expect("a valid request id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Format 1 is a contract: the rows one binary writes, the next reads (and settles).
+    #[test]
+    fn rows_are_stored_in_format_1_and_fold_into_the_hold() {
+        let labels = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
+        let rows = [
+            (
+                "call-1",
+                Entry::Open {
+                    user: "agent".into(),
+                    category: "dialer".into(),
+                    amount: 20,
+                    created_ms: 1_000,
+                    deadline_ms: 601_000,
+                    labels: labels.clone(),
+                    fingerprint: "f1".into(),
+                },
+                r#"{"kind":"open","user":"agent","category":"dialer","amount":20,"created_ms":1000,"deadline_ms":601000,"labels":{"region":"eu"},"fingerprint":"f1"}"#,
+            ),
+            (
+                "call-1-x",
+                Entry::Extend { amount: 5, deadline_ms: 700_000, fingerprint: "f2".into() },
+                r#"{"kind":"extend","amount":5,"deadline_ms":700000,"fingerprint":"f2"}"#,
+            ),
+            (
+                "call-1-c",
+                Entry::Commit {
+                    amount: 12,
+                    final_commit: true,
+                    at_ms: 2_000,
+                    business_key: Some("call:1".into()),
+                    labels,
+                    fingerprint: "f3".into(),
+                },
+                r#"{"kind":"commit","amount":12,"final":true,"at_ms":2000,"business_key":"call:1","labels":{"region":"eu"},"fingerprint":"f3"}"#,
+            ),
+        ];
+        let id = ReservationId::parse(&format!("acct/{}", OUTAGE_SEQ_MIN + 7)).unwrap();
+        let mut hold = None;
+        for (request, entry, pinned) in &rows {
+            let text = serde_json::to_string(entry).unwrap();
+            assert_eq!(&text, pinned);
+            let read: Entry = serde_json::from_str(pinned).unwrap();
+            let hold = hold.get_or_insert_with(|| Outage::start(&id, &read, 1).unwrap());
+            hold.apply(request, &read).unwrap();
+        }
+        let hold = hold.unwrap();
+        assert_eq!((hold.reserved, hold.local, hold.committed, hold.opened), (25, 25, 12, 20));
+        assert_eq!((hold.state, hold.closed_ms, hold.deadline_ms), (ReservationState::Committed, Some(2_000), 700_000));
+        assert_eq!(hold.commits[0].business_key.as_ref().map(BusinessKey::as_str), Some("call:1"));
+        let view = hold.view();
+        assert_eq!((view.held, view.returned, view.commit_count), (0, 13, 1));
+
+        let taken =
+            r#"{"kind":"take_over","user":"agent","category":"dialer","held":10,"created_ms":5,"deadline_ms":9}"#;
+        let read: Entry = serde_json::from_str(taken).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), taken);
+        let hold = Outage::start(&ReservationId::parse("acct/3").unwrap(), &read, 1).unwrap();
+        assert_eq!((hold.taken_over, hold.reserved, hold.local, hold.opened), (true, 10, 0, 0));
+        let release: Entry = serde_json::from_str(r#"{"kind":"release","at_ms":4}"#).unwrap();
+        assert!(
+            Outage::start(&ReservationId::parse("acct/3").unwrap(), &release, 1).is_none(),
+            "a release opens nothing"
+        );
+    }
+
+    #[test]
+    fn a_commit_row_that_does_not_validate_is_refused() {
+        let id = ReservationId::parse("acct/3").unwrap();
+        let open =
+            Entry::TakeOver { user: "agent".into(), category: "dialer".into(), held: 1, created_ms: 0, deadline_ms: 9 };
+        let mut hold = Outage::start(&id, &open, 1).unwrap();
+        let commit = Entry::Commit {
+            amount: 1,
+            final_commit: false,
+            at_ms: 1,
+            business_key: None,
+            labels: BTreeMap::new(),
+            fingerprint: String::new(),
+        };
+        assert!(hold.apply("", &commit).unwrap_err().contains("request_id"));
+    }
+
+    #[test]
+    fn settling_request_ids_are_fixed_by_the_hold_and_the_step() {
+        let id = ReservationId::parse(&format!("acct/{}", OUTAGE_SEQ_MIN)).unwrap();
+        let open =
+            Entry::TakeOver { user: "agent".into(), category: "dialer".into(), held: 1, created_ms: 0, deadline_ms: 9 };
+        let hold = Outage::start(&id, &open, 1).unwrap();
+        assert_eq!(step_request(&hold, "c0").as_str(), "outage-4503599627370496-c0");
+        assert_eq!(step_request(&hold, "release").as_str(), "outage-4503599627370496-release");
+    }
+}
