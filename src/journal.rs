@@ -225,7 +225,15 @@ pub struct Journal {
     /// One entry applied at a time, so each is applied once and a reservation's in order; held
     /// per entry, so a call on one reservation does not wait for a whole pass.
     applying: tokio::sync::Mutex<()>,
+    /// Told the reservation as each applied commit left it (fail-open keeps what holds hold).
+    on_applied: std::sync::OnceLock<AppliedHook>,
 }
+
+/// What is told of each applied commit's reservation.
+type AppliedHook = Box<dyn Fn(&crate::ledger::ReservationView) + Send + Sync>;
+
+/// A row of the fail-open holds' table (`src/outage.rs`): kind, request id, entry.
+pub type HoldRow = (&'static str, String, String);
 
 /// Entries a pass reads at a time.
 const PAGE: i64 = 256;
@@ -272,6 +280,7 @@ impl Journal {
             unreadable: Mutex::default(),
             writing: tokio::sync::Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
+            on_applied: std::sync::OnceLock::new(),
         };
         let rows: Vec<(i64, String)> =
             sqlx::query_as("SELECT seq, reservation FROM journal").fetch_all(&journal.pool).await?;
@@ -300,21 +309,62 @@ impl Journal {
         &self.pool
     }
 
-    /// The credits of the commits waiting for `reservation`.
-    pub(crate) async fn pending_amount(&self, reservation: &ReservationId) -> Result<i64, JournalError> {
-        if !self.has_pending(reservation) {
-            return Ok(0);
-        }
-        let rows: Vec<(i64, i64, String)> =
-            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1")
+    /// Its bound on entries (fail-open holds are bounded by it too).
+    pub fn entries_max(&self) -> usize {
+        self.entries_max
+    }
+
+    /// `hook` is told the reservation as each applied commit left it.
+    pub fn on_applied(&self, hook: impl Fn(&crate::ledger::ReservationView) + Send + Sync + 'static) {
+        let _ = self.on_applied.set(Box::new(hook));
+    }
+
+    /// Hands the commits journaled for `reservation` over to a fail-open hold taking it over:
+    /// in one transaction, the rows `rows` makes of them (in order) go into `outage_holds` and
+    /// they leave the journal. Returns them.
+    pub(crate) async fn hand_over(
+        &self,
+        reservation: &ReservationId,
+        format: i64,
+        rows: impl FnOnce(&[Commit]) -> Vec<HoldRow>,
+    ) -> Result<Vec<Commit>, JournalError> {
+        let _applying = self.applying.lock().await;
+        let _writing = self.writing.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let pending: Vec<(i64, i64, String)> =
+            sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 ORDER BY seq")
                 .bind(reservation.to_string())
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
-        let mut total = 0;
-        for (seq, format, entry) in rows {
-            total += decode(format, &entry).map_err(|reason| JournalError::Corrupt { seq, reason })?.amount;
+        let mut commits = Vec::with_capacity(pending.len());
+        for (seq, format, entry) in pending {
+            commits.push(decode(format, &entry).map_err(|reason| JournalError::Corrupt { seq, reason })?);
         }
-        Ok(total)
+        for (kind, request, entry) in rows(&commits) {
+            sqlx::query(
+                "INSERT INTO outage_holds (reservation, kind, request_id, format, entry) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(reservation.to_string())
+            .bind(kind)
+            .bind(request)
+            .bind(format)
+            .bind(entry)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM journal WHERE reservation = $1")
+            .bind(reservation.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if !commits.is_empty() {
+            self.pending.lock().expect("journal index").remove(reservation);
+            let _ = self
+                .len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| Some(len.saturating_sub(commits.len())));
+            self.gauge();
+        }
+        Ok(commits)
     }
 
     /// Commits waiting for Redis.
@@ -512,7 +562,12 @@ impl Journal {
             }
         };
         let result = match engine.commit(&commit).await {
-            Ok(Decision::Done(_)) => "applied",
+            Ok(Decision::Done(committed)) => {
+                if let Some(hook) = self.on_applied.get() {
+                    hook(&committed.reservation);
+                }
+                "applied"
+            }
             Ok(Decision::Declined(decline)) => {
                 tracing::warn!(reservation, entry, reason = ?decline.reason, "journaled commit declined when applied");
                 "declined"

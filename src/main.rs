@@ -213,7 +213,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             let categories = fail_open.categories.clone();
             let opened = credit_sidecar::outage::Outage::open(journal.clone(), fail_open).await?;
             tracing::info!(?categories, holds = opened.len(), "fail-open categories on");
-            Some(Arc::new(opened))
+            Some(opened)
         }
         _ => None,
     };

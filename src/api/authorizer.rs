@@ -85,7 +85,7 @@ impl AuthorizerService {
     /// item id that the batch applies, all or none.
     async fn commit_batch_or_journal(&self, cmd: &CommitBatch) -> engine::Result<Batched> {
         if let Some(outage) = self.served_here(&cmd.reservation).await {
-            return Ok(match outage.commit_batch(cmd, self.engine.local_now_ms()).await? {
+            return Ok(match outage.commit_batch(cmd.clone(), self.engine.local_now_ms()).await? {
                 None => Batched::Journaled,
                 Some(declines) => Batched::Declined(declines),
             });
@@ -123,7 +123,7 @@ impl AuthorizerService {
     /// journaled (`None`).
     async fn commit_or_journal(&self, cmd: &Commit) -> engine::Result<Option<Decision<Committed>>> {
         if let Some(outage) = self.served_here(&cmd.reservation).await {
-            return outage.commit(cmd, self.engine.local_now_ms()).await;
+            return outage.commit(cmd.clone(), self.engine.local_now_ms()).await;
         }
         let applied = match self.journaled_first(&cmd.reservation).await {
             Ok(()) => self.engine.commit(cmd).await,
@@ -174,7 +174,7 @@ impl CreditAuthorizer for AuthorizerService {
                 (Err(engine::Error::Unavailable(cause)), Some(outage)) => {
                     // A fail-open category rides the outage out on the allowance.
                     return Ok(Response::new(respond::reserved(
-                        outage.reserve(&cmd, cause, self.engine.local_now_ms()).await?,
+                        outage.reserve(cmd.clone(), cause, self.engine.local_now_ms()).await?,
                         unit,
                     )));
                 }
@@ -224,15 +224,19 @@ impl CreditAuthorizer for AuthorizerService {
             let (cmd, unit) = convert::extend(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
             let now = self.engine.local_now_ms();
             if let Some(outage) = self.served_here(&cmd.reservation).await {
-                return Ok(Response::new(respond::extended(outage.extend(&cmd, None, now).await?, unit)));
+                return Ok(Response::new(respond::extended(outage.extend(cmd, None, now).await?, unit)));
             }
             let applied = match self.journaled_first(&cmd.reservation).await {
                 Ok(()) => self.engine.extend(&cmd).await,
                 Err(waiting) => Err(waiting),
             };
             let decision = match (applied, &self.outage) {
-                // A fail-open hold this sidecar saw is taken over: its call goes on.
-                (Err(engine::Error::Unavailable(cause)), Some(outage)) => outage.extend(&cmd, Some(cause), now).await?,
+                // A fail-open hold this sidecar saw is taken over: its call goes on (answered
+                // from its figures here, not from Redis: nothing to note).
+                (Err(engine::Error::Unavailable(cause)), Some(outage)) => {
+                    let decision = outage.extend(cmd, Some(cause), now).await?;
+                    return Ok(Response::new(respond::extended(decision, unit)));
+                }
                 (decision, _) => decision?,
             };
             match &decision {
@@ -255,7 +259,7 @@ impl CreditAuthorizer for AuthorizerService {
         frame("Release", request, |request| async move {
             let cmd = convert::release(request.into_inner()).map_err(invalid)?;
             if let Some(outage) = self.served_here(&cmd.reservation).await {
-                let decision = outage.release(&cmd, self.engine.local_now_ms()).await?;
+                let decision = outage.release(cmd, self.engine.local_now_ms()).await?;
                 return Ok(Response::new(respond::released(decision)));
             }
             self.journaled_first(&cmd.reservation).await?;

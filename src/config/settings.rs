@@ -276,7 +276,8 @@ pub const FAIL_OPEN_MS: Setting = number(
     1_000,
     86_400_000,
     "ms",
-    "how long an outage is ridden out: after Redis has failed this long, Reserves and Extends fail closed again",
+    "how long an outage is ridden out: Reserves and takeovers this long after the sidecar's first admission \
+     attempt of the outage, and a hold's Extends this long after its admission, fail closed again",
 );
 pub const DATABASE_URL: Setting = text(
     "database_url",

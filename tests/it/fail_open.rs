@@ -54,7 +54,7 @@ async fn outage(dir: &tempfile::TempDir, credits: i64) -> (Arc<Journal>, Arc<Out
         fail_open: Some(fail_open.clone()),
     };
     let journal = Arc::new(Journal::open(&config).await.unwrap());
-    let outage = Arc::new(Outage::open(journal.clone(), fail_open).await.unwrap());
+    let outage = Outage::open(journal.clone(), fail_open).await.unwrap();
     (journal, outage)
 }
 
@@ -170,8 +170,12 @@ async fn a_dialer_rides_out_a_redis_outage_on_the_allowance_and_pays_it_back() {
     let totals = h.totals("acct").await;
     assert_eq!((totals.spent, totals.owed, totals.available, totals.held), (45, 15, 0, 0), "{totals:?}");
     assert_conserved(&totals);
-    // The taken-over hold was released in Redis once its commit was charged.
-    assert_eq!(h.reservation(&call).await.state(), pb::ReservationState::Released);
+    // The taken-over hold is answered as the caller left it (the sidecar keeps settled holds a
+    // while, for retries); Redis released it (nothing is held).
+    let view = h.reservation(&call).await;
+    assert_eq!((view.state(), view.committed), (pb::ReservationState::Committed, 25));
+    let retry = auth.commit(commit_request(&call, 25, true, "call-1-c1")).await.unwrap().into_inner();
+    assert_eq!(retry.outcome(), pb::Outcome::Journaled, "a retry after settling gets its first answer");
 
     let granted = h.grant("acct", pb::LotKind::Promo, 100, 0).await;
     assert_eq!(granted.outcome(), pb::Outcome::Ok);
@@ -205,6 +209,79 @@ async fn a_dialer_rides_out_a_redis_outage_on_the_allowance_and_pays_it_back() {
         })
         .sum();
     assert_eq!((overdrawn, repaid), (15, 15));
+    h.stop().await;
+}
+
+/// The edges: a commit journaled before its hold is taken over moves into the hold, so it is
+/// charged even though the hold expired in Redis meanwhile; a retried Release gets its first
+/// answer; a settled hold is not taken over again in a second outage; a takeover does not
+/// restart the `fail_open_ms` window, after which Reserves fail closed and a served hold's
+/// Extends too (the window of each runs from its own admission).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_of_an_outage_keep_every_acknowledged_commit_and_the_bounds() {
+    let mut redis = durable_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, outage) = outage(&dir, 500).await;
+    let h = sidecar(&redis, journal.clone(), outage.clone(), None).await;
+    h.account("acct", 1_000).await;
+    let mut auth = h.auth.clone();
+    let short = pb::ReserveRequest { ttl_ms: MINUTE, ..dialer_reserve("acct", 100, "call-1") };
+    let call = auth.reserve(short).await.unwrap().into_inner().reservation_id;
+
+    redis.kill();
+    let journaled = auth.commit(commit_request(&call, 30, false, "call-1-c1")).await.unwrap().into_inner();
+    assert_eq!(journaled.outcome(), pb::Outcome::Journaled);
+    assert_eq!(journal.len(), 1);
+    // The takeover moves the journaled commit into the hold: 100 - 30 + 50 held.
+    let extended = auth.extend(extend_request(&call, 50, "call-1-x1")).await.unwrap().into_inner();
+    assert_eq!((extended.outcome(), extended.held), (pb::Outcome::Ok, 120), "{extended:?}");
+    assert_eq!(journal.len(), 0, "handed over to the hold");
+    let again = auth.commit(commit_request(&call, 30, false, "call-1-c1")).await.unwrap().into_inner();
+    assert_eq!(again.outcome(), pb::Outcome::Journaled, "its retry is answered by the hold");
+    // Past the hold's deadline in Redis (its Extend never reached Redis); 10 minutes here.
+    h.clock.advance(2 * MINUTE);
+    let last = auth.commit(commit_request(&call, 75, true, "call-1-c2")).await.unwrap().into_inner();
+    assert_eq!(last.outcome(), pb::Outcome::Journaled, "{last:?}");
+    // A second hold, released; its retry gets the same answer.
+    let other = auth.reserve(dialer_reserve("acct", 40, "call-2")).await.unwrap().into_inner().reservation_id;
+    let release = pb::ReleaseRequest { reservation_id: other.clone(), request_id: "call-2-r".into() };
+    let first = auth.release(release.clone()).await.unwrap().into_inner();
+    assert_eq!((first.outcome(), first.returned), (pb::Outcome::Ok, 40));
+    let retried = auth.release(release).await.unwrap().into_inner();
+    assert_eq!((retried.outcome(), retried.returned), (pb::Outcome::Ok, 40), "{retried:?}");
+
+    redis.restart();
+    eventually("the outage holds settled", Duration::from_secs(30), async || outage.is_empty()).await;
+    let totals = h.totals("acct").await;
+    assert_eq!((totals.spent, totals.held, totals.owed), (105, 0, 0), "the journaled 30 and the 75: {totals:?}");
+    assert_conserved(&totals);
+
+    // A second outage: the settled hold is not taken over again (its figures are gone).
+    redis.kill();
+    let closed = auth.extend(extend_request(&call, 5, "call-1-x2")).await.unwrap().into_inner();
+    assert_eq!(closed.outcome(), pb::Outcome::ReservationClosed, "{closed:?}");
+    // The window (10 minutes here) runs from this sidecar's first admission attempt of the
+    // outage; a takeover does not restart it.
+    let long = pb::ReserveRequest { ttl_ms: HOUR, ..dialer_reserve("acct", 10, "call-3") };
+    let seen = auth.reserve(long).await.unwrap().into_inner().reservation_id;
+    redis.restart();
+    let fresh = auth.reserve(dialer_reserve("acct", 10, "call-4")).await.unwrap().into_inner();
+    assert!(seq_of(&fresh.reservation_id) < OUTAGE_SEQ_MIN, "a Redis hold: {fresh:?}");
+    let answered = auth.get_reservation(pb::GetReservationRequest { reservation_id: fresh.reservation_id.clone() });
+    answered.await.unwrap();
+    redis.kill();
+    h.clock.advance(6 * MINUTE);
+    let admitted = auth.reserve(dialer_reserve("acct", 10, "call-5")).await.unwrap().into_inner();
+    assert_eq!(admitted.outcome(), pb::Outcome::Ok, "a new outage, a new window");
+    let taken = auth.extend(extend_request(&fresh.reservation_id, 5, "call-4-x")).await.unwrap().into_inner();
+    assert_eq!(taken.outcome(), pb::Outcome::Ok);
+    h.clock.advance(11 * MINUTE);
+    let late = auth.reserve(dialer_reserve("acct", 10, "call-6")).await.unwrap_err();
+    assert!(late.message().contains("past fail_open_ms"), "{}", late.message());
+    // `seen` was admitted 17 minutes ago: its Extends fail closed too.
+    let stale = auth.extend(extend_request(&seen, 5, "call-3-x")).await.unwrap_err();
+    assert!(stale.message().contains("more than fail_open_ms ago"), "{}", stale.message());
+    redis.restart();
     h.stop().await;
 }
 
