@@ -805,18 +805,7 @@ impl Outage {
     async fn commit_batch_now(&self, cmd: &CommitBatch, now_ms: i64) -> engine::Result<Option<Vec<Decline>>> {
         let mut holds = self.holds.lock().await;
         let hold = served(&mut holds, &cmd.reservation)?;
-        let commits: Vec<Commit> = cmd
-            .items
-            .iter()
-            .map(|item| Commit {
-                reservation: cmd.reservation.clone(),
-                amount: item.amount,
-                final_commit: false,
-                request: item.id.clone(),
-                business_key: item.business_key.clone(),
-                labels: item.labels.clone(),
-            })
-            .collect();
+        let commits: Vec<Commit> = cmd.commits().collect();
         let mut fresh = Vec::new();
         for commit in &commits {
             let fingerprint = commit.fingerprint().0;

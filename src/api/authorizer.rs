@@ -104,19 +104,11 @@ impl AuthorizerService {
             Err(error) => return Err(error),
         };
         let journal = self.journal.as_ref().expect("checked above");
-        let commits = cmd
-            .items
-            .iter()
-            .map(|item| Commit {
-                reservation: cmd.reservation.clone(),
-                amount: item.amount,
-                final_commit: false,
-                request: item.id.clone(),
-                business_key: item.business_key.clone(),
-                labels: item.labels.clone(),
-            })
-            .collect();
-        journal.accept_all(commits).await.map(|()| Batched::Journaled).map_err(|refused| not_journaled(cause, refused))
+        journal
+            .accept_all(cmd.commits().collect())
+            .await
+            .map(|()| Batched::Journaled)
+            .map_err(|refused| not_journaled(cause, refused))
     }
 
     /// A Commit: applied now, or, when Redis cannot be reached and the journal covers it,
