@@ -105,6 +105,9 @@ pub enum NotJournaled {
     /// Its reservation's category is not journaled (or this sidecar does not know it).
     #[error("its reservation's category is not in journal_categories (or this sidecar has not seen the reservation)")]
     NotCovered,
+    /// A fail-open hold took its reservation over: the commit goes there.
+    #[error("its reservation is served by a fail-open hold")]
+    HandedOver,
     #[error("the outage journal is full ({0} commits wait for Redis)")]
     Full(usize),
     /// The request id waits in the journal with other figures.
@@ -227,6 +230,8 @@ pub struct Journal {
     applying: tokio::sync::Mutex<()>,
     /// Told the reservation as each applied commit left it (fail-open keeps what holds hold).
     on_applied: std::sync::OnceLock<AppliedHook>,
+    /// Reservations handed over to fail-open holds: their commits are no longer journaled.
+    handed_over: Mutex<BTreeSet<ReservationId>>,
 }
 
 /// What is told of each applied commit's reservation.
@@ -281,6 +286,7 @@ impl Journal {
             writing: tokio::sync::Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
             on_applied: std::sync::OnceLock::new(),
+            handed_over: Mutex::default(),
         };
         let rows: Vec<(i64, String)> =
             sqlx::query_as("SELECT seq, reservation FROM journal").fetch_all(&journal.pool).await?;
@@ -319,6 +325,12 @@ impl Journal {
         let _ = self.on_applied.set(Box::new(hook));
     }
 
+    /// A hold handed over and settled long ago: its commits may be journaled again (they meet
+    /// a released hold in Redis, and are declined as any late commit).
+    pub(crate) fn forget_handed_over(&self, reservation: &ReservationId) {
+        self.handed_over.lock().expect("handed-over reservations").remove(reservation);
+    }
+
     /// Hands the commits journaled for `reservation` over to a fail-open hold taking it over:
     /// in one transaction, the rows `rows` makes of them (in order) go into `outage_holds` and
     /// they leave the journal. Returns them.
@@ -328,8 +340,11 @@ impl Journal {
         format: i64,
         rows: impl FnOnce(&[Commit]) -> Vec<HoldRow>,
     ) -> Result<Vec<Commit>, JournalError> {
-        let _applying = self.applying.lock().await;
+        // Not under `applying`: a pass may be applying one of these commits right now (its
+        // Redis call can take a timeout); it then finds its row gone and counts nothing, and
+        // the hold's settlement sends the commit again under its request id, which charges once.
         let _writing = self.writing.lock().await;
+        self.handed_over.lock().expect("handed-over reservations").insert(reservation.clone());
         let mut tx = self.pool.begin().await?;
         let pending: Vec<(i64, i64, String)> =
             sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 ORDER BY seq")
@@ -418,7 +433,9 @@ impl Journal {
         let written = tokio::spawn(async move { journal.write(&commits).await });
         let result = written.await.unwrap_or_else(|error| Err(JournalError::Task(error.to_string()).into()));
         let (label, count) = match &result {
-            Ok(0) | Err(NotJournaled::NotCovered | NotJournaled::RequestIdReused(_)) => return result.map(drop),
+            Ok(0) | Err(NotJournaled::NotCovered | NotJournaled::RequestIdReused(_) | NotJournaled::HandedOver) => {
+                return result.map(drop);
+            }
             Ok(new) => ("journaled", *new as u64),
             Err(NotJournaled::Full(_)) => ("full", 1),
             Err(NotJournaled::Disk(_)) => ("error", 1),
@@ -434,6 +451,9 @@ impl Journal {
             return Err(NotJournaled::NotCovered);
         }
         let _writing = self.writing.lock().await;
+        if self.handed_over.lock().expect("handed-over reservations").contains(&first.reservation) {
+            return Err(NotJournaled::HandedOver);
+        }
         let mut new = Vec::with_capacity(commits.len());
         for commit in commits {
             let earlier: Option<(i64, i64, String)> =
@@ -579,7 +599,12 @@ impl Journal {
                 "refused"
             }
         };
-        sqlx::query("DELETE FROM journal WHERE seq = $1").bind(seq).execute(&self.pool).await?;
+        let deleted = sqlx::query("DELETE FROM journal WHERE seq = $1").bind(seq).execute(&self.pool).await?;
+        // Handed over to a fail-open hold meanwhile (which counted it out): it charges once all
+        // the same, the hold's settlement sending it under the same request id.
+        if deleted.rows_affected() == 0 {
+            return Ok(Applied::Done(Some(result)));
+        }
         {
             let mut pending = self.pending.lock().expect("journal index");
             if let Some(count) = pending.get_mut(&commit.reservation) {

@@ -445,10 +445,33 @@ impl Outage {
         let noted = Arc::downgrade(&outage);
         journal.on_applied(move |view| {
             if let Some(outage) = noted.upgrade() {
+                outage.redis_answered();
                 outage.note(view);
             }
         });
         Ok(outage)
+    }
+
+    /// Serves no hold, settled ones included (then nothing is left to settle or forget).
+    pub fn is_idle(&self) -> bool {
+        self.served.load(Ordering::Relaxed) == 0
+    }
+
+    /// A Reserve admitted here before, sent again (perhaps once Redis is back): its first
+    /// answer, or None. One atomic load when no hold is served here.
+    pub async fn reserved_before(&self, cmd: &Reserve) -> engine::Result<Option<Decision<Reserved>>> {
+        if self.is_idle() {
+            return Ok(None);
+        }
+        let fingerprint = cmd.fingerprint().0;
+        let holds = self.holds.lock().await;
+        for hold in holds.values().filter(|hold| hold.id.account == cmd.account) {
+            if let Some(available) = hold.seen("open", &cmd.request, &fingerprint)? {
+                let (reservation, amount, deadline_ms) = (hold.id.clone(), hold.opened, hold.created_ms + cmd.ttl_ms);
+                return Ok(Some(Decision::Done(Reserved { reservation, amount, deadline_ms, available })));
+            }
+        }
+        Ok(None)
     }
 
     /// Holds served here and not yet charged to Redis.
@@ -685,7 +708,10 @@ impl Outage {
         if !hold.state.is_open() || hold.settled.is_some() {
             return Ok(Decision::Declined(hold.closed(cmd.amount)));
         }
-        if now_ms - hold.admitted_ms > self.config.window.as_millis() as i64 {
+        // While the outage lasts (as far as this sidecar knows): a hold served here never goes
+        // back to Redis, and a call longer than fail_open_ms must not be cut once Redis is back.
+        let outage_lasts = self.since.lock().expect("outage start").is_some();
+        if outage_lasts && now_ms - hold.admitted_ms > self.config.window.as_millis() as i64 {
             return Err(engine::Error::Unavailable(format!(
                 "reservation {} was admitted during an outage more than fail_open_ms ago: failing closed",
                 cmd.reservation
@@ -797,19 +823,26 @@ impl Outage {
     /// A CommitBatch on a hold served here: every new item recorded, in one transaction (`None`:
     /// each answered JOURNALED), or — when they do not fit in what it holds, or it is closed —
     /// none, each declined.
-    pub async fn commit_batch(self: &Arc<Self>, cmd: CommitBatch, now_ms: i64) -> engine::Result<Option<Vec<Decline>>> {
+    pub async fn commit_batch(
+        self: &Arc<Self>,
+        cmd: CommitBatch,
+        now_ms: i64,
+    ) -> engine::Result<Option<Vec<Option<Decline>>>> {
         let this = self.clone();
         spawned(async move { this.commit_batch_now(&cmd, now_ms).await }).await
     }
 
-    async fn commit_batch_now(&self, cmd: &CommitBatch, now_ms: i64) -> engine::Result<Option<Vec<Decline>>> {
+    async fn commit_batch_now(&self, cmd: &CommitBatch, now_ms: i64) -> engine::Result<Option<Vec<Option<Decline>>>> {
         let mut holds = self.holds.lock().await;
         let hold = served(&mut holds, &cmd.reservation)?;
         let commits: Vec<Commit> = cmd.commits().collect();
         let mut fresh = Vec::new();
+        let mut taken = Vec::new();
         for commit in &commits {
             let fingerprint = commit.fingerprint().0;
-            if hold.seen("commit", &commit.request, &fingerprint)?.is_none() {
+            let seen = hold.seen("commit", &commit.request, &fingerprint)?.is_some();
+            taken.push(seen);
+            if !seen {
                 fresh.push((commit, commit_entry(commit, fingerprint, now_ms)));
             }
         }
@@ -817,14 +850,17 @@ impl Outage {
         let total: i64 = fresh.iter().map(|(commit, _)| commit.amount).sum();
         let closed = !hold.state.is_open() || hold.settled.is_some();
         if !fresh.is_empty() && (closed || total > hold.held()) {
-            let decline = |commit: &Commit| {
-                if closed {
-                    hold.closed(commit.amount)
-                } else {
-                    hold.decline(DeclineReason::ExceedsHold, commit.amount)
-                }
+            // Items taken before answer as then (JOURNALED); the new ones are declined.
+            let answer = |(commit, taken): (&Commit, &bool)| {
+                (!taken).then(|| {
+                    if closed {
+                        hold.closed(commit.amount)
+                    } else {
+                        hold.decline(DeclineReason::ExceedsHold, commit.amount)
+                    }
+                })
             };
-            return Ok(Some(commits.iter().map(decline).collect()));
+            return Ok(Some(commits.iter().zip(&taken).map(answer).collect()));
         }
         let rows: Vec<(&str, &Entry)> = fresh.iter().map(|(commit, entry)| (commit.request.as_str(), entry)).collect();
         if !rows.is_empty() {
@@ -869,17 +905,27 @@ impl Outage {
 
     /// Charges the closed holds to Redis (see the module's doc), until none is left or Redis
     /// fails again; forgets settled holds kept past SETTLED_KEPT.
-    pub async fn settle(&self, engine: &Engine, now_ms: i64) -> Settled {
+    pub async fn settle(self: &Arc<Self>, engine: &Engine, now_ms: i64) -> Settled {
         let mut settled = Settled::default();
         let closed: Vec<Hold> = {
             let mut holds = self.holds.lock().await;
-            holds.retain(|_, hold| hold.settled.is_none_or(|at| at.elapsed() < SETTLED_KEPT));
+            holds.retain(|id, hold| {
+                let kept = hold.settled.is_none_or(|at| at.elapsed() < SETTLED_KEPT);
+                if !kept && hold.taken_over {
+                    self.journal.forget_handed_over(id);
+                }
+                kept
+            });
             self.counted(&holds);
             holds.values_mut().filter(|hold| hold.settled.is_none()).for_each(|hold| hold.expire(now_ms));
             holds.values().filter(|hold| hold.settled.is_none() && !hold.state.is_open()).cloned().collect()
         };
         for hold in closed {
-            match self.settle_one(engine, &hold).await {
+            // In a task of its own: a shutdown's timeout cannot cut it between deleting the rows
+            // and marking the hold settled.
+            let (this, engine) = (self.clone(), engine.clone());
+            let one = tokio::spawn(async move { this.settle_one(&engine, &hold).await });
+            match one.await.unwrap_or_else(|error| Err(format!("settling task: {error}"))) {
                 Ok(overdrawn) => {
                     settled.holds += 1;
                     settled.overdrawn += overdrawn;
@@ -900,6 +946,8 @@ impl Outage {
         let mut overdrawn = 0;
         let mut refused = None;
         let mut to_charge = Vec::new();
+        // Whether Redis answered a step (a hold with nothing to charge asks it nothing).
+        let mut answered = false;
         for (index, commit) in hold.commits.iter().enumerate().filter(|(_, commit)| commit.amount > 0) {
             // On a taken-over hold, commits go to it while they fit; from the first it does not
             // take (expired, holding too little, gone) on, they are charged.
@@ -907,10 +955,11 @@ impl Outage {
                 to_charge.push((index, commit));
                 continue;
             }
-            let own =
-                Commit { final_commit: false, request: step_request(hold, &format!("o{index}")), ..commit.clone() };
-            match engine.commit(&own).await {
-                Ok(Decision::Done(_)) => {}
+            // Exactly as the caller sent it, under its request id: if it reached Redis before
+            // (a timed-out call journaled, a commit applied while being handed over), Redis
+            // answers from memory and it charges once.
+            match engine.commit(commit).await {
+                Ok(Decision::Done(_)) => answered = true,
                 Err(error) if away(&error) => return Err(error.to_string()),
                 Ok(Decision::Declined(_)) | Err(_) => to_charge.push((index, commit)),
             }
@@ -919,7 +968,7 @@ impl Outage {
         if hold.taken_over {
             let release = Release { reservation: hold.id.clone(), request: step_request(hold, "release") };
             match engine.release(&release).await {
-                Ok(_) => {}
+                Ok(_) => answered = true,
                 Err(error) if away(&error) => return Err(error.to_string()),
                 Err(error) => tracing::warn!(reservation = %hold.id, %error, "a taken-over hold could not be released"),
             }
@@ -936,7 +985,10 @@ impl Outage {
                 overdraft: true,
             };
             match engine.charge(&charge).await {
-                Ok(Decision::Done(charged)) => overdrawn += charged.overdrawn,
+                Ok(Decision::Done(charged)) => {
+                    overdrawn += charged.overdrawn;
+                    answered = true;
+                }
                 Ok(Decision::Declined(decline)) => {
                     refused = Some(format!("an outage charge was declined: {:?}", decline.reason));
                     break;
@@ -971,6 +1023,10 @@ impl Outage {
             kept.settled = Some(Instant::now());
         }
         self.counted(&holds);
+        drop(holds);
+        if answered {
+            self.redis_answered();
+        }
         Ok(overdrawn)
     }
 

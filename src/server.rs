@@ -494,7 +494,8 @@ async fn journal_loop(
         if !journal.is_empty() {
             apply_journal(&journal, &engine).await;
         }
-        if let Some(outage) = outage.as_ref().filter(|outage| !outage.is_empty()) {
+        // Settled holds are kept a while for retries: a pass also forgets them in time.
+        if let Some(outage) = outage.as_ref().filter(|outage| !outage.is_idle()) {
             settle_outage(outage, &engine).await;
         }
     }
@@ -519,7 +520,7 @@ async fn last_try(options: &ServeOptions, engine: &Engine, deadline: tokio::time
 }
 
 /// One pass over the closed fail-open holds.
-async fn settle_outage(outage: &crate::outage::Outage, engine: &Engine) {
+async fn settle_outage(outage: &Arc<crate::outage::Outage>, engine: &Engine) {
     let settled = outage.settle(engine, engine.local_now_ms()).await;
     if settled.holds > 0 {
         tracing::info!(

@@ -28,8 +28,9 @@ enum Batched {
     Applied(CommitBatched),
     /// Every item journaled (the outage journal, or a hold served during an outage).
     Journaled,
-    /// A hold served during an outage declined every item (they do not fit, or it closed).
-    Declined(Vec<crate::ledger::Decline>),
+    /// A hold served during an outage declined the new items (they do not fit, or it closed);
+    /// items it had already taken answer JOURNALED (None).
+    Declined(Vec<Option<crate::ledger::Decline>>),
 }
 
 impl AuthorizerService {
@@ -72,6 +73,13 @@ impl AuthorizerService {
         }
     }
 
+    /// Redis answered (fail-open learns the outage is over).
+    fn answered(&self) {
+        if let Some(outage) = &self.outage {
+            outage.redis_answered();
+        }
+    }
+
     /// Remembers a hold an answer showed, for fail-open takeovers (and learns Redis answers).
     fn note_view(&self, view: &crate::ledger::ReservationView) {
         if let Some(outage) = &self.outage {
@@ -85,10 +93,7 @@ impl AuthorizerService {
     /// item id that the batch applies, all or none.
     async fn commit_batch_or_journal(&self, cmd: &CommitBatch) -> engine::Result<Batched> {
         if let Some(outage) = self.served_here(&cmd.reservation).await {
-            return Ok(match outage.commit_batch(cmd.clone(), self.engine.local_now_ms()).await? {
-                None => Batched::Journaled,
-                Some(declines) => Batched::Declined(declines),
-            });
+            return Ok(batched(outage.commit_batch(cmd.clone(), self.engine.local_now_ms()).await?));
         }
         let applied = match self.journaled_first(&cmd.reservation).await {
             Ok(()) => self.engine.commit_batch(cmd).await,
@@ -104,11 +109,15 @@ impl AuthorizerService {
             Err(error) => return Err(error),
         };
         let journal = self.journal.as_ref().expect("checked above");
-        journal
-            .accept_all(cmd.commits().collect())
-            .await
-            .map(|()| Batched::Journaled)
-            .map_err(|refused| not_journaled(cause, refused))
+        match journal.accept_all(cmd.commits().collect()).await {
+            Ok(()) => Ok(Batched::Journaled),
+            // Taken over by a fail-open hold while this call waited for Redis.
+            Err(NotJournaled::HandedOver) if self.outage.is_some() => {
+                let outage = self.outage.as_ref().expect("checked above");
+                Ok(batched(outage.commit_batch(cmd.clone(), self.engine.local_now_ms()).await?))
+            }
+            Err(refused) => Err(not_journaled(cause, refused)),
+        }
     }
 
     /// A Commit: applied now, or, when Redis cannot be reached and the journal covers it,
@@ -138,7 +147,15 @@ impl AuthorizerService {
             Err(error) => return Err(error),
         };
         let journal = self.journal.as_ref().expect("checked above");
-        journal.accept(cmd).await.map(|()| None).map_err(|refused| not_journaled(cause, refused))
+        match journal.accept(cmd).await {
+            Ok(()) => Ok(None),
+            // Taken over by a fail-open hold while this call waited for Redis.
+            Err(NotJournaled::HandedOver) if self.outage.is_some() => {
+                let outage = self.outage.as_ref().expect("checked above");
+                outage.commit(cmd.clone(), self.engine.local_now_ms()).await
+            }
+            Err(refused) => Err(not_journaled(cause, refused)),
+        }
     }
 
     pub fn into_server(self) -> pb::credit_authorizer_server::CreditAuthorizerServer<Self> {
@@ -146,10 +163,18 @@ impl AuthorizerService {
     }
 }
 
+/// A CommitBatch's answer from a fail-open hold: every item journaled, or each its answer.
+fn batched(items: Option<Vec<Option<crate::ledger::Decline>>>) -> Batched {
+    match items {
+        None => Batched::Journaled,
+        Some(items) => Batched::Declined(items),
+    }
+}
+
 /// What a caller hears when Redis was away (`cause`) and the journal did not take the commit.
 fn not_journaled(cause: String, refused: NotJournaled) -> engine::Error {
     match refused {
-        NotJournaled::NotCovered => engine::Error::Unavailable(cause),
+        NotJournaled::NotCovered | NotJournaled::HandedOver => engine::Error::Unavailable(cause),
         NotJournaled::RequestIdReused(error) => error.into(),
         refused @ (NotJournaled::Full(_) | NotJournaled::Disk(_)) => {
             engine::Error::Unavailable(format!("{cause}; not journaled: {refused}"))
@@ -162,6 +187,13 @@ impl CreditAuthorizer for AuthorizerService {
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         frame("Reserve", request, |request| async move {
             let (cmd, unit) = convert::reserve(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
+            // A Reserve admitted during an outage, sent again once Redis is back: its first answer
+            // (Redis never saw it).
+            if let Some(outage) = &self.outage
+                && let Some(decision) = outage.reserved_before(&cmd).await?
+            {
+                return Ok(Response::new(respond::reserved(decision, unit)));
+            }
             let decision = match (self.engine.reserve(&cmd).await, &self.outage) {
                 (Err(engine::Error::Unavailable(cause)), Some(outage)) => {
                     // A fail-open category rides the outage out on the allowance.
@@ -172,10 +204,10 @@ impl CreditAuthorizer for AuthorizerService {
                 }
                 (decision, _) => decision?,
             };
+            self.answered();
             if let Decision::Done(reserved) = &decision {
                 self.note(&reserved.reservation, cmd.category.as_str());
                 if let Some(outage) = &self.outage {
-                    outage.redis_answered();
                     outage.note_reserved(&cmd, reserved, self.engine.local_now_ms());
                 }
             }
@@ -256,6 +288,7 @@ impl CreditAuthorizer for AuthorizerService {
             }
             self.journaled_first(&cmd.reservation).await?;
             let decision = self.engine.release(&cmd).await?;
+            self.answered();
             if let Some(journal) = &self.journal {
                 journal.forget(&cmd.reservation);
             }
@@ -267,7 +300,9 @@ impl CreditAuthorizer for AuthorizerService {
     async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
         frame("Charge", request, |request| async move {
             let cmd = convert::charge(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::charged(self.engine.charge(&cmd).await?)))
+            let decision = self.engine.charge(&cmd).await?;
+            self.answered();
+            Ok(Response::new(respond::charged(decision)))
         })
         .await
     }
@@ -275,7 +310,9 @@ impl CreditAuthorizer for AuthorizerService {
     async fn quote(&self, request: Request<pb::QuoteRequest>) -> Result<Response<pb::QuoteResponse>, Status> {
         frame("Quote", request, |request| async move {
             let cmd = convert::quote(request.into_inner(), &self.engine.rules()).map_err(invalid)?;
-            Ok(Response::new(respond::quoted(self.engine.quote(&cmd).await?)))
+            let quoted = self.engine.quote(&cmd).await?;
+            self.answered();
+            Ok(Response::new(respond::quoted(quoted)))
         })
         .await
     }
@@ -288,7 +325,9 @@ impl CreditAuthorizer for AuthorizerService {
             let request = request.into_inner();
             let account = AccountId::parse(&request.account_id).map_err(invalid)?;
             let user = convert::optional_user(&request.user_id).map_err(invalid)?;
-            Ok(Response::new(respond::balance(self.engine.balance(&account, user.as_ref()).await?)))
+            let balance = self.engine.balance(&account, user.as_ref()).await?;
+            self.answered();
+            Ok(Response::new(respond::balance(balance)))
         })
         .await
     }

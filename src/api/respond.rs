@@ -137,19 +137,23 @@ pub fn batch_journaled(ids: Vec<String>) -> pb::CommitBatchResponse {
     pb::CommitBatchResponse { items, ..Default::default() }
 }
 
-/// A CommitBatch on a hold served during an outage that declined every item (they did not fit
-/// in what it holds, or it was closed): each item's decline, and the hold as it stands.
-pub fn batch_declined(ids: Vec<String>, declines: Vec<Decline>) -> pb::CommitBatchResponse {
-    let reservation = declines.first().and_then(|decline| decline.reservation.as_deref()).cloned();
+/// A CommitBatch on a hold served during an outage that declined its new items (they did not
+/// fit in what it holds, or it was closed): each item's decline, or JOURNALED for an item it
+/// had taken before, and the hold as it stands.
+pub fn batch_declined(ids: Vec<String>, answers: Vec<Option<Decline>>) -> pb::CommitBatchResponse {
+    let reservation = answers.iter().flatten().next().and_then(|decline| decline.reservation.as_deref()).cloned();
     let items = ids
         .into_iter()
-        .zip(&declines)
-        .map(|(item_id, declined)| pb::CommitItemResult {
-            item_id,
-            outcome: outcome_of(declined.reason) as i32,
-            decline: Some(decline(declined)),
-            held: declined.held,
-            ..Default::default()
+        .zip(&answers)
+        .map(|(item_id, answer)| match answer {
+            Some(declined) => pb::CommitItemResult {
+                item_id,
+                outcome: outcome_of(declined.reason) as i32,
+                decline: Some(decline(declined)),
+                held: declined.held,
+                ..Default::default()
+            },
+            None => pb::CommitItemResult { item_id, outcome: pb::Outcome::Journaled as i32, ..Default::default() },
         })
         .collect();
     pb::CommitBatchResponse { items, reservation: reservation.map(self::reservation), ..Default::default() }

@@ -227,6 +227,17 @@ async fn the_edges_of_an_outage_keep_every_acknowledged_commit_and_the_bounds() 
     let mut auth = h.auth.clone();
     let short = pb::ReserveRequest { ttl_ms: MINUTE, ..dialer_reserve("acct", 100, "call-1") };
     let call = auth.reserve(short).await.unwrap().into_inner().reservation_id;
+    // A commit that reached Redis but whose answer the caller never got (applied here behind the
+    // sidecar's back): the caller sends it again during the outage.
+    let reached = credit_sidecar::ledger::command::Commit {
+        reservation: credit_sidecar::ledger::ReservationId::parse(&call).unwrap(),
+        amount: 30,
+        final_commit: false,
+        request: credit_sidecar::ledger::RequestId::parse("call-1-c1").unwrap(),
+        business_key: None,
+        labels: credit_sidecar::ledger::Labels::default(),
+    };
+    assert!(matches!(h.engine.commit(&reached).await.unwrap(), credit_sidecar::ledger::Decision::Done(_)));
 
     redis.kill();
     let journaled = auth.commit(commit_request(&call, 30, false, "call-1-c1")).await.unwrap().into_inner();
@@ -249,12 +260,33 @@ async fn the_edges_of_an_outage_keep_every_acknowledged_commit_and_the_bounds() 
     assert_eq!((first.outcome(), first.returned), (pb::Outcome::Ok, 40));
     let retried = auth.release(release).await.unwrap().into_inner();
     assert_eq!((retried.outcome(), retried.returned), (pb::Outcome::Ok, 40), "{retried:?}");
+    // A batch on a third hold, then its final commit; the batch again with one more item: the
+    // item taken before answers JOURNALED, the new one is declined (the hold is closed).
+    let third = auth.reserve(dialer_reserve("acct", 20, "call-3b")).await.unwrap().into_inner().reservation_id;
+    let item = |id: &str, amount: i64| pb::CommitItem {
+        item_id: id.into(),
+        cost: Some(amount_cost(amount)),
+        ..Default::default()
+    };
+    let batch = |items: Vec<pb::CommitItem>| pb::CommitBatchRequest { reservation_id: third.clone(), items };
+    let taken = auth.commit_batch(batch(vec![item("a", 6)])).await.unwrap().into_inner();
+    assert_eq!(taken.items[0].outcome(), pb::Outcome::Journaled);
+    let closing = auth.commit(commit_request(&third, 4, true, "call-3b-f")).await.unwrap().into_inner();
+    assert_eq!(closing.outcome(), pb::Outcome::Journaled);
+    let mixed = auth.commit_batch(batch(vec![item("a", 6), item("b", 1)])).await.unwrap().into_inner();
+    let outcomes: Vec<_> = mixed.items.iter().map(|item| item.outcome()).collect();
+    assert_eq!(outcomes, [pb::Outcome::Journaled, pb::Outcome::ReservationClosed], "{mixed:?}");
 
     redis.restart();
     eventually("the outage holds settled", Duration::from_secs(30), async || outage.is_empty()).await;
     let totals = h.totals("acct").await;
-    assert_eq!((totals.spent, totals.held, totals.owed), (105, 0, 0), "the journaled 30 and the 75: {totals:?}");
+    // The 30 once (Redis had it: the settlement's resend was answered from memory), the 75, and
+    // the third hold's 6 + 4.
+    assert_eq!((totals.spent, totals.held, totals.owed), (115, 0, 0), "{totals:?}");
     assert_conserved(&totals);
+    // The Reserve admitted during the outage, sent again now that Redis answers: its first answer.
+    let again = auth.reserve(dialer_reserve("acct", 40, "call-2")).await.unwrap().into_inner();
+    assert_eq!(again.reservation_id, other, "not a second hold in Redis");
 
     // A second outage: the settled hold is not taken over again (its figures are gone).
     redis.kill();
@@ -281,7 +313,13 @@ async fn the_edges_of_an_outage_keep_every_acknowledged_commit_and_the_bounds() 
     // `seen` was admitted 17 minutes ago: its Extends fail closed too.
     let stale = auth.extend(extend_request(&seen, 5, "call-3-x")).await.unwrap_err();
     assert!(stale.message().contains("more than fail_open_ms ago"), "{}", stale.message());
+    // Once Redis answers again, a call served here goes on past the window (it never returns to
+    // Redis; the allowance still bounds it).
     redis.restart();
+    let balance = pb::GetBalanceRequest { account_id: "acct".into(), ..Default::default() };
+    retried!(auth.get_balance(balance.clone()));
+    let goes_on = auth.extend(extend_request(&seen, 5, "call-3-x")).await.unwrap().into_inner();
+    assert_eq!((goes_on.outcome(), goes_on.held), (pb::Outcome::Ok, 15), "{goes_on:?}");
     h.stop().await;
 }
 
