@@ -143,6 +143,12 @@ async fn a_dialer_rides_out_a_redis_outage_on_the_allowance_and_pays_it_back() {
     assert_eq!(error_reason(&reused), "REQUEST_ID_REUSED");
     let closed = auth.reserve(reserve_request("acct", 5, "email-1")).await.unwrap_err();
     assert_eq!(closed.code(), Code::Unavailable, "enrichment fails closed");
+    // Bad input is refused as ever, naming its field, and admits nothing.
+    let bad = pb::ReserveRequest { ttl_ms: -1, ..dialer_reserve("acct", 5, "call-bad") };
+    let bad = auth.reserve(bad).await.unwrap_err();
+    assert_eq!((bad.code(), error_reason(&bad)), (Code::InvalidArgument, "INVALID_FIELD".into()), "{bad:?}");
+    assert!(bad.message().contains("ttl_ms"), "{}", bad.message());
+    assert_eq!(outage.len(), 1, "only call-2's hold");
     let beyond = auth.reserve(dialer_reserve("acct", 31, "call-3")).await.unwrap_err();
     assert_eq!(beyond.code(), Code::Unavailable);
     assert!(beyond.message().contains("fail-open allowance of account acct cannot cover 31"), "{}", beyond.message());
