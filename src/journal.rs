@@ -325,6 +325,11 @@ impl Journal {
         let _ = self.on_applied.set(Box::new(hook));
     }
 
+    /// Was `reservation` handed over to a fail-open hold (and not forgotten since)?
+    pub(crate) fn is_handed_over(&self, reservation: &ReservationId) -> bool {
+        self.handed_over.lock().expect("handed-over reservations").contains(reservation)
+    }
+
     /// A hold handed over and settled long ago: its commits may be journaled again (they meet
     /// a released hold in Redis, and are declined as any late commit).
     pub(crate) fn forget_handed_over(&self, reservation: &ReservationId) {
@@ -344,7 +349,6 @@ impl Journal {
         // Redis call can take a timeout); it then finds its row gone and counts nothing, and
         // the hold's settlement sends the commit again under its request id, which charges once.
         let _writing = self.writing.lock().await;
-        self.handed_over.lock().expect("handed-over reservations").insert(reservation.clone());
         let mut tx = self.pool.begin().await?;
         let pending: Vec<(i64, i64, String)> =
             sqlx::query_as("SELECT seq, format, entry FROM journal WHERE reservation = $1 ORDER BY seq")
@@ -372,6 +376,8 @@ impl Journal {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Still under `writing`: no commit of it is journaled from here on.
+        self.handed_over.lock().expect("handed-over reservations").insert(reservation.clone());
         if !commits.is_empty() {
             self.pending.lock().expect("journal index").remove(reservation);
             let _ = self

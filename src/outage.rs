@@ -29,13 +29,15 @@
 //! usual, from the figures kept here; a retry gets its first answer.
 //!
 //! **Settled exactly once, when closed.** Once a hold is closed (its final commit, a release, or
-//! its deadline) and Redis answers, each of its commits is charged: on a taken-over hold first
-//! as a Commit on it (while what Redis holds covers them), then the hold is released, and the
-//! rest — all of a new hold's — as *outage charges* that are never declined: what the account
-//! cannot cover becomes an overdraft that its next grants repay (docs/rules.md#overdraft). Every
-//! step has a request id derived from the hold, a nonce of its first row, and the step, so a step
-//! run again after a crash is answered from Redis's memory of it and charges once. A settled hold
-//! is kept in memory for [`SETTLED_KEPT`] to answer retries.
+//! its deadline) and Redis answers, each of its commits is charged. On a taken-over hold each is
+//! first sent to it exactly as the caller sent it, under the caller's request id (one that
+//! reached Redis before is answered from memory), then the hold is released; what it declined
+//! (expired, closed, holding too little) — and all of a new hold's commits — are charged as
+//! *outage charges* that are never declined: what the account cannot cover becomes an overdraft
+//! that its next grants repay (docs/rules.md#overdraft). The release and each outage charge have
+//! a request id derived from the hold, a nonce of its first row, and the step. So every step run
+//! again after a crash is answered from Redis's memory of it and charges once. A settled hold is
+//! kept in memory for [`SETTLED_KEPT`] to answer retries.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +164,8 @@ struct Hold {
     closed_ms: Option<i64>,
     /// Requests seen, by kind and request id.
     requests: HashMap<(&'static str, String), Seen>,
+    /// The request id of the Reserve that opened it (a new hold).
+    opened_by: Option<String>,
     /// Charged to Redis (its rows deleted); kept to answer retries until then + SETTLED_KEPT.
     settled: Option<Instant>,
 }
@@ -206,6 +210,7 @@ impl Hold {
             state: ReservationState::Held,
             closed_ms: None,
             requests: HashMap::new(),
+            opened_by: None,
             settled: None,
         })
     }
@@ -292,7 +297,8 @@ impl Hold {
         };
         self.requests.insert((entry.kind(), request.to_owned()), (fingerprint, figure));
         match entry {
-            Entry::Open { .. } | Entry::TakeOver { .. } => {}
+            Entry::Open { .. } => self.opened_by = Some(request.to_owned()),
+            Entry::TakeOver { .. } => {}
             Entry::Extend { amount, deadline_ms, .. } => {
                 self.reserved += amount;
                 self.local += amount;
@@ -376,6 +382,9 @@ pub struct Outage {
     /// How many are not settled yet.
     unsettled: AtomicUsize,
     remembered: Mutex<Remembered>,
+    /// The Reserves admitted here, by (account, request id): a Reserve retried once Redis is
+    /// back finds its hold without the `holds` lock.
+    opened: Mutex<HashMap<(AccountId, String), ReservationId>>,
     /// When this sidecar first met the outage under way, by the engine's clock (None: Redis
     /// answers).
     since: Mutex<Option<i64>>,
@@ -432,6 +441,10 @@ impl Outage {
         if !holds.is_empty() {
             tracing::warn!(holds = holds.len(), "outage holds from an earlier run to settle when Redis answers");
         }
+        let opened = holds
+            .values()
+            .filter_map(|hold| Some(((hold.id.account.clone(), hold.opened_by.clone()?), hold.id.clone())))
+            .collect();
         let outage = Arc::new(Self {
             journal: journal.clone(),
             config,
@@ -439,6 +452,7 @@ impl Outage {
             unsettled: AtomicUsize::new(holds.len()),
             holds: tokio::sync::Mutex::new(holds),
             remembered: Mutex::default(),
+            opened: Mutex::new(opened),
             since: Mutex::new(None),
         });
         outage.gauge();
@@ -460,18 +474,17 @@ impl Outage {
     /// A Reserve admitted here before, sent again (perhaps once Redis is back): its first
     /// answer, or None. One atomic load when no hold is served here.
     pub async fn reserved_before(&self, cmd: &Reserve) -> engine::Result<Option<Decision<Reserved>>> {
-        if self.is_idle() {
+        if self.is_idle() || !self.fails_open(cmd.category.as_str()) {
             return Ok(None);
         }
-        let fingerprint = cmd.fingerprint().0;
+        let key = (cmd.account.clone(), cmd.request.as_str().to_owned());
+        let Some(id) = self.opened.lock().expect("opened holds").get(&key).cloned() else { return Ok(None) };
         let holds = self.holds.lock().await;
-        for hold in holds.values().filter(|hold| hold.id.account == cmd.account) {
-            if let Some(available) = hold.seen("open", &cmd.request, &fingerprint)? {
-                let (reservation, amount, deadline_ms) = (hold.id.clone(), hold.opened, hold.created_ms + cmd.ttl_ms);
-                return Ok(Some(Decision::Done(Reserved { reservation, amount, deadline_ms, available })));
-            }
-        }
-        Ok(None)
+        let Some(hold) = holds.get(&id) else { return Ok(None) };
+        Ok(hold.seen("open", &cmd.request, &cmd.fingerprint().0)?.map(|available| {
+            let (reservation, amount, deadline_ms) = (hold.id.clone(), hold.opened, hold.created_ms + cmd.ttl_ms);
+            Decision::Done(Reserved { reservation, amount, deadline_ms, available })
+        }))
     }
 
     /// Holds served here and not yet charged to Redis.
@@ -504,7 +517,7 @@ impl Outage {
     /// Remembers an open hold an answer from Redis showed (fail-open categories only), so that
     /// an Extend during an outage can take it over; forgets it once closed.
     pub fn note(&self, view: &ReservationView) {
-        if !self.fails_open(&view.category) {
+        if !self.fails_open(&view.category) || self.journal.is_handed_over(&view.id) {
             return;
         }
         let mut remembered = self.remembered.lock().expect("remembered holds");
@@ -666,6 +679,10 @@ impl Outage {
         hold.apply(cmd.request.as_str(), &entry).map_err(engine::Error::Internal)?;
         let answer =
             Reserved { reservation: id.clone(), amount, deadline_ms: hold.deadline_ms, available: left - amount };
+        self.opened
+            .lock()
+            .expect("opened holds")
+            .insert((cmd.account.clone(), cmd.request.as_str().to_owned()), id.clone());
         holds.insert(id, hold);
         self.counted(&holds);
         metrics::counter!(crate::telemetry::FAIL_OPEN_CALLS, "result" => "reserved").increment(1);
@@ -786,7 +803,8 @@ impl Outage {
             hold.apply(commit.request.as_str(), row).map_err(engine::Error::Internal)?;
         }
         tracing::warn!(reservation = %id, entry = entry.text(), moved = commits.len(), "Redis unreachable: hold taken over");
-        // Taken over once: a later outage does not take it over again from this old figure.
+        // Taken over once: a later outage does not take it over again from this old figure (and
+        // `note` ignores handed-over holds from now on).
         self.remembered.lock().expect("remembered holds").holds.remove(id);
         holds.insert(id.clone(), hold);
         self.counted(holds);
@@ -914,6 +932,9 @@ impl Outage {
                 if !kept && hold.taken_over {
                     self.journal.forget_handed_over(id);
                 }
+                if !kept && let Some(request) = &hold.opened_by {
+                    self.opened.lock().expect("opened holds").remove(&(id.account.clone(), request.clone()));
+                }
                 kept
             });
             self.counted(&holds);
@@ -949,19 +970,28 @@ impl Outage {
         // Whether Redis answered a step (a hold with nothing to charge asks it nothing).
         let mut answered = false;
         for (index, commit) in hold.commits.iter().enumerate().filter(|(_, commit)| commit.amount > 0) {
-            // On a taken-over hold, commits go to it while they fit; from the first it does not
-            // take (expired, holding too little, gone) on, they are charged.
-            if !hold.taken_over || !to_charge.is_empty() {
+            if !hold.taken_over {
                 to_charge.push((index, commit));
                 continue;
             }
-            // Exactly as the caller sent it, under its request id: if it reached Redis before
-            // (a timed-out call journaled, a commit applied while being handed over), Redis
-            // answers from memory and it charges once.
+            // On a taken-over hold, every commit goes to it first, exactly as the caller sent it
+            // and under its request id: one that reached Redis before (a timed-out call, a commit
+            // applied while being handed over) is answered from memory and charges once; one it
+            // declines (expired, closed, holding too little) had no effect there and is charged.
             match engine.commit(commit).await {
                 Ok(Decision::Done(_)) => answered = true,
+                Ok(Decision::Declined(_)) => {
+                    answered = true;
+                    to_charge.push((index, commit));
+                }
                 Err(error) if away(&error) => return Err(error.to_string()),
-                Ok(Decision::Declined(_)) | Err(_) => to_charge.push((index, commit)),
+                // The caller reused the request id with other figures, and Redis has the other:
+                // that one was charged, as Redis would have refused this one.
+                Err(engine::Error::Ledger(crate::ledger::Error::RequestIdReused(_))) => {
+                    tracing::error!(reservation = %hold.id, ?commit, "a request id reused with other figures: not charged again");
+                }
+                // The hold is gone from Redis (purged past retention): charged.
+                Err(_) => to_charge.push((index, commit)),
             }
         }
         // The taken-over hold is released before the charges, so what it held can pay for them.
