@@ -477,9 +477,18 @@ impl Outage {
         if self.is_idle() || !self.fails_open(cmd.category.as_str()) {
             return Ok(None);
         }
+        let holds = self.holds.lock().await;
+        self.first_reserve_answer(&holds, cmd)
+    }
+
+    /// The first answer of a Reserve admitted here (found by the `opened` index), sent again.
+    fn first_reserve_answer(
+        &self,
+        holds: &HashMap<ReservationId, Hold>,
+        cmd: &Reserve,
+    ) -> engine::Result<Option<Decision<Reserved>>> {
         let key = (cmd.account.clone(), cmd.request.as_str().to_owned());
         let Some(id) = self.opened.lock().expect("opened holds").get(&key).cloned() else { return Ok(None) };
-        let holds = self.holds.lock().await;
         let Some(hold) = holds.get(&id) else { return Ok(None) };
         Ok(hold.seen("open", &cmd.request, &cmd.fingerprint().0)?.map(|available| {
             let (reservation, amount, deadline_ms) = (hold.id.clone(), hold.opened, hold.created_ms + cmd.ttl_ms);
@@ -641,11 +650,8 @@ impl Outage {
         let fingerprint = cmd.fingerprint().0;
         let mut holds = self.holds.lock().await;
         // A retry of a Reserve admitted here gets its first answer.
-        for hold in holds.values().filter(|hold| hold.id.account == cmd.account) {
-            if let Some(available) = hold.seen("open", &cmd.request, &fingerprint)? {
-                let (reservation, amount, deadline_ms) = (hold.id.clone(), hold.opened, hold.created_ms + cmd.ttl_ms);
-                return Ok(Decision::Done(Reserved { reservation, amount, deadline_ms, available }));
-            }
+        if let Some(first) = self.first_reserve_answer(&holds, cmd)? {
+            return Ok(first);
         }
         self.admissible(&cause, now_ms)?;
         let left = self.allowance_left(&holds, &cmd.account);

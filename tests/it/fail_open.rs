@@ -45,12 +45,17 @@ fn durable_redis() -> RedisServer {
 
 /// The journal file with `dialer` failing open on an allowance of `credits` per account.
 async fn outage(dir: &tempfile::TempDir, credits: i64) -> (Arc<Journal>, Arc<Outage>) {
+    outage_bounded(dir, credits, 10_000).await
+}
+
+/// The same, serving at most `holds_max` holds (`journal_entries_max`).
+async fn outage_bounded(dir: &tempfile::TempDir, credits: i64, holds_max: usize) -> (Arc<Journal>, Arc<Outage>) {
     let fail_open =
         FailOpenConfig { categories: ["dialer".to_owned()].into(), credits, window: Duration::from_secs(600) };
     let config = JournalConfig {
         path: dir.path().join("journal.db"),
         coverage: Coverage::Only(["dialer".to_owned()].into()),
-        entries_max: 10_000,
+        entries_max: holds_max,
         fail_open: Some(fail_open.clone()),
     };
     let journal = Arc::new(Journal::open(&config).await.unwrap());
@@ -326,6 +331,41 @@ async fn the_edges_of_an_outage_keep_every_acknowledged_commit_and_the_bounds() 
     retried!(auth.get_balance(balance.clone()));
     let goes_on = auth.extend(extend_request(&seen, 5, "call-3-x")).await.unwrap().into_inner();
     assert_eq!((goes_on.outcome(), goes_on.held), (pb::Outcome::Ok, 15), "{goes_on:?}");
+    h.stop().await;
+}
+
+/// The sidecar serves at most `journal_entries_max` outage holds: beyond, a Reserve fails closed
+/// even with allowance left, and admits nothing; a hold settled frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_holds_are_bounded_in_number() {
+    let mut redis = durable_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, outage) = outage_bounded(&dir, 1_000, 2).await;
+    let h = sidecar(&redis, journal, outage.clone(), None).await;
+    h.account("acct", 1_000).await;
+    let mut auth = h.auth.clone();
+    redis.kill();
+    let mut held = Vec::new();
+    for request_id in ["call-1", "call-2"] {
+        let answer = auth.reserve(dialer_reserve("acct", 1, request_id)).await.unwrap().into_inner();
+        assert_eq!(answer.outcome(), pb::Outcome::Ok, "{answer:?}");
+        held.push(answer.reservation_id);
+    }
+    let third = auth.reserve(dialer_reserve("acct", 1, "call-3")).await.unwrap_err();
+    assert_eq!(third.code(), Code::Unavailable);
+    assert!(third.message().contains("2 holds are served during the outage already"), "{}", third.message());
+    assert_eq!(outage.len(), 2);
+    // A retry of an admitted Reserve is still answered: it admits nothing new.
+    let again = auth.reserve(dialer_reserve("acct", 1, "call-1")).await.unwrap().into_inner();
+    assert_eq!(again.reservation_id, held[0]);
+    let released = pb::ReleaseRequest { reservation_id: held[0].clone(), request_id: "call-1-r".into() };
+    assert_eq!(auth.release(released).await.unwrap().into_inner().outcome(), pb::Outcome::Ok);
+    redis.restart();
+    eventually("the released hold settled", Duration::from_secs(30), async || outage.len() == 1).await;
+    redis.kill();
+    let fourth = auth.reserve(dialer_reserve("acct", 1, "call-4")).await.unwrap().into_inner();
+    assert_eq!(fourth.outcome(), pb::Outcome::Ok, "a settled hold frees its place: {fourth:?}");
+    redis.restart();
     h.stop().await;
 }
 
