@@ -176,6 +176,11 @@ impl Store {
                                 let checkpoint = format!("PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}");
                                 sqlx::query(AssertSqlSafe(checkpoint)).execute(&mut *connection).await?;
                                 sqlx::query(AssertSqlSafe(cache)).execute(&mut *connection).await?;
+                                // A batch's multi-row upserts each keep a statement journal
+                                // (to undo that statement alone); in a file, SQLite creates,
+                                // writes and deletes one per batch. Kept in memory, it is
+                                // freed at commit. It holds nothing a crash needs: the WAL does.
+                                sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *connection).await?;
                                 Ok(())
                             })
                         })
