@@ -1,6 +1,6 @@
 //! A fixed amount of work against a running sidecar, in two steps: with CALLS = 0 it puts
 //! `accounts` accounts on a plan (the set-up); with CALLS > 0 it makes that many Reserves on
-//! them, `in_flight` at a time, and prints calls/s — nothing else, so a profiler counting during
+//! them, `in_flight` at a time, and prints calls/s and latency percentiles — nothing else, so a profiler counting during
 //! that run counts Reserves only.
 //!
 //! ```text
@@ -53,7 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut authorizer = CreditAuthorizerClient::new(channel.clone());
         let tag = tag.clone();
         workers.spawn(async move {
+            let mut latencies = Vec::new();
             for call in (worker..calls).step_by(in_flight) {
+                let sent = Instant::now();
                 let reserve = pb::ReserveRequest {
                     account_id: format!("{tag}-{}", call % accounts),
                     user_id: format!("user{}", worker % 16),
@@ -72,17 +74,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if answer.outcome() != pb::Outcome::Ok {
                     return Err(format!("call {call} declined: {answer:?}"));
                 }
+                latencies.push(sent.elapsed());
             }
-            Ok(())
+            Ok(latencies)
         });
     }
+    let mut latencies = Vec::with_capacity(calls);
     while let Some(worker) = workers.join_next().await {
-        worker??;
+        latencies.extend(worker??);
     }
     let elapsed = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let micros = |q: f64| at(q).map_or(0, |latency| latency.as_micros());
     println!(
-        "{calls} Reserves, {in_flight} in flight, in {elapsed:.2?}: {:.0}/s",
-        calls as f64 / elapsed.as_secs_f64()
+        "{calls} Reserves, {in_flight} in flight, in {elapsed:.2?}: {:.0}/s, p50/p99/p999 {}/{}/{} µs",
+        calls as f64 / elapsed.as_secs_f64(),
+        micros(0.5),
+        micros(0.99),
+        micros(0.999)
     );
     Ok(())
 }

@@ -30,7 +30,7 @@ use crate::health::{Health, watch_dependencies};
 use crate::journal::Journal;
 use crate::settle::outbox::Outbox;
 use crate::settle::settler::{SettleOptions, SettleStats, Settler};
-use crate::settle::store::Store;
+use crate::settle::store::{Backend, SQLITE_CHECKPOINT_INTERVAL, Store};
 
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -271,7 +271,8 @@ async fn serve_until_drained(
 }
 
 /// The tasks that run while the server serves: the sweep, the dependency watch, and (as
-/// configured) the automatic recovery, forgetting remembered answers, reloading tokens.
+/// configured) the automatic recovery, forgetting remembered answers, checkpointing a SQLite
+/// ledger, reloading tokens.
 fn background_tasks(
     engine: &Engine,
     store: Option<&Store>,
@@ -299,6 +300,9 @@ fn background_tasks(
     }
     if let (Some(store), true) = (store, engine.keeps_answers_in_sql()) {
         tasks.push(tokio::spawn(forget_loop(store.clone(), retention_ms, stopped.clone())));
+    }
+    if let Some(store) = store.filter(|store| store.backend() == Backend::Sqlite) {
+        tasks.push(tokio::spawn(checkpoint_loop(store.clone(), stopped.clone())));
     }
     if let Some(AuthSetup { tokens, reload: Some((file, interval)) }) = &options.auth {
         tasks.push(tokio::spawn(watch_tokens(tokens.clone(), file.clone(), *interval, stopped.clone())));
@@ -451,6 +455,23 @@ async fn forget_loop(store: Store, retention_ms: i64, mut stopped: watch::Receiv
                     Ok(0) => {}
                     Ok(forgotten) => tracing::debug!(forgotten, "forgot remembered answers past retention"),
                     Err(error) => tracing::warn!(%error, "forgetting remembered answers failed; will retry"),
+                }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Checkpoints a SQLite ledger every [`SQLITE_CHECKPOINT_INTERVAL`] until `stopped` closes,
+/// so that settling batches (and the calls waiting for them) do not.
+async fn checkpoint_loop(store: Store, mut stopped: watch::Receiver<()>) {
+    let mut ticker = tokio::time::interval(SQLITE_CHECKPOINT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = store.checkpoint().await {
+                    tracing::debug!(%error, "background checkpoint failed; the next commit past the WAL's limit does it");
                 }
             }
             _ = stopped.changed() => return,

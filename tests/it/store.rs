@@ -887,6 +887,31 @@ async fn sqlite_file_survives_reopening() {
     assert_eq!(db.store.write(events, t0()).await.unwrap(), 0);
 }
 
+/// The server's background checkpoint (`Store::checkpoint`) copies what the WAL holds into the
+/// database file itself: a copy of that file alone, without its WAL, has every event after it
+/// and none before (the WAL's limit is far from reached, so no commit did it).
+#[tokio::test]
+async fn a_checkpoint_moves_the_wal_into_the_database_file() {
+    let databases = Databases::start(Kind::Sqlite);
+    let events = scripted().events;
+    let db = databases.first().await;
+    assert_eq!(db.store.write(&events, t0()).await.unwrap(), events.len());
+    let file = databases.dir.path().join("credits.db");
+    let copy_alone = |name: &str| {
+        let copy = databases.dir.path().join(format!("{name}.db"));
+        std::fs::copy(&file, &copy).unwrap();
+        sqlite_url(&databases.dir, name)
+    };
+    let before = open(&copy_alone("before")).await;
+    assert_eq!(before.store.event_count().await.unwrap(), 0, "the events are still in the WAL only");
+
+    let (frames, copied) = db.store.checkpoint().await.unwrap().expect("SQLite checkpoints");
+    assert!(frames > 0, "the writes went to the WAL");
+    assert_eq!(copied, frames, "no reader holds an older snapshot, so every frame is copied");
+    let after = open(&copy_alone("after")).await;
+    assert_eq!(after.store.event_count().await.unwrap(), events.len() as i64);
+}
+
 /// The upgrade to migration 0005 (alerts): a ledger written by a binary that knew migrations
 /// 0001–0004 is opened by this one, which adds the alert tables and keeps every settled event;
 /// alerts then record and read back. A binary that does not know 0005 refuses that ledger (the

@@ -35,8 +35,13 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// SQLite's page cache per connection, in KiB.
 const SQLITE_CACHE_KIB: u32 = 65_536;
 
-/// WAL pages (4 KiB each) after which a commit copies the WAL back into the database file.
+/// WAL pages (4 KiB each) after which a commit copies the WAL back into the database file
+/// itself: the backstop under [`Store::checkpoint`], which normally leaves it only the frames
+/// of the last few batches (so that the WAL can start over from its beginning).
 const SQLITE_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// How often the server checkpoints a SQLite ledger in the background ([`Store::checkpoint`]).
+pub const SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -202,6 +207,20 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite: copies the WAL's committed pages into the database file on a reading
+    /// connection (a PASSIVE checkpoint: it waits for no one, and no one waits for it).
+    /// Without it the commit that crosses [`SQLITE_CHECKPOINT_PAGES`] copies 40 MiB while
+    /// every call waiting for that batch waits too (30–50 ms at the embedded engine's p99 in
+    /// the benchmark). Returns the WAL's frames and how many of them are in the database file
+    /// now; PostgreSQL: nothing to do, `None`.
+    pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        if self.backend != Backend::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?;
+        Ok(Some((sqlx::Row::try_get(&row, 1)?, sqlx::Row::try_get(&row, 2)?)))
     }
 
     /// Is the database answering?
