@@ -112,6 +112,12 @@ pub struct AccountSnapshot {
 }
 
 impl AccountSnapshot {
+    /// How many items it copies (reservations, lots, users, categories, business keys): what
+    /// taking it costs, roughly, in units of replaying one event.
+    pub fn items(&self) -> u64 {
+        (self.reservations.len() + self.lots.len() + self.users.len() + self.categories.len() + self.keys.len()) as u64
+    }
+
     pub(super) fn of(account: &Account) -> Self {
         let mut keys: Vec<String> = account.charged_keys.iter().map(|key| key.as_str().to_owned()).collect();
         keys.sort();
