@@ -23,7 +23,7 @@ use crate::ledger::{
 };
 use crate::settle::store::Store;
 
-pub use embedded::{EmbeddedEngine, MemoryOutbox, SNAPSHOT_INTERVAL_EVENTS, snapshot_due};
+pub use embedded::{EmbeddedEngine, MemoryOutbox, SNAPSHOT_INTERVAL_EVENTS};
 
 /// Why an engine could not answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
