@@ -22,7 +22,8 @@
 //!    holds and 10 000 users; the in-process Reserve round trip ("engine direct").
 //! 3. **sidecar** cells per engine: Reserve-only and Reserve→Commit→Release at 1/16/64/256 calls
 //!    in flight over 10 000 accounts and on one hot account, plus an open-loop fixed-rate cell:
-//!    calls/s, latency, CPU per call of the sidecar (`/proc`) and Redis (`INFO cpu`).
+//!    calls/s, latency, CPU per call of the sidecar (`/proc`) and Redis (`INFO cpu`); and
+//!    Redis-engine Reserves at one in flight through the sidecar and in-process by turns.
 //! 4. **settlement** during each cell: events made and settled per second and commit-to-SQL lag
 //!    (from `ledger_events`), and UNAVAILABLE refusals.
 //! 5. **memory**: Redis bytes per remembered request id and per open hold (used_memory deltas,
@@ -298,6 +299,10 @@ impl Bench {
                 }
             }
         }
+        if engine == EngineKind::Redis {
+            let row = self.alternating(&sidecar, &channels, &prefix, spread.clone(), &format!("{tag}-alt")).await;
+            self.rows.push(row);
+        }
         // A CSV worker's rows: one Commit per row against one CommitBatch per 100 rows.
         let mut rows_per_second = Vec::new();
         for batched in [false, true] {
@@ -324,6 +329,44 @@ impl Bench {
         rss.in_redis = Some(format!("{:.0} MiB", sidecar.rss_mib()));
         self.rows.push(rss);
         sidecar.stop();
+    }
+
+    /// Redis Reserve ×1 through the sidecar, alternating with the same Reserve made in-process on
+    /// the sidecar's own keys (its settler settles both): the sidecar's overhead measured against
+    /// round trips that meet the same machine, Redis and settlement at the same moments. The
+    /// scripts section's "engine direct" ran with nothing else going on.
+    async fn alternating(
+        &self,
+        sidecar: &Sidecar,
+        channels: &[Channel],
+        prefix: &str,
+        accounts: Arc<Vec<String>>,
+        tag: &str,
+    ) -> Row {
+        let name = format!("redis Reserve ×1 alternating with engine direct, same keys, {} accts", accounts.len());
+        eprintln!("  {name}");
+        sidecar.wait_settled(0.0).await;
+        let direct = ScriptBench::with_prefix(&self.redis_url, tag, prefix, self.probe.clone()).await;
+        let plan = Plan { workload: Workload::Reserve, accounts: accounts.clone(), tag: tag.to_owned() };
+        let started = Instant::now();
+        let (mut tally, mut direct_latencies) =
+            sidecar::alternating(&channels[..1], &plan, self.sizes.cell, async |index| {
+                direct.reserve_named(&accounts[index]).await;
+            })
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let (latency, direct) = (tally.latencies.percentiles(), direct_latencies.percentiles());
+        let mut row = Row::new("sidecar", name);
+        row.rate = Some(rate_cell(tally.calls() as f64 / elapsed));
+        row.latency = Some(latency_cell(latency));
+        row.problems = Some(problems(&tally));
+        row.ratio = Some(format!(
+            "p50 {:+.0} µs, p99 {:+.0} µs over engine direct in this cell ({})",
+            latency.p50 - direct.p50,
+            latency.p99 - direct.p99,
+            latency_cell(direct)
+        ));
+        row
     }
 
     /// A fresh hot account per cell (funded, settled), so holds of earlier cells do not pile up.

@@ -56,7 +56,13 @@ pub struct ScriptBench {
 
 impl ScriptBench {
     pub async fn connect(url: &str, run: &str, probe: RedisProbe) -> Self {
-        let prefix = format!("{run}-ops:");
+        Self::with_prefix(url, run, &format!("{run}-ops:"), probe).await
+    }
+
+    /// An engine on keys under `prefix`: a sidecar's own prefix makes its calls land in that
+    /// sidecar's accounts and outbox (so its settler settles them).
+    pub async fn with_prefix(url: &str, run: &str, prefix: &str, probe: RedisProbe) -> Self {
+        let prefix = prefix.to_owned();
         let settings = RedisSettings {
             urls: vec![url.to_owned()],
             cluster: false,
@@ -111,6 +117,12 @@ impl ScriptBench {
 
     async fn fund(&self, account: &AccountId) {
         self.engine.set_plan(&self.set_plan(account)).await.expect("SetPlan").done().expect("SetPlan is not declined");
+    }
+
+    /// One Reserve of 1 credit on the account named `account` as it is (no run prefix added).
+    pub async fn reserve_named(&self, account: &str) {
+        let account = AccountId::parse(account).expect("a valid account id");
+        self.hold(&account, "direct", TTL_MS).await;
     }
 
     async fn hold(&self, account: &AccountId, user: &str, ttl_ms: Millis) -> ReservationId {

@@ -297,8 +297,12 @@ pub struct Plan {
 
 impl Plan {
     fn account(&self, worker: usize, step: u64) -> &str {
-        let index = step.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 40_503) % self.accounts.len() as u64;
-        &self.accounts[index as usize]
+        &self.accounts[self.index(worker, step)]
+    }
+
+    /// The account `worker` uses at `step`: scattered, and different per worker.
+    fn index(&self, worker: usize, step: u64) -> usize {
+        (step.wrapping_mul(2_654_435_761).wrapping_add(worker as u64 * 40_503) % self.accounts.len() as u64) as usize
     }
 
     async fn step(&self, clients: &mut Clients, worker: usize, step: u64, tally: &mut Tally) {
@@ -380,6 +384,30 @@ async fn commit_batch(clients: &mut Clients, reservation: &str, request_id: &str
 fn clients(channels: &[Channel], worker: usize) -> Clients {
     let channel = channels[worker % channels.len()].clone();
     Clients { authorizer: CreditAuthorizerClient::new(channel.clone()), health: HealthClient::new(channel) }
+}
+
+/// One worker that alternates a step of `plan` with `direct(index of an account)`, timed apart, until
+/// `duration` has passed: one call in flight at any time, and both kinds of call meet the same
+/// machine, Redis and settlement at the same moments. Returns the plan's tally and the direct
+/// calls' latencies.
+pub async fn alternating(
+    channels: &[Channel],
+    plan: &Plan,
+    duration: Duration,
+    mut direct: impl AsyncFnMut(usize),
+) -> (Tally, Latencies) {
+    let mut clients = clients(channels, 0);
+    let (mut tally, mut direct_latencies) = (Tally::default(), Latencies::default());
+    let deadline = Instant::now() + duration;
+    let mut step = 0;
+    while Instant::now() < deadline {
+        plan.step(&mut clients, 0, step, &mut tally).await;
+        let started = Instant::now();
+        direct(plan.index(1, step)).await;
+        direct_latencies.push(started.elapsed());
+        step += 1;
+    }
+    (tally, direct_latencies)
 }
 
 /// `in_flight` workers, each calling back to back until `duration` has passed.
