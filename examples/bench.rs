@@ -12,8 +12,8 @@
 //!
 //! Rows:
 //! 1. **anchors** written for the benchmark: a lean reserve Lua script through EVALSHA
-//!    (`redis-benchmark`, 50 connections and 1), the commands a Reserve issues with no logic
-//!    around them (the floor under the Reserve function's cost), a PostgreSQL row-lock hold
+//!    (`redis-benchmark`, 50 connections and 1), the commands a Reserve and a GetBalance issue with
+//!    no logic around them (the floors under those functions' cost), a PostgreSQL row-lock hold
 //!    (`pgbench`, 16 clients, 1000 accounts and one hot account), and a gRPC no-op (Health/Check
 //!    against the sidecar).
 //! 2. **scripts**: each Redis-engine operation driven in-process through `RedisEngine`, one call
@@ -114,6 +114,8 @@ struct Baselines {
     lean_us: f64,
     /// In-Redis µs per call of Reserve's commands with no logic around them.
     reserve_commands_us: f64,
+    /// The same for GetBalance's (and Quote's) commands.
+    balance_commands_us: f64,
     /// PostgreSQL row-lock tps over 1000 accounts, and on the hot account.
     pg_spread: f64,
     pg_hot: f64,
@@ -129,6 +131,8 @@ struct Bench {
     database_url: String,
     probe: RedisProbe,
     binary: PathBuf,
+    /// The private PostgreSQL's postmaster, whose CPU the Redis-engine cells count.
+    postgres_pid: Option<u32>,
     dir: tempfile::TempDir,
     baselines: Baselines,
     rows: Vec<Row>,
@@ -153,6 +157,7 @@ async fn main() {
         redis_url,
         database_url,
         binary,
+        postgres_pid: postgres_server.as_ref().map(PrivatePostgres::pid),
         dir: tempfile::tempdir().expect("a temporary directory"),
         baselines: Baselines::default(),
         rows: Vec::new(),
@@ -194,6 +199,13 @@ impl Bench {
         let mut row = alone.row("anchor", "Reserve's commands alone, no logic, EVALSHA, 1 conn");
         row.ratio = Some(format!("{:.1}× lean", ratio(self.baselines.reserve_commands_us, self.baselines.lean_us)));
         self.rows.push(row);
+        eprintln!("anchors: GetBalance's commands alone (redis-benchmark)");
+        let sha = anchors::prepare_balance_commands(&self.probe, &prefix).await;
+        let alone = anchors::balance_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
+        self.baselines.balance_commands_us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
+        let mut row = alone.row("anchor", "GetBalance's commands alone, no logic, EVALSHA, 1 conn");
+        row.ratio = Some(format!("{:.1}× lean", ratio(self.baselines.balance_commands_us, self.baselines.lean_us)));
+        self.rows.push(row);
         eprintln!("anchors: PostgreSQL row-lock hold (pgbench)");
         anchors::prepare_row_lock(&self.database_url).await;
         for hot in [false, true] {
@@ -225,6 +237,10 @@ impl Bench {
                 let vs_alone = ratio(cost.stats.usec_per_call(), self.baselines.reserve_commands_us);
                 row.ratio =
                     Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone; latency = engine direct"));
+            }
+            if cost.name == "GetBalance" || cost.name == "Quote" {
+                let vs_alone = ratio(cost.stats.usec_per_call(), self.baselines.balance_commands_us);
+                row.ratio = Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone"));
             }
             if cost.note.is_some() {
                 // One timed sweep, not a series of calls: no rate or percentiles.
@@ -388,12 +404,9 @@ impl Bench {
         let name = cell_name(engine, &plan, load);
         eprintln!("  {name}");
         sidecar.wait_settled(0.0).await;
-        let redis_cpu = engine == EngineKind::Redis;
-        let (ticks, settled_before, cpu) = (
-            sidecar.cpu_ticks(),
-            sidecar.settled_total().await,
-            if redis_cpu { self.probe.cpu_seconds().await } else { 0.0 },
-        );
+        let redis_engine = engine == EngineKind::Redis;
+        let settled_before = sidecar.settled_total().await;
+        let cpu_before = self.cpu_sample(sidecar, redis_engine).await;
         let from = sidecar::now_ms();
         let started = Instant::now();
         let connections = match load {
@@ -408,20 +421,14 @@ impl Bench {
         };
         let elapsed = started.elapsed().as_secs_f64();
         let to = sidecar::now_ms();
-        let ticks = sidecar.cpu_ticks().saturating_sub(ticks);
+        let cpu = self.cpu_sample(sidecar, redis_engine).await.since(&cpu_before);
         let settled = sidecar.settled_total().await - settled_before;
-        let cpu = if redis_cpu { self.probe.cpu_seconds().await - cpu } else { 0.0 };
         let calls = tally.calls() as f64;
         let latency = tally.latencies.percentiles();
         let mut row = Row::new("sidecar", name);
         row.rate = Some(rate_cell(calls / elapsed));
         row.latency = Some(latency_cell(latency));
-        let sidecar_us = ratio(ticks as f64 * 1e6 / clock_ticks_per_second(), calls);
-        row.cpu = Some(if redis_cpu {
-            format!("{sidecar_us:.1} / {:.1}", ratio(cpu * 1e6, calls))
-        } else {
-            format!("{sidecar_us:.1} / -")
-        });
+        row.cpu = Some(cpu.cell(calls, elapsed));
         row.problems = Some(problems(&tally));
         if plan.workload != Workload::Health {
             // Every answered state change made at least one event.
@@ -432,6 +439,19 @@ impl Bench {
                 Some(format!("{:.0}→{:.0}, {:.0} / {:.0}", made as f64 / elapsed, settled / elapsed, lag.p50, lag.p99));
         }
         (row, CellFigures { rate: calls / elapsed, latency, rows: tally.rows as f64 / elapsed })
+    }
+
+    /// CPU seconds used so far by this process (the load generator), the sidecar, Redis (Redis
+    /// engine only) and the private PostgreSQL (Redis engine only: the embedded engine's ledger
+    /// is SQLite inside the sidecar).
+    async fn cpu_sample(&self, sidecar: &Sidecar, redis_engine: bool) -> CpuSample {
+        let seconds = |ticks: u64| ticks as f64 / clock_ticks_per_second();
+        CpuSample {
+            client: seconds(sidecar::cpu_ticks_of(std::process::id())),
+            sidecar: seconds(sidecar.cpu_ticks()),
+            redis: if redis_engine { Some(self.probe.cpu_seconds().await) } else { None },
+            postgres: self.postgres_pid.filter(|_| redis_engine).map(|pid| seconds(sidecar::tree_cpu_ticks(pid))),
+        }
     }
 
     /// Redis Reserve at 64 in flight vs PostgreSQL; 1 in flight vs the engine's own round trip.
@@ -471,6 +491,8 @@ impl Bench {
              SQLite in a temporary directory. {} cores shared by the load generator, the sidecar, Redis and PostgreSQL.\n\
              Latencies in µs (anchor and sidecar rows: as seen by the client; pgbench rows: per transaction). \
              \"in Redis µs/call (cmds)\": INFO commandstats µs per script call and inner commands per call. \
+             CPU: µs per call of the load generator, the sidecar, Redis (INFO cpu) and the private PostgreSQL \
+             (postmaster and backends, /proc), and (busy) their sum per second over the cores. \
              Settlement: events made (ledger rows by their own time) and settled (credit_sidecar_settled_events_total) \
              per second during the cell, and settled_ms - at_ms lag. Errors are UNAVAILABLE (u), RESOURCE_EXHAUSTED (x), \
              other (o); open-loop steps over the client's cap of 1000 in flight are skipped (s). \
@@ -487,6 +509,46 @@ impl Bench {
 enum Load {
     InFlight(usize),
     Rate(f64),
+}
+
+/// CPU seconds per process, or their differences over a cell. `None`: not measured (not used
+/// by the engine, or a server the benchmark did not start).
+#[derive(Clone, Copy)]
+struct CpuSample {
+    client: f64,
+    sidecar: f64,
+    redis: Option<f64>,
+    postgres: Option<f64>,
+}
+
+impl CpuSample {
+    fn since(&self, before: &CpuSample) -> CpuSample {
+        let minus = |now: Option<f64>, then: Option<f64>| Some(now? - then?);
+        CpuSample {
+            client: self.client - before.client,
+            sidecar: self.sidecar - before.sidecar,
+            redis: minus(self.redis, before.redis),
+            postgres: minus(self.postgres, before.postgres),
+        }
+    }
+
+    /// "client / sidecar / redis / pg" µs per call, and how busy that kept the machine's cores
+    /// (their sum × calls/s over the cores: near 100 % the cell ran out of CPU, not of work).
+    fn cell(&self, calls: f64, elapsed: f64) -> String {
+        let per_call = |seconds: f64| ratio(seconds * 1e6, calls);
+        let shown =
+            |seconds: Option<f64>| seconds.map_or("-".to_owned(), |seconds| format!("{:.1}", per_call(seconds)));
+        let total = self.client + self.sidecar + self.redis.unwrap_or(0.0) + self.postgres.unwrap_or(0.0);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        format!(
+            "{:.1} / {:.1} / {} / {} ({:.0} %)",
+            per_call(self.client),
+            per_call(self.sidecar),
+            shown(self.redis),
+            shown(self.postgres),
+            100.0 * ratio(total, elapsed * cores)
+        )
+    }
 }
 
 struct CellFigures {

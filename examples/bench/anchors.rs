@@ -45,6 +45,20 @@ redis.call('ZADD', KEYS[9], 1700000300000, 'q' .. request)
 redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n)
 return 1";
 
+/// The commands a GetBalance (or Quote) with a user and a category issues inside Redis
+/// (balance.lua: the account's hot and cold fields, the user's and the category's usage), with no
+/// logic around them and a reply of the same size: the floor under those functions' cost.
+const BALANCE_COMMANDS: &str = "\
+local hot = redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+local cold = redis.call('HMGET', KEYS[1], 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd')
+local user = redis.call('HGET', KEYS[2], 'ann')
+local category = redis.call('HGET', KEYS[1], 'c:email')
+return {'ok', hot[10], cold[2], cold[1], hot[1], hot[2], hot[3], hot[4], cold[7], 'ann', false, user, false,
+  'email', 100, category, 99}";
+
+/// The keys of [`BALANCE_COMMANDS`], under `prefix`.
+const BALANCE_COMMANDS_KEYS: [&str; 2] = ["a", "u"];
+
 /// The keys of [`RESERVE_COMMANDS`], under `prefix`.
 const RESERVE_COMMANDS_KEYS: [&str; 9] = ["a", "u", "q", "b", "l", "r", "d", "s", "p"];
 
@@ -124,6 +138,41 @@ pub async fn reserve_commands(probe: &RedisProbe, url: &str, prefix: &str, sha: 
     let keys: Vec<String> = RESERVE_COMMANDS_KEYS.iter().map(|name| format!("{prefix}rc:{{x}}:{name}")).collect();
     // A fresh request id and reservation per call, as a Reserve makes (collisions are rare).
     let script = Evalsha { sha, keys: &keys, args: &["__rand_int__".to_owned()], spread: 1_000_000_000 };
+    measure(probe, url, &script, 1, seconds).await
+}
+
+/// Loads [`BALANCE_COMMANDS`], gives its account every field it reads, and returns its SHA.
+pub async fn prepare_balance_commands(probe: &RedisProbe, prefix: &str) -> String {
+    let mut connection = probe.connection();
+    let sha: String =
+        redis::cmd("SCRIPT").arg("LOAD").arg(BALANCE_COMMANDS).query_async(&mut connection).await.expect("SCRIPT LOAD");
+    let key = |name: &str| format!("{prefix}bc:{{x}}:{name}");
+    let mut account = redis::cmd("HSET");
+    account.arg(key("a"));
+    for field in ["avail", "held", "spent", "expired", "res", "ev", "due", "wake", "gen", "cs", "granted", "ce"] {
+        account.arg(field).arg(1_700_000_000_000_i64);
+    }
+    for field in ["pg", "ag", "lot", "trial", "pp", "pa", "pc", "pd"] {
+        account.arg(field).arg(1);
+    }
+    account.arg("c:email").arg("100,1,1");
+    redis::pipe()
+        .add_command(account)
+        .cmd("HSET")
+        .arg(key("u"))
+        .arg("ann")
+        .arg(",1,1")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("give the balance commands' anchor an account");
+    sha
+}
+
+/// [`BALANCE_COMMANDS`] through EVALSHA on one account, one connection: the floor under
+/// GetBalance's and Quote's cost inside Redis.
+pub async fn balance_commands(probe: &RedisProbe, url: &str, prefix: &str, sha: &str, seconds: f64) -> Anchor {
+    let keys: Vec<String> = BALANCE_COMMANDS_KEYS.iter().map(|name| format!("{prefix}bc:{{x}}:{name}")).collect();
+    let script = Evalsha { sha, keys: &keys, args: &[], spread: 1 };
     measure(probe, url, &script, 1, seconds).await
 }
 

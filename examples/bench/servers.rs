@@ -120,6 +120,11 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/credits", self.port)
     }
 
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.postmaster.id()
+    }
+
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let port = self.port.to_string();

@@ -134,11 +134,7 @@ impl Sidecar {
 
     /// utime + stime, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        let stat = self.proc_file("stat");
-        let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-        // After the command name: state is field 3, utime 14, stime 15.
-        let field = |index: usize| fields.get(index - 3).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
-        field(14) + field(15)
+        cpu_ticks_of(self.child.id())
     }
 
     /// VmRSS in MiB.
@@ -215,6 +211,35 @@ impl Drop for Sidecar {
             self.child.wait().ok();
         }
     }
+}
+
+/// `/proc/<pid>/stat`'s fields after the command name (field 3, the state, first).
+fn stat_fields(pid: u32) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    // The state is a letter: 0 in its place keeps the indices.
+    rest.split(' ').map(|value| value.parse().unwrap_or(0)).collect()
+}
+
+/// utime + stime of process `pid`, in clock ticks (0 once it is gone).
+pub fn cpu_ticks_of(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    let field = |index: usize| fields.get(index - 3).copied().unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// utime + stime of process `parent` and of its children alive now (a PostgreSQL postmaster and
+/// its backends), in clock ticks.
+pub fn tree_cpu_ticks(parent: u32) -> u64 {
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).get(1).copied() == Some(u64::from(parent)))
+        .map(cpu_ticks_of)
+        .sum();
+    cpu_ticks_of(parent) + children
 }
 
 /// What a cell's load does per step.

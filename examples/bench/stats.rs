@@ -198,7 +198,7 @@ const HEADERS: [&str; 9] = [
     "calls/s",
     "p50 / p99 / p999 µs",
     "in Redis µs/call (cmds)",
-    "CPU µs/call sidecar / redis",
+    "CPU µs/call client / sidecar / redis / pg (busy)",
     "settle: made→settled ev/s, lag p50/p99 ms",
     "declines / errors",
     "ratio",

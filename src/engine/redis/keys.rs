@@ -54,6 +54,69 @@ pub const LAYOUT_1_KEY: &str = "cs:shards";
 pub const SHARDS_DEFAULT: u32 = 16;
 pub const SHARDS_MAX: u32 = 4096;
 
+/// Most keys one function call takes: an account's twelve and a reservation's answers hash.
+pub const KEYS_MAX: usize = 13;
+
+/// A function call's keys, written into one buffer: built on every call, where one `String` per
+/// key cost thirteen allocations.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    text: String,
+    ends: [usize; KEYS_MAX],
+    count: usize,
+}
+
+impl Keys {
+    fn with_capacity(bytes: usize) -> Self {
+        Self { text: String::with_capacity(bytes), ends: [0; KEYS_MAX], count: 0 }
+    }
+
+    /// One key (a shard's function that takes no account).
+    pub fn one(key: &str) -> Self {
+        let mut keys = Self::with_capacity(key.len());
+        keys.push(&[key], &[]);
+        keys
+    }
+
+    /// Appends the key made of `tag`'s parts, then `rest`'s.
+    fn push(&mut self, tag: &[&str], rest: &[&str]) {
+        assert!(self.count < KEYS_MAX, "a call takes at most {KEYS_MAX} keys");
+        for part in tag.iter().chain(rest) {
+            self.text.push_str(part);
+        }
+        self.ends[self.count] = self.text.len();
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Key `index` (panics past the last).
+    pub fn get(&self, index: usize) -> &str {
+        assert!(index < self.count, "key {index} of {}", self.count);
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.text[start..self.ends[index]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.count).map(|index| self.get(index))
+    }
+
+    /// The keys' bytes in all.
+    pub fn bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub prefix: String,
@@ -69,48 +132,30 @@ impl Layout {
 
     /// The twelve keys every account function takes, in the order lib.lua expects.
     pub fn account_keys(&self, account: &AccountId) -> [String; 12] {
-        self.account_keys_in(self.shard(account), account)
+        let keys = self.call_keys(account, None);
+        std::array::from_fn(|index| keys.get(index).to_owned())
     }
 
     /// A call's keys: the account's twelve and, for a call on reservation `seq`, its answers
-    /// hash — the shard hashed once for all of them.
-    pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Vec<String> {
-        let shard = self.shard(account);
-        let mut keys = Vec::with_capacity(13);
-        keys.extend(self.account_keys_in(shard, account));
-        keys.extend(reservation.map(|seq| self.answers_key_in(shard, account, seq)));
+    /// hash — the shard hashed once for all of them, the keys written into one buffer.
+    pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Keys {
+        let mut shard = itoa::Buffer::new();
+        let shard = shard.format(self.shard(account));
+        let account = account.as_str();
+        let tag = [self.prefix.as_str(), "cs:{s", shard, "}:"];
+        let mut keys =
+            Keys::with_capacity(KEYS_MAX * (tag.iter().map(|part| part.len()).sum::<usize>() + account.len() + 24));
+        for kind in ["a", "l", "b", "e", "r", "d", "q", "p", "u", "k"] {
+            keys.push(&tag, &[kind, ":", account]);
+        }
+        keys.push(&tag, &["wake"]);
+        keys.push(&tag, &["events"]);
+        if let Some(seq) = reservation {
+            keys.push(&tag, &["x:", account, ":", itoa::Buffer::new().format(seq)]);
+        }
         keys
     }
 
-    fn account_keys_in(&self, shard: u32, account: &AccountId) -> [String; 12] {
-        // Built by pushing pieces rather than with `format!`: this runs on every call, and
-        // twelve `format!`s cost more CPU than the rest of the engine's side of a Reserve.
-        let tag = self.shard_tag(shard);
-        let own = |kind: &str| {
-            let mut key = String::with_capacity(tag.len() + kind.len() + 1 + account.as_str().len());
-            key.push_str(&tag);
-            key.push_str(kind);
-            key.push(':');
-            key.push_str(account.as_str());
-            key
-        };
-        [
-            own("a"),
-            own("l"),
-            own("b"),
-            own("e"),
-            own("r"),
-            own("d"),
-            own("q"),
-            own("p"),
-            own("u"),
-            own("k"),
-            self.wake_key(shard),
-            self.events_key(shard),
-        ]
-    }
-
-    /// `<prefix>cs:{s<shard>}:`, the start of every key of a shard.
     fn shard_tag(&self, shard: u32) -> String {
         let mut tag = String::with_capacity(self.prefix.len() + 16);
         tag.push_str(&self.prefix);
@@ -185,10 +230,14 @@ mod tests {
         let account = AccountId::parse("acme").unwrap();
         let shard = layout.shard(&account);
         let tag = format!("{{s{shard}}}");
-        let keys: Vec<String> =
-            layout.account_keys(&account).into_iter().chain([layout.answers_key(&account, 7)]).collect();
-        assert_eq!(layout.call_keys(&account, Some(7)), keys, "a call's keys are the account's and its answers hash");
-        assert_eq!(layout.call_keys(&account, None), keys[..12]);
+        let kinds = ["a", "l", "b", "e", "r", "d", "q", "p", "u", "k"];
+        let mut expected: Vec<String> = kinds.iter().map(|kind| format!("cs:{tag}:{kind}:acme")).collect();
+        expected.extend([format!("cs:{tag}:wake"), format!("cs:{tag}:events"), format!("cs:{tag}:x:acme:7")]);
+        let keys = layout.call_keys(&account, Some(7)).to_vec();
+        assert_eq!(keys, expected, "the account's twelve keys in lib.lua's order, then its answers hash");
+        assert_eq!(keys[12], layout.answers_key(&account, 7));
+        assert_eq!(layout.call_keys(&account, None).to_vec(), keys[..12]);
+        assert_eq!(layout.account_keys(&account).to_vec(), keys[..12]);
         for key in keys {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");

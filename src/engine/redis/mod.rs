@@ -28,11 +28,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::streams::StreamRangeReply;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use tracing::Instrument;
 
-pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
+pub use keys::{Keys, LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
 use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
@@ -433,10 +432,10 @@ impl RedisEngine {
     }
 
     /// The FCALL (FCALL_RO for reads) of function `name`.
-    fn fcall_command(name: &str, access: Access, keys: &[String], args: &[Arg<'_>]) -> redis::Cmd {
+    fn fcall_command(name: &str, access: Access, keys: &Keys, args: &[Arg<'_>]) -> redis::Cmd {
         // Sized up front: growing the buffer argument by argument was a tenth of the call's
         // CPU on the engine side.
-        let bytes = keys.iter().map(String::len).sum::<usize>()
+        let bytes = keys.bytes()
             + args
                 .iter()
                 .map(|arg| match arg {
@@ -453,7 +452,10 @@ impl RedisEngine {
             Access::Read => "FCALL_RO",
             Access::Write => "FCALL",
         });
-        command.arg(format!("{}{name}", LIBRARY.prefix)).arg(keys.len()).arg(keys);
+        command.arg(format!("{}{name}", LIBRARY.prefix)).arg(keys.len());
+        for key in keys.iter() {
+            command.arg(key);
+        }
         for arg in args {
             match arg {
                 Arg::Text(text) => command.arg(*text),
@@ -466,7 +468,7 @@ impl RedisEngine {
 
     /// Calls function `name` (FCALL_RO for reads); loads the library again and retries
     /// once if Redis lost it.
-    async fn fcall(&self, name: &str, access: Access, keys: &[String], args: &[Arg<'_>]) -> Result<Value> {
+    async fn fcall(&self, name: &str, access: Access, keys: &Keys, args: &[Arg<'_>]) -> Result<Value> {
         let command = Self::fcall_command(name, access, keys, args);
         self.send_reloading(self.timeout, |mut connection| {
             let command = &command;
@@ -480,7 +482,7 @@ impl RedisEngine {
     /// one pipeline: both on one connection, so the WAIT covers the change even if the
     /// connection is replaced meanwhile (a WAIT sent alone after a reconnect would count only
     /// the new connection's writes: none). Returns the reply and how many replicas confirmed.
-    async fn fcall_replicated(&self, name: &str, keys: &[String], args: &[Arg<'_>]) -> Result<(Value, Option<u32>)> {
+    async fn fcall_replicated(&self, name: &str, keys: &Keys, args: &[Arg<'_>]) -> Result<(Value, Option<u32>)> {
         let Some(wait) = self.settings.wait else {
             return Ok((self.fcall(name, Access::Write, keys, args).await?, None));
         };
@@ -527,7 +529,7 @@ impl RedisEngine {
         name: &str,
         access: Access,
         account: &AccountId,
-        keys: &[String],
+        keys: &Keys,
         args: &[Arg<'_>],
     ) -> Result<Value> {
         let all = self.account_args(name, account, args).await?;
@@ -868,7 +870,7 @@ impl RedisEngine {
         }
         let mut expired = 0;
         for shard in 0..self.layout.shards {
-            let keys = [self.layout.wake_key(shard)];
+            let keys = Keys::one(&self.layout.wake_key(shard));
             let now = self.now_arg();
             let args = [Arg::Text(&now), Arg::Int(SWEEP_BATCH_MAX as i64)];
             let due: Vec<String> = redis::from_redis_value(self.fcall("due", Access::Read, &keys, &args).await?)
@@ -914,8 +916,8 @@ impl RedisEngine {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("XRANGE");
         command.arg(self.layout.events_key(shard)).arg(start).arg("+").arg("COUNT").arg(count);
-        let reply: StreamRangeReply = self.bounded(command.query_async(&mut connection)).await?;
-        reply.ids.into_iter().map(|entry| Ok((entry.id.clone(), events::decode(&entry.map)?))).collect()
+        let reply: Value = self.bounded(command.query_async(&mut connection)).await?;
+        events::entries(reply)?.into_iter().map(|entry| Ok((entry.id, events::decode(&entry.fields)?))).collect()
     }
 
     /// Every outbox entry of every shard, in each shard's order (for tests and `verify`).

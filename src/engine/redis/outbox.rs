@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingReply, StreamRangeReply, StreamReadReply};
+use redis::streams::StreamPendingReply;
 use redis::{Cmd, FromRedisValue, Value};
 
-use super::{Connection, RedisEngine, events};
+use super::events::{self, Entry};
+use super::{Connection, RedisEngine};
 use crate::engine::Error;
 use crate::settle::outbox::{Backlog, Batch, Outbox, Records};
 
@@ -237,7 +238,7 @@ impl RedisOutbox {
 
     /// XAUTOCLAIM on every shard, `want` entries at most in all; also trims what older
     /// versions acknowledged without deleting.
-    async fn claim(&self, want: usize) -> Result<Vec<(u32, StreamId)>, Error> {
+    async fn claim(&self, want: usize) -> Result<Vec<(u32, Entry)>, Error> {
         self.trim_acknowledged().await?;
         let shards = self.engine.layout.shards;
         let count = share(want, shards as usize);
@@ -252,11 +253,11 @@ impl RedisOutbox {
         let mut claimed = Vec::new();
         for (shard, replies) in self.exchange(requests).await {
             let Some(reply) = replies?.pop() else { continue };
-            let reply: StreamAutoClaimReply = parse(reply)?;
-            if !reply.claimed.is_empty() {
-                tracing::info!(shard, claimed = reply.claimed.len(), "claimed events a replica left unsettled");
+            let entries = events::claimed(reply)?;
+            if !entries.is_empty() {
+                tracing::info!(shard, claimed = entries.len(), "claimed events a replica left unsettled");
             }
-            claimed.extend(reply.claimed.into_iter().map(|entry| (shard, entry)));
+            claimed.extend(entries.into_iter().map(|entry| (shard, entry)));
         }
         Ok(claimed)
     }
@@ -265,7 +266,7 @@ impl RedisOutbox {
     /// recovering — its own pending ones. Returns the entries, the shards to read again (they
     /// filled their share, or just finished recovering), and the first error (its shard then
     /// recovers).
-    async fn read_round(&self, shards: &[u32], count: usize) -> (Vec<(u32, StreamId)>, Vec<u32>, Option<Error>) {
+    async fn read_round(&self, shards: &[u32], count: usize) -> (Vec<(u32, Entry)>, Vec<u32>, Option<Error>) {
         let recovering: Vec<u32> =
             shards.iter().copied().filter(|&shard| self.recovering[shard as usize].load(Ordering::Relaxed)).collect();
         let requests = shards
@@ -274,10 +275,9 @@ impl RedisOutbox {
             .collect();
         let (mut entries, mut again, mut failed) = (Vec::new(), Vec::new(), None);
         for (shard, replies) in self.exchange(requests).await {
-            let reply =
-                replies.and_then(|mut replies| parse::<Option<StreamReadReply>>(replies.pop().unwrap_or(Value::Nil)));
-            let ids: Vec<StreamId> = match reply {
-                Ok(reply) => reply.into_iter().flat_map(|reply| reply.keys).flat_map(|stream| stream.ids).collect(),
+            let reply = replies.and_then(|mut replies| events::read_reply(replies.pop().unwrap_or(Value::Nil)));
+            let ids: Vec<Entry> = match reply {
+                Ok(entries) => entries,
                 Err(error) => {
                     self.recovering[shard as usize].store(true, Ordering::Relaxed);
                     failed.get_or_insert(error);
@@ -308,20 +308,21 @@ impl RedisOutbox {
     /// that had more. A shard that failed is left for the next read (it recovers its entries
     /// then); the error is returned only when nothing was read. A lost consumer group is
     /// recreated and read at once.
-    async fn read_entries(&self, max: usize) -> Result<Vec<(u32, StreamId)>, Error> {
-        let (entries, failure) = self.read_all(max).await;
+    async fn read_entries(&self, max: usize) -> Result<Vec<(u32, Entry)>, Error> {
+        let (mut entries, failure) = self.read_all(max).await;
         match failure {
             Some(error) if error.to_string().contains("NOGROUP") => {
                 tracing::warn!("the settlers' consumer group was gone (Redis lost data?); recreating it");
                 self.create_groups(&(0..self.engine.layout.shards).collect::<Vec<_>>()).await?;
                 let (more, failure) = self.read_all(max.saturating_sub(entries.len())).await;
-                Self::with_failure([entries, more].concat(), failure)
+                entries.extend(more);
+                Self::with_failure(entries, failure)
             }
             failure => Self::with_failure(entries, failure),
         }
     }
 
-    fn with_failure(entries: Vec<(u32, StreamId)>, failure: Option<Error>) -> Result<Vec<(u32, StreamId)>, Error> {
+    fn with_failure(entries: Vec<(u32, Entry)>, failure: Option<Error>) -> Result<Vec<(u32, Entry)>, Error> {
         match failure {
             Some(error) if entries.is_empty() => Err(error),
             Some(error) => {
@@ -333,7 +334,7 @@ impl RedisOutbox {
     }
 
     /// Claims (when due), then reads in rounds; returns what it got and the first failure.
-    async fn read_all(&self, max: usize) -> (Vec<(u32, StreamId)>, Option<Error>) {
+    async fn read_all(&self, max: usize) -> (Vec<(u32, Entry)>, Option<Error>) {
         let mut failure = None;
         let mut entries = Vec::new();
         if self.claim_due() {
@@ -359,17 +360,18 @@ impl RedisOutbox {
     /// An entry that cannot be decoded (a bug, or corruption) would block settlement forever:
     /// it moves, with its fields and the reason, to the shard's dead-letter stream
     /// (`…:events:dead`, same hash slot), and is acknowledged.
-    async fn dead_letter(&self, shard: u32, entry: &StreamId, error: &Error) -> Result<(), Error> {
+    async fn dead_letter(&self, shard: u32, entry: &Entry, error: &Error) -> Result<(), Error> {
         let key = self.key(shard);
         tracing::error!(shard, id = %entry.id, %error, "undecodable outbox entry moved to the dead-letter stream");
         let mut command = redis::cmd("XADD");
         command.arg(format!("{key}:dead")).arg("*").arg("id").arg(&entry.id).arg("error").arg(error.to_string());
-        for (field, value) in &entry.map {
-            let value = match value {
-                Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                other => format!("{other:?}"),
-            };
-            command.arg(field).arg(value);
+        let shown = |value: &Value| match value {
+            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Value::SimpleString(text) => text.clone(),
+            other => format!("{other:?}"),
+        };
+        for (field, value) in &entry.fields {
+            command.arg(shown(field)).arg(shown(value));
         }
         self.pipeline(vec![command, ack_delete(&key, std::slice::from_ref(&entry.id))]).await?;
         Ok(())
@@ -394,7 +396,7 @@ impl Outbox for RedisOutbox {
         let mut events = Vec::with_capacity(entries.len());
         let mut token = Token::new();
         for (shard, entry) in entries {
-            match events::decode(&entry.map) {
+            match events::decode(&entry.fields) {
                 Ok(event) => events.push(event),
                 Err(error) => {
                     self.dead_letter(shard, &entry, &error).await.map_err(text)?;
@@ -443,9 +445,9 @@ impl Outbox for RedisOutbox {
         for (_, replies) in self.exchange(requests).await {
             let mut replies = replies.map_err(text)?.into_iter();
             let length: u64 = parse(replies.next().unwrap_or(Value::Nil)).map_err(text)?;
-            let first: StreamRangeReply = parse(replies.next().unwrap_or(Value::Nil)).map_err(text)?;
+            let first = events::entries(replies.next().unwrap_or(Value::Nil)).map_err(text)?;
             backlog.events += length;
-            if let Some(oldest) = first.ids.first().and_then(|entry| id_ms(&entry.id)) {
+            if let Some(oldest) = first.first().and_then(|entry| id_ms(&entry.id)) {
                 backlog.oldest_ms = backlog.oldest_ms.max(now - oldest);
             }
         }
