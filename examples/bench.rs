@@ -195,17 +195,11 @@ impl Bench {
         eprintln!("anchors: Reserve's commands alone (redis-benchmark)");
         let sha = anchors::prepare_reserve_commands(&self.probe, &prefix).await;
         let alone = anchors::reserve_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
-        self.baselines.reserve_commands_us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
-        let mut row = alone.row("anchor", "Reserve's commands alone, no logic, EVALSHA, 1 conn");
-        row.ratio = Some(format!("{:.1}× lean", ratio(self.baselines.reserve_commands_us, self.baselines.lean_us)));
-        self.rows.push(row);
+        self.baselines.reserve_commands_us = self.commands_alone(alone, "Reserve");
         eprintln!("anchors: GetBalance's commands alone (redis-benchmark)");
         let sha = anchors::prepare_balance_commands(&self.probe, &prefix).await;
         let alone = anchors::balance_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
-        self.baselines.balance_commands_us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
-        let mut row = alone.row("anchor", "GetBalance's commands alone, no logic, EVALSHA, 1 conn");
-        row.ratio = Some(format!("{:.1}× lean", ratio(self.baselines.balance_commands_us, self.baselines.lean_us)));
-        self.rows.push(row);
+        self.baselines.balance_commands_us = self.commands_alone(alone, "GetBalance");
         eprintln!("anchors: PostgreSQL row-lock hold (pgbench)");
         anchors::prepare_row_lock(&self.database_url).await;
         for hot in [false, true] {
@@ -218,6 +212,15 @@ impl Bench {
             let accounts = if hot { "hot account" } else { "1000 accts" };
             self.rows.push(hold.row("anchor", &format!("PostgreSQL row-lock hold, 16 clients, {accounts}")));
         }
+    }
+
+    /// The row of operation `what`'s commands alone; returns their µs per call in Redis.
+    fn commands_alone(&mut self, alone: anchors::Anchor, what: &str) -> f64 {
+        let us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
+        let mut row = alone.row("anchor", &format!("{what}'s commands alone, no logic, EVALSHA, 1 conn"));
+        row.ratio = Some(format!("{:.1}× lean", ratio(us, self.baselines.lean_us)));
+        self.rows.push(row);
+        us
     }
 
     async fn scripts(&mut self) {
