@@ -12,8 +12,8 @@
 //!
 //! Rows:
 //! 1. **anchors** written for the benchmark: a lean reserve Lua script through EVALSHA
-//!    (`redis-benchmark`, 50 connections and 1), the commands a Reserve and a GetBalance issue with
-//!    no logic around them (the floors under those functions' cost), a PostgreSQL row-lock hold
+//!    (`redis-benchmark`, 50 connections and 1), the commands a Reserve, a Commit, a Release and a
+//!    GetBalance issue with no logic around them (the floors under those functions' cost), a PostgreSQL row-lock hold
 //!    (`pgbench`, 16 clients, 1000 accounts and one hot account), and a gRPC no-op (Health/Check
 //!    against the sidecar).
 //! 2. **scripts**: each Redis-engine operation driven in-process through `RedisEngine`, one call
@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tonic::transport::Channel;
 
+use crate::anchors::Alone;
 use crate::scripts::{OpCost, ScriptBench};
 use crate::servers::{PrivatePostgres, PrivateRedis};
 use crate::sidecar::{EngineKind, Plan, Sidecar, Tally, Workload};
@@ -112,10 +113,8 @@ impl Sizes {
 struct Baselines {
     /// In-Redis µs per call of the lean script, one connection.
     lean_us: f64,
-    /// In-Redis µs per call of Reserve's commands with no logic around them.
-    reserve_commands_us: f64,
-    /// The same for GetBalance's (and Quote's) commands.
-    balance_commands_us: f64,
+    /// In-Redis µs per call of an operation's commands with no logic around them, by operation.
+    commands_alone_us: Vec<(&'static str, f64)>,
     /// PostgreSQL row-lock tps over 1000 accounts, and on the hot account.
     pg_spread: f64,
     pg_hot: f64,
@@ -192,14 +191,15 @@ impl Bench {
             let name = format!("lean reserve Lua, EVALSHA, {clients} conn, 1000 accts");
             self.rows.push(lean.row("anchor", &name));
         }
-        eprintln!("anchors: Reserve's commands alone (redis-benchmark)");
-        let sha = anchors::prepare_reserve_commands(&self.probe, &prefix).await;
-        let alone = anchors::reserve_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
-        self.baselines.reserve_commands_us = self.commands_alone(alone, "Reserve");
-        eprintln!("anchors: GetBalance's commands alone (redis-benchmark)");
-        let sha = anchors::prepare_balance_commands(&self.probe, &prefix).await;
-        let alone = anchors::balance_commands(&self.probe, &self.redis_url, &prefix, &sha, self.seconds()).await;
-        self.baselines.balance_commands_us = self.commands_alone(alone, "GetBalance");
+        for which in Alone::ALL {
+            eprintln!("anchors: {}'s commands alone (redis-benchmark)", which.name());
+            let alone = anchors::commands_alone(&self.probe, &self.redis_url, &prefix, which, self.seconds()).await;
+            let us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
+            let mut row = alone.row("anchor", &format!("{}'s commands alone, no logic, EVALSHA, 1 conn", which.name()));
+            row.ratio = Some(format!("{:.1}× lean", ratio(us, self.baselines.lean_us)));
+            self.rows.push(row);
+            self.baselines.commands_alone_us.push((which.name(), us));
+        }
         eprintln!("anchors: PostgreSQL row-lock hold (pgbench)");
         anchors::prepare_row_lock(&self.database_url).await;
         for hot in [false, true] {
@@ -214,13 +214,10 @@ impl Bench {
         }
     }
 
-    /// The row of operation `what`'s commands alone; returns their µs per call in Redis.
-    fn commands_alone(&mut self, alone: anchors::Anchor, what: &str) -> f64 {
-        let us = alone.in_redis.map_or(0.0, |stats| stats.usec_per_call());
-        let mut row = alone.row("anchor", &format!("{what}'s commands alone, no logic, EVALSHA, 1 conn"));
-        row.ratio = Some(format!("{:.1}× lean", ratio(us, self.baselines.lean_us)));
-        self.rows.push(row);
-        us
+    /// µs in Redis per call of operation `name`'s commands alone (Quote issues GetBalance's).
+    fn commands_alone_us(&self, name: &str) -> Option<f64> {
+        let name = if name == "Quote" { "GetBalance" } else { name };
+        self.baselines.commands_alone_us.iter().find(|(which, _)| *which == name).map(|(_, us)| *us)
     }
 
     async fn scripts(&mut self) {
@@ -236,14 +233,10 @@ impl Bench {
                 Some(note) => format!("{vs_lean:.1}× lean; {note}"),
                 None => format!("{vs_lean:.1}× lean"),
             });
-            if cost.name == "Reserve" {
-                let vs_alone = ratio(cost.stats.usec_per_call(), self.baselines.reserve_commands_us);
-                row.ratio =
-                    Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone; latency = engine direct"));
-            }
-            if cost.name == "GetBalance" || cost.name == "Quote" {
-                let vs_alone = ratio(cost.stats.usec_per_call(), self.baselines.balance_commands_us);
-                row.ratio = Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone"));
+            if let Some(alone_us) = self.commands_alone_us(&cost.name) {
+                let vs_alone = ratio(cost.stats.usec_per_call(), alone_us);
+                let direct = if cost.name == "Reserve" { "; latency = engine direct" } else { "" };
+                row.ratio = Some(format!("{vs_lean:.1}× lean, {vs_alone:.1}× its commands alone{direct}"));
             }
             if cost.note.is_some() {
                 // One timed sweep, not a series of calls: no rate or percentiles.

@@ -1,6 +1,7 @@
 //! Anchors written for the benchmark, to put the project's figures in proportion: a lean
-//! reserve Lua script and Reserve's commands alone, driven by `redis-benchmark`, and a PostgreSQL row-lock hold driven by
-//! `pgbench`. (The third anchor, a gRPC no-op, runs against the sidecar: see `sidecar`.)
+//! reserve Lua script and the commands of Reserve, Commit, Release and GetBalance alone, driven
+//! by `redis-benchmark`, and a PostgreSQL row-lock hold driven by `pgbench`. (The third anchor, a
+//! gRPC no-op, runs against the sidecar: see `sidecar`.)
 
 use std::path::Path;
 use std::process::Command;
@@ -27,9 +28,11 @@ return 1";
 const RESERVE_COMMANDS: &str = "\
 local n = ARGV[1]
 local request = 'r-' .. n
+redis.call('TIME')
 redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
-redis.call('HGET', KEYS[2], 'ann')
 redis.call('HGET', KEYS[3], request)
+redis.call('HGET', KEYS[2], 'ann')
+redis.call('HGET', KEYS[1], 'c:email')
 redis.call('ZRANGE', KEYS[4], 0, 3)
 redis.call('HMGET', KEYS[5], 'r1')
 redis.call('HSET', KEYS[5], 'r1', 1000000000000)
@@ -42,13 +45,61 @@ redis.call('XADD', KEYS[8], '*', 'account', 'acct', 'seq', n, 'at', 170000000000
 redis.call('HSET', KEYS[2], 'ann', ',1,1')
 redis.call('HSET', KEYS[3], request, 'fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
 redis.call('ZADD', KEYS[9], 1700000300000, 'q' .. request)
-redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n)
+redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n, 'c:email', ',1,1')
+return 1";
+
+/// The commands a non-final Commit of 1 credit issues (commit.lua; the reservation, its answers
+/// and the outbox), in order, with no logic around them. KEYS: account, reservations (prefix),
+/// answers, outbox; ARGV[1] a fresh number (request id and reservation seq).
+const COMMIT_COMMANDS: &str = "\
+local n = ARGV[1]
+local request = 'c-' .. n
+local res = KEYS[2] .. '/' .. math.floor(tonumber(n) / 64)
+redis.call('TIME')
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HMGET', res, 'm' .. n, 'i' .. n)
+redis.call('HGET', KEYS[3], request)
+redis.call('XADD', KEYS[4], '*', 'account', 'acct', 'seq', n, 'at', 1700000000000, 'request', request, 'kind',
+  'committed', 'data', '{\"res\":' .. n .. ',\"user\":\"ann\",\"category\":\"email\",\"cycle\":1700000000000,' ..
+  '\"amount\":1,\"draws\":[[1,1]],\"already\":false,\"labels\":{}}')
+redis.call('HSET', KEYS[3], request, 'fp\\031ok\\0311\\031\\03149\\0310\\031' .. n ..
+  '\\031held\\03150\\0311\\03149\\0310\\0311\\0311700000300000\\031')
+redis.call('HSET', res, 'm' .. n, 'held,50,1,1,1700000300000,0,,1,50,1:49')
+redis.call('HSET', KEYS[1], 'held', 49, 'spent', 1, 'ev', n)
+return 1";
+
+/// The commands a Release issues (release.lua: the reservation, its lot given back, the user's and
+/// the category's usage, the deadline and purge schedules, the outbox, the answer), in order, with
+/// no logic around them. KEYS: account, reservations (prefix), answers, lots, users, deadlines,
+/// purge schedule, outbox; ARGV[1] a fresh number (request id and reservation seq).
+const RELEASE_COMMANDS: &str = "\
+local n = ARGV[1]
+local request = 'x-' .. n
+local res = KEYS[2] .. '/' .. math.floor(tonumber(n) / 64)
+redis.call('TIME')
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HMGET', res, 'm' .. n, 'i' .. n)
+redis.call('HGET', KEYS[3], request)
+redis.call('HMGET', KEYS[4], 'r1', 'm1')
+redis.call('HSET', KEYS[4], 'r1', 1000000000000)
+redis.call('HGET', KEYS[5], 'ann')
+redis.call('HSET', KEYS[5], 'ann', ',1,0')
+redis.call('HGET', KEYS[1], 'c:email')
+redis.call('HSET', res, 'm' .. n, 'released,50,1,1,1700000300000,49,1700000000000,1,0,')
+redis.call('ZREM', KEYS[6], n)
+redis.call('ZADD', KEYS[7], 1700086400000, 'r' .. n)
+redis.call('XADD', KEYS[8], '*', 'account', 'acct', 'seq', n, 'at', 1700000000000, 'request', request, 'kind',
+  'closed', 'data', '{\"res\":' .. n .. ',\"state\":\"released\",\"returned\":[[1,49]],\"expired\":0}')
+redis.call('HSET', KEYS[3], request, 'fp\\031ok\\03149\\031' .. n ..
+  '\\031released\\03150\\0311\\0310\\03149\\0311\\0311700000300000\\0311700000000000')
+redis.call('HSET', KEYS[1], 'avail', 1000, 'held', 0, 'ev', n, 'c:email', ',1,0')
 return 1";
 
 /// The commands a GetBalance (or Quote) with a user and a category issues inside Redis
 /// (balance.lua: the account's hot and cold fields, the user's and the category's usage), with no
-/// logic around them and a reply of the same size: the floor under those functions' cost.
+/// logic around them and a reply of the same size.
 const BALANCE_COMMANDS: &str = "\
+redis.call('TIME')
 local hot = redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
 local cold = redis.call('HMGET', KEYS[1], 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd')
 local user = redis.call('HGET', KEYS[2], 'ann')
@@ -56,11 +107,51 @@ local category = redis.call('HGET', KEYS[1], 'c:email')
 return {'ok', hot[10], cold[2], cold[1], hot[1], hot[2], hot[3], hot[4], cold[7], 'ann', false, user, false,
   'email', 100, category, 99}";
 
-/// The keys of [`BALANCE_COMMANDS`], under `prefix`.
-const BALANCE_COMMANDS_KEYS: [&str; 2] = ["a", "u"];
+/// An operation whose commands the benchmark sends alone, as the floor under its function's cost.
+#[derive(Clone, Copy, Debug)]
+pub enum Alone {
+    Reserve,
+    Commit,
+    Release,
+    GetBalance,
+}
 
-/// The keys of [`RESERVE_COMMANDS`], under `prefix`.
-const RESERVE_COMMANDS_KEYS: [&str; 9] = ["a", "u", "q", "b", "l", "r", "d", "s", "p"];
+impl Alone {
+    pub const ALL: [Alone; 4] = [Alone::Reserve, Alone::Commit, Alone::Release, Alone::GetBalance];
+
+    /// The operation's name, as the scripts section's rows name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alone::Reserve => "Reserve",
+            Alone::Commit => "Commit",
+            Alone::Release => "Release",
+            Alone::GetBalance => "GetBalance",
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            Alone::Reserve => RESERVE_COMMANDS,
+            Alone::Commit => COMMIT_COMMANDS,
+            Alone::Release => RELEASE_COMMANDS,
+            Alone::GetBalance => BALANCE_COMMANDS,
+        }
+    }
+
+    /// The script's keys, by the names of [`Alone::key`].
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Alone::Reserve => &["a", "u", "q", "b", "l", "r", "d", "s", "p"],
+            Alone::Commit => &["a", "r", "x", "s"],
+            Alone::Release => &["a", "r", "x", "l", "u", "d", "p", "s"],
+            Alone::GetBalance => &["a", "u"],
+        }
+    }
+
+    fn key(self, prefix: &str, name: &str) -> String {
+        format!("{prefix}alone:{{{}}}:{name}", self.name())
+    }
+}
 
 /// redis-benchmark picks `__rand_int__` in 0..ACCOUNTS, written as 12 zero-padded digits.
 const ACCOUNTS: usize = 1000;
@@ -111,68 +202,43 @@ pub async fn lean_reserve(
     measure(probe, url, &script, clients, seconds).await
 }
 
-/// Loads [`RESERVE_COMMANDS`], gives its account a lot to draw from, and returns its SHA.
-pub async fn prepare_reserve_commands(probe: &RedisProbe, prefix: &str) -> String {
+/// `which`'s commands alone through EVALSHA on one account, one connection, a fresh number per
+/// call (collisions are rare), after giving the account what the commands read: a lot, a user,
+/// every account field.
+pub async fn commands_alone(probe: &RedisProbe, url: &str, prefix: &str, which: Alone, seconds: f64) -> Anchor {
     let mut connection = probe.connection();
     let sha: String =
-        redis::cmd("SCRIPT").arg("LOAD").arg(RESERVE_COMMANDS).query_async(&mut connection).await.expect("SCRIPT LOAD");
-    let key = |name: &str| format!("{prefix}rc:{{x}}:{name}");
-    redis::pipe()
-        .cmd("HSET")
-        .arg(key("l"))
-        .arg("r1")
-        .arg(1_000_000_000_000_i64)
-        .cmd("ZADD")
-        .arg(key("b"))
-        .arg(1_700_000_300_000_i64)
-        .arg("00000000000000001")
-        .query_async::<()>(&mut connection)
-        .await
-        .expect("give the commands-alone anchor a lot");
-    sha
-}
-
-/// [`RESERVE_COMMANDS`] through EVALSHA on one account, one connection: the floor under the
-/// Reserve function's cost inside Redis.
-pub async fn reserve_commands(probe: &RedisProbe, url: &str, prefix: &str, sha: &str, seconds: f64) -> Anchor {
-    let keys: Vec<String> = RESERVE_COMMANDS_KEYS.iter().map(|name| format!("{prefix}rc:{{x}}:{name}")).collect();
-    // A fresh request id and reservation per call, as a Reserve makes (collisions are rare).
-    let script = Evalsha { sha, keys: &keys, args: &["__rand_int__".to_owned()], spread: 1_000_000_000 };
-    measure(probe, url, &script, 1, seconds).await
-}
-
-/// Loads [`BALANCE_COMMANDS`], gives its account every field it reads, and returns its SHA.
-pub async fn prepare_balance_commands(probe: &RedisProbe, prefix: &str) -> String {
-    let mut connection = probe.connection();
-    let sha: String =
-        redis::cmd("SCRIPT").arg("LOAD").arg(BALANCE_COMMANDS).query_async(&mut connection).await.expect("SCRIPT LOAD");
-    let key = |name: &str| format!("{prefix}bc:{{x}}:{name}");
+        redis::cmd("SCRIPT").arg("LOAD").arg(which.script()).query_async(&mut connection).await.expect("SCRIPT LOAD");
+    let key = |name: &str| which.key(prefix, name);
     let mut account = redis::cmd("HSET");
-    account.arg(key("a"));
+    account.arg(key("a")).arg("c:email").arg("100,1,1");
     for field in ["avail", "held", "spent", "expired", "res", "ev", "due", "wake", "gen", "cs", "granted", "ce"] {
         account.arg(field).arg(1_700_000_000_000_i64);
     }
     for field in ["pg", "ag", "lot", "trial", "pp", "pa", "pc", "pd"] {
         account.arg(field).arg(1);
     }
-    account.arg("c:email").arg("100,1,1");
     redis::pipe()
         .add_command(account)
+        .cmd("HSET")
+        .arg(key("l"))
+        .arg("r1")
+        .arg(1_000_000_000_000_i64)
+        .arg("m1")
+        .arg("plan,1000000000000,1700000000000,1702592000000,1")
+        .cmd("ZADD")
+        .arg(key("b"))
+        .arg(1_702_592_000_000_i64)
+        .arg("00000000000000001")
         .cmd("HSET")
         .arg(key("u"))
         .arg("ann")
         .arg(",1,1")
         .query_async::<()>(&mut connection)
         .await
-        .expect("give the balance commands' anchor an account");
-    sha
-}
-
-/// [`BALANCE_COMMANDS`] through EVALSHA on one account, one connection: the floor under
-/// GetBalance's and Quote's cost inside Redis.
-pub async fn balance_commands(probe: &RedisProbe, url: &str, prefix: &str, sha: &str, seconds: f64) -> Anchor {
-    let keys: Vec<String> = BALANCE_COMMANDS_KEYS.iter().map(|name| format!("{prefix}bc:{{x}}:{name}")).collect();
-    let script = Evalsha { sha, keys: &keys, args: &[], spread: 1 };
+        .expect("give the commands-alone anchor its account");
+    let keys: Vec<String> = which.keys().iter().map(|name| key(name)).collect();
+    let script = Evalsha { sha: &sha, keys: &keys, args: &["__rand_int__".to_owned()], spread: 1_000_000_000 };
     measure(probe, url, &script, 1, seconds).await
 }
 
