@@ -96,10 +96,9 @@ redis.call('HSET', KEYS[1], 'avail', 1000, 'held', 0, 'ev', n, 'c:email', ',1,0'
 return 1";
 
 /// The commands a GetBalance (or Quote) with a user and a category issues inside Redis
-/// (balance.lua: the account's hot and cold fields, the user's and the category's usage), with no
-/// logic around them and a reply of the same size.
+/// (balance.lua: the account's hot and cold fields, the user's and the category's usage; the
+/// engine passes the time to reads), with no logic around them and a reply of the same size.
 const BALANCE_COMMANDS: &str = "\
-redis.call('TIME')
 local hot = redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
 local cold = redis.call('HMGET', KEYS[1], 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd')
 local user = redis.call('HGET', KEYS[2], 'ann')
