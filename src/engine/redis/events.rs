@@ -97,12 +97,17 @@ pub fn read_reply(value: Value) -> Result<Vec<Entry>, Error> {
     Ok(all)
 }
 
-/// The entries claimed by an XAUTOCLAIM reply: `[next id, [entries], [deleted ids]]`.
+/// The entries claimed by an XAUTOCLAIM reply: `[next id, [entries], [deleted ids]]`. An entry
+/// deleted before it was claimed is not one of them (Redis 7 lists its id last; a nil in the
+/// entries, as older servers sent, is skipped).
 pub fn claimed(value: Value) -> Result<Vec<Entry>, Error> {
     match value {
-        Value::Array(items) if (2..=3).contains(&items.len()) => {
-            entries(items.into_iter().nth(1).unwrap_or(Value::Nil))
-        }
+        Value::Array(items) if (2..=3).contains(&items.len()) => match items.into_iter().nth(1) {
+            Some(Value::Array(claimed)) => {
+                claimed.into_iter().filter(|entry| !matches!(entry, Value::Nil)).map(Entry::parse).collect()
+            }
+            other => entries(other.unwrap_or(Value::Nil)),
+        },
         other => Err(malformed(format!("not an XAUTOCLAIM reply: {other:?}"))),
     }
 }
@@ -202,7 +207,7 @@ mod tests {
 
     #[test]
     fn an_xautoclaim_reply_gives_the_claimed_entries() {
-        let claimed_entries = Value::Array(vec![entry("4-0", Value::Array(flat_fields(4)))]);
+        let claimed_entries = Value::Array(vec![entry("4-0", Value::Array(flat_fields(4))), Value::Nil]);
         let reply = Value::Array(vec![bulk("0-0"), claimed_entries, Value::Array(vec![bulk("5-0")])]);
         let entries = claimed(reply).unwrap();
         assert_eq!(entries.iter().map(|entry| entry.id.as_str()).collect::<Vec<_>>(), ["4-0"]);

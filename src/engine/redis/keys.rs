@@ -139,12 +139,10 @@ impl Layout {
     /// A call's keys: the account's twelve and, for a call on reservation `seq`, its answers
     /// hash — the shard hashed once for all of them, the keys written into one buffer.
     pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Keys {
-        let mut shard = itoa::Buffer::new();
-        let shard = shard.format(self.shard(account));
+        let shard_tag = self.shard_tag(self.shard(account));
+        let tag = [shard_tag.as_str()];
         let account = account.as_str();
-        let tag = [self.prefix.as_str(), "cs:{s", shard, "}:"];
-        let mut keys =
-            Keys::with_capacity(KEYS_MAX * (tag.iter().map(|part| part.len()).sum::<usize>() + account.len() + 24));
+        let mut keys = Keys::with_capacity(KEYS_MAX * (shard_tag.len() + account.len() + 24));
         for kind in ["a", "l", "b", "e", "r", "d", "q", "p", "u", "k"] {
             keys.push(&tag, &[kind, ":", account]);
         }
@@ -156,6 +154,7 @@ impl Layout {
         keys
     }
 
+    /// `<prefix>cs:{s<shard>}:`, the start of every key of a shard.
     fn shard_tag(&self, shard: u32) -> String {
         let mut tag = String::with_capacity(self.prefix.len() + 16);
         tag.push_str(&self.prefix);

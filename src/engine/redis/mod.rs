@@ -31,7 +31,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use tracing::Instrument;
 
-pub use keys::{Keys, LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
+use keys::Keys;
+pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
 use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
