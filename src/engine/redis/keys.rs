@@ -92,10 +92,6 @@ impl Keys {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Key `index` (panics past the last).
     pub fn get(&self, index: usize) -> &str {
         assert!(index < self.count, "key {index} of {}", self.count);
@@ -112,6 +108,7 @@ impl Keys {
         self.text.len()
     }
 
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_owned).collect()
     }
