@@ -165,11 +165,18 @@ async fn upgrade_layout(config: &Config, json: bool) -> Result<ExitCode, Box<dyn
     let layout = credit_sidecar::engine::redis::LAYOUT_VERSION;
     if json {
         let report = serde_json::json!({
+            "from_layout": upgraded.from_layout,
+            "converted_accounts": upgraded.accounts_converted,
             "keys_deleted": upgraded.keys_deleted,
             "rebuilt_accounts": upgraded.accounts_rebuilt,
             "layout": layout,
         });
         println!("{report}");
+    } else if upgraded.from_layout == 2 {
+        println!(
+            "converted {} account(s) from layout 2 to layout {layout} in place; remembered request ids kept",
+            upgraded.accounts_converted,
+        );
     } else {
         println!(
             "deleted {} key(s) of the old layout; rebuilt {} account(s) from the ledger in layout {layout}",

@@ -172,30 +172,43 @@ pub async fn recover(store: &Store, redis: &RedisEngine, retention_ms: Millis) -
     result
 }
 
-/// What the layout upgrade did.
+/// What the layout upgrade did: converted the accounts of a layout-2 Redis in place, or deleted
+/// an older layout's keys and rebuilt the accounts from the ledger.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Upgraded {
+    pub from_layout: u32,
+    pub accounts_converted: usize,
     pub keys_deleted: usize,
     pub accounts_rebuilt: usize,
 }
 
-/// Moves a Redis written by an older layout to this one: refuses while any event in the outbox
-/// streams is missing from the SQL ledger (drain the old sidecars and let settlement finish
-/// first), then deletes every key of the deployment, records this layout and rebuilds every
-/// account from the ledger. Remembered request ids do not survive it (as with `rebuild`).
+/// Moves a Redis written by an older layout to this one (the old sidecars stopped first).
+///
+/// From layout 2, in place: every account's remembered request ids are converted (layout 3
+/// changed only how they are kept), so they survive and nothing else is touched; the outbox
+/// streams stay as they are for the new sidecars to settle.
+///
+/// From layout 1: refuses while any event in the outbox streams is missing from the SQL ledger
+/// (let settlement finish first), then deletes every key of the deployment, records this layout
+/// and rebuilds every account from the ledger. Remembered request ids do not survive that (as
+/// with `rebuild`).
 pub async fn upgrade_layout(
     store: &Store,
     settings: &crate::engine::redis::RedisSettings,
     retention_ms: Millis,
 ) -> Result<Upgraded, MaintenanceError> {
     let redis = RedisEngine::connect_unchecked(settings, retention_ms).await?;
+    if redis.recorded_layout().await? == Some(format!("2 {}", settings.shards)) {
+        let accounts_converted = redis.upgrade_from_layout_2().await?;
+        return Ok(Upgraded { from_layout: 2, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
+    }
     let unsettled = unsettled_events(store, &redis).await?;
     if unsettled > 0 {
         return Err(MaintenanceError::Unsettled(unsettled));
     }
     let keys_deleted = redis.wipe_and_init().await?;
     let accounts_rebuilt = rebuild(store, &redis, retention_ms, None).await?;
-    Ok(Upgraded { keys_deleted, accounts_rebuilt })
+    Ok(Upgraded { from_layout: 1, accounts_converted: 0, keys_deleted, accounts_rebuilt })
 }
 
 /// How many events in Redis's outbox streams the ledger does not have. The streams' entry format

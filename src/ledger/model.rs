@@ -202,9 +202,11 @@ impl Ledger {
             self.accounts.entry(call.account.clone()).or_insert_with(|| Account::new(call.account.clone(), now));
         let mut sink = Sink { out: &mut self.outbox, request: None };
         account.catch_up(&mut sink, now);
+        // An account-scoped answer is forgotten the instant its keep passes, whether or not the
+        // sweep has deleted it yet (a reservation's answers live as long as it does).
         let remembered = match call.reservation {
             Some(seq) => account.reservations.get(&seq).and_then(|r| r.requests.get(call.request)),
-            None => account.requests.get(call.request),
+            None => account.requests.get(call.request).filter(|remembered| remembered.keep_until_ms > now),
         };
         if let Some(remembered) = remembered {
             if remembered.fingerprint != call.fingerprint {

@@ -1,8 +1,9 @@
 //! Golden tests: the formats that outlive a binary, rendered from the code and compared with the
 //! texts under `tests/golden/` — request fingerprints of every command, the event JSON of every
-//! kind, the SQL schema as each database reports it, the messages and fields of the gRPC API.
-//! (The Redis key layout and the shard of an account are pinned in `layout.rs`; the embedded
-//! engine's remembered answers and snapshots in `src/ledger/durable.rs`.)
+//! kind, the SQL schema as each database reports it, the messages and fields of the gRPC API, and
+//! what Redis holds for an account after one call of each kind (layout 3). (The Redis key names
+//! and the shard of an account are pinned in `layout.rs`; the embedded engine's remembered
+//! answers and snapshots in `src/ledger/durable.rs`.)
 //!
 //! A failure here means a durable format changed. Old data, in-flight retries and deployed
 //! clients still speak the old one: give the format a new version and an upgrade path
@@ -25,7 +26,7 @@ use credit_sidecar::settle::store::Store;
 use prost::Message as _;
 use sqlx::Row as _;
 
-use crate::servers::PostgresServer;
+use crate::servers::{PostgresServer, RedisServer};
 
 /// Compares `actual` with `tests/golden/<name>`, or writes it there under `GOLDEN_UPDATE=1`.
 fn assert_golden(name: &str, actual: &str) {
@@ -477,4 +478,136 @@ fn describe_enum(text: &mut String, outer: &str, enumeration: &prost_types::Enum
     for value in &enumeration.value {
         writeln!(text, "  {} = {}", value.name(), value.number()).unwrap();
     }
+}
+
+/// What Redis holds, key by key, after a plan, a grant, a user limit, a category budget, a
+/// Reserve with labels, a Commit with a business key, an Extend, and a second hold released: the
+/// fields and members the Lua writes and reads back (layout 3). Every deployed Redis holds these;
+/// a sidecar that reads them otherwise needs a new layout version and an upgrade path. The outbox
+/// entries' ids (Redis's own clock) are left out; their fields are pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_layout_is_pinned() {
+    use std::sync::Arc;
+
+    use credit_sidecar::engine::redis::RedisEngine;
+    use credit_sidecar::ledger::ManualClock;
+
+    let server = RedisServer::start();
+    let settings = crate::harness::redis_settings(vec![server.url()], false);
+    let t0 = crate::harness::t0();
+    let clock = ManualClock::new(t0);
+    let redis = RedisEngine::connect_with_test_clock(&settings, 86_400_000, Arc::new(clock.clone())).await.unwrap();
+    let email = Rules::default().category("email").unwrap();
+    let ann = UserId::parse("ann").unwrap();
+    let id = |name: &str| RequestId::parse(name).unwrap();
+    let plan =
+        Plan { period: Period::Monthly, anchor_ms: crate::harness::anchor(), plan_credits: 1000, addon_credits: 0 };
+    redis.set_plan(&SetPlan { account: account(), plan, request: id("plan-1") }).await.unwrap();
+    let grant = Grant {
+        account: account(),
+        kind: LotKind::Promo,
+        amount: 50,
+        expires_ms: Some(t0 + 30 * 86_400_000),
+        request: id("grant-1"),
+        create_account: false,
+    };
+    redis.grant(&grant).await.unwrap();
+    redis
+        .set_user_limit(&SetUserLimit {
+            account: account(),
+            user: ann.clone(),
+            limit: Some(500),
+            request: id("limit-1"),
+        })
+        .await
+        .unwrap();
+    let budget =
+        SetCategoryBudget { account: account(), category: email.clone(), budget: Some(800), request: id("budget-1") };
+    redis.set_category_budget(&budget).await.unwrap();
+    let reserve = |amount: i64, name: &str| Reserve {
+        account: account(),
+        user: ann.clone(),
+        category: email.clone(),
+        amount,
+        ttl_ms: 60_000,
+        request: id(name),
+        labels: labels(),
+        partial: None,
+    };
+    let first = redis.reserve(&reserve(100, "reserve-1")).await.unwrap().done().unwrap().reservation;
+    clock.advance(1_000);
+    let commit = Commit {
+        reservation: first.clone(),
+        amount: 30,
+        final_commit: false,
+        request: id("commit-1"),
+        business_key: BusinessKey::parse_optional("contact:123:mobile").unwrap(),
+        labels: labels(),
+    };
+    redis.commit(&commit).await.unwrap();
+    let extend =
+        Extend { reservation: first, amount: 10, ttl_ms: Some(120_000), request: id("extend-1"), partial: None };
+    redis.extend(&extend).await.unwrap();
+    let second = redis.reserve(&reserve(20, "reserve-2")).await.unwrap().done().unwrap().reservation;
+    redis.release(&Release { reservation: second, request: id("release-1") }).await.unwrap();
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
+    keys.sort();
+    let mut text = String::new();
+    let shown = |bytes: &[u8]| format!("{:?}", String::from_utf8_lossy(bytes));
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await.unwrap();
+        writeln!(text, "{key} ({kind})").unwrap();
+        let mut lines: Vec<String> = match kind.as_str() {
+            "string" => {
+                let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+                vec![shown(&value)]
+            }
+            "hash" => {
+                let entries: Vec<(Vec<u8>, Vec<u8>)> =
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut connection).await.unwrap();
+                entries.iter().map(|(field, value)| format!("{} = {}", shown(field), shown(value))).collect()
+            }
+            "zset" => {
+                let members: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                // In score order, as Redis keeps them (not sorted again below).
+                let lines = members.iter().map(|(member, score)| format!("{score} {}", shown(member))).collect();
+                text.extend(lines_of(lines));
+                continue;
+            }
+            "set" => {
+                let members: Vec<Vec<u8>> =
+                    redis::cmd("SMEMBERS").arg(&key).query_async(&mut connection).await.unwrap();
+                members.iter().map(|member| shown(member)).collect()
+            }
+            "stream" => {
+                let entries: Vec<(String, Vec<Vec<u8>>)> =
+                    redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(&mut connection).await.unwrap();
+                let lines = entries
+                    .iter()
+                    .map(|(_, fields)| fields.iter().map(|field| shown(field)).collect::<Vec<_>>().join(" "))
+                    .collect();
+                text.extend(lines_of(lines));
+                continue;
+            }
+            other => panic!("{key}: a key of type {other} this test does not know"),
+        };
+        lines.sort();
+        text.extend(lines_of(lines));
+    }
+    assert_golden("redis-layout.txt", &text);
+}
+
+/// Indented lines, for the golden text.
+fn lines_of(lines: Vec<String>) -> impl Iterator<Item = String> {
+    lines.into_iter().map(|line| format!("  {line}\n"))
 }

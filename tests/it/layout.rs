@@ -1,8 +1,10 @@
 //! The Redis layout as a durable contract: a Redis written by layout 1 is refused with a message
 //! saying what to do, the upgrade (`rebuild --upgrade-layout`) refuses while the old outbox holds
 //! events the ledger lacks, then moves the data over; a layout-1 sidecar would refuse the new
-//! layout (its shard marker no longer parses). Key names, the layout marker and the shard of an
-//! account id are pinned here: changing them strands every deployed Redis.
+//! layout (its shard marker no longer parses). A layout-2 Redis is refused too and converted in
+//! place, its remembered request ids kept. Key names, the layout marker and the shard of an
+//! account id are pinned here (what the keys hold, in `golden.rs`): changing them strands every
+//! deployed Redis.
 
 use std::sync::Arc;
 
@@ -23,8 +25,8 @@ const RETENTION: i64 = 86_400_000;
 fn key_names_and_shards_are_pinned() {
     let layout = Layout { prefix: String::new(), shards: 16 };
     let acme = AccountId::parse("acme").unwrap();
-    assert_eq!(LAYOUT_VERSION, 2);
-    assert_eq!(layout.layout_value(), "2 16");
+    assert_eq!(LAYOUT_VERSION, 3);
+    assert_eq!(layout.layout_value(), "3 16");
     // The shard of an account id is part of every key name: a change would move every account.
     let shards: Vec<u32> =
         ["acme", "globex", "team-1", "a"].iter().map(|id| layout.shard(&AccountId::parse(id).unwrap())).collect();
@@ -92,7 +94,7 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!(upgraded.accounts_rebuilt, 1);
     assert!(upgraded.keys_deleted >= 3, "{upgraded:?}");
-    assert_eq!(server.cli(&["GET", "cs:layout"]), "2 16");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
     assert_eq!(server.cli(&["GET", "cs:shards"]), "see cs:layout", "a layout-1 sidecar cannot parse this");
 
     let clock = ManualClock::new(t0());
@@ -116,6 +118,107 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     assert_eq!(outbox, model.drain_events());
 }
 
+/// Rewrites an account's remembered request ids as layout 2 kept them: the answer without its
+/// keep, and one purge-schedule member `q<id>` per id scored by that keep (and no member `q`).
+fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
+    let (q, p) = (&keys[6], &keys[7]);
+    let entries = server.cli(&["HGETALL", q]);
+    let lines: Vec<&str> = entries.lines().collect();
+    assert!(!lines.is_empty(), "no remembered request ids to downgrade");
+    for pair in lines.chunks(2) {
+        let (id, value) = (pair[0], pair[1]);
+        let (keep, answer) = value.split_once('\u{1f}').expect("layout 3 keeps the keep first");
+        server.cli(&["HSET", q, id, answer]);
+        server.cli(&["ZADD", p, keep, &format!("q{id}")]);
+    }
+    assert_eq!(server.cli(&["ZREM", p, "q"]), "1", "layout 3 schedules its pass over q in p");
+    assert_eq!(server.cli(&["SET", "cs:layout", "2 16"]), "OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids() {
+    use credit_sidecar::ledger::command::{Extend, SetUserLimit};
+
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display())).await.unwrap();
+    let settings = redis_settings(vec![server.url()], false);
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let acme = AccountId::parse("acme").unwrap();
+    let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
+    let request = |name: &str| RequestId::parse(name).unwrap();
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
+    let set_plan = SetPlan { account: acme.clone(), plan, request: request("plan-1") };
+    redis.set_plan(&set_plan).await.unwrap();
+    let reserve = Reserve {
+        account: acme.clone(),
+        user: UserId::parse("ann").unwrap(),
+        category: Rules::default().category("email").unwrap(),
+        amount: 40,
+        ttl_ms: 60_000,
+        request: request("r-1"),
+        labels: Labels::default(),
+        partial: None,
+    };
+    let reserved = redis.reserve(&reserve).await.unwrap();
+    let held = reserved.clone().done().unwrap();
+    let extend = Extend {
+        reservation: held.reservation.clone(),
+        amount: 0,
+        ttl_ms: Some(7_200_000),
+        request: request("e-1"),
+        partial: None,
+    };
+    redis.extend(&extend).await.unwrap().done().unwrap();
+    let limit = SetUserLimit {
+        account: acme.clone(),
+        user: UserId::parse("bob").unwrap(),
+        limit: Some(5),
+        request: request("u-1"),
+    };
+    let limited = redis.set_user_limit(&limit).await.unwrap();
+    let (q_before, p_before) =
+        (server.cli(&["HGETALL", &keys[6]]), server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]));
+    assert_eq!(q_before.lines().count(), 6, "plan-1, r-1 and u-1 remembered: {q_before}");
+    drop(redis);
+    downgrade_requests_to_layout_2(&server, &keys);
+
+    // This sidecar refuses to read it, and says what to do.
+    let Err(Error::Unavailable(message)) = RedisEngine::connect(&settings, RETENTION).await else {
+        panic!("a layout-2 Redis was accepted");
+    };
+    assert!(message.contains("layout 2") && message.contains("rebuild --upgrade-layout"), "{message}");
+
+    // The upgrade converts it in place: no settlement needed, nothing rebuilt, and run twice
+    // (as after an interruption) it converts nothing twice.
+    let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(
+        upgraded,
+        maintenance::Upgraded { from_layout: 2, accounts_converted: 1, keys_deleted: 0, accounts_rebuilt: 0 }
+    );
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
+    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "the answers are layout 3's again, keeps included");
+    assert_eq!(server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]), p_before);
+    server.cli(&["SET", "cs:layout", "2 16"]);
+    maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "converted once only");
+
+    // Retries of calls made before the upgrade get their first answers; a reuse is refused.
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    assert_eq!(redis.reserve(&reserve).await.unwrap(), reserved, "no second hold");
+    assert_eq!(redis.set_user_limit(&limit).await.unwrap(), limited);
+    let reused = Reserve { amount: 41, ..reserve.clone() };
+    assert!(matches!(
+        redis.reserve(&reused).await,
+        Err(Error::Ledger(credit_sidecar::ledger::Error::RequestIdReused(_)))
+    ));
+    // The Extend carried r-1's keep past the new deadline, and the conversion kept it: a day
+    // after the first deadline (but before the extended one's day ends) r-1 is still answered.
+    clock.advance(RETENTION + 60_000);
+    assert_eq!(redis.reserve(&reserve).await.unwrap(), reserved);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_shard_count_is_refused() {
     let server = RedisServer::start();
@@ -125,7 +228,7 @@ async fn another_shard_count_is_refused() {
     let Err(Error::Unavailable(message)) = RedisEngine::connect(&other, RETENTION).await else {
         panic!("another shard count was accepted");
     };
-    assert!(message.contains("\"2 8\"") && message.contains("\"2 16\""), "{message}");
+    assert!(message.contains("\"3 8\"") && message.contains("\"3 16\""), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,4 +363,93 @@ async fn a_hold_older_than_category_budgets_closes_without_breaking_the_account(
     assert!(over.declined().is_some(), "the budget still holds: {over:?}");
     clock.advance(3_600_000);
     redis.balance(&acme, None).await.expect("the account answers after its holds come due");
+}
+
+/// Remembered request ids are kept without a purge-schedule entry each: an id is forgotten the
+/// instant its keep passes (a call reusing it is a new call, as in the model) and deleted by the
+/// sweep's next pass over them, which runs in bounded steps and is scheduled once per account
+/// (P's member `q`), for the earliest keep left but no sooner than 1/REQUEST_PASSES of the
+/// retention after the last pass began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_bounded_passes() {
+    use credit_sidecar::engine::redis::library::{PURGE_MAX, REQUEST_PASSES};
+    use credit_sidecar::ledger::Clock;
+    use credit_sidecar::ledger::command::SetUserLimit;
+
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let mut model = Ledger::new(RETENTION);
+    let acme = AccountId::parse("acme").unwrap();
+    let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
+    let (q, p) = (keys[6].clone(), keys[7].clone());
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
+    let set_plan = SetPlan { account: acme.clone(), plan, request: RequestId::parse("plan").unwrap() };
+    assert_eq!(redis.set_plan(&set_plan).await.unwrap(), model.set_plan(t0(), &set_plan).unwrap());
+    let limit = |n: usize, limit: i64| SetUserLimit {
+        account: acme.clone(),
+        user: UserId::parse("ann").unwrap(),
+        limit: Some(limit),
+        request: RequestId::parse(&format!("u{n}")).unwrap(),
+    };
+    let call = async |model: &mut Ledger, n: usize, figure: i64| {
+        let now = clock.now_ms();
+        let ours = redis.set_user_limit(&limit(n, figure)).await;
+        match (&ours, model.set_user_limit(now, &limit(n, figure))) {
+            (Ok(ours), Ok(theirs)) => assert_eq!(*ours, theirs, "u{n} at {now}"),
+            (Err(Error::Ledger(ours)), Err(theirs)) => assert_eq!(*ours, theirs, "u{n} at {now}"),
+            (ours, theirs) => panic!("u{n} at {now}: {ours:?} against the model's {theirs:?}"),
+        }
+        ours
+    };
+    let score = |member: &str| server.cli(&["ZSCORE", &p, member]);
+    let retention = RETENTION;
+    // Early ids (more than two steps of a pass), a few a little later, ten at half the retention.
+    let early = 2 * PURGE_MAX as usize + 500;
+    for n in 0..early {
+        call(&mut model, n, 5).await.unwrap();
+    }
+    assert_eq!(server.cli(&["ZCARD", &p]), "1", "one schedule entry, not one per id");
+    assert_eq!(score("q"), (t0() + retention).to_string(), "the earliest keep");
+    clock.advance(retention / 20);
+    for n in early..early + 5 {
+        call(&mut model, n, 5).await.unwrap();
+    }
+    clock.set(t0() + retention / 2);
+    for n in early + 5..early + 15 {
+        call(&mut model, n, 5).await.unwrap();
+    }
+    assert_eq!(score("q"), (t0() + retention).to_string(), "a later keep never delays the pass");
+
+    // At the early ids' keep, before any sweep: forgotten. Reused with another figure, u0 is a
+    // new call (not REQUEST_ID_REUSED); a later id still answers as the first time.
+    clock.set(t0() + retention);
+    call(&mut model, 0, 9).await.unwrap().done().unwrap();
+    call(&mut model, early + 14, 5).await.unwrap();
+    assert!(call(&mut model, early + 14, 6).await.is_err(), "u{} is still remembered", early + 14);
+
+    // The pass deletes every early id, in several bounded steps (HSCAN calls).
+    assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    let now = clock.now_ms();
+    assert_eq!(redis.sweep().await.unwrap(), model.sweep(now));
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let hscans = stats.lines().find(|line| line.starts_with("cmdstat_hscan:")).unwrap_or_default();
+    let hscans: u64 = hscans.split(['=', ',']).nth(1).and_then(|calls| calls.parse().ok()).unwrap_or(0);
+    assert!(hscans >= 3, "a pass over {} ids took {hscans} HSCAN steps", early + 15);
+    assert_eq!(server.cli(&["HLEN", &q]), "16", "5 + 10 later ids and u0 made again");
+    // Next pass: the earliest keep left (the five at retention/20 past it) comes sooner than
+    // 1/REQUEST_PASSES of the retention after this pass: then.
+    let spacing = retention / i64::from(REQUEST_PASSES);
+    assert!(retention / 20 < spacing);
+    assert_eq!(score("q"), (now + spacing).to_string());
+    clock.set(now + spacing);
+    assert_eq!(redis.sweep().await.unwrap(), model.sweep(clock.now_ms()));
+    assert_eq!(server.cli(&["HLEN", &q]), "11");
+    assert_eq!(score("q"), (t0() + retention / 2 + retention).to_string(), "the ten's keep");
+    clock.set(t0() + 2 * retention);
+    assert_eq!(redis.sweep().await.unwrap(), model.sweep(clock.now_ms()));
+    assert_eq!(server.cli(&["EXISTS", &q]), "0");
+    assert_eq!(server.cli(&["EXISTS", &p]), "0", "nothing left to schedule");
+    assert_eq!(redis.account(&acme).await.unwrap(), model.account(clock.now_ms(), &acme).unwrap());
 }

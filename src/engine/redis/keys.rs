@@ -17,8 +17,8 @@
 //! cs:{sN}:e:<account>   zset    live lots by expiry
 //! cs:{sN}:r:<account>/<n>  hash reservations n*64 .. n*64+63: m<seq> -> hot fields, i<seq> -> facts
 //! cs:{sN}:d:<account>   zset    open reservations by deadline
-//! cs:{sN}:q:<account>   hash    remembered request ids: id -> fingerprint, compact answer
-//! cs:{sN}:p:<account>   zset    purge schedule of closed reservations and request ids
+//! cs:{sN}:q:<account>   hash    remembered request ids: id -> keep until, fingerprint, compact answer
+//! cs:{sN}:p:<account>   zset    purge schedule: closed reservations, and the next pass over q
 //! cs:{sN}:u:<account>   hash    users: id -> limit, cycle generation, used
 //! cs:{sN}:k:<account>   set     business keys charged this cycle
 //! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
@@ -40,8 +40,11 @@ use crate::ledger::AccountId;
 pub const RESERVATIONS_PER_HASH: u64 = 64;
 
 /// The version of this layout. A Redis holding another version is refused at start (see
-/// README, "Upgrading the Redis layout").
-pub const LAYOUT_VERSION: u32 = 2;
+/// README, "Upgrading the Redis layout"). Version 3 keeps a remembered request id's keep-until
+/// time in its answer (q) and schedules one pass over q per account in p, where version 2 kept a
+/// purge-schedule entry per request id; `rebuild --upgrade-layout` converts a version-2 Redis in
+/// place.
+pub const LAYOUT_VERSION: u32 = 3;
 pub const LAYOUT_KEY: &str = "cs:layout";
 /// See [`Layout::recovered_key`].
 pub const RECOVERED_KEY: &str = "cs:recovered";

@@ -3,7 +3,7 @@
 //! (the balance bound, the lots' burn order, the per-call work limits).
 //!
 //! The library's name and every function's name carry a digest of the whole source
-//! (`credit_sidecar_2_<digest>`, functions `cs2_<digest>_<operation>`): sidecars of different
+//! (`credit_sidecar_3_<digest>`, functions `cs3_<digest>_<operation>`): sidecars of different
 //! versions can share one Redis during a rolling upgrade, each calling its own functions, and a
 //! `FUNCTION LOAD` of a library already there is a no-op. Functions survive a failover (they are
 //! replicated and persisted with the data); after a restart that lost them, the engine loads the
@@ -23,8 +23,15 @@ use crate::ledger::{LotKind, wire};
 /// that finds more due answers "due" after doing these, and the engine calls again; so no single
 /// call holds Redis long however long an account went untouched.
 pub const CATCHUP_STEPS_MAX: u32 = 64;
-/// The most closed reservations and request ids one sweep call forgets.
+/// The most closed reservations one sweep call forgets, and about how many remembered request ids
+/// it examines (one HSCAN step of its pass over them).
 pub const PURGE_MAX: u32 = 1000;
+/// How often, at most, the sweep passes over an account's remembered request ids: every
+/// `1/REQUEST_PASSES` of the retention. Each pass reads them all and deletes those past their
+/// keep, so a remembered id is read about this many times before it goes, and stays in memory up
+/// to this fraction of the retention past its keep (forgotten all the same: a call finds it
+/// expired and treats it as new).
+pub const REQUEST_PASSES: u32 = 8;
 
 const FILES: [&str; 16] = [
     include_str!("lua/lib.lua"),
@@ -66,6 +73,7 @@ fn constants() -> String {
     writeln!(header, "local RANK = {{ {} }}", ranks.join(", ")).unwrap();
     writeln!(header, "local CATCHUP_STEPS_MAX = {CATCHUP_STEPS_MAX}").unwrap();
     writeln!(header, "local PURGE_MAX = {PURGE_MAX}").unwrap();
+    writeln!(header, "local REQUEST_PASSES = {REQUEST_PASSES}").unwrap();
     writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
     writeln!(header, "local COMMIT_BATCH_MAX = {COMMIT_BATCH_MAX}").unwrap();
     header
@@ -88,10 +96,11 @@ mod tests {
     #[test]
     fn the_header_carries_the_rust_constants() {
         let source = &LIBRARY.source;
-        assert!(source.starts_with("#!lua name=credit_sidecar_2_"), "{}", &source[..60]);
+        assert!(source.starts_with("#!lua name=credit_sidecar_3_"), "{}", &source[..60]);
         assert!(source.contains("local BALANCE_MAX = 10000000000000\n"));
         assert!(source.contains("local RANK = { trial = 0, promo = 1, plan = 2, addon = 3, adjustment = 4 }"));
-        assert!(LIBRARY.prefix.starts_with("cs2_") && LIBRARY.prefix.len() == "cs2_".len() + 12 + 1);
+        assert!(source.contains("local PURGE_MAX = 1000\nlocal REQUEST_PASSES = 8\n"));
+        assert!(LIBRARY.prefix.starts_with("cs3_") && LIBRARY.prefix.len() == "cs3_".len() + 12 + 1);
     }
 
     #[test]

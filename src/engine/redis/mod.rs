@@ -294,6 +294,13 @@ impl RedisEngine {
         let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
         match recorded {
             Some(recorded) if recorded == value => return Ok(()),
+            Some(recorded) if recorded == format!("2 {}", self.layout.shards) => {
+                return Err(Error::Unavailable(format!(
+                    "redis layout: Redis holds accounts in layout 2, this sidecar reads layout {LAYOUT_VERSION}: stop \
+                     the old sidecars, then run `credit-sidecar rebuild --upgrade-layout`, which converts them in \
+                     place (README, \"Upgrading the Redis layout\")"
+                )));
+            }
             Some(recorded) => {
                 return Err(Error::Unavailable(format!(
                     "redis layout: this sidecar uses layout {value:?} (version, shards) but Redis holds {recorded:?}; \
@@ -949,6 +956,66 @@ impl RedisEngine {
         let snapshot = serde_json::to_string(snapshot).expect("snapshot serialises");
         self.account_call("restore", Access::Write, &account, &keys, &[Arg::Owned(snapshot)]).await?;
         Ok(())
+    }
+
+    /// What the layout marker holds ("<version> <shards>"), if anything.
+    pub(crate) async fn recorded_layout(&self) -> Result<Option<String>> {
+        let mut connection = self.connection.clone();
+        self.bounded(redis::cmd("GET").arg(self.layout.layout_key()).query_async(&mut connection)).await
+    }
+
+    /// `rebuild --upgrade-layout` on a layout-2 Redis: converts every account's remembered
+    /// request ids in place (the function `upgrade_requests`, in bounded calls) and then records
+    /// this layout, so retries of calls made before the upgrade are still answered once. Every
+    /// account is in its shard's wake-up index, so this walks those (on Redis Cluster each
+    /// shard's keys route like any call). Returns how many accounts it converted.
+    pub(crate) async fn upgrade_from_layout_2(&self) -> Result<usize> {
+        const PAGE: usize = 1000;
+        self.load_library().await?;
+        let mut connection = self.connection.clone();
+        let mut accounts = 0;
+        for shard in 0..self.layout.shards {
+            let wake = self.layout.wake_key(shard);
+            for start in (0..).step_by(PAGE) {
+                let mut command = redis::cmd("ZRANGE");
+                command.arg(&wake).arg(start).arg(start + PAGE - 1);
+                let page: Vec<String> = self.bounded(command.query_async(&mut connection)).await?;
+                for account in &page {
+                    let account = AccountId::parse(account).map_err(|error| {
+                        Error::Internal(format!("upgrade: {account:?} in the wake-up index of shard {shard}: {error}"))
+                    })?;
+                    self.upgrade_requests(&account).await?;
+                    accounts += 1;
+                }
+                if page.len() < PAGE {
+                    break;
+                }
+            }
+        }
+        let value = self.layout.layout_value();
+        self.bounded(redis::cmd("SET").arg(self.layout.layout_key()).arg(value).query_async::<()>(&mut connection))
+            .await?;
+        Ok(accounts)
+    }
+
+    /// Converts one account's remembered request ids from layout 2 (see `upgrade_from_layout_2`).
+    async fn upgrade_requests(&self, account: &AccountId) -> Result<()> {
+        let keys = self.layout.call_keys(account, None);
+        let mut cursor = "0".to_owned();
+        loop {
+            let args = [
+                Arg::Text(account.as_str()),
+                Arg::Owned(self.now_arg()),
+                Arg::Int(self.retention_ms),
+                Arg::Text(&cursor),
+            ];
+            let value = self.fcall("upgrade_requests", Access::Write, &keys, &args).await?;
+            cursor = redis::from_redis_value(value)
+                .map_err(|error| Error::Internal(format!("upgrade_requests: {error}")))?;
+            if cursor == "0" {
+                return Ok(());
+            }
+        }
     }
 
     /// Deletes every key under this deployment's prefix (the layout upgrade's clean slate), then

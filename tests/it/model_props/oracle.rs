@@ -768,11 +768,12 @@ impl Harness {
         self.hold(id).is_some_and(|hold| !forgettable(hold, self.last_sweep_ms))
     }
 
-    /// Whether the ledger must still remember this request, by its scope: the account's until a
-    /// sweep at or after its keep-until instant; a reservation's while the reservation is stored.
+    /// Whether the ledger must still remember this request, by its scope: the account's until its
+    /// keep-until instant (from then on it is forgotten, whether or not a sweep deleted it yet);
+    /// a reservation's while the reservation is stored.
     pub(super) fn remembered(&self, sent: &Sent) -> bool {
         match &sent.scope {
-            RequestScope::Account(_) => self.last_sweep_ms.is_none_or(|sweep| sweep < sent.keep_until_ms),
+            RequestScope::Account(_) => self.now < sent.keep_until_ms,
             RequestScope::Reservation(id) => self.stored(id),
         }
     }

@@ -44,9 +44,12 @@ register('extend', function(keys, args)
     put_res(r)
     emit(a, now, 'extended', string.format('{"res":%d,"amount":%d,"draws":%s,"deadline":%d}', seq, amount,
       json_draws(draws), deadline))
-    -- The Reserve that opened the hold stays remembered as long as the hold lives.
-    if r.opened_by and redis.call('HEXISTS', K_Q, r.opened_by) == 1 then
-      redis.call('ZADD', K_P, 'GT', deadline + RETENTION, 'q' .. r.opened_by)
+    -- The Reserve that opened the hold stays remembered as long as the hold lives (its keep
+    -- only grows, so the pass already scheduled comes no later than needed).
+    local opening = r.opened_by and redis.call('HGET', K_Q, r.opened_by)
+    if opening and keep_of(opening) < deadline + RETENTION then
+      local at = string.find(opening, SEP, 1, true)
+      redis.call('HSET', K_Q, r.opened_by, string.format('%d', deadline + RETENTION) .. string.sub(opening, at))
     end
     local reply = { 'ok', amount, held_of(r), deadline }
     view_fields(reply, r)

@@ -1,6 +1,6 @@
--- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 2). The Rust
+-- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 3). The Rust
 -- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
--- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, RES_BUCKET — see src/engine/redis/library.rs),
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, REQUEST_PASSES, RES_BUCKET — see src/engine/redis/library.rs),
 -- then this file, then one file per operation, each registering its function. Helpers are
 -- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
 -- of src/ledger/model.rs; tests/it/differential.rs checks that the two agree on every answer.
@@ -25,8 +25,12 @@
 --                                      m<seq> -> hot fields (see pack_res),
 --                                      i<seq> -> "user\31category\31created\31opened_by\31labels"
 --   6 D  cs:{sN}:d:<account>   zset    open reservations by deadline (member: 16-digit seq)
---   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> fingerprint\31answer
---   8 P  cs:{sN}:p:<account>   zset    purge schedule: r<seq> / q<request id> scored by when
+--   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> keep\31fingerprint\31answer,
+--                                      remembered until `keep` (Unix ms): past it an entry is
+--                                      forgotten even before the sweep's pass deletes it
+--   8 P  cs:{sN}:p:<account>   zset    purge schedule: r<seq> (a closed reservation) scored by when
+--                                      it goes, and one member q: when the sweep next passes over
+--                                      Q (its cursor, while a pass runs, in A's field qc)
 --   9 U  cs:{sN}:u:<account>   hash    user -> "limit,generation,used" (used counts only in
 --                                      its generation: a renewal rewrites no user)
 --  10 K  cs:{sN}:k:<account>   set     business keys charged this cycle (UNLINKed at renewal)
@@ -715,6 +719,28 @@ local function has_view(reply)
   return reply[1] == 'ok' or (reply[1] == 'no' and #reply >= DECLINE_WITH_VIEW)
 end
 
+-- Remembered account-scoped answers (Q): `keep\31fingerprint\31answer`. An entry past its keep
+-- is forgotten from that instant (Account::purge, Ledger::run), whenever the sweep gets to
+-- delete it: returns `fingerprint\31answer`, or nil when forgotten.
+local function unexpired(remembered, now)
+  local at = string.find(remembered, SEP, 1, true)
+  if tonumber(string.sub(remembered, 1, at - 1)) <= now then return nil end
+  return string.sub(remembered, at + 1)
+end
+
+-- The keep (Unix ms) of a remembered account-scoped answer.
+local function keep_of(remembered)
+  return tonumber(string.sub(remembered, 1, string.find(remembered, SEP, 1, true) - 1))
+end
+
+-- A request id remembered until `keep`: the sweep must pass over Q by then (P's member q; LT
+-- only ever brings the pass forward). One schedule entry per account, not one per request id:
+-- a purge-schedule entry per id cost as much memory as the id's answer.
+local function schedule_request_pass(a, keep)
+  redis.call('ZADD', K_P, 'LT', keep, 'q')
+  wake_by(a, keep)
+end
+
 -- Brings the account up to now; false when the caller must call again (catch-up not finished).
 local function current(a, now)
   if a.due > now then return true end
@@ -749,6 +775,7 @@ local function run(opts, body)
   end
   local qkey = opts.seq and K_X or K_Q
   local remembered = (not created) and redis.call('HGET', qkey, opts.request)
+  if remembered and not opts.seq then remembered = unexpired(remembered, now) end
   if remembered then
     save_account(a)
     if string.sub(remembered, 1, #opts.fingerprint + 1) ~= opts.fingerprint .. SEP then
@@ -764,13 +791,13 @@ local function run(opts, body)
     if not created then save_account(a) end
     return err(code)
   end
-  redis.call('HSET', qkey, opts.request, pack_answer(opts.fingerprint, reply))
   if opts.seq then
+    redis.call('HSET', qkey, opts.request, pack_answer(opts.fingerprint, reply))
     if has_view(reply) then view_facts(reply, r) end
   else
     local keep = (opts.keep and opts.keep(reply, now) or now) + RETENTION
-    redis.call('ZADD', K_P, keep, 'q' .. opts.request)
-    wake_by(a, keep)
+    redis.call('HSET', qkey, opts.request, string.format('%d', keep) .. SEP .. pack_answer(opts.fingerprint, reply))
+    schedule_request_pass(a, keep)
   end
   save_account(a)
   return reply

@@ -26,6 +26,45 @@ end)
 -- Reply: {holds expired, 1 when all done | 0 when the account needs another pass}.
 -- Example: a dialer died holding 4 past its deadline: the hold closes as expired at its deadline,
 -- the 4 return to their lot, and {1, 1} is returned.
+-- One step of the sweep's pass over the remembered request ids (Q): HSCAN's next PURGE_MAX or so
+-- entries, deleting those past their keep. The pass's cursor, start and earliest keep left go in
+-- A's field qp between steps. At its end the next pass is set for the earliest keep left, but no
+-- sooner than 1/REQUEST_PASSES of the retention after this one began (a busy account's ids come
+-- due one after another: each pass deletes a batch, and an id is visited at most about
+-- REQUEST_PASSES times) and no later than a retention after it (ids added during the pass, which
+-- HSCAN may not return, keep at least that long). Returns true when the pass is over.
+local function request_pass(now)
+  local state = redis.call('HGET', K_A, 'qp')
+  local cursor, started, least = '0', now, nil
+  if state then
+    local c, s, l = string.match(state, '^(%d+),(%d+),(%d*)$')
+    cursor, started, least = c, tonumber(s), tonumber(l)
+  end
+  local scan = redis.call('HSCAN', K_Q, cursor, 'COUNT', PURGE_MAX)
+  local entries, gone = scan[2], {}
+  for i = 2, #entries, 2 do
+    local keep = keep_of(entries[i])
+    if keep <= now then
+      gone[#gone + 1] = entries[i - 1]
+    elseif least == nil or keep < least then
+      least = keep
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', K_Q, unpack(gone)) end
+  if scan[1] ~= '0' then
+    redis.call('HSET', K_A, 'qp', string.format('%s,%d,%s', scan[1], started, least and string.format('%d', least) or ''))
+    return false
+  end
+  if state then redis.call('HDEL', K_A, 'qp') end
+  if redis.call('EXISTS', K_Q) == 0 then
+    redis.call('ZREM', K_P, 'q')
+  else
+    local next = math.min(least or math.huge, started + RETENTION)
+    redis.call('ZADD', K_P, math.max(next, started + math.floor(RETENTION / REQUEST_PASSES)), 'q')
+  end
+  return true
+end
+
 register('sweep_account', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'sweep_account')
   local now = now_ms()
@@ -38,18 +77,20 @@ register('sweep_account', function(keys, args)
   local caught_up = a.due > now or catch_up(a, now)
   local expired = open_before - redis.call('ZCARD', K_D)
   local due = redis.call('ZRANGEBYSCORE', K_P, '-inf', now, 'LIMIT', 0, PURGE_MAX)
+  local gone, passed = {}, true
   for _, member in ipairs(due) do
-    local id = string.sub(member, 2)
-    if string.sub(member, 1, 1) == 'r' then
+    if member == 'q' then
+      passed = request_pass(now)
+    else
       -- The reservation goes, and with it the answers to calls on it (its own hash).
+      local id = string.sub(member, 2)
       redis.call('HDEL', res_key(tonumber(id)), 'm' .. id, 'i' .. id)
       redis.call('UNLINK', args[4] .. id)
-    else
-      redis.call('HDEL', K_Q, id)
+      gone[#gone + 1] = member
     end
   end
-  if #due > 0 then redis.call('ZREM', K_P, unpack(due)) end
-  local done = caught_up and #due < PURGE_MAX
+  if #gone > 0 then redis.call('ZREM', K_P, unpack(gone)) end
+  local done = caught_up and passed and #due < PURGE_MAX
   local wake = now
   if done then
     wake = a.due
@@ -137,4 +178,33 @@ register('restore', function(keys, args)
   redis.call('ZADD', K_W, a.wake, ACCOUNT)
   save_account(a)
   return #s.reservations
+end)
+
+-- upgrade_requests.lua: converts one account's remembered request ids from layout 2 to layout 3
+-- (`rebuild --upgrade-layout`, run while no sidecar serves). Layout 2 kept each id's answer as
+-- fingerprint\31answer in Q and the id's own purge-schedule member q<id> in P, scored by its keep;
+-- layout 3 puts the keep first in the answer and schedules one pass over Q (P's member q). Each
+-- id is converted and its old member removed in the same call, so the upgrade can be run again
+-- after an interruption and converts nothing twice.
+-- KEYS: the account's 12 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 a ZSCAN cursor over P ("0" to begin)
+-- Reply: the next cursor ("0" when the account is done).
+-- Example: Q = {r-1: "<fp>\31ok\317"}, P = {q r-1: 1000}, cursor "0" -> Q = {r-1: "1000\31<fp>\31ok\317"},
+-- P = {q: 1000}, reply "0".
+register('upgrade_requests', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS, 4, 'upgrade_requests')
+  local scan = redis.call('ZSCAN', K_P, args[4], 'MATCH', 'q?*', 'COUNT', PURGE_MAX)
+  local members, old, least = scan[2], {}, nil
+  for i = 1, #members, 2 do
+    local id, keep = string.sub(members[i], 2), tonumber(members[i + 1])
+    local remembered = redis.call('HGET', K_Q, id)
+    if remembered then
+      redis.call('HSET', K_Q, id, string.format('%d', keep) .. SEP .. remembered)
+      if least == nil or keep < least then least = keep end
+    end
+    old[#old + 1] = members[i]
+  end
+  if #old > 0 then redis.call('ZREM', K_P, unpack(old)) end
+  if least then redis.call('ZADD', K_P, 'LT', least, 'q') end
+  return scan[1]
 end)
