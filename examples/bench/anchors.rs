@@ -23,13 +23,13 @@ return 1";
 /// new request id, one lot drawn and not drained), in reserve.lua's order, with no logic around
 /// them: what the semantics cost before any Lua decides anything. It mirrors the script by hand
 /// (the benchmark's Reserve row counts the real script's inner commands beside it). KEYS: account,
-/// users, request ids, burn order, lots, reservations (prefix), deadlines, outbox, purge
-/// schedule; ARGV[1] a fresh number (request id and reservation seq).
+/// users, request ids, burn order, lots, reservations (prefix), deadlines, outbox, forget
+/// queue; ARGV[1] a fresh number (request id and reservation seq).
 const RESERVE_COMMANDS: &str = "\
 local n = ARGV[1]
 local request = 'r-' .. n
 redis.call('TIME')
-redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm')
 redis.call('HGET', KEYS[3], request)
 redis.call('HGET', KEYS[2], 'ann')
 redis.call('HGET', KEYS[1], 'c:email')
@@ -43,8 +43,8 @@ redis.call('XADD', KEYS[8], '*', 'account', 'acct', 'seq', n, 'at', 170000000000
   'reserved', 'data', '{\"res\":' .. n .. ',\"user\":\"ann\",\"category\":\"email\",\"amount\":1,\"draws\":[[1,1]],' ..
   '\"deadline\":1700000300000,\"labels\":{}}')
 redis.call('HSET', KEYS[2], 'ann', ',1,1')
-redis.call('HSET', KEYS[3], request, 'fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
-redis.call('ZADD', KEYS[9], 1700000300000, 'q' .. request)
+redis.call('HSET', KEYS[3], request, '1700086700000\\031fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
+redis.call('RPUSH', KEYS[9], request)
 redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n, 'c:email', ',1,1')
 return 1";
 
@@ -56,7 +56,7 @@ local n = ARGV[1]
 local request = 'c-' .. n
 local res = KEYS[2] .. '/' .. math.floor(tonumber(n) / 64)
 redis.call('TIME')
-redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm')
 redis.call('HMGET', res, 'm' .. n, 'i' .. n)
 redis.call('HGET', KEYS[3], request)
 redis.call('XADD', KEYS[4], '*', 'account', 'acct', 'seq', n, 'at', 1700000000000, 'request', request, 'kind',
@@ -77,7 +77,7 @@ local n = ARGV[1]
 local request = 'x-' .. n
 local res = KEYS[2] .. '/' .. math.floor(tonumber(n) / 64)
 redis.call('TIME')
-redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm')
 redis.call('HMGET', res, 'm' .. n, 'i' .. n)
 redis.call('HGET', KEYS[3], request)
 redis.call('HMGET', KEYS[4], 'r1', 'm1')
@@ -99,7 +99,8 @@ return 1";
 /// (balance.lua: the account's hot and cold fields, the user's and the category's usage; the
 /// engine passes the time to reads), with no logic around them and a reply of the same size.
 const BALANCE_COMMANDS: &str = "\
-local hot = redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs')
+local hot = redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs',
+  'qm')
 local cold = redis.call('HMGET', KEYS[1], 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd')
 local user = redis.call('HGET', KEYS[2], 'ann')
 local category = redis.call('HGET', KEYS[1], 'c:email')
@@ -140,7 +141,7 @@ impl Alone {
     /// The script's keys, by the names of [`Alone::key`].
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Alone::Reserve => &["a", "u", "q", "b", "l", "r", "d", "s", "p"],
+            Alone::Reserve => &["a", "u", "q", "b", "l", "r", "d", "s", "f"],
             Alone::Commit => &["a", "r", "x", "s"],
             Alone::Release => &["a", "r", "x", "l", "u", "d", "p", "s"],
             Alone::GetBalance => &["a", "u"],

@@ -584,6 +584,13 @@ async fn redis_layout_is_pinned() {
                 text.extend(lines_of(lines));
                 continue;
             }
+            "list" => {
+                let items: Vec<Vec<u8>> =
+                    redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut connection).await.unwrap();
+                // In order (not sorted again below).
+                text.extend(lines_of(items.iter().map(|item| shown(item)).collect()));
+                continue;
+            }
             "set" => {
                 let members: Vec<Vec<u8>> =
                     redis::cmd("SMEMBERS").arg(&key).query_async(&mut connection).await.unwrap();

@@ -36,6 +36,7 @@ fn key_names_and_shards_are_pinned() {
     assert_eq!(keys[..10], expected);
     assert_eq!(keys[10], "cs:{s13}:wake");
     assert_eq!(keys[11], "cs:{s13}:events");
+    assert_eq!(keys[12], "cs:{s13}:f:acme");
     assert_eq!(layout.answers_key(&acme, 7), "cs:{s13}:x:acme:7");
 }
 
@@ -119,9 +120,10 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
 }
 
 /// Rewrites an account's remembered request ids as layout 2 kept them: the answer without its
-/// keep, and one purge-schedule member `q<id>` per id scored by that keep (and no member `q`).
+/// keep, and one purge-schedule member `q<id>` per id scored by that keep (and no member `q`, no
+/// forget queue, no field `qm`).
 fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
-    let (q, p) = (&keys[6], &keys[7]);
+    let (a, q, p, f) = (&keys[0], &keys[6], &keys[7], &keys[12]);
     let entries = server.cli(&["HGETALL", q]);
     let lines: Vec<&str> = entries.lines().collect();
     assert!(!lines.is_empty(), "no remembered request ids to downgrade");
@@ -131,7 +133,9 @@ fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
         server.cli(&["HSET", q, id, answer]);
         server.cli(&["ZADD", p, keep, &format!("q{id}")]);
     }
-    assert_eq!(server.cli(&["ZREM", p, "q"]), "1", "layout 3 schedules its pass over q in p");
+    assert_eq!(server.cli(&["ZREM", p, "q"]), "1", "layout 3 schedules its forget queue in p");
+    assert_eq!(server.cli(&["DEL", f]), "1");
+    assert_eq!(server.cli(&["HDEL", a, "qm"]), "1");
     assert_eq!(server.cli(&["SET", "cs:layout", "2 16"]), "OK");
 }
 
@@ -180,6 +184,8 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     let limited = redis.set_user_limit(&limit).await.unwrap();
     let (q_before, p_before) =
         (server.cli(&["HGETALL", &keys[6]]), server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]));
+    let qm_before = server.cli(&["HGET", &keys[0], "qm"]);
+    assert_eq!(qm_before, t0().to_string());
     assert_eq!(q_before.lines().count(), 6, "plan-1, r-1 and u-1 remembered: {q_before}");
     drop(redis);
     downgrade_requests_to_layout_2(&server, &keys);
@@ -200,6 +206,10 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
     assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "the answers are layout 3's again, keeps included");
     assert_eq!(server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]), p_before);
+    assert_eq!(server.cli(&["HGET", &keys[0], "qm"]), qm_before);
+    // Queued in keep order (as if remembered a retention before it): r-1's was carried on.
+    let mark = format!("\u{1f}{}", t0());
+    assert_eq!(server.cli(&["LRANGE", &keys[12], "0", "-1"]), [mark.as_str(), "plan-1", "u-1", "r-1"].join("\n"));
     server.cli(&["SET", "cs:layout", "2 16"]);
     maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "converted once only");
@@ -366,13 +376,14 @@ async fn a_hold_older_than_category_budgets_closes_without_breaking_the_account(
 }
 
 /// Remembered request ids are kept without a purge-schedule entry each: an id is forgotten the
-/// instant its keep passes (a call reusing it is a new call, as in the model) and deleted by the
-/// sweep's next pass over them, which runs in bounded steps and is scheduled once per account
-/// (P's member `q`), for the earliest keep left but no sooner than 1/REQUEST_PASSES of the
-/// retention after the last pass began.
+/// instant its keep passes (a call reusing it is a new call, as in the model), and the sweep
+/// deletes them from the head of the account's forget queue (F), in the order they were
+/// remembered, in bounded steps: it stops at a mark not yet due, steps over an id kept longer once
+/// its chunk is all due (queuing it again at the tail), and sets P's one member `q` to when the
+/// head next comes due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_bounded_passes() {
-    use credit_sidecar::engine::redis::library::{PURGE_MAX, REQUEST_PASSES};
+async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_order() {
+    use credit_sidecar::engine::redis::library::{FORGET_MARKS, PURGE_MAX};
     use credit_sidecar::ledger::Clock;
     use credit_sidecar::ledger::command::SetUserLimit;
 
@@ -383,7 +394,7 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_bounded_passes()
     let mut model = Ledger::new(RETENTION);
     let acme = AccountId::parse("acme").unwrap();
     let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
-    let (q, p) = (keys[6].clone(), keys[7].clone());
+    let (a, q, p, f) = (keys[0].clone(), keys[6].clone(), keys[7].clone(), keys[12].clone());
     let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
     let set_plan = SetPlan { account: acme.clone(), plan, request: RequestId::parse("plan").unwrap() };
     assert_eq!(redis.set_plan(&set_plan).await.unwrap(), model.set_plan(t0(), &set_plan).unwrap());
@@ -403,15 +414,22 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_bounded_passes()
         }
         ours
     };
-    let score = |member: &str| server.cli(&["ZSCORE", &p, member]);
+    let sweep = async |model: &mut Ledger| {
+        assert_eq!(redis.sweep().await.unwrap(), model.sweep(clock.now_ms()));
+    };
+    let score = || server.cli(&["ZSCORE", &p, "q"]);
+    let mark = |at: i64| format!("\u{1f}{at}");
     let retention = RETENTION;
-    // Early ids (more than two steps of a pass), a few a little later, ten at half the retention.
+    let span = retention / i64::from(FORGET_MARKS);
+    // Early ids (more than two sweep steps' worth), five a little later (the same chunk: no new
+    // mark), ten at half the retention (behind a new mark).
     let early = 2 * PURGE_MAX as usize + 500;
     for n in 0..early {
         call(&mut model, n, 5).await.unwrap();
     }
     assert_eq!(server.cli(&["ZCARD", &p]), "1", "one schedule entry, not one per id");
-    assert_eq!(score("q"), (t0() + retention).to_string(), "the earliest keep");
+    assert_eq!(score(), (t0() + retention).to_string(), "when the first id comes due");
+    assert!(retention / 20 < span);
     clock.advance(retention / 20);
     for n in early..early + 5 {
         call(&mut model, n, 5).await.unwrap();
@@ -420,36 +438,56 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_bounded_passes()
     for n in early + 5..early + 15 {
         call(&mut model, n, 5).await.unwrap();
     }
-    assert_eq!(score("q"), (t0() + retention).to_string(), "a later keep never delays the pass");
+    assert_eq!(server.cli(&["LLEN", &f]), (early + 15 + 3).to_string(), "the ids, the plan's and two marks");
+    assert_eq!(server.cli(&["LINDEX", &f, &(early + 7).to_string()]), mark(t0() + retention / 2));
+    assert_eq!(score(), (t0() + retention).to_string(), "a later id never delays the head");
 
-    // At the early ids' keep, before any sweep: forgotten. Reused with another figure, u0 is a
-    // new call (not REQUEST_ID_REUSED); a later id still answers as the first time.
+    // At the early ids' keep, before any sweep: forgotten. The last early id reused with another
+    // figure is a new call (not REQUEST_ID_REUSED); a later id still answers as the first time.
     clock.set(t0() + retention);
-    call(&mut model, 0, 9).await.unwrap().done().unwrap();
+    call(&mut model, early - 1, 9).await.unwrap().done().unwrap();
     call(&mut model, early + 14, 5).await.unwrap();
     assert!(call(&mut model, early + 14, 6).await.is_err(), "u{} is still remembered", early + 14);
 
-    // The pass deletes every early id, in several bounded steps (HSCAN calls).
+    // The sweep deletes the early ids from the head, in bounded steps (LRANGEs), up to the
+    // reused one: kept longer, in a chunk not yet all due (its mark is not a span old).
     assert_eq!(server.cli(&["CONFIG", "RESETSTAT"]), "OK");
-    let now = clock.now_ms();
-    assert_eq!(redis.sweep().await.unwrap(), model.sweep(now));
+    sweep(&mut model).await;
     let stats = server.cli(&["INFO", "commandstats"]);
-    let hscans = stats.lines().find(|line| line.starts_with("cmdstat_hscan:")).unwrap_or_default();
-    let hscans: u64 = hscans.split(['=', ',']).nth(1).and_then(|calls| calls.parse().ok()).unwrap_or(0);
-    assert!(hscans >= 3, "a pass over {} ids took {hscans} HSCAN steps", early + 15);
-    assert_eq!(server.cli(&["HLEN", &q]), "16", "5 + 10 later ids and u0 made again");
-    // Next pass: the earliest keep left (the five at retention/20 past it) comes sooner than
-    // 1/REQUEST_PASSES of the retention after this pass: then.
-    let spacing = retention / i64::from(REQUEST_PASSES);
-    assert!(retention / 20 < spacing);
-    assert_eq!(score("q"), (now + spacing).to_string());
-    clock.set(now + spacing);
-    assert_eq!(redis.sweep().await.unwrap(), model.sweep(clock.now_ms()));
+    let lranges = stats.lines().find(|line| line.starts_with("cmdstat_lrange:")).unwrap_or_default();
+    let lranges: u64 = lranges.split(['=', ',']).nth(1).and_then(|calls| calls.parse().ok()).unwrap_or(0);
+    assert!(lranges >= 3, "forgetting {early} ids took {lranges} steps");
+    assert_eq!(server.cli(&["HLEN", &q]), "16", "the reused one, 5 + 10 later ids");
+    assert_eq!(server.cli(&["LINDEX", &f, "0"]), mark(t0()), "the chunk keeps its mark");
+    assert_eq!(server.cli(&["LINDEX", &f, "1"]), format!("u{}", early - 1));
+    assert_eq!(score(), (t0() + retention + span).to_string(), "when that chunk is all due");
+
+    // Then the reused id is queued again at the tail (behind a new mark), the five are deleted,
+    // and the sweep stops at the ten's mark.
+    clock.set(t0() + retention + span);
+    sweep(&mut model).await;
     assert_eq!(server.cli(&["HLEN", &q]), "11");
-    assert_eq!(score("q"), (t0() + retention / 2 + retention).to_string(), "the ten's keep");
+    let queue = server.cli(&["LRANGE", &f, "0", "-1"]);
+    let mut expected = vec![mark(t0() + retention / 2)];
+    expected.extend((early + 5..early + 15).map(|n| format!("u{n}")));
+    expected.extend([mark(t0() + retention + span), format!("u{}", early - 1)]);
+    assert_eq!(queue, expected.join("\n"));
+    assert_eq!(score(), (t0() + retention / 2 + retention).to_string(), "the ten's");
+    assert_eq!(server.cli(&["HGET", &a, "qm"]), (t0() + retention + span).to_string());
+
+    // The ten go at their keep; the reused one once its mark is due; then nothing is left.
     clock.set(t0() + 2 * retention);
-    assert_eq!(redis.sweep().await.unwrap(), model.sweep(clock.now_ms()));
-    assert_eq!(server.cli(&["EXISTS", &q]), "0");
-    assert_eq!(server.cli(&["EXISTS", &p]), "0", "nothing left to schedule");
+    sweep(&mut model).await;
+    assert_eq!(server.cli(&["HLEN", &q]), "1");
+    clock.set(t0() + 2 * retention + span);
+    sweep(&mut model).await;
+    for key in [&q, &f, &p] {
+        assert_eq!(server.cli(&["EXISTS", key]), "0", "{key}");
+    }
+    assert_eq!(server.cli(&["HEXISTS", &a, "qm"]), "0");
     assert_eq!(redis.account(&acme).await.unwrap(), model.account(clock.now_ms(), &acme).unwrap());
+    // Remembering starts a new queue.
+    call(&mut model, 0, 5).await.unwrap();
+    assert_eq!(server.cli(&["LRANGE", &f, "0", "-1"]), [mark(clock.now_ms()), "u0".to_owned()].join("\n"));
+    assert_eq!(score(), (clock.now_ms() + retention).to_string());
 }

@@ -18,12 +18,13 @@
 //! cs:{sN}:r:<account>/<n>  hash reservations n*64 .. n*64+63: m<seq> -> hot fields, i<seq> -> facts
 //! cs:{sN}:d:<account>   zset    open reservations by deadline
 //! cs:{sN}:q:<account>   hash    remembered request ids: id -> keep until, fingerprint, compact answer
-//! cs:{sN}:p:<account>   zset    purge schedule: closed reservations, and the next pass over q
+//! cs:{sN}:p:<account>   zset    purge schedule: closed reservations, and when f's head comes due
 //! cs:{sN}:u:<account>   hash    users: id -> limit, cycle generation, used
 //! cs:{sN}:k:<account>   set     business keys charged this cycle
 //! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
 //! cs:{sN}:wake          zset    account -> when the sweep next has work for it
 //! cs:{sN}:events        stream  the outbox of shard N
+//! cs:{sN}:f:<account>   list    q's ids in the order they were remembered, with time marks
 //! cs:layout             string  "<layout version> <shard count>", written at first start; its
 //!                               absence while the ledger holds events means Redis lost its state
 //! cs:recovered          string  when the state was last restored from the ledger (Unix ms)
@@ -41,9 +42,9 @@ pub const RESERVATIONS_PER_HASH: u64 = 64;
 
 /// The version of this layout. A Redis holding another version is refused at start (see
 /// README, "Upgrading the Redis layout"). Version 3 keeps a remembered request id's keep-until
-/// time in its answer (q) and schedules one pass over q per account in p, where version 2 kept a
-/// purge-schedule entry per request id; `rebuild --upgrade-layout` converts a version-2 Redis in
-/// place.
+/// time in its answer (q) and queues the id in f for the sweep, where version 2 kept a
+/// purge-schedule entry per request id in p; `rebuild --upgrade-layout` converts a version-2
+/// Redis in place.
 pub const LAYOUT_VERSION: u32 = 3;
 pub const LAYOUT_KEY: &str = "cs:layout";
 /// See [`Layout::recovered_key`].
@@ -57,8 +58,8 @@ pub const LAYOUT_1_KEY: &str = "cs:shards";
 pub const SHARDS_DEFAULT: u32 = 16;
 pub const SHARDS_MAX: u32 = 4096;
 
-/// Most keys one function call takes: an account's twelve and a reservation's answers hash.
-pub const KEYS_MAX: usize = 13;
+/// Most keys one function call takes: an account's thirteen and a reservation's answers hash.
+pub const KEYS_MAX: usize = 14;
 
 /// A function call's keys, written into one buffer: built on every call, where one `String` per
 /// key cost thirteen allocations.
@@ -130,13 +131,13 @@ impl Layout {
         u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % self.shards
     }
 
-    /// The twelve keys every account function takes, in the order lib.lua expects.
-    pub fn account_keys(&self, account: &AccountId) -> [String; 12] {
+    /// The thirteen keys every account function takes, in the order lib.lua expects.
+    pub fn account_keys(&self, account: &AccountId) -> [String; 13] {
         let keys = self.call_keys(account, None);
         std::array::from_fn(|index| keys.get(index).to_owned())
     }
 
-    /// A call's keys: the account's twelve and, for a call on reservation `seq`, its answers
+    /// A call's keys: the account's thirteen and, for a call on reservation `seq`, its answers
     /// hash — the shard hashed once for all of them, the keys written into one buffer.
     pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Keys {
         let shard_tag = self.shard_tag(self.shard(account));
@@ -148,6 +149,7 @@ impl Layout {
         }
         keys.push(&tag, &["wake"]);
         keys.push(&tag, &["events"]);
+        keys.push(&tag, &["f:", account]);
         if let Some(seq) = reservation {
             keys.push(&tag, &["x:", account, ":", itoa::Buffer::new().format(seq)]);
         }
@@ -231,12 +233,17 @@ mod tests {
         let tag = format!("{{s{shard}}}");
         let kinds = ["a", "l", "b", "e", "r", "d", "q", "p", "u", "k"];
         let mut expected: Vec<String> = kinds.iter().map(|kind| format!("cs:{tag}:{kind}:acme")).collect();
-        expected.extend([format!("cs:{tag}:wake"), format!("cs:{tag}:events"), format!("cs:{tag}:x:acme:7")]);
+        expected.extend([
+            format!("cs:{tag}:wake"),
+            format!("cs:{tag}:events"),
+            format!("cs:{tag}:f:acme"),
+            format!("cs:{tag}:x:acme:7"),
+        ]);
         let keys = layout.call_keys(&account, Some(7)).to_vec();
-        assert_eq!(keys, expected, "the account's twelve keys in lib.lua's order, then its answers hash");
-        assert_eq!(keys[12], layout.answers_key(&account, 7));
-        assert_eq!(layout.call_keys(&account, None).to_vec(), keys[..12]);
-        assert_eq!(layout.account_keys(&account).to_vec(), keys[..12]);
+        assert_eq!(keys, expected, "the account's thirteen keys in lib.lua's order, then its answers hash");
+        assert_eq!(keys[13], layout.answers_key(&account, 7));
+        assert_eq!(layout.call_keys(&account, None).to_vec(), keys[..13]);
+        assert_eq!(layout.account_keys(&account).to_vec(), keys[..13]);
         for key in keys {
             assert!(key.contains(&tag), "{key}");
             assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");

@@ -23,15 +23,16 @@ use crate::ledger::{LotKind, wire};
 /// that finds more due answers "due" after doing these, and the engine calls again; so no single
 /// call holds Redis long however long an account went untouched.
 pub const CATCHUP_STEPS_MAX: u32 = 64;
-/// The most closed reservations one sweep call forgets, and about how many remembered request ids
-/// it examines (one HSCAN step of its pass over them).
+/// The most closed reservations one sweep call forgets, and the most items of an account's
+/// forget queue (request ids and marks) it reads.
 pub const PURGE_MAX: u32 = 1000;
-/// How often, at most, the sweep passes over an account's remembered request ids: every
-/// `1/REQUEST_PASSES` of the retention. Each pass reads them all and deletes those past their
-/// keep, so a remembered id is read about this many times before it goes, and stays in memory up
-/// to this fraction of the retention past its keep (forgotten all the same: a call finds it
-/// expired and treats it as new).
-pub const REQUEST_PASSES: u32 = 8;
+/// An account's forget queue (F, in remembering order) carries a time mark at most every
+/// `1/FORGET_MARKS` of the retention: the ids behind a mark come due no sooner than a retention
+/// past it, so the sweep reads the queue only as far as what is due. A finer mark costs a few
+/// bytes more per mark; a coarser one lets an id the sweep must step past (one kept longer, a
+/// Reserve's past its hold's deadline) hold back the ids behind it for longer (up to this
+/// fraction of the retention; they are forgotten all the same: a call finds them expired).
+pub const FORGET_MARKS: u32 = 8;
 
 const FILES: [&str; 16] = [
     include_str!("lua/lib.lua"),
@@ -73,7 +74,7 @@ fn constants() -> String {
     writeln!(header, "local RANK = {{ {} }}", ranks.join(", ")).unwrap();
     writeln!(header, "local CATCHUP_STEPS_MAX = {CATCHUP_STEPS_MAX}").unwrap();
     writeln!(header, "local PURGE_MAX = {PURGE_MAX}").unwrap();
-    writeln!(header, "local REQUEST_PASSES = {REQUEST_PASSES}").unwrap();
+    writeln!(header, "local FORGET_MARKS = {FORGET_MARKS}").unwrap();
     writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
     writeln!(header, "local COMMIT_BATCH_MAX = {COMMIT_BATCH_MAX}").unwrap();
     header
@@ -99,7 +100,7 @@ mod tests {
         assert!(source.starts_with("#!lua name=credit_sidecar_3_"), "{}", &source[..60]);
         assert!(source.contains("local BALANCE_MAX = 10000000000000\n"));
         assert!(source.contains("local RANK = { trial = 0, promo = 1, plan = 2, addon = 3, adjustment = 4 }"));
-        assert!(source.contains("local PURGE_MAX = 1000\nlocal REQUEST_PASSES = 8\n"));
+        assert!(source.contains("local PURGE_MAX = 1000\nlocal FORGET_MARKS = 8\n"));
         assert!(LIBRARY.prefix.starts_with("cs3_") && LIBRARY.prefix.len() == "cs3_".len() + 12 + 1);
     }
 

@@ -1001,20 +1001,21 @@ impl RedisEngine {
     /// Converts one account's remembered request ids from layout 2 (see `upgrade_from_layout_2`).
     async fn upgrade_requests(&self, account: &AccountId) -> Result<()> {
         let keys = self.layout.call_keys(account, None);
-        let mut cursor = "0".to_owned();
+        let mut skipped = 0;
         loop {
             let args = [
                 Arg::Text(account.as_str()),
                 Arg::Owned(self.now_arg()),
                 Arg::Int(self.retention_ms),
-                Arg::Text(&cursor),
+                Arg::Int(skipped),
             ];
             let value = self.fcall("upgrade_requests", Access::Write, &keys, &args).await?;
-            cursor = redis::from_redis_value(value)
+            let (done, next): (i64, i64) = redis::from_redis_value(value)
                 .map_err(|error| Error::Internal(format!("upgrade_requests: {error}")))?;
-            if cursor == "0" {
+            if done == 1 {
                 return Ok(());
             }
+            skipped = next;
         }
     }
 

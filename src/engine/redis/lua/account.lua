@@ -1,6 +1,6 @@
 -- account.lua: the whole account view for GetAccount (and verify). Reads only (no-writes;
 -- FCALL_RO); its cost grows with the account's lots and users, as its answer does.
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua)
 -- Reply: {"ok", cs, ce, trial (1|0), open holds, <totals>, plan period | nil, anchor | nil,
 --         plan credits | nil, add-on credits | nil, n lots, (id, kind, granted, remaining,

@@ -1,6 +1,6 @@
 -- balance.lua: the account's totals and cycle, and one user's view, for GetBalance and Quote.
 -- Reads only (no-writes; FCALL_RO).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 user ("" for none), 5 category ("" for none)
 -- Reply: {"ok", cycle start, cycle end, <totals>[, user, limit | nil, used, remaining | nil]
 --        [, category, budget | nil, used, remaining | nil]}, {"err", "account_not_found"} or

@@ -1,5 +1,5 @@
 -- charge.lua: reserve and final-commit in one step (Ledger::charge).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 category, 8 amount,
 --       9 business key ("" for none), 10 labels (a JSON object), 11 overdraft ("1": an outage
 --       charge, never declined: the lots give what they have, the rest is owed | "0")

@@ -1,6 +1,6 @@
 -- commit.lua: move part of a hold to spent; `final` closes it and returns the rest
 -- (Ledger::commit).
--- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
+-- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 final ("1" | "0"),
 --       9 business key ("" for none), 10 labels (a JSON object)
 -- Reply: {"ok", charged, already (1|0), held, returned, <reservation view>}, a decline
@@ -42,7 +42,7 @@ end)
 -- each item is exactly a non-final Commit, its item id its request id (scoped to the
 -- reservation, as a Commit's), applied in order: commit_step per item against one load of the
 -- account and the reservation, which are written once a batch.
--- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
+-- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 seq, 5 item count n (1..=COMMIT_BATCH_MAX), then per item 5 fields:
 --       item id, fingerprint (its Commit's), amount, business key ("" for none), labels (JSON)
 -- Reply: {"batch", <reservation view after the batch>, <commit reply>, ...} one per item (see

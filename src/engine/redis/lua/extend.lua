@@ -1,5 +1,5 @@
 -- extend.lua: hold more credits and/or move the deadline later (Ledger::extend).
--- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
+-- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline),
 --       9 unit and 10 least units of a partial extension ("" "": all or nothing; see reserve.lua)
 -- Reply: {"ok", added, held, deadline, <reservation view>}, a decline ("insufficient_credit" |

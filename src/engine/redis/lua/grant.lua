@@ -1,5 +1,5 @@
 -- grant.lua: add credits (add-on purchase, promo, adjustment), usable at once (Ledger::grant).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 kind, 7 amount, 8 expires (Unix ms; ""
 --       for the end of the current cycle), 9 create the account if missing ("1" | "0")
 -- Reply: {"ok", lot id, expires, <totals>}, {"err", "account_not_found" | "expires_in_past" |

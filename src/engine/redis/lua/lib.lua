@@ -1,6 +1,6 @@
 -- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 3). The Rust
 -- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
--- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, REQUEST_PASSES, RES_BUCKET — see src/engine/redis/library.rs),
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, FORGET_MARKS, RES_BUCKET — see src/engine/redis/library.rs),
 -- then this file, then one file per operation, each registering its function. Helpers are
 -- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
 -- of src/ledger/model.rs; tests/it/differential.rs checks that the two agree on every answer.
@@ -9,6 +9,7 @@
 -- Cluster runs them unchanged):
 --   1 A  cs:{sN}:a:<account>   hash    native scalar fields: avail held granted spent expired cs ce
 --                                      gen pg ag lot res ev trial due wake [pp pa pc pd: the plan]
+--                                      [qm: the time of F's last mark; absent while F is empty]
 --                                      [owed: an outage charge's overdraft not yet repaid; absent
 --                                      when never overdrawn, read as 0]
 --                                      and c:<category> -> "budget,generation,used" per category
@@ -27,16 +28,19 @@
 --   6 D  cs:{sN}:d:<account>   zset    open reservations by deadline (member: 16-digit seq)
 --   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> keep\31fingerprint\31answer,
 --                                      remembered until `keep` (Unix ms): past it an entry is
---                                      forgotten even before the sweep's pass deletes it
+--                                      forgotten, even before the sweep deletes it
 --   8 P  cs:{sN}:p:<account>   zset    purge schedule: r<seq> (a closed reservation) scored by when
---                                      it goes, and one member q: when the sweep next passes over
---                                      Q (its cursor, while a pass runs, in A's field qc)
+--                                      it goes, and one member q: when F's head next comes due
 --   9 U  cs:{sN}:u:<account>   hash    user -> "limit,generation,used" (used counts only in
 --                                      its generation: a renewal rewrites no user)
 --  10 K  cs:{sN}:k:<account>   set     business keys charged this cycle (UNLINKed at renewal)
 --  11 W  cs:{sN}:wake          zset    account -> a lower bound of when the sweep has work there
 --  12 S  cs:{sN}:events        stream  the outbox: one entry per state change
---  13 X  cs:{sN}:x:<account>:<seq> hash (Commit, Extend, Release only) answers to calls on the
+--  13 F  cs:{sN}:f:<account>   list    Q's ids in the order they were remembered, for the sweep
+--                                      to forget them in that order; a mark \31<time> (Unix ms)
+--                                      before the ids remembered from that time on, at most one
+--                                      per 1/FORGET_MARKS of the retention (see forget_later)
+--  14 X  cs:{sN}:x:<account>:<seq> hash (Commit, Extend, Release only) answers to calls on the
 --                                      reservation, by request id; deleted with it
 -- ARGV (every account function): 1 account id   2 now (Unix ms) or "" for Redis TIME
 --   3 retention ms   4.. the operation's own arguments (each file's header).
@@ -53,11 +57,11 @@
 -- something is due does it catch up. All guards run before the first write; the body of an
 -- operation decides in memory and writes once.
 
-local K_A, K_L, K_B, K_E, K_R, K_D, K_Q, K_P, K_U, K_K, K_W, K_S, K_X
+local K_A, K_L, K_B, K_E, K_R, K_D, K_Q, K_P, K_U, K_K, K_W, K_S, K_F, K_X
 local ACCOUNT, NOW_ARG, RETENTION
 local REQUEST
 
-local ACCOUNT_KEYS = 12
+local ACCOUNT_KEYS = 13
 local DAY = 86400000
 local SEP = '\31'
 
@@ -67,7 +71,7 @@ local function bind(keys, args, key_count, arg_count, name)
     error(string.format('%s: expected %d keys and %d arguments, got %d and %d', name, key_count, arg_count, #keys, #args))
   end
   K_A, K_L, K_B, K_E, K_R, K_D, K_Q = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
-  K_P, K_U, K_K, K_W, K_S, K_X = keys[8], keys[9], keys[10], keys[11], keys[12], keys[13]
+  K_P, K_U, K_K, K_W, K_S, K_F, K_X = keys[8], keys[9], keys[10], keys[11], keys[12], keys[13], keys[14]
   ACCOUNT, NOW_ARG, RETENTION = args[1], args[2], tonumber(args[3])
   REQUEST = nil
 end
@@ -150,11 +154,11 @@ end
 
 -- Every call reads the hot fields; the others (the cycle's end, plan, lot counter…) only when the
 -- call needs them (cold): each field read costs a Lua string, and most calls need few.
-local HOT = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs' }
+local HOT = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm' }
 local COLD = { 'granted', 'ce', 'pg', 'ag', 'lot', 'trial', 'owed', 'pp', 'pa', 'pc', 'pd' }
 local COLD_SCALARS = 7
-local SCALARS = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'granted', 'ce', 'pg',
-  'ag', 'lot', 'trial', 'owed' }
+local SCALARS = { 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm', 'granted', 'ce',
+  'pg', 'ag', 'lot', 'trial', 'owed' }
 
 -- The account's hot fields, or nil when it does not exist. `a.loaded` keeps what was read, so
 -- that save_account writes only the fields that changed.
@@ -733,12 +737,25 @@ local function keep_of(remembered)
   return tonumber(string.sub(remembered, 1, string.find(remembered, SEP, 1, true) - 1))
 end
 
--- A request id remembered until `keep`: the sweep must pass over Q by then (P's member q; LT
--- only ever brings the pass forward). One schedule entry per account, not one per request id:
--- a purge-schedule entry per id cost as much memory as the id's answer.
-local function schedule_request_pass(a, keep)
-  redis.call('ZADD', K_P, 'LT', keep, 'q')
-  wake_by(a, keep)
+-- Queues `request` (just remembered in Q) for the sweep to forget. F keeps Q's ids in the order
+-- they were remembered, so they come due roughly in that order: an id remembered at t is kept at
+-- least until t + retention. A mark \31<t> goes before the ids remembered from t on whenever
+-- the last one is 1/FORGET_MARKS of the retention old, so the sweep knows when the ids behind
+-- each mark may come due. An id costs its own bytes in F's listpack, where a purge-schedule
+-- entry per id (layout 2) cost as much memory as the id's answer; P holds one member, q: when
+-- F's head next comes due.
+local function forget_later(a, request, now)
+  if a.qm == nil then
+    redis.call('RPUSH', K_F, SEP .. string.format('%d', now), request)
+    redis.call('ZADD', K_P, 'LT', now + RETENTION, 'q')
+    wake_by(a, now + RETENTION)
+    a.qm = now
+  elseif now - a.qm >= math.floor(RETENTION / FORGET_MARKS) then
+    redis.call('RPUSH', K_F, SEP .. string.format('%d', now), request)
+    a.qm = now
+  else
+    redis.call('RPUSH', K_F, request)
+  end
 end
 
 -- Brings the account up to now; false when the caller must call again (catch-up not finished).
@@ -796,8 +813,10 @@ local function run(opts, body)
     if has_view(reply) then view_facts(reply, r) end
   else
     local keep = (opts.keep and opts.keep(reply, now) or now) + RETENTION
-    redis.call('HSET', qkey, opts.request, string.format('%d', keep) .. SEP .. pack_answer(opts.fingerprint, reply))
-    schedule_request_pass(a, keep)
+    local fresh = redis.call('HSET', qkey, opts.request, string.format('%d', keep) .. SEP .. pack_answer(opts.fingerprint, reply))
+    -- (An id remembered again after it was forgotten is still queued where it was: the sweep
+    -- finds it kept longer there and queues it again.)
+    if fresh == 1 then forget_later(a, opts.request, now) end
   end
   save_account(a)
   return reply

@@ -1,6 +1,6 @@
 -- list.lua: an account's reservations, newest first, one page (ListReservations). Reads only
 -- (no-writes; FCALL_RO). Examines at most `scan` sequence numbers, one reservation hash per HMGET.
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 page size, 5 scan, 6 before ("" for none), 7 state ("" for any)
 -- Reply: {"ok", next | nil, <reservation view> x n}, {"err", "account_not_found"} or {"due"}.
 -- Example: with reservations 1..5 and size 2: {"ok", 4, <5>, <4>}; then before 4: {"ok", 2, <3>, <2>}.

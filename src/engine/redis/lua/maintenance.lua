@@ -3,7 +3,7 @@
 
 -- catch_up.lua: bring an account up to now (expire lots and holds, renew the cycle), for a read
 -- that answered {"due"}. At most CATCHUP_STEPS_MAX steps per call.
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua)
 -- Reply: {"ok", 1 when caught up | 0 when more is due} or {"err", "account_not_found"}.
 -- Example: a renewal boundary passed unnoticed: the cycle renews (events "lot_expired",
@@ -20,49 +20,72 @@ end)
 -- sweep_account.lua: the background pass for one account: catch up (expire holds and lots, renew
 -- the cycle), forget closed reservations and request ids past retention (at most PURGE_MAX per
 -- call), and set the account's wake-up time exactly (Ledger::sweep, for one account).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 the prefix of the reservations' answer hashes X ("cs:{sN}:x:<account>:";
 --       same hash slot as KEYS, so this runs on Redis Cluster too)
 -- Reply: {holds expired, 1 when all done | 0 when the account needs another pass}.
 -- Example: a dialer died holding 4 past its deadline: the hold closes as expired at its deadline,
 -- the 4 return to their lot, and {1, 1} is returned.
--- One step of the sweep's pass over the remembered request ids (Q): HSCAN's next PURGE_MAX or so
--- entries, deleting those past their keep. The pass's cursor, start and earliest keep left go in
--- A's field qp between steps. At its end the next pass is set for the earliest keep left, but no
--- sooner than 1/REQUEST_PASSES of the retention after this one began (a busy account's ids come
--- due one after another: each pass deletes a batch, and an id is visited at most about
--- REQUEST_PASSES times) and no later than a retention after it (ids added during the pass, which
--- HSCAN may not return, keep at least that long). Returns true when the pass is over.
-local function request_pass(now)
-  local state = redis.call('HGET', K_A, 'qp')
-  local cursor, started, least = '0', now, nil
-  if state then
-    local c, s, l = string.match(state, '^(%d+),(%d+),(%d*)$')
-    cursor, started, least = c, tonumber(s), tonumber(l)
-  end
-  local scan = redis.call('HSCAN', K_Q, cursor, 'COUNT', PURGE_MAX)
-  local entries, gone = scan[2], {}
-  for i = 2, #entries, 2 do
-    local keep = keep_of(entries[i])
-    if keep <= now then
-      gone[#gone + 1] = entries[i - 1]
-    elseif least == nil or keep < least then
-      least = keep
+-- Forgets the request ids at F's head that are past their keep (at most PURGE_MAX of F's items
+-- per call), in the order they were remembered. The ids behind a mark \31<t> were remembered
+-- from t on, before the next mark (at most t + retention/FORGET_MARKS): each comes due no sooner
+-- than t + retention, so the sweep stops at the first mark not yet due, or at an id not yet due
+-- while a later one of its chunk could be (kept no longer than a retention past when it was
+-- remembered). An id kept longer than that (a Reserve's, past its hold's deadline; one an Extend
+-- carried on) is queued again at F's tail. P's member q is then set to when the head next comes
+-- due (none when F is empty). Returns true when no more is due now.
+local function forget_due(a, now)
+  local items = redis.call('LRANGE', K_F, 0, PURGE_MAX - 1)
+  local span = math.floor(RETENTION / FORGET_MARKS)
+  local gone, again = {}, {}
+  local mark, taken, next_due = nil, 0, nil
+  for i, item in ipairs(items) do
+    if string.byte(item, 1) == 31 then
+      local t = tonumber(string.sub(item, 2))
+      if t + RETENTION > now then
+        next_due = t + RETENTION
+        break
+      end
+      mark = t
+    else
+      local remembered = redis.call('HGET', K_Q, item)
+      local keep = remembered and keep_of(remembered)
+      if not keep or keep <= now then
+        if keep then gone[#gone + 1] = item end
+      elseif mark and mark + span + RETENTION <= now then
+        again[#again + 1] = item
+      else
+        -- Not due yet, and its chunk's later ids may not be either: come back then (or when the
+        -- whole chunk is due, whichever is first).
+        next_due = math.min(keep, (mark or now) + span + RETENTION)
+        break
+      end
     end
+    taken = i
   end
   if #gone > 0 then redis.call('HDEL', K_Q, unpack(gone)) end
-  if scan[1] ~= '0' then
-    redis.call('HSET', K_A, 'qp', string.format('%s,%d,%s', scan[1], started, least and string.format('%d', least) or ''))
-    return false
+  if taken > 0 then
+    redis.call('LTRIM', K_F, taken, -1)
+    -- A chunk left part way keeps its mark.
+    local head = mark and redis.call('LINDEX', K_F, 0)
+    if head and string.byte(head, 1) ~= 31 then redis.call('LPUSH', K_F, SEP .. string.format('%d', mark)) end
   end
-  if state then redis.call('HDEL', K_A, 'qp') end
-  if redis.call('EXISTS', K_Q) == 0 then
+  if #again > 0 then
+    if a.qm == nil or now - a.qm >= span then
+      redis.call('RPUSH', K_F, SEP .. string.format('%d', now))
+      a.qm = now
+    end
+    redis.call('RPUSH', K_F, unpack(again))
+  end
+  if next_due == nil and redis.call('EXISTS', K_F) == 0 then
     redis.call('ZREM', K_P, 'q')
-  else
-    local next = math.min(least or math.huge, started + RETENTION)
-    redis.call('ZADD', K_P, math.max(next, started + math.floor(RETENTION / REQUEST_PASSES)), 'q')
+    redis.call('HDEL', K_A, 'qm')
+    a.qm = nil
+    a.loaded.qm = nil
+    return true
   end
-  return true
+  redis.call('ZADD', K_P, next_due or now, 'q')
+  return next_due ~= nil and next_due > now
 end
 
 register('sweep_account', function(keys, args)
@@ -80,7 +103,7 @@ register('sweep_account', function(keys, args)
   local gone, passed = {}, true
   for _, member in ipairs(due) do
     if member == 'q' then
-      passed = request_pass(now)
+      passed = forget_due(a, now)
     else
       -- The reservation goes, and with it the answers to calls on it (its own hash).
       local id = string.sub(member, 2)
@@ -116,7 +139,7 @@ end }
 
 -- restore.lua: replace an account's state with a snapshot rebuilt from the SQL ledger (the
 -- `rebuild` command). Remembered request ids are not part of the ledger and are not restored.
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 the snapshot as JSON (src/ledger/snapshot.rs): {"account": "acme",
 --       "cs": ..., "ce": ..., "gen": 3, "pg": 1000, "ag": 0, "plan": {...}, "lots": [...],
 --       "last_lot": 4, "last_res": 9, "last_event": 31, "trial": false, "granted": ..., "held": ...,
@@ -132,7 +155,7 @@ register('restore', function(keys, args)
   if old then
     for bucket = 0, math.floor(old.res / RES_BUCKET) do redis.call('UNLINK', res_key(bucket * RES_BUCKET)) end
   end
-  for _, key in ipairs({ K_A, K_L, K_B, K_E, K_D, K_Q, K_P, K_U, K_K }) do redis.call('DEL', key) end
+  for _, key in ipairs({ K_A, K_L, K_B, K_E, K_D, K_Q, K_P, K_U, K_K, K_F }) do redis.call('DEL', key) end
   local a = { loaded = {}, cold = true, avail = 0, held = s.held, granted = s.granted, spent = s.spent, expired = s.expired,
     owed = type(s.owed) == 'number' and s.owed or 0,
     cs = s.cs, ce = s.ce, gen = s.gen, pg = s.pg, ag = s.ag, lot = s.last_lot, res = s.last_res, ev = s.last_event,
@@ -182,29 +205,55 @@ end)
 
 -- upgrade_requests.lua: converts one account's remembered request ids from layout 2 to layout 3
 -- (`rebuild --upgrade-layout`, run while no sidecar serves). Layout 2 kept each id's answer as
--- fingerprint\31answer in Q and the id's own purge-schedule member q<id> in P, scored by its keep;
--- layout 3 puts the keep first in the answer and schedules one pass over Q (P's member q). Each
--- id is converted and its old member removed in the same call, so the upgrade can be run again
--- after an interruption and converts nothing twice.
--- KEYS: the account's 12 keys (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 a ZSCAN cursor over P ("0" to begin)
--- Reply: the next cursor ("0" when the account is done).
--- Example: Q = {r-1: "<fp>\31ok\317"}, P = {q r-1: 1000}, cursor "0" -> Q = {r-1: "1000\31<fp>\31ok\317"},
--- P = {q: 1000}, reply "0".
+-- fingerprint\31answer in Q and the id's own purge-schedule member q<id> in P, scored by its
+-- keep; layout 3 puts the keep first in the answer and queues the id in F, in keep order (as if
+-- remembered a retention before its keep), and P's one member q says when F's head comes due.
+-- Each id is converted and its old member removed in the same call, so the upgrade can be run
+-- again after an interruption and converts nothing twice.
+-- KEYS: the account's 13 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 how many of P's first members (by score) are not ids (r<seq>): where
+--       this call starts ("0" at first)
+-- Reply: {1 when the account is done | 0, ARGV 4 for the next call}.
+-- Example: Q = {r-1: "<fp>\31ok\317"}, P = {q r-1: 87000000}, retention 86400000, "0" ->
+-- Q = {r-1: "87000000\31<fp>\31ok\317"}, F = {"\31600000", "r-1"}, P = {q: 87000000}, {1, 0}.
 register('upgrade_requests', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'upgrade_requests')
-  local scan = redis.call('ZSCAN', K_P, args[4], 'MATCH', 'q?*', 'COUNT', PURGE_MAX)
-  local members, old, least = scan[2], {}, nil
+  local a = load_account()
+  if a == nil then return { 1, 0 } end
+  local span = math.floor(RETENTION / FORGET_MARKS)
+  local skipped = int(args[4])
+  local members = redis.call('ZRANGE', K_P, skipped, skipped + PURGE_MAX - 1, 'WITHSCORES')
+  local old = {}
   for i = 1, #members, 2 do
-    local id, keep = string.sub(members[i], 2), tonumber(members[i + 1])
-    local remembered = redis.call('HGET', K_Q, id)
-    if remembered then
-      redis.call('HSET', K_Q, id, string.format('%d', keep) .. SEP .. remembered)
-      if least == nil or keep < least then least = keep end
+    local member = members[i]
+    if string.byte(member, 1) == 113 and #member > 1 then
+      local id, keep = string.sub(member, 2), tonumber(members[i + 1])
+      local remembered = redis.call('HGET', K_Q, id)
+      if remembered then
+        redis.call('HSET', K_Q, id, string.format('%d', keep) .. SEP .. remembered)
+        local at = keep - RETENTION
+        if a.qm == nil or at - a.qm >= span then
+          redis.call('RPUSH', K_F, SEP .. string.format('%d', at), id)
+          a.qm = at
+        else
+          redis.call('RPUSH', K_F, id)
+        end
+      end
+      old[#old + 1] = member
+    else
+      skipped = skipped + 1
     end
-    old[#old + 1] = members[i]
   end
   if #old > 0 then redis.call('ZREM', K_P, unpack(old)) end
-  if least then redis.call('ZADD', K_P, 'LT', least, 'q') end
-  return scan[1]
+  local done = #members < 2 * PURGE_MAX
+  if done then
+    local head = redis.call('LINDEX', K_F, 0)
+    if head then
+      local due = tonumber(string.sub(head, 2)) + RETENTION
+      redis.call('ZADD', K_P, 'LT', due, 'q')
+      wake_by(a, due)
+    end
+  end
+  save_account(a)
+  return { done and 1 or 0, skipped }
 end)

@@ -1,5 +1,5 @@
 -- release.lua: close a reservation and return what is not committed (Ledger::release).
--- KEYS: the account's 12 keys, then the reservation's answer hash X (lib.lua).
+-- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq
 -- Reply: {"ok", returned, <reservation view>}, a decline ("reservation_expired" |
 --        "reservation_closed", with the reservation's view), {"err", "account_not_found" | "reservation_not_found" |

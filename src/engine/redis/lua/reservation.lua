@@ -1,5 +1,5 @@
 -- reservation.lua: one reservation, as of now (GetReservation). Reads only (no-writes; FCALL_RO).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 seq
 -- Reply: {"ok", <reservation view>}, {"err", "account_not_found" | "reservation_not_found"} or
 --        {"due"} (a hold past its deadline is expired by the catch-up first).

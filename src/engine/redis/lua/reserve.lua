@@ -1,5 +1,5 @@
 -- reserve.lua: hold credits for a piece of work, all or nothing (Ledger::reserve).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 category, 8 amount, 9 ttl ms,
 --       10 labels (a JSON object), 11 unit and 12 least units of a partial hold ("" "": all or
 --       nothing; otherwise as many whole units of `unit` credits as fit, up to the amount)

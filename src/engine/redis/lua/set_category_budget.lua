@@ -1,6 +1,6 @@
 -- set_category_budget.lua: cap what one category of work may hold or spend per cycle for the
 -- team, or lift the cap (Ledger::set_category_budget).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 category, 7 budget ("" for no cap)
 -- Reply: {"ok", category, budget | nil, used, remaining | nil}, {"err", "account_not_found" |
 --        "request_id_reused"} or {"due"}.

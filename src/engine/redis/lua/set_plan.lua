@@ -1,5 +1,5 @@
 -- set_plan.lua: put an account on a plan, creating it if needed (Ledger::set_plan).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 period (months: 1, 3, 6 or 12),
 --       7 anchor (Unix ms), 8 plan credits, 9 add-on credits
 -- Reply: {"ok", cycle start, cycle end, <totals>}, {"err", "balance:plan_credits" |

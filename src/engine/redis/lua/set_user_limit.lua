@@ -1,6 +1,6 @@
 -- set_user_limit.lua: cap what one user may hold or spend per cycle, or lift the cap
 -- (Ledger::set_user_limit).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 limit ("" for no cap)
 -- Reply: {"ok", user, limit | nil, used, remaining | nil}, {"err", "account_not_found" |
 --        "request_id_reused"} or {"due"}.

@@ -1,5 +1,5 @@
 -- start_trial.lua: the one-time trial grant (Ledger::start_trial).
--- KEYS: the account's 12 keys (lib.lua).
+-- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 credits, 7 duration ms, 8 create the
 --       account if missing ("1" | "0")
 -- Reply: {"ok", lot id, expires, <totals>}, a decline ("trial_already_used"), {"err",
