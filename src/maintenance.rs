@@ -198,9 +198,21 @@ pub async fn upgrade_layout(
     retention_ms: Millis,
 ) -> Result<Upgraded, MaintenanceError> {
     let redis = RedisEngine::connect_unchecked(settings, retention_ms).await?;
-    if redis.recorded_layout().await? == Some(format!("2 {}", settings.shards)) {
-        let accounts_converted = redis.upgrade_from_layout_2().await?;
-        return Ok(Upgraded { from_layout: 2, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
+    match redis.recorded_layout().await? {
+        Some(recorded) if recorded == format!("2 {}", settings.shards) => {
+            let accounts_converted = redis.upgrade_from_layout_2().await?;
+            return Ok(Upgraded { from_layout: 2, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
+        }
+        // Another shard count: converting would read every account under the wrong keys, and
+        // rebuilding would move them all. The operator set the wrong `redis_shards`.
+        Some(recorded) if recorded.starts_with("2 ") => {
+            return Err(MaintenanceError::Engine(EngineError::Unavailable(format!(
+                "redis layout: Redis holds layout 2 over {} shards; set redis_shards to that and run the upgrade \
+                 again",
+                &recorded[2..]
+            ))));
+        }
+        _ => {}
     }
     let unsettled = unsettled_events(store, &redis).await?;
     if unsettled > 0 {

@@ -196,6 +196,14 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     };
     assert!(message.contains("layout 2") && message.contains("rebuild --upgrade-layout"), "{message}");
 
+    // Over another shard count it converts (and deletes) nothing, and says what to set.
+    let other = credit_sidecar::engine::redis::RedisSettings { shards: 8, ..settings.clone() };
+    let refused = maintenance::upgrade_layout(&store, &other, RETENTION).await;
+    assert!(
+        matches!(&refused, Err(MaintenanceError::Engine(Error::Unavailable(message))) if message.contains("16 shards"))
+    );
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "2 16");
+
     // The upgrade converts it in place: no settlement needed, nothing rebuilt, and run twice
     // (as after an interruption) it converts nothing twice.
     let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();

@@ -743,7 +743,8 @@ end
 -- the last one is 1/FORGET_MARKS of the retention old, so the sweep knows when the ids behind
 -- each mark may come due. An id costs its own bytes in F's listpack, where a purge-schedule
 -- entry per id (layout 2) cost as much memory as the id's answer; P holds one member, q: when
--- F's head next comes due.
+-- F's head next comes due. (Passing over all of Q instead, HSCAN by HSCAN, saves F's bytes but
+-- reads every id at every pass: 15-27 us of Redis per id forgotten, measured, against ~4 here.)
 local function forget_later(a, request, now)
   if a.qm == nil then
     redis.call('RPUSH', K_F, SEP .. string.format('%d', now), request)
