@@ -70,13 +70,7 @@ local function forget_due(a, now)
     local head = mark and redis.call('LINDEX', K_F, 0)
     if head and string.byte(head, 1) ~= 31 then redis.call('LPUSH', K_F, SEP .. string.format('%d', mark)) end
   end
-  if #again > 0 then
-    if a.qm == nil or now - a.qm >= span then
-      redis.call('RPUSH', K_F, SEP .. string.format('%d', now))
-      a.qm = now
-    end
-    redis.call('RPUSH', K_F, unpack(again))
-  end
+  if #again > 0 then enqueue(a, now, unpack(again)) end
   if next_due == nil and redis.call('EXISTS', K_F) == 0 then
     redis.call('ZREM', K_P, 'q')
     redis.call('HDEL', K_A, 'qm')
@@ -220,7 +214,6 @@ register('upgrade_requests', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'upgrade_requests')
   local a = load_account()
   if a == nil then return { 1, 0 } end
-  local span = math.floor(RETENTION / FORGET_MARKS)
   local skipped = int(args[4])
   local members = redis.call('ZRANGE', K_P, skipped, skipped + PURGE_MAX - 1, 'WITHSCORES')
   local old = {}
@@ -231,13 +224,7 @@ register('upgrade_requests', function(keys, args)
       local remembered = redis.call('HGET', K_Q, id)
       if remembered then
         redis.call('HSET', K_Q, id, string.format('%d', keep) .. SEP .. remembered)
-        local at = keep - RETENTION
-        if a.qm == nil or at - a.qm >= span then
-          redis.call('RPUSH', K_F, SEP .. string.format('%d', at), id)
-          a.qm = at
-        else
-          redis.call('RPUSH', K_F, id)
-        end
+        enqueue(a, keep - RETENTION, id)
       end
       old[#old + 1] = member
     else
