@@ -70,11 +70,40 @@ fn plan_events() -> Vec<Event> {
     model.drain_events()
 }
 
+/// A Reserve of 40 credits for a minute, by ann on acme's email category.
+fn hold_40(request: &str) -> Reserve {
+    Reserve {
+        account: AccountId::parse("acme").unwrap(),
+        user: UserId::parse("ann").unwrap(),
+        category: Rules::default().category("email").unwrap(),
+        amount: 40,
+        ttl_ms: 60_000,
+        request: RequestId::parse(request).unwrap(),
+        labels: Labels::default(),
+        partial: None,
+    }
+}
+
+/// An empty SQLite ledger in a temporary directory (kept while the directory is).
+async fn sqlite_ledger() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display())).await.unwrap();
+    (dir, store)
+}
+
+/// A private Redis, and an engine on it whose clock stands at `t0()` until moved.
+async fn engine_at_t0() -> (RedisServer, RedisEngine, ManualClock) {
+    let server = RedisServer::start();
+    let settings = redis_settings(vec![server.url()], false);
+    let clock = ManualClock::new(t0());
+    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    (server, redis, clock)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display())).await.unwrap();
+    let (_dir, store) = sqlite_ledger().await;
     let settings = redis_settings(vec![server.url()], false);
     let events = plan_events();
     write_layout_1(&server, &events);
@@ -103,16 +132,7 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     let acme = AccountId::parse("acme").unwrap();
     let mut model = Ledger::restore(RETENTION, t0(), events).unwrap();
     assert_eq!(redis.account(&acme).await.unwrap(), model.account(t0(), &acme).unwrap());
-    let reserve = Reserve {
-        account: acme.clone(),
-        user: UserId::parse("ann").unwrap(),
-        category: Rules::default().category("email").unwrap(),
-        amount: 40,
-        ttl_ms: 60_000,
-        request: RequestId::parse("r-1").unwrap(),
-        labels: Labels::default(),
-        partial: None,
-    };
+    let reserve = hold_40("r-1");
     assert_eq!(redis.reserve(&reserve).await.unwrap(), model.reserve(t0(), &reserve).unwrap());
     // The events go on from the ledger's last sequence: nothing is handed out twice.
     let outbox = redis.outbox().await.unwrap();
@@ -143,28 +163,16 @@ fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
 async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids() {
     use credit_sidecar::ledger::command::{Extend, SetUserLimit};
 
-    let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display())).await.unwrap();
+    let (server, redis, clock) = engine_at_t0().await;
     let settings = redis_settings(vec![server.url()], false);
-    let clock = ManualClock::new(t0());
-    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let (_dir, store) = sqlite_ledger().await;
     let acme = AccountId::parse("acme").unwrap();
     let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
     let request = |name: &str| RequestId::parse(name).unwrap();
     let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
     let set_plan = SetPlan { account: acme.clone(), plan, request: request("plan-1") };
     redis.set_plan(&set_plan).await.unwrap();
-    let reserve = Reserve {
-        account: acme.clone(),
-        user: UserId::parse("ann").unwrap(),
-        category: Rules::default().category("email").unwrap(),
-        amount: 40,
-        ttl_ms: 60_000,
-        request: request("r-1"),
-        labels: Labels::default(),
-        partial: None,
-    };
+    let reserve = hold_40("r-1");
     let reserved = redis.reserve(&reserve).await.unwrap();
     let held = reserved.clone().done().unwrap();
     let extend = Extend {
@@ -285,10 +293,7 @@ async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
     use credit_sidecar::ledger::command::Grant;
     use credit_sidecar::ledger::{Clock, LotKind};
 
-    let server = RedisServer::start();
-    let settings = redis_settings(vec![server.url()], false);
-    let clock = ManualClock::new(t0());
-    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let (server, redis, clock) = engine_at_t0().await;
     let mut model = Ledger::new(RETENTION);
     let acme = AccountId::parse("acme").unwrap();
     let request = |n: usize| RequestId::parse(&format!("r{n}")).unwrap();
@@ -344,10 +349,7 @@ async fn long_catch_ups_run_in_bounded_calls_and_agree_with_the_model() {
 async fn a_hold_older_than_category_budgets_closes_without_breaking_the_account() {
     use credit_sidecar::ledger::command::{Release, SetCategoryBudget};
 
-    let server = RedisServer::start();
-    let settings = redis_settings(vec![server.url()], false);
-    let clock = ManualClock::new(t0());
-    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let (server, redis, clock) = engine_at_t0().await;
     let acme = AccountId::parse("acme").unwrap();
     let ai = Rules::default().category("ai").unwrap();
     let request = |name: &str| RequestId::parse(name).unwrap();
@@ -365,7 +367,7 @@ async fn a_hold_older_than_category_budgets_closes_without_breaking_the_account(
     };
     let old = redis.reserve(&reserve(100, "r-old")).await.unwrap().done().unwrap();
     // As a sidecar before category budgets left it: the hold's category never counted.
-    let layout = Layout { prefix: String::new(), shards: settings.shards };
+    let layout = Layout { prefix: String::new(), shards: 16 };
     let account_key = layout.account_keys(&acme)[0].clone();
     assert_eq!(server.cli(&["HDEL", &account_key, "c:ai"]), "1");
     let budget =
@@ -395,10 +397,7 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_orde
     use credit_sidecar::ledger::Clock;
     use credit_sidecar::ledger::command::SetUserLimit;
 
-    let server = RedisServer::start();
-    let settings = redis_settings(vec![server.url()], false);
-    let clock = ManualClock::new(t0());
-    let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
+    let (server, redis, clock) = engine_at_t0().await;
     let mut model = Ledger::new(RETENTION);
     let acme = AccountId::parse("acme").unwrap();
     let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
