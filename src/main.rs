@@ -172,14 +172,17 @@ async fn upgrade_layout(config: &Config, json: bool) -> Result<ExitCode, Box<dyn
             "layout": layout,
         });
         println!("{report}");
+    } else if upgraded.from_layout == layout {
+        println!("Redis holds layout {layout} already; nothing to do");
     } else if upgraded.from_layout == 2 {
         println!(
             "converted {} account(s) from layout 2 to layout {layout} in place; remembered request ids kept",
             upgraded.accounts_converted,
         );
     } else {
+        let old = if upgraded.from_layout == 1 { "layout 1" } else { "no recorded layout" };
         println!(
-            "deleted {} key(s) of the old layout; rebuilt {} account(s) from the ledger in layout {layout}",
+            "deleted {} key(s) of {old}; rebuilt {} account(s) from the ledger in layout {layout}",
             upgraded.keys_deleted, upgraded.accounts_rebuilt,
         );
     }

@@ -9,7 +9,7 @@
 //!   whatever changed after the last settled event. Remembered request ids are not restored.
 
 use crate::engine::Error as EngineError;
-use crate::engine::redis::RedisEngine;
+use crate::engine::redis::{LAYOUT_VERSION, RedisEngine};
 use crate::ledger::{AccountId, AccountView, Ledger, Millis};
 use crate::settle::store::{Store, StoreError};
 
@@ -172,8 +172,9 @@ pub async fn recover(store: &Store, redis: &RedisEngine, retention_ms: Millis) -
     result
 }
 
-/// What the layout upgrade did: converted the accounts of a layout-2 Redis in place, or deleted
-/// an older layout's keys and rebuilt the accounts from the ledger.
+/// What the layout upgrade did: converted the accounts of a layout-2 Redis in place, deleted a
+/// layout-1 Redis's keys (or found no layout recorded: `from_layout` 0) and rebuilt the accounts
+/// from the ledger, or nothing (`from_layout` is this layout: it was upgraded already).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Upgraded {
     pub from_layout: u32,
@@ -198,7 +199,18 @@ pub async fn upgrade_layout(
     retention_ms: Millis,
 ) -> Result<Upgraded, MaintenanceError> {
     let redis = RedisEngine::connect_unchecked(settings, retention_ms).await?;
+    let current = format!("{LAYOUT_VERSION} {}", settings.shards);
     match redis.recorded_layout().await? {
+        // Run again after it finished (say its last reply was lost): nothing to do. Going on
+        // would wipe and rebuild, losing the request ids the conversion kept.
+        Some(recorded) if recorded == current => {
+            return Ok(Upgraded {
+                from_layout: LAYOUT_VERSION,
+                accounts_converted: 0,
+                keys_deleted: 0,
+                accounts_rebuilt: 0,
+            });
+        }
         Some(recorded) if recorded == format!("2 {}", settings.shards) => {
             let accounts_converted = redis.upgrade_from_layout_2().await?;
             return Ok(Upgraded { from_layout: 2, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
@@ -218,9 +230,10 @@ pub async fn upgrade_layout(
     if unsettled > 0 {
         return Err(MaintenanceError::Unsettled(unsettled));
     }
+    let from_layout = if redis.holds_layout_1().await? { 1 } else { 0 };
     let keys_deleted = redis.wipe_and_init().await?;
     let accounts_rebuilt = rebuild(store, &redis, retention_ms, None).await?;
-    Ok(Upgraded { from_layout: 1, accounts_converted: 0, keys_deleted, accounts_rebuilt })
+    Ok(Upgraded { from_layout, accounts_converted: 0, keys_deleted, accounts_rebuilt })
 }
 
 /// How many events in Redis's outbox streams the ledger does not have. The streams' entry format

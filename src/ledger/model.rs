@@ -365,17 +365,19 @@ impl Ledger {
             Ok(Decision::Done(Extended { added: amount, held: reservation.held, deadline_ms, reservation }))
         })?;
         if let Decision::Done(extended) = &decision {
-            self.carry_opening_request(&cmd.reservation, extended.deadline_ms);
+            self.carry_opening_request(now, &cmd.reservation, extended.deadline_ms);
         }
         Ok(decision)
     }
 
     /// Keeps the answer of the Reserve that opened a reservation for the retention period past
-    /// its new deadline, so a late retry of that Reserve can never open a second hold.
-    fn carry_opening_request(&mut self, id: &ReservationId, deadline_ms: Millis) {
+    /// its new deadline, so a late retry of that Reserve can never open a second hold. An answer
+    /// already past its keep is forgotten (whether or not a sweep deleted it) and stays so.
+    fn carry_opening_request(&mut self, now: Millis, id: &ReservationId, deadline_ms: Millis) {
         let Some(account) = self.accounts.get_mut(&id.account) else { return };
         let Some(opened_by) = account.reservations.get(&id.seq).and_then(|r| r.opened_by.clone()) else { return };
-        if let Some(remembered) = account.requests.get_mut(&opened_by) {
+        let remembered = account.requests.get_mut(&opened_by).filter(|remembered| remembered.keep_until_ms > now);
+        if let Some(remembered) = remembered {
             remembered.keep_until_ms = remembered.keep_until_ms.max(deadline_ms.saturating_add(self.retention_ms));
             self.journal(&id.account, None, &opened_by);
         }

@@ -93,9 +93,14 @@ async fn sqlite_ledger() -> (tempfile::TempDir, Store) {
 
 /// A private Redis, and an engine on it whose clock stands at `t0()` until moved.
 async fn engine_at_t0() -> (RedisServer, RedisEngine, ManualClock) {
+    engine_at(t0()).await
+}
+
+/// A private Redis, and an engine on it whose clock stands at `start` until moved.
+async fn engine_at(start: i64) -> (RedisServer, RedisEngine, ManualClock) {
     let server = RedisServer::start();
     let settings = redis_settings(vec![server.url()], false);
-    let clock = ManualClock::new(t0());
+    let clock = ManualClock::new(start);
     let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
     (server, redis, clock)
 }
@@ -122,7 +127,7 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     // Once settled, it wipes the old layout and rebuilds every account from the ledger.
     store.write(&events, t0()).await.unwrap();
     let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
-    assert_eq!(upgraded.accounts_rebuilt, 1);
+    assert_eq!((upgraded.from_layout, upgraded.accounts_rebuilt), (1, 1));
     assert!(upgraded.keys_deleted >= 3, "{upgraded:?}");
     assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
     assert_eq!(server.cli(&["GET", "cs:shards"]), "see cs:layout", "a layout-1 sidecar cannot parse this");
@@ -163,7 +168,10 @@ fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
 async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids() {
     use credit_sidecar::ledger::command::{Extend, SetUserLimit};
 
-    let (server, redis, clock) = engine_at_t0().await;
+    // The upgrade reads Redis's clock: the engine's starts there too, so the hold below is
+    // still open when the upgrade runs.
+    let start = chrono::Utc::now().timestamp_millis();
+    let (server, redis, clock) = engine_at(start).await;
     let settings = redis_settings(vec![server.url()], false);
     let (_dir, store) = sqlite_ledger().await;
     let acme = AccountId::parse("acme").unwrap();
@@ -178,7 +186,9 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     let extend = Extend {
         reservation: held.reservation.clone(),
         amount: 0,
-        ttl_ms: Some(7_200_000),
+        // Longer than a span (retention / FORGET_MARKS): the upgrade must not queue r-1 behind
+        // a mark in the future.
+        ttl_ms: Some(4 * 3_600_000),
         request: request("e-1"),
         partial: None,
     };
@@ -193,7 +203,7 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     let (q_before, p_before) =
         (server.cli(&["HGETALL", &keys[6]]), server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]));
     let qm_before = server.cli(&["HGET", &keys[0], "qm"]);
-    assert_eq!(qm_before, t0().to_string());
+    assert_eq!(qm_before, start.to_string());
     assert_eq!(q_before.lines().count(), 6, "plan-1, r-1 and u-1 remembered: {q_before}");
     drop(redis);
     downgrade_requests_to_layout_2(&server, &keys);
@@ -223,12 +233,20 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "the answers are layout 3's again, keeps included");
     assert_eq!(server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]), p_before);
     assert_eq!(server.cli(&["HGET", &keys[0], "qm"]), qm_before);
-    // Queued in keep order (as if remembered a retention before it): r-1's was carried on.
-    let mark = format!("\u{1f}{}", t0());
+    // Queued in keep order (as if remembered a retention before it, or now for r-1, carried on
+    // past the hold's deadline: no mark is in the future).
+    let mark = format!("\u{1f}{start}");
     assert_eq!(server.cli(&["LRANGE", &keys[12], "0", "-1"]), [mark.as_str(), "plan-1", "u-1", "r-1"].join("\n"));
     server.cli(&["SET", "cs:layout", "2 16"]);
     maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "converted once only");
+    // Run again once it is done, it does nothing (it does not wipe and rebuild).
+    let again = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(
+        again,
+        maintenance::Upgraded { from_layout: 3, accounts_converted: 0, keys_deleted: 0, accounts_rebuilt: 0 }
+    );
+    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before);
 
     // Retries of calls made before the upgrade get their first answers; a reuse is refused.
     let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
@@ -497,4 +515,34 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_orde
     call(&mut model, 0, 5).await.unwrap();
     assert_eq!(server.cli(&["LRANGE", &f, "0", "-1"]), [mark(clock.now_ms()), "u0".to_owned()].join("\n"));
     assert_eq!(score(), (clock.now_ms() + retention).to_string());
+}
+
+/// What a layout-2 sidecar would leave if it ran against layout 3 (the upgrade procedure forbids
+/// it): an answer without its keep, and its own purge-schedule member. Neither breaks the
+/// account: a call naming that id is a new call, and the sweep forgets the id as layout 2 would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_layout_2_request_id_breaks_neither_calls_nor_the_sweep() {
+    use credit_sidecar::ledger::command::SetUserLimit;
+
+    let (server, redis, clock) = engine_at_t0().await;
+    let acme = AccountId::parse("acme").unwrap();
+    let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
+    let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
+    redis.set_plan(&SetPlan { account: acme.clone(), plan, request: RequestId::parse("plan").unwrap() }).await.unwrap();
+    server.cli(&["HSET", &keys[6], "stray", "0123456789abcdef\u{1f}ok\u{1f}ann\u{1f}5\u{1f}0\u{1f}5"]);
+    server.cli(&["ZADD", &keys[7], &(t0() + 1_000).to_string(), "qstray"]);
+    server.cli(&["ZADD", &keys[10], &(t0() + 1_000).to_string(), "acme"]);
+    let limit = SetUserLimit {
+        account: acme.clone(),
+        user: UserId::parse("bob").unwrap(),
+        limit: Some(7),
+        request: RequestId::parse("stray").unwrap(),
+    };
+    let set = redis.set_user_limit(&limit).await.unwrap().done().unwrap();
+    assert_eq!((set.user.as_str(), set.limit), ("bob", Some(7)), "a new call, not the stray answer");
+    clock.advance(2_000);
+    redis.sweep().await.unwrap();
+    assert_eq!(server.cli(&["ZSCORE", &keys[7], "qstray"]), "", "forgotten as layout 2 would");
+    assert_eq!(server.cli(&["HEXISTS", &keys[6], "stray"]), "0");
+    redis.sweep().await.expect("the next sweep of the account runs too");
 }

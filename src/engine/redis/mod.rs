@@ -964,6 +964,14 @@ impl RedisEngine {
         self.bounded(redis::cmd("GET").arg(self.layout.layout_key()).query_async(&mut connection)).await
     }
 
+    /// Whether Redis holds layout 1's marker (its shard count; later layouts write a note there).
+    pub(crate) async fn holds_layout_1(&self) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let old: Option<String> =
+            self.bounded(redis::cmd("GET").arg(self.layout.layout_1_key()).query_async(&mut connection)).await?;
+        Ok(old.is_some_and(|old| old.parse::<u32>().is_ok()))
+    }
+
     /// `rebuild --upgrade-layout` on a layout-2 Redis: converts every account's remembered
     /// request ids in place (the function `upgrade_requests`, in bounded calls) and then records
     /// this layout, so retries of calls made before the upgrade are still answered once. Every

@@ -367,7 +367,11 @@ impl Harness {
                 |sent| matches!(&sent.answer, Answer::Reserve(Decision::Done(reserved)) if &reserved.reservation == id),
             );
             let opened_by = opened_by.ok_or(format!("extended {id}, opened by no Reserve"))?;
-            opened_by.keep_until_ms = opened_by.keep_until_ms.max(extended.deadline_ms + RETENTION_MS);
+            // (Never past its keep while its hold is open: the keep is a retention past the
+            // deadline. An expired one would stay forgotten.)
+            if opened_by.keep_until_ms > self.now {
+                opened_by.keep_until_ms = opened_by.keep_until_ms.max(extended.deadline_ms + RETENTION_MS);
+            }
         }
         self.sent.push(Sent { cmd, answer, scope, keep_until_ms });
         Ok(())

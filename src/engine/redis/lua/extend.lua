@@ -45,9 +45,11 @@ register('extend', function(keys, args)
     emit(a, now, 'extended', string.format('{"res":%d,"amount":%d,"draws":%s,"deadline":%d}', seq, amount,
       json_draws(draws), deadline))
     -- The Reserve that opened the hold stays remembered as long as the hold lives (its keep
-    -- only grows, so the pass already scheduled comes no later than needed).
+    -- only grows: the sweep finds it kept longer and queues it again). An answer already past
+    -- its keep is forgotten, deleted or not, and stays so.
     local opening = r.opened_by and redis.call('HGET', K_Q, r.opened_by)
-    if opening and keep_of(opening) < deadline + RETENTION then
+    local kept = opening and keep_of(opening)
+    if kept and kept > now and kept < deadline + RETENTION then
       local at = string.find(opening, SEP, 1, true)
       redis.call('HSET', K_Q, r.opened_by, string.format('%d', deadline + RETENTION) .. string.sub(opening, at))
     end

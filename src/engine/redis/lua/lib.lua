@@ -726,15 +726,18 @@ end
 -- Remembered account-scoped answers (Q): `keep\31fingerprint\31answer`. An entry past its keep
 -- is forgotten from that instant (Account::purge, Ledger::run), whenever the sweep gets to
 -- delete it: returns `fingerprint\31answer`, or nil when forgotten.
-local function unexpired(remembered, now)
+-- The keep (Unix ms) of a remembered account-scoped answer; nil for one without (left by a
+-- layout-2 sidecar that ran against this layout, which the upgrade procedure forbids: it is
+-- treated as forgotten rather than failing every call that names it).
+local function keep_of(remembered)
   local at = string.find(remembered, SEP, 1, true)
-  if tonumber(string.sub(remembered, 1, at - 1)) <= now then return nil end
-  return string.sub(remembered, at + 1)
+  return at and tonumber(string.sub(remembered, 1, at - 1))
 end
 
--- The keep (Unix ms) of a remembered account-scoped answer.
-local function keep_of(remembered)
-  return tonumber(string.sub(remembered, 1, string.find(remembered, SEP, 1, true) - 1))
+local function unexpired(remembered, now)
+  local keep = keep_of(remembered)
+  if keep == nil or keep <= now then return nil end
+  return string.sub(remembered, string.find(remembered, SEP, 1, true) + 1)
 end
 
 -- Appends ids remembered at `at` to F (enqueue: true when F had no mark yet, so its head needs
@@ -742,7 +745,9 @@ end
 -- (forget_later). F keeps Q's ids in the order they were remembered, so they come due roughly
 -- in that order: an id remembered at t is kept at least until t + retention. A mark \31<t> goes before the ids remembered from t on whenever
 -- the last one is 1/FORGET_MARKS of the retention old, so the sweep knows when the ids behind
--- each mark may come due. An id costs its own bytes in F's listpack, where a purge-schedule
+-- each mark may come due: an id remembered at or after t comes due no sooner than t + retention.
+-- (An id the sweep queues again, kept longer than its chunk, joins the last chunk: it may then
+-- stay in memory up to about a retention past its keep, forgotten all the same.) An id costs its own bytes in F's listpack, where a purge-schedule
 -- entry per id (layout 2) cost as much memory as the id's answer; P holds one member, q: when
 -- F's head next comes due. (Passing over all of Q instead, HSCAN by HSCAN, saves F's bytes but
 -- reads every id at every pass: 15-27 us of Redis per id forgotten, measured, against ~4 here.)

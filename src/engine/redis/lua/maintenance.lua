@@ -50,8 +50,10 @@ local function forget_due(a, now)
     else
       local remembered = redis.call('HGET', K_Q, item)
       local keep = remembered and keep_of(remembered)
-      if not keep or keep <= now then
-        if keep then gone[#gone + 1] = item end
+      if not remembered then
+        -- Already gone (nothing to do).
+      elseif not keep or keep <= now then
+        gone[#gone + 1] = item
       elseif mark and mark + span + RETENTION <= now then
         again[#again + 1] = item
       else
@@ -98,11 +100,16 @@ register('sweep_account', function(keys, args)
   for _, member in ipairs(due) do
     if member == 'q' then
       passed = forget_due(a, now)
-    else
+    elseif string.byte(member, 1) == 114 then
       -- The reservation goes, and with it the answers to calls on it (its own hash).
       local id = string.sub(member, 2)
       redis.call('HDEL', res_key(tonumber(id)), 'm' .. id, 'i' .. id)
       redis.call('UNLINK', args[4] .. id)
+      gone[#gone + 1] = member
+    else
+      -- q<id>: a request id a layout-2 sidecar remembered against this layout (the upgrade
+      -- procedure forbids it). Forgotten as layout 2 would, rather than failing every sweep.
+      redis.call('HDEL', K_Q, string.sub(member, 2))
       gone[#gone + 1] = member
     end
   end
@@ -201,19 +208,21 @@ end)
 -- (`rebuild --upgrade-layout`, run while no sidecar serves). Layout 2 kept each id's answer as
 -- fingerprint\31answer in Q and the id's own purge-schedule member q<id> in P, scored by its
 -- keep; layout 3 puts the keep first in the answer and queues the id in F, in keep order (as if
--- remembered a retention before its keep), and P's one member q says when F's head comes due.
+-- remembered a retention before its keep, or now for an id kept longer, such as an open hold's
+-- Reserve: no mark is ever in the future), and P's one member q says when F's head comes due.
 -- Each id is converted and its old member removed in the same call, so the upgrade can be run
 -- again after an interruption and converts nothing twice.
 -- KEYS: the account's 13 keys (lib.lua).
 -- ARGV: 1-3 (lib.lua), 4 how many of P's first members (by score) are not ids (r<seq>): where
 --       this call starts ("0" at first)
 -- Reply: {1 when the account is done | 0, ARGV 4 for the next call}.
--- Example: Q = {r-1: "<fp>\31ok\317"}, P = {q r-1: 87000000}, retention 86400000, "0" ->
--- Q = {r-1: "87000000\31<fp>\31ok\317"}, F = {"\31600000", "r-1"}, P = {q: 87000000}, {1, 0}.
+-- Example: now 700000, Q = {r-1: "<fp>\31ok\317"}, P = {q r-1: 87000000}, retention 86400000,
+-- "0" -> Q = {r-1: "87000000\31<fp>\31ok\317"}, F = {"\31600000", "r-1"}, P = {q: 87000000}, {1, 0}.
 register('upgrade_requests', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'upgrade_requests')
   local a = load_account()
   if a == nil then return { 1, 0 } end
+  local now = now_ms()
   local skipped = int(args[4])
   local members = redis.call('ZRANGE', K_P, skipped, skipped + PURGE_MAX - 1, 'WITHSCORES')
   local old = {}
@@ -224,7 +233,7 @@ register('upgrade_requests', function(keys, args)
       local remembered = redis.call('HGET', K_Q, id)
       if remembered then
         redis.call('HSET', K_Q, id, string.format('%d', keep) .. SEP .. remembered)
-        enqueue(a, keep - RETENTION, id)
+        enqueue(a, math.min(keep - RETENTION, now), id)
       end
       old[#old + 1] = member
     else
