@@ -27,7 +27,8 @@
 //! 4. **settlement** during each cell: events made and settled per second and commit-to-SQL lag
 //!    (from `ledger_events`), and UNAVAILABLE refusals.
 //! 5. **memory**: Redis bytes per remembered request id and per open hold (used_memory deltas,
-//!    outbox streams subtracted), and the sidecar's RSS per engine.
+//!    outbox streams subtracted), what the sweep spends in Redis forgetting request ids once
+//!    their retention passes (an engine with a 2 s retention), and the sidecar's RSS per engine.
 //!
 //! Only public interfaces are used (the gRPC API, `RedisEngine`'s methods, the binary, Redis and
 //! SQL introspection), so the table stays comparable across rewrites of the engine's internals.
@@ -255,7 +256,8 @@ impl Bench {
     }
 
     async fn memory(&mut self) {
-        eprintln!("memory: {} Reserves and {} SetUserLimits", self.sizes.memory, self.sizes.memory);
+        let n = self.sizes.memory;
+        eprintln!("memory: {n} Reserves and {n} SetUserLimits, then {n} request ids forgotten");
         let bench = ScriptBench::connect(&self.redis_url, &format!("{}m", self.run), self.probe.clone()).await;
         let memory = bench.memory(self.sizes.memory).await;
         let mut row = Row::new("memory", "Redis bytes per remembered request id");
@@ -268,6 +270,22 @@ impl Bench {
             "Reserve ×{} on one account; outbox streams (+{:.0} B/Reserve, untrimmed) subtracted",
             memory.calls, memory.stream_per_reserve
         ));
+        self.rows.push(row);
+        // What forgetting them costs the sweep, with a retention short enough to wait out.
+        const RETENTION_MS: i64 = 2_000;
+        let run = format!("{}f", self.run);
+        let forgetting = ScriptBench::with_retention(
+            &self.redis_url,
+            &run,
+            &format!("{run}-ops:"),
+            self.probe.clone(),
+            RETENTION_MS,
+        )
+        .await;
+        let cost = forgetting.forgetting(self.sizes.memory, RETENTION_MS).await;
+        let mut row = script_row(&cost);
+        (row.section, row.rate, row.latency) = ("memory".to_owned(), None, None);
+        row.ratio = cost.note.clone();
         self.rows.push(row);
     }
 

@@ -62,6 +62,11 @@ impl ScriptBench {
     /// An engine on keys under `prefix`: a sidecar's own prefix makes its calls land in that
     /// sidecar's accounts and outbox (so its settler settles them).
     pub async fn with_prefix(url: &str, run: &str, prefix: &str, probe: RedisProbe) -> Self {
+        Self::with_retention(url, run, prefix, probe, DAY_MS).await
+    }
+
+    /// An engine that remembers request ids for `retention_ms`.
+    pub async fn with_retention(url: &str, run: &str, prefix: &str, probe: RedisProbe, retention_ms: Millis) -> Self {
         let prefix = prefix.to_owned();
         let settings = RedisSettings {
             urls: vec![url.to_owned()],
@@ -73,7 +78,7 @@ impl ScriptBench {
             tls: Default::default(),
             password: None,
         };
-        let engine = RedisEngine::connect(&settings, DAY_MS).await.expect("connect the Redis engine");
+        let engine = RedisEngine::connect(&settings, retention_ms).await.expect("connect the Redis engine");
         Self {
             engine: Arc::new(engine),
             probe,
@@ -273,6 +278,32 @@ impl ScriptBench {
             .await;
         let per_hold = cost.stats.usec as f64 / expired.max(1) as f64;
         cost.note = Some(format!("{expired} holds expired in {passes} passes; {per_hold:.1} µs in Redis per hold"));
+        cost
+    }
+
+    /// `n` request ids remembered on one account (SetUserLimits that change nothing); once all are
+    /// past the engine's retention, sweep passes until one finds nothing to do. Per script call,
+    /// and per id forgotten in the note. (Pair it with an engine of a short retention.)
+    pub async fn forgetting(&self, n: usize, retention_ms: Millis) -> OpCost {
+        let account = self.account("forget");
+        self.fund(&account).await;
+        self.concurrently(n, |bench, _| async move {
+            bench.limit(&bench.account("forget"), "ann", CREDITS).await;
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(retention_ms as u64 + 200)).await;
+        let mut passes = 0;
+        let mut cost = self
+            .measure("sweep, forgetting request ids", 1, async |_| {
+                // The first pass forgets them (in bounded calls); the second finds nothing due.
+                for _ in 0..2 {
+                    passes += 1;
+                    self.engine.sweep().await.expect("sweep");
+                }
+            })
+            .await;
+        let per_id = cost.stats.usec as f64 / n.max(1) as f64;
+        cost.note = Some(format!("{n} ids forgotten in {passes} passes; {per_id:.1} µs in Redis per id"));
         cost
     }
 
