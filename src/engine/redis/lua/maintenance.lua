@@ -17,15 +17,6 @@ register('catch_up', function(keys, args)
   return { 'ok', done and 1 or 0 }
 end)
 
--- sweep_account.lua: the background pass for one account: catch up (expire holds and lots, renew
--- the cycle), forget closed reservations and request ids past retention (at most PURGE_MAX per
--- call), and set the account's wake-up time exactly (Ledger::sweep, for one account).
--- KEYS: the account's 13 keys (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 the prefix of the reservations' answer hashes X ("cs:{sN}:x:<account>:";
---       same hash slot as KEYS, so this runs on Redis Cluster too)
--- Reply: {holds expired, 1 when all done | 0 when the account needs another pass}.
--- Example: a dialer died holding 4 past its deadline: the hold closes as expired at its deadline,
--- the 4 return to their lot, and {1, 1} is returned.
 -- Forgets the request ids at F's head that are past their keep (at most PURGE_MAX of F's items
 -- per call), in the order they were remembered. The ids behind a mark \31<t> were remembered
 -- from t on, before the next mark (at most t + retention/FORGET_MARKS): each comes due no sooner
@@ -84,6 +75,15 @@ local function forget_due(a, now)
   return next_due ~= nil and next_due > now
 end
 
+-- sweep_account.lua: the background pass for one account: catch up (expire holds and lots, renew
+-- the cycle), forget closed reservations and request ids past retention (at most PURGE_MAX per
+-- call), and set the account's wake-up time exactly (Ledger::sweep, for one account).
+-- KEYS: the account's 13 keys (lib.lua).
+-- ARGV: 1-3 (lib.lua), 4 the prefix of the reservations' answer hashes X ("cs:{sN}:x:<account>:";
+--       same hash slot as KEYS, so this runs on Redis Cluster too)
+-- Reply: {holds expired, 1 when all done | 0 when the account needs another pass}.
+-- Example: a dialer died holding 4 past its deadline: the hold closes as expired at its deadline,
+-- the 4 return to their lot, and {1, 1} is returned.
 register('sweep_account', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'sweep_account')
   local now = now_ms()
