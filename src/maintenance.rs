@@ -230,7 +230,7 @@ pub async fn upgrade_layout(
     if unsettled > 0 {
         return Err(MaintenanceError::Unsettled(unsettled));
     }
-    let from_layout = if redis.holds_layout_1().await? { 1 } else { 0 };
+    let from_layout = if redis.layout_1_marker().await?.is_some() { 1 } else { 0 };
     let keys_deleted = redis.wipe_and_init().await?;
     let accounts_rebuilt = rebuild(store, &redis, retention_ms, None).await?;
     Ok(Upgraded { from_layout, accounts_converted: 0, keys_deleted, accounts_rebuilt })

@@ -546,3 +546,20 @@ async fn a_stray_layout_2_request_id_breaks_neither_calls_nor_the_sweep() {
     assert_eq!(server.cli(&["HEXISTS", &keys[6], "stray"]), "0");
     redis.sweep().await.expect("the next sweep of the account runs too");
 }
+
+/// On a Redis with no layout recorded, the upgrade says so (layout 0) and rebuilds from the
+/// ledger, here nothing; run again, it finds this layout and does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_on_an_empty_redis_records_this_layout_and_then_does_nothing() {
+    let server = RedisServer::start();
+    let (_dir, store) = sqlite_ledger().await;
+    let settings = redis_settings(vec![server.url()], false);
+    let first = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(
+        first,
+        maintenance::Upgraded { from_layout: 0, accounts_converted: 0, keys_deleted: 0, accounts_rebuilt: 0 }
+    );
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
+    let again = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(again.from_layout, 3);
+}

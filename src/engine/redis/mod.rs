@@ -289,10 +289,8 @@ impl RedisEngine {
     /// kept its shard count under `cs:shards`; this layout writes a non-number there, so a
     /// layout-1 sidecar started against it refuses to start too.
     async fn check_layout(&self, ledger_events: Option<i64>) -> Result<()> {
-        let mut connection = self.connection.clone();
-        let (key, old_key, value) = (self.layout.layout_key(), self.layout.layout_1_key(), self.layout.layout_value());
-        let recorded: Option<String> = self.bounded(redis::cmd("GET").arg(&key).query_async(&mut connection)).await?;
-        match recorded {
+        let value = self.layout.layout_value();
+        match self.recorded_layout().await? {
             Some(recorded) if recorded == value => return Ok(()),
             Some(recorded) if recorded == format!("2 {}", self.layout.shards) => {
                 return Err(Error::Unavailable(format!(
@@ -309,10 +307,7 @@ impl RedisEngine {
             }
             None => {}
         }
-        let old: Option<String> = self.bounded(redis::cmd("GET").arg(&old_key).query_async(&mut connection)).await?;
-        // This layout's own note there ("see cs:layout") is no layout 1: its marker was deleted
-        // (the state-loss guard does so when it finds Redis lost writes).
-        if let Some(shards) = old.filter(|old| *old != format!("see {key}")) {
+        if let Some(shards) = self.layout_1_marker().await? {
             return Err(Error::Unavailable(format!(
                 "redis layout: Redis holds accounts in layout 1 ({shards} shards), this sidecar reads layout \
                  {LAYOUT_VERSION}: drain the old sidecars, let settlement finish, then run `credit-sidecar rebuild \
@@ -964,12 +959,14 @@ impl RedisEngine {
         self.bounded(redis::cmd("GET").arg(self.layout.layout_key()).query_async(&mut connection)).await
     }
 
-    /// Whether Redis holds layout 1's marker (its shard count; later layouts write a note there).
-    pub(crate) async fn holds_layout_1(&self) -> Result<bool> {
+    /// Layout 1's marker (its shard count), if Redis holds one. Later layouts write a note there
+    /// ("see cs:layout"), which is no layout 1: its layout marker was deleted (the state-loss
+    /// guard does so when it finds Redis lost writes).
+    pub(crate) async fn layout_1_marker(&self) -> Result<Option<String>> {
         let mut connection = self.connection.clone();
         let old: Option<String> =
             self.bounded(redis::cmd("GET").arg(self.layout.layout_1_key()).query_async(&mut connection)).await?;
-        Ok(old.is_some_and(|old| old.parse::<u32>().is_ok()))
+        Ok(old.filter(|old| *old != format!("see {}", self.layout.layout_key())))
     }
 
     /// `rebuild --upgrade-layout` on a layout-2 Redis: converts every account's remembered
