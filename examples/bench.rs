@@ -26,9 +26,10 @@
 //!    Redis-engine Reserves at one in flight through the sidecar and in-process by turns.
 //! 4. **settlement** during each cell: events made and settled per second and commit-to-SQL lag
 //!    (from `ledger_events`), and UNAVAILABLE refusals.
-//! 5. **memory**: Redis bytes per remembered request id and per open hold (used_memory deltas,
-//!    outbox streams subtracted), what the sweep spends in Redis forgetting request ids once
-//!    their retention passes (an engine with a 2 s retention), and the sidecar's RSS per engine.
+//! 5. **memory**: Redis bytes per remembered request id and per open hold (deltas of
+//!    `used_memory_dataset`, the outbox streams emptied around them), what the sweep spends in
+//!    Redis forgetting request ids once their retention passes (an engine with a 2 s retention),
+//!    and the sidecar's RSS per engine.
 //!
 //! Only public interfaces are used (the gRPC API, `RedisEngine`'s methods, the binary, Redis and
 //! SQL introspection), so the table stays comparable across rewrites of the engine's internals.
@@ -262,12 +263,12 @@ impl Bench {
         let memory = bench.memory(self.sizes.memory).await;
         let mut row = Row::new("memory", "Redis bytes per remembered request id");
         row.in_redis = Some(format!("{:.0} B", memory.per_request_id));
-        row.ratio = Some(format!("SetUserLimit ×{} changing nothing", memory.calls));
+        row.ratio = Some(format!("SetUserLimit ×{} changing nothing; their outbox entries not counted", memory.calls));
         self.rows.push(row);
         let mut row = Row::new("memory", "Redis bytes per open hold, without its request id");
         row.in_redis = Some(format!("{:.0} B", memory.per_hold_without_request_id));
         row.ratio = Some(format!(
-            "Reserve ×{} on one account; outbox streams (+{:.0} B/Reserve, untrimmed) subtracted",
+            "Reserve ×{} on one account; their outbox entries ({:.0} B a Reserve until settled) not counted",
             memory.calls, memory.stream_per_reserve
         ));
         self.rows.push(row);

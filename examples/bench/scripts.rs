@@ -33,7 +33,7 @@ pub struct OpCost {
     pub note: Option<String>,
 }
 
-/// Bytes in Redis, from `used_memory` deltas with the outbox streams' growth taken out.
+/// Bytes in Redis, from `used_memory_dataset` deltas with the outbox streams emptied around them.
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryCost {
     pub per_request_id: f64,
@@ -392,18 +392,24 @@ impl ScriptBench {
         }
     }
 
-    /// `used_memory` (after MEMORY PURGE) and the outbox streams' bytes, before and after.
+    /// What `call` leaves in Redis, and what its outbox entries took: the dataset's bytes (see
+    /// `RedisProbe::dataset_memory`) before the call with the outbox empty, after it, and after
+    /// emptying the outbox again. Emptying the streams, which no settler reads here, stands for the settler
+    /// deleting settled entries, and it measures their bytes exactly where `MEMORY USAGE` only
+    /// estimates a stream (it counts a listpack's bytes, not the allocation holding them).
     async fn memory_delta(&self, call: impl AsyncFnOnce()) -> (i64, i64) {
-        let (memory, streams) = (self.probe.used_memory().await, self.probe.stream_bytes(&self.prefix).await);
+        self.probe.empty_streams(&self.prefix).await;
+        let before = self.probe.dataset_memory().await;
         call().await;
-        let memory_after = self.probe.used_memory().await;
-        let streams_after = self.probe.stream_bytes(&self.prefix).await;
-        (memory_after - memory, streams_after - streams)
+        let with_streams = self.probe.dataset_memory().await;
+        self.probe.empty_streams(&self.prefix).await;
+        let after = self.probe.dataset_memory().await;
+        (after - before, with_streams - after)
     }
 
     /// `n` Reserves on one funded account (distinct request ids, no commits), then `n`
-    /// SetUserLimit calls that change nothing but remember their request ids. The outbox
-    /// streams' growth (measured, not trimmed: no settler runs here) is taken out of both.
+    /// SetUserLimit calls that change nothing but remember their request ids, each measured
+    /// without the outbox entries it made (see `memory_delta`).
     pub async fn memory(&self, n: usize) -> MemoryCost {
         let account = self.account("memory");
         self.fund(&account).await;
@@ -416,7 +422,7 @@ impl ScriptBench {
                 .await
             })
             .await;
-        let (limits, limit_streams) = self
+        let (limits, _) = self
             .memory_delta(async || {
                 self.concurrently(n, |bench, _| async move {
                     bench.limit(&bench.account("memory"), "ann", CREDITS).await;
@@ -424,8 +430,7 @@ impl ScriptBench {
                 .await
             })
             .await;
-        let per_request_id = (limits - limit_streams) as f64 / n as f64;
-        let per_hold = (reserves - reserve_streams) as f64 / n as f64;
+        let (per_request_id, per_hold) = (limits as f64 / n as f64, reserves as f64 / n as f64);
         MemoryCost {
             per_request_id,
             per_hold_without_request_id: per_hold - per_request_id,

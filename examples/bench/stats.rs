@@ -132,21 +132,24 @@ impl RedisProbe {
             .sum()
     }
 
-    /// `used_memory` after `MEMORY PURGE`.
-    pub async fn used_memory(&self) -> i64 {
+    /// The bytes of data Redis holds (`used_memory_dataset`: `used_memory` less the server's
+    /// overhead, which counts client buffers and the keyspace's own table, whose growth and
+    /// incremental rehashing land in whichever measurement they happen to fall in), after
+    /// `MEMORY PURGE`.
+    pub async fn dataset_memory(&self) -> i64 {
         self.query::<()>(redis::cmd("MEMORY").arg("PURGE")).await;
         self.info("memory")
             .await
             .lines()
-            .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
-            .expect("INFO memory has used_memory")
+            .find_map(|line| line.strip_prefix("used_memory_dataset:")?.trim().parse().ok())
+            .expect("INFO memory has used_memory_dataset")
     }
 
-    /// The bytes of every stream key whose name starts with `prefix` (`MEMORY USAGE … SAMPLES 0`:
-    /// exact), found with `SCAN … TYPE stream`: the outbox, wherever the engine keeps it.
-    pub async fn stream_bytes(&self, prefix: &str) -> i64 {
+    /// Empties every stream key whose name starts with `prefix` (`XTRIM … MAXLEN 0`), found with
+    /// `SCAN … TYPE stream`: the outbox, wherever the engine keeps it. Only for an engine whose
+    /// events no settler reads.
+    pub async fn empty_streams(&self, prefix: &str) {
         let mut cursor = 0u64;
-        let mut total = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
                 .query(
@@ -161,12 +164,10 @@ impl RedisProbe {
                 )
                 .await;
             for key in keys {
-                let bytes: Option<i64> =
-                    self.query(redis::cmd("MEMORY").arg("USAGE").arg(&key).arg("SAMPLES").arg(0)).await;
-                total += bytes.unwrap_or(0);
+                self.query::<()>(redis::cmd("XTRIM").arg(&key).arg("MAXLEN").arg(0)).await;
             }
             if next == 0 {
-                return total;
+                return;
             }
             cursor = next;
         }
