@@ -24,8 +24,9 @@
 //!    in flight over 10 000 accounts and on one hot account, plus an open-loop fixed-rate cell:
 //!    calls/s, latency, CPU per call of the sidecar (`/proc`) and Redis (`INFO cpu`); and
 //!    Redis-engine Reserves at one in flight through the sidecar and in-process by turns.
-//! 4. **settlement** during each cell: events made and settled per second and commit-to-SQL lag
-//!    (from `ledger_events`), and UNAVAILABLE refusals.
+//! 4. **settlement** during each cell: events made per second, the settler's throughput from its
+//!    first to its last batch in the cell, events settled per second of the cell, commit-to-SQL
+//!    lag (all from `ledger_events`), and UNAVAILABLE refusals.
 //! 5. **memory**: Redis bytes per remembered request id and per open hold (deltas of
 //!    `used_memory_dataset`, the outbox streams emptied around them), what the sweep spends in
 //!    Redis forgetting request ids once their retention passes (an engine with a 2 s retention),
@@ -449,9 +450,15 @@ impl Bench {
             // Every answered state change made at least one event.
             let changes = tally.calls() as u64 - tally.declines - tally.errors();
             sidecar.wait_settled(settled_before + changes as f64).await;
-            let (made, lag) = sidecar::ledger_lag(&sidecar.database_url, from, to).await;
-            row.settle =
-                Some(format!("{:.0}→{:.0}, {:.0} / {:.0}", made as f64 / elapsed, settled / elapsed, lag.p50, lag.p99));
+            let settlement = sidecar::ledger_settlement(&sidecar.database_url, from, to).await;
+            let settled_per_s = settlement.settled_per_s.map_or_else(|| "–".to_owned(), |rate| format!("{rate:.0}"));
+            row.settle = Some(format!(
+                "{:.0}→{settled_per_s} ({:.0}), {:.0} / {:.0}",
+                settlement.made as f64 / elapsed,
+                settled / elapsed,
+                settlement.lag.p50,
+                settlement.lag.p99
+            ));
         }
         (row, CellFigures { rate: calls / elapsed, latency, rows: tally.rows as f64 / elapsed })
     }
@@ -508,8 +515,11 @@ impl Bench {
              \"in Redis µs/call (cmds)\": INFO commandstats µs per script call and inner commands per call. \
              CPU: µs per call of the load generator, the sidecar, Redis (INFO cpu) and the private PostgreSQL \
              (postmaster and backends, /proc), and (busy) their sum per second over the cores. \
-             Settlement: events made (ledger rows by their own time) and settled (credit_sidecar_settled_events_total) \
-             per second during the cell, and settled_ms - at_ms lag. Errors are UNAVAILABLE (u), RESOURCE_EXHAUSTED (x), \
+             Settlement: events made per second in the cell (ledger rows by their own time) → events per second the \
+             settler wrote from its first batch landing in the cell to its last, the first batch's events not counted \
+             (its throughput while running: in a steady state the rate events are made at, below it when settlement \
+             falls behind), in brackets events settled per second of the cell (credit_sidecar_settled_events_total: \
+             short of the events made by what was still waiting when the cell ended), and settled_ms - at_ms lag. Errors are UNAVAILABLE (u), RESOURCE_EXHAUSTED (x), \
              other (o); open-loop steps over the client's cap of 1000 in flight are skipped (s). \
              Figures are comparable only within one run.",
             self.run,

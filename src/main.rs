@@ -205,7 +205,11 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     };
     let settle = SettleSetup {
         store,
-        options: SettleOptions { batch_max: config.settle.batch_max, ..SettleOptions::default() },
+        options: SettleOptions {
+            batch_max: config.settle.batch_max,
+            writers: config.settle.writers,
+            ..SettleOptions::default()
+        },
         consumer: consumer_name(),
         claim_idle: Duration::from_millis(config.settle.claim_idle_ms),
     };

@@ -522,16 +522,42 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64)
 }
 
-/// Events of the ledger made in [from, to] (by their own time): how many, and their
-/// commit-to-SQL lag (`settled_ms - at_ms`) percentiles in ms.
-pub async fn ledger_lag(database_url: &str, from: i64, to: i64) -> (usize, Percentiles) {
+/// Settlement during a cell, from the ledger table.
+pub struct Settlement {
+    /// Events made in the cell (by their own time).
+    pub made: usize,
+    /// Their commit-to-SQL lag (`settled_ms - at_ms`) percentiles in ms.
+    pub lag: Percentiles,
+    /// Events per second the settler wrote between the first and the last batch that landed in
+    /// the cell, the first batch's events not counted (they were made before it started): its
+    /// throughput while it ran, which in a steady state is the rate events are made at, and
+    /// below it when settlement falls behind. None with fewer than two batches.
+    pub settled_per_s: Option<f64>,
+}
+
+/// Settlement of the events made in [from, to]: what `Settlement` says. Batches are told apart by
+/// their `settled_ms` (one per transaction).
+pub async fn ledger_settlement(database_url: &str, from: i64, to: i64) -> Settlement {
     let pool = sqlx::AnyPool::connect(database_url).await.expect("connect to the ledger database");
     let sql = format!("SELECT settled_ms - at_ms FROM ledger_events WHERE at_ms >= {from} AND at_ms <= {to}");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.expect("read ledger_events");
+    let sql = format!(
+        "SELECT settled_ms, COUNT(*) FROM ledger_events WHERE settled_ms >= {from} AND settled_ms <= {to} \
+         GROUP BY settled_ms ORDER BY settled_ms"
+    );
+    let batches = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.expect("read ledger_events");
     pool.close().await;
     // Clocks of one host; a lag is never negative, and i32 milliseconds is plenty.
     let mut lags: Vec<i32> = rows.iter().map(|row| row.get::<i64, _>(0).clamp(0, i64::from(i32::MAX)) as i32).collect();
-    (rows.len(), percentiles(&mut lags))
+    let batches: Vec<(i64, i64)> = batches.iter().map(|row| (row.get::<i64, _>(0), row.get::<i64, _>(1))).collect();
+    let settled_per_s = match (batches.first(), batches.last()) {
+        (Some(&(first, _)), Some(&(last, _))) if last > first => {
+            let events: i64 = batches[1..].iter().map(|&(_, count)| count).sum();
+            Some(events as f64 * 1000.0 / (last - first) as f64)
+        }
+        _ => None,
+    };
+    Settlement { made: rows.len(), lag: percentiles(&mut lags), settled_per_s }
 }
 
 /// The sidecar binary beside this example's (`target/<profile>/credit-sidecar`), built first

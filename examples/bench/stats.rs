@@ -200,7 +200,7 @@ const HEADERS: [&str; 9] = [
     "p50 / p99 / p999 µs",
     "in Redis µs/call (cmds)",
     "CPU µs/call client / sidecar / redis / pg (busy)",
-    "settle: made→settled ev/s, lag p50/p99 ms",
+    "settle: made→settled ev/s (in cell), lag p50/p99 ms",
     "declines / errors",
     "ratio",
 ];

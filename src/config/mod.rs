@@ -184,6 +184,8 @@ pub struct Settings {
     pub database_ca_file: Option<PathBuf>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_BATCH_MAX")]
     pub settle_batch_max: Option<usize>,
+    #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_WRITERS")]
+    pub settle_writers: Option<usize>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_SETTLE_CLAIM_IDLE_MS")]
     pub settle_claim_idle_ms: Option<u64>,
     #[arg(long, global = true, env = "CREDIT_SIDECAR_OUTBOX_MEMORY_MAX")]
@@ -268,6 +270,8 @@ pub struct SettleConfig {
     pub database_url: String,
     /// Most events per SQL transaction.
     pub batch_max: usize,
+    /// Most batches written at once (Redis engine into PostgreSQL).
+    pub writers: usize,
     /// Events another replica left unacknowledged this long are taken over.
     pub claim_idle_ms: u64,
     /// The embedded engine's outbox bound: beyond it, state changes are refused.
@@ -1009,6 +1013,7 @@ fn settle(file: &Settings) -> Result<SettleConfig, ConfigError> {
     Ok(SettleConfig {
         database_url,
         batch_max: settings::SETTLE_BATCH_MAX.number(file.settle_batch_max)?,
+        writers: settings::SETTLE_WRITERS.number(file.settle_writers)?,
         claim_idle_ms: settings::SETTLE_CLAIM_IDLE_MS.number(file.settle_claim_idle_ms)?,
         outbox_memory_max: settings::OUTBOX_MEMORY_MAX.number(file.outbox_memory_max)?,
         sqlite_synchronous: match settings::SQLITE_SYNCHRONOUS.text(file.sqlite_synchronous.as_deref()) {

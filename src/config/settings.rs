@@ -10,7 +10,7 @@ use std::fmt::Display;
 use super::ConfigError;
 use crate::engine::redis::{SHARDS_DEFAULT, SHARDS_MAX};
 use crate::ledger::rules;
-use crate::settle::settler::SETTLE_BATCH_MAX_DEFAULT;
+use crate::settle::settler::{SETTLE_BATCH_MAX_DEFAULT, SETTLE_WRITERS_DEFAULT};
 
 /// One setting.
 #[derive(Clone, Copy, Debug)]
@@ -303,6 +303,15 @@ pub const SETTLE_BATCH_MAX: Setting = number(
     "events",
     "most events per SQL transaction (large batches are what lets SQLite keep up)",
 );
+pub const SETTLE_WRITERS: Setting = number(
+    "settle_writers",
+    SETTLE_WRITERS_DEFAULT as i64,
+    1,
+    32,
+    "batches",
+    "Redis engine into PostgreSQL: batches written at once, each in its own transaction, while the next is read \
+     (SQLite and the embedded engine write one at a time)",
+);
 pub const SETTLE_CLAIM_IDLE_MS: Setting = number(
     "settle_claim_idle_ms",
     30_000,
@@ -508,7 +517,7 @@ pub const REQUEST_ID_RETENTION_MS: Setting = rule(
 );
 
 /// Every setting, in the README's order.
-pub const SETTINGS: [Setting; 64] = [
+pub const SETTINGS: [Setting; 65] = [
     LISTEN,
     METRICS_LISTEN,
     LOG_FORMAT,
@@ -539,6 +548,7 @@ pub const SETTINGS: [Setting; 64] = [
     DATABASE_PASSWORD_FILE,
     DATABASE_CA_FILE,
     SETTLE_BATCH_MAX,
+    SETTLE_WRITERS,
     SETTLE_CLAIM_IDLE_MS,
     OUTBOX_MEMORY_MAX,
     SQLITE_SYNCHRONOUS,

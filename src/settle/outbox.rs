@@ -60,6 +60,12 @@ pub trait Outbox: Send + Sync + 'static {
         async {}
     }
 
+    /// Whether batches may be written side by side and land in any order: true where every
+    /// batch holds only events (the store's writes of them commute). False by default.
+    fn concurrent(&self) -> bool {
+        false
+    }
+
     /// Waits after a batch that was not full, until there may be more to read: `interval` by
     /// default, so light traffic still makes batches of some size.
     fn idle(&self, interval: Duration) -> impl Future<Output = ()> + Send {

@@ -5,11 +5,22 @@
 //! another. Figures for operators are kept in [`SettleStats`]: the backlog and lag are measured
 //! on a clock of their own, beside the settling, so they keep moving while a write is stuck
 //! retrying — during the outage they exist to alert on.
+//!
+//! Batches may be written several at once (`writers`), each in its own transaction, while the
+//! next one is read: a batch is acknowledged only once its own transaction committed, and the
+//! store's writes are insert-if-absent events and commutative upserts in key order, which is
+//! what lets replicas settle side by side, so batches of one replica may land in any order
+//! too. An outbox or store that needs its batches in order (the embedded engine's, SQLite)
+//! gets one writer.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -24,10 +35,17 @@ use crate::telemetry;
 /// over 25k.
 pub const SETTLE_BATCH_MAX_DEFAULT: usize = 5_000;
 
+/// Batches written at once unless configured (`settle_writers`), where the outbox and the store
+/// allow it (the Redis engine settling into PostgreSQL).
+pub const SETTLE_WRITERS_DEFAULT: usize = 4;
+
 #[derive(Clone, Copy, Debug)]
 pub struct SettleOptions {
     /// Most events per batch (one SQL transaction).
     pub batch_max: usize,
+    /// Most batches written at once, each in its own transaction, where the outbox and the
+    /// store allow it; otherwise one.
+    pub writers: usize,
     /// How long to wait when the outbox is empty before reading again (an outbox that can tell
     /// when something arrives wakes the settler sooner).
     pub idle_interval: Duration,
@@ -41,6 +59,7 @@ impl Default for SettleOptions {
     fn default() -> Self {
         Self {
             batch_max: SETTLE_BATCH_MAX_DEFAULT,
+            writers: SETTLE_WRITERS_DEFAULT,
             idle_interval: Duration::from_millis(50),
             retry_max: Duration::from_secs(2),
             measure_interval: Duration::from_secs(1),
@@ -57,19 +76,20 @@ pub struct SettleStats {
     pub acknowledged: AtomicU64,
     /// Writes that failed and were retried.
     pub failures: AtomicU64,
+    /// Most batches this replica has had being written at once.
+    pub writing_max: AtomicU64,
     /// Unsettled events in the outbox, as last measured.
     pub backlog: AtomicU64,
     /// Age of the oldest unsettled event in ms, as last measured.
     pub lag_ms: AtomicI64,
 }
 
-/// What one round of the settler (read a batch, write it, acknowledge it) came to.
-enum Round {
-    /// This many events settled and acknowledged.
-    Settled(usize),
+/// What reading the outbox came to.
+enum Read<T> {
+    Batch(Records, T),
     Empty,
-    /// The read failed (after a pause); try again.
-    ReadFailed,
+    /// The read failed; pause, then try again.
+    Failed,
 }
 
 pub struct Settler<O: Outbox> {
@@ -99,18 +119,71 @@ impl<O: Outbox> Settler<O> {
         true
     }
 
-    /// Settles batch after batch; after a batch that was not full, waits for the outbox to have
-    /// more (see [`Outbox::idle`]).
+    /// How many batches may be written at once: `options.writers` where both the outbox and
+    /// the store take batches in any order, else one.
+    fn writers(&self) -> usize {
+        if self.outbox.concurrent() && self.store.concurrent_writes() { self.options.writers.max(1) } else { 1 }
+    }
+
+    /// Reads batch after batch and writes each while reading the next, up to `writers()` at
+    /// once; after a batch that was not full, waits for the outbox to have more (see
+    /// [`Outbox::idle`]). When stopped, lets the batches being written finish (one still
+    /// retrying gives up and stays in the outbox).
     async fn settle_until(&self, mut stopped: watch::Receiver<()>) {
-        loop {
-            match self.settle_batch(&mut stopped).await {
-                Some(Round::Settled(count)) if count == self.options.batch_max => continue,
-                Some(_) => {}
-                None => return,
+        let writers = self.writers();
+        if writers > 1 {
+            tracing::info!(writers, "settling up to {writers} batches at once");
+        }
+        let mut landing = FuturesUnordered::new();
+        'settling: loop {
+            while landing.len() >= writers {
+                tokio::select! {
+                    _ = landing.next() => {}
+                    _ = stopped.changed() => break 'settling,
+                }
             }
+            if stopped.has_changed().unwrap_or(true) {
+                break;
+            }
+            let failed = match Self::meanwhile(&mut landing, self.read_batch()).await {
+                Read::Batch(records, token) => {
+                    let full = records.events.len() == self.options.batch_max;
+                    landing.push(self.land(records, token, stopped.clone()));
+                    self.stats.writing_max.fetch_max(landing.len() as u64, Ordering::Relaxed);
+                    if full {
+                        continue;
+                    }
+                    false
+                }
+                Read::Empty => false,
+                Read::Failed => true,
+            };
+            let wait = async {
+                if failed {
+                    tokio::time::sleep(self.options.retry_max).await;
+                } else {
+                    self.outbox.idle(self.options.idle_interval).await;
+                }
+            };
             tokio::select! {
-                _ = self.outbox.idle(self.options.idle_interval) => {}
-                _ = stopped.changed() => return,
+                () = Self::meanwhile(&mut landing, wait) => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        while landing.next().await.is_some() {}
+    }
+
+    /// Runs `future` to its end while the batches in `landing` go on being written (a batch
+    /// that lands meanwhile leaves the set).
+    async fn meanwhile<T>(
+        landing: &mut FuturesUnordered<impl Future<Output = Option<usize>>>,
+        future: impl Future<Output = T>,
+    ) -> T {
+        let mut future = pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return output,
+                Some(_) = landing.next(), if !landing.is_empty() => {}
             }
         }
     }
@@ -127,73 +200,78 @@ impl<O: Outbox> Settler<O> {
         }
     }
 
-    /// Settles everything the outbox holds now, retrying failed reads and writes until a read
-    /// finds it empty; returns how many events it acknowledged. Bound it with a timeout.
+    /// Settles everything the outbox holds now, one batch at a time, retrying failed reads and
+    /// writes until a read finds it empty; returns how many events it acknowledged. Bound it
+    /// with a timeout.
     pub async fn flush(&self) -> u64 {
-        let (_keep, mut never) = watch::channel(());
+        let (_keep, never) = watch::channel(());
         let mut total = 0;
         loop {
-            match self.settle_batch(&mut never).await {
-                Some(Round::Settled(count)) => total += count as u64,
-                Some(Round::ReadFailed) => {}
-                Some(Round::Empty) | None => break,
+            match self.read_batch().await {
+                Read::Batch(records, token) => {
+                    total += self.land(records, token, never.clone()).await.unwrap_or(0) as u64;
+                }
+                Read::Failed => tokio::time::sleep(self.options.retry_max).await,
+                Read::Empty => break,
             }
         }
         self.measure().await;
         total
     }
 
-    /// Reads one batch, writes it (retrying until it lands or `stopped` fires), acknowledges it.
-    /// Returns None when stopped.
-    async fn settle_batch(&self, stopped: &mut watch::Receiver<()>) -> Option<Round> {
-        let (records, token) = match self.outbox.read(self.options.batch_max).await {
-            Ok(Some(batch)) => batch,
-            Ok(None) => return Some(Round::Empty),
+    /// Reads one batch; a failed read is counted and logged (the caller pauses before the next).
+    async fn read_batch(&self) -> Read<O::Token> {
+        match self.outbox.read(self.options.batch_max).await {
+            Ok(Some((records, token))) => Read::Batch(records, token),
+            Ok(None) => Read::Empty,
             Err(error) => {
                 tracing::warn!(%error, "reading the outbox failed; will retry");
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
-                return self.pause(stopped, self.options.retry_max).await.then_some(Round::ReadFailed);
+                Read::Failed
             }
-        };
-        let span = tracing::info_span!("settle batch", events = records.events.len(), new = Empty, attempts = Empty);
-        self.land(&records, token, stopped).instrument(span).await
+        }
     }
 
     /// Writes a batch read from the outbox (retrying until it lands or `stopped` fires) and
-    /// acknowledges it. Returns None when stopped.
-    async fn land(&self, records: &Records, token: O::Token, stopped: &mut watch::Receiver<()>) -> Option<Round> {
-        let mut pause = Duration::from_millis(20);
-        for attempt in 1u32.. {
-            tracing::Span::current().record("attempts", attempt);
-            let now = chrono::Utc::now().timestamp_millis();
-            match self.store.settle(records, now).await {
-                Ok(settled) => {
-                    tracing::Span::current().record("new", settled.new);
-                    self.stats.settled.fetch_add(settled.new as u64, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SETTLED).increment(settled.new as u64);
-                    if settled.conflicts > 0 {
-                        self.outbox.conflicts_found(settled.conflicts).await;
+    /// acknowledges it. Returns how many events it acknowledged, or None when stopped first.
+    async fn land(&self, records: Records, token: O::Token, mut stopped: watch::Receiver<()>) -> Option<usize> {
+        let span = tracing::info_span!("settle batch", events = records.events.len(), new = Empty, attempts = Empty);
+        async move {
+            let mut pause = Duration::from_millis(20);
+            for attempt in 1u32.. {
+                tracing::Span::current().record("attempts", attempt);
+                let now = chrono::Utc::now().timestamp_millis();
+                match self.store.settle(&records, now).await {
+                    Ok(settled) => {
+                        tracing::Span::current().record("new", settled.new);
+                        self.stats.settled.fetch_add(settled.new as u64, Ordering::Relaxed);
+                        metrics::counter!(telemetry::SETTLED).increment(settled.new as u64);
+                        if settled.conflicts > 0 {
+                            self.outbox.conflicts_found(settled.conflicts).await;
+                        }
+                        break;
                     }
-                    break;
-                }
-                Err(error) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
-                    tracing::warn!(%error, events = records.events.len(), "settling a batch failed; retrying");
-                    if !self.pause(stopped, pause).await {
-                        return None;
+                    Err(error) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
+                        tracing::warn!(%error, events = records.events.len(), "settling a batch failed; retrying");
+                        if !self.pause(&mut stopped, pause).await {
+                            return None;
+                        }
+                        pause = (pause * 2).min(self.options.retry_max);
                     }
-                    pause = (pause * 2).min(self.options.retry_max);
                 }
             }
+            if let Err(error) = self.outbox.ack(token).await {
+                // The batch is in SQL; unacknowledged, it will be delivered again and change nothing.
+                tracing::warn!(%error, "acknowledging a settled batch failed");
+            }
+            self.stats.acknowledged.fetch_add(records.events.len() as u64, Ordering::Relaxed);
+            Some(records.events.len())
         }
-        if let Err(error) = self.outbox.ack(token).await {
-            // The batch is in SQL; unacknowledged, it will be delivered again and change nothing.
-            tracing::warn!(%error, "acknowledging a settled batch failed");
-        }
-        self.stats.acknowledged.fetch_add(records.events.len() as u64, Ordering::Relaxed);
-        Some(Round::Settled(records.events.len()))
+        .instrument(span)
+        .await
     }
 
     /// Waits `pause`, or less if stopped; false when stopped.

@@ -49,6 +49,7 @@ async fn settle_quickly(
 fn quick_options() -> SettleOptions {
     SettleOptions {
         batch_max: 64,
+        writers: 4,
         idle_interval: Duration::from_millis(5),
         retry_max: Duration::from_millis(100),
         measure_interval: Duration::from_millis(20),

@@ -381,6 +381,11 @@ impl RedisOutbox {
 impl Outbox for RedisOutbox {
     type Token = Token;
 
+    /// Batches hold events only; replicas already settle them side by side.
+    fn concurrent(&self) -> bool {
+        true
+    }
+
     /// Redis reused settled sequence numbers: it lost acknowledged writes (a failover to a
     /// replica that lacked them). The guard refuses calls until Redis is restored.
     async fn conflicts_found(&self, count: usize) {

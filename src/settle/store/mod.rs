@@ -209,6 +209,12 @@ impl Store {
         self.backend
     }
 
+    /// Whether batches may be settled in transactions side by side: PostgreSQL (SQLite has one
+    /// writer; a second transaction would only wait for the first).
+    pub fn concurrent_writes(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     /// SQLite: copies the WAL's committed pages into the database file on a reading
     /// connection (a PASSIVE checkpoint: it waits for no one, and no one waits for it).
     /// Without it the commit that crosses [`SQLITE_CHECKPOINT_PAGES`] copies 40 MiB while
