@@ -174,10 +174,10 @@ async fn upgrade_layout(config: &Config, json: bool) -> Result<ExitCode, Box<dyn
         println!("{report}");
     } else if upgraded.from_layout == layout {
         println!("Redis holds layout {layout} already; nothing to do");
-    } else if upgraded.from_layout == 2 {
+    } else if upgraded.from_layout == 2 || upgraded.from_layout == 3 {
         println!(
-            "converted {} account(s) from layout 2 to layout {layout} in place; remembered request ids kept",
-            upgraded.accounts_converted,
+            "converted {} account(s) from layout {} to layout {layout} in place; remembered request ids kept",
+            upgraded.accounts_converted, upgraded.from_layout,
         );
     } else {
         let old = if upgraded.from_layout == 1 { "layout 1" } else { "no recorded layout" };

@@ -9,7 +9,7 @@
 //!   whatever changed after the last settled event. Remembered request ids are not restored.
 
 use crate::engine::Error as EngineError;
-use crate::engine::redis::{LAYOUT_VERSION, RedisEngine};
+use crate::engine::redis::{LAYOUT_VERSION, RedisEngine, in_place_upgradable};
 use crate::ledger::{AccountId, AccountView, Ledger, Millis};
 use crate::settle::store::{Store, StoreError};
 
@@ -172,7 +172,7 @@ pub async fn recover(store: &Store, redis: &RedisEngine, retention_ms: Millis) -
     result
 }
 
-/// What the layout upgrade did: converted the accounts of a layout-2 Redis in place, deleted a
+/// What the layout upgrade did: converted the accounts of a layout-2 or layout-3 Redis in place, deleted a
 /// layout-1 Redis's keys (or found no layout recorded: `from_layout` 0) and rebuilt the accounts
 /// from the ledger, or nothing (`from_layout` is this layout: it was upgraded already).
 #[derive(Debug, PartialEq, Eq)]
@@ -185,9 +185,9 @@ pub struct Upgraded {
 
 /// Moves a Redis written by an older layout to this one (the old sidecars stopped first).
 ///
-/// From layout 2, in place: every account's remembered request ids are converted (layout 3
-/// changed only how they are kept), so they survive and nothing else is touched; the outbox
-/// streams stay as they are for the new sidecars to settle.
+/// From layout 2 or 3, in place: every account's remembered request ids are converted (layouts 3
+/// and 4 changed only how they are kept), so they survive and nothing else is touched; the
+/// outbox streams stay as they are for the new sidecars to settle.
 ///
 /// From layout 1: refuses while any event in the outbox streams is missing from the SQL ledger
 /// (let settlement finish first), then deletes every key of the deployment, records this layout
@@ -204,6 +204,7 @@ pub async fn upgrade_layout(
         // Run again after it finished (say its last reply was lost): nothing to do. Going on
         // would wipe and rebuild, losing the request ids the conversion kept.
         Some(recorded) if recorded == current => {
+            redis.forget_upgraded().await?;
             return Ok(Upgraded {
                 from_layout: LAYOUT_VERSION,
                 accounts_converted: 0,
@@ -211,16 +212,17 @@ pub async fn upgrade_layout(
                 accounts_rebuilt: 0,
             });
         }
-        Some(recorded) if recorded == format!("2 {}", settings.shards) => {
-            let accounts_converted = redis.upgrade_from_layout_2().await?;
-            return Ok(Upgraded { from_layout: 2, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
+        Some(recorded) if let Some(from) = in_place_upgradable(&recorded, settings.shards) => {
+            let accounts_converted = redis.upgrade_in_place(from).await?;
+            return Ok(Upgraded { from_layout: from, accounts_converted, keys_deleted: 0, accounts_rebuilt: 0 });
         }
         // Another shard count: converting would read every account under the wrong keys, and
         // rebuilding would move them all. The operator set the wrong `redis_shards`.
-        Some(recorded) if recorded.starts_with("2 ") => {
+        Some(recorded) if recorded.starts_with("2 ") || recorded.starts_with("3 ") => {
             return Err(MaintenanceError::Engine(EngineError::Unavailable(format!(
-                "redis layout: Redis holds layout 2 over {} shards; set redis_shards to that and run the upgrade \
+                "redis layout: Redis holds layout {} over {} shards; set redis_shards to that and run the upgrade \
                  again",
+                &recorded[..1],
                 &recorded[2..]
             ))));
         }

@@ -66,9 +66,9 @@ pub enum Command {
         /// One account (default: every account in the ledger).
         #[arg(long)]
         account: Option<String>,
-        /// Move a Redis written by an older layout to this one: check every outbox event is
-        /// settled, delete every key under the prefix, rebuild every account (README,
-        /// "Upgrading the Redis layout").
+        /// Move a Redis written by an older layout to this one: layouts 2 and 3 are converted in
+        /// place; from layout 1, check every outbox event is settled, delete every key under the
+        /// prefix, rebuild every account (README, "Upgrading the Redis layout").
         #[arg(long, conflicts_with = "account")]
         upgrade_layout: bool,
         /// Print the report as JSON.

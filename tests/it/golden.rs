@@ -1,7 +1,7 @@
 //! Golden tests: the formats that outlive a binary, rendered from the code and compared with the
 //! texts under `tests/golden/` — request fingerprints of every command, the event JSON of every
 //! kind, the SQL schema as each database reports it, the messages and fields of the gRPC API, and
-//! what Redis holds for an account after one call of each kind (layout 3). (The Redis key names
+//! what Redis holds for an account after one call of each kind (layout 4). (The Redis key names
 //! and the shard of an account are pinned in `layout.rs`; the embedded engine's remembered
 //! answers and snapshots in `src/ledger/durable.rs`.)
 //!
@@ -482,7 +482,7 @@ fn describe_enum(text: &mut String, outer: &str, enumeration: &prost_types::Enum
 
 /// What Redis holds, key by key, after a plan, a grant, a user limit, a category budget, a
 /// Reserve with labels, a Commit with a business key, an Extend, and a second hold released: the
-/// fields and members the Lua writes and reads back (layout 3). Every deployed Redis holds these;
+/// fields and members the Lua writes and reads back (layout 4). Every deployed Redis holds these;
 /// a sidecar that reads them otherwise needs a new layout version and an upgrade path. The outbox
 /// entries' ids (Redis's own clock) are left out; their fields are pinned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,15 @@
 //! The Redis layout as a durable contract: a Redis written by layout 1 is refused with a message
 //! saying what to do, the upgrade (`rebuild --upgrade-layout`) refuses while the old outbox holds
 //! events the ledger lacks, then moves the data over; a layout-1 sidecar would refuse the new
-//! layout (its shard marker no longer parses). A layout-2 Redis is refused too and converted in
-//! place, its remembered request ids kept. Key names, the layout marker and the shard of an
+//! layout (its shard marker no longer parses). A layout-2 or layout-3 Redis is refused too and
+//! converted in place, its remembered request ids kept. Key names, the layout marker and the shard of an
 //! account id are pinned here (what the keys hold, in `golden.rs`): changing them strands every
 //! deployed Redis.
 
 use std::sync::Arc;
 
 use credit_sidecar::engine::Error;
-use credit_sidecar::engine::redis::{LAYOUT_VERSION, Layout, RedisEngine};
+use credit_sidecar::engine::redis::{LAYOUT_VERSION, Layout, RedisEngine, request_key};
 use credit_sidecar::ledger::command::{Plan, Reserve, SetPlan};
 use credit_sidecar::ledger::event::Event;
 use credit_sidecar::ledger::{AccountId, Labels, Ledger, ManualClock, Period, RequestId, Rules, UserId, wire};
@@ -21,12 +21,24 @@ use crate::servers::RedisServer;
 
 const RETENTION: i64 = 86_400_000;
 
+/// A hash's fields and values, in field order (HGETALL's order is the table's).
+fn hash_of(server: &RedisServer, key: &str) -> std::collections::BTreeMap<String, String> {
+    let all = server.cli(&["HGETALL", key]);
+    let lines: Vec<&str> = all.lines().collect();
+    lines.chunks(2).map(|pair| (pair[0].to_owned(), pair.get(1).copied().unwrap_or_default().to_owned())).collect()
+}
+
+/// The key q and f keep a request id under (layout 4).
+fn key(id: &str) -> String {
+    String::from_utf8(request_key(&RequestId::parse(id).unwrap()).to_vec()).unwrap()
+}
+
 #[test]
 fn key_names_and_shards_are_pinned() {
     let layout = Layout { prefix: String::new(), shards: 16 };
     let acme = AccountId::parse("acme").unwrap();
-    assert_eq!(LAYOUT_VERSION, 3);
-    assert_eq!(layout.layout_value(), "3 16");
+    assert_eq!(LAYOUT_VERSION, 4);
+    assert_eq!(layout.layout_value(), "4 16");
     // The shard of an account id is part of every key name: a change would move every account.
     let shards: Vec<u32> =
         ["acme", "globex", "team-1", "a"].iter().map(|id| layout.shard(&AccountId::parse(id).unwrap())).collect();
@@ -129,7 +141,7 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!((upgraded.from_layout, upgraded.accounts_rebuilt), (1, 1));
     assert!(upgraded.keys_deleted >= 3, "{upgraded:?}");
-    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "4 16");
     assert_eq!(server.cli(&["GET", "cs:shards"]), "see cs:layout", "a layout-1 sidecar cannot parse this");
 
     let clock = ManualClock::new(t0());
@@ -144,9 +156,35 @@ async fn a_layout_1_redis_is_refused_then_upgraded_from_the_ledger() {
     assert_eq!(outbox, model.drain_events());
 }
 
-/// Rewrites an account's remembered request ids as layout 2 kept them: the answer without its
-/// keep, and one purge-schedule member `q<id>` per id scored by that keep (and no member `q`, no
-/// forget queue, no field `qm`).
+/// Rewrites an account's remembered request ids as layout 3 kept them: q and f name the ids
+/// themselves, not their keys (`ids`: every id the account remembers).
+fn downgrade_requests_to_layout_3(server: &RedisServer, keys: &[String], ids: &[String]) {
+    let (q, f) = (&keys[6], &keys[12]);
+    let by_key: std::collections::HashMap<String, &str> = ids.iter().map(|id| (key(id), id.as_str())).collect();
+    let queue = server.cli(&["LRANGE", f, "0", "-1"]);
+    let items: Vec<&str> = queue.lines().map(|item| by_key.get(item).copied().unwrap_or(item)).collect();
+    assert_eq!(items.len(), ids.len() + 1, "each id once, and one mark: {queue}");
+    // One script for every id (a redis-cli process per command would take seconds).
+    let rename = "for i = 1, #ARGV, 2 do \
+                  local value = redis.call('HGET', KEYS[1], ARGV[i]) \
+                  if not value then return ARGV[i + 1] end \
+                  redis.call('HDEL', KEYS[1], ARGV[i]) redis.call('HSET', KEYS[1], ARGV[i + 1], value) end \
+                  return 'ok'";
+    let mut eval = vec!["EVAL", rename, "1", q.as_str()];
+    for (key, id) in &by_key {
+        eval.extend([key.as_str(), *id]);
+    }
+    assert_eq!(server.cli(&eval), "ok", "that id is not remembered under its key");
+    server.cli(&["DEL", f]);
+    let mut push = vec!["RPUSH", f.as_str()];
+    push.extend(items);
+    server.cli(&push);
+    assert_eq!(server.cli(&["SET", "cs:layout", "3 16"]), "OK");
+}
+
+/// Rewrites an account's remembered request ids from layout 3's form to layout 2's: the answer
+/// without its keep, and one purge-schedule member `q<id>` per id scored by that keep (and no
+/// member `q`, no forget queue, no field `qm`).
 fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
     let (a, q, p, f) = (&keys[0], &keys[6], &keys[7], &keys[12]);
     let entries = server.cli(&["HGETALL", q]);
@@ -166,6 +204,17 @@ fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids() {
+    converted_in_place(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_3_redis_is_refused_then_converted_in_place_keeping_request_ids() {
+    converted_in_place(3).await;
+}
+
+/// An account's remembered request ids written by this layout, taken back to layout `from`'s
+/// form: refused, then converted in place, byte for byte, and answered as before.
+async fn converted_in_place(from: u32) {
     use credit_sidecar::ledger::command::{Extend, SetUserLimit};
 
     // The upgrade reads Redis's clock: the engine's starts there too, so the hold below is
@@ -175,7 +224,8 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     let settings = redis_settings(vec![server.url()], false);
     let (_dir, store) = sqlite_ledger().await;
     let acme = AccountId::parse("acme").unwrap();
-    let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
+    let layout = Layout { prefix: String::new(), shards: 16 };
+    let keys = layout.account_keys(&acme).to_vec();
     let request = |name: &str| RequestId::parse(name).unwrap();
     let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
     let set_plan = SetPlan { account: acme.clone(), plan, request: request("plan-1") };
@@ -193,26 +243,41 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
         partial: None,
     };
     redis.extend(&extend).await.unwrap().done().unwrap();
-    let limit = SetUserLimit {
+    let limit = |name: &str, figure: i64| SetUserLimit {
         account: acme.clone(),
         user: UserId::parse("bob").unwrap(),
-        limit: Some(5),
-        request: request("u-1"),
+        limit: Some(figure),
+        request: request(name),
     };
-    let limited = redis.set_user_limit(&limit).await.unwrap();
-    let (q_before, p_before) =
-        (server.cli(&["HGETALL", &keys[6]]), server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]));
+    let limited = redis.set_user_limit(&limit("u-1", 5)).await.unwrap();
+    let mut ids: Vec<String> = ["plan-1", "r-1", "u-1"].map(str::to_owned).to_vec();
+    if from == 3 {
+        // More ids than one conversion step takes (PURGE_MAX), so it runs in several.
+        for n in 0..1_100 {
+            redis.set_user_limit(&limit(&format!("many-{n}"), 5)).await.unwrap();
+            ids.push(format!("many-{n}"));
+        }
+    }
+    let (q_before, p_before, f_before) = (
+        hash_of(&server, &keys[6]),
+        server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]),
+        server.cli(&["LRANGE", &keys[12], "0", "-1"]),
+    );
     let qm_before = server.cli(&["HGET", &keys[0], "qm"]);
     assert_eq!(qm_before, start.to_string());
-    assert_eq!(q_before.lines().count(), 6, "plan-1, r-1 and u-1 remembered: {q_before}");
+    assert_eq!(q_before.len(), ids.len(), "every id remembered (e-1 with its hold)");
+    assert!(ids.iter().all(|id| q_before.contains_key(&key(id))), "q is keyed by the ids' keys");
     drop(redis);
-    downgrade_requests_to_layout_2(&server, &keys);
+    downgrade_requests_to_layout_3(&server, &keys, &ids);
+    if from == 2 {
+        downgrade_requests_to_layout_2(&server, &keys);
+    }
 
     // This sidecar refuses to read it, and says what to do.
     let Err(Error::Unavailable(message)) = RedisEngine::connect(&settings, RETENTION).await else {
-        panic!("a layout-2 Redis was accepted");
+        panic!("a layout-{from} Redis was accepted");
     };
-    assert!(message.contains("layout 2") && message.contains("rebuild --upgrade-layout"), "{message}");
+    assert!(message.contains(&format!("layout {from}")) && message.contains("rebuild --upgrade-layout"), "{message}");
 
     // Over another shard count it converts (and deletes) nothing, and says what to set.
     let other = credit_sidecar::engine::redis::RedisSettings { shards: 8, ..settings.clone() };
@@ -220,45 +285,66 @@ async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids
     assert!(
         matches!(&refused, Err(MaintenanceError::Engine(Error::Unavailable(message))) if message.contains("16 shards"))
     );
-    assert_eq!(server.cli(&["GET", "cs:layout"]), "2 16");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), format!("{from} 16"));
 
-    // The upgrade converts it in place: no settlement needed, nothing rebuilt, and run twice
-    // (as after an interruption) it converts nothing twice.
+    // The upgrade converts it in place: no settlement needed, nothing rebuilt.
     let upgraded = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!(
         upgraded,
-        maintenance::Upgraded { from_layout: 2, accounts_converted: 1, keys_deleted: 0, accounts_rebuilt: 0 }
+        maintenance::Upgraded { from_layout: from, accounts_converted: 1, keys_deleted: 0, accounts_rebuilt: 0 }
     );
-    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
-    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "the answers are layout 3's again, keeps included");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "4 16");
+    // The answers are filed under their keys again (the Lua's keys are the Rust's), keeps
+    // included.
+    assert!(hash_of(&server, &keys[6]) == q_before, "q is not as it was");
     assert_eq!(server.cli(&["ZRANGE", &keys[7], "0", "-1", "WITHSCORES"]), p_before);
     assert_eq!(server.cli(&["HGET", &keys[0], "qm"]), qm_before);
-    // Queued in keep order (as if remembered a retention before it, or now for r-1, carried on
-    // past the hold's deadline: no mark is in the future).
-    let mark = format!("\u{1f}{start}");
-    assert_eq!(server.cli(&["LRANGE", &keys[12], "0", "-1"]), [mark.as_str(), "plan-1", "u-1", "r-1"].join("\n"));
-    server.cli(&["SET", "cs:layout", "2 16"]);
+    assert_eq!(server.cli(&["HEXISTS", &keys[0], "rk"]), "0", "no conversion left part way");
+    let queue = server.cli(&["LRANGE", &keys[12], "0", "-1"]);
+    if from == 3 {
+        assert!(queue == f_before, "the queue did not keep its order");
+    } else {
+        // Layout 2 kept no queue: the ids are queued in keep order (as if remembered a retention
+        // before it, or now for r-1, carried on past the hold's deadline: no mark is in the
+        // future).
+        let mark = format!("\u{1f}{start}");
+        assert_eq!(queue, [mark, key("plan-1"), key("u-1"), key("r-1")].join("\n"));
+    }
+    let shard = layout.shard(&acme);
+    assert_eq!(server.cli(&["EXISTS", &layout.upgraded_key(shard)]), "0", "the converted set is gone");
+
+    // Interrupted after converting the account, before recording the layout: run again, it
+    // converts nothing twice.
+    server.cli(&["SADD", &layout.upgraded_key(shard), "acme"]);
+    server.cli(&["SET", "cs:layout", &format!("{from} 16")]);
     maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
-    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before, "converted once only");
+    assert!(hash_of(&server, &keys[6]) == q_before, "converted twice");
+    assert_eq!(server.cli(&["EXISTS", &layout.upgraded_key(shard)]), "0");
     // Run again once it is done, it does nothing (it does not wipe and rebuild).
     let again = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
     assert_eq!(
         again,
-        maintenance::Upgraded { from_layout: 3, accounts_converted: 0, keys_deleted: 0, accounts_rebuilt: 0 }
+        maintenance::Upgraded {
+            from_layout: LAYOUT_VERSION,
+            accounts_converted: 0,
+            keys_deleted: 0,
+            accounts_rebuilt: 0
+        }
     );
-    assert_eq!(server.cli(&["HGETALL", &keys[6]]), q_before);
+    assert!(hash_of(&server, &keys[6]) == q_before, "q changed");
 
     // Retries of calls made before the upgrade get their first answers; a reuse is refused.
     let redis = RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap();
     assert_eq!(redis.reserve(&reserve).await.unwrap(), reserved, "no second hold");
-    assert_eq!(redis.set_user_limit(&limit).await.unwrap(), limited);
+    assert_eq!(redis.set_user_limit(&limit("u-1", 5)).await.unwrap(), limited);
     let reused = Reserve { amount: 41, ..reserve.clone() };
     assert!(matches!(
         redis.reserve(&reused).await,
         Err(Error::Ledger(credit_sidecar::ledger::Error::RequestIdReused(_)))
     ));
-    // The Extend carried r-1's keep past the new deadline, and the conversion kept it: a day
-    // after the first deadline (but before the extended one's day ends) r-1 is still answered.
+    // The Extend carried r-1's keep past the new deadline (the Lua found r-1's answer under the
+    // key Rust filed it under), and the conversion kept it: a day after the first deadline (but
+    // before the extended one's day ends) r-1 is still answered.
     clock.advance(RETENTION + 60_000);
     assert_eq!(redis.reserve(&reserve).await.unwrap(), reserved);
 }
@@ -272,7 +358,7 @@ async fn another_shard_count_is_refused() {
     let Err(Error::Unavailable(message)) = RedisEngine::connect(&other, RETENTION).await else {
         panic!("another shard count was accepted");
     };
-    assert!(message.contains("\"3 8\"") && message.contains("\"3 16\""), "{message}");
+    assert!(message.contains("\"4 8\"") && message.contains("\"4 16\""), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +570,7 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_orde
     assert!(lranges >= 3, "forgetting {early} ids took {lranges} steps");
     assert_eq!(server.cli(&["HLEN", &q]), "16", "the reused one, 5 + 10 later ids");
     assert_eq!(server.cli(&["LINDEX", &f, "0"]), mark(t0()), "the chunk keeps its mark");
-    assert_eq!(server.cli(&["LINDEX", &f, "1"]), format!("u{}", early - 1));
+    assert_eq!(server.cli(&["LINDEX", &f, "1"]), key(&format!("u{}", early - 1)));
     assert_eq!(score(), (t0() + retention + span).to_string(), "when that chunk is all due");
 
     // Then the reused id is queued again at the tail (behind a new mark), the five are deleted,
@@ -494,8 +580,8 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_orde
     assert_eq!(server.cli(&["HLEN", &q]), "11");
     let queue = server.cli(&["LRANGE", &f, "0", "-1"]);
     let mut expected = vec![mark(t0() + retention / 2)];
-    expected.extend((early + 5..early + 15).map(|n| format!("u{n}")));
-    expected.extend([mark(t0() + retention + span), format!("u{}", early - 1)]);
+    expected.extend((early + 5..early + 15).map(|n| key(&format!("u{n}"))));
+    expected.extend([mark(t0() + retention + span), key(&format!("u{}", early - 1))]);
     assert_eq!(queue, expected.join("\n"));
     assert_eq!(score(), (t0() + retention / 2 + retention).to_string(), "the ten's");
     assert_eq!(server.cli(&["HGET", &a, "qm"]), (t0() + retention + span).to_string());
@@ -513,11 +599,11 @@ async fn request_ids_are_forgotten_at_their_keep_and_deleted_in_remembering_orde
     assert_eq!(redis.account(&acme).await.unwrap(), model.account(clock.now_ms(), &acme).unwrap());
     // Remembering starts a new queue.
     call(&mut model, 0, 5).await.unwrap();
-    assert_eq!(server.cli(&["LRANGE", &f, "0", "-1"]), [mark(clock.now_ms()), "u0".to_owned()].join("\n"));
+    assert_eq!(server.cli(&["LRANGE", &f, "0", "-1"]), [mark(clock.now_ms()), key("u0")].join("\n"));
     assert_eq!(score(), (clock.now_ms() + retention).to_string());
 }
 
-/// What a layout-2 sidecar would leave if it ran against layout 3 (the upgrade procedure forbids
+/// What a layout-2 sidecar would leave if it ran against layout 4 (the upgrade procedure forbids
 /// it): an answer without its keep, and its own purge-schedule member. Neither breaks the
 /// account: a call naming that id is a new call, and the sweep forgets the id as layout 2 would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,7 +645,7 @@ async fn the_upgrade_on_an_empty_redis_records_this_layout_and_then_does_nothing
         first,
         maintenance::Upgraded { from_layout: 0, accounts_converted: 0, keys_deleted: 0, accounts_rebuilt: 0 }
     );
-    assert_eq!(server.cli(&["GET", "cs:layout"]), "3 16");
+    assert_eq!(server.cli(&["GET", "cs:layout"]), "4 16");
     let again = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
-    assert_eq!(again.from_layout, 3);
+    assert_eq!(again.from_layout, LAYOUT_VERSION);
 }

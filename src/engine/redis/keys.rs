@@ -17,14 +17,15 @@
 //! cs:{sN}:e:<account>   zset    live lots by expiry
 //! cs:{sN}:r:<account>/<n>  hash reservations n*64 .. n*64+63: m<seq> -> hot fields, i<seq> -> facts
 //! cs:{sN}:d:<account>   zset    open reservations by deadline
-//! cs:{sN}:q:<account>   hash    remembered request ids: id -> keep until, fingerprint, compact answer
+//! cs:{sN}:q:<account>   hash    remembered request ids: key -> keep until, fingerprint, compact answer
 //! cs:{sN}:p:<account>   zset    purge schedule: closed reservations, and when f's head comes due
 //! cs:{sN}:u:<account>   hash    users: id -> limit, cycle generation, used
 //! cs:{sN}:k:<account>   set     business keys charged this cycle
 //! cs:{sN}:x:<account>:<seq>  hash  answers to Commit/Extend/Release on reservation <seq>
 //! cs:{sN}:wake          zset    account -> when the sweep next has work for it
 //! cs:{sN}:events        stream  the outbox of shard N
-//! cs:{sN}:f:<account>   list    q's ids in the order they were remembered, with time marks
+//! cs:{sN}:upgraded      set     during an in-place layout upgrade: the shard's accounts converted
+//! cs:{sN}:f:<account>   list    q's keys in the order they were remembered, with time marks
 //! cs:layout             string  "<layout version> <shard count>", written at first start; its
 //!                               absence while the ledger holds events means Redis lost its state
 //! cs:recovered          string  when the state was last restored from the ledger (Unix ms)
@@ -32,20 +33,49 @@
 //! cs:shards             string  layout 1's marker (its shard count); its presence means layout 1
 //! ```
 
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::ledger::AccountId;
+use crate::ledger::{AccountId, RequestId};
+
+/// Characters of a request id's key (see [`request_key`]).
+pub const REQUEST_KEY_LEN: usize = 14;
+
+/// The key under which an account's hash q and queue f keep a request id (layout 4): each of
+/// the first [`REQUEST_KEY_LEN`] bytes of SHA-1(id), taken mod 64, as a URL-safe base64 digit:
+/// 84 bits, so two ids of one account meet with a chance of about n²/2⁸⁵ among n remembered at
+/// once (SHA-1 serves as a spreading function here, not against an adversary: a caller can only
+/// confuse its own account's ids). A key costs the same whatever the id's length (up to 128
+/// characters), and Redis keeps 14 characters in a 16-byte allocation. lib.lua's `request_key`
+/// computes the same from the id (Redis scripts have SHA-1, not SHA-256), for a reservation's
+/// opening request and in the upgrade from layout 3.
+pub fn request_key(request: &RequestId) -> [u8; REQUEST_KEY_LEN] {
+    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let digest = Sha1::digest(request.as_str().as_bytes());
+    std::array::from_fn(|i| DIGITS[usize::from(digest[i] % 64)])
+}
+
+/// A state change's ARGV 5 (lib.lua): the request id's key, then the first 16 hex digits of the
+/// call's fingerprint (64 bits: ample to tell a retry from a reuse of the same id, at half the
+/// memory per remembered id).
+pub fn stamp(request: &RequestId, fingerprint: &str) -> String {
+    let mut stamp = String::with_capacity(REQUEST_KEY_LEN + 16);
+    stamp.extend(request_key(request).iter().map(|&byte| char::from(byte)));
+    stamp.push_str(&fingerprint[..fingerprint.len().min(16)]);
+    stamp
+}
 
 /// Reservations per hash (`cs:{sN}:r:<account>/<seq / 64>`): small hashes stay
 /// listpack-encoded in Redis, a few bytes per field instead of a hash table entry each.
 pub const RESERVATIONS_PER_HASH: u64 = 64;
 
 /// The version of this layout. A Redis holding another version is refused at start (see
-/// README, "Upgrading the Redis layout"). Version 3 keeps a remembered request id's keep-until
-/// time in its answer (q) and queues the id in f for the sweep, where version 2 kept a
-/// purge-schedule entry per request id in p; `rebuild --upgrade-layout` converts a version-2
-/// Redis in place.
-pub const LAYOUT_VERSION: u32 = 3;
+/// README, "Upgrading the Redis layout"). Version 4 keeps an account-scoped request id in q and
+/// f under its key ([`request_key`]), where version 3 kept the id itself; version 3 kept a
+/// remembered request id's keep-until time in its answer (q) and queued the id in f for the
+/// sweep, where version 2 kept a purge-schedule entry per request id in p. `rebuild
+/// --upgrade-layout` converts a version-2 or version-3 Redis in place.
+pub const LAYOUT_VERSION: u32 = 4;
 pub const LAYOUT_KEY: &str = "cs:layout";
 /// See [`Layout::recovered_key`].
 pub const RECOVERED_KEY: &str = "cs:recovered";
@@ -137,6 +167,15 @@ impl Layout {
         std::array::from_fn(|index| keys.get(index).to_owned())
     }
 
+    /// The keys of `rekey_requests` (an in-place layout upgrade): the account's thirteen, then
+    /// its shard's set of converted accounts ([`Layout::upgraded_key`]).
+    pub fn upgrade_keys(&self, account: &AccountId) -> Keys {
+        let mut keys = self.call_keys(account, None);
+        let shard_tag = self.shard_tag(self.shard(account));
+        keys.push(&[shard_tag.as_str()], &["upgraded"]);
+        keys
+    }
+
     /// A call's keys: the account's thirteen and, for a call on reservation `seq`, its answers
     /// hash — the shard hashed once for all of them, the keys written into one buffer.
     pub fn call_keys(&self, account: &AccountId, reservation: Option<u64>) -> Keys {
@@ -197,6 +236,12 @@ impl Layout {
         self.shard_tag(shard) + "events"
     }
 
+    /// The accounts of a shard an in-place layout upgrade has converted so far (a set; deleted
+    /// once the layout is recorded), so a run interrupted part way converts none twice.
+    pub fn upgraded_key(&self, shard: u32) -> String {
+        self.shard_tag(shard) + "upgraded"
+    }
+
     pub fn layout_key(&self) -> String {
         format!("{}{LAYOUT_KEY}", self.prefix)
     }
@@ -249,6 +294,18 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1, "exactly one hash tag: {key}");
         }
         assert_eq!(layout.account_keys(&account)[0], format!("cs:{tag}:a:acme"));
+    }
+
+    /// Pinned: a key is a durable format (Redis holds request ids under it), and lib.lua's
+    /// `request_key` must compute the same (tests/it/layout.rs checks it through Redis).
+    #[test]
+    fn request_keys_are_pinned() {
+        let key = |id: &str| String::from_utf8(request_key(&RequestId::parse(id).unwrap()).to_vec()).unwrap();
+        // SHA-1("r-1") = 360bf8469ec2f6f957ccf5c075db027e…: 0x36 % 64 = 54 -> '2', 0x0b -> 'L', …
+        assert_eq!(key("r-1"), "2L4GeC25XM1A1b");
+        assert_eq!(key("3f2c8a4e-7b1d-4c9a-9e21-5d0b6f8a1c33").len(), REQUEST_KEY_LEN);
+        assert_ne!(key("r-1"), key("r-2"));
+        assert_eq!(stamp(&RequestId::parse("r-1").unwrap(), "d21bfbc27d5c71af0123"), "2L4GeC25XM1A1bd21bfbc27d5c71af");
     }
 
     #[test]

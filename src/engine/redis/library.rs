@@ -1,9 +1,9 @@
 //! The Redis Function library: the Lua the engine loads with `FUNCTION LOAD`, built once from
 //! the files in `lua/` and a header of constants taken from Rust, so the two sides cannot drift
-//! (the balance bound, the lots' burn order, the per-call work limits).
+//! (the balance bound, the lots' burn order, the per-call work limits, a request key's length).
 //!
 //! The library's name and every function's name carry a digest of the whole source
-//! (`credit_sidecar_3_<digest>`, functions `cs3_<digest>_<operation>`): sidecars of different
+//! (`credit_sidecar_4_<digest>`, functions `cs4_<digest>_<operation>`): sidecars of different
 //! versions can share one Redis during a rolling upgrade, each calling its own functions, and a
 //! `FUNCTION LOAD` of a library already there is a no-op. Functions survive a failover (they are
 //! replicated and persisted with the data); after a restart that lost them, the engine loads the
@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
-use super::keys::{LAYOUT_VERSION, RESERVATIONS_PER_HASH};
+use super::keys::{LAYOUT_VERSION, REQUEST_KEY_LEN, RESERVATIONS_PER_HASH};
 use crate::ledger::command::COMMIT_BATCH_MAX;
 use crate::ledger::types::BALANCE_MAX;
 use crate::ledger::{LotKind, wire};
@@ -77,6 +77,7 @@ fn constants() -> String {
     writeln!(header, "local FORGET_MARKS = {FORGET_MARKS}").unwrap();
     writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
     writeln!(header, "local COMMIT_BATCH_MAX = {COMMIT_BATCH_MAX}").unwrap();
+    writeln!(header, "local REQUEST_KEY_LEN = {REQUEST_KEY_LEN}").unwrap();
     header
 }
 
@@ -97,11 +98,12 @@ mod tests {
     #[test]
     fn the_header_carries_the_rust_constants() {
         let source = &LIBRARY.source;
-        assert!(source.starts_with("#!lua name=credit_sidecar_3_"), "{}", &source[..60]);
+        assert!(source.starts_with("#!lua name=credit_sidecar_4_"), "{}", &source[..60]);
         assert!(source.contains("local BALANCE_MAX = 10000000000000\n"));
         assert!(source.contains("local RANK = { trial = 0, promo = 1, plan = 2, addon = 3, adjustment = 4 }"));
         assert!(source.contains("local PURGE_MAX = 1000\nlocal FORGET_MARKS = 8\n"));
-        assert!(LIBRARY.prefix.starts_with("cs3_") && LIBRARY.prefix.len() == "cs3_".len() + 12 + 1);
+        assert!(source.contains("local REQUEST_KEY_LEN = 14\n"));
+        assert!(LIBRARY.prefix.starts_with("cs4_") && LIBRARY.prefix.len() == "cs4_".len() + 12 + 1);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use tracing::Instrument;
 
 use keys::Keys;
-pub use keys::{LAYOUT_VERSION, Layout, SHARDS_DEFAULT, SHARDS_MAX};
+pub use keys::{LAYOUT_VERSION, Layout, REQUEST_KEY_LEN, SHARDS_DEFAULT, SHARDS_MAX, request_key};
 use library::LIBRARY;
 
 use super::{Error, ReservationPage, Result};
@@ -292,10 +292,11 @@ impl RedisEngine {
         let value = self.layout.layout_value();
         match self.recorded_layout().await? {
             Some(recorded) if recorded == value => return Ok(()),
-            Some(recorded) if recorded == format!("2 {}", self.layout.shards) => {
+            Some(recorded) if in_place_upgradable(&recorded, self.layout.shards).is_some() => {
+                let version = &recorded[..1];
                 return Err(Error::Unavailable(format!(
-                    "redis layout: Redis holds accounts in layout 2, this sidecar reads layout {LAYOUT_VERSION}: stop \
-                     the old sidecars, then run `credit-sidecar rebuild --upgrade-layout`, which converts them in \
+                    "redis layout: Redis holds accounts in layout {version}, this sidecar reads layout {LAYOUT_VERSION}: \
+                     stop the old sidecars, then run `credit-sidecar rebuild --upgrade-layout`, which converts them in \
                      place (README, \"Upgrading the Redis layout\")"
                 )));
             }
@@ -643,7 +644,7 @@ impl RedisEngine {
         let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Text(cmd.user.as_str()),
             Arg::Text(cmd.category.as_str()),
             Arg::Int(cmd.amount),
@@ -659,7 +660,7 @@ impl RedisEngine {
         let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Int(seq_arg(cmd.reservation.seq)),
             Arg::Int(cmd.amount),
             Arg::Text(if cmd.final_commit { "1" } else { "0" }),
@@ -711,7 +712,7 @@ impl RedisEngine {
         let ttl = cmd.ttl_ms.map(|ttl| ttl.to_string()).unwrap_or_default();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Int(seq_arg(cmd.reservation.seq)),
             Arg::Int(cmd.amount),
             Arg::Owned(ttl),
@@ -725,7 +726,7 @@ impl RedisEngine {
         let fingerprint = cmd.fingerprint();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Int(seq_arg(cmd.reservation.seq)),
         ];
         self.change("release", &reservation_context(&cmd.reservation, &cmd.request), &args, reply::released).await
@@ -735,7 +736,7 @@ impl RedisEngine {
         let (fingerprint, labels) = (cmd.fingerprint(), labels_json(&cmd.labels));
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Text(cmd.user.as_str()),
             Arg::Text(cmd.category.as_str()),
             Arg::Int(cmd.amount),
@@ -750,7 +751,7 @@ impl RedisEngine {
         let (fingerprint, plan) = (cmd.fingerprint(), &cmd.plan);
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Int(i64::from(plan.period.months())),
             Arg::Int(plan.anchor_ms),
             Arg::Int(plan.plan_credits),
@@ -764,7 +765,7 @@ impl RedisEngine {
         let expires = cmd.expires_ms.map(|ms| ms.to_string()).unwrap_or_default();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Text(crate::ledger::wire::lot_kind_name(cmd.kind)),
             Arg::Int(cmd.amount),
             Arg::Owned(expires),
@@ -777,7 +778,7 @@ impl RedisEngine {
         let fingerprint = cmd.fingerprint();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Int(cmd.credits),
             Arg::Int(cmd.duration_ms),
             Arg::Text(create_flag(cmd.create_account)),
@@ -790,7 +791,7 @@ impl RedisEngine {
         let limit = cmd.limit.map(|limit| limit.to_string()).unwrap_or_default();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Text(cmd.user.as_str()),
             Arg::Owned(limit),
         ];
@@ -802,7 +803,7 @@ impl RedisEngine {
         let budget = cmd.budget.map(|budget| budget.to_string()).unwrap_or_default();
         let args = [
             Arg::Text(cmd.request.as_str()),
-            Arg::Text(stored_fingerprint(&fingerprint.0)),
+            Arg::Owned(keys::stamp(&cmd.request, &fingerprint.0)),
             Arg::Text(cmd.category.as_str()),
             Arg::Owned(budget),
         ];
@@ -969,41 +970,67 @@ impl RedisEngine {
         Ok(old.filter(|old| *old != format!("see {}", self.layout.layout_key())))
     }
 
-    /// `rebuild --upgrade-layout` on a layout-2 Redis: converts every account's remembered
-    /// request ids in place (the function `upgrade_requests`, in bounded calls) and then records
-    /// this layout, so retries of calls made before the upgrade are still answered once. Every
-    /// account is in its shard's wake-up index, so this walks those (on Redis Cluster each
-    /// shard's keys route like any call). Returns how many accounts it converted.
-    pub(crate) async fn upgrade_from_layout_2(&self) -> Result<usize> {
+    /// `rebuild --upgrade-layout` on a layout-2 or layout-3 Redis (`from`): converts every
+    /// account's remembered request ids in place and then records this layout, so retries of
+    /// calls made before the upgrade are still answered once. From layout 2 the function
+    /// `upgrade_requests` gives them layout 3's form first; `rekey_requests` then files them
+    /// under their keys (both in bounded calls). Every account is in its shard's wake-up index,
+    /// so this walks those (on Redis Cluster each shard's keys route like any call). Returns how
+    /// many accounts it converted.
+    pub(crate) async fn upgrade_in_place(&self, from: u32) -> Result<usize> {
         const PAGE: usize = 1000;
         self.load_library().await?;
         let mut connection = self.connection.clone();
         let mut accounts = 0;
         for shard in 0..self.layout.shards {
+            // The shard's accounts first, then the conversion: converting from layout 2 moves
+            // accounts' wake-up times, which would shift pages read meanwhile.
             let wake = self.layout.wake_key(shard);
+            let mut names: Vec<String> = Vec::new();
             for start in (0..).step_by(PAGE) {
                 let mut command = redis::cmd("ZRANGE");
                 command.arg(&wake).arg(start).arg(start + PAGE - 1);
                 let page: Vec<String> = self.bounded(command.query_async(&mut connection)).await?;
-                for account in &page {
-                    let account = AccountId::parse(account).map_err(|error| {
-                        Error::Internal(format!("upgrade: {account:?} in the wake-up index of shard {shard}: {error}"))
-                    })?;
-                    self.upgrade_requests(&account).await?;
-                    accounts += 1;
-                }
-                if page.len() < PAGE {
+                let last = page.len() < PAGE;
+                names.extend(page);
+                if last {
                     break;
                 }
+            }
+            for account in &names {
+                let account = AccountId::parse(account).map_err(|error| {
+                    Error::Internal(format!("upgrade: {account:?} in the wake-up index of shard {shard}: {error}"))
+                })?;
+                // (From layout 2, each call converts only what is left: the ids' members in p
+                // go as they are converted.)
+                if from == 2 {
+                    self.upgrade_requests(&account).await?;
+                }
+                self.rekey_requests(&account).await?;
+                accounts += 1;
             }
         }
         let value = self.layout.layout_value();
         self.bounded(redis::cmd("SET").arg(self.layout.layout_key()).arg(value).query_async::<()>(&mut connection))
             .await?;
+        self.forget_upgraded().await?;
         Ok(accounts)
     }
 
-    /// Converts one account's remembered request ids from layout 2 (see `upgrade_from_layout_2`).
+    /// Deletes the sets of accounts an in-place upgrade converted (`rekey_requests`): once the
+    /// layout is recorded they are not needed, and a run that ended before deleting them leaves
+    /// them for the next run to find.
+    pub(crate) async fn forget_upgraded(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        for shard in 0..self.layout.shards {
+            let key = self.layout.upgraded_key(shard);
+            self.bounded(redis::cmd("UNLINK").arg(key).query_async::<()>(&mut connection)).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives one account's remembered request ids layout 3's form, from layout 2's (see
+    /// `upgrade_in_place`).
     async fn upgrade_requests(&self, account: &AccountId) -> Result<()> {
         let keys = self.layout.call_keys(account, None);
         let mut skipped = 0;
@@ -1021,6 +1048,21 @@ impl RedisEngine {
                 return Ok(());
             }
             skipped = next;
+        }
+    }
+
+    /// Files one account's remembered request ids under their keys, from layout 3's form (see
+    /// `upgrade_in_place`).
+    async fn rekey_requests(&self, account: &AccountId) -> Result<()> {
+        let keys = self.layout.upgrade_keys(account);
+        loop {
+            let args = [Arg::Text(account.as_str()), Arg::Owned(self.now_arg()), Arg::Int(self.retention_ms)];
+            let value = self.fcall("rekey_requests", Access::Write, &keys, &args).await?;
+            let done: i64 =
+                redis::from_redis_value(value).map_err(|error| Error::Internal(format!("rekey_requests: {error}")))?;
+            if done == 1 {
+                return Ok(());
+            }
         }
     }
 
@@ -1084,8 +1126,14 @@ fn create_flag(create_account: bool) -> &'static str {
     if create_account { "1" } else { "0" }
 }
 
-/// Request ids are kept in Redis with the first 16 hex digits of their fingerprint (64 bits):
-/// ample to tell a retry from a reuse of the same id, at half the memory per remembered id.
+/// The layout version (2 or 3) a recorded layout marker names, when it is one this version
+/// converts in place over `shards` shards.
+pub(crate) fn in_place_upgradable(recorded: &str, shards: u32) -> Option<u32> {
+    [2, 3].into_iter().find(|version| recorded == format!("{version} {shards}"))
+}
+
+/// A CommitBatch item's fingerprint as kept in Redis: its first 16 hex digits (see
+/// [`keys::stamp`], which carries the same for every other state change).
 fn stored_fingerprint(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(16)]
 }

@@ -1,6 +1,6 @@
 -- charge.lua: reserve and final-commit in one step (Ledger::charge).
 -- KEYS: the account's 13 keys (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 user, 7 category, 8 amount,
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 stamp (lib.lua), 6 user, 7 category, 8 amount,
 --       9 business key ("" for none), 10 labels (a JSON object), 11 overdraft ("1": an outage
 --       charge, never declined: the lots give what they have, the rest is owed | "0")
 -- Reply: {"ok", reservation seq | nil, charged, already (1|0), available, overdrawn}, a decline
@@ -16,7 +16,7 @@ register('charge', function(keys, args)
   local user, category, amount, labels = args[6], args[7], int(args[8]), args[10]
   local key = args[9] ~= '' and args[9] or nil
   local overdraft = args[11] == '1'
-  return run({ request = args[4], fingerprint = args[5] }, function(a, now)
+  return run({ request = args[4], stamp = args[5] }, function(a, now)
     if key_charged(key) then return { 'ok', false, 0, 1, a.avail, 0 } end
     local covered, u, c = amount, nil, nil
     if overdraft then

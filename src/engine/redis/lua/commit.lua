@@ -1,7 +1,7 @@
 -- commit.lua: move part of a hold to spent; `final` closes it and returns the rest
 -- (Ledger::commit).
 -- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 final ("1" | "0"),
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 stamp (lib.lua), 6 seq, 7 amount, 8 final ("1" | "0"),
 --       9 business key ("" for none), 10 labels (a JSON object)
 -- Reply: {"ok", charged, already (1|0), held, returned, <reservation view>}, a decline
 --        ("exceeds_hold" | "reservation_expired" | "reservation_closed", with the reservation's
@@ -31,7 +31,7 @@ register('commit', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS + 1, 10, 'commit')
   local seq, amount, final, labels = int(args[6]), int(args[7]), args[8] == '1', args[10]
   local key = args[9] ~= '' and args[9] or nil
-  return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
+  return run({ request = args[4], stamp = args[5], seq = seq }, function(a, now, r)
     local reply = commit_step(a, now, r, amount, final, key, labels)
     if reply[1] == 'ok' and not final then put_res(r) end
     return reply

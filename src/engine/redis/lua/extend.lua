@@ -1,6 +1,6 @@
 -- extend.lua: hold more credits and/or move the deadline later (Ledger::extend).
 -- KEYS: the account's 13 keys, then the reservation's answer hash X (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline),
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 stamp (lib.lua), 6 seq, 7 amount, 8 ttl ms ("" keeps the deadline),
 --       9 unit and 10 least units of a partial extension ("" "": all or nothing; see reserve.lua)
 -- Reply: {"ok", added, held, deadline, <reservation view>}, a decline ("insufficient_credit" |
 --        "user_limit_reached" | "category_budget_reached" | "reservation_expired" | "reservation_closed", with the
@@ -12,7 +12,7 @@ register('extend', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS + 1, 10, 'extend')
   local seq, amount, ttl = int(args[6]), int(args[7]), opt_int(args[8])
   local unit, min_units = opt_int(args[9]), opt_int(args[10])
-  return run({ request = args[4], fingerprint = args[5], seq = seq }, function(a, now, r)
+  return run({ request = args[4], stamp = args[5], seq = seq }, function(a, now, r)
     local declined = closed_decline(a, r, amount)
     if declined then return declined end
     local u, c = nil, nil
@@ -47,11 +47,12 @@ register('extend', function(keys, args)
     -- The Reserve that opened the hold stays remembered as long as the hold lives (its keep
     -- only grows: the sweep finds it kept longer and queues it again). An answer already past
     -- its keep is forgotten, deleted or not, and stays so.
-    local opening = r.opened_by and redis.call('HGET', K_Q, r.opened_by)
+    local opening_key = r.opened_by and request_key(r.opened_by)
+    local opening = opening_key and redis.call('HGET', K_Q, opening_key)
     local kept = opening and keep_of(opening)
     if kept and kept > now and kept < deadline + RETENTION then
       local at = string.find(opening, SEP, 1, true)
-      redis.call('HSET', K_Q, r.opened_by, string.format('%d', deadline + RETENTION) .. string.sub(opening, at))
+      redis.call('HSET', K_Q, opening_key, string.format('%d', deadline + RETENTION) .. string.sub(opening, at))
     end
     local reply = { 'ok', amount, held_of(r), deadline }
     view_fields(reply, r)

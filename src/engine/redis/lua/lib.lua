@@ -1,6 +1,7 @@
--- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 3). The Rust
+-- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 4). The Rust
 -- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
--- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, FORGET_MARKS, RES_BUCKET — see src/engine/redis/library.rs),
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, FORGET_MARKS, RES_BUCKET, REQUEST_KEY_LEN — see
+-- src/engine/redis/library.rs),
 -- then this file, then one file per operation, each registering its function. Helpers are
 -- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
 -- of src/ledger/model.rs; tests/it/differential.rs checks that the two agree on every answer.
@@ -26,9 +27,10 @@
 --                                      m<seq> -> hot fields (see pack_res),
 --                                      i<seq> -> "user\31category\31created\31opened_by\31labels"
 --   6 D  cs:{sN}:d:<account>   zset    open reservations by deadline (member: 16-digit seq)
---   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids -> keep\31fingerprint\31answer,
---                                      remembered until `keep` (Unix ms): past it an entry is
---                                      forgotten, even before the sweep deletes it
+--   7 Q  cs:{sN}:q:<account>   hash    account-scoped request ids, each under its key (see
+--                                      request_key) -> keep\31fingerprint\31answer, remembered
+--                                      until `keep` (Unix ms): past it an entry is forgotten,
+--                                      even before the sweep deletes it
 --   8 P  cs:{sN}:p:<account>   zset    purge schedule: r<seq> (a closed reservation) scored by when
 --                                      it goes, and one member q: when F's head next comes due
 --   9 U  cs:{sN}:u:<account>   hash    user -> "limit,generation,used" (used counts only in
@@ -36,14 +38,16 @@
 --  10 K  cs:{sN}:k:<account>   set     business keys charged this cycle (UNLINKed at renewal)
 --  11 W  cs:{sN}:wake          zset    account -> a lower bound of when the sweep has work there
 --  12 S  cs:{sN}:events        stream  the outbox: one entry per state change
---  13 F  cs:{sN}:f:<account>   list    Q's ids in the order they were remembered, for the sweep
+--  13 F  cs:{sN}:f:<account>   list    Q's keys in the order they were remembered, for the sweep
 --                                      to forget them in that order; a mark \31<time> (Unix ms)
 --                                      before the ids remembered from that time on, at most one
 --                                      per 1/FORGET_MARKS of the retention (see forget_later)
 --  14 X  cs:{sN}:x:<account>:<seq> hash (Commit, Extend, Release only) answers to calls on the
 --                                      reservation, by request id; deleted with it
 -- ARGV (every account function): 1 account id   2 now (Unix ms) or "" for Redis TIME
---   3 retention ms   4.. the operation's own arguments (each file's header).
+--   3 retention ms   4.. the operation's own arguments (each file's header). A state change's
+--   are: 4 its request id, 5 its stamp: the id's key (REQUEST_KEY_LEN characters, see
+--   request_key) followed by the first 16 hex digits of the call's fingerprint.
 --
 -- Replies are flat arrays (no JSON): {"ok", ...} a result, {"no", reason, requested, available,
 -- user_remaining|nil, held, state|nil, user|nil[, category, category_remaining][, <reservation
@@ -64,6 +68,29 @@ local REQUEST
 local ACCOUNT_KEYS = 13
 local DAY = 86400000
 local SEP = '\31'
+
+-- The key under which Q and F keep an account-scoped request id: REQUEST_KEY_LEN characters,
+-- each the URL-safe base64 digit of one of the first bytes of SHA-1(id) taken mod 64 (84 bits:
+-- two ids of one account meet with a chance of about n^2 / 2^85 among n remembered at once).
+-- A key costs the same however long the caller's ids are: 14 bytes where a UUID took 36, and
+-- few enough that Redis keeps it with a 1-byte header in a 16-byte allocation. The engine
+-- computes it in Rust for every call (keys.rs, request_key), which costs Redis nothing; the
+-- Lua computes it only for a reservation's opening request (Extend) and in the upgrade from
+-- layout 3. tests/it/layout.rs checks that the two agree.
+-- (The table of digits is built at the first use: a library's top-level code runs without the
+-- string library.)
+local KEY_DIGIT = nil
+
+local function request_key(id)
+  if KEY_DIGIT == nil then
+    KEY_DIGIT = {}
+    local digits = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+    for byte = 0, 255 do
+      KEY_DIGIT[string.format('%02x', byte)] = string.sub(digits, byte % 64 + 1, byte % 64 + 1)
+    end
+  end
+  return (string.gsub(string.sub(redis.sha1hex(id), 1, 2 * REQUEST_KEY_LEN), '..', KEY_DIGIT))
+end
 
 local function bind(keys, args, key_count, arg_count, name)
   -- (The message is built only on failure: building it on every call costs more than the check.)
@@ -741,8 +768,8 @@ local function unexpired(remembered, now)
 end
 
 -- Appends ids remembered at `at` to F (enqueue: true when F had no mark yet, so its head needs
--- scheduling), and queues `request`, just remembered in Q, for the sweep to forget
--- (forget_later). F keeps Q's ids in the order they were remembered, so they come due roughly
+-- scheduling), and queues `key`, a request id's just remembered in Q, for the sweep to forget
+-- (forget_later). F keeps Q's ids (their keys) in the order they were remembered, so they come due roughly
 -- in that order: an id remembered at t is kept at least until t + retention. A mark \31<t> goes before the ids remembered from t on whenever
 -- the last one is 1/FORGET_MARKS of the retention old, so the sweep knows when the ids behind
 -- each mark may come due: an id remembered at or after t comes due no sooner than t + retention.
@@ -762,8 +789,8 @@ local function enqueue(a, at, ...)
   return first
 end
 
-local function forget_later(a, request, now)
-  if enqueue(a, now, request) then
+local function forget_later(a, key, now)
+  if enqueue(a, now, key) then
     redis.call('ZADD', K_P, 'LT', now + RETENTION, 'q')
     wake_by(a, now + RETENTION)
   end
@@ -777,11 +804,12 @@ local function current(a, now)
   return done
 end
 
--- Runs `body(a, now, r)` idempotently. opts.request: the request id; opts.fingerprint;
--- opts.create: may create the account; opts.seq: the reservation acted on, whose own hash (X)
--- remembers the answer as long as the reservation is kept (its reply ends with its facts);
--- other answers go to Q, purged after retention (opts.keep(answer, now): until when). `body`
--- returns (reply, error code) and checks everything before it writes.
+-- Runs `body(a, now, r)` idempotently. opts.request: the request id; opts.stamp: its key and
+-- the call's fingerprint (ARGV 5, see the header); opts.create: may create the account;
+-- opts.seq: the reservation acted on, whose own hash (X) remembers the answer by request id as
+-- long as the reservation is kept (its reply ends with its facts); other answers go to Q under
+-- the id's key, forgotten after retention (opts.keep(answer, now): until when). `body` returns
+-- (reply, error code) and checks everything before it writes.
 local function run(opts, body)
   local now = now_ms()
   local a = load_account()
@@ -801,15 +829,17 @@ local function run(opts, body)
       return err('reservation_not_found')
     end
   end
-  local qkey = opts.seq and K_X or K_Q
-  local remembered = (not created) and redis.call('HGET', qkey, opts.request)
+  local fingerprint = string.sub(opts.stamp, REQUEST_KEY_LEN + 1)
+  local qkey, field = K_Q, string.sub(opts.stamp, 1, REQUEST_KEY_LEN)
+  if opts.seq then qkey, field = K_X, opts.request end
+  local remembered = (not created) and redis.call('HGET', qkey, field)
   if remembered and not opts.seq then remembered = unexpired(remembered, now) end
   if remembered then
     save_account(a)
-    if string.sub(remembered, 1, #opts.fingerprint + 1) ~= opts.fingerprint .. SEP then
+    if string.sub(remembered, 1, #fingerprint + 1) ~= fingerprint .. SEP then
       return err('request_id_reused')
     end
-    local reply = unpack_answer(string.sub(remembered, #opts.fingerprint + 2))
+    local reply = unpack_answer(string.sub(remembered, #fingerprint + 2))
     if opts.seq and has_view(reply) then view_facts(reply, r) end
     return reply
   end
@@ -820,14 +850,14 @@ local function run(opts, body)
     return err(code)
   end
   if opts.seq then
-    redis.call('HSET', qkey, opts.request, pack_answer(opts.fingerprint, reply))
+    redis.call('HSET', qkey, field, pack_answer(fingerprint, reply))
     if has_view(reply) then view_facts(reply, r) end
   else
     local keep = (opts.keep and opts.keep(reply, now) or now) + RETENTION
-    local fresh = redis.call('HSET', qkey, opts.request, string.format('%d', keep) .. SEP .. pack_answer(opts.fingerprint, reply))
+    local fresh = redis.call('HSET', qkey, field, string.format('%d', keep) .. SEP .. pack_answer(fingerprint, reply))
     -- (An id remembered again after it was forgotten is still queued where it was: the sweep
     -- finds it kept longer there and queues it again.)
-    if fresh == 1 then forget_later(a, opts.request, now) end
+    if fresh == 1 then forget_later(a, field, now) end
   end
   save_account(a)
   return reply

@@ -253,3 +253,48 @@ register('upgrade_requests', function(keys, args)
   save_account(a)
   return { done and 1 or 0, skipped }
 end)
+
+-- rekey_requests.lua: files one account's remembered request ids under their keys, from layout 3
+-- to layout 4 (`rebuild --upgrade-layout`, run while no sidecar serves; after upgrade_requests
+-- when coming from layout 2). Layout 3 kept each id in Q and F as the id itself; layout 4 keeps
+-- its key (request_key). F holds each of Q's ids once, in remembering order: each call takes up
+-- to PURGE_MAX items from F's head, files their answers in Q under their keys, and pushes the
+-- items back at F's tail as keys (marks as they were), so F ends in its own order. A's field
+-- `rk` counts the items still to convert while the account is part way; a converted account
+-- joins the shard's set of converted accounts (KEYS[14]), so a run interrupted part way goes on
+-- where it stopped and converts nothing twice.
+-- KEYS: the account's 13 keys (lib.lua), then cs:{sN}:upgraded.
+-- ARGV: 1-3 (lib.lua)
+-- Reply: 1 when the account is done, 0 when it needs another call.
+-- Example: Q = {r-1: "<keep>\31<fp>\31ok\317"}, F = {"\31600000", "r-1"} -> Q = {2L4GeC25XM1A1b:
+-- "<keep>\31<fp>\31ok\317"}, F = {"\31600000", "2L4GeC25XM1A1b"}, acme in the set, 1.
+register('rekey_requests', function(keys, args)
+  bind(keys, args, ACCOUNT_KEYS + 1, 3, 'rekey_requests')
+  local converted = keys[ACCOUNT_KEYS + 1]
+  if redis.call('SISMEMBER', converted, ACCOUNT) == 1 then return 1 end
+  local left = tonumber(redis.call('HGET', K_A, 'rk') or redis.call('LLEN', K_F))
+  if left > 0 then
+    local items = redis.call('LPOP', K_F, math.min(left, PURGE_MAX))
+    for i = 1, #items do
+      local id = items[i]
+      if string.byte(id, 1) ~= 31 then
+        local key = request_key(id)
+        local remembered = redis.call('HGET', K_Q, id)
+        if remembered then
+          redis.call('HDEL', K_Q, id)
+          redis.call('HSET', K_Q, key, remembered)
+        end
+        items[i] = key
+      end
+    end
+    redis.call('RPUSH', K_F, unpack(items))
+    left = left - #items
+  end
+  if left > 0 then
+    redis.call('HSET', K_A, 'rk', left)
+    return 0
+  end
+  redis.call('HDEL', K_A, 'rk')
+  redis.call('SADD', converted, ACCOUNT)
+  return 1
+end)

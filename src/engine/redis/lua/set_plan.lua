@@ -1,6 +1,6 @@
 -- set_plan.lua: put an account on a plan, creating it if needed (Ledger::set_plan).
 -- KEYS: the account's 13 keys (lib.lua).
--- ARGV: 1-3 (lib.lua), 4 request id, 5 fingerprint, 6 period (months: 1, 3, 6 or 12),
+-- ARGV: 1-3 (lib.lua), 4 request id, 5 stamp (lib.lua), 6 period (months: 1, 3, 6 or 12),
 --       7 anchor (Unix ms), 8 plan credits, 9 add-on credits
 -- Reply: {"ok", cycle start, cycle end, <totals>}, {"err", "balance:plan_credits" |
 --        "request_id_reused"} or {"due"}.
@@ -10,7 +10,7 @@
 register('set_plan', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 9, 'set_plan')
   local new = { period = int(args[6]), anchor = int(args[7]), plan = int(args[8]), addon = int(args[9]) }
-  return run({ request = args[4], fingerprint = args[5], create = true }, function(a, now)
+  return run({ request = args[4], stamp = args[5], create = true }, function(a, now)
     cold(a)
     local old = a.plan
     local same = old ~= nil and old.period == new.period and old.anchor == new.anchor
