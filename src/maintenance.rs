@@ -9,7 +9,7 @@
 //!   whatever changed after the last settled event. Remembered request ids are not restored.
 
 use crate::engine::Error as EngineError;
-use crate::engine::redis::{LAYOUT_VERSION, RedisEngine, in_place_upgradable};
+use crate::engine::redis::{IN_PLACE_FROM, LAYOUT_VERSION, RedisEngine, in_place_upgradable};
 use crate::ledger::{AccountId, AccountView, Ledger, Millis};
 use crate::settle::store::{Store, StoreError};
 
@@ -218,7 +218,7 @@ pub async fn upgrade_layout(
         }
         // Another shard count: converting would read every account under the wrong keys, and
         // rebuilding would move them all. The operator set the wrong `redis_shards`.
-        Some(recorded) if recorded.starts_with("2 ") || recorded.starts_with("3 ") => {
+        Some(recorded) if IN_PLACE_FROM.iter().any(|version| recorded.starts_with(&format!("{version} "))) => {
             return Err(MaintenanceError::Engine(EngineError::Unavailable(format!(
                 "redis layout: Redis holds layout {} over {} shards; set redis_shards to that and run the upgrade \
                  again",

@@ -24,13 +24,15 @@ return 1";
 /// them: what the semantics cost before any Lua decides anything. It mirrors the script by hand
 /// (the benchmark's Reserve row counts the real script's inner commands beside it). KEYS: account,
 /// users, request ids, burn order, lots, reservations (prefix), deadlines, outbox, forget
-/// queue; ARGV[1] a fresh number (request id and reservation seq).
+/// queue; ARGV[1] a fresh number (request id and reservation seq; the id's 14-character key
+/// stands in for the one the engine passes).
 const RESERVE_COMMANDS: &str = "\
 local n = ARGV[1]
 local request = 'r-' .. n
+local key = string.format('k%013d', n)
 redis.call('TIME')
 redis.call('HMGET', KEYS[1], 'avail', 'held', 'spent', 'expired', 'res', 'ev', 'due', 'wake', 'gen', 'cs', 'qm')
-redis.call('HGET', KEYS[3], request)
+redis.call('HGET', KEYS[3], key)
 redis.call('HGET', KEYS[2], 'ann')
 redis.call('HGET', KEYS[1], 'c:email')
 redis.call('ZRANGE', KEYS[4], 0, 3)
@@ -43,8 +45,8 @@ redis.call('XADD', KEYS[8], '*', 'account', 'acct', 'seq', n, 'at', 170000000000
   'reserved', 'data', '{\"res\":' .. n .. ',\"user\":\"ann\",\"category\":\"email\",\"amount\":1,\"draws\":[[1,1]],' ..
   '\"deadline\":1700000300000,\"labels\":{}}')
 redis.call('HSET', KEYS[2], 'ann', ',1,1')
-redis.call('HSET', KEYS[3], request, '1700086700000\\031fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
-redis.call('RPUSH', KEYS[9], request)
+redis.call('HSET', KEYS[3], key, '1700086700000\\031fp\\031ok\\031' .. n .. '\\0311\\0311700000300000\\031999')
+redis.call('RPUSH', KEYS[9], key)
 redis.call('HSET', KEYS[1], 'avail', 999, 'held', 1, 'res', n, 'ev', n, 'c:email', ',1,1')
 return 1";
 

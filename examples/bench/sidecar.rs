@@ -536,7 +536,8 @@ pub struct Settlement {
 }
 
 /// Settlement of the events made in [from, to]: what `Settlement` says. Batches are told apart by
-/// their `settled_ms` (one per transaction).
+/// their `settled_ms` (when the settler began the write that landed them; two begun in the same
+/// millisecond count as one, which changes nothing but the first batch left out).
 pub async fn ledger_settlement(database_url: &str, from: i64, to: i64) -> Settlement {
     let pool = sqlx::AnyPool::connect(database_url).await.expect("connect to the ledger database");
     let sql = format!("SELECT settled_ms - at_ms FROM ledger_events WHERE at_ms >= {from} AND at_ms <= {to}");

@@ -10,7 +10,7 @@ use std::fmt::Display;
 use super::ConfigError;
 use crate::engine::redis::{SHARDS_DEFAULT, SHARDS_MAX};
 use crate::ledger::rules;
-use crate::settle::settler::{SETTLE_BATCH_MAX_DEFAULT, SETTLE_WRITERS_DEFAULT};
+use crate::settle::settler::{SETTLE_BATCH_MAX_DEFAULT, SETTLE_WRITERS_DEFAULT, SETTLE_WRITERS_MAX};
 
 /// One setting.
 #[derive(Clone, Copy, Debug)]
@@ -307,10 +307,10 @@ pub const SETTLE_WRITERS: Setting = number(
     "settle_writers",
     SETTLE_WRITERS_DEFAULT as i64,
     1,
-    32,
+    SETTLE_WRITERS_MAX as i64,
     "batches",
-    "Redis engine into PostgreSQL: batches written at once, each in its own transaction, while the next is read \
-     (SQLite and the embedded engine write one at a time)",
+    "Redis engine into PostgreSQL: batches written at once, each in its own transaction and connection (of 8: \
+     two stay for ledger reads), while the next is read (SQLite and the embedded engine write one at a time)",
 );
 pub const SETTLE_CLAIM_IDLE_MS: Setting = number(
     "settle_claim_idle_ms",

@@ -66,6 +66,17 @@ pub trait Outbox: Send + Sync + 'static {
         false
     }
 
+    /// Whether the next read first takes back this reader's own entries read and not yet
+    /// acknowledged (after a failed read or acknowledgement): those of batches still being
+    /// written too, so the settler lets them land first. False by default.
+    fn recovering(&self) -> bool {
+        false
+    }
+
+    /// A batch that was read and will not be settled now (the settler stopped while its write
+    /// kept failing): the next read should take it back. Nothing by default.
+    fn abandon(&self, _token: Self::Token) {}
+
     /// Waits after a batch that was not full, until there may be more to read: `interval` by
     /// default, so light traffic still makes batches of some size.
     fn idle(&self, interval: Duration) -> impl Future<Output = ()> + Send {

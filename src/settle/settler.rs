@@ -10,8 +10,8 @@
 //! next one is read: a batch is acknowledged only once its own transaction committed, and the
 //! store's writes are insert-if-absent events and commutative upserts in key order, which is
 //! what lets replicas settle side by side, so batches of one replica may land in any order
-//! too. An outbox or store that needs its batches in order (the embedded engine's, SQLite)
-//! gets one writer.
+//! too. The embedded engine's outbox, whose batches carry state that must land in order, and
+//! SQLite, which has one writer, get one writer.
 
 use std::future::Future;
 use std::pin::pin;
@@ -38,6 +38,10 @@ pub const SETTLE_BATCH_MAX_DEFAULT: usize = 5_000;
 /// Batches written at once unless configured (`settle_writers`), where the outbox and the store
 /// allow it (the Redis engine settling into PostgreSQL).
 pub const SETTLE_WRITERS_DEFAULT: usize = 4;
+/// The most `settle_writers` may be: each writer holds one of the store's PostgreSQL connections
+/// while it writes ([`super::store::POSTGRES_CONNECTIONS`]); two stay for the API's ledger reads
+/// and alerts.
+pub const SETTLE_WRITERS_MAX: usize = super::store::POSTGRES_CONNECTIONS as usize - 2;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SettleOptions {
@@ -144,6 +148,14 @@ impl<O: Outbox> Settler<O> {
             }
             if stopped.has_changed().unwrap_or(true) {
                 break;
+            }
+            // A read that takes back this replica's own unsettled entries would take those of
+            // the batches being written as well, and write them twice: let those land first.
+            while self.outbox.recovering() && !landing.is_empty() {
+                tokio::select! {
+                    _ = landing.next() => {}
+                    _ = stopped.changed() => break 'settling,
+                }
             }
             let failed = match Self::meanwhile(&mut landing, self.read_batch()).await {
                 Read::Batch(records, token) => {
@@ -257,6 +269,7 @@ impl<O: Outbox> Settler<O> {
                         metrics::counter!(telemetry::SETTLE_FAILURES).increment(1);
                         tracing::warn!(%error, events = records.events.len(), "settling a batch failed; retrying");
                         if !self.pause(&mut stopped, pause).await {
+                            self.outbox.abandon(token);
                             return None;
                         }
                         pause = (pause * 2).min(self.options.retry_max);

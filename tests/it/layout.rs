@@ -204,17 +204,26 @@ fn downgrade_requests_to_layout_2(server: &RedisServer, keys: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_2_redis_is_refused_then_converted_in_place_keeping_request_ids() {
-    converted_in_place(2).await;
+    converted_in_place(2, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_3_redis_is_refused_then_converted_in_place_keeping_request_ids() {
-    converted_in_place(3).await;
+    converted_in_place(3, false).await;
+}
+
+/// An upgrade interrupted inside an account, one step of its conversion to keys done (from
+/// layout 2, after the step that gives the ids layout 3's form), goes on where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_interrupted_inside_an_account_goes_on_where_it_stopped() {
+    converted_in_place(2, true).await;
+    converted_in_place(3, true).await;
 }
 
 /// An account's remembered request ids written by this layout, taken back to layout `from`'s
-/// form: refused, then converted in place, byte for byte, and answered as before.
-async fn converted_in_place(from: u32) {
+/// form (or, `inside`, to the state an upgrade from it leaves when interrupted after one step
+/// of rekey_requests): refused, then converted in place, byte for byte, and answered as before.
+async fn converted_in_place(from: u32, inside: bool) {
     use credit_sidecar::ledger::command::{Extend, SetUserLimit};
 
     // The upgrade reads Redis's clock: the engine's starts there too, so the hold below is
@@ -251,7 +260,7 @@ async fn converted_in_place(from: u32) {
     };
     let limited = redis.set_user_limit(&limit("u-1", 5)).await.unwrap();
     let mut ids: Vec<String> = ["plan-1", "r-1", "u-1"].map(str::to_owned).to_vec();
-    if from == 3 {
+    if from == 3 || inside {
         // More ids than one conversion step takes (PURGE_MAX), so it runs in several.
         for n in 0..1_100 {
             redis.set_user_limit(&limit(&format!("many-{n}"), 5)).await.unwrap();
@@ -265,12 +274,22 @@ async fn converted_in_place(from: u32) {
     );
     let qm_before = server.cli(&["HGET", &keys[0], "qm"]);
     assert_eq!(qm_before, start.to_string());
-    assert_eq!(q_before.len(), ids.len(), "every id remembered (e-1 with its hold)");
+    assert_eq!(q_before.len(), ids.len(), "every account-scoped id remembered (e-1 is the hold's, in x)");
     assert!(ids.iter().all(|id| q_before.contains_key(&key(id))), "q is keyed by the ids' keys");
     drop(redis);
     downgrade_requests_to_layout_3(&server, &keys, &ids);
-    if from == 2 {
+    if from == 2 && !inside {
         downgrade_requests_to_layout_2(&server, &keys);
+    }
+    if inside {
+        let function = format!("{}rekey_requests", credit_sidecar::engine::redis::library::LIBRARY.prefix);
+        let upgraded = layout.upgraded_key(layout.shard(&acme));
+        let mut call = vec!["FCALL", function.as_str(), "14"];
+        call.extend(keys.iter().map(String::as_str));
+        call.extend([upgraded.as_str(), "acme", "", "86400000"]);
+        assert_eq!(server.cli(&call), "0", "one step of many");
+        assert_eq!(server.cli(&["HGET", &keys[0], "rk"]), (ids.len() + 1 - 1000).to_string());
+        server.cli(&["SET", "cs:layout", &format!("{from} 16")]);
     }
 
     // This sidecar refuses to read it, and says what to do.
@@ -301,7 +320,7 @@ async fn converted_in_place(from: u32) {
     assert_eq!(server.cli(&["HGET", &keys[0], "qm"]), qm_before);
     assert_eq!(server.cli(&["HEXISTS", &keys[0], "rk"]), "0", "no conversion left part way");
     let queue = server.cli(&["LRANGE", &keys[12], "0", "-1"]);
-    if from == 3 {
+    if from == 3 || inside {
         assert!(queue == f_before, "the queue did not keep its order");
     } else {
         // Layout 2 kept no queue: the ids are queued in keep order (as if remembered a retention
@@ -317,7 +336,8 @@ async fn converted_in_place(from: u32) {
     // converts nothing twice.
     server.cli(&["SADD", &layout.upgraded_key(shard), "acme"]);
     server.cli(&["SET", "cs:layout", &format!("{from} 16")]);
-    maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    let rerun = maintenance::upgrade_layout(&store, &settings, RETENTION).await.unwrap();
+    assert_eq!(rerun.accounts_converted, 0, "the earlier run converted it");
     assert!(hash_of(&server, &keys[6]) == q_before, "converted twice");
     assert_eq!(server.cli(&["EXISTS", &layout.upgraded_key(shard)]), "0");
     // Run again once it is done, it does nothing (it does not wipe and rebuild).
@@ -615,7 +635,10 @@ async fn a_stray_layout_2_request_id_breaks_neither_calls_nor_the_sweep() {
     let keys = Layout { prefix: String::new(), shards: 16 }.account_keys(&acme).to_vec();
     let plan = Plan { period: Period::Monthly, anchor_ms: anchor(), plan_credits: 1000, addon_credits: 0 };
     redis.set_plan(&SetPlan { account: acme.clone(), plan, request: RequestId::parse("plan").unwrap() }).await.unwrap();
-    server.cli(&["HSET", &keys[6], "stray", "0123456789abcdef\u{1f}ok\u{1f}ann\u{1f}5\u{1f}0\u{1f}5"]);
+    // Kept as layout 2 kept it (the id itself, an answer without its keep), and as a call of
+    // this layout would look it up (the same answer under the id's key).
+    let answer = "0123456789abcdef\u{1f}ok\u{1f}ann\u{1f}5\u{1f}0\u{1f}5";
+    server.cli(&["HSET", &keys[6], "stray", answer, &key("stray"), answer]);
     server.cli(&["ZADD", &keys[7], &(t0() + 1_000).to_string(), "qstray"]);
     server.cli(&["ZADD", &keys[10], &(t0() + 1_000).to_string(), "acme"]);
     let limit = SetUserLimit {
@@ -630,6 +653,7 @@ async fn a_stray_layout_2_request_id_breaks_neither_calls_nor_the_sweep() {
     redis.sweep().await.unwrap();
     assert_eq!(server.cli(&["ZSCORE", &keys[7], "qstray"]), "", "forgotten as layout 2 would");
     assert_eq!(server.cli(&["HEXISTS", &keys[6], "stray"]), "0");
+    assert!(server.cli(&["HGET", &keys[6], &key("stray")]).contains("bob"), "the new call's answer stays");
     redis.sweep().await.expect("the next sweep of the account runs too");
 }
 

@@ -503,6 +503,53 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
     );
 }
 
+/// Stopped while PostgreSQL is down, with batches failing in every writer: the batches given up
+/// are read again by the flush at shutdown (not left for another replica's claim), so once the
+/// database is back within the grace period the outbox empties and the settler says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_given_up_at_shutdown_are_settled_by_the_flush() {
+    let mut postgres = crate::servers::PostgresServer::start();
+    let store = Store::connect(&postgres.url()).await.unwrap();
+    let server = RedisServer::start();
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+    let (stop, stopped) = watch::channel(());
+    let options = SettleOptions {
+        batch_max: 16,
+        writers: 4,
+        idle_interval: Duration::from_millis(5),
+        retry_max: Duration::from_millis(200),
+        ..SettleOptions::default()
+    };
+    let setup =
+        SettleSetup { store: store.clone(), options, consumer: "a".into(), claim_idle: Duration::from_secs(3600) };
+    let (settling, stats) = spawn_settler(&engine, &setup, stopped, Duration::from_secs(60)).await.unwrap();
+    let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
+    h.account("acme", 1_000_000).await;
+    postgres.stop();
+    for _ in 0..100 {
+        let id = h.hold("acme", "ann", 10).await;
+        assert_eq!(h.commit(&id, 3, true).await.outcome(), pb::Outcome::Ok);
+    }
+    eventually("every writer is failing", Duration::from_secs(20), async || {
+        stats.writing_max.load(Ordering::Relaxed) >= 4 && stats.failures.load(Ordering::Relaxed) >= 4
+    })
+    .await;
+    drop(stop);
+    postgres.start_again();
+    assert!(settling.await.unwrap(), "the flush said the outbox was not emptied");
+    let observer = RedisOutbox::join(
+        Arc::new(RedisEngine::connect_with_test_clock(&settings, RETENTION, Arc::new(clock.clone())).await.unwrap()),
+        "observer".into(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(observer.backlog().await.unwrap().events, 0, "batches given up wait for a claim");
+    assert_settled(&store, &h, "acme").await;
+}
+
 /// Batches written side by side: a backlog of many small batches, over one busy account and a
 /// few others, settles into PostgreSQL with four writers. Every event lands once, the derived
 /// tables match the engine, no transaction deadlocked (each batch locks its rows in key order;

@@ -102,6 +102,26 @@ async fn entries_a_failed_read_delivered_settle_without_waiting_for_claim_idle()
 async fn a_redis_blip_under_load_settles_without_waiting_for_claim_idle() {
     let server = RedisServer::start();
     let RedisBeside { store, dir: _dir, clock, settings } = redis_beside(vec![server.url()], false).await;
+    blip_under_load(&server, store, clock, settings).await;
+}
+
+/// The same into PostgreSQL, where batches are written side by side: the read after the blip
+/// takes back this replica's own unsettled entries only once the batches in flight have landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_blip_under_load_settles_with_batches_written_side_by_side() {
+    let server = RedisServer::start();
+    let postgres = PostgresServer::start();
+    let store = Store::connect(&postgres.url()).await.unwrap();
+    let RedisBeside { dir: _dir, clock, settings, .. } = redis_beside(vec![server.url()], false).await;
+    blip_under_load(&server, store, clock, settings).await;
+}
+
+async fn blip_under_load(
+    server: &RedisServer,
+    store: Store,
+    clock: ManualClock,
+    settings: credit_sidecar::engine::redis::RedisSettings,
+) {
     let rules = Rules::default();
     let engine = redis_engine(&rules, &settings, &clock).await;
     let (stop, stopped) = watch::channel(());

@@ -50,18 +50,26 @@ pub const REQUEST_KEY_LEN: usize = 14;
 /// computes the same from the id (Redis scripts have SHA-1, not SHA-256), for a reservation's
 /// opening request and in the upgrade from layout 3.
 pub fn request_key(request: &RequestId) -> [u8; REQUEST_KEY_LEN] {
-    const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let digits = REQUEST_KEY_DIGITS.as_bytes();
     let digest = Sha1::digest(request.as_str().as_bytes());
-    std::array::from_fn(|i| DIGITS[usize::from(digest[i] % 64)])
+    std::array::from_fn(|i| digits[usize::from(digest[i] % 64)])
 }
 
-/// A state change's ARGV 5 (lib.lua): the request id's key, then the first 16 hex digits of the
-/// call's fingerprint (64 bits: ample to tell a retry from a reuse of the same id, at half the
-/// memory per remembered id).
+/// The digits of a request key, in the order of their values (URL-safe base64); lib.lua gets
+/// them in its header.
+pub const REQUEST_KEY_DIGITS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// A call's fingerprint as Redis keeps it: its first 16 hex digits (64 bits: ample to tell a
+/// retry from a reuse of the same id, at half the memory per remembered id).
+pub fn stored_fingerprint(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+/// A state change's ARGV 5 (lib.lua): the request id's key, then its stored fingerprint.
 pub fn stamp(request: &RequestId, fingerprint: &str) -> String {
     let mut stamp = String::with_capacity(REQUEST_KEY_LEN + 16);
     stamp.extend(request_key(request).iter().map(|&byte| char::from(byte)));
-    stamp.push_str(&fingerprint[..fingerprint.len().min(16)]);
+    stamp.push_str(stored_fingerprint(fingerprint));
     stamp
 }
 

@@ -1,6 +1,7 @@
 //! The Redis Function library: the Lua the engine loads with `FUNCTION LOAD`, built once from
 //! the files in `lua/` and a header of constants taken from Rust, so the two sides cannot drift
-//! (the balance bound, the lots' burn order, the per-call work limits, a request key's length).
+//! (the balance bound, the lots' burn order, the per-call work limits, a request key's length and
+//! digits).
 //!
 //! The library's name and every function's name carry a digest of the whole source
 //! (`credit_sidecar_4_<digest>`, functions `cs4_<digest>_<operation>`): sidecars of different
@@ -14,7 +15,7 @@ use std::sync::LazyLock;
 
 use sha2::{Digest, Sha256};
 
-use super::keys::{LAYOUT_VERSION, REQUEST_KEY_LEN, RESERVATIONS_PER_HASH};
+use super::keys::{LAYOUT_VERSION, REQUEST_KEY_DIGITS, REQUEST_KEY_LEN, RESERVATIONS_PER_HASH};
 use crate::ledger::command::COMMIT_BATCH_MAX;
 use crate::ledger::types::BALANCE_MAX;
 use crate::ledger::{LotKind, wire};
@@ -78,6 +79,7 @@ fn constants() -> String {
     writeln!(header, "local RES_BUCKET = {RESERVATIONS_PER_HASH}").unwrap();
     writeln!(header, "local COMMIT_BATCH_MAX = {COMMIT_BATCH_MAX}").unwrap();
     writeln!(header, "local REQUEST_KEY_LEN = {REQUEST_KEY_LEN}").unwrap();
+    writeln!(header, "local REQUEST_KEY_DIGITS = '{REQUEST_KEY_DIGITS}'").unwrap();
     header
 }
 
@@ -102,7 +104,7 @@ mod tests {
         assert!(source.contains("local BALANCE_MAX = 10000000000000\n"));
         assert!(source.contains("local RANK = { trial = 0, promo = 1, plan = 2, addon = 3, adjustment = 4 }"));
         assert!(source.contains("local PURGE_MAX = 1000\nlocal FORGET_MARKS = 8\n"));
-        assert!(source.contains("local REQUEST_KEY_LEN = 14\n"));
+        assert!(source.contains("local REQUEST_KEY_LEN = 14\nlocal REQUEST_KEY_DIGITS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'\n"));
         assert!(LIBRARY.prefix.starts_with("cs4_") && LIBRARY.prefix.len() == "cs4_".len() + 12 + 1);
     }
 

@@ -679,7 +679,7 @@ impl RedisEngine {
         for ((commit, fingerprint), labels) in commits.iter().zip(&fingerprints).zip(labels) {
             args.extend([
                 Arg::Text(commit.request.as_str()),
-                Arg::Text(stored_fingerprint(&fingerprint.0)),
+                Arg::Text(keys::stored_fingerprint(&fingerprint.0)),
                 Arg::Int(commit.amount),
                 Arg::Text(commit.business_key.as_ref().map_or("", |key| key.as_str())),
                 Arg::Owned(labels),
@@ -1006,8 +1006,9 @@ impl RedisEngine {
                 if from == 2 {
                     self.upgrade_requests(&account).await?;
                 }
-                self.rekey_requests(&account).await?;
-                accounts += 1;
+                if self.rekey_requests(&account).await? {
+                    accounts += 1;
+                }
             }
         }
         let value = self.layout.layout_value();
@@ -1052,16 +1053,16 @@ impl RedisEngine {
     }
 
     /// Files one account's remembered request ids under their keys, from layout 3's form (see
-    /// `upgrade_in_place`).
-    async fn rekey_requests(&self, account: &AccountId) -> Result<()> {
+    /// `upgrade_in_place`). False when an earlier run had converted it.
+    async fn rekey_requests(&self, account: &AccountId) -> Result<bool> {
         let keys = self.layout.upgrade_keys(account);
         loop {
             let args = [Arg::Text(account.as_str()), Arg::Owned(self.now_arg()), Arg::Int(self.retention_ms)];
             let value = self.fcall("rekey_requests", Access::Write, &keys, &args).await?;
             let done: i64 =
                 redis::from_redis_value(value).map_err(|error| Error::Internal(format!("rekey_requests: {error}")))?;
-            if done == 1 {
-                return Ok(());
+            if done != 0 {
+                return Ok(done == 1);
             }
         }
     }
@@ -1129,14 +1130,11 @@ fn create_flag(create_account: bool) -> &'static str {
 /// The layout version (2 or 3) a recorded layout marker names, when it is one this version
 /// converts in place over `shards` shards.
 pub(crate) fn in_place_upgradable(recorded: &str, shards: u32) -> Option<u32> {
-    [2, 3].into_iter().find(|version| recorded == format!("{version} {shards}"))
+    IN_PLACE_FROM.into_iter().find(|version| recorded == format!("{version} {shards}"))
 }
 
-/// A CommitBatch item's fingerprint as kept in Redis: its first 16 hex digits (see
-/// [`keys::stamp`], which carries the same for every other state change).
-fn stored_fingerprint(fingerprint: &str) -> &str {
-    &fingerprint[..fingerprint.len().min(16)]
-}
+/// The layouts `rebuild --upgrade-layout` converts in place (older ones are rebuilt).
+pub(crate) const IN_PLACE_FROM: [u32; 2] = [2, 3];
 
 /// A partial hold's unit or least units; "" for an all-or-nothing hold.
 fn partial_arg(partial: Option<Partial>, field: fn(Partial) -> i64) -> Arg<'static> {

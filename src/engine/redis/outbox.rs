@@ -386,6 +386,18 @@ impl Outbox for RedisOutbox {
         true
     }
 
+    fn recovering(&self) -> bool {
+        self.recovering.iter().any(|shard| shard.load(Ordering::Relaxed))
+    }
+
+    /// Its shards read their own pending entries (id 0) next, so the flush at shutdown, or the
+    /// next start under the same consumer name, settles them without waiting for a claim.
+    fn abandon(&self, token: Token) {
+        for (shard, _) in token {
+            self.recovering[shard as usize].store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Redis reused settled sequence numbers: it lost acknowledged writes (a failover to a
     /// replica that lacked them). The guard refuses calls until Redis is restored.
     async fn conflicts_found(&self, count: usize) {

@@ -59,6 +59,11 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Connections to PostgreSQL per process: the settler's writers (at most
+/// [`crate::settle::settler::SETTLE_WRITERS_MAX`]) and the API's ledger reads and alerts share
+/// them.
+pub const POSTGRES_CONNECTIONS: u32 = 8;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
@@ -195,7 +200,7 @@ impl Store {
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(POSTGRES_CONNECTIONS)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options)
                     .await?;

@@ -1,6 +1,7 @@
 -- lib.lua: the shared part of the credit_sidecar Redis Function library (layout 4). The Rust
 -- engine loads it once with FUNCTION LOAD: a header of constants generated from Rust
--- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, FORGET_MARKS, RES_BUCKET, REQUEST_KEY_LEN — see
+-- (BALANCE_MAX, RANK, CATCHUP_STEPS_MAX, PURGE_MAX, FORGET_MARKS, RES_BUCKET, REQUEST_KEY_LEN,
+-- REQUEST_KEY_DIGITS — see
 -- src/engine/redis/library.rs),
 -- then this file, then one file per operation, each registering its function. Helpers are
 -- compiled once, not on every call. It is the Lua port of src/ledger/account.rs and the skeleton
@@ -84,9 +85,8 @@ local KEY_DIGIT = nil
 local function request_key(id)
   if KEY_DIGIT == nil then
     KEY_DIGIT = {}
-    local digits = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
     for byte = 0, 255 do
-      KEY_DIGIT[string.format('%02x', byte)] = string.sub(digits, byte % 64 + 1, byte % 64 + 1)
+      KEY_DIGIT[string.format('%02x', byte)] = string.sub(REQUEST_KEY_DIGITS, byte % 64 + 1, byte % 64 + 1)
     end
   end
   return (string.gsub(string.sub(redis.sha1hex(id), 1, 2 * REQUEST_KEY_LEN), '..', KEY_DIGIT))
@@ -753,9 +753,10 @@ end
 -- Remembered account-scoped answers (Q): `keep\31fingerprint\31answer`. An entry past its keep
 -- is forgotten from that instant (Account::purge, Ledger::run), whenever the sweep gets to
 -- delete it: returns `fingerprint\31answer`, or nil when forgotten.
--- The keep (Unix ms) of a remembered account-scoped answer; nil for one without (left by a
--- layout-2 sidecar that ran against this layout, which the upgrade procedure forbids: it is
--- treated as forgotten rather than failing every call that names it).
+-- The keep (Unix ms) of a remembered account-scoped answer; nil for one written without it, as
+-- layout 2 wrote them (no layout-4 call looks up what a layout-2 sidecar run against this
+-- layout would leave, under the id itself; should such an answer sit under a key, it is treated
+-- as forgotten rather than failing every call that finds it).
 local function keep_of(remembered)
   local at = string.find(remembered, SEP, 1, true)
   return at and tonumber(string.sub(remembered, 1, at - 1))

@@ -221,7 +221,9 @@ end)
 register('upgrade_requests', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS, 4, 'upgrade_requests')
   local a = load_account()
-  if a == nil then return { 1, 0 } end
+  -- An account part way through rekey_requests (an upgrade to layout 4 interrupted in it) is
+  -- past this step: its ids are in layout 3's form, or already keyed.
+  if a == nil or redis.call('HEXISTS', K_A, 'rk') == 1 then return { 1, 0 } end
   local now = now_ms()
   local skipped = int(args[4])
   local members = redis.call('ZRANGE', K_P, skipped, skipped + PURGE_MAX - 1, 'WITHSCORES')
@@ -244,7 +246,7 @@ register('upgrade_requests', function(keys, args)
   local done = #members < 2 * PURGE_MAX
   if done then
     local head = redis.call('LINDEX', K_F, 0)
-    if head then
+    if head and string.byte(head, 1) == 31 then
       local due = tonumber(string.sub(head, 2)) + RETENTION
       redis.call('ZADD', K_P, 'LT', due, 'q')
       wake_by(a, due)
@@ -265,13 +267,14 @@ end)
 -- where it stopped and converts nothing twice.
 -- KEYS: the account's 13 keys (lib.lua), then cs:{sN}:upgraded.
 -- ARGV: 1-3 (lib.lua)
--- Reply: 1 when the account is done, 0 when it needs another call.
+-- Reply: 1 when the account is done, 0 when it needs another call, 2 when it was converted
+-- before (an earlier run).
 -- Example: Q = {r-1: "<keep>\31<fp>\31ok\317"}, F = {"\31600000", "r-1"} -> Q = {2L4GeC25XM1A1b:
 -- "<keep>\31<fp>\31ok\317"}, F = {"\31600000", "2L4GeC25XM1A1b"}, acme in the set, 1.
 register('rekey_requests', function(keys, args)
   bind(keys, args, ACCOUNT_KEYS + 1, 3, 'rekey_requests')
   local converted = keys[ACCOUNT_KEYS + 1]
-  if redis.call('SISMEMBER', converted, ACCOUNT) == 1 then return 1 end
+  if redis.call('SISMEMBER', converted, ACCOUNT) == 1 then return 2 end
   local left = tonumber(redis.call('HGET', K_A, 'rk') or redis.call('LLEN', K_F))
   if left > 0 then
     local items = redis.call('LPOP', K_F, math.min(left, PURGE_MAX))
