@@ -46,6 +46,26 @@ pub async fn redis_beside(urls: Vec<String>, cluster: bool) -> RedisBeside {
     RedisBeside { store, dir, clock: ManualClock::new(t0()), settings: redis_settings(urls, cluster) }
 }
 
+/// A private PostgreSQL ledger beside a private Redis, and a Redis engine on a test clock.
+pub struct PostgresBeside {
+    pub postgres: crate::servers::PostgresServer,
+    pub store: Store,
+    pub server: RedisServer,
+    pub clock: ManualClock,
+    pub settings: credit_sidecar::engine::redis::RedisSettings,
+    pub engine: Engine,
+}
+
+pub async fn postgres_beside() -> PostgresBeside {
+    let postgres = crate::servers::PostgresServer::start();
+    let store = Store::connect(&postgres.url()).await.unwrap();
+    let server = RedisServer::start();
+    let clock = ManualClock::new(t0());
+    let settings = redis_settings(vec![server.url()], false);
+    let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+    PostgresBeside { postgres, store, server, clock, settings, engine }
+}
+
 /// A server on the Redis engine that settles nothing itself (the test runs its settlers).
 pub async fn unsettled_server(clock: &ManualClock, settings: &credit_sidecar::engine::redis::RedisSettings) -> Harness {
     let engine = redis_engine(&Rules::default(), settings, clock).await;
@@ -433,13 +453,7 @@ async fn rebuild_restores_a_flushed_redis_that_verify_then_finds_consistent() {
 /// Redis, and once the database is back the backlog drains — nothing lost, nothing doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_under_load_loses_and_doubles_nothing() {
-    let mut postgres = crate::servers::PostgresServer::start();
-    let store = Store::connect(&postgres.url()).await.unwrap();
-    let server = RedisServer::start();
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let rules = Rules::default();
-    let engine = redis_engine(&rules, &settings, &clock).await;
+    let PostgresBeside { mut postgres, store, server: _server, clock, settings, engine } = postgres_beside().await;
     let (stop, stopped) = watch::channel(());
     let options = SettleOptions {
         batch_max: 64,
@@ -508,12 +522,7 @@ async fn a_database_outage_under_load_loses_and_doubles_nothing() {
 /// database is back within the grace period the outbox empties and the settler says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_given_up_at_shutdown_are_settled_by_the_flush() {
-    let mut postgres = crate::servers::PostgresServer::start();
-    let store = Store::connect(&postgres.url()).await.unwrap();
-    let server = RedisServer::start();
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+    let PostgresBeside { mut postgres, store, server: _server, clock, settings, engine } = postgres_beside().await;
     let (stop, stopped) = watch::channel(());
     let options = SettleOptions {
         batch_max: 16,
@@ -556,12 +565,8 @@ async fn batches_given_up_at_shutdown_are_settled_by_the_flush() {
 /// a deadlock would show as a failed, retried write), and batches really were in flight together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_written_side_by_side_settle_everything_once() {
-    let postgres = crate::servers::PostgresServer::start();
-    let store = Store::connect(&postgres.url()).await.unwrap();
-    let server = RedisServer::start();
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+    let PostgresBeside { postgres: _postgres, store, server: _server, clock, settings, engine } =
+        postgres_beside().await;
     let h = Arc::new(Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await);
     let accounts = ["busy", "acme", "globex", "initech"];
     for account in accounts {

@@ -19,7 +19,9 @@ use tokio::sync::watch;
 
 use crate::harness::*;
 use crate::servers::{PostgresServer, RedisCluster, RedisServer};
-use crate::settle::{RedisBeside, assert_settled, redis_beside, unsettled_server, workload};
+use crate::settle::{
+    PostgresBeside, RedisBeside, assert_settled, postgres_beside, redis_beside, unsettled_server, workload,
+};
 
 /// Longer than any deadline below: an event that waited for another replica's claim would time
 /// the test out instead of settling.
@@ -152,12 +154,7 @@ async fn blip_under_load(
 /// alerts on the outage), and fall back once it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_and_lag_keep_moving_while_the_database_is_down() {
-    let mut postgres = PostgresServer::start();
-    let store = Store::connect(&postgres.url()).await.unwrap();
-    let server = RedisServer::start();
-    let clock = ManualClock::new(t0());
-    let settings = redis_settings(vec![server.url()], false);
-    let engine = redis_engine(&Rules::default(), &settings, &clock).await;
+    let PostgresBeside { mut postgres, store, server: _server, clock, settings: _, engine } = postgres_beside().await;
     let (stop, stopped) = watch::channel(());
     let (settling, stats) = settle_quickly(&engine, &store, stopped).await;
     let h = Harness::serve(clock.clone(), engine, None, Duration::from_secs(3600)).await;
